@@ -98,11 +98,7 @@ export interface IndexStats {
  */
 export interface KvIndex {
   readonly backend: Backend;
-  applyStored(
-    worker: WorkerRank,
-    parentHash: bigint | null,
-    blocks: StoredBlocks,
-  ): ApplyOutcome;
+  applyStored(worker: WorkerRank, parentHash: bigint | null, blocks: StoredBlocks): ApplyOutcome;
   applyRemoved(worker: WorkerRank, externalHashes: BigUint64Array): ApplyOutcome;
   /** `AllBlocksCleared` for one (worker, dp rank). */
   clear(worker: WorkerRank): void;

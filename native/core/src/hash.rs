@@ -74,10 +74,7 @@ pub fn local_hashes_into(
     validate_block_size(block_size)?;
     let n = full_block_count(tokens.len(), block_size);
     if out.len() < n {
-        return Err(CoreError::BufferTooSmall {
-            needed: n,
-            got: out.len(),
-        });
+        return Err(CoreError::BufferTooSmall { needed: n, got: out.len() });
     }
     for (slot, chunk) in out.iter_mut().zip(tokens.chunks_exact(block_size as usize)) {
         *slot = hash_block(chunk, seed);
@@ -105,18 +102,11 @@ pub fn next_sequence_hash(parent: u64, local: u64) -> u64 {
 /// Writes the sequence hashes of `local` into `out` (`out.len() >= local.len()`).
 pub fn sequence_hashes_into(local: &[u64], out: &mut [u64]) -> Result<usize, CoreError> {
     if out.len() < local.len() {
-        return Err(CoreError::BufferTooSmall {
-            needed: local.len(),
-            got: out.len(),
-        });
+        return Err(CoreError::BufferTooSmall { needed: local.len(), got: out.len() });
     }
     let mut prev = 0u64;
     for (i, (&l, slot)) in local.iter().zip(out.iter_mut()).enumerate() {
-        prev = if i == 0 {
-            l
-        } else {
-            next_sequence_hash(prev, l)
-        };
+        prev = if i == 0 { l } else { next_sequence_hash(prev, l) };
         *slot = prev;
     }
     Ok(local.len())
@@ -150,22 +140,13 @@ mod tests {
 
         let l = local_hashes(&range(1, 32), 16, XXH3_SEED).unwrap();
         assert_eq!(l, vec![16863443419780771464, 2287610619914608821]);
-        assert_eq!(
-            sequence_hashes(&l),
-            vec![16863443419780771464, 12466389667045779788]
-        );
+        assert_eq!(sequence_hashes(&l), vec![16863443419780771464, 12466389667045779788]);
 
-        assert_eq!(
-            local_hashes(&range(0, 3), 4, XXH3_SEED).unwrap(),
-            vec![9143094415614847814]
-        );
+        assert_eq!(local_hashes(&range(0, 3), 4, XXH3_SEED).unwrap(), vec![9143094415614847814]);
 
         let l = local_hashes(&range(1, 8), 4, XXH3_SEED).unwrap();
         assert_eq!(l, vec![14643705804678351452, 16777012769546811212]);
-        assert_eq!(
-            sequence_hashes(&l),
-            vec![14643705804678351452, 4945711292740353085]
-        );
+        assert_eq!(sequence_hashes(&l), vec![14643705804678351452, 4945711292740353085]);
         assert_eq!(14643705804678351452u64 as i64, -3803038269031200164);
     }
 
@@ -197,10 +178,7 @@ mod tests {
 
     #[test]
     fn block_size_bounds() {
-        assert!(matches!(
-            validate_block_size(0),
-            Err(CoreError::InvalidBlockSize(0))
-        ));
+        assert!(matches!(validate_block_size(0), Err(CoreError::InvalidBlockSize(0))));
         assert!(validate_block_size(1025).is_err());
         assert_eq!(validate_block_size(1).unwrap(), 1);
         assert_eq!(validate_block_size(1024).unwrap(), 1024);

@@ -190,18 +190,11 @@ impl Node {
     }
     #[inline]
     fn cutoff_of(&self, w: u32) -> Option<u32> {
-        self.cutoffs
-            .binary_search_by_key(&w, |&(s, _)| s)
-            .ok()
-            .map(|i| self.cutoffs[i].1)
+        self.cutoffs.binary_search_by_key(&w, |&(s, _)| s).ok().map(|i| self.cutoffs[i].1)
     }
     #[inline]
     fn current_cutoff(&self, w: u32) -> usize {
-        if self.is_full(w) {
-            self.edge.len()
-        } else {
-            self.cutoff_of(w).unwrap_or(0) as usize
-        }
+        if self.is_full(w) { self.edge.len() } else { self.cutoff_of(w).unwrap_or(0) as usize }
     }
     #[inline]
     fn covers_pos(&self, w: u32, pos: usize) -> bool {
@@ -352,11 +345,7 @@ impl RadixIndex {
 
     /// Sum of every holder's lookup size (Dynamo's `current_size`).
     pub fn membership_count(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.lookup.as_ref())
-            .map(|l| l.len())
-            .sum()
+        self.slots.iter().filter_map(|s| s.lookup.as_ref()).map(|l| l.len()).sum()
     }
 
     /// Blocks held by one holder (its lookup size); 0 when unknown.
@@ -374,12 +363,8 @@ impl RadixIndex {
 
     /// Known holders, sorted.
     pub fn workers(&self) -> Vec<WorkerKey> {
-        let mut v: Vec<WorkerKey> = self
-            .slots
-            .iter()
-            .filter(|s| s.lookup.is_some())
-            .map(|s| s.key)
-            .collect();
+        let mut v: Vec<WorkerKey> =
+            self.slots.iter().filter(|s| s.lookup.is_some()).map(|s| s.key).collect();
         v.sort_unstable();
         v
     }
@@ -406,17 +391,11 @@ impl RadixIndex {
 
     #[inline]
     fn lookup(&self, s: u32) -> &Lookup {
-        self.slots[s as usize]
-            .lookup
-            .as_ref()
-            .expect("slot ensured")
+        self.slots[s as usize].lookup.as_ref().expect("slot ensured")
     }
     #[inline]
     fn lookup_mut(&mut self, s: u32) -> &mut Lookup {
-        self.slots[s as usize]
-            .lookup
-            .as_mut()
-            .expect("slot ensured")
+        self.slots[s as usize].lookup.as_mut().expect("slot ensured")
     }
 
     fn alloc(&mut self, node: Node) -> u32 {
@@ -529,12 +508,13 @@ impl RadixIndex {
             return;
         }
         let (parent, key) = (node.parent, node.edge.first().map(|&(k, _)| k));
-        if let (true, Some(key)) = (parent != NONE, key) {
-            if self.nodes[parent as usize].children.get(key) == Some(n) {
-                self.nodes[parent as usize].children.remove(key);
-                self.nodes[n as usize].parent = NONE;
-                self.decref(n);
-            }
+        if let Some(key) = key
+            && parent != NONE
+            && self.nodes[parent as usize].children.get(key) == Some(n)
+        {
+            self.nodes[parent as usize].children.remove(key);
+            self.nodes[n as usize].parent = NONE;
+            self.decref(n);
         }
     }
 
@@ -629,10 +609,10 @@ impl RadixIndex {
         parent_hash: Option<u64>,
         blocks: &[StoredBlock],
     ) -> Result<(), EventError> {
-        if let Some(ph) = parent_hash {
-            if blocks.iter().any(|b| b.external_hash == ph) {
-                return Err(EventError::InvalidBlockSequence);
-            }
+        if let Some(ph) = parent_hash
+            && blocks.iter().any(|b| b.external_hash == ph)
+        {
+            return Err(EventError::InvalidBlockSequence);
         }
         let mut duplicate = !blocks.is_empty();
         let mut parent = match parent_hash {
@@ -658,12 +638,12 @@ impl RadixIndex {
                     }
                     return Ok(());
                 }
-                if !node.internal {
-                    if let Some(suffix_len) = node.store_starts_with_suffix(pos, blocks) {
-                        self.append_to_leaf(n, s, &blocks[suffix_len..]);
-                        self.set_lookups(s, blocks, n, pos + 1);
-                        return Ok(());
-                    }
+                if !node.internal
+                    && let Some(suffix_len) = node.store_starts_with_suffix(pos, blocks)
+                {
+                    self.append_to_leaf(n, s, &blocks[suffix_len..]);
+                    self.set_lookups(s, blocks, n, pos + 1);
+                    return Ok(());
                 }
                 if self.nodes[n as usize].edge.last().map(|&(_, e)| e) != Some(ph) {
                     self.split(n, pos + 1);
@@ -696,12 +676,8 @@ impl RadixIndex {
 
             let c = &self.nodes[child as usize];
             let edge_len = c.edge.len();
-            let match_len = c
-                .edge
-                .iter()
-                .zip(rest)
-                .take_while(|(e, b)| e.0 == b.local_hash)
-                .count();
+            let match_len =
+                c.edge.iter().zip(rest).take_while(|(e, b)| e.0 == b.local_hash).count();
 
             if match_len < edge_len {
                 if match_len == rest.len() {
@@ -738,13 +714,8 @@ impl RadixIndex {
     }
 
     fn new_leaf(&mut self, blocks: &[StoredBlock], s: u32, parent: u32) -> u32 {
-        let mut node = Node::new(
-            blocks
-                .iter()
-                .map(|b| (b.local_hash, b.external_hash))
-                .collect(),
-            parent,
-        );
+        let mut node =
+            Node::new(blocks.iter().map(|b| (b.local_hash, b.external_hash)).collect(), parent);
         node.full.push(s);
         self.alloc(node)
     }
@@ -759,8 +730,7 @@ impl RadixIndex {
             node.set_cutoff(w, old_len);
         }
         node.promote_to_full(s);
-        node.edge
-            .extend(blocks.iter().map(|b| (b.local_hash, b.external_hash)));
+        node.edge.extend(blocks.iter().map(|b| (b.local_hash, b.external_hash)));
     }
 
     /// Splits `n` so that it keeps `edge[..pos]` and a new child holds `edge[pos..]`.
@@ -806,17 +776,22 @@ impl RadixIndex {
 
         let full = self.nodes[sfx as usize].full.clone();
         let cutoffs = self.nodes[sfx as usize].cutoffs.clone();
-        let hashes: Vec<u64> = self.nodes[sfx as usize]
-            .edge
-            .iter()
-            .map(|&(_, e)| e)
-            .collect();
+        let hashes: Vec<u64> = self.nodes[sfx as usize].edge.iter().map(|&(_, e)| e).collect();
+        // A forgotten holder can still be listed on a node its lookup no longer
+        // references (Dynamo panics on this `unwrap`); it gets no entries.
+        let known = |ix: &Self, w: u32| ix.slots[w as usize].lookup.is_some();
         for w in full {
+            if !known(self, w) {
+                continue;
+            }
             for (i, &h) in hashes.iter().enumerate() {
                 self.set_lookup(w, h, sfx, i);
             }
         }
         for (w, c) in cutoffs {
+            if !known(self, w) {
+                continue;
+            }
             for (i, &h) in hashes[..c as usize].iter().enumerate() {
                 self.set_lookup(w, h, sfx, i);
             }
@@ -918,11 +893,7 @@ impl RadixIndex {
             let node = &self.nodes[n as usize];
             let q = &sequence[matched..];
             let walk = node.edge.len().min(q.len());
-            let m = node.edge[..walk]
-                .iter()
-                .zip(q)
-                .take_while(|(e, h)| e.0 == **h)
-                .count();
+            let m = node.edge[..walk].iter().zip(q).take_while(|(e, h)| e.0 == **h).count();
             if m == 0 {
                 break;
             }
@@ -967,10 +938,8 @@ impl RadixIndex {
         for &w in &active {
             scores.push((w, matched as u32));
         }
-        let mut out: Vec<(WorkerKey, u32)> = scores
-            .into_iter()
-            .map(|(w, d)| (self.slots[w as usize].key, d))
-            .collect();
+        let mut out: Vec<(WorkerKey, u32)> =
+            scores.into_iter().map(|(w, d)| (self.slots[w as usize].key, d)).collect();
         out.sort_unstable_by_key(|&(k, _)| k);
         OverlapScores { scores: out }
     }
@@ -989,5 +958,100 @@ impl RadixIndex {
             total += l.capacity() * 17;
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: WorkerKey = WorkerKey { worker_id: 1, dp_rank: 0 };
+    const B: WorkerKey = WorkerKey { worker_id: u64::MAX, dp_rank: 3 };
+
+    /// Blocks whose external hash is `100 + local`.
+    fn blocks(locals: &[u64]) -> Vec<StoredBlock> {
+        locals.iter().map(|&l| StoredBlock { local_hash: l, external_hash: 100 + l }).collect()
+    }
+
+    fn scores(ix: &RadixIndex, q: &[u64]) -> Vec<(WorkerKey, u32)> {
+        ix.find_matches(q, false).scores
+    }
+
+    #[test]
+    fn chain_scores_contiguous_prefix() {
+        let mut ix = RadixIndex::new();
+        ix.apply_stored(A, None, &blocks(&[1, 2])).unwrap();
+        ix.apply_stored(A, Some(102), &blocks(&[3, 4])).unwrap();
+        assert_eq!(scores(&ix, &[1, 2, 3, 4, 5]), vec![(A, 4)]);
+        assert_eq!(scores(&ix, &[1, 2, 9, 4]), vec![(A, 2)]);
+        assert_eq!(scores(&ix, &[9]), vec![]);
+        assert_eq!(ix.tree_size(A), 4);
+    }
+
+    #[test]
+    fn holders_split_a_shared_edge() {
+        let mut ix = RadixIndex::new();
+        ix.apply_stored(A, None, &blocks(&[1, 2, 3, 4])).unwrap();
+        ix.apply_stored(B, None, &blocks(&[1, 2, 7])).unwrap();
+        assert_eq!(scores(&ix, &[1, 2, 3, 4]), vec![(A, 4), (B, 2)]);
+        assert_eq!(scores(&ix, &[1, 2, 7]), vec![(A, 2), (B, 3)]);
+        // early exit stops once A is alone after the shared edge.
+        assert_eq!(ix.find_matches(&[1, 2, 3, 4], true).scores, vec![(A, 4), (B, 2)]);
+    }
+
+    #[test]
+    fn middle_removal_cuts_only_that_holder() {
+        let mut ix = RadixIndex::new();
+        ix.apply_stored(A, None, &blocks(&[1, 2, 3])).unwrap();
+        ix.apply_stored(B, None, &blocks(&[1, 2, 3])).unwrap();
+        ix.apply_removed(A, &[102]).unwrap();
+        assert_eq!(scores(&ix, &[1, 2, 3]), vec![(A, 1), (B, 3)]);
+        // 103 went stale with the cut, so it is no longer A's.
+        assert_eq!(ix.apply_removed(A, &[103]), Err(EventError::BlockNotFound));
+        assert_eq!(ix.tree_size(A), 1);
+    }
+
+    #[test]
+    fn bad_events_are_reported_and_dropped() {
+        let mut ix = RadixIndex::new();
+        assert_eq!(
+            ix.apply_stored(A, Some(999), &blocks(&[1])),
+            Err(EventError::ParentBlockNotFound)
+        );
+        assert_eq!(
+            ix.apply_stored(A, Some(101), &blocks(&[1])),
+            Err(EventError::InvalidBlockSequence)
+        );
+        assert_eq!(ix.membership_count(), 0);
+        let c = ix.counters();
+        assert_eq!((c.parent_not_found, c.invalid_block_sequence), (1, 1));
+    }
+
+    #[test]
+    fn split_skips_forgotten_holders_instead_of_panicking() {
+        // A keeps a stale membership on [(1,11),(2,12)] after its lookup moved
+        // to the second chain; once A is cleared, B's split must not touch A.
+        let mut ix = RadixIndex::new();
+        let b = |l, e| StoredBlock { local_hash: l, external_hash: e };
+        ix.apply_stored(A, None, &[b(1, 11), b(2, 12)]).unwrap();
+        ix.apply_stored(A, None, &[b(7, 11), b(8, 12)]).unwrap();
+        ix.apply_cleared(A);
+        ix.apply_stored(B, None, &[b(1, 21), b(9, 29)]).unwrap();
+        assert_eq!(ix.tree_size(B), 2);
+        assert_eq!(ix.find_matches(&[1, 9], false).scores, vec![(A, 1), (B, 2)]);
+    }
+
+    #[test]
+    fn clearing_frees_the_tree() {
+        let mut ix = RadixIndex::new();
+        ix.apply_stored(A, None, &blocks(&[1, 2, 3])).unwrap();
+        ix.apply_stored(A, Some(102), &blocks(&[5, 6])).unwrap();
+        ix.apply_stored(B, None, &blocks(&[1, 9])).unwrap();
+        ix.apply_cleared(A);
+        assert_eq!(scores(&ix, &[1, 2, 3]), vec![(B, 1)]);
+        ix.remove_worker(B.worker_id);
+        assert_eq!(ix.membership_count(), 0);
+        assert_eq!(ix.node_count(), 1);
+        assert_eq!(ix.workers(), vec![]);
     }
 }

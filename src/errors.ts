@@ -1,0 +1,25 @@
+/**
+ * Stable machine-readable error codes. The native addon reports the same
+ * strings (see native/core/src/error.rs), so callers branch on `code`, never
+ * on `message`.
+ */
+export type KvEppErrorCode =
+  | 'invalid_block_size'
+  | 'buffer_too_small'
+  | 'length_mismatch'
+  | 'invalid_token'
+  | 'invalid_argument'
+  | 'native_unavailable'
+  | 'hash_backend_unavailable'
+  | 'disposed';
+
+/** The one error type kv-epp throws for contract violations. */
+export class KvEppError extends Error {
+  constructor(
+    readonly code: KvEppErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'KvEppError';
+  }
+}
