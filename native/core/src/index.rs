@@ -264,11 +264,46 @@ impl Node {
             }
         }
     }
-    /// Position of `hash` in this edge, trusting a remembered position.
+    /// Position of `hash` in this edge, searched outwards from `hint`.
     #[inline]
-    fn position_of(&self, hash: u64, remembered: u32) -> Option<usize> {
-        let p = remembered as usize;
-        (p < self.edge.len() && self.edge[p].1 == hash).then_some(p)
+    fn position_of(&self, hash: u64, hint: usize) -> Option<usize> {
+        let e = &self.edge;
+        if e.is_empty() {
+            return None;
+        }
+        let h = hint.min(e.len() - 1);
+        if e[h].1 == hash {
+            return Some(h);
+        }
+        let (mut lo, mut hi) = (h, h + 1);
+        loop {
+            let mut more = false;
+            if lo > 0 {
+                lo -= 1;
+                if e[lo].1 == hash {
+                    return Some(lo);
+                }
+                more = true;
+            }
+            if hi < e.len() {
+                if e[hi].1 == hash {
+                    return Some(hi);
+                }
+                hi += 1;
+                more = true;
+            }
+            if !more {
+                return None;
+            }
+        }
+    }
+    /// Where a holder's lookup hash most likely sits: just below its coverage end.
+    #[inline]
+    fn hint_for(&self, w: u32) -> usize {
+        match self.current_cutoff(w) {
+            0 => self.edge.len().saturating_sub(1),
+            c => c - 1,
+        }
     }
     /// `edge[parent_pos+1..]` starts with all of `blocks`.
     fn suffix_matches_store(&self, parent_pos: usize, blocks: &[StoredBlock]) -> bool {
@@ -291,8 +326,28 @@ impl Node {
     }
 }
 
-/// Per-holder lookup: external hash -> (node, position in its edge).
-type Lookup = FxMap<u64, (u32, u32)>;
+/// An external hash stored 4-byte aligned, so a lookup entry is 12 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
+struct Ext(u64);
+
+impl std::hash::Hash for Ext {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let v = self.0;
+        state.write_u64(v);
+    }
+}
+
+impl std::fmt::Debug for Ext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        write!(f, "{v:#x}")
+    }
+}
+
+/// Per-holder lookup: external hash -> node (the position is found in its edge).
+type Lookup = FxMap<Ext, u32>;
 
 #[derive(Debug)]
 struct Slot {
@@ -310,6 +365,9 @@ pub struct RadixIndex {
     pending_free: Vec<u32>,
     slots: Vec<Slot>,
     slot_of: FxMap<WorkerKey, u32>,
+    /// Each slot's rank in `WorkerKey` order, and the slots by rank.
+    rank: Vec<u32>,
+    by_rank: Vec<u32>,
     counters: IndexCounters,
 }
 
@@ -330,6 +388,8 @@ impl RadixIndex {
             pending_free: Vec::new(),
             slots: Vec::new(),
             slot_of: FxMap::default(),
+            rank: Vec::new(),
+            by_rank: Vec::new(),
             counters: IndexCounters::default(),
         }
     }
@@ -379,6 +439,14 @@ impl RadixIndex {
                 let s = self.slots.len() as u32;
                 self.slots.push(Slot { key, lookup: None });
                 self.slot_of.insert(key, s);
+                // New holders are rare: re-rank all slots by key.
+                self.by_rank = (0..self.slots.len() as u32).collect();
+                let slots = &self.slots;
+                self.by_rank.sort_unstable_by_key(|&x| slots[x as usize].key);
+                self.rank = vec![0; self.slots.len()];
+                for (r, &x) in self.by_rank.iter().enumerate() {
+                    self.rank[x as usize] = r as u32;
+                }
                 s
             }
         };
@@ -446,10 +514,16 @@ impl RadixIndex {
 
     /// Sets `lookup[s][hash] = (node, pos)`; true when the node changed.
     fn set_lookup(&mut self, s: u32, hash: u64, node: u32, pos: usize) -> bool {
-        let old = self.lookup_mut(s).insert(hash, (node, pos as u32));
+        // `insert` reserves first, so replacing an entry in a full table
+        // would double it; update in place instead.
+        let _ = pos;
+        let old = match self.lookup_mut(s).get_mut(&Ext(hash)) {
+            Some(v) => Some(std::mem::replace(v, node)),
+            None => self.lookup_mut(s).insert(Ext(hash), node),
+        };
         match old {
-            Some((o, _)) if o == node => false,
-            Some((o, _)) => {
+            Some(o) if o == node => false,
+            Some(o) => {
                 self.incref(node);
                 self.decref(o);
                 true
@@ -461,9 +535,9 @@ impl RadixIndex {
         }
     }
 
-    fn remove_lookup(&mut self, s: u32, hash: u64) -> Option<(u32, u32)> {
-        let old = self.lookup_mut(s).remove(&hash);
-        if let Some((o, _)) = old {
+    fn remove_lookup(&mut self, s: u32, hash: u64) -> Option<u32> {
+        let old = self.lookup_mut(s).remove(&Ext(hash));
+        if let Some(o) = old {
             self.decref(o);
         }
         old
@@ -589,7 +663,7 @@ impl RadixIndex {
         let Some(lookup) = self.slots[s as usize].lookup.take() else {
             return;
         };
-        let mut nodes: Vec<u32> = lookup.values().map(|&(n, _)| n).collect();
+        let mut nodes: Vec<u32> = lookup.values().copied().collect();
         nodes.sort_unstable();
         nodes.dedup();
         // The lookup's references go away only after every node was visited,
@@ -598,7 +672,7 @@ impl RadixIndex {
             self.nodes[n as usize].drop_worker(s);
             self.prune_unreachable(n);
         }
-        for (_, (n, _)) in lookup {
+        for (_, n) in lookup {
             self.decref(n);
         }
     }
@@ -618,11 +692,11 @@ impl RadixIndex {
         let mut parent = match parent_hash {
             None => ROOT,
             Some(ph) => {
-                let Some(&(n, remembered)) = self.lookup(s).get(&ph) else {
+                let Some(&n) = self.lookup(s).get(&Ext(ph)) else {
                     return Err(EventError::ParentBlockNotFound);
                 };
                 let node = &self.nodes[n as usize];
-                let Some(pos) = node.position_of(ph, remembered) else {
+                let Some(pos) = node.position_of(ph, node.hint_for(s)) else {
                     return Err(EventError::ParentBlockNotFound);
                 };
                 if !node.covers_pos(s, pos) {
@@ -730,6 +804,7 @@ impl RadixIndex {
             node.set_cutoff(w, old_len);
         }
         node.promote_to_full(s);
+        node.edge.reserve_exact(blocks.len());
         node.edge.extend(blocks.iter().map(|b| (b.local_hash, b.external_hash)));
     }
 
@@ -738,6 +813,7 @@ impl RadixIndex {
         let node = &mut self.nodes[n as usize];
         debug_assert!(pos > 0 && pos < node.edge.len());
         let suffix_edge = node.edge.split_off(pos);
+        node.edge.shrink_to_fit();
         let first_local = suffix_edge[0].0;
         let suffix_full = node.full.clone();
         let mut suffix_cutoffs = Vec::new();
@@ -808,32 +884,34 @@ impl RadixIndex {
         while i < hashes.len() {
             let h = hashes[i];
             i += 1;
-            let Some((n, remembered)) = self.lookup_mut(s).remove(&h) else {
+            let Some(n) = self.lookup_mut(s).remove(&Ext(h)) else {
                 if !eagerly_removed.contains(&h) {
                     first_error.get_or_insert(EventError::BlockNotFound);
                 }
                 continue;
             };
             let node = &self.nodes[n as usize];
-            let Some(first_pos) = node.position_of(h, remembered) else {
-                self.lookup_mut(s).insert(h, (n, remembered));
+            let Some(first_pos) = node.position_of(h, node.hint_for(s)) else {
+                self.lookup_mut(s).insert(Ext(h), n);
                 first_error.get_or_insert(EventError::BlockNotFound);
                 continue;
             };
             let (mut min_pos, mut min_hash) = (first_pos, h);
+            let mut last_pos = first_pos;
             if node.covers_pos(s, first_pos) {
                 // Consume following hashes on the same edge in one cut.
                 while i < hashes.len() {
                     let c = hashes[i];
-                    let Some(&(cn, cp)) = self.lookup(s).get(&c) else {
+                    let Some(&cn) = self.lookup(s).get(&Ext(c)) else {
                         break;
                     };
                     if cn != n {
                         break;
                     }
-                    let Some(cpos) = node.position_of(c, cp) else {
+                    let Some(cpos) = node.position_of(c, last_pos) else {
                         break;
                     };
+                    last_pos = cpos;
                     if !node.covers_pos(s, cpos) {
                         break;
                     }
@@ -938,26 +1016,42 @@ impl RadixIndex {
         for &w in &active {
             scores.push((w, matched as u32));
         }
-        let mut out: Vec<(WorkerKey, u32)> =
-            scores.into_iter().map(|(w, d)| (self.slots[w as usize].key, d)).collect();
-        out.sort_unstable_by_key(|&(k, _)| k);
+        // Sort packed (rank, depth) words instead of (WorkerKey, depth) tuples.
+        let mut packed: Vec<u64> = scores
+            .into_iter()
+            .map(|(w, d)| (u64::from(self.rank[w as usize]) << 32) | u64::from(d))
+            .collect();
+        packed.sort_unstable();
+        let out = packed
+            .into_iter()
+            .map(|x| (self.slots[self.by_rank[(x >> 32) as usize] as usize].key, x as u32))
+            .collect();
         OverlapScores { scores: out }
     }
 
     /// Approximate heap bytes held by the index (for memory reports).
     pub fn heap_bytes(&self) -> usize {
+        /// Bytes of a hashbrown table from its `capacity()` (7/8 of its buckets).
+        fn table_bytes(capacity: usize, entry: usize) -> usize {
+            let buckets = match capacity {
+                0 => return 0,
+                c if c < 8 => (c + 1).next_power_of_two(),
+                c => (c / 7 * 8).next_power_of_two(),
+            };
+            buckets * (entry + 1) + 16
+        }
         let mut total = self.nodes.capacity() * std::mem::size_of::<Node>();
         for n in self.nodes.iter().filter(|n| n.live) {
             total += n.edge.capacity() * 16 + n.full.capacity() * 4 + n.cutoffs.capacity() * 8;
             total += match &n.children {
                 Children::Small(v) => v.capacity() * 16,
-                Children::Map(m) => m.capacity() * 17,
+                Children::Map(m) => table_bytes(m.capacity(), std::mem::size_of::<(u64, u32)>()),
             };
         }
         for l in self.slots.iter().filter_map(|s| s.lookup.as_ref()) {
-            total += l.capacity() * 17;
+            total += table_bytes(l.capacity(), std::mem::size_of::<(Ext, u32)>());
         }
-        total
+        total + self.rank.capacity() * 4 + self.by_rank.capacity() * 4
     }
 }
 

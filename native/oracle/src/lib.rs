@@ -12,30 +12,15 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 /// One index event, independent of either implementation.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Stored {
-        worker: WorkerKey,
-        parent: Option<u64>,
-        blocks: Vec<StoredBlock>,
-    },
-    Removed {
-        worker: WorkerKey,
-        hashes: Vec<u64>,
-    },
-    Cleared {
-        worker: WorkerKey,
-    },
-    RemoveWorker {
-        worker_id: u64,
-    },
+    Stored { worker: WorkerKey, parent: Option<u64>, blocks: Vec<StoredBlock> },
+    Removed { worker: WorkerKey, hashes: Vec<u64> },
+    Cleared { worker: WorkerKey },
+    RemoveWorker { worker_id: u64 },
 }
 
 pub fn to_router_event(e: &Event, event_id: u64) -> Option<RouterEvent> {
     let (worker, data) = match e {
-        Event::Stored {
-            worker,
-            parent,
-            blocks,
-        } => (
+        Event::Stored { worker, parent, blocks } => (
             worker,
             KvCacheEventData::Stored(KvCacheStoreData {
                 parent_hash: parent.map(ExternalSequenceBlockHash),
@@ -53,11 +38,7 @@ pub fn to_router_event(e: &Event, event_id: u64) -> Option<RouterEvent> {
         Event::Removed { worker, hashes } => (
             worker,
             KvCacheEventData::Removed(KvCacheRemoveData {
-                block_hashes: hashes
-                    .iter()
-                    .copied()
-                    .map(ExternalSequenceBlockHash)
-                    .collect(),
+                block_hashes: hashes.iter().copied().map(ExternalSequenceBlockHash).collect(),
             }),
         ),
         Event::Cleared { worker } => (worker, KvCacheEventData::Cleared),
@@ -65,11 +46,7 @@ pub fn to_router_event(e: &Event, event_id: u64) -> Option<RouterEvent> {
     };
     Some(RouterEvent::new(
         worker.worker_id,
-        KvCacheEvent {
-            event_id,
-            data,
-            dp_rank: worker.dp_rank,
-        },
+        KvCacheEvent { event_id, data, dp_rank: worker.dp_rank },
     ))
 }
 
@@ -80,20 +57,16 @@ pub fn apply_dynamo(tree: &mut RadixTree, e: &Event, event_id: u64) -> bool {
             tree.remove_worker(*worker_id);
             false
         }
-        _ => tree
-            .apply_event(to_router_event(e, event_id).expect("not RemoveWorker"))
-            .is_err(),
+        _ => tree.apply_event(to_router_event(e, event_id).expect("not RemoveWorker")).is_err(),
     }
 }
 
 /// Applies an event to kv-epp's index; returns whether it reported an error.
 pub fn apply_ours(index: &mut RadixIndex, e: &Event) -> bool {
     match e {
-        Event::Stored {
-            worker,
-            parent,
-            blocks,
-        } => index.apply_stored(*worker, *parent, blocks).is_err(),
+        Event::Stored { worker, parent, blocks } => {
+            index.apply_stored(*worker, *parent, blocks).is_err()
+        }
         Event::Removed { worker, hashes } => index.apply_removed(*worker, hashes).is_err(),
         Event::Cleared { worker } => {
             index.apply_cleared(*worker);
@@ -108,15 +81,9 @@ pub fn apply_ours(index: &mut RadixIndex, e: &Event) -> bool {
 
 /// Dynamo's scores as sorted `(worker, depth)` pairs, comparable with ours.
 pub fn dynamo_scores(tree: &RadixTree, query: &[u64], early_exit: bool) -> Vec<(WorkerKey, u32)> {
-    let s = tree.find_matches(
-        query.iter().copied().map(LocalBlockHash).collect(),
-        early_exit,
-    );
-    let mut v: Vec<(WorkerKey, u32)> = s
-        .scores
-        .iter()
-        .map(|(w, &d)| (WorkerKey::new(w.worker_id, w.dp_rank), d))
-        .collect();
+    let s = tree.find_matches(query.iter().copied().map(LocalBlockHash).collect(), early_exit);
+    let mut v: Vec<(WorkerKey, u32)> =
+        s.scores.iter().map(|(w, &d)| (WorkerKey::new(w.worker_id, w.dp_rank), d)).collect();
     v.sort_unstable_by_key(|&(k, _)| k);
     v
 }
@@ -191,18 +158,9 @@ impl StreamGen {
             }
         }
         let shared = rng.random_bool(0.5);
-        let salts = ws
-            .iter()
-            .map(|_| if shared { 0 } else { rng.random() })
-            .collect();
+        let salts = ws.iter().map(|_| if shared { 0 } else { rng.random() }).collect();
         let held = vec![Vec::new(); ws.len()];
-        Self {
-            rng,
-            corpus,
-            workers: ws,
-            salts,
-            held,
-        }
+        Self { rng, corpus, workers: ws, salts, held }
     }
 
     fn ext(&self, wi: usize, doc: usize, i: usize) -> u64 {
@@ -223,24 +181,12 @@ impl StreamGen {
                 let end = self.rng.random_range(1..=len);
                 let blocks = self.blocks(wi, d, 0, end);
                 match self.rng.random_range(0..3) {
-                    0 => Event::Stored {
-                        worker,
-                        parent: Some(self.rng.random()),
-                        blocks,
-                    },
+                    0 => Event::Stored { worker, parent: Some(self.rng.random()), blocks },
                     1 => {
                         let p = blocks[self.rng.random_range(0..blocks.len())].external_hash;
-                        Event::Stored {
-                            worker,
-                            parent: Some(p),
-                            blocks,
-                        }
+                        Event::Stored { worker, parent: Some(p), blocks }
                     }
-                    _ => Event::Stored {
-                        worker,
-                        parent: None,
-                        blocks: Vec::new(),
-                    },
+                    _ => Event::Stored { worker, parent: None, blocks: Vec::new() },
                 }
             }
             970..=989 => {
@@ -274,49 +220,31 @@ impl StreamGen {
         let (d, a) = if !self.held[wi].is_empty() && self.rng.random_bool(0.6) {
             let &(d, s, e) = &self.held[wi][self.rng.random_range(0..self.held[wi].len())];
             let len = self.corpus.docs[d].len();
-            let a = if self.rng.random_bool(0.7) {
-                e
-            } else {
-                self.rng.random_range(s..=e)
-            };
+            let a = if self.rng.random_bool(0.7) { e } else { self.rng.random_range(s..=e) };
             (d, a.min(len))
         } else {
             (self.rng.random_range(0..self.corpus.docs.len()), 0)
         };
         let len = self.corpus.docs[d].len();
         if a >= len {
-            return Event::Stored {
-                worker,
-                parent: None,
-                blocks: self.blocks(wi, d, 0, len),
-            };
+            return Event::Stored { worker, parent: None, blocks: self.blocks(wi, d, 0, len) };
         }
         let b = self.rng.random_range(a + 1..=len);
         let parent = (a > 0).then(|| self.ext(wi, d, a - 1));
         self.held[wi].push((d, a, b));
-        Event::Stored {
-            worker,
-            parent,
-            blocks: self.blocks(wi, d, a, b),
-        }
+        Event::Stored { worker, parent, blocks: self.blocks(wi, d, a, b) }
     }
 
     fn removed(&mut self, wi: usize) -> Event {
         let worker = self.workers[wi];
         if self.held[wi].is_empty() || self.rng.random_bool(0.05) {
-            return Event::Removed {
-                worker,
-                hashes: vec![self.rng.random()],
-            };
+            return Event::Removed { worker, hashes: vec![self.rng.random()] };
         }
         let k = self.rng.random_range(0..self.held[wi].len());
         let (d, s, e) = self.held[wi][k];
         if s >= e {
             self.held[wi].swap_remove(k);
-            return Event::Removed {
-                worker,
-                hashes: Vec::new(),
-            };
+            return Event::Removed { worker, hashes: Vec::new() };
         }
         let hashes = match self.rng.random_range(0..4) {
             // Tail first, as engines evict.

@@ -25,32 +25,18 @@ fn ten_thousand_random_sequences_hash_identically() {
         let bs = [1u32, 16, 32, 64, 128][case % 5];
         let lora = LORAS[rng.random_range(0..LORAS.len())];
         let ns = NAMESPACES[rng.random_range(0..NAMESPACES.len())];
-        let opts = BlockHashOptions {
-            lora_name: lora,
-            cache_namespace: ns,
-            ..Default::default()
-        };
+        let opts = BlockHashOptions { lora_name: lora, cache_namespace: ns, ..Default::default() };
 
         let want_local = compute_block_hash_for_seq(&tokens, bs, opts);
         let got_local = local_hashes(&tokens, bs, block_hash_seed(lora, ns)).unwrap();
         let want_local_u64: Vec<u64> = want_local.iter().map(|h| h.0).collect();
-        assert_eq!(
-            got_local, want_local_u64,
-            "local hashes, case {case} bs {bs} {lora:?} {ns:?}"
-        );
+        assert_eq!(got_local, want_local_u64, "local hashes, case {case} bs {bs} {lora:?} {ns:?}");
 
         let want_seq = compute_seq_hash_for_block(&want_local);
-        assert_eq!(
-            sequence_hashes(&got_local),
-            want_seq,
-            "sequence hashes, case {case}"
-        );
+        assert_eq!(sequence_hashes(&got_local), want_seq, "sequence hashes, case {case}");
         compared_blocks += got_local.len();
     }
-    assert!(
-        compared_blocks > 1_000_000,
-        "compared {compared_blocks} blocks"
-    );
+    assert!(compared_blocks > 1_000_000, "compared {compared_blocks} blocks");
 }
 
 #[test]
@@ -60,11 +46,7 @@ fn sequence_chain_of_arbitrary_locals_matches() {
         let n = rng.random_range(0..300);
         let locals: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let want = compute_seq_hash_for_block(
-            &locals
-                .iter()
-                .copied()
-                .map(LocalBlockHash)
-                .collect::<Vec<_>>(),
+            &locals.iter().copied().map(LocalBlockHash).collect::<Vec<_>>(),
         );
         assert_eq!(sequence_hashes(&locals), want);
     }

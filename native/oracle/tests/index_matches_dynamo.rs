@@ -13,29 +13,19 @@ fn run_stream(seed: u64, workers: u64, dp: u32, docs: usize, max_len: usize, eve
         let e = g.next_event();
         let dyn_err = apply_dynamo(&mut theirs, &e, id as u64);
         let our_err = apply_ours(&mut ours, &e);
-        assert_eq!(
-            our_err, dyn_err,
-            "seed {seed} event {id}: error report differs for {e:?}"
-        );
+        assert_eq!(our_err, dyn_err, "seed {seed} event {id}: error report differs for {e:?}");
         if id % 3 == 0 {
             for _ in 0..4 {
                 let q = g.query();
                 for early in [false, true] {
                     let want = dynamo_scores(&theirs, &q, early);
                     let got = ours.find_matches(&q, early).scores;
-                    assert_eq!(
-                        got, want,
-                        "seed {seed} event {id} early_exit {early}: {e:?}"
-                    );
+                    assert_eq!(got, want, "seed {seed} event {id} early_exit {early}: {e:?}");
                 }
             }
         }
     }
-    assert_eq!(
-        ours.membership_count(),
-        theirs.current_size(),
-        "seed {seed}: lookup sizes"
-    );
+    assert_eq!(ours.membership_count(), theirs.current_size(), "seed {seed}: lookup sizes");
 }
 
 #[test]
