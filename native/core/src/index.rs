@@ -512,11 +512,10 @@ impl RadixIndex {
         }
     }
 
-    /// Sets `lookup[s][hash] = (node, pos)`; true when the node changed.
-    fn set_lookup(&mut self, s: u32, hash: u64, node: u32, pos: usize) -> bool {
+    /// Sets `lookup[s][hash] = node`; true when the node changed.
+    fn set_lookup(&mut self, s: u32, hash: u64, node: u32) -> bool {
         // `insert` reserves first, so replacing an entry in a full table
         // would double it; update in place instead.
-        let _ = pos;
         let old = match self.lookup_mut(s).get_mut(&Ext(hash)) {
             Some(v) => Some(std::mem::replace(v, node)),
             None => self.lookup_mut(s).insert(Ext(hash), node),
@@ -543,11 +542,11 @@ impl RadixIndex {
         old
     }
 
-    /// Lookup entries for `blocks` placed at `node.edge[start..]`; true when any changed.
-    fn set_lookups(&mut self, s: u32, blocks: &[StoredBlock], node: u32, start: usize) -> bool {
+    /// Lookup entries for `blocks` (placed on `node`'s edge); true when any changed.
+    fn set_lookups(&mut self, s: u32, blocks: &[StoredBlock], node: u32) -> bool {
         let mut changed = false;
-        for (i, b) in blocks.iter().enumerate() {
-            changed |= self.set_lookup(s, b.external_hash, node, start + i);
+        for b in blocks {
+            changed |= self.set_lookup(s, b.external_hash, node);
         }
         changed
     }
@@ -706,7 +705,7 @@ impl RadixIndex {
                 // The store continues inside the parent's edge.
                 if node.suffix_matches_store(pos, blocks) {
                     let changed = self.nodes[n as usize].cover_prefix(s, pos + 1 + blocks.len());
-                    let lchanged = self.set_lookups(s, blocks, n, pos + 1);
+                    let lchanged = self.set_lookups(s, blocks, n);
                     if duplicate && !changed && !lchanged {
                         self.counters.duplicate_stores += 1;
                     }
@@ -716,7 +715,7 @@ impl RadixIndex {
                     && let Some(suffix_len) = node.store_starts_with_suffix(pos, blocks)
                 {
                     self.append_to_leaf(n, s, &blocks[suffix_len..]);
-                    self.set_lookups(s, blocks, n, pos + 1);
+                    self.set_lookups(s, blocks, n);
                     return Ok(());
                 }
                 if self.nodes[n as usize].edge.last().map(|&(_, e)| e) != Some(ph) {
@@ -734,16 +733,15 @@ impl RadixIndex {
                 let can_extend =
                     !p.edge.is_empty() && !p.internal && p.covers_pos(s, p.edge.len() - 1);
                 if can_extend {
-                    let start = p.edge.len();
                     self.append_to_leaf(parent, s, rest);
-                    self.set_lookups(s, rest, parent, start);
+                    self.set_lookups(s, rest, parent);
                     duplicate = false;
                     break;
                 }
                 let child = self.new_leaf(rest, s, parent);
                 self.nodes[parent as usize].internal = true;
                 self.link_child(parent, first_local, child);
-                self.set_lookups(s, rest, child, 0);
+                self.set_lookups(s, rest, child);
                 duplicate = false;
                 break;
             };
@@ -757,17 +755,17 @@ impl RadixIndex {
                 if match_len == rest.len() {
                     let changed = self.nodes[child as usize].cover_prefix(s, match_len);
                     duplicate &= !changed;
-                    duplicate &= !self.set_lookups(s, rest, child, 0);
+                    duplicate &= !self.set_lookups(s, rest, child);
                     break;
                 }
                 self.split(child, match_len);
                 self.nodes[child as usize].promote_to_full(s);
-                self.set_lookups(s, &rest[..match_len], child, 0);
+                self.set_lookups(s, &rest[..match_len], child);
                 let tail = &rest[match_len..];
                 let tail_node = self.new_leaf(tail, s, child);
                 self.nodes[child as usize].internal = true;
                 self.link_child(child, tail[0].local_hash, tail_node);
-                self.set_lookups(s, tail, tail_node, 0);
+                self.set_lookups(s, tail, tail_node);
                 duplicate = false;
                 break;
             }
@@ -775,7 +773,7 @@ impl RadixIndex {
             if self.nodes[child as usize].promote_to_full(s) {
                 duplicate = false;
             }
-            if self.set_lookups(s, &rest[..edge_len], child, 0) {
+            if self.set_lookups(s, &rest[..edge_len], child) {
                 duplicate = false;
             }
             rest = &rest[edge_len..];
@@ -860,16 +858,16 @@ impl RadixIndex {
             if !known(self, w) {
                 continue;
             }
-            for (i, &h) in hashes.iter().enumerate() {
-                self.set_lookup(w, h, sfx, i);
+            for &h in &hashes {
+                self.set_lookup(w, h, sfx);
             }
         }
         for (w, c) in cutoffs {
             if !known(self, w) {
                 continue;
             }
-            for (i, &h) in hashes[..c as usize].iter().enumerate() {
-                self.set_lookup(w, h, sfx, i);
+            for &h in &hashes[..c as usize] {
+                self.set_lookup(w, h, sfx);
             }
         }
         self.prune_unreachable(sfx);

@@ -183,9 +183,34 @@ class RadixNode {
     return true;
   }
 
-  /** Position of `hash` in this edge, trusting a remembered position; -1 when stale. */
-  positionOf(hash: bigint, remembered: number): number {
-    return remembered < this.edgeLen && this.edgeExt[remembered] === hash ? remembered : -1;
+  /** Position of `hash` in this edge, searched outwards from `hint`; -1 when absent. */
+  positionOf(hash: bigint, hint: number): number {
+    const len = this.edgeLen;
+    if (len === 0) return -1;
+    const h = Math.min(hint, len - 1);
+    if (this.edgeExt[h] === hash) return h;
+    let lo = h;
+    let hi = h + 1;
+    for (;;) {
+      let more = false;
+      if (lo > 0) {
+        lo -= 1;
+        if (this.edgeExt[lo] === hash) return lo;
+        more = true;
+      }
+      if (hi < len) {
+        if (this.edgeExt[hi] === hash) return hi;
+        hi += 1;
+        more = true;
+      }
+      if (!more) return -1;
+    }
+  }
+
+  /** Where a holder's lookup hash most likely sits: just below its coverage end. */
+  hintFor(w: number): number {
+    const c = this.currentCutoff(w);
+    return c === 0 ? Math.max(0, this.edgeLen - 1) : c - 1;
   }
 
   /** `edge[parentPos+1..]` starts with all of `blocks`. */
@@ -211,10 +236,8 @@ class RadixNode {
   }
 }
 
-/** Where a holder's block lives: `[node, position in its edge]`. */
-type Place = readonly [node: number, pos: number];
-/** Per-holder lookup: external hash -> place. */
-type Lookup = Map<bigint, Place>;
+/** Per-holder lookup: external hash -> node (the position is found in its edge). */
+type Lookup = Map<bigint, number>;
 
 interface Slot {
   key: WorkerRank;
@@ -511,14 +534,14 @@ export class JsKvIndex implements KvIndex {
     }
   }
 
-  /** Sets `lookup[s][hash] = (node, pos)`; true when the node changed. */
-  private setLookup(s: number, hash: bigint, node: number, pos: number): boolean {
+  /** Sets `lookup[s][hash] = node`; true when the node changed. */
+  private setLookup(s: number, hash: bigint, node: number): boolean {
     const lookup = this.lookup(s);
     const old = lookup.get(hash);
-    lookup.set(hash, [node, pos]);
-    if (old !== undefined && old[0] === node) return false;
+    lookup.set(hash, node);
+    if (old === node) return false;
     this.incref(node);
-    if (old !== undefined) this.decref(old[0]);
+    if (old !== undefined) this.decref(old);
     return true;
   }
 
@@ -527,16 +550,16 @@ export class JsKvIndex implements KvIndex {
     const old = lookup.get(hash);
     if (old !== undefined) {
       lookup.delete(hash);
-      this.decref(old[0]);
+      this.decref(old);
     }
   }
 
-  /** Lookup entries for `ext` placed at `node.edge[start..]`; true when any changed. */
-  private setLookups(s: number, ext: BigUint64Array, node: number, start: number): boolean {
+  /** Lookup entries for `ext` (placed on `node`'s edge); true when any changed. */
+  private setLookups(s: number, ext: BigUint64Array, node: number): boolean {
     let changed = false;
     for (let i = 0; i < ext.length; i++) {
       // Every entry is set; no short-circuit.
-      if (this.setLookup(s, ext[i] as bigint, node, start + i)) changed = true;
+      if (this.setLookup(s, ext[i] as bigint, node)) changed = true;
     }
     return changed;
   }
@@ -614,14 +637,14 @@ export class JsKvIndex implements KvIndex {
     const lookup = sl.lookup;
     if (lookup === null) return;
     sl.lookup = null;
-    const nodes = [...new Set([...lookup.values()].map(([n]) => n))].sort((a, b) => a - b);
+    const nodes = [...new Set(lookup.values())].sort((a, b) => a - b);
     // The lookup's references go away only after every node was visited,
     // so no node is freed while still listed.
     for (const n of nodes) {
       this.node(n).dropWorker(s);
       this.pruneUnreachable(n);
     }
-    for (const [n] of lookup.values()) this.decref(n);
+    for (const n of lookup.values()) this.decref(n);
   }
 
   private stored(
@@ -635,11 +658,10 @@ export class JsKvIndex implements KvIndex {
     let parent = ROOT;
     if (parentHash !== null) {
       const ph = parentHash;
-      const place = this.lookup(s).get(ph);
-      if (place === undefined) return 'parent_not_found';
-      const [n, remembered] = place;
+      const n = this.lookup(s).get(ph);
+      if (n === undefined) return 'parent_not_found';
       const node = this.node(n);
-      const pos = node.positionOf(ph, remembered);
+      const pos = node.positionOf(ph, node.hintFor(s));
       if (pos < 0) return 'parent_not_found';
       if (!node.coversPos(s, pos)) {
         this.removeLookup(s, ph);
@@ -648,7 +670,7 @@ export class JsKvIndex implements KvIndex {
       // The store continues inside the parent's edge.
       if (node.suffixMatchesStore(pos, local, ext)) {
         const changed = node.coverPrefix(s, pos + 1 + local.length);
-        const lchanged = this.setLookups(s, ext, n, pos + 1);
+        const lchanged = this.setLookups(s, ext, n);
         if (duplicate && !changed && !lchanged) this.counters.duplicateStores += 1;
         return null;
       }
@@ -656,7 +678,7 @@ export class JsKvIndex implements KvIndex {
         const suffixLen = node.storeStartsWithSuffix(pos, local, ext);
         if (suffixLen >= 0) {
           this.appendToLeaf(n, s, local.subarray(suffixLen), ext.subarray(suffixLen));
-          this.setLookups(s, ext, n, pos + 1);
+          this.setLookups(s, ext, n);
           return null;
         }
       }
@@ -674,16 +696,15 @@ export class JsKvIndex implements KvIndex {
         const p = this.node(parent);
         const canExtend = p.edgeLen > 0 && !p.internal && p.coversPos(s, p.edgeLen - 1);
         if (canExtend) {
-          const start = p.edgeLen;
           this.appendToLeaf(parent, s, restLocal, restExt);
-          this.setLookups(s, restExt, parent, start);
+          this.setLookups(s, restExt, parent);
           duplicate = false;
           break;
         }
         const leaf = this.newLeaf(restLocal, restExt, s, parent);
         this.node(parent).internal = true;
         this.linkChild(parent, firstLocal, leaf);
-        this.setLookups(s, restExt, leaf, 0);
+        this.setLookups(s, restExt, leaf);
         duplicate = false;
         break;
       }
@@ -697,25 +718,25 @@ export class JsKvIndex implements KvIndex {
       if (matchLen < edgeLen) {
         if (matchLen === restLocal.length) {
           const changed = c.coverPrefix(s, matchLen);
-          const lchanged = this.setLookups(s, restExt, child, 0);
+          const lchanged = this.setLookups(s, restExt, child);
           duplicate = duplicate && !changed && !lchanged;
           break;
         }
         this.split(child, matchLen);
         this.node(child).promoteToFull(s);
-        this.setLookups(s, restExt.subarray(0, matchLen), child, 0);
+        this.setLookups(s, restExt.subarray(0, matchLen), child);
         const tailLocal = restLocal.subarray(matchLen);
         const tailExt = restExt.subarray(matchLen);
         const tail = this.newLeaf(tailLocal, tailExt, s, child);
         this.node(child).internal = true;
         this.linkChild(child, tailLocal[0] as bigint, tail);
-        this.setLookups(s, tailExt, tail, 0);
+        this.setLookups(s, tailExt, tail);
         duplicate = false;
         break;
       }
 
       if (c.promoteToFull(s)) duplicate = false;
-      if (this.setLookups(s, restExt.subarray(0, edgeLen), child, 0)) duplicate = false;
+      if (this.setLookups(s, restExt.subarray(0, edgeLen), child)) duplicate = false;
       at += edgeLen;
       parent = child;
     }
@@ -802,13 +823,13 @@ export class JsKvIndex implements KvIndex {
     const known = (w: number) => this.slot(w).lookup !== null;
     for (const w of full) {
       if (!known(w)) continue;
-      for (let i = 0; i < hashes.length; i++) this.setLookup(w, hashes[i] as bigint, sfx, i);
+      for (let i = 0; i < hashes.length; i++) this.setLookup(w, hashes[i] as bigint, sfx);
     }
     for (let k = 0; k < cutSlots.length; k++) {
       const w = cutSlots[k] as number;
       const c = cutVals[k] as number;
       if (!known(w)) continue;
-      for (let i = 0; i < c; i++) this.setLookup(w, hashes[i] as bigint, sfx, i);
+      for (let i = 0; i < c; i++) this.setLookup(w, hashes[i] as bigint, sfx);
     }
     this.pruneUnreachable(sfx);
   }
@@ -823,30 +844,32 @@ export class JsKvIndex implements KvIndex {
       const h = hashes[i] as bigint;
       i += 1;
       const lookup = this.lookup(s);
-      const place = lookup.get(h);
-      if (place === undefined) {
+      const n = lookup.get(h);
+      if (n === undefined) {
         if (!eagerlyRemoved.has(h)) firstError ??= 'block_not_found';
         continue;
       }
       lookup.delete(h);
-      const [n, remembered] = place;
       const node = this.node(n);
-      const firstPos = node.positionOf(h, remembered);
+      const firstPos = node.positionOf(h, node.hintFor(s));
       if (firstPos < 0) {
-        lookup.set(h, place);
+        lookup.set(h, n);
         firstError ??= 'block_not_found';
         continue;
       }
       let minPos = firstPos;
       let minHash = h;
+      let lastPos = firstPos;
       if (node.coversPos(s, firstPos)) {
         // Consume following hashes on the same edge in one cut.
         while (i < hashes.length) {
           const c = hashes[i] as bigint;
           const cand = lookup.get(c);
-          if (cand === undefined || cand[0] !== n) break;
-          const cpos = node.positionOf(c, cand[1]);
-          if (cpos < 0 || !node.coversPos(s, cpos)) break;
+          if (cand === undefined || cand !== n) break;
+          const cpos = node.positionOf(c, lastPos);
+          if (cpos < 0) break;
+          lastPos = cpos;
+          if (!node.coversPos(s, cpos)) break;
           if (cpos < minPos) {
             minPos = cpos;
             minHash = c;
