@@ -157,10 +157,11 @@ async function main(): Promise<void> {
   console.log(`kv-epp bench (${scope}${quick ? ', quick' : ''}) on ${machine}\n`);
   const w = Math.max(...rows.map((r) => r.case.length));
   console.log(
-    `${'case'.padEnd(w)}  ${'native'.padStart(12)}  ${'js'.padStart(12)}  ${'js/native'.padStart(9)}  unit`,
+    `${'case'.padEnd(w)}  ${'native'.padStart(12)}  ${'js'.padStart(12)}  ${'native ×'.padStart(9)}  unit`,
   );
   for (const r of rows) {
-    const ratio = r.js / r.native;
+    // How many times better native is: higher-is-better units invert the ratio.
+    const ratio = r.unit.endsWith('/s') ? r.native / r.js : r.js / r.native;
     console.log(
       `${r.case.padEnd(w)}  ${fmt(r.native).padStart(12)}  ${fmt(r.js).padStart(12)}  ${ratio.toFixed(1).padStart(9)}  ${r.unit}`,
     );
