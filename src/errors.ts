@@ -11,7 +11,15 @@ export type KvEppErrorCode =
   | 'invalid_argument'
   | 'native_unavailable'
   | 'hash_backend_unavailable'
-  | 'disposed';
+  | 'disposed'
+  // Request tokenization (the server answers 400 with the message):
+  | 'invalid_json'
+  | 'invalid_request'
+  | 'unsupported_content'
+  | 'template_error'
+  // Tokenizer loading (configuration errors: start-up fails):
+  | 'tokenizer_not_found'
+  | 'tokenizer_invalid';
 
 /** The one error type kv-epp throws for contract violations. */
 export class KvEppError extends Error {

@@ -1,0 +1,224 @@
+/**
+ * transformers' `apply_chat_template(conversation, tools=..., tokenize=False, **kwargs)` (5.x,
+ * the version the goldens were made with; step 5 of scripts/goldens/make_goldens.py), on top of a
+ * normalised request (src/tokenize/openai-request.ts):
+ *
+ * - kwargs named like a Jinja global (range, dict, namespace, strftime_now, ...) are dropped
+ *   (vLLM filters kwargs to the template's undeclared variables, which exclude globals);
+ * - apply_chat_template's own parameters come out of the kwargs: `tools` and `documents` from
+ *   `chat_template_kwargs` replace/complete the request's; `conversation` is an error (Python:
+ *   "multiple values"); a truthy `sanitize_control_tokens` or `return_assistant_tokens_mask` is
+ *   an error with tokenize=False; padding/truncation/... have no effect;
+ * - an empty conversation and continue_final_message + add_generation_prompt are errors;
+ * - keys whose value is null are dropped from every message; the reasoning is aliased as
+ *   `thinking` (first) and `reasoning_content`;
+ * - the template sees the tokenizer's named special tokens (bos_token, eos_token, unk_token,
+ *   sep_token, pad_token, cls_token, mask_token), overridden by the kwargs, then `messages`,
+ *   `tools`, `documents`, `add_generation_prompt`;
+ * - continue_final_message: the final message's content gets a tag appended, the render is cut
+ *   at the tag (and right-stripped when the template trimmed the content).
+ *
+ * Every failure is KvEppError('template_error').
+ */
+import { KvEppError } from '../../errors.js';
+import type { ChatRequest } from '../openai-request.js';
+import { pyTruthy } from '../openai-request.js';
+import { isDict, type PyDict, type PyValue } from '../pyjson.js';
+import { PyTemplate, pyStrip } from './jinja-py.js';
+
+const CONTINUE_TAG = 'CONTINUE_FINAL_MESSAGE_TAG ';
+const REASONING_FIELDS = ['reasoning_content', 'thinking', 'reasoning'] as const;
+/** apply_chat_template parameters that do nothing when tokenize=False. */
+const INERT_PARAMS = [
+  'padding',
+  'truncation',
+  'max_length',
+  'return_tensors',
+  'return_dict',
+  'tokenizer_kwargs',
+];
+
+/**
+ * The environment's globals (Jinja2's defaults and transformers' additions). vLLM passes the
+ * template only the kwargs named in jinja2.meta.find_undeclared_variables(template), which never
+ * reports a global, so a kwarg named like one is dropped and the global stays visible.
+ */
+const JINJA_GLOBALS = [
+  'range',
+  'dict',
+  'lipsum',
+  'cycler',
+  'joiner',
+  'namespace',
+  'raise_exception',
+  'strftime_now',
+];
+
+const templateError = (msg: string) => new KvEppError('template_error', msg);
+
+/** Python iteration for `for x in value` over a JSON value (lists; dict keys; characters). */
+function pyIter(v: PyValue, what: string): PyValue[] {
+  if (Array.isArray(v)) return v;
+  if (isDict(v)) return [...v.keys()];
+  if (typeof v === 'string') return Array.from(v);
+  throw templateError(`${what}: '${v === null ? 'NoneType' : typeof v}' object is not iterable`);
+}
+
+function aliasReasoning(message: PyDict): PyDict {
+  let reasoning: PyValue | undefined;
+  for (const f of REASONING_FIELDS) {
+    const x = message.get(f);
+    if (x !== undefined && x !== null) {
+      reasoning = x;
+      break;
+    }
+  }
+  if (reasoning === undefined) return message;
+  const out: PyDict = new Map([['thinking', reasoning]]);
+  for (const [k, x] of message) out.set(k, x);
+  out.set('reasoning_content', reasoning);
+  return out;
+}
+
+export class ChatTemplate {
+  private readonly tpl: PyTemplate;
+
+  /** @throws KvEppError('template_error') when the template does not parse */
+  constructor(readonly source: string) {
+    try {
+      this.tpl = new PyTemplate(source);
+    } catch (e) {
+      throw templateError(`chat template does not parse: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * The rendered prompt.
+   * @param specialTokens named special tokens of the tokenizer (bos_token → "<s>", ...)
+   * @param nowMs the clock strftime_now reads
+   */
+  render(req: ChatRequest, specialTokens: ReadonlyMap<string, string>, nowMs: number): string {
+    const kw = new Map(req.kwargs);
+    const take = (k: string): PyValue | undefined => {
+      const v = kw.get(k);
+      kw.delete(k);
+      return v;
+    };
+    const addGenerationPrompt = pyTruthy(take('add_generation_prompt'));
+    const continueFinal = pyTruthy(take('continue_final_message'));
+    const tools = kw.has('tools') ? (take('tools') ?? null) : req.tools;
+    const documents = take('documents') ?? null;
+    if (kw.has('conversation')) {
+      throw templateError("apply_chat_template() got multiple values for argument 'conversation'");
+    }
+    if (pyTruthy(take('return_assistant_tokens_mask'))) {
+      throw templateError('`return_assistant_tokens_mask=True` requires `tokenize=True`');
+    }
+    const sanitize = pyTruthy(take('sanitize_control_tokens'));
+    for (const p of INERT_PARAMS) kw.delete(p);
+    for (const g of JINJA_GLOBALS) kw.delete(g);
+
+    if (req.conversation.length === 0) {
+      throw templateError(
+        'Cannot apply chat template to an empty conversation. Provide at least one message.',
+      );
+    }
+    let chat: PyDict[] = req.conversation.map((m) => {
+      const out: PyDict = new Map();
+      for (const [k, x] of m) if (x !== null) out.set(k, x);
+      return out;
+    });
+    if (continueFinal && addGenerationPrompt) {
+      throw templateError(
+        'continue_final_message and add_generation_prompt are not compatible. Use ' +
+          'continue_final_message when you want the model to continue the final message, and ' +
+          'add_generation_prompt when you want to add a header that will prompt it to start a ' +
+          'new assistant message instead.',
+      );
+    }
+    if (sanitize) {
+      throw templateError('`sanitize_control_tokens=True` requires `tokenize=True`');
+    }
+
+    let toolSchemas: PyValue = null;
+    if (tools !== null) {
+      const list = pyIter(tools, 'tools');
+      if (list.some((t) => !isDict(t))) {
+        throw templateError(
+          'Tools should either be a JSON schema, or a callable function with type hints and a ' +
+            'docstring suitable for auto-conversion to a schema.',
+        );
+      }
+      toolSchemas = list;
+    }
+    if (documents !== null) {
+      if (pyIter(documents, 'documents').some((d) => !isDict(d))) {
+        throw templateError("Documents should be a list of dicts with 'title' and 'text' keys!");
+      }
+    }
+
+    chat = chat.map(aliasReasoning);
+    let finalMessage = '';
+    if (continueFinal) {
+      const last = chat[chat.length - 1] as PyDict;
+      const content = last.get('content');
+      if (content === undefined || content === null) {
+        throw templateError(
+          'continue_final_message is set but the final message has no "content" to continue!',
+        );
+      }
+      if (!this.source.includes('content')) {
+        throw templateError(
+          'continue_final_message is set to "content" but this is not an accepted field in the chat_template',
+        );
+      }
+      if (typeof content !== 'string') {
+        throw templateError('continue_final_message: the final message content must be a string');
+      }
+      finalMessage = content;
+      const copy = new Map(last);
+      copy.set('content', content + CONTINUE_TAG);
+      chat[chat.length - 1] = copy;
+    }
+
+    // render_jinja_template(conversations=..., ...) and template.render(messages=..., ...) bind
+    // these names already. `conversations` only reaches the call when the template reads it
+    // (vLLM's kwargs filter); `messages` every template reads.
+    const conversationsRead = /\bconversations\b/.test(this.source);
+    if (kw.has('messages') || (kw.has('conversations') && conversationsRead)) {
+      const name = kw.has('messages') ? 'messages' : 'conversations';
+      throw templateError(`render() got multiple values for keyword argument '${name}'`);
+    }
+    kw.delete('conversations');
+    const context = new Map<string, PyValue>(specialTokens);
+    for (const [k, x] of kw) context.set(k, x);
+    context.set('messages', chat);
+    context.set('tools', toolSchemas);
+    context.set('documents', documents);
+    context.set('add_generation_prompt', addGenerationPrompt);
+
+    let rendered: string;
+    try {
+      rendered = this.tpl.render(context, nowMs);
+    } catch (e) {
+      if (e instanceof KvEppError) throw e;
+      throw templateError(`chat template: ${(e as Error).message}`);
+    }
+
+    if (continueFinal) {
+      const tag = CONTINUE_TAG.trim();
+      if (!rendered.includes(pyStrip(finalMessage)) || !rendered.includes(tag)) {
+        throw templateError(
+          'continue_final_message is set but the final message does not appear in the chat after ' +
+            'applying the chat template!',
+        );
+      }
+      const at = rendered.lastIndexOf(tag);
+      rendered =
+        rendered.slice(at, at + CONTINUE_TAG.length) === CONTINUE_TAG
+          ? rendered.slice(0, at)
+          : pyStrip(rendered.slice(0, at), null, 'r');
+    }
+    return rendered;
+  }
+}

@@ -1,0 +1,6 @@
+export {
+  JsTokenizer,
+  type JsTokenizerOptions,
+  loadJsTokenizer,
+  TIKTOKEN_ENCODINGS,
+} from './tokenizer.js';

@@ -1,0 +1,811 @@
+/**
+ * vLLM's request normalisation for OpenAI chat/completions bodies, steps 1-4 of
+ * scripts/goldens/make_goldens.py (the spec; read its docstring first):
+ *
+ *  1. validation: each message must validate against the union of the OpenAI SDK message
+ *     TypedDicts and vLLM's CustomChatCompletionMessageParam, as pydantic-core does it (smart
+ *     union: the member with the most fields set wins, ties go to the earlier member; the count
+ *     adds up the fields of every TypedDict validated on the way, e.g. each tool call of the custom
+ *     member's eager `list[...]` adds 5; extra keys are dropped; output keys in schema order;
+ *     `Iterable[...]` fields are validated lazily, i.e. after the member was chosen, against that
+ *     member's item type). `reasoning_content` is renamed to `reasoning` first.
+ *  2. message parsing ("string" content format): content flattened to one string, unknown keys
+ *     dropped, tool-call `arguments` parsed with Python's json.loads.
+ *  3. tools re-serialised in vLLM's pydantic dump order.
+ *  4. template kwargs merged (request fields win over `chat_template_kwargs`).
+ *
+ * Steps 5-6 (the chat template and the encode) belong to a tokenizer backend.
+ *
+ * Top-level fields the script does not validate are checked as vLLM's pydantic request model
+ * would (booleans lax-parsed, `chat_template_kwargs` an object, ...), so a body vLLM answers
+ * with 400 is rejected here too rather than rendered.
+ *
+ * Every error is a KvEppError (invalid_json, invalid_request or unsupported_content) whose message
+ * starts with the JSON path of the offending field.
+ *
+ * Pure module: no `node:*` imports.
+ */
+import { KvEppError } from '../errors.js';
+import {
+  clonePy,
+  isDict,
+  isInt,
+  type PyDict,
+  PyFloat,
+  PyJsonError,
+  type PyValue,
+  parsePyJson,
+  parsePyJsonBytes,
+  pyTypeName,
+} from './pyjson.js';
+
+/** A chat request after vLLM's normalisation, ready for `apply_chat_template`. */
+export interface ChatRequest {
+  /** The messages handed to the template (the goldens' `conversation`). */
+  conversation: PyDict[];
+  /** The tools handed to the template (vLLM's pydantic dump), or null. */
+  tools: PyValue[] | null;
+  /**
+   * `chat_template_kwargs` merged with the request's add_generation_prompt,
+   * continue_final_message, documents, reasoning_effort and enable_thinking (request fields win).
+   * Always holds `add_generation_prompt` and `continue_final_message`.
+   */
+  kwargs: PyDict;
+  addGenerationPrompt: boolean;
+  continueFinalMessage: boolean;
+  /** Encode the rendered prompt with special tokens (request `add_special_tokens`, default false). */
+  addSpecialTokens: boolean;
+}
+
+/** A completions prompt: text to encode, or token ids given by the client. */
+export type CompletionPrompt =
+  | { kind: 'text'; text: string; addSpecialTokens: boolean }
+  | { kind: 'ids'; ids: Uint32Array };
+
+const invalid = (msg: string) => new KvEppError('invalid_request', msg);
+
+// ---------------------------------------------------------------------------------------------
+// Body
+// ---------------------------------------------------------------------------------------------
+
+/** Parses a request body (Python json.loads semantics); it must be a JSON object. */
+export function parseRequestBody(body: Uint8Array): PyDict {
+  let v: PyValue;
+  try {
+    v = parsePyJsonBytes(body);
+  } catch (e) {
+    if (e instanceof PyJsonError)
+      throw new KvEppError('invalid_json', `request body: ${e.message}`);
+    throw e;
+  }
+  if (!isDict(v)) throw invalid(`request body: must be a JSON object, got ${pyTypeName(v)}`);
+  return v;
+}
+
+/**
+ * pydantic's lax bool: true/false, 0/1, 0.0/1.0 and the strings it accepts.
+ * Returns undefined when the value is not a valid bool.
+ */
+export function laxBool(v: PyValue | undefined): boolean | undefined {
+  if (typeof v === 'boolean') return v;
+  if (v === 0 || v === 1) return v === 1;
+  if (v instanceof PyFloat && (v.value === 0 || v.value === 1)) return v.value === 1;
+  if (typeof v === 'string') {
+    const s = v.toLowerCase();
+    if (['0', 'off', 'f', 'false', 'n', 'no'].includes(s)) return false;
+    if (['1', 'on', 't', 'true', 'y', 'yes'].includes(s)) return true;
+  }
+  return undefined;
+}
+
+function boolField(body: PyDict, key: string, dflt: boolean): boolean {
+  if (!body.has(key)) return dflt;
+  const b = laxBool(body.get(key));
+  if (b === undefined) throw invalid(`${key}: must be a boolean, got ${pyTypeName(body.get(key))}`);
+  return b;
+}
+
+/** Python truthiness of a JSON value. */
+export function pyTruthy(v: PyValue | undefined): boolean {
+  if (v === undefined || v === null || v === false) return false;
+  if (v === true) return true;
+  if (typeof v === 'number') return v !== 0;
+  if (typeof v === 'bigint') return v !== 0n;
+  if (v instanceof PyFloat) return v.value !== 0;
+  if (typeof v === 'string') return v.length > 0;
+  if (Array.isArray(v)) return v.length > 0;
+  return v.size > 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small pydantic: TypedDict / union / list / Iterable validation
+// ---------------------------------------------------------------------------------------------
+
+type Schema =
+  | { t: 'str' }
+  | { t: 'lit'; v: readonly string[] }
+  | { t: 'bool' }
+  | { t: 'any' }
+  | { t: 'dict' }
+  | { t: 'opt'; s: Schema }
+  | { t: 'union'; m: readonly Schema[] }
+  | { t: 'list'; s: Schema }
+  | { t: 'iter'; s: Schema }
+  | { t: 'td'; name: string; f: readonly Field[] };
+type Field = readonly [name: string, schema: Schema, required: boolean];
+
+/** An `Iterable[...]` value accepted but not yet validated (pydantic's ValidatorIterator). */
+class Lazy {
+  constructor(
+    readonly items: PyValue[],
+    readonly schema: Schema,
+    readonly path: string,
+  ) {}
+}
+type Out = PyValue | Lazy | OutDict | Out[];
+type OutDict = Map<string, Out>;
+
+type Result =
+  | { ok: true; value: Out; fields: number | null; exact: boolean }
+  | { ok: false; err: string };
+
+const STR: Schema = { t: 'str' };
+const ANY: Schema = { t: 'any' };
+const lit = (...v: string[]): Schema => ({ t: 'lit', v });
+const opt = (s: Schema): Schema => ({ t: 'opt', s });
+const td = (name: string, ...f: Field[]): Schema => ({ t: 'td', name, f });
+const req = (name: string, s: Schema): Field => [name, s, true];
+const optional = (name: string, s: Schema): Field => [name, s, false];
+
+const PROMPT_CACHE_BREAKPOINT = td(
+  'PromptCacheBreakpoint',
+  req('mode', lit('explicit')),
+  optional('ttl', lit('30m', '12h')),
+);
+const TEXT_PART = td(
+  'ChatCompletionContentPartTextParam',
+  req('text', STR),
+  req('type', lit('text')),
+  optional('prompt_cache_breakpoint', PROMPT_CACHE_BREAKPOINT),
+);
+const REFUSAL_PART = td(
+  'ChatCompletionContentPartRefusalParam',
+  req('refusal', STR),
+  req('type', lit('refusal')),
+);
+const IMAGE_PART = td(
+  'ChatCompletionContentPartImageParam',
+  req(
+    'image_url',
+    td('ImageURL', req('url', STR), optional('detail', lit('auto', 'low', 'high', 'original'))),
+  ),
+  req('type', lit('image_url')),
+  optional('prompt_cache_breakpoint', PROMPT_CACHE_BREAKPOINT),
+);
+const AUDIO_PART = td(
+  'ChatCompletionContentPartInputAudioParam',
+  req('input_audio', td('InputAudio', req('data', STR), req('format', lit('wav', 'mp3')))),
+  req('type', lit('input_audio')),
+  optional('prompt_cache_breakpoint', PROMPT_CACHE_BREAKPOINT),
+);
+const FILE_PART = td(
+  'File',
+  req(
+    'file',
+    td('FileFile', optional('file_data', STR), optional('file_id', STR), optional('filename', STR)),
+  ),
+  req('type', lit('file')),
+  optional('prompt_cache_breakpoint', PROMPT_CACHE_BREAKPOINT),
+);
+const FUNCTION_TOOL_CALL = td(
+  'ChatCompletionMessageFunctionToolCallParam',
+  req('id', STR),
+  req('function', td('Function', req('arguments', STR), req('name', STR))),
+  req('type', lit('function')),
+);
+const CUSTOM_TOOL_CALL = td(
+  'ChatCompletionMessageCustomToolCallParam',
+  req('id', STR),
+  req('custom', td('Custom', req('input', STR), req('name', STR))),
+  req('type', lit('custom')),
+);
+const FUNCTION_TOOL = td(
+  'ChatCompletionFunctionToolParam',
+  req(
+    'function',
+    td(
+      'FunctionDefinition',
+      req('name', STR),
+      optional('description', STR),
+      optional('parameters', { t: 'dict' }),
+      optional('strict', opt({ t: 'bool' })),
+    ),
+  ),
+  req('type', lit('function')),
+);
+const textContent: Schema = { t: 'union', m: [STR, { t: 'iter', s: TEXT_PART }] };
+
+/** The message union, in pydantic's order: the OpenAI SDK's six members, then vLLM's custom one. */
+const MESSAGE_MEMBERS: readonly Schema[] = [
+  td(
+    'ChatCompletionDeveloperMessageParam',
+    req('content', textContent),
+    req('role', lit('developer')),
+    optional('name', STR),
+  ),
+  td(
+    'ChatCompletionSystemMessageParam',
+    req('content', textContent),
+    req('role', lit('system')),
+    optional('name', STR),
+  ),
+  td(
+    'ChatCompletionUserMessageParam',
+    req('content', {
+      t: 'union',
+      m: [STR, { t: 'iter', s: { t: 'union', m: [TEXT_PART, IMAGE_PART, AUDIO_PART, FILE_PART] } }],
+    }),
+    req('role', lit('user')),
+    optional('name', STR),
+  ),
+  td(
+    'ChatCompletionAssistantMessageParam',
+    req('role', lit('assistant')),
+    optional('audio', opt(td('Audio', req('id', STR)))),
+    optional(
+      'content',
+      opt({ t: 'union', m: [STR, { t: 'iter', s: { t: 'union', m: [TEXT_PART, REFUSAL_PART] } }] }),
+    ),
+    optional('function_call', opt(td('FunctionCall', req('arguments', STR), req('name', STR)))),
+    optional('name', STR),
+    optional('refusal', opt(STR)),
+    optional('tool_calls', {
+      t: 'iter',
+      s: { t: 'union', m: [FUNCTION_TOOL_CALL, CUSTOM_TOOL_CALL] },
+    }),
+  ),
+  td(
+    'ChatCompletionToolMessageParam',
+    req('content', textContent),
+    req('role', lit('tool')),
+    req('tool_call_id', STR),
+  ),
+  td(
+    'ChatCompletionFunctionMessageParam',
+    req('content', opt(STR)),
+    req('name', STR),
+    req('role', lit('function')),
+  ),
+  td(
+    'CustomChatCompletionMessageParam',
+    req('role', STR),
+    optional('content', { t: 'union', m: [STR, { t: 'list', s: ANY }] }),
+    optional('name', STR),
+    optional('tool_call_id', opt(STR)),
+    optional('tool_calls', opt({ t: 'list', s: FUNCTION_TOOL_CALL })),
+    optional('reasoning', opt(STR)),
+    optional('tools', opt({ t: 'list', s: FUNCTION_TOOL })),
+    optional('task', opt(STR)),
+  ),
+];
+
+const ok = (value: Out, exact = true, fields: number | null = null): Result => ({
+  ok: true,
+  value,
+  fields,
+  exact,
+});
+const fail = (err: string): Result => ({ ok: false, err });
+
+function describe(s: Schema): string {
+  switch (s.t) {
+    case 'str':
+      return 'a string';
+    case 'lit':
+      return s.v.map((x) => `'${x}'`).join(' or ');
+    case 'bool':
+      return 'a boolean';
+    case 'any':
+      return 'any value';
+    case 'dict':
+      return 'an object';
+    case 'opt':
+      return `${describe(s.s)} or null`;
+    case 'union':
+      return s.m.map(describe).join(' or ');
+    case 'list':
+    case 'iter':
+      return 'an array';
+    case 'td':
+      return `an object (${s.name})`;
+  }
+}
+
+/** Python iteration of a value for `Iterable[...]` (lists; dict keys; string characters). */
+function iterItems(v: PyValue): PyValue[] | undefined {
+  if (Array.isArray(v)) return v;
+  if (isDict(v)) return [...v.keys()];
+  if (typeof v === 'string') return Array.from(v);
+  return undefined;
+}
+
+function validate(s: Schema, v: PyValue, path: string): Result {
+  switch (s.t) {
+    case 'any':
+      return ok(v);
+    case 'str':
+      return typeof v === 'string'
+        ? ok(v)
+        : fail(`${path}: must be a string, got ${pyTypeName(v)}`);
+    case 'lit':
+      return typeof v === 'string' && s.v.includes(v)
+        ? ok(v)
+        : fail(`${path}: must be ${describe(s)}`);
+    case 'bool': {
+      const b = laxBool(v);
+      return b === undefined
+        ? fail(`${path}: must be a boolean, got ${pyTypeName(v)}`)
+        : ok(b, typeof v === 'boolean');
+    }
+    case 'dict':
+      return isDict(v) ? ok(v) : fail(`${path}: must be an object, got ${pyTypeName(v)}`);
+    case 'opt':
+      return v === null ? ok(null) : validate(s.s, v, path);
+    case 'list': {
+      if (!Array.isArray(v)) return fail(`${path}: must be an array, got ${pyTypeName(v)}`);
+      const out: Out[] = [];
+      let exact = true;
+      let fields: number | null = null;
+      for (let i = 0; i < v.length; i++) {
+        const r = validate(s.s, v[i] as PyValue, `${path}[${i}]`);
+        if (!r.ok) return r;
+        exact &&= r.exact;
+        if (r.fields !== null) fields = (fields ?? 0) + r.fields;
+        out.push(r.value);
+      }
+      return ok(out, exact, fields);
+    }
+    case 'iter': {
+      const items = iterItems(v);
+      return items === undefined
+        ? fail(`${path}: must be an array, got ${pyTypeName(v)}`)
+        : ok(new Lazy(items, s.s, path));
+    }
+    case 'union': {
+      // A nested union restores the fields-set count it started with: the chosen member's
+      // count does not add up into the enclosing TypedDict's.
+      const r = smartUnion(s.m, v, path);
+      return r.ok ? { ...r, fields: null } : r;
+    }
+    case 'td': {
+      if (!isDict(v)) return fail(`${path}: must be an object, got ${pyTypeName(v)}`);
+      const out: OutDict = new Map();
+      let fields = 0;
+      let exact = true;
+      for (const [name, fs, required] of s.f) {
+        const x = v.get(name);
+        const fpath = path === '' ? name : `${path}.${name}`;
+        if (x === undefined) {
+          if (required) return fail(`${fpath}: required`);
+          continue;
+        }
+        const r = validate(fs, x, fpath);
+        if (!r.ok) return r;
+        exact &&= r.exact;
+        fields += 1 + (r.fields ?? 0);
+        out.set(name, r.value);
+      }
+      return ok(out, exact, fields);
+    }
+  }
+}
+
+/**
+ * pydantic-core's smart union: an exact success without a fields-set count wins at once;
+ * otherwise the success with the most fields set wins, then the more exact one; ties keep the
+ * earlier member.
+ */
+function smartUnion(members: readonly Schema[], v: PyValue, path: string): Result {
+  let best: Extract<Result, { ok: true }> | undefined;
+  const errors: string[] = [];
+  for (const m of members) {
+    const r = validate(m, v, path);
+    if (!r.ok) {
+      errors.push(r.err);
+      continue;
+    }
+    if (r.exact && r.fields === null) return r;
+    if (best === undefined) {
+      best = r;
+      continue;
+    }
+    const better =
+      best.fields !== null && r.fields !== null && best.fields !== r.fields
+        ? best.fields < r.fields
+        : !best.exact && r.exact;
+    if (better) best = r;
+  }
+  if (best) return best;
+  // Objects against tagged TypedDicts: report the member the `type` names, or the tag itself.
+  if (isDict(v)) {
+    const tags = members.map((m) => {
+      const f = m.t === 'td' ? m.f.find(([name]) => name === 'type') : undefined;
+      return f !== undefined && f[1].t === 'lit' ? f[1].v : undefined;
+    });
+    if (tags.every((t) => t !== undefined)) {
+      const type = v.get('type');
+      const i = tags.findIndex((t) => typeof type === 'string' && t?.includes(type));
+      if (i >= 0) return fail(errors[i] as string);
+      return fail(
+        `${path}.type: must be ${tags
+          .flat()
+          .map((t) => `'${t}'`)
+          .join(' or ')}`,
+      );
+    }
+  }
+  // Report the member whose basic shape the value has (an object for a TypedDict, ...), if any.
+  const shaped = members.findIndex((m) => sameShape(m, v));
+  if (shaped >= 0 && members.filter((m) => sameShape(m, v)).length === 1) {
+    return fail(errors[shaped] as string);
+  }
+  return fail(`${path}: must be ${members.map(describe).join(' or ')}, got ${pyTypeName(v)}`);
+}
+
+function sameShape(s: Schema, v: PyValue): boolean {
+  switch (s.t) {
+    case 'str':
+    case 'lit':
+      return typeof v === 'string';
+    case 'td':
+    case 'dict':
+      return isDict(v);
+    case 'list':
+    case 'iter':
+      return Array.isArray(v);
+    case 'opt':
+      return v === null || sameShape(s.s, v);
+    case 'union':
+      return s.m.some((m) => sameShape(m, v));
+    default:
+      return true;
+  }
+}
+
+/** Validates what pydantic left lazy (the chosen member's `Iterable[...]` fields). */
+function materialize(v: Out): PyValue {
+  if (v instanceof Lazy) {
+    return v.items.map((item, i) => {
+      const r = validate(v.schema, item, `${v.path}[${i}]`);
+      if (!r.ok) throw invalid(r.err);
+      return materialize(r.value);
+    });
+  }
+  if (Array.isArray(v)) return v.map(materialize);
+  if (v instanceof Map) {
+    const m: PyDict = new Map();
+    for (const [k, x] of v) m.set(k, materialize(x));
+    return m;
+  }
+  return v;
+}
+
+function validateMessage(raw: PyValue, path: string): PyDict {
+  let msg = raw;
+  if (isDict(msg)) {
+    msg = new Map(msg);
+    const rc = msg.get('reasoning_content');
+    msg.delete('reasoning_content');
+    if (rc !== undefined && rc !== null) {
+      const r = msg.get('reasoning');
+      if (r === undefined || r === null) msg.set('reasoning', rc);
+    }
+  }
+  let best: Extract<Result, { ok: true }> | undefined;
+  const errors: string[] = [];
+  for (const member of MESSAGE_MEMBERS) {
+    const r = validate(member, msg, path);
+    if (!r.ok) {
+      errors.push(r.err);
+      continue;
+    }
+    if (
+      best === undefined ||
+      (best.fields !== r.fields ? (best.fields ?? 0) < (r.fields ?? 0) : !best.exact && r.exact)
+    ) {
+      best = r;
+    }
+  }
+  if (!best) {
+    // Name the reason the most permissive member (vLLM's custom one) gave, or the member for
+    // the message's own role when that is an OpenAI role.
+    const role = isDict(msg) ? msg.get('role') : undefined;
+    const idx = ['developer', 'system', 'user', 'assistant', 'tool', 'function'].indexOf(
+      typeof role === 'string' ? role : '',
+    );
+    const reason = errors[idx >= 0 ? idx : errors.length - 1] ?? '';
+    throw invalid(`${path}: matches none of the message types vLLM accepts (${reason})`);
+  }
+  return materialize(best.value) as PyDict;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 2: message parsing ("string" content format)
+// ---------------------------------------------------------------------------------------------
+
+const TEXT_PART_KEYS: ReadonlyMap<string, string> = new Map([
+  ['text', 'text'],
+  ['input_text', 'text'],
+  ['output_text', 'text'],
+  ['refusal', 'refusal'],
+  ['thinking', 'thinking'],
+]);
+const MEDIA_PART_TYPES: ReadonlySet<string> = new Set([
+  'image_url',
+  'input_image',
+  'image_embeds',
+  'image_pil',
+  'audio_url',
+  'input_audio',
+  'audio_embeds',
+  'video_url',
+  'prompt_embeds',
+]);
+
+function partText(part: PyValue, path: string): string | null {
+  if (typeof part === 'string') return part;
+  if (!isDict(part)) throw invalid(`${path}: a content part must be an object or a string`);
+  const ptype = part.get('type');
+  const key = typeof ptype === 'string' ? TEXT_PART_KEYS.get(ptype) : undefined;
+  if (key !== undefined) {
+    const text = part.get(key);
+    if (text === undefined || text === null) return null; // vLLM skips the part
+    if (typeof text !== 'string') throw invalid(`${path}.${key}: must be a string`);
+    return text;
+  }
+  let media: string | undefined;
+  if (typeof ptype === 'string' && MEDIA_PART_TYPES.has(ptype)) media = ptype;
+  else if (ptype === undefined || ptype === null) {
+    media = [...MEDIA_PART_TYPES].find((k) => part.has(k));
+  }
+  if (media !== undefined) {
+    throw new KvEppError(
+      'unsupported_content',
+      `${path}: ${media} parts are not supported by a text-only model`,
+    );
+  }
+  throw invalid(
+    `${path}: unsupported content part type ${typeof ptype === 'string' ? `'${ptype}'` : pyTypeName(ptype)}`,
+  );
+}
+
+/**
+ * vLLM's "string" content format: a string stays as is; the text of the text-like parts
+ * joined with "\n"; null/missing => "".
+ */
+export function flattenContent(content: PyValue | undefined, path: string): string {
+  if (content === undefined || content === null) return '';
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) throw invalid(`${path}: must be a string or an array`);
+  const texts: string[] = [];
+  for (let i = 0; i < content.length; i++) {
+    const t = partText(content[i] as PyValue, `${path}[${i}]`);
+    if (t !== null) texts.push(t);
+  }
+  return texts.join('\n');
+}
+
+/** Python json.loads of a tool call's `arguments`; invalid JSON becomes {} (as vLLM does). */
+function parseArguments(args: PyValue | undefined): PyValue {
+  if (typeof args === 'string') {
+    try {
+      return parsePyJson(args);
+    } catch {
+      return new Map();
+    }
+  }
+  if (Array.isArray(args) || isDict(args)) return args;
+  return new Map();
+}
+
+function parseMessages(messages: PyDict[]): PyDict[] {
+  const conversation: PyDict[] = [];
+  messages.forEach((msg, i) => {
+    const path = `messages[${i}]`;
+    const role = msg.get('role') as string;
+    const out: PyDict = new Map<string, PyValue>([
+      ['role', role],
+      ['content', flattenContent(msg.get('content'), `${path}.content`)],
+    ]);
+    if (role === 'assistant') {
+      const calls = msg.get('tool_calls');
+      if (calls !== undefined && calls !== null) out.set('tool_calls', clonePy(calls));
+      const reasoning = msg.get('reasoning');
+      if (reasoning !== undefined && reasoning !== null) {
+        out.set('reasoning', reasoning);
+        out.set('reasoning_content', reasoning);
+      }
+    } else if (role === 'tool' && msg.has('tool_call_id')) {
+      out.set('tool_call_id', msg.get('tool_call_id') as PyValue);
+    }
+    const name = msg.get('name');
+    if (typeof name === 'string') out.set('name', name);
+    const task = msg.get('task');
+    if (typeof task === 'string') out.set('task', task);
+    if (role === 'developer') out.set('tools', msg.get('tools') ?? null);
+    conversation.push(out);
+  });
+  conversation.forEach((out, i) => {
+    const calls = out.get('tool_calls');
+    if (out.get('role') !== 'assistant' || !Array.isArray(calls)) return;
+    if (calls.length === 0) {
+      out.delete('tool_calls');
+      return;
+    }
+    calls.forEach((call, j) => {
+      const fn = isDict(call) ? call.get('function') : undefined;
+      if (!isDict(fn)) {
+        throw new KvEppError(
+          'unsupported_content',
+          `messages[${i}].tool_calls[${j}]: only function tool calls are supported`,
+        );
+      }
+      fn.set('arguments', parseArguments(fn.get('arguments')));
+    });
+  });
+  return conversation;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 3: tools (vLLM's ChatCompletionToolsParam.model_dump())
+// ---------------------------------------------------------------------------------------------
+
+function normaliseTool(t: PyValue, path: string): PyDict {
+  if (!isDict(t)) throw invalid(`${path}: must be an object, got ${pyTypeName(t)}`);
+  const type = t.has('type') ? t.get('type') : 'function';
+  if (typeof type !== 'string') throw invalid(`${path}.type: must be a string`);
+  const fn = t.get('function');
+  if (!isDict(fn)) throw invalid(`${path}.function: must be an object, got ${pyTypeName(fn)}`);
+  const name = fn.get('name');
+  if (typeof name !== 'string') throw invalid(`${path}.function.name: must be a string`);
+  const description = fn.get('description') ?? null;
+  if (description !== null && typeof description !== 'string') {
+    throw invalid(`${path}.function.description: must be a string or null`);
+  }
+  const parameters = fn.get('parameters') ?? null;
+  if (parameters !== null && !isDict(parameters)) {
+    throw invalid(`${path}.function.parameters: must be an object or null`);
+  }
+  const outFn: PyDict = new Map<string, PyValue>([
+    ['name', name],
+    ['description', description],
+    ['parameters', parameters === null ? null : clonePy(parameters)],
+  ]);
+  for (const [k, x] of fn) {
+    if (k !== 'name' && k !== 'description' && k !== 'parameters') outFn.set(k, clonePy(x));
+  }
+  return new Map<string, PyValue>([
+    ['type', type],
+    ['function', outFn],
+  ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chat
+// ---------------------------------------------------------------------------------------------
+
+/** Steps 1-4 for a chat/completions body. */
+export function normaliseChatRequest(body: PyDict): ChatRequest {
+  const addGenerationPrompt = boolField(body, 'add_generation_prompt', true);
+  const continueFinalMessage = boolField(body, 'continue_final_message', false);
+  const addSpecialTokens = boolField(body, 'add_special_tokens', false);
+  if (continueFinalMessage && addGenerationPrompt && body.has('add_generation_prompt')) {
+    throw invalid(
+      'continue_final_message: cannot be true together with add_generation_prompt: true',
+    );
+  }
+
+  const raw = body.get('messages');
+  if (!Array.isArray(raw)) throw invalid(`messages: must be an array, got ${pyTypeName(raw)}`);
+  const messages = raw.map((m, i) => validateMessage(m, `messages[${i}]`));
+
+  const rawTools = body.get('tools');
+  let tools: PyValue[] | null = null;
+  if (rawTools !== undefined && rawTools !== null) {
+    if (!Array.isArray(rawTools))
+      throw invalid(`tools: must be an array, got ${pyTypeName(rawTools)}`);
+    tools = rawTools.map((t, i) => normaliseTool(t, `tools[${i}]`));
+  }
+
+  const conversation = parseMessages(messages);
+
+  const userKw = body.get('chat_template_kwargs');
+  if (userKw !== undefined && userKw !== null && !isDict(userKw)) {
+    throw invalid(`chat_template_kwargs: must be an object, got ${pyTypeName(userKw)}`);
+  }
+  const kwargs: PyDict = new Map(userKw ?? []);
+  for (const bad of ['chat_template', 'tokenize']) {
+    if (kwargs.has(bad)) throw invalid(`chat_template_kwargs.${bad}: not allowed`);
+  }
+  const documents = body.get('documents') ?? null;
+  if (documents !== null) {
+    if (!Array.isArray(documents)) throw invalid('documents: must be an array of objects');
+    documents.forEach((d, i) => {
+      if (!isDict(d)) throw invalid(`documents[${i}]: must be an object`);
+    });
+  }
+  const effort = body.get('reasoning_effort') ?? null;
+  if (effort !== null && typeof effort !== 'string') {
+    throw invalid(`reasoning_effort: must be a string, got ${pyTypeName(effort)}`);
+  }
+  const extra: [string, PyValue][] = [
+    ['add_generation_prompt', addGenerationPrompt],
+    ['continue_final_message', continueFinalMessage],
+    ['documents', documents],
+    ['reasoning_effort', effort],
+  ];
+  if (effort !== null && !kwargs.has('enable_thinking')) {
+    extra.push(['enable_thinking', effort !== 'none']);
+  }
+  for (const [k, x] of extra) {
+    if (x !== null && x !== 'auto') kwargs.set(k, x);
+  }
+
+  return {
+    conversation,
+    tools,
+    kwargs,
+    addGenerationPrompt,
+    continueFinalMessage,
+    addSpecialTokens,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Completions
+// ---------------------------------------------------------------------------------------------
+
+const MAX_TOKEN_ID = 0xffff_ffff;
+
+function tokenIds(arr: PyValue[], path: string): Uint32Array {
+  const out = new Uint32Array(arr.length);
+  for (let i = 0; i < arr.length; i++) {
+    const x = arr[i];
+    let n: number | undefined;
+    if (typeof x === 'number') n = x;
+    else if (typeof x === 'bigint') n = -1;
+    else if (x instanceof PyFloat && Number.isInteger(x.value)) n = x.value; // pydantic lax int
+    if (n === undefined || n < 0 || n > MAX_TOKEN_ID) {
+      throw invalid(`${path}[${i}]: token ids must be integers in 0..${MAX_TOKEN_ID}`);
+    }
+    out[i] = n;
+  }
+  return out;
+}
+
+/** The prompt of a completions body: a string, or token ids (one prompt only). */
+export function normaliseCompletionRequest(body: PyDict): CompletionPrompt {
+  const addSpecialTokens = boolField(body, 'add_special_tokens', true);
+  const prompt = body.get('prompt');
+  if (prompt === undefined || prompt === null) {
+    if (body.get('prompt_embeds') !== undefined && body.get('prompt_embeds') !== null) {
+      throw new KvEppError('unsupported_content', 'prompt_embeds: not supported');
+    }
+    throw invalid('prompt: required');
+  }
+  if (typeof prompt === 'string') return { kind: 'text', text: prompt, addSpecialTokens };
+  if (!Array.isArray(prompt))
+    throw invalid(`prompt: must be a string or an array, got ${pyTypeName(prompt)}`);
+  if (prompt.length === 0) throw invalid('prompt: must not be empty');
+  if (prompt.every((x) => isInt(x) || x instanceof PyFloat)) {
+    return { kind: 'ids', ids: tokenIds(prompt, 'prompt') };
+  }
+  if (prompt.length > 1) throw invalid('prompt: batched prompts (more than one) are not supported');
+  const only = prompt[0] as PyValue;
+  if (typeof only === 'string') return { kind: 'text', text: only, addSpecialTokens };
+  if (Array.isArray(only)) {
+    if (only.length === 0) throw invalid('prompt[0]: must not be empty');
+    return { kind: 'ids', ids: tokenIds(only, 'prompt[0]') };
+  }
+  throw invalid(`prompt[0]: must be a string or an array of token ids, got ${pyTypeName(only)}`);
+}
