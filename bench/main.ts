@@ -1,7 +1,7 @@
 /**
  * kv-epp benchmark CLI. Every case runs the native and JS backends side by
  * side in one process and prints a table (and JSON with --json FILE).
- *   node --expose-gc dist/bench/main.js [hash|index|all] [--quick] [--json FILE]
+ *   node --expose-gc dist/bench/main.js [hash|index|tokenize|pipeline|all] [--quick] [--json FILE]
  * Numbers are reported, never asserted: targets live in bench/README.md.
  */
 import { writeFileSync } from 'node:fs';
@@ -13,6 +13,7 @@ import { loadNativeBinding } from '../src/kv/native/binding.js';
 import { NativeBlockHasher } from '../src/kv/native/block-hasher.js';
 import { NativeKvIndex } from '../src/kv/native/radix-index.js';
 import type { BlockHasher, KvIndex } from '../src/kv/types.js';
+import { benchPipeline, benchTokenizers, type Table } from './tokenize-bench.js';
 import { indexWorkload, tokens } from './workload.js';
 
 interface Row {
@@ -153,21 +154,43 @@ async function main(): Promise<void> {
   if (scope === 'index' || scope === 'all') {
     await benchIndex({ native: () => NativeKvIndex.create(addon), js: () => new JsKvIndex() });
   }
+  const tables: Table[] = [];
+  if (scope === 'tokenize' || scope === 'all') tables.push(...(await benchTokenizers(quick)));
+  if (scope === 'pipeline' || scope === 'all') tables.push(...(await benchPipeline(quick)));
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
   console.log(`kv-epp bench (${scope}${quick ? ', quick' : ''}) on ${machine}\n`);
-  const w = Math.max(...rows.map((r) => r.case.length));
-  console.log(
-    `${'case'.padEnd(w)}  ${'native'.padStart(12)}  ${'js'.padStart(12)}  ${'native ×'.padStart(9)}  unit`,
-  );
-  for (const r of rows) {
-    // How many times better native is: higher-is-better units invert the ratio.
-    const ratio = r.unit.endsWith('/s') ? r.native / r.js : r.js / r.native;
+  if (rows.length > 0) {
+    const w = Math.max(...rows.map((r) => r.case.length));
     console.log(
-      `${r.case.padEnd(w)}  ${fmt(r.native).padStart(12)}  ${fmt(r.js).padStart(12)}  ${ratio.toFixed(1).padStart(9)}  ${r.unit}`,
+      `${'case'.padEnd(w)}  ${'native'.padStart(12)}  ${'js'.padStart(12)}  ${'native ×'.padStart(9)}  unit`,
     );
+    for (const r of rows) {
+      // How many times better native is: higher-is-better units invert the ratio.
+      const ratio = r.unit.endsWith('/s') ? r.native / r.js : r.js / r.native;
+      console.log(
+        `${r.case.padEnd(w)}  ${fmt(r.native).padStart(12)}  ${fmt(r.js).padStart(12)}  ${ratio.toFixed(1).padStart(9)}  ${r.unit}`,
+      );
+    }
   }
+  for (const t of tables) printTable(t);
   if (values.json) {
-    writeFileSync(values.json, `${JSON.stringify({ machine, scope, quick, rows }, null, 2)}\n`);
+    const json = JSON.stringify({ machine, scope, quick, rows, tables }, null, 2);
+    writeFileSync(values.json, `${json}\n`);
+  }
+}
+
+function printTable(t: Table): void {
+  console.log(`\n${t.title}`);
+  const w = Math.max(4, ...t.rows.map((r) => r.case.length));
+  const cw = t.columns.map((c) => Math.max(c.length, 9));
+  console.log(
+    `${'case'.padEnd(w)}  ${t.columns.map((c, i) => c.padStart(cw[i] as number)).join('  ')}`,
+  );
+  for (const r of t.rows) {
+    const cells = r.values.map((v, i) =>
+      (typeof v === 'number' ? fmt(v) : v).padStart(cw[i] as number),
+    );
+    console.log(`${r.case.padEnd(w)}  ${cells.join('  ')}`);
   }
 }
 

@@ -12,6 +12,7 @@ export type KvEppErrorCode =
   | 'native_unavailable'
   | 'hash_backend_unavailable'
   | 'disposed'
+  | 'internal'
   // Request tokenization (the server answers 400 with the message):
   | 'invalid_json'
   | 'invalid_request'

@@ -59,3 +59,33 @@ export interface NativeIndexStats {
 
 /** Writes the sequence hashes of `local[..count]` into `out` (must not alias `local`); returns the count. */
 export declare function sequenceHashesInto(local: BigUint64Array, count: number, out: BigUint64Array): number
+
+/** Frees a tokenizer. Later calls with the handle fail with `disposed`. */
+export declare function tokenizerDispose(handle: number): boolean
+
+/** Plain encode of `text`. */
+export declare function tokenizerEncode(handle: number, text: string, addSpecialTokens: boolean): Uint32Array
+
+/** `hf` or `tiktoken`. */
+export declare function tokenizerKind(handle: number): string
+
+/**
+ * Loads a tokenizer (`o200k_base` / `cl100k_base`, a directory with
+ * tokenizer.json, or a tokenizer.json path); `chat_template` replaces its chat
+ * template. Returns a process-wide handle.
+ */
+export declare function tokenizerLoad(source: string, chatTemplate?: string | undefined | null): number
+
+/** The rendered chat prompt of a chat/completions body (UTF-8 JSON bytes). */
+export declare function tokenizerRenderChat(handle: number, body: Uint8Array, nowMs: number): string
+
+/**
+ * Replaces a tokenizer's chat template (vLLM's `--chat-template`; HF tokenizers
+ * only). Meant right after loading: fails with `invalid_argument` while another
+ * call is using the tokenizer. A template that does not compile fails every
+ * later chat request with `template_error`.
+ */
+export declare function tokenizerSetChatTemplate(handle: number, chatTemplate: string): void
+
+/** The prompt token ids of a request body; `api` is `chat` or `completions`. */
+export declare function tokenizerTokenizeRequest(handle: number, body: Uint8Array, api: string, nowMs: number): Uint32Array

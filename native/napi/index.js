@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { blockHashSeed, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, sequenceHashesInto } = nativeBinding
+const { blockHashSeed, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { blockHashSeed }
 export { indexApplyRemoved }
 export { indexApplyStored }
@@ -786,4 +786,11 @@ export { indexStats }
 export { indexTreeSize }
 export { localHashesInto }
 export { sequenceHashesInto }
+export { tokenizerDispose }
+export { tokenizerEncode }
+export { tokenizerKind }
+export { tokenizerLoad }
+export { tokenizerRenderChat }
+export { tokenizerSetChatTemplate }
+export { tokenizerTokenizeRequest }
 export const __napiBindingTarget = __napiLoadedBindingTarget

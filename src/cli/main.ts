@@ -6,13 +6,16 @@
 import { KvEppError } from '../errors.js';
 import { UsageError } from './args.js';
 import { HASH_USAGE, hashCommand } from './hash.js';
+import { TOKENIZE_USAGE, tokenizeCommand } from './tokenize.js';
 
 const USAGE = `usage: kv-epp <command> [options]
 
 commands:
-  hash     print Dynamo-compatible KV block hashes of token ids
+  hash       print Dynamo-compatible KV block hashes of token ids
+  tokenize   print the prompt token ids (and block hashes) the EPP computes for a request
 
-${HASH_USAGE}`;
+${HASH_USAGE}
+${TOKENIZE_USAGE}`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -20,6 +23,9 @@ async function main(argv: string[]): Promise<number> {
     switch (cmd) {
       case 'hash':
         process.stdout.write(`${await hashCommand(rest)}\n`);
+        return 0;
+      case 'tokenize':
+        process.stdout.write(`${await tokenizeCommand(rest)}\n`);
         return 0;
       case undefined:
       case 'help':

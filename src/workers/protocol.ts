@@ -1,9 +1,9 @@
 /**
- * Messages between the main thread and the tokenization workers. Bodies and
- * results cross as transferred typed arrays (no structured clone of JS
- * arrays); the body comes back with the result so the main thread can still
- * forward it.
+ * Messages between the main thread and the tokenization workers. The body
+ * (a private copy) and the results cross as transferred typed arrays, never
+ * as structured clones of JS arrays.
  */
+import type { KvEppErrorCode } from '../errors.js';
 import type { Backend } from '../kv/types.js';
 import type { RouteSettings } from '../pipeline/route-prep.js';
 import type { ApiKind } from '../tokenize/types.js';
@@ -27,5 +27,5 @@ export interface PrepareTask {
 }
 
 export type PrepareResult =
-  | { ok: true; body: Uint8Array; tokens: Uint32Array; localHashes: BigUint64Array }
-  | { ok: false; body: Uint8Array; code: string; message: string };
+  | { ok: true; tokens: Uint32Array; localHashes: BigUint64Array }
+  | { ok: false; code: KvEppErrorCode; message: string };

@@ -1,9 +1,11 @@
-//! kv-epp's hot-path core, free of Node: Dynamo-compatible block hashing and
-//! the KV prefix index. The napi crate is a thin layer over this crate.
+//! kv-epp's hot-path core, free of Node: Dynamo-compatible block hashing, the
+//! KV prefix index, and vLLM-exact prompt tokenization. The napi crate is a thin
+//! layer over this crate.
 
 pub mod error;
 pub mod hash;
 pub mod index;
+pub mod tokenize;
 
 pub use error::CoreError;
 pub use index::{EventError, IndexCounters, OverlapScores, RadixIndex, StoredBlock, WorkerKey};

@@ -6,12 +6,17 @@
 //!   every thread of the process (main thread, Piscina workers) reaches the
 //!   same index; reads share a read lock, event application takes the write lock;
 //! - errors carry the core's stable code as the message prefix `code: text`,
-//!   which the TypeScript adapter turns into `KvEppError`.
+//!   which the TypeScript adapter turns into `KvEppError`;
+//! - tokenizers live in the same registry (their own handles); a call clones the
+//!   tokenizer's `Arc` and runs outside the lock on the calling thread; calls into
+//!   the tokenizer libraries catch panics (`catch_unwind`) so a bug there is a JS
+//!   error, never a crashed process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use kv_epp_core::hash;
+use kv_epp_core::tokenize::{ApiKind, TokenizeError, Tokenizer};
 use kv_epp_core::{CoreError, EventError, RadixIndex, StoredBlock, WorkerKey};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -26,10 +31,12 @@ type OutU32<'a> = &'a mut [u32];
 struct Registry {
     next: u32,
     indexes: HashMap<u32, SharedIndex>,
+    tokenizers: HashMap<u32, Arc<Tokenizer>>,
 }
 
-static REGISTRY: LazyLock<RwLock<Registry>> =
-    LazyLock::new(|| RwLock::new(Registry { next: 1, indexes: HashMap::new() }));
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
+    RwLock::new(Registry { next: 1, indexes: HashMap::new(), tokenizers: HashMap::new() })
+});
 
 fn err(code: &str, msg: impl std::fmt::Display) -> Error {
     Error::new(Status::InvalidArg, format!("{code}: {msg}"))
@@ -242,4 +249,113 @@ pub fn index_stats(handle: u32) -> Result<NativeIndexStats> {
         block_not_found: c.block_not_found as f64,
         invalid_block_sequence: c.invalid_block_sequence as f64,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokenization
+// ---------------------------------------------------------------------------------------------
+
+fn tok_err(e: TokenizeError) -> Error {
+    err(e.code(), e.message)
+}
+
+fn tokenizer(handle: u32) -> Result<Arc<Tokenizer>> {
+    REGISTRY
+        .read()
+        .tokenizers
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| err("disposed", format!("no tokenizer with handle {handle}")))
+}
+
+/// The clock for `strftime_now`, ms since the epoch (a JS number).
+fn now_ms_of(now_ms: f64) -> Result<i64> {
+    if !now_ms.is_finite() {
+        return Err(err("invalid_argument", "nowMs must be a finite number"));
+    }
+    Ok(now_ms as i64)
+}
+
+/// Loads a tokenizer (`o200k_base` / `cl100k_base`, a directory with
+/// tokenizer.json, or a tokenizer.json path); `chat_template` replaces its chat
+/// template. Returns a process-wide handle.
+#[napi(catch_unwind)]
+pub fn tokenizer_load(source: String, chat_template: Option<String>) -> Result<u32> {
+    let mut t = Tokenizer::load(&source).map_err(tok_err)?;
+    if let Some(template) = chat_template {
+        t.set_chat_template(&template).map_err(tok_err)?;
+    }
+    let mut reg = REGISTRY.write();
+    let h = reg.next;
+    reg.next += 1;
+    reg.tokenizers.insert(h, Arc::new(t));
+    Ok(h)
+}
+
+/// Replaces a tokenizer's chat template (vLLM's `--chat-template`; HF tokenizers
+/// only). Meant right after loading: fails with `invalid_argument` while another
+/// call is using the tokenizer. A template that does not compile fails every
+/// later chat request with `template_error`.
+#[napi(catch_unwind)]
+pub fn tokenizer_set_chat_template(handle: u32, chat_template: String) -> Result<()> {
+    let mut reg = REGISTRY.write();
+    let t = reg
+        .tokenizers
+        .get_mut(&handle)
+        .ok_or_else(|| err("disposed", format!("no tokenizer with handle {handle}")))?;
+    let t = Arc::get_mut(t)
+        .ok_or_else(|| err("invalid_argument", "the tokenizer is in use by another call"))?;
+    t.set_chat_template(&chat_template).map_err(tok_err)
+}
+
+/// Frees a tokenizer. Later calls with the handle fail with `disposed`.
+#[napi]
+pub fn tokenizer_dispose(handle: u32) -> bool {
+    REGISTRY.write().tokenizers.remove(&handle).is_some()
+}
+
+/// `hf` or `tiktoken`.
+#[napi]
+pub fn tokenizer_kind(handle: u32) -> Result<String> {
+    Ok(tokenizer(handle)?.kind().to_string())
+}
+
+/// Plain encode of `text`.
+#[napi(catch_unwind)]
+pub fn tokenizer_encode(
+    handle: u32,
+    text: String,
+    add_special_tokens: bool,
+) -> Result<Uint32Array> {
+    let ids = tokenizer(handle)?.encode(&text, add_special_tokens).map_err(tok_err)?;
+    Ok(Uint32Array::new(ids))
+}
+
+/// The rendered chat prompt of a chat/completions body (UTF-8 JSON bytes).
+#[napi(catch_unwind)]
+pub fn tokenizer_render_chat(handle: u32, body: &[u8], now_ms: f64) -> Result<String> {
+    tokenizer(handle)?.render_chat(body, now_ms_of(now_ms)?).map_err(tok_err)
+}
+
+/// The prompt token ids of a request body; `api` is `chat` or `completions`.
+#[napi(catch_unwind)]
+pub fn tokenizer_tokenize_request(
+    handle: u32,
+    body: &[u8],
+    api: String,
+    now_ms: f64,
+) -> Result<Uint32Array> {
+    let api = match api.as_str() {
+        "chat" => ApiKind::Chat,
+        "completions" => ApiKind::Completions,
+        other => {
+            return Err(err(
+                "invalid_argument",
+                format!("api must be chat or completions, got {other:?}"),
+            ));
+        }
+    };
+    let ids =
+        tokenizer(handle)?.tokenize_request(body, api, now_ms_of(now_ms)?).map_err(tok_err)?;
+    Ok(Uint32Array::new(ids))
 }

@@ -1,0 +1,164 @@
+/**
+ * Tokenizer and request-pipeline benchmarks (issue 4), side by side:
+ * kv-epp native, kv-epp JS twin, npm `tokenizers` (HF's own napi binding) and
+ * `gpt-tokenizer` (fastest pure-JS OpenAI BPE), on real prose and code.
+ * Ids are compared against the native backend and the match is reported.
+ */
+
+import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { encode as gptEncodeO200k } from 'gpt-tokenizer/encoding/o200k_base';
+import { Tokenizer as HfNpmTokenizer } from 'tokenizers';
+import { createBlockHasher, createKvIndex } from '../src/kv/factory.js';
+import { createTokenizer } from '../src/tokenize/factory.js';
+import type { Tokenizer } from '../src/tokenize/types.js';
+import { RoutePreparer } from '../src/workers/route-preparer.js';
+import { sample } from './corpus.js';
+
+export interface Table {
+  title: string;
+  columns: string[];
+  unit: string;
+  rows: Array<{ case: string; values: Array<number | string> }>;
+}
+
+const ROOT = join(import.meta.dirname, '../..');
+const QWEN = join(ROOT, 'test/fixtures/tokenizers/qwen3');
+
+async function timeMs(f: () => unknown, minMs: number): Promise<number> {
+  await f();
+  let n = 0;
+  const start = performance.now();
+  while (performance.now() - start < minMs || n < 3) {
+    await f();
+    n++;
+  }
+  return (performance.now() - start) / n;
+}
+
+const same = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+  a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => v === b[i]);
+
+export async function benchTokenizers(quick: boolean): Promise<Table[]> {
+  const minMs = quick ? 150 : 600;
+  const sizes = quick ? [2048, 65536] : [2048, 65536, 1 << 20];
+  const hf: Table = {
+    title: 'HF tokenizer.json (Qwen3): MB/s, higher is better',
+    columns: ['kv-epp native', 'kv-epp js', 'npm tokenizers', 'native ÷ npm', 'ids equal'],
+    unit: 'MB/s',
+    rows: [],
+  };
+  const tk: Table = {
+    title: 'tiktoken o200k_base: MB/s, higher is better',
+    columns: [
+      'kv-epp native',
+      'kv-epp js (tiktoken)',
+      'gpt-tokenizer',
+      'native ÷ gpt',
+      'ids equal',
+    ],
+    unit: 'MB/s',
+    rows: [],
+  };
+  const native = await createTokenizer({ source: QWEN }, 'native');
+  const js = await createTokenizer({ source: QWEN }, 'js');
+  const npm = HfNpmTokenizer.fromFile(join(QWEN, 'tokenizer.json'));
+  const nativeTk = await createTokenizer({ source: 'o200k_base' }, 'native');
+  const jsTk = await createTokenizer({ source: 'o200k_base' }, 'js');
+  for (const kind of ['prose', 'code'] as const) {
+    for (const bytes of sizes) {
+      const text = sample(kind, bytes);
+      const mb = Buffer.byteLength(text) / 1e6;
+      const label = `${kind} ${bytes >= 1 << 20 ? `${bytes >> 20} MB` : `${bytes >> 10} KB`}`;
+      const ids = native.encode(text, false);
+      const npmIds = (await npm.encode(text, undefined, { addSpecialTokens: false })).getIds();
+      const a = mb / ((await timeMs(() => native.encode(text, false), minMs)) / 1e3);
+      const b = mb / ((await timeMs(() => js.encode(text, false), minMs)) / 1e3);
+      const c =
+        mb /
+        ((await timeMs(() => npm.encode(text, undefined, { addSpecialTokens: false }), minMs)) /
+          1e3);
+      const eq = same(ids, npmIds) && same(ids, js.encode(text, false));
+      hf.rows.push({ case: label, values: [a, b, c, a / c, eq ? 'yes' : 'NO'] });
+
+      const tids = nativeTk.encode(text, false);
+      const ta = mb / ((await timeMs(() => nativeTk.encode(text, false), minMs)) / 1e3);
+      const tb = mb / ((await timeMs(() => jsTk.encode(text, false), minMs)) / 1e3);
+      const tc = mb / ((await timeMs(() => gptEncodeO200k(text), minMs)) / 1e3);
+      const teq = same(tids, gptEncodeO200k(text)) && same(tids, jsTk.encode(text, false));
+      tk.rows.push({ case: label, values: [ta, tb, tc, ta / tc, teq ? 'yes' : 'NO'] });
+    }
+  }
+  for (const t of [native, js, nativeTk, jsTk]) t.dispose();
+  return [hf, tk];
+}
+
+function chatBody(tokenizer: Tokenizer, targetTokens: number, salt: number): Uint8Array {
+  // ~4 bytes per token for English prose with Qwen3.
+  let text = sample('prose', targetTokens * 4);
+  const n = tokenizer.encode(text, false).length;
+  text = sample('prose', Math.round((targetTokens * 4 * targetTokens) / n));
+  return new TextEncoder().encode(
+    JSON.stringify({
+      model: 'bench',
+      messages: [
+        { role: 'system', content: `You are assistant #${salt}.` },
+        { role: 'user', content: text },
+      ],
+    }),
+  );
+}
+
+export async function benchPipeline(quick: boolean): Promise<Table[]> {
+  const out: Table = {
+    title: 'prepareRoute (tokenize + hash + score), Qwen3 chat prompt, block size 16',
+    columns: ['p50 ms', 'p99 ms', 'req/s', 'max loop delay ms', 'loop p99 ms'],
+    unit: '',
+    rows: [],
+  };
+  for (const backend of ['native', 'js'] as const) {
+    const tokenizer = await createTokenizer({ source: QWEN }, backend);
+    const hasher = await createBlockHasher(backend);
+    const index = await createKvIndex(backend);
+    const path = { tokenizer, hasher, index };
+    for (const tokens of quick ? [8192] : [8192, 65536]) {
+      const bodies = Array.from({ length: 32 }, (_, i) => chatBody(tokenizer, tokens, i));
+      for (const mode of ['inline', 'pool'] as const) {
+        const preparer = RoutePreparer.create(path, {
+          poolSize: mode === 'pool' ? 2 : 0,
+          offloadBytes: 1,
+        });
+        await preparer.prepare(bodies[0] as Uint8Array, 'chat', { blockSize: 16 });
+        const h = monitorEventLoopDelay({ resolution: 1 });
+        h.enable();
+        const lat: number[] = [];
+        const start = performance.now();
+        // 32 requests in flight at once, as a burst would arrive.
+        await Promise.all(
+          bodies.map(async (b) => {
+            const t0 = performance.now();
+            await preparer.prepare(b, 'chat', { blockSize: 16 });
+            lat.push(performance.now() - t0);
+          }),
+        );
+        const wall = performance.now() - start;
+        h.disable();
+        await preparer.close();
+        lat.sort((x, y) => x - y);
+        out.rows.push({
+          case: `${backend} ${tokens >> 10}k tokens, ${mode}, 32 in flight`,
+          values: [
+            lat[Math.floor(lat.length / 2)] as number,
+            lat[Math.floor(lat.length * 0.99)] as number,
+            (bodies.length / wall) * 1e3,
+            h.max / 1e6,
+            h.percentile(99) / 1e6,
+          ],
+        });
+      }
+    }
+    tokenizer.dispose();
+    index.dispose();
+  }
+  return [out];
+}

@@ -1,0 +1,147 @@
+//! Prompt tokenization: the token ids vLLM's OpenAI server computes for a request
+//! body, bit for bit (checked against test/fixtures/chat/goldens, made with HF
+//! transformers 5.24 and scripts/goldens/make_goldens.py's emulation of vLLM).
+//!
+//! Pipeline for a chat body (`render_chat` / `tokenize_request`):
+//! parse (request.rs, key order kept) -> vLLM's validation and message parsing
+//! (request.rs) -> template choice (hf.rs) -> kwargs filter + transformers'
+//! `apply_chat_template` (chat.rs, minijinja) -> `encode(rendered,
+//! add_special_tokens)` (hf.rs; false by default for chat; byte-level BPE
+//! tokenizers take the exact fast path of fastbpe.rs). A completions body's
+//! `prompt` is encoded with `add_special_tokens` (default true), or passed through
+//! when it is token ids. tiktoken encodings (tiktoken.rs) render chats in kv-epp's
+//! own plain format.
+//!
+//! Contracts: no call panics on any input (malformed JSON, hostile request
+//! values, odd Unicode); errors carry stable codes (error.rs); `now_ms` is the
+//! clock `strftime_now` sees (templates that print today's date); everything runs
+//! on the calling thread (no rayon), and a `Tokenizer` is `Send + Sync`.
+
+pub mod chat;
+pub mod error;
+pub mod fastbpe;
+pub mod filters;
+pub mod hf;
+pub mod pydantic;
+pub mod pyfmt;
+pub mod pystr;
+pub mod request;
+pub mod strftime;
+pub mod tiktoken;
+
+pub use error::{TokenizeError, TokenizeErrorCode};
+pub use hf::HfTokenizer;
+pub use tiktoken::TiktokenTokenizer;
+
+use request::Prompt;
+
+/// Which OpenAI API a body belongs to (the request path decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    Chat,
+    Completions,
+}
+
+/// Shared across threads by the napi registry.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>()
+};
+
+pub enum Tokenizer {
+    /// tokenizer.json (+ tokenizer_config.json, chat templates).
+    Hf(Box<HfTokenizer>),
+    /// A built-in tiktoken encoding.
+    Tiktoken(TiktokenTokenizer),
+}
+
+impl Tokenizer {
+    /// `o200k_base` / `cl100k_base` => tiktoken; an existing path => HF (a
+    /// directory with tokenizer.json, or the tokenizer.json file); anything else
+    /// => `tokenizer_not_found`.
+    pub fn load(source: &str) -> Result<Tokenizer, TokenizeError> {
+        if let Some(t) = TiktokenTokenizer::load(source) {
+            return t.map(Tokenizer::Tiktoken);
+        }
+        if std::path::Path::new(source).exists() {
+            return HfTokenizer::load(source).map(|t| Tokenizer::Hf(Box::new(t)));
+        }
+        Err(TokenizeError::not_found(format!(
+            "{source:?} is neither a tokenizer directory or tokenizer.json path nor one of {}",
+            tiktoken::ENCODINGS.join(", ")
+        )))
+    }
+
+    /// `hf` or `tiktoken`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Tokenizer::Hf(_) => "hf",
+            Tokenizer::Tiktoken(_) => "tiktoken",
+        }
+    }
+
+    /// Replaces the chat template (vLLM's `--chat-template`); HF tokenizers only.
+    /// A template that does not compile fails every chat request (`template_error`).
+    pub fn set_chat_template(&mut self, source: &str) -> Result<(), TokenizeError> {
+        match self {
+            Tokenizer::Hf(t) => {
+                t.set_chat_template(source);
+                Ok(())
+            }
+            Tokenizer::Tiktoken(t) => Err(TokenizeError::invalid_tokenizer(format!(
+                "{} has no chat template support",
+                t.name()
+            ))),
+        }
+    }
+
+    /// Plain encode of `text`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizeError> {
+        match self {
+            Tokenizer::Hf(t) => t.encode(text, add_special_tokens),
+            Tokenizer::Tiktoken(t) => Ok(t.encode(text)),
+        }
+    }
+
+    /// The rendered chat prompt of a chat/completions body.
+    pub fn render_chat(&self, body: &[u8], now_ms: i64) -> Result<String, TokenizeError> {
+        let body = request::parse_body(body)?;
+        self.render(request::chat_request(&body)?, now_ms)
+    }
+
+    fn render(&self, req: request::ChatRequest, now_ms: i64) -> Result<String, TokenizeError> {
+        match self {
+            Tokenizer::Hf(t) => {
+                let template = t.chat_template(req.tools.is_some())?;
+                let input = request::chat_input(req, template.variables())?;
+                template.apply(input, t.special_tokens(), now_ms)
+            }
+            Tokenizer::Tiktoken(t) => t.render_chat(&req),
+        }
+    }
+
+    /// The prompt token ids of a request body.
+    pub fn tokenize_request(
+        &self,
+        body: &[u8],
+        api: ApiKind,
+        now_ms: i64,
+    ) -> Result<Vec<u32>, TokenizeError> {
+        let body = request::parse_body(body)?;
+        match api {
+            ApiKind::Chat => {
+                let req = request::chat_request(&body)?;
+                let add_special_tokens = req.add_special_tokens;
+                let rendered = self.render(req, now_ms)?;
+                self.encode(&rendered, add_special_tokens)
+            }
+            ApiKind::Completions => {
+                let req = request::completion_request(&body)?;
+                match req.prompt {
+                    Prompt::Ids(ids) => Ok(ids),
+                    Prompt::Text(text) => self.encode(&text, req.add_special_tokens),
+                }
+            }
+        }
+    }
+}

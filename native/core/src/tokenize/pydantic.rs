@@ -1,0 +1,392 @@
+//! Step 1 of vLLM's request handling for `messages`: validation against the
+//! union of the OpenAI SDK's message TypedDicts and vLLM's
+//! `CustomChatCompletionMessageParam`, as pydantic-core (2.x, smart mode) does it
+//! over `json.loads` output. It matters beyond accept/reject: the member that
+//! wins decides which keys survive (`reasoning` and `task` exist only in vLLM's
+//! member, extra keys are dropped, output keys follow the schema order).
+//!
+//! Rules re-implemented (and checked against pydantic by the unit tests of
+//! request.rs): lax mode (`str` only from strings, pydantic's lax `bool`); the
+//! winner is the member with the most fields set, counting every TypedDict
+//! validated on the way (so each eagerly validated tool call adds its fields),
+//! ties to the earlier member; `Iterable[...]` fields are accepted if Python can
+//! iterate them (lists, dict keys, string characters) and validated only after the
+//! union chose its member, so a bad element there fails the request even when
+//! another member would have taken it.
+
+use serde_json::{Map, Value as Json};
+
+use super::error::TokenizeError;
+
+/// pydantic's lax `bool`.
+pub fn lax_bool(v: &Json) -> Option<bool> {
+    match v {
+        Json::Bool(b) => Some(*b),
+        Json::Number(n) => match n.as_f64() {
+            Some(0.0) => Some(false),
+            Some(1.0) => Some(true),
+            _ => None,
+        },
+        Json::String(s) => match s.to_ascii_lowercase().as_str() {
+            "0" | "off" | "f" | "false" | "n" | "no" => Some(false),
+            "1" | "on" | "t" | "true" | "y" | "yes" => Some(true),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The subset of pydantic's type language the OpenAI message types use.
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    Bool,
+    Any,
+    /// `dict[str, object]`
+    Dict,
+    Lit(&'static [&'static str]),
+    Opt(&'static Ty),
+    Union(&'static [Ty]),
+    /// `list[T]`: validated eagerly.
+    List(&'static Ty),
+    /// `Iterable[T]`: accepted if iterable, elements validated only when the
+    /// message is materialised (after the union picked its member).
+    Iter(&'static Ty),
+    Td(&'static Td),
+}
+
+/// A TypedDict: fields in declaration order (the order pydantic outputs).
+struct Td {
+    fields: &'static [Field],
+}
+
+struct Field {
+    name: &'static str,
+    ty: Ty,
+    required: bool,
+}
+
+const fn req(name: &'static str, ty: Ty) -> Field {
+    Field { name, ty, required: true }
+}
+const fn opt(name: &'static str, ty: Ty) -> Field {
+    Field { name, ty, required: false }
+}
+
+// openai-python's chat types (the version in scripts/goldens/requirements.txt).
+static CACHE_BREAKPOINT: Td =
+    Td { fields: &[req("mode", Ty::Lit(&["explicit"])), opt("ttl", Ty::Lit(&["30m", "12h"]))] };
+static TEXT_PART: Td = Td {
+    fields: &[
+        req("text", Ty::Str),
+        req("type", Ty::Lit(&["text"])),
+        opt("prompt_cache_breakpoint", Ty::Td(&CACHE_BREAKPOINT)),
+    ],
+};
+static REFUSAL_PART: Td =
+    Td { fields: &[req("refusal", Ty::Str), req("type", Ty::Lit(&["refusal"]))] };
+static IMAGE_URL: Td = Td {
+    fields: &[req("url", Ty::Str), opt("detail", Ty::Lit(&["auto", "low", "high", "original"]))],
+};
+static IMAGE_PART: Td = Td {
+    fields: &[
+        req("image_url", Ty::Td(&IMAGE_URL)),
+        req("type", Ty::Lit(&["image_url"])),
+        opt("prompt_cache_breakpoint", Ty::Td(&CACHE_BREAKPOINT)),
+    ],
+};
+static INPUT_AUDIO: Td =
+    Td { fields: &[req("data", Ty::Str), req("format", Ty::Lit(&["wav", "mp3"]))] };
+static AUDIO_PART: Td = Td {
+    fields: &[
+        req("input_audio", Ty::Td(&INPUT_AUDIO)),
+        req("type", Ty::Lit(&["input_audio"])),
+        opt("prompt_cache_breakpoint", Ty::Td(&CACHE_BREAKPOINT)),
+    ],
+};
+static FILE_FILE: Td =
+    Td { fields: &[opt("file_data", Ty::Str), opt("file_id", Ty::Str), opt("filename", Ty::Str)] };
+static FILE_PART: Td = Td {
+    fields: &[
+        req("file", Ty::Td(&FILE_FILE)),
+        req("type", Ty::Lit(&["file"])),
+        opt("prompt_cache_breakpoint", Ty::Td(&CACHE_BREAKPOINT)),
+    ],
+};
+static USER_PART: Ty =
+    Ty::Union(&[Ty::Td(&TEXT_PART), Ty::Td(&IMAGE_PART), Ty::Td(&AUDIO_PART), Ty::Td(&FILE_PART)]);
+static ASSISTANT_PART: Ty = Ty::Union(&[Ty::Td(&TEXT_PART), Ty::Td(&REFUSAL_PART)]);
+static FUNCTION: Td = Td { fields: &[req("arguments", Ty::Str), req("name", Ty::Str)] };
+static FUNCTION_TOOL_CALL: Td = Td {
+    fields: &[
+        req("id", Ty::Str),
+        req("function", Ty::Td(&FUNCTION)),
+        req("type", Ty::Lit(&["function"])),
+    ],
+};
+static CUSTOM: Td = Td { fields: &[req("input", Ty::Str), req("name", Ty::Str)] };
+static CUSTOM_TOOL_CALL: Td = Td {
+    fields: &[
+        req("id", Ty::Str),
+        req("custom", Ty::Td(&CUSTOM)),
+        req("type", Ty::Lit(&["custom"])),
+    ],
+};
+static AUDIO: Td = Td { fields: &[req("id", Ty::Str)] };
+static FUNCTION_DEFINITION: Td = Td {
+    fields: &[
+        req("name", Ty::Str),
+        opt("description", Ty::Str),
+        opt("parameters", Ty::Dict),
+        opt("strict", Ty::Opt(&Ty::Bool)),
+    ],
+};
+static FUNCTION_TOOL: Td = Td {
+    fields: &[req("function", Ty::Td(&FUNCTION_DEFINITION)), req("type", Ty::Lit(&["function"]))],
+};
+
+static DEVELOPER: Td = Td {
+    fields: &[
+        req("content", Ty::Union(&[Ty::Str, Ty::Iter(&Ty::Td(&TEXT_PART))])),
+        req("role", Ty::Lit(&["developer"])),
+        opt("name", Ty::Str),
+    ],
+};
+static SYSTEM: Td = Td {
+    fields: &[
+        req("content", Ty::Union(&[Ty::Str, Ty::Iter(&Ty::Td(&TEXT_PART))])),
+        req("role", Ty::Lit(&["system"])),
+        opt("name", Ty::Str),
+    ],
+};
+static USER: Td = Td {
+    fields: &[
+        req("content", Ty::Union(&[Ty::Str, Ty::Iter(&USER_PART)])),
+        req("role", Ty::Lit(&["user"])),
+        opt("name", Ty::Str),
+    ],
+};
+static ASSISTANT: Td = Td {
+    fields: &[
+        req("role", Ty::Lit(&["assistant"])),
+        opt("audio", Ty::Opt(&Ty::Td(&AUDIO))),
+        opt("content", Ty::Opt(&Ty::Union(&[Ty::Str, Ty::Iter(&ASSISTANT_PART)]))),
+        opt("function_call", Ty::Opt(&Ty::Td(&FUNCTION))),
+        opt("name", Ty::Str),
+        opt("refusal", Ty::Opt(&Ty::Str)),
+        opt(
+            "tool_calls",
+            Ty::Iter(&Ty::Union(&[Ty::Td(&FUNCTION_TOOL_CALL), Ty::Td(&CUSTOM_TOOL_CALL)])),
+        ),
+    ],
+};
+static TOOL: Td = Td {
+    fields: &[
+        req("content", Ty::Union(&[Ty::Str, Ty::Iter(&Ty::Td(&TEXT_PART))])),
+        req("role", Ty::Lit(&["tool"])),
+        req("tool_call_id", Ty::Str),
+    ],
+};
+static FUNCTION_MESSAGE: Td = Td {
+    fields: &[
+        req("content", Ty::Opt(&Ty::Str)),
+        req("name", Ty::Str),
+        req("role", Ty::Lit(&["function"])),
+    ],
+};
+/// vLLM's `CustomChatCompletionMessageParam` (any role).
+static CUSTOM_MESSAGE: Td = Td {
+    fields: &[
+        req("role", Ty::Str),
+        opt("content", Ty::Union(&[Ty::Str, Ty::List(&Ty::Any)])),
+        opt("name", Ty::Str),
+        opt("tool_call_id", Ty::Opt(&Ty::Str)),
+        opt("tool_calls", Ty::Opt(&Ty::List(&Ty::Td(&FUNCTION_TOOL_CALL)))),
+        opt("reasoning", Ty::Opt(&Ty::Str)),
+        opt("tools", Ty::Opt(&Ty::List(&Ty::Td(&FUNCTION_TOOL)))),
+        opt("task", Ty::Opt(&Ty::Str)),
+    ],
+};
+/// The union's members, in pydantic's order (ties go to the earlier one).
+static MESSAGE_MEMBERS: [&Td; 7] =
+    [&DEVELOPER, &SYSTEM, &USER, &ASSISTANT, &TOOL, &FUNCTION_MESSAGE, &CUSTOM_MESSAGE];
+
+/// A validated value and pydantic's `fields_set` count for it: the fields set in
+/// every TypedDict validated on the way, nested ones included (lazily validated
+/// `Iterable` elements count nothing).
+type Scored = (Json, usize);
+
+/// Iterating a JSON value as Python does: a list's items, a dict's keys, a
+/// string's characters.
+fn py_iter(v: &Json) -> Option<Vec<Json>> {
+    match v {
+        Json::Array(a) => Some(a.clone()),
+        Json::Object(m) => Some(m.keys().map(|k| Json::String(k.clone())).collect()),
+        Json::String(s) => Some(s.chars().map(|c| Json::String(c.to_string())).collect()),
+        _ => None,
+    }
+}
+
+/// Eager validation (pydantic lax mode over `json.loads` output).
+fn validate(ty: &Ty, v: &Json) -> Option<Scored> {
+    match ty {
+        Ty::Str => v.is_string().then(|| (v.clone(), 0)),
+        Ty::Bool => lax_bool(v).map(|b| (Json::Bool(b), 0)),
+        Ty::Any => Some((v.clone(), 0)),
+        Ty::Dict => v.is_object().then(|| (v.clone(), 0)),
+        Ty::Lit(options) => v.as_str().filter(|s| options.contains(s)).map(|_| (v.clone(), 0)),
+        Ty::Opt(inner) => {
+            if v.is_null() {
+                Some((Json::Null, 0))
+            } else {
+                validate(inner, v)
+            }
+        }
+        Ty::Union(members) => {
+            // smart mode: an exact non-TypedDict match wins at once; among
+            // TypedDicts the most fields set wins, ties go to the first.
+            let mut best: Option<Scored> = None;
+            for m in members.iter() {
+                if let Some(r) = validate(m, v) {
+                    if !matches!(m, Ty::Td(_)) {
+                        return Some(r);
+                    }
+                    if best.as_ref().is_none_or(|b| r.1 > b.1) {
+                        best = Some(r);
+                    }
+                }
+            }
+            best
+        }
+        Ty::List(inner) => {
+            let items = v.as_array()?;
+            let mut out = Vec::with_capacity(items.len());
+            let mut score = 0;
+            for item in items {
+                let (x, s) = validate(inner, item)?;
+                out.push(x);
+                score += s;
+            }
+            Some((Json::Array(out), score))
+        }
+        Ty::Iter(inner) => {
+            let mut out = Vec::new();
+            let mut score = 0;
+            for item in py_iter(v)? {
+                let (x, s) = validate(inner, &item)?;
+                out.push(x);
+                score += s;
+            }
+            Some((Json::Array(out), score))
+        }
+        Ty::Td(td) => {
+            validate_td(td, v.as_object()?, false).map(|c| (Json::Object(c.out), c.score))
+        }
+    }
+}
+
+/// A union member that accepted a message.
+struct Candidate {
+    out: Map<String, Json>,
+    score: usize,
+    /// Top-level `Iterable` fields still to validate: (field, element type, items).
+    lazy: Vec<(&'static str, &'static Ty, Vec<Json>)>,
+}
+
+/// A field value at the top of a message: `Iterable`s (also inside
+/// `Optional`/unions) are only checked for iterability.
+fn validate_top(ty: &'static Ty, v: &Json) -> Option<Result<Scored, (&'static Ty, Vec<Json>)>> {
+    match ty {
+        Ty::Iter(inner) => py_iter(v).map(|items| Err((*inner, items))),
+        Ty::Opt(inner) if !v.is_null() => validate_top(inner, v),
+        Ty::Union(members) => members.iter().find_map(|m| validate_top(m, v)),
+        _ => validate(ty, v).map(Ok),
+    }
+}
+
+fn validate_td(td: &'static Td, m: &Map<String, Json>, lazy_top: bool) -> Option<Candidate> {
+    let mut c = Candidate { out: Map::new(), score: 0, lazy: Vec::new() };
+    for f in td.fields {
+        let Some(v) = m.get(f.name) else {
+            if f.required {
+                return None;
+            }
+            continue;
+        };
+        c.score += 1;
+        let r = if lazy_top { validate_top(&f.ty, v)? } else { Ok(validate(&f.ty, v)?) };
+        match r {
+            Ok((x, s)) => {
+                c.out.insert(f.name.to_string(), x);
+                c.score += s;
+            }
+            Err((inner, items)) => {
+                c.out.insert(f.name.to_string(), Json::Null);
+                c.lazy.push((f.name, inner, items));
+            }
+        }
+    }
+    Some(c)
+}
+
+/// Step 1 for one message: the pydantic smart union picks the member with the
+/// most fields set (nested TypedDicts included, ties to the earlier member), whose
+/// output keeps only its own keys; then its lazily accepted `Iterable` fields are
+/// materialised, and a bad element there fails the request even if another member
+/// would have taken the message.
+pub fn validate_message(i: usize, msg: &Json) -> Result<Map<String, Json>, TokenizeError> {
+    let mut msg = match msg {
+        Json::Object(m) => m.clone(),
+        _ => {
+            return Err(TokenizeError::invalid_request(format!("messages[{i}] must be an object")));
+        }
+    };
+    // vLLM renames reasoning_content to reasoning first.
+    if let Some(rc) = msg.shift_remove("reasoning_content")
+        && !rc.is_null()
+        && msg.get("reasoning").is_none_or(Json::is_null)
+    {
+        msg.insert("reasoning".into(), rc);
+    }
+    let mut best: Option<Candidate> = None;
+    for td in MESSAGE_MEMBERS {
+        if let Some(c) = validate_td(td, &msg, true)
+            && best.as_ref().is_none_or(|b| c.score > b.score)
+        {
+            best = Some(c);
+        }
+    }
+    let Some(mut c) = best else { return Err(no_member_error(i, &msg)) };
+    for (field, inner, items) in c.lazy {
+        let mut out = Vec::with_capacity(items.len());
+        for (j, item) in items.iter().enumerate() {
+            match validate(inner, item) {
+                Some((x, _)) => out.push(x),
+                None => {
+                    let what = if field == "tool_calls" { "tool call" } else { "content part" };
+                    return Err(TokenizeError::invalid_request(format!(
+                        "messages[{i}].{field}[{j}]: not a valid {what} for a \"{}\" message",
+                        msg.get("role").and_then(Json::as_str).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        c.out.insert(field.to_string(), Json::Array(out));
+    }
+    Ok(c.out)
+}
+
+/// The most likely reason no member accepted message `i`.
+fn no_member_error(i: usize, msg: &Map<String, Json>) -> TokenizeError {
+    let role = msg.get("role");
+    let detail = if !role.is_some_and(Json::is_string) {
+        "role must be a string".to_string()
+    } else if msg.get("name").is_some_and(|n| !n.is_string()) {
+        "name must be a string (null is not accepted)".to_string()
+    } else if let Some(c) = msg.get("content").filter(|c| !c.is_string() && !c.is_array()) {
+        format!("content must be a string or a list of parts, not {c}")
+    } else {
+        "matches none of the message types vLLM accepts".to_string()
+    };
+    TokenizeError::invalid_request(format!("messages[{i}]: {detail}"))
+}

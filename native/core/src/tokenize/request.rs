@@ -1,0 +1,676 @@
+//! OpenAI request bodies => what vLLM hands to `apply_chat_template` / `encode`.
+//!
+//! Re-implements steps 1-4 of scripts/goldens/make_goldens.py (its docstring is
+//! the spec; comments below name the step):
+//! 1. validation of `messages` against pydantic's smart union of the OpenAI SDK's
+//!    message TypedDicts and vLLM's `CustomChatCompletionMessageParam`
+//!    (pydantic.rs: the winning member decides which keys survive), `tools`
+//!    through vLLM's tool model;
+//! 2. message parsing in vLLM's "string" content format (content flattened with
+//!    "\n", null/missing content => "", unknown keys dropped, tool-call arguments
+//!    parsed as JSON);
+//! 3. tools re-serialised as `{type, function: {name, description, parameters,
+//!    <extras>}}`;
+//! 4. template kwargs (`chat_template_kwargs` + request fields), filtered to what
+//!    the template reads plus `apply_chat_template`'s own parameters.
+//!
+//! Key order of the body is preserved (serde_json `preserve_order`): templates
+//! print tool schemas and arguments with `tojson` in input order.
+//!
+//! Beyond the script (which reads request fields raw), top-level fields are
+//! type-checked as vLLM's pydantic request models do (lax booleans, lists,
+//! objects), and a request-supplied `chat_template` is refused as vLLM does
+//! without `--trust-request-chat-template`.
+//!
+//! Known divergences: from Python's `json`, NaN/Infinity literals and lone
+//! surrogate escapes are rejected (`invalid_json`) and integers beyond 64 bits
+//! become floats; templates that loop over a message's content get vLLM's
+//! "openai" content format (a list of parts) in vLLM, while only the spec's
+//! "string" format is implemented here (a single text part renders the same).
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value as Json};
+
+use super::chat::ChatInput;
+use super::error::TokenizeError;
+use super::pydantic::{lax_bool, validate_message};
+
+/// The parsed body (a JSON object, key order kept).
+pub fn parse_body(body: &[u8]) -> Result<Map<String, Json>, TokenizeError> {
+    match serde_json::from_slice::<Json>(body) {
+        Ok(Json::Object(m)) => Ok(m),
+        Ok(_) => Err(TokenizeError::invalid_request("the request body must be a JSON object")),
+        Err(e) => {
+            Err(TokenizeError::invalid_json(format!("the request body is not valid JSON: {e}")))
+        }
+    }
+}
+
+/// A boolean request field with its default (null is rejected, as pydantic does
+/// for a non-Optional `bool`).
+fn bool_field(body: &Map<String, Json>, name: &str, default: bool) -> Result<bool, TokenizeError> {
+    match body.get(name) {
+        None => Ok(default),
+        Some(v) => lax_bool(v)
+            .ok_or_else(|| TokenizeError::invalid_request(format!("{name} must be a boolean"))),
+    }
+}
+
+/// Python truthiness of a JSON value.
+fn truthy(v: &Json) -> bool {
+    match v {
+        Json::Null => false,
+        Json::Bool(b) => *b,
+        Json::Number(n) => n.as_f64().is_some_and(|x| x != 0.0),
+        Json::String(s) => !s.is_empty(),
+        Json::Array(a) => !a.is_empty(),
+        Json::Object(m) => !m.is_empty(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Completions
+// ------------------------------------------------------------------------------------------
+
+/// A completions prompt: text to encode, or token ids passed through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    /// vLLM's default for completions: true.
+    pub add_special_tokens: bool,
+}
+
+/// Token ids: integers in 0..=u32::MAX (pydantic's lax int also takes 3.0).
+fn token_ids(items: &[Json]) -> Option<Vec<u32>> {
+    items
+        .iter()
+        .map(|v| match v.as_u64() {
+            Some(n) => u32::try_from(n).ok(),
+            None => v
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
+                .map(|f| f as u32),
+        })
+        .collect()
+}
+
+/// `prompt`: a string, one token-id array, or a one-element array of either.
+/// Batched prompts (several prompts in one request) are refused: one request is
+/// routed as one prompt.
+pub fn completion_request(body: &Map<String, Json>) -> Result<CompletionRequest, TokenizeError> {
+    let add_special_tokens = bool_field(body, "add_special_tokens", true)?;
+    let bad = |m: &str| TokenizeError::invalid_request(format!("prompt {m}"));
+    let prompt = match body.get("prompt") {
+        None | Some(Json::Null) if body.get("prompt_embeds").is_some_and(|v| !v.is_null()) => {
+            return Err(TokenizeError::unsupported_content("prompt_embeds: not supported"));
+        }
+        None | Some(Json::Null) => return Err(bad("is required")),
+        Some(Json::String(s)) => Prompt::Text(s.clone()),
+        Some(Json::Array(items)) => match items.as_slice() {
+            [] => return Err(bad("must not be empty")),
+            [Json::String(s)] => Prompt::Text(s.clone()),
+            [Json::Array(inner)] if inner.is_empty() => return Err(bad("[0] must not be empty")),
+            [Json::Array(inner)] => Prompt::Ids(
+                token_ids(inner)
+                    .ok_or_else(|| bad("token ids must be integers in 0..=4294967295"))?,
+            ),
+            items if items.iter().all(Json::is_number) => Prompt::Ids(
+                token_ids(items)
+                    .ok_or_else(|| bad("token ids must be integers in 0..=4294967295"))?,
+            ),
+            items if items.iter().all(|v| v.is_string() || v.is_array()) => {
+                return Err(bad(&format!(
+                    "holds {} prompts; batched completions are not supported",
+                    items.len()
+                )));
+            }
+            _ => {
+                return Err(bad(
+                    "must be a string, a list of token ids, or a list of one of those",
+                ));
+            }
+        },
+        Some(_) => return Err(bad("must be a string or a list of token ids")),
+    };
+    Ok(CompletionRequest { prompt, add_special_tokens })
+}
+
+// ------------------------------------------------------------------------------------------
+// Step 2: message parsing ("string" content format)
+// ------------------------------------------------------------------------------------------
+
+const MEDIA_PART_TYPES: [&str; 9] = [
+    "image_url",
+    "input_image",
+    "image_embeds",
+    "image_pil",
+    "audio_url",
+    "input_audio",
+    "audio_embeds",
+    "video_url",
+    "prompt_embeds",
+];
+
+/// The text of one content part; `None` = skipped (text is null).
+fn part_text(i: usize, j: usize, part: &Json) -> Result<Option<String>, TokenizeError> {
+    let at = format!("messages[{i}].content[{j}]");
+    let m = match part {
+        Json::String(s) => return Ok(Some(s.clone())),
+        Json::Object(m) => m,
+        _ => {
+            return Err(TokenizeError::invalid_request(format!(
+                "{at}: a content part must be an object or a string"
+            )));
+        }
+    };
+    let ptype = m.get("type").unwrap_or(&Json::Null);
+    let key = match ptype.as_str() {
+        Some("text" | "input_text" | "output_text") => Some("text"),
+        Some("refusal") => Some("refusal"),
+        Some("thinking") => Some("thinking"),
+        _ => None,
+    };
+    if let Some(key) = key {
+        return match m.get(key) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(TokenizeError::invalid_request(format!("{at}.{key} must be a string"))),
+        };
+    }
+    let media = match ptype {
+        Json::String(t) if MEDIA_PART_TYPES.contains(&t.as_str()) => Some(t.as_str()),
+        Json::Null if MEDIA_PART_TYPES.iter().any(|k| m.contains_key(*k)) => Some("image_url"),
+        _ => None,
+    };
+    if let Some(t) = media {
+        return Err(TokenizeError::unsupported_content(format!(
+            "{at}: {t} parts are not supported by a text-only model"
+        )));
+    }
+    match ptype {
+        Json::Array(_) | Json::Object(_) => {
+            Err(TokenizeError::invalid_request(format!("{at}.type must be a string")))
+        }
+        other => Err(TokenizeError::unsupported_content(format!(
+            "{at}: unsupported content part type {other}"
+        ))),
+    }
+}
+
+/// vLLM's "string" content format: text parts joined with "\n"; null => "".
+fn flatten_content(i: usize, content: Option<&Json>) -> Result<String, TokenizeError> {
+    match content {
+        None | Some(Json::Null) => Ok(String::new()),
+        Some(Json::String(s)) => Ok(s.clone()),
+        Some(Json::Array(parts)) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                if let Some(t) = part_text(i, j, p)? {
+                    texts.push(t);
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err(TokenizeError::invalid_request(format!(
+            "messages[{i}].content must be a string or a list of parts"
+        ))),
+    }
+}
+
+/// Step 2 for one validated message.
+fn parse_message(i: usize, m: &Map<String, Json>) -> Result<Map<String, Json>, TokenizeError> {
+    let role = m.get("role").and_then(Json::as_str).unwrap_or_default().to_string();
+    let mut out = Map::new();
+    out.insert("role".into(), Json::String(role.clone()));
+    out.insert("content".into(), Json::String(flatten_content(i, m.get("content"))?));
+    if role == "assistant" {
+        if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
+            out.insert("tool_calls".into(), calls.clone());
+        }
+        if let Some(r) = m.get("reasoning").filter(|v| !v.is_null()) {
+            out.insert("reasoning".into(), r.clone());
+            out.insert("reasoning_content".into(), r.clone());
+        }
+    } else if role == "tool"
+        && let Some(id) = m.get("tool_call_id")
+    {
+        out.insert("tool_call_id".into(), id.clone());
+    }
+    for key in ["name", "task"] {
+        if let Some(v) = m.get(key).filter(|v| v.is_string()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    if role == "developer" {
+        out.insert("tools".into(), m.get("tools").cloned().unwrap_or(Json::Null));
+    }
+    // Tool-call arguments strings are parsed (invalid JSON => {}); an empty
+    // tool_calls list is removed.
+    if role == "assistant"
+        && let Some(Json::Array(calls)) = out.get_mut("tool_calls")
+    {
+        if calls.is_empty() {
+            out.shift_remove("tool_calls");
+        } else {
+            for (j, call) in calls.iter_mut().enumerate() {
+                let Some(f) = call.get_mut("function").and_then(Json::as_object_mut) else {
+                    return Err(TokenizeError::invalid_request(format!(
+                        "messages[{i}].tool_calls[{j}]: only function tool calls are supported"
+                    )));
+                };
+                let parsed = match f.get("arguments") {
+                    Some(Json::String(s)) => {
+                        serde_json::from_str(s).unwrap_or_else(|_| Json::Object(Map::new()))
+                    }
+                    Some(v @ (Json::Object(_) | Json::Array(_))) => v.clone(),
+                    _ => Json::Object(Map::new()),
+                };
+                f.insert("arguments".into(), parsed);
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ------------------------------------------------------------------------------------------
+// Step 3: tools
+// ------------------------------------------------------------------------------------------
+
+/// vLLM's `ChatCompletionToolsParam.model_validate(t).model_dump()`.
+fn validate_tool(i: usize, t: &Json) -> Result<Json, TokenizeError> {
+    let bad = |m: &str| TokenizeError::invalid_request(format!("tools[{i}]{m}"));
+    let t = t.as_object().ok_or_else(|| bad(" must be an object"))?;
+    let ty = match t.get("type") {
+        None => Json::String("function".into()),
+        Some(Json::String(s)) => Json::String(s.clone()),
+        Some(_) => return Err(bad(".type must be a string")),
+    };
+    let f = t
+        .get("function")
+        .and_then(Json::as_object)
+        .ok_or_else(|| bad(".function must be an object"))?;
+    let name = f
+        .get("name")
+        .filter(|v| v.is_string())
+        .ok_or_else(|| bad(".function.name must be a string"))?;
+    let description = match f.get("description") {
+        None | Some(Json::Null) => Json::Null,
+        Some(d @ Json::String(_)) => d.clone(),
+        Some(_) => return Err(bad(".function.description must be a string or null")),
+    };
+    let parameters = match f.get("parameters") {
+        None | Some(Json::Null) => Json::Null,
+        Some(p @ Json::Object(_)) => p.clone(),
+        Some(_) => return Err(bad(".function.parameters must be an object or null")),
+    };
+    let mut function = Map::new();
+    function.insert("name".into(), name.clone());
+    function.insert("description".into(), description);
+    function.insert("parameters".into(), parameters);
+    for (k, v) in f {
+        if !matches!(k.as_str(), "name" | "description" | "parameters") {
+            function.insert(k.clone(), v.clone());
+        }
+    }
+    let mut out = Map::new();
+    out.insert("type".into(), ty);
+    out.insert("function".into(), Json::Object(function));
+    Ok(Json::Object(out))
+}
+
+// ------------------------------------------------------------------------------------------
+// The chat request
+// ------------------------------------------------------------------------------------------
+
+/// A chat request after steps 1-3 and the request half of step 4.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The conversation handed to the template.
+    pub conversation: Vec<Map<String, Json>>,
+    /// vLLM's dumped tools; `None` when the request has none.
+    pub tools: Option<Json>,
+    /// vLLM's default for chat: false (the template writes BOS etc.).
+    pub add_special_tokens: bool,
+    pub add_generation_prompt: bool,
+    pub continue_final_message: bool,
+    /// `chat_template_kwargs` merged with the request fields, before filtering.
+    pub kwargs: Map<String, Json>,
+}
+
+/// Steps 1-3 and the request half of step 4.
+pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeError> {
+    // vLLM's pydantic request model: field types first.
+    let add_generation_prompt = bool_field(body, "add_generation_prompt", true)?;
+    let continue_final_message = bool_field(body, "continue_final_message", false)?;
+    let add_special_tokens = bool_field(body, "add_special_tokens", false)?;
+    let user_kwargs = match body.get("chat_template_kwargs") {
+        None | Some(Json::Null) => Map::new(),
+        Some(Json::Object(m)) => m.clone(),
+        Some(_) => {
+            return Err(TokenizeError::invalid_request("chat_template_kwargs must be an object"));
+        }
+    };
+    // vLLM: `list[dict[str, str]] | None`.
+    let documents = match body.get("documents") {
+        None | Some(Json::Null) => None,
+        Some(d @ Json::Array(items))
+            if items
+                .iter()
+                .all(|i| i.as_object().is_some_and(|m| m.values().all(Json::is_string))) =>
+        {
+            Some(d.clone())
+        }
+        Some(_) => {
+            return Err(TokenizeError::invalid_request(
+                "documents must be a list of objects with string values",
+            ));
+        }
+    };
+    let reasoning_effort = match body.get("reasoning_effort") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.clone()),
+        Some(_) => return Err(TokenizeError::invalid_request("reasoning_effort must be a string")),
+    };
+    if body.get("chat_template").is_some_and(|t| !t.is_null())
+        || user_kwargs.get("chat_template").is_some_and(|t| !t.is_null())
+    {
+        return Err(TokenizeError::invalid_request(
+            "a chat template passed with the request is refused (vLLM without \
+             --trust-request-chat-template)",
+        ));
+    }
+
+    // Step 1.
+    if continue_final_message && add_generation_prompt && body.contains_key("add_generation_prompt")
+    {
+        return Err(TokenizeError::invalid_request(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+        ));
+    }
+    let raw = match body.get("messages") {
+        Some(Json::Array(items)) => items,
+        _ => return Err(TokenizeError::invalid_request("messages must be a list")),
+    };
+    let validated = raw
+        .iter()
+        .enumerate()
+        .map(|(i, m)| validate_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tools = match body.get("tools") {
+        None | Some(Json::Null) => None,
+        Some(Json::Array(items)) => Some(Json::Array(
+            items.iter().enumerate().map(|(i, t)| validate_tool(i, t)).collect::<Result<_, _>>()?,
+        )),
+        Some(_) => return Err(TokenizeError::invalid_request("tools must be a list")),
+    };
+
+    // Step 2.
+    let conversation = validated
+        .iter()
+        .enumerate()
+        .map(|(i, m)| parse_message(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // Step 4, request half.
+    let bad: Vec<&str> = ["chat_template", "tokenize"]
+        .into_iter()
+        .filter(|k| user_kwargs.contains_key(*k))
+        .collect();
+    if !bad.is_empty() {
+        return Err(TokenizeError::invalid_request(format!(
+            "Found unexpected chat template kwargs from request: {bad:?}"
+        )));
+    }
+    let mut kwargs = user_kwargs;
+    let enable_thinking = reasoning_effort
+        .as_ref()
+        .filter(|_| !kwargs.contains_key("enable_thinking"))
+        .map(|e| Json::Bool(e != "none"));
+    let extra = [
+        ("add_generation_prompt", Some(Json::Bool(add_generation_prompt))),
+        ("continue_final_message", Some(Json::Bool(continue_final_message))),
+        ("documents", documents),
+        ("reasoning_effort", reasoning_effort.map(Json::String)),
+        ("enable_thinking", enable_thinking),
+    ];
+    for (k, v) in extra {
+        if let Some(v) = v.filter(|v| !v.is_null() && v.as_str() != Some("auto")) {
+            kwargs.insert(k.into(), v);
+        }
+    }
+    Ok(ChatRequest {
+        conversation,
+        tools,
+        add_special_tokens,
+        add_generation_prompt,
+        continue_final_message,
+        kwargs,
+    })
+}
+
+/// transformers' `apply_chat_template` parameters (besides `self`), which vLLM
+/// passes through even when the template does not read them.
+const APPLY_PARAMS: [&str; 15] = [
+    "conversation",
+    "tools",
+    "documents",
+    "chat_template",
+    "add_generation_prompt",
+    "continue_final_message",
+    "tokenize",
+    "sanitize_control_tokens",
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_dict",
+    "return_assistant_tokens_mask",
+    "tokenizer_kwargs",
+];
+
+/// Step 4's filter (kwargs the template reads, plus `apply_chat_template`'s own
+/// parameters) and the call `apply_chat_template(conversation, tools=tools,
+/// tokenize=False, **kwargs)`: kwargs named like its parameters act as those
+/// parameters (`tools` even replaces the request's tools), the rest become template
+/// variables, and names the call already binds are a TypeError (template_error).
+pub fn chat_input(
+    req: ChatRequest,
+    template_variables: &HashSet<String>,
+) -> Result<ChatInput, TokenizeError> {
+    let mut input = ChatInput {
+        messages: req.conversation,
+        tools: req.tools,
+        documents: None,
+        add_generation_prompt: false,
+        continue_final_message: false,
+        kwargs: Map::new(),
+    };
+    for (k, v) in req.kwargs {
+        let param = APPLY_PARAMS.contains(&k.as_str());
+        if !(param || template_variables.contains(&k)) || k == "chat_template" || k == "tokenize" {
+            continue;
+        }
+        match k.as_str() {
+            "conversation" | "messages" | "conversations" => {
+                return Err(TokenizeError::template(format!(
+                    "apply_chat_template() got multiple values for argument '{k}'"
+                )));
+            }
+            "tools" => input.tools = Some(v),
+            "documents" => input.documents = Some(v),
+            "add_generation_prompt" => input.add_generation_prompt = truthy(&v),
+            "continue_final_message" => input.continue_final_message = truthy(&v),
+            "sanitize_control_tokens" | "return_assistant_tokens_mask" if truthy(&v) => {
+                return Err(TokenizeError::template(format!(
+                    "`{k}=True` requires `tokenize=True` (vLLM renders with tokenize=False)"
+                )));
+            }
+            _ if param => {} // tokenizer-call options: no effect with tokenize=False
+            _ => {
+                input.kwargs.insert(k, v);
+            }
+        }
+    }
+    Ok(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(msg: &str) -> Result<Vec<Map<String, Json>>, TokenizeError> {
+        let body = format!(r#"{{"messages": [{msg}]}}"#);
+        chat_request(&parse_body(body.as_bytes())?).map(|r| r.conversation)
+    }
+
+    fn conv_json(msg: &str) -> String {
+        match conv(msg) {
+            Ok(c) => serde_json::to_string(&c).unwrap(),
+            Err(e) => format!("{}: {}", e.code(), e.message),
+        }
+    }
+
+    // Expected values: scripts/goldens/make_goldens.py's validate_chat_request +
+    // parse_messages on the same message (pydantic 2.14.4, openai 3.57.0).
+    #[test]
+    fn union_member_choice_decides_surviving_keys() {
+        let call = r#"{"id":"1","type":"function","function":{"name":"f","arguments":"{}"}}"#;
+        // Custom wins (3 fields vs 2): reasoning kept.
+        assert_eq!(
+            conv_json(r#"{"role":"assistant","content":"a","reasoning":"r"}"#),
+            r#"[{"role":"assistant","content":"a","reasoning":"r","reasoning_content":"r"}]"#
+        );
+        // Tie 3-3 (refusal counts though null): Assistant wins, reasoning dropped.
+        assert_eq!(
+            conv_json(r#"{"role":"assistant","content":"a","reasoning":"r","refusal":null}"#),
+            r#"[{"role":"assistant","content":"a"}]"#
+        );
+        // Custom validates tool_calls eagerly: nested fields count, Custom wins.
+        assert_eq!(
+            conv_json(&format!(
+                r#"{{"role":"assistant","content":"x","tool_calls":[{call}],"reasoning":"r","refusal":null}}"#
+            )),
+            r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}],"reasoning":"r","reasoning_content":"r"}]"#
+        );
+        // 9 vs 9: Assistant (first) wins.
+        assert_eq!(
+            conv_json(&format!(
+                r#"{{"role":"assistant","content":"x","tool_calls":[{call}],"refusal":null,"audio":{{"id":"a"}},"function_call":{{"name":"f","arguments":"{{}}"}},"reasoning":"r"}}"#
+            )),
+            r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}]}]"#
+        );
+        // User wins the tie and its lazily validated parts reject input_text ...
+        assert_eq!(
+            conv_json(r#"{"role":"user","content":[{"type":"input_text","text":"x"}]}"#),
+            "invalid_request: messages[0].content[0]: not a valid content part for a \"user\" message"
+        );
+        // ... unless one more (even null) Custom field tips it.
+        assert_eq!(
+            conv_json(
+                r#"{"role":"user","content":[{"type":"input_text","text":"x"}],"tool_call_id":null}"#
+            ),
+            r#"[{"role":"user","content":"x"}]"#
+        );
+        assert_eq!(
+            conv_json(r#"{"role":"user","content":"x","task":"t"}"#),
+            r#"[{"role":"user","content":"x","task":"t"}]"#
+        );
+        assert_eq!(
+            conv_json(r#"{"role":"tool","content":"x","tool_call_id":null}"#),
+            r#"[{"role":"tool","content":"x","tool_call_id":null}]"#
+        );
+        assert_eq!(
+            conv_json(
+                r#"{"role":"developer","content":"x","tools":[{"type":"function","function":{"name":"f","strict":1,"x":2,"description":"d","parameters":{"a":1}},"y":1}]}"#
+            ),
+            r#"[{"role":"developer","content":"x","tools":[{"function":{"name":"f","description":"d","parameters":{"a":1},"strict":true},"type":"function"}]}]"#
+        );
+    }
+
+    #[test]
+    fn iterables_accept_what_python_iterates() {
+        assert_eq!(
+            conv_json(r#"{"role":"assistant","content":"x","tool_calls":""}"#),
+            r#"[{"role":"assistant","content":"x"}]"#
+        );
+        assert_eq!(
+            conv_json(r#"{"role":"assistant","content":"x","tool_calls":{}}"#),
+            r#"[{"role":"assistant","content":"x"}]"#
+        );
+        assert!(conv(r#"{"role":"assistant","content":"x","tool_calls":{"a":1}}"#).is_err());
+        assert_eq!(
+            conv_json(r#"{"role":"user","content":{}}"#),
+            r#"[{"role":"user","content":""}]"#
+        );
+        assert!(conv(r#"{"role":"user","content":5}"#).is_err());
+    }
+
+    #[test]
+    fn parsing_rules() {
+        assert_eq!(conv_json(r#"{"role":"user"}"#), r#"[{"role":"user","content":""}]"#);
+        assert_eq!(
+            conv_json(r#"{"role":"user","content":null}"#),
+            "invalid_request: messages[0]: content must be a string or a list of parts, not null"
+        );
+        assert_eq!(
+            conv_json(
+                r#"{"role":"assistant","content":[{"type":"refusal","refusal":"no"},{"type":"text","text":"t"}]}"#
+            ),
+            r#"[{"role":"assistant","content":"no\nt"}]"#
+        );
+        assert_eq!(
+            conv_json(
+                r#"{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}"#
+            ),
+            "unsupported_content: messages[0].content[0]: image_url parts are not supported by a text-only model"
+        );
+        assert_eq!(
+            conv_json(r#"{"role":"user","content":[{"type":"file","file":{"file_id":"x"}}]}"#),
+            "unsupported_content: messages[0].content[0]: unsupported content part type \"file\""
+        );
+        assert_eq!(
+            conv_json(
+                r#"{"role":"assistant","content":"x","tool_calls":[{"id":"1","type":"function","function":{"name":"f","arguments":"bad"}}]}"#
+            ),
+            r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}]}]"#
+        );
+        assert_eq!(
+            conv_json(
+                r#"{"role":"assistant","content":"x","reasoning_content":"rc","reasoning":null}"#
+            ),
+            r#"[{"role":"assistant","content":"x","reasoning":"rc","reasoning_content":"rc"}]"#
+        );
+        assert_eq!(
+            conv_json(r#"{"role":"function","content":null,"name":"f"}"#),
+            r#"[{"role":"function","content":"","name":"f"}]"#
+        );
+    }
+
+    #[test]
+    fn completions_prompts() {
+        let p = |s: &str| completion_request(&parse_body(s.as_bytes()).unwrap()).map(|r| r.prompt);
+        assert_eq!(p(r#"{"prompt":"hi"}"#).unwrap(), Prompt::Text("hi".into()));
+        assert_eq!(p(r#"{"prompt":["hi"]}"#).unwrap(), Prompt::Text("hi".into()));
+        assert_eq!(p(r#"{"prompt":[1,2,4294967295]}"#).unwrap(), Prompt::Ids(vec![1, 2, u32::MAX]));
+        assert_eq!(p(r#"{"prompt":[[7, 8.0]]}"#).unwrap(), Prompt::Ids(vec![7, 8]));
+        assert_eq!(p(r#"{"prompt_embeds":"x"}"#).unwrap_err().code(), "unsupported_content");
+        for bad in [
+            r#"{"prompt":[4294967296]}"#,
+            r#"{"prompt":[-1]}"#,
+            r#"{"prompt":[1.5]}"#,
+            r#"{"prompt":["a","b"]}"#,
+            r#"{"prompt":[]}"#,
+            r#"{"prompt":[[]]}"#,
+            r#"{}"#,
+        ] {
+            assert_eq!(p(bad).unwrap_err().code(), "invalid_request", "{bad}");
+        }
+    }
+}

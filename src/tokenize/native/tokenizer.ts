@@ -1,0 +1,89 @@
+/**
+ * Native tokenizer: a handle into the addon's process-wide tokenizer
+ * registry, so pool workers reuse the tokenizer the main thread loaded
+ * (`NativeTokenizer.attach`). One addon call per request.
+ */
+import { KvEppError } from '../../errors.js';
+import { mapNativeError, type NativeBinding } from '../../kv/native/binding.js';
+import type { ApiKind, TokenizeOptions, Tokenizer } from '../types.js';
+
+export class NativeTokenizer implements Tokenizer {
+  readonly backend = 'native' as const;
+  private disposed = false;
+
+  private constructor(
+    private readonly addon: NativeBinding,
+    /** Process-wide handle; valid on every thread of this process. */
+    readonly handle: number,
+    readonly kind: 'hf' | 'tiktoken',
+    readonly source: string,
+    private readonly owned: boolean,
+  ) {}
+
+  /**
+   * Loads a tokenizer directory / tokenizer.json path or an encoding name.
+   * `chatTemplate` (template source) replaces the tokenizer's own template.
+   */
+  static load(
+    addon: NativeBinding,
+    source: string,
+    options: { chatTemplate?: string | undefined } = {},
+  ): NativeTokenizer {
+    const handle = call(() => addon.tokenizerLoad(source));
+    try {
+      if (options.chatTemplate !== undefined) {
+        call(() => addon.tokenizerSetChatTemplate(handle, options.chatTemplate as string));
+      }
+      return new NativeTokenizer(addon, handle, kindOf(addon, handle), source, true);
+    } catch (e) {
+      addon.tokenizerDispose(handle);
+      throw e;
+    }
+  }
+
+  /** A view of a tokenizer loaded elsewhere in the process; `dispose` does not free it. */
+  static attach(addon: NativeBinding, handle: number, source: string): NativeTokenizer {
+    return new NativeTokenizer(addon, handle, kindOf(addon, handle), source, false);
+  }
+
+  private live(): void {
+    if (this.disposed) throw new KvEppError('disposed', 'the tokenizer was disposed');
+  }
+
+  encode(text: string, addSpecialTokens: boolean): Uint32Array {
+    this.live();
+    return call(() => this.addon.tokenizerEncode(this.handle, text, addSpecialTokens));
+  }
+
+  renderChat(body: Uint8Array, options?: TokenizeOptions): string {
+    this.live();
+    return call(() => this.addon.tokenizerRenderChat(this.handle, body, nowOf(options)));
+  }
+
+  tokenizeRequest(body: Uint8Array, api: ApiKind, options?: TokenizeOptions): Uint32Array {
+    this.live();
+    return call(() => this.addon.tokenizerTokenizeRequest(this.handle, body, api, nowOf(options)));
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    if (this.owned) this.addon.tokenizerDispose(this.handle);
+  }
+}
+
+function nowOf(options: TokenizeOptions | undefined): number {
+  return options?.nowMs ?? Date.now();
+}
+
+function kindOf(addon: NativeBinding, handle: number): 'hf' | 'tiktoken' {
+  return call(() => addon.tokenizerKind(handle)) === 'tiktoken' ? 'tiktoken' : 'hf';
+}
+
+function call<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw mapNativeError(e);
+  }
+}

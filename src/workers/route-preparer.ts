@@ -1,0 +1,105 @@
+/**
+ * Runs the hot path inline for small bodies and on a Piscina pool for large
+ * ones, so a large prompt never blocks the event loop. Scoring always happens
+ * on the calling thread (microseconds, and the JS index is thread-confined).
+ *
+ * Contract: `prepare` resolves to exactly what `prepareRouteInline` returns
+ * for the same input, whichever way it ran; request errors reject with the
+ * same KvEppError codes. The addon must be loaded on the main thread before
+ * the pool starts (`create` does that).
+ */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { KvEppError } from '../errors.js';
+import {
+  type HotPath,
+  prepareRouteInline,
+  type RoutePrep,
+  type RouteSettings,
+} from '../pipeline/route-prep.js';
+import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
+import type { ApiKind } from '../tokenize/types.js';
+import type { PrepareResult, PrepareTask, TokenizerRef } from './protocol.js';
+
+export interface PreparerOptions {
+  /** Worker threads; 0 runs everything inline. */
+  poolSize: number;
+  /** Bodies of at least this many bytes go to the pool. */
+  offloadBytes: number;
+  /** Chat template override the JS workers must load too. */
+  chatTemplate?: string | undefined;
+}
+
+/** Measured on the project's 2-core machine; see bench/README.md. */
+export const DEFAULT_OFFLOAD_BYTES = 16 * 1024;
+
+export class RoutePreparer {
+  private constructor(
+    private readonly path: HotPath,
+    private readonly pool: Piscina | undefined,
+    private readonly ref: TokenizerRef,
+    private readonly offloadBytes: number,
+  ) {}
+
+  static create(path: HotPath, options: PreparerOptions): RoutePreparer {
+    const t = path.tokenizer;
+    const ref: TokenizerRef = {
+      backend: t.backend,
+      source: t.source,
+      handle: t instanceof NativeTokenizer ? t.handle : undefined,
+      chatTemplate: options.chatTemplate,
+    };
+    const pool =
+      options.poolSize > 0
+        ? new Piscina({
+            filename: workerFile(),
+            minThreads: options.poolSize,
+            maxThreads: options.poolSize,
+            idleTimeout: Number.POSITIVE_INFINITY,
+          })
+        : undefined;
+    return new RoutePreparer(path, pool, ref, options.offloadBytes);
+  }
+
+  /** Tasks waiting for a worker (a metric). */
+  get queueDepth(): number {
+    return this.pool?.queueSize ?? 0;
+  }
+
+  async prepare(body: Uint8Array, api: ApiKind, settings: RouteSettings): Promise<RoutePrep> {
+    if (!this.pool || body.byteLength < this.offloadBytes) {
+      return prepareRouteInline(this.path, body, api, settings);
+    }
+    // A private copy: the caller keeps its body, and a pooled Buffer's backing
+    // store is never transferred away.
+    const copy = body.slice();
+    const nowMs = settings.nowMs ?? Date.now();
+    const task: PrepareTask = {
+      tokenizer: this.ref,
+      body: copy,
+      api,
+      settings: { ...settings, nowMs },
+    };
+    const r = (await this.pool.run(task, { transferList: [copy.buffer] })) as PrepareResult;
+    if (!r.ok) throw new KvEppError(r.code, r.message);
+    return {
+      tokens: r.tokens,
+      localHashes: r.localHashes,
+      overlap: this.path.index.findMatches(r.localHashes, settings.earlyExit ?? false),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.pool?.destroy();
+  }
+}
+
+/** The compiled worker entry (tests run from src/, workers always run from dist/). */
+function workerFile(): string {
+  const sibling = new URL('./prepare-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(sibling))) return fileURLToPath(sibling);
+  const built = new URL('../../dist/src/workers/prepare-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(built))) return fileURLToPath(built);
+  throw new KvEppError('internal', 'worker entry not built: run `npm run build:ts`');
+}

