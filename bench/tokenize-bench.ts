@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { encode as gptEncodeO200k } from 'gpt-tokenizer/encoding/o200k_base';
 import { Tokenizer as HfNpmTokenizer } from 'tokenizers';
-import { createBlockHasher, createKvIndex } from '../src/kv/factory.js';
+import { createHotPath } from '../src/pipeline/factory.js';
 import { createTokenizer } from '../src/tokenize/factory.js';
 import type { Tokenizer } from '../src/tokenize/types.js';
 import { RoutePreparer } from '../src/workers/route-preparer.js';
@@ -117,10 +117,8 @@ export async function benchPipeline(quick: boolean): Promise<Table[]> {
     rows: [],
   };
   for (const backend of ['native', 'js'] as const) {
-    const tokenizer = await createTokenizer({ source: QWEN }, backend);
-    const hasher = await createBlockHasher(backend);
-    const index = await createKvIndex(backend);
-    const path = { tokenizer, hasher, index };
+    const path = await createHotPath({ source: QWEN }, backend);
+    const { tokenizer, index } = path;
     for (const tokens of quick ? [8192] : [8192, 65536]) {
       const bodies = Array.from({ length: 32 }, (_, i) => chatBody(tokenizer, tokens, i));
       for (const mode of ['inline', 'pool'] as const) {

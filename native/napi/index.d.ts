@@ -57,6 +57,25 @@ export interface NativeIndexStats {
   invalidBlockSequence: number
 }
 
+export interface PreparedRoute {
+  tokens: Uint32Array
+  localHashes: BigUint64Array
+  /** The body's `nvext.cache_salt` / `cache_salt`, when it named one. */
+  cacheSalt?: string
+  /** Holders with a matching prefix, sorted by worker id then dp rank. */
+  workerIds: BigUint64Array
+  dpRanks: Uint32Array
+  depths: Uint32Array
+  treeSizes: Uint32Array
+}
+
+/**
+ * Tokenize, hash and score one request body in one call. `index_handle` 0
+ * skips scoring (empty score arrays). `namespace` is used when the body names
+ * no cache salt (the `x-tenant-id` header).
+ */
+export declare function prepareRoute(tokenizerHandle: number, indexHandle: number, body: Uint8Array, api: string, blockSize: number, loraName: string | undefined | null, namespace: string | undefined | null, nowMs: number, earlyExit: boolean): PreparedRoute
+
 /** Writes the sequence hashes of `local[..count]` into `out` (must not alias `local`); returns the count. */
 export declare function sequenceHashesInto(local: BigUint64Array, count: number, out: BigUint64Array): number
 

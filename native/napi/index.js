@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { blockHashSeed, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { blockHashSeed, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { blockHashSeed }
 export { indexApplyRemoved }
 export { indexApplyStored }
@@ -785,6 +785,7 @@ export { indexRemoveWorker }
 export { indexStats }
 export { indexTreeSize }
 export { localHashesInto }
+export { prepareRoute }
 export { sequenceHashesInto }
 export { tokenizerDispose }
 export { tokenizerEncode }

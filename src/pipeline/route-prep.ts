@@ -4,9 +4,12 @@
  *
  * Contract: `tokens` are the worker's prompt ids (see src/tokenize/types.ts),
  * `localHashes` are Dynamo's local block hashes of those ids with the seed of
- * (loraName, cacheNamespace), and `overlap` is the index's answer for them at
- * the moment of the call. Pure: no I/O; errors are KvEppErrors from the
- * tokenizer (request problems) or the hasher (block size).
+ * (loraName, cache namespace) — the namespace is the body's
+ * `nvext.cache_salt` / `cache_salt`, else `settings.cacheNamespace` (the
+ * `x-tenant-id` header) — and `overlap` is the index's answer for them at the
+ * moment of the call. When every piece is native, a `fused` implementation
+ * does all of it in one addon call with identical results. Pure: no I/O;
+ * errors are KvEppErrors from the tokenizer (request problems) or the hasher.
  */
 import type { BlockHasher, KvIndex, OverlapScores } from '../kv/types.js';
 import type { ApiKind, Tokenizer } from '../tokenize/types.js';
@@ -16,7 +19,7 @@ export interface RouteSettings {
   blockSize: number;
   /** LoRA adapter the request targets; folded into the hash seed. */
   loraName?: string | undefined;
-  /** Cache namespace (`nvext.cache_salt` / `cache_salt` / `x-tenant-id`); folded into the seed. */
+  /** Cache namespace used when the body names no cache salt (the `x-tenant-id` header). */
   cacheNamespace?: string | undefined;
   /** Stop scoring once a single holder remains (Dynamo's `early_exit`). */
   earlyExit?: boolean | undefined;
@@ -27,13 +30,48 @@ export interface RouteSettings {
 export interface RoutePrep {
   tokens: Uint32Array;
   localHashes: BigUint64Array;
+  /** The body's cache salt, when it named one. */
+  cacheSalt?: string | undefined;
   overlap: OverlapScores;
 }
+
+export type FusedPrepare = (body: Uint8Array, api: ApiKind, s: RouteSettings) => RoutePrep;
 
 export interface HotPath {
   tokenizer: Tokenizer;
   hasher: BlockHasher;
   index: KvIndex;
+  /** One-call implementation, present when tokenizer, hasher and index are native. */
+  fused?: FusedPrepare | undefined;
+}
+
+const SALT_KEY = new TextEncoder().encode('cache_salt');
+
+/** The body's `nvext.cache_salt`, else `cache_salt`; parses only bodies that mention one. */
+export function cacheSaltOf(body: Uint8Array): string | undefined {
+  if (!contains(body, SALT_KEY)) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder().decode(body));
+  } catch {
+    return undefined; // the tokenizer reports the bad body
+  }
+  const o = json as { nvext?: { cache_salt?: unknown }; cache_salt?: unknown } | null;
+  const nested = o?.nvext?.cache_salt;
+  if (typeof nested === 'string' && nested !== '') return nested;
+  const top = o?.cache_salt;
+  return typeof top === 'string' && top !== '' ? top : undefined;
+}
+
+function contains(hay: Uint8Array, needle: Uint8Array): boolean {
+  const first = needle[0] as number;
+  for (let i = hay.indexOf(first); i >= 0 && i <= hay.length - needle.length; ) {
+    let j = 1;
+    while (j < needle.length && hay[i + j] === needle[j]) j++;
+    if (j === needle.length) return true;
+    i = hay.indexOf(first, i + 1);
+  }
+  return false;
 }
 
 /** Tokenize + hash, the part that may run off the main thread. */
@@ -42,18 +80,19 @@ export function tokenizeAndHash(
   body: Uint8Array,
   api: ApiKind,
   s: RouteSettings,
-): { tokens: Uint32Array; localHashes: BigUint64Array } {
+): { tokens: Uint32Array; localHashes: BigUint64Array; cacheSalt?: string | undefined } {
   const tokens = path.tokenizer.tokenizeRequest(
     body,
     api,
     s.nowMs === undefined ? {} : { nowMs: s.nowMs },
   );
+  const cacheSalt = cacheSaltOf(body);
   const localHashes = new BigUint64Array(Math.floor(tokens.length / s.blockSize));
   path.hasher.localHashesInto(tokens, s.blockSize, localHashes, {
     loraName: s.loraName,
-    cacheNamespace: s.cacheNamespace,
+    cacheNamespace: cacheSalt ?? s.cacheNamespace,
   });
-  return { tokens, localHashes };
+  return { tokens, localHashes, cacheSalt };
 }
 
 /** The whole hot path on the calling thread. */
@@ -63,10 +102,7 @@ export function prepareRouteInline(
   api: ApiKind,
   s: RouteSettings,
 ): RoutePrep {
-  const { tokens, localHashes } = tokenizeAndHash(path, body, api, s);
-  return {
-    tokens,
-    localHashes,
-    overlap: path.index.findMatches(localHashes, s.earlyExit ?? false),
-  };
+  if (path.fused) return path.fused(body, api, s);
+  const r = tokenizeAndHash(path, body, api, s);
+  return { ...r, overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false) };
 }

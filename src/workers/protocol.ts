@@ -4,7 +4,7 @@
  * as structured clones of JS arrays.
  */
 import type { KvEppErrorCode } from '../errors.js';
-import type { Backend } from '../kv/types.js';
+import type { Backend, OverlapScores } from '../kv/types.js';
 import type { RouteSettings } from '../pipeline/route-prep.js';
 import type { ApiKind } from '../tokenize/types.js';
 
@@ -15,6 +15,8 @@ export interface TokenizerRef {
   source: string;
   /** Native registry handle (native backend only). */
   handle?: number | undefined;
+  /** Native index handle: the worker scores too (native backend only). */
+  indexHandle?: number | undefined;
   /** Chat template override file contents, if any. */
   chatTemplate?: string | undefined;
 }
@@ -27,5 +29,12 @@ export interface PrepareTask {
 }
 
 export type PrepareResult =
-  | { ok: true; tokens: Uint32Array; localHashes: BigUint64Array }
+  | {
+      ok: true;
+      tokens: Uint32Array;
+      localHashes: BigUint64Array;
+      cacheSalt?: string | undefined;
+      /** Present when the worker scored (native index). */
+      overlap?: OverlapScores | undefined;
+    }
   | { ok: false; code: KvEppErrorCode; message: string };

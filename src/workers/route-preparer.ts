@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { KvEppError } from '../errors.js';
+import { NativeKvIndex } from '../kv/native/radix-index.js';
 import {
   type HotPath,
   prepareRouteInline,
@@ -44,10 +45,13 @@ export class RoutePreparer {
 
   static create(path: HotPath, options: PreparerOptions): RoutePreparer {
     const t = path.tokenizer;
+    const fusedNative = path.fused !== undefined && t instanceof NativeTokenizer;
     const ref: TokenizerRef = {
-      backend: t.backend,
+      backend: fusedNative ? 'native' : 'js',
       source: t.source,
-      handle: t instanceof NativeTokenizer ? t.handle : undefined,
+      handle: fusedNative ? t.handle : undefined,
+      indexHandle:
+        fusedNative && path.index instanceof NativeKvIndex ? path.index.handle : undefined,
       chatTemplate: options.chatTemplate,
     };
     const pool =
@@ -86,7 +90,8 @@ export class RoutePreparer {
     return {
       tokens: r.tokens,
       localHashes: r.localHashes,
-      overlap: this.path.index.findMatches(r.localHashes, settings.earlyExit ?? false),
+      cacheSalt: r.cacheSalt,
+      overlap: r.overlap ?? this.path.index.findMatches(r.localHashes, settings.earlyExit ?? false),
     };
   }
 

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod hash;
 pub mod index;
+pub mod route;
 pub mod tokenize;
 
 pub use error::CoreError;

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use kv_epp_core::hash;
+use kv_epp_core::route::{RouteError, RouteInput, tokenize_and_hash};
 use kv_epp_core::tokenize::{ApiKind, TokenizeError, Tokenizer};
 use kv_epp_core::{CoreError, EventError, RadixIndex, StoredBlock, WorkerKey};
 use napi::bindgen_prelude::*;
@@ -345,17 +346,86 @@ pub fn tokenizer_tokenize_request(
     api: String,
     now_ms: f64,
 ) -> Result<Uint32Array> {
-    let api = match api.as_str() {
-        "chat" => ApiKind::Chat,
-        "completions" => ApiKind::Completions,
-        other => {
-            return Err(err(
-                "invalid_argument",
-                format!("api must be chat or completions, got {other:?}"),
-            ));
-        }
-    };
+    let api = api_of(&api)?;
     let ids =
         tokenizer(handle)?.tokenize_request(body, api, now_ms_of(now_ms)?).map_err(tok_err)?;
     Ok(Uint32Array::new(ids))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused hot path
+// ---------------------------------------------------------------------------------------------
+
+fn api_of(api: &str) -> Result<ApiKind> {
+    match api {
+        "chat" => Ok(ApiKind::Chat),
+        "completions" => Ok(ApiKind::Completions),
+        other => {
+            Err(err("invalid_argument", format!("api must be chat or completions, got {other:?}")))
+        }
+    }
+}
+
+#[napi(object)]
+pub struct PreparedRoute {
+    pub tokens: Uint32Array,
+    pub local_hashes: BigUint64Array,
+    /// The body's `nvext.cache_salt` / `cache_salt`, when it named one.
+    pub cache_salt: Option<String>,
+    /// Holders with a matching prefix, sorted by worker id then dp rank.
+    pub worker_ids: BigUint64Array,
+    pub dp_ranks: Uint32Array,
+    pub depths: Uint32Array,
+    pub tree_sizes: Uint32Array,
+}
+
+/// Tokenize, hash and score one request body in one call. `index_handle` 0
+/// skips scoring (empty score arrays). `namespace` is used when the body names
+/// no cache salt (the `x-tenant-id` header).
+#[napi(catch_unwind)]
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_route(
+    tokenizer_handle: u32,
+    index_handle: u32,
+    body: &[u8],
+    api: String,
+    block_size: u32,
+    lora_name: Option<String>,
+    namespace: Option<String>,
+    now_ms: f64,
+    early_exit: bool,
+) -> Result<PreparedRoute> {
+    let tok = tokenizer(tokenizer_handle)?;
+    let input = RouteInput {
+        body,
+        api: api_of(&api)?,
+        block_size,
+        lora_name: lora_name.as_deref(),
+        fallback_namespace: namespace.as_deref(),
+        now_ms: now_ms_of(now_ms)?,
+    };
+    let p = tokenize_and_hash(&tok, &input).map_err(|e| match e {
+        RouteError::Tokenize(e) => tok_err(e),
+        RouteError::Core(e) => core_err(e),
+    })?;
+    let (mut ids, mut ranks, mut depths, mut sizes) = (vec![], vec![], vec![], vec![]);
+    if index_handle != 0 {
+        let idx = index(index_handle)?;
+        let g = idx.read();
+        for (w, d) in g.find_matches(&p.local_hashes, early_exit).scores {
+            ids.push(w.worker_id);
+            ranks.push(w.dp_rank);
+            depths.push(d);
+            sizes.push(g.tree_size(w).min(u32::MAX as usize) as u32);
+        }
+    }
+    Ok(PreparedRoute {
+        tokens: Uint32Array::new(p.tokens),
+        local_hashes: BigUint64Array::new(p.local_hashes),
+        cache_salt: p.cache_salt,
+        worker_ids: BigUint64Array::new(ids),
+        dp_ranks: Uint32Array::new(ranks),
+        depths: Uint32Array::new(depths),
+        tree_sizes: Uint32Array::new(sizes),
+    })
 }

@@ -6,10 +6,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createBlockHasher, createKvIndex } from '../../../src/kv/factory.js';
 import type { Backend } from '../../../src/kv/types.js';
+import { createHotPath } from '../../../src/pipeline/factory.js';
 import { prepareRouteInline } from '../../../src/pipeline/route-prep.js';
-import { createTokenizer } from '../../../src/tokenize/factory.js';
 import { RoutePreparer } from '../../../src/workers/route-preparer.js';
 
 const ROOT = join(import.meta.dirname, '../../..');
@@ -26,13 +25,15 @@ afterAll(async () => {
 
 describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => {
   it('inline and pooled runs agree with the golden ids and the index', async () => {
-    const tokenizer = await createTokenizer({ source: QWEN }, backend);
-    const hasher = await createBlockHasher(backend);
-    const index = await createKvIndex(backend);
-    const path = { tokenizer, hasher, index };
+    const path = await createHotPath({ source: QWEN }, backend);
+    const index = path.index;
+    expect(path.fused !== undefined).toBe(backend === 'native');
     const settings = { blockSize: 4, cacheNamespace: 'tenant-a' };
     const inline = prepareRouteInline(path, body, 'chat', settings);
     expect(Array.from(inline.tokens)).toEqual(golden.ids);
+    // The generic path (no fused call) gives the same answer.
+    const generic = prepareRouteInline({ ...path, fused: undefined }, body, 'chat', settings);
+    expect(generic).toEqual(inline);
     // Make the index hold the first 3 blocks for one worker.
     const w = { workerId: 42n, dpRank: 0 };
     index.applyStored(w, null, {
@@ -52,13 +53,37 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => 
     expect((await small.prepare(body, 'chat', settings)).tokens).toEqual(inline.tokens);
   });
 
+  it('takes the cache namespace from the body before the fallback', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const s = { blockSize: 2, cacheNamespace: 'header-tenant' };
+    const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+    const withSalt = prepareRouteInline(
+      path,
+      enc({ prompt: [1, 2, 3, 4], nvext: { cache_salt: 'tenant-a' } }),
+      'completions',
+      s,
+    );
+    expect(withSalt.cacheSalt).toBe('tenant-a');
+    const expected = path.hasher.hash(Uint32Array.of(1, 2, 3, 4), 2, {
+      cacheNamespace: 'tenant-a',
+    });
+    expect(withSalt.localHashes).toEqual(expected.local);
+    const top = prepareRouteInline(
+      path,
+      enc({ prompt: [1, 2], cache_salt: 't2' }),
+      'completions',
+      s,
+    );
+    expect(top.cacheSalt).toBe('t2');
+    const none = prepareRouteInline(path, enc({ prompt: [1, 2] }), 'completions', s);
+    expect(none.cacheSalt).toBeUndefined();
+    expect(none.localHashes).toEqual(
+      path.hasher.hash(Uint32Array.of(1, 2), 2, { cacheNamespace: 'header-tenant' }).local,
+    );
+  });
+
   it('rejects bad requests from the pool with the same codes as inline', async () => {
-    const tokenizer = await createTokenizer({ source: QWEN }, backend);
-    const path = {
-      tokenizer,
-      hasher: await createBlockHasher(backend),
-      index: await createKvIndex(backend),
-    };
+    const path = await createHotPath({ source: QWEN }, backend);
     const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
     preparers.push(pooled);
     const s = { blockSize: 16 };

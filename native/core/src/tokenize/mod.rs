@@ -127,16 +127,25 @@ impl Tokenizer {
         api: ApiKind,
         now_ms: i64,
     ) -> Result<Vec<u32>, TokenizeError> {
-        let body = request::parse_body(body)?;
+        self.tokenize_parsed(&request::parse_body(body)?, api, now_ms)
+    }
+
+    /// [`Self::tokenize_request`] for a body already parsed by [`request::parse_body`].
+    pub fn tokenize_parsed(
+        &self,
+        body: &serde_json::Map<String, serde_json::Value>,
+        api: ApiKind,
+        now_ms: i64,
+    ) -> Result<Vec<u32>, TokenizeError> {
         match api {
             ApiKind::Chat => {
-                let req = request::chat_request(&body)?;
+                let req = request::chat_request(body)?;
                 let add_special_tokens = req.add_special_tokens;
                 let rendered = self.render(req, now_ms)?;
                 self.encode(&rendered, add_special_tokens)
             }
             ApiKind::Completions => {
-                let req = request::completion_request(&body)?;
+                let req = request::completion_request(body)?;
                 match req.prompt {
                     Prompt::Ids(ids) => Ok(ids),
                     Prompt::Text(text) => self.encode(&text, req.add_special_tokens),

@@ -47,6 +47,15 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Json>, TokenizeError> {
     }
 }
 
+/// The request's cache namespace: `nvext.cache_salt`, else the top-level
+/// `cache_salt` (Dynamo's order); empty or non-string values count as absent.
+pub fn cache_salt(body: &Map<String, Json>) -> Option<&str> {
+    let nested = body.get("nvext").and_then(|n| n.get("cache_salt")).and_then(Json::as_str);
+    nested
+        .filter(|s| !s.is_empty())
+        .or_else(|| body.get("cache_salt").and_then(Json::as_str).filter(|s| !s.is_empty()))
+}
+
 /// A boolean request field with its default (null is rejected, as pydantic does
 /// for a non-Optional `bool`).
 fn bool_field(body: &Map<String, Json>, name: &str, default: bool) -> Result<bool, TokenizeError> {
