@@ -33,7 +33,7 @@ export interface PreparerOptions {
 }
 
 /** Measured on the project's 2-core machine; see bench/README.md. */
-export const DEFAULT_OFFLOAD_BYTES = 16 * 1024;
+export const DEFAULT_OFFLOAD_BYTES = 8 * 1024;
 
 export class RoutePreparer {
   private constructor(
