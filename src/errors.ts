@@ -18,6 +18,10 @@ export type KvEppErrorCode =
   | 'invalid_request'
   | 'unsupported_content'
   | 'template_error'
+  // Routing (the server answers 503 / 429 / 413):
+  | 'no_endpoint'
+  | 'overloaded'
+  | 'body_too_large'
   // Tokenizer loading (configuration errors: start-up fails):
   | 'tokenizer_not_found'
   | 'tokenizer_invalid';

@@ -106,3 +106,8 @@ export function prepareRouteInline(
   const r = tokenizeAndHash(path, body, api, s);
   return { ...r, overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false) };
 }
+
+/** Anything that runs the hot path for a body (inline or on a worker pool). */
+export interface Preparer {
+  prepare(body: Uint8Array, api: ApiKind, s: RouteSettings): Promise<RoutePrep>;
+}

@@ -1,0 +1,145 @@
+/**
+ * OpenAI request bodies as bytes: which API a path names, and edits that
+ * splice new members into the JSON without re-serialising the rest (key
+ * order, number forms and big integers of the client's body survive). Pure.
+ */
+export type OpenAiApi = 'chat' | 'completions' | 'responses' | 'embeddings';
+
+/** The API by path suffix (query string ignored), as the GAIE EPP does. */
+export function apiOfPath(path: string): OpenAiApi | undefined {
+  const p = path.split('?')[0] ?? '';
+  if (p.endsWith('/chat/completions')) return 'chat';
+  if (p.endsWith('/completions')) return 'completions';
+  if (p.endsWith('/responses')) return 'responses';
+  if (p.endsWith('/embeddings')) return 'embeddings';
+  return undefined;
+}
+
+interface Member {
+  key: string;
+  /** Byte offsets of the value: [start, end). */
+  start: number;
+  end: number;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+function skipWs(b: Uint8Array, i: number): number {
+  while (i < b.length && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++;
+  return i;
+}
+
+/** End (exclusive) of the JSON value starting at `i`; assumes valid JSON. */
+function valueEnd(b: Uint8Array, i: number): number {
+  const c = b[i];
+  if (c === 0x22) {
+    i++;
+    while (i < b.length && b[i] !== 0x22) i += b[i] === 0x5c ? 2 : 1;
+    return i + 1;
+  }
+  if (c === 0x7b || c === 0x5b) {
+    let depth = 0;
+    for (; i < b.length; i++) {
+      const x = b[i];
+      if (x === 0x22) {
+        i = valueEnd(b, i) - 1;
+      } else if (x === 0x7b || x === 0x5b) {
+        depth++;
+      } else if (x === 0x7d || x === 0x5d) {
+        depth--;
+        if (depth === 0) return i + 1;
+      }
+    }
+    return b.length;
+  }
+  while (i < b.length && ![0x2c, 0x7d, 0x5d, 0x20, 0x0a, 0x0d, 0x09].includes(b[i] as number)) i++;
+  return i;
+}
+
+/** Members of the object starting at `open` (its `{`), and the index of its `}`. */
+function members(b: Uint8Array, open: number): { list: Member[]; close: number } {
+  const list: Member[] = [];
+  let i = skipWs(b, open + 1);
+  if (b[i] === 0x7d) return { list, close: i };
+  for (;;) {
+    const keyEnd = valueEnd(b, i);
+    const key = JSON.parse(dec.decode(b.subarray(i, keyEnd))) as string;
+    i = skipWs(b, keyEnd);
+    i = skipWs(b, i + 1); // ':'
+    const end = valueEnd(b, i);
+    list.push({ key, start: i, end });
+    i = skipWs(b, end);
+    if (b[i] === 0x2c) {
+      i = skipWs(b, i + 1);
+      continue;
+    }
+    return { list, close: i };
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** JSON array text of token ids, built without intermediate strings per id. */
+function idsJson(ids: Uint32Array): string {
+  return `[${Array.prototype.join.call(ids, ',')}]`;
+}
+
+/**
+ * Sets top-level `model` (when given) and `nvext.token_data` (when given) in a
+ * body that is a valid JSON object (the caller parsed it already). Other
+ * bytes are kept verbatim; an existing `nvext.token_data` is replaced.
+ */
+export function spliceRequestBody(
+  body: Uint8Array,
+  edits: { model?: string | undefined; tokenData?: Uint32Array | undefined },
+): Uint8Array {
+  const open = skipWs(body, 0);
+  const { list, close } = members(body, open);
+  type Edit = { start: number; end: number; text: string };
+  const out: Edit[] = [];
+  if (edits.model !== undefined) {
+    const m = list.find((x) => x.key === 'model');
+    const text = JSON.stringify(edits.model);
+    if (m) out.push({ start: m.start, end: m.end, text });
+    else out.push({ start: close, end: close, text: `${list.length ? ',' : ''}"model":${text}` });
+  }
+  if (edits.tokenData !== undefined) {
+    const ids = idsJson(edits.tokenData);
+    const nv = list.find((x) => x.key === 'nvext');
+    if (!nv || body[nv.start] !== 0x7b) {
+      // No nvext (or a non-object one, which the worker would reject anyway): set it.
+      const text = `{"token_data":${ids}}`;
+      if (nv) out.push({ start: nv.start, end: nv.end, text });
+      else {
+        const sep = list.length || out.some((e) => e.start === close) ? ',' : '';
+        out.push({ start: close, end: close, text: `${sep}"nvext":${text}` });
+      }
+    } else {
+      const inner = members(body, nv.start);
+      const td = inner.list.find((x) => x.key === 'token_data');
+      if (td) out.push({ start: td.start, end: td.end, text: ids });
+      else {
+        const sep = inner.list.length ? ',' : '';
+        out.push({ start: inner.close, end: inner.close, text: `${sep}"token_data":${ids}` });
+      }
+    }
+  }
+  out.sort((a, b) => a.start - b.start);
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  for (const e of out) {
+    parts.push(body.subarray(at, e.start), enc.encode(e.text));
+    at = e.end;
+  }
+  parts.push(body.subarray(at));
+  return concat(parts);
+}

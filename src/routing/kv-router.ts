@@ -1,0 +1,198 @@
+/**
+ * kv-epp's RequestRouter: OpenAI body → tokens → prefix overlap → endpoint,
+ * plus the request edits Dynamo's direct-mode frontend expects
+ * (`x-dynamo-worker-instance-id`, `x-dynamo-dp-rank`,
+ * `x-dynamo-routing-mode: aggregated`, `nvext.token_data` = the full prompt
+ * ids). Client-sent `x-dynamo-*` and `x-gateway-destination-endpoint*`
+ * headers are removed and never honoured.
+ *
+ * Approximate mode (no KV events): after each decision the request's blocks
+ * are recorded for the chosen worker, keyed by their sequence hashes, so the
+ * next request with the same prefix finds them. (TTL and size pruning come
+ * with the event plane.) Pure: no I/O.
+ */
+import type { Endpoint } from '../discovery/endpoints.js';
+import { KvEppError } from '../errors.js';
+import type { BlockHasher, KvIndex } from '../kv/types.js';
+import type { Logger } from '../log/logger.js';
+import { apiOfPath, spliceRequestBody } from '../openai/request-body.js';
+import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
+import type {
+  GatewayRequest,
+  RequestRouter,
+  ResponseSummary,
+  RouteDecision,
+} from '../server/routing-types.js';
+import { candidatesFor, filterBySubset, rank } from './picker.js';
+
+export interface KvRouterSettings {
+  blockSize: number;
+  /** Endpoints listed after the primary, for the gateway to retry (GAIE fallback list). */
+  fallbacks: number;
+  /** Record routed prefixes in the index (no KV events). */
+  approximate: boolean;
+  /** Stop scoring once one holder remains. */
+  earlyExit?: boolean | undefined;
+}
+
+export interface KvRouterDeps {
+  endpoints: () => readonly Endpoint[];
+  preparer: Preparer;
+  index: KvIndex;
+  hasher: BlockHasher;
+  log: Logger;
+  /** Observes every routed request (metrics). */
+  onRouted?:
+    | ((r: { decision: RouteDecision; prep: RoutePrep | undefined; endpoint: Endpoint }) => void)
+    | undefined;
+}
+
+const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
+
+function badRequest(msg: string): KvEppError {
+  return new KvEppError('invalid_request', msg);
+}
+
+export class KvRouter implements RequestRouter {
+  private readonly inFlight = new Map<string, number>();
+  private readonly byDecision = new WeakMap<RouteDecision, string>();
+
+  constructor(
+    private readonly deps: KvRouterDeps,
+    private readonly settings: KvRouterSettings,
+  ) {}
+
+  /** Requests in flight on an endpoint (`host:port`). */
+  load(hostPort: string): number {
+    return this.inFlight.get(hostPort) ?? 0;
+  }
+
+  private candidates(req: GatewayRequest): Endpoint[] {
+    const ready = this.deps.endpoints().filter((e) => e.role !== 'prefill');
+    const allowed = filterBySubset(ready, req.subset);
+    if (allowed.length === 0) {
+      throw new KvEppError(
+        'no_endpoint',
+        req.subset === undefined
+          ? 'no ready endpoints'
+          : `no ready endpoint within the subset hint [${req.subset.join(', ')}]`,
+      );
+    }
+    return allowed;
+  }
+
+  private decide(
+    req: GatewayRequest,
+    chosen: Endpoint[],
+    body: Uint8Array,
+    models?: { client?: string | undefined; target?: string | undefined },
+  ): RouteDecision {
+    const primary = chosen[0] as Endpoint;
+    const decision: RouteDecision = {
+      endpoints: chosen.map((e) => e.hostPort),
+      setHeaders: {
+        'x-dynamo-worker-instance-id': primary.workerId.toString(),
+        'x-dynamo-dp-rank': String(primary.dpRank),
+        'x-dynamo-routing-mode': 'aggregated',
+      },
+      removeHeaders: [...req.headers.keys()].filter(
+        (k) =>
+          ROUTING_HEADER.test(k) &&
+          k !== 'x-dynamo-worker-instance-id' &&
+          k !== 'x-dynamo-dp-rank' &&
+          k !== 'x-dynamo-routing-mode',
+      ),
+      body,
+      clientModel: models?.client,
+      targetModel: models?.target,
+    };
+    this.inFlight.set(primary.hostPort, this.load(primary.hostPort) + 1);
+    this.byDecision.set(decision, primary.hostPort);
+    return decision;
+  }
+
+  routeHeaderOnly(req: GatewayRequest): RouteDecision {
+    const c = candidatesFor(this.candidates(req), undefined, (e) => this.load(e.hostPort));
+    return this.decide(
+      req,
+      rank(c, 1 + this.settings.fallbacks).map((x) => x.endpoint),
+      req.body,
+    );
+  }
+
+  async route(req: GatewayRequest): Promise<RouteDecision> {
+    const api = apiOfPath(req.path);
+    let parsed: Record<string, unknown>;
+    try {
+      const v: unknown = JSON.parse(new TextDecoder().decode(req.body));
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+        throw badRequest('the request body must be a JSON object');
+      }
+      parsed = v as Record<string, unknown>;
+    } catch (e) {
+      if (e instanceof KvEppError) throw e;
+      throw new KvEppError(
+        'invalid_json',
+        `the request body is not valid JSON: ${(e as Error).message}`,
+      );
+    }
+    const model = parsed.model;
+    if (typeof model !== 'string' || model === '')
+      throw badRequest('model not found in request body');
+    if (api === 'chat' && !Array.isArray(parsed.messages)) {
+      throw badRequest('chat completions need a "messages" list');
+    }
+    if (api === 'completions' && parsed.prompt === undefined) {
+      throw badRequest('completions need a "prompt"');
+    }
+    if ((api === 'responses' || api === 'embeddings') && parsed.input === undefined) {
+      throw badRequest(`${api} need an "input"`);
+    }
+    const rewrite = req.headers.get('x-gateway-model-name-rewrite');
+    const target =
+      rewrite !== undefined && rewrite !== '' && rewrite !== model ? rewrite : undefined;
+    const endpoints = this.candidates(req);
+
+    let prep: RoutePrep | undefined;
+    if (api === 'chat' || api === 'completions') {
+      prep = await this.deps.preparer.prepare(req.body, api, {
+        blockSize: this.settings.blockSize,
+        cacheNamespace: req.headers.get('x-tenant-id'),
+        earlyExit: this.settings.earlyExit,
+      });
+    }
+    const ranked = rank(
+      candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort)),
+      1 + this.settings.fallbacks,
+    );
+    const chosen = ranked.map((c) => c.endpoint);
+    const body =
+      prep || target !== undefined
+        ? spliceRequestBody(req.body, { model: target, tokenData: prep?.tokens })
+        : req.body;
+    const decision = this.decide(req, chosen, body, {
+      client: target === undefined ? undefined : model,
+      target,
+    });
+    const primary = chosen[0] as Endpoint;
+    if (prep && this.settings.approximate && prep.localHashes.length > 0) {
+      const sequence = new BigUint64Array(prep.localHashes.length);
+      this.deps.hasher.sequenceHashesInto(prep.localHashes, prep.localHashes.length, sequence);
+      this.deps.index.applyStored({ workerId: primary.workerId, dpRank: primary.dpRank }, null, {
+        localHashes: prep.localHashes,
+        externalHashes: sequence,
+      });
+    }
+    this.deps.onRouted?.({ decision, prep, endpoint: primary });
+    return decision;
+  }
+
+  complete(decision: RouteDecision, _summary: ResponseSummary): void {
+    const hp = this.byDecision.get(decision);
+    if (hp === undefined) return;
+    this.byDecision.delete(decision);
+    const n = this.load(hp) - 1;
+    if (n > 0) this.inFlight.set(hp, n);
+    else this.inFlight.delete(hp);
+  }
+}

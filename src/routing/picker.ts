@@ -1,0 +1,73 @@
+/**
+ * Endpoint choice until Dynamo's full cost function lands: the longest
+ * cached prefix wins; ties go to the least-loaded endpoint (requests in
+ * flight), then the smaller cache (tree size), then the name, so the order is
+ * total and deterministic. Pure.
+ */
+import type { Endpoint } from '../discovery/endpoints.js';
+import type { OverlapScores } from '../kv/types.js';
+
+export interface Candidate {
+  endpoint: Endpoint;
+  overlapBlocks: number;
+  inFlight: number;
+  treeSize: number;
+}
+
+/**
+ * Endpoints allowed by a subset hint: `ip:port` entries match exactly, a bare
+ * `ip` matches every port of that ip. No hint = all endpoints.
+ */
+export function filterBySubset(
+  endpoints: readonly Endpoint[],
+  subset: readonly string[] | undefined,
+): Endpoint[] {
+  if (subset === undefined) return [...endpoints];
+  const exact = new Set<string>();
+  const ips = new Set<string>();
+  for (const raw of subset) {
+    const s = raw.trim();
+    if (s === '') continue;
+    if (/^\[.*\]:\d+$/.test(s) || /^[^:]+:\d+$/.test(s)) exact.add(s);
+    else ips.add(s.replace(/^\[|\]$/g, ''));
+  }
+  return endpoints.filter((e) => exact.has(e.hostPort) || ips.has(e.address));
+}
+
+export function candidatesFor(
+  endpoints: readonly Endpoint[],
+  overlap: OverlapScores | undefined,
+  inFlight: (e: Endpoint) => number,
+): Candidate[] {
+  const byHolder = new Map<string, { blocks: number; treeSize: number }>();
+  if (overlap) {
+    overlap.workers.forEach((w, i) => {
+      byHolder.set(`${w.workerId}:${w.dpRank}`, {
+        blocks: overlap.blocks[i] as number,
+        treeSize: overlap.treeSizes[i] as number,
+      });
+    });
+  }
+  return endpoints.map((endpoint) => {
+    const o = byHolder.get(`${endpoint.workerId}:${endpoint.dpRank}`);
+    return {
+      endpoint,
+      overlapBlocks: o?.blocks ?? 0,
+      inFlight: inFlight(endpoint),
+      treeSize: o?.treeSize ?? 0,
+    };
+  });
+}
+
+/** The best `count` candidates, best first. */
+export function rank(candidates: readonly Candidate[], count: number): Candidate[] {
+  return [...candidates]
+    .sort(
+      (a, b) =>
+        b.overlapBlocks - a.overlapBlocks ||
+        a.inFlight - b.inFlight ||
+        a.treeSize - b.treeSize ||
+        (a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0),
+    )
+    .slice(0, Math.max(1, count));
+}

@@ -1,0 +1,65 @@
+/**
+ * The seam between the ext_proc protocol layer (src/server/ext-proc/) and
+ * routing. The protocol layer knows gRPC, Envoy messages and HTTP; the router
+ * knows OpenAI bodies, tokenization, the index and endpoints. Pure types.
+ */
+
+/** One HTTP request as the gateway showed it to the EPP, body complete. */
+export interface GatewayRequest {
+  /** Lower-cased header names; the first value wins for repeated names. */
+  headers: ReadonlyMap<string, string>;
+  /** `:path` (e.g. `/v1/chat/completions`), `''` when absent. */
+  path: string;
+  /** `:method`, `''` when absent. */
+  method: string;
+  /** The complete request body (empty for header-only requests). */
+  body: Uint8Array;
+  /**
+   * Endpoints the gateway allows (`envoy.lb.subset_hint` /
+   * `x-gateway-destination-endpoint-subset`, list or comma string); undefined = no hint.
+   * Entries are `ip:port` or a bare `ip` (= every port of that ip).
+   */
+  subset?: readonly string[] | undefined;
+  /** `x-request-id`, generated when the client sent none. */
+  requestId: string;
+}
+
+/** Where to send the request and how to change it. */
+export interface RouteDecision {
+  /** `ip:port`, primary first, then fallbacks (at least one). */
+  endpoints: string[];
+  /** Extra request headers to set (overwriting), e.g. `x-dynamo-worker-instance-id`. */
+  setHeaders: Record<string, string>;
+  /** Request headers to remove (client-sent routing headers that must not reach the worker). */
+  removeHeaders: string[];
+  /** The body to forward (may be the original bytes). */
+  body: Uint8Array;
+  /** When the body's model was rewritten: the name the client sent, to restore in responses. */
+  clientModel?: string | undefined;
+  /** The model name the worker sees (after rewrite). */
+  targetModel?: string | undefined;
+}
+
+/** What the protocol layer reports back when the response completes. */
+export interface ResponseSummary {
+  requestId: string;
+  /** `x-gateway-destination-endpoint-served` from the response metadata, if sent. */
+  servedEndpoint?: string | undefined;
+  status?: number | undefined;
+  promptTokens?: number | undefined;
+  completionTokens?: number | undefined;
+}
+
+export interface RequestRouter {
+  /**
+   * Decides the destination of a request with a body. Throws KvEppError:
+   * request problems (invalid_json, invalid_request, unsupported_content,
+   * template_error) → 400; no_endpoint → 503; overloaded → 429;
+   * body_too_large → 413; anything else → 500.
+   */
+  route(req: GatewayRequest): Promise<RouteDecision>;
+  /** A header-only request (e.g. `GET /v1/models`): any ready endpoint within the subset. */
+  routeHeaderOnly(req: GatewayRequest): RouteDecision;
+  /** Called once per stream whose response finished (or was abandoned). */
+  complete?(decision: RouteDecision, summary: ResponseSummary): void;
+}

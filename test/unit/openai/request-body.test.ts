@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { apiOfPath, spliceRequestBody } from '../../../src/openai/request-body.js';
+
+const enc = (s: string) => new TextEncoder().encode(s);
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+const ids = Uint32Array.of(1, 2, 4294967295);
+
+describe('apiOfPath', () => {
+  it.each([
+    ['/v1/chat/completions', 'chat'],
+    ['/v1/completions?x=1', 'completions'],
+    ['/openai/v1/responses', 'responses'],
+    ['/v1/embeddings', 'embeddings'],
+    ['/v1/models', undefined],
+  ])('%s → %s', (p, api) => expect(apiOfPath(p)).toBe(api));
+});
+
+describe('spliceRequestBody', () => {
+  it('appends nvext.token_data keeping every other byte', () => {
+    const body =
+      '{"model":"m", "temperature":1.0,"seed":12345678901234567890,"messages":[{"role":"user","content":"a}\\"{"}]}';
+    const out = dec(spliceRequestBody(enc(body), { tokenData: ids }));
+    expect(out).toBe(`${body.slice(0, -1)},"nvext":{"token_data":[1,2,4294967295]}}`);
+  });
+
+  it('adds token_data inside an existing nvext and replaces an old one', () => {
+    expect(dec(spliceRequestBody(enc('{"nvext":{"cache_salt":"t"}}'), { tokenData: ids }))).toBe(
+      '{"nvext":{"cache_salt":"t","token_data":[1,2,4294967295]}}',
+    );
+    expect(dec(spliceRequestBody(enc('{"nvext":{}}'), { tokenData: ids }))).toBe(
+      '{"nvext":{"token_data":[1,2,4294967295]}}',
+    );
+    expect(
+      dec(
+        spliceRequestBody(enc('{ "nvext" : { "token_data" : [9, 9] , "x":1 } }'), {
+          tokenData: ids,
+        }),
+      ),
+    ).toBe('{ "nvext" : { "token_data" : [1,2,4294967295] , "x":1 } }');
+  });
+
+  it('rewrites the model and splices both at once', () => {
+    const out = dec(
+      spliceRequestBody(enc('{"model":"client","prompt":"hi"}'), {
+        model: 'target',
+        tokenData: ids,
+      }),
+    );
+    expect(out).toBe('{"model":"target","prompt":"hi","nvext":{"token_data":[1,2,4294967295]}}');
+    expect(JSON.parse(out).model).toBe('target');
+  });
+
+  it('handles an empty object and whitespace', () => {
+    expect(dec(spliceRequestBody(enc(' { } '), { tokenData: Uint32Array.of(7) }))).toBe(
+      ' { "nvext":{"token_data":[7]}} ',
+    );
+  });
+
+  it('always yields valid JSON for varied bodies', () => {
+    const bodies = [
+      '{"a":"\\\\","nvext":null}',
+      '{"a":[{"b":"}]"}],"nvext":{"nested":{"token_data":1}}}',
+      '{"model":"m","nvext":{"token_data":[],"cache_salt":"s"}}',
+    ];
+    for (const b of bodies) {
+      const out = JSON.parse(dec(spliceRequestBody(enc(b), { model: 'z', tokenData: ids })));
+      expect(out.nvext.token_data).toEqual([1, 2, 4294967295]);
+      expect(out.model).toBe('z');
+    }
+  });
+});

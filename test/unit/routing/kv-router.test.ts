@@ -1,0 +1,138 @@
+import { describe, expect, it } from 'vitest';
+import { parseEndpoints } from '../../../src/discovery/endpoints.js';
+import type { Backend } from '../../../src/kv/types.js';
+import { stderrLogger } from '../../../src/log/logger.js';
+import { createHotPath } from '../../../src/pipeline/factory.js';
+import { type Preparer, prepareRouteInline } from '../../../src/pipeline/route-prep.js';
+import { KvRouter } from '../../../src/routing/kv-router.js';
+import type { GatewayRequest } from '../../../src/server/routing-types.js';
+
+const endpoints = parseEndpoints(
+  {
+    endpoints: [
+      { address: '127.0.0.2', port: 8001, name: 'a', workerId: '11' },
+      { address: '127.0.0.3', port: 8001, name: 'b', workerId: '18446744073709551615', dpRank: 1 },
+    ],
+  },
+  'test',
+);
+
+function req(body: unknown, extra: Partial<GatewayRequest> = {}): GatewayRequest {
+  return {
+    headers: new Map(),
+    path: '/v1/chat/completions',
+    method: 'POST',
+    body: new TextEncoder().encode(typeof body === 'string' ? body : JSON.stringify(body)),
+    requestId: 'r1',
+    ...extra,
+  };
+}
+
+const chat = (text: string) => ({ model: 'm', messages: [{ role: 'user', content: text }] });
+const long = 'The quick brown fox jumps over the lazy dog. '.repeat(40);
+
+async function router(backend: Backend) {
+  const path = await createHotPath({ source: 'o200k_base' }, backend);
+  const preparer: Preparer = {
+    prepare: async (body, api, settings) => prepareRouteInline(path, body, api, settings),
+  };
+  };
+  const r = new KvRouter(
+    {
+      endpoints: () => endpoints,
+      preparer,
+      index: path.index,
+      hasher: path.hasher,
+      log: stderrLogger,
+    },
+    { blockSize: 16, fallbacks: 1, approximate: true },
+  );
+  return { r, path };
+}
+
+describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
+  it('sends a repeated prompt to the worker holding its prefix, even when busier', async () => {
+    const { r, path } = await router(backend);
+    const first = await r.route(req(chat(long)));
+    expect(first.endpoints).toEqual(['127.0.0.2:8001', '127.0.0.3:8001']);
+    // `a` is now busy (first not completed), yet holds the prefix.
+    const second = await r.route(req(chat(`${long} And then?`)));
+    expect(second.endpoints[0]).toBe('127.0.0.2:8001');
+    expect(r.load('127.0.0.2:8001')).toBe(2);
+    r.complete(first, { requestId: 'r1' });
+    r.complete(second, { requestId: 'r1' });
+    expect(r.load('127.0.0.2:8001')).toBe(0);
+    // An unrelated prompt goes to the idle, empty worker by name order, `a`.
+    const other = await r.route(req(chat('Something else entirely.')));
+    expect(other.setHeaders['x-dynamo-worker-instance-id']).toBe('11');
+    path.index.dispose();
+  });
+
+  it('sets Dynamo headers, splices nvext.token_data and strips client routing headers', async () => {
+    const { r, path } = await router(backend);
+    const headers = new Map([
+      ['x-dynamo-worker-instance-id', '999'],
+      ['x-dynamo-prefill-instance-id', '5'],
+      ['x-gateway-destination-endpoint', '10.9.9.9:1'],
+      ['x-gateway-destination-endpoint-subset', 'x'],
+      ['content-type', 'application/json'],
+    ]);
+    const d = await r.route(req(chat('hello'), { headers, subset: ['127.0.0.3'] }));
+    expect(d.endpoints).toEqual(['127.0.0.3:8001']);
+    expect(d.setHeaders).toEqual({
+      'x-dynamo-worker-instance-id': '18446744073709551615',
+      'x-dynamo-dp-rank': '1',
+      'x-dynamo-routing-mode': 'aggregated',
+    });
+    expect(d.removeHeaders.sort()).toEqual([
+      'x-dynamo-prefill-instance-id',
+      'x-gateway-destination-endpoint',
+      'x-gateway-destination-endpoint-subset',
+    ]);
+    const body = JSON.parse(new TextDecoder().decode(d.body));
+    const expected = path.tokenizer.tokenizeRequest(
+      new TextEncoder().encode(JSON.stringify(chat('hello'))),
+      'chat',
+    );
+    expect(body.nvext.token_data).toEqual(Array.from(expected));
+    expect(body.messages).toEqual(chat('hello').messages);
+  });
+
+  it('rewrites the model when asked and remembers the client name', async () => {
+    const { r } = await router(backend);
+    const d = await r.route(
+      req(chat('hi'), { headers: new Map([['x-gateway-model-name-rewrite', 'target-model']]) }),
+    );
+    expect(JSON.parse(new TextDecoder().decode(d.body)).model).toBe('target-model');
+    expect(d.clientModel).toBe('m');
+    expect(d.targetModel).toBe('target-model');
+  });
+
+  it.each([
+    ['{"messages":[', 'invalid_json'],
+    ['[1]', 'invalid_request'],
+    [JSON.stringify({ messages: [] }), 'invalid_request'],
+    [JSON.stringify({ model: 'm' }), 'invalid_request'],
+    [
+      JSON.stringify({
+        model: 'm',
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }],
+      }),
+      'unsupported_content',
+    ],
+  ])('rejects %s with %s', async (body, code) => {
+    const { r } = await router(backend);
+    await expect(r.route(req(body))).rejects.toMatchObject({ code });
+  });
+
+  it('answers 503-class errors when the subset matches nothing, and routes header-only requests', async () => {
+    const { r } = await router(backend);
+    await expect(r.route(req(chat('x'), { subset: ['127.0.0.9:1'] }))).rejects.toMatchObject({
+      code: 'no_endpoint',
+    });
+    const busy = await r.route(req(chat('y')));
+    const h = r.routeHeaderOnly(req('', { path: '/v1/models', method: 'GET' }));
+    expect(h.endpoints[0]).not.toBe(busy.endpoints[0]);
+    expect(h.setHeaders['x-dynamo-routing-mode']).toBe('aggregated');
+  });
+});

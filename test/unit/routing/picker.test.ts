@@ -1,0 +1,75 @@
+import { describe, expect, it } from 'vitest';
+import { type Endpoint, parseEndpoints } from '../../../src/discovery/endpoints.js';
+import { candidatesFor, filterBySubset, rank } from '../../../src/routing/picker.js';
+
+const eps: Endpoint[] = parseEndpoints(
+  {
+    endpoints: [
+      { address: '127.0.0.2', port: 8001, name: 'a', workerId: '1' },
+      { address: '127.0.0.2', port: 8002, name: 'b', workerId: '2' },
+      { address: '127.0.0.3', port: 8001, name: 'c', workerId: '18446744073709551615', dpRank: 1 },
+    ],
+  },
+  'test',
+);
+
+describe('filterBySubset', () => {
+  it('matches ip:port exactly and a bare ip on every port; no hint = all', () => {
+    expect(filterBySubset(eps, undefined).map((e) => e.name)).toEqual(['a', 'b', 'c']);
+    expect(filterBySubset(eps, ['127.0.0.2:8002']).map((e) => e.name)).toEqual(['b']);
+    expect(filterBySubset(eps, ['127.0.0.2']).map((e) => e.name)).toEqual(['a', 'b']);
+    expect(filterBySubset(eps, [' 127.0.0.3:8001 ', '']).map((e) => e.name)).toEqual(['c']);
+    expect(filterBySubset(eps, ['127.0.0.9:1'])).toEqual([]);
+    expect(filterBySubset(eps, [])).toEqual([]);
+  });
+});
+
+describe('rank', () => {
+  it('prefers the longest prefix, then the least loaded, then the smaller cache, then the name', () => {
+    const overlap = {
+      workers: [
+        { workerId: 1n, dpRank: 0 },
+        { workerId: 18446744073709551615n, dpRank: 1 },
+      ],
+      blocks: [3, 3],
+      treeSizes: [100, 50],
+    };
+    const load = new Map([['a', 2]]);
+    const c = candidatesFor(eps, overlap, (e) => load.get(e.name) ?? 0);
+    expect(rank(c, 3).map((x) => x.endpoint.name)).toEqual(['c', 'a', 'b']);
+    expect(rank(c, 1).map((x) => x.endpoint.name)).toEqual(['c']);
+    const none = candidatesFor(eps, undefined, (e) => load.get(e.name) ?? 0);
+    expect(rank(none, 2).map((x) => x.endpoint.name)).toEqual(['b', 'c']);
+  });
+});
+
+describe('parseEndpoints', () => {
+  it('derives Dynamo worker ids from names and rejects bad fields by path', () => {
+    const [e] = parseEndpoints(
+      { endpoints: [{ address: '127.0.0.2', port: 8001, name: 'worker-0' }] },
+      'f',
+    );
+    expect(e?.workerId).toBe(1186445869714687n);
+    expect(e?.role).toBe('aggregated');
+    expect(() => parseEndpoints({ endpoints: [{ address: '127.0.0.2', port: 0 }] }, 'f')).toThrow(
+      'f: endpoints[0].port: expected an integer in 1..=65535',
+    );
+    expect(() =>
+      parseEndpoints({ endpoints: [{ address: '127.0.0.2', port: 1, colour: 1 }] }, 'f'),
+    ).toThrow('f: endpoints[0].colour: unknown key');
+    expect(() =>
+      parseEndpoints({ endpoints: [{ address: '127.0.0.2', port: 1, workerId: 2 ** 60 }] }, 'f'),
+    ).toThrow('endpoints[0].workerId');
+    expect(() =>
+      parseEndpoints(
+        {
+          endpoints: [
+            { address: '127.0.0.2', port: 1, workerId: '5' },
+            { address: '127.0.0.3', port: 1, workerId: '5' },
+          ],
+        },
+        'f',
+      ),
+    ).toThrow('endpoints[1]: worker 5 dp rank 0 already used');
+  });
+});
