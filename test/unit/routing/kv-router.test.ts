@@ -36,7 +36,6 @@ async function router(backend: Backend) {
   const preparer: Preparer = {
     prepare: async (body, api, settings) => prepareRouteInline(path, body, api, settings),
   };
-  };
   const r = new KvRouter(
     {
       endpoints: () => endpoints,
