@@ -1,0 +1,195 @@
+/**
+ * `kv-epp serve` options: command-line flags (the reference EPP's names and
+ * defaults), Dynamo's `DYN_*` environment, and the YAML config file, merged
+ * with precedence flags > environment > file > defaults. Pure. Every error
+ * is a KvEppError('invalid_argument') whose message starts with the exact
+ * field (`--grpc-port`, `DYN_KV_CACHE_BLOCK_SIZE`, `config.yaml: router.fallbacks`);
+ * unknown config keys are rejected.
+ */
+import { KvEppError } from '../errors.js';
+import type { BackendChoice } from '../kv/types.js';
+
+export interface ServeOptions {
+  host: string;
+  grpcPort: number;
+  grpcHealthPort: number;
+  metricsPort: number;
+  secureServing: boolean;
+  certPath?: string | undefined;
+  endpointsFile?: string | undefined;
+  /** Endpoints given inline in the config file. */
+  endpoints?: unknown;
+  poolName?: string | undefined;
+  poolNamespace?: string | undefined;
+  tokenizer: string;
+  chatTemplateFile?: string | undefined;
+  blockSize: number;
+  useKvEvents: boolean;
+  backend: BackendChoice;
+  fallbacks: number;
+  maxBodyBytes: number;
+}
+
+type Env = Record<string, string | undefined>;
+export type Flags = Record<string, string | boolean | undefined>;
+
+const fail = (field: string, msg: string): never => {
+  throw new KvEppError('invalid_argument', `${field}: ${msg}`);
+};
+
+function int(v: unknown, field: string, min: number, max: number): number {
+  const n = typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
+    fail(field, `expected an integer in ${min}..=${max}, got ${JSON.stringify(v)}`);
+  }
+  return n as number;
+}
+
+function bool(v: unknown, field: string): boolean {
+  if (typeof v === 'boolean') return v;
+  if (typeof v === 'string') {
+    const s = v.trim().toLowerCase();
+    if (['1', 'true', 'yes', 'on'].includes(s)) return true;
+    if (['0', 'false', 'no', 'off'].includes(s)) return false;
+  }
+  return fail(field, `expected true or false, got ${JSON.stringify(v)}`);
+}
+
+function str(v: unknown, field: string): string {
+  if (typeof v !== 'string' || v === '') fail(field, 'expected a non-empty string');
+  return v as string;
+}
+
+/** The first defined of (flag, env, file) with its field name for errors. */
+function pick(...sources: Array<[unknown, string]>): [unknown, string] | undefined {
+  return sources.find(([v]) => v !== undefined);
+}
+
+const FILE_SCHEMA: Record<string, Set<string>> = {
+  '': new Set(['model', 'router', 'server', 'endpoints']),
+  model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
+  router: new Set(['useKvEvents', 'fallbacks', 'backend']),
+  server: new Set([
+    'grpcPort',
+    'grpcHealthPort',
+    'metricsPort',
+    'secureServing',
+    'certPath',
+    'maxBodyBytes',
+    'host',
+  ]),
+};
+
+function checkFile(doc: unknown, source: string): Record<string, Record<string, unknown>> {
+  if (doc === undefined || doc === null) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) fail(source, 'expected a mapping');
+  const top = doc as Record<string, unknown>;
+  for (const [k, v] of Object.entries(top)) {
+    if (!FILE_SCHEMA['']?.has(k)) fail(`${source}: ${k}`, 'unknown key');
+    if (k === 'endpoints') continue;
+    if (typeof v !== 'object' || v === null || Array.isArray(v))
+      fail(`${source}: ${k}`, 'expected a mapping');
+    for (const kk of Object.keys(v as object)) {
+      if (!FILE_SCHEMA[k]?.has(kk)) fail(`${source}: ${k}.${kk}`, 'unknown key');
+    }
+  }
+  return top as Record<string, Record<string, unknown>>;
+}
+
+export function resolveServeOptions(
+  flags: Flags,
+  env: Env,
+  fileDoc?: unknown,
+  fileName = 'config',
+): ServeOptions {
+  const f = checkFile(fileDoc, fileName);
+  const file = (sec: string, key: string): [unknown, string] => [
+    f[sec]?.[key],
+    `${fileName}: ${sec}.${key}`,
+  ];
+  const get = <T>(
+    conv: (v: unknown, field: string) => T,
+    dflt: T,
+    ...src: Array<[unknown, string]>
+  ): T => {
+    const hit = pick(...src);
+    return hit === undefined ? dflt : conv(hit[0], hit[1]);
+  };
+  const port = (v: unknown, field: string) => int(v, field, 0, 65535);
+  const backend = get(
+    (v, field) => {
+      const s = str(v, field);
+      if (s !== 'auto' && s !== 'native' && s !== 'js')
+        fail(field, `expected auto, native or js, got ${s}`);
+      return s as BackendChoice;
+    },
+    'auto' as BackendChoice,
+    [flags.backend, '--backend'],
+    [env.KV_EPP_BACKEND, 'KV_EPP_BACKEND'],
+    file('router', 'backend'),
+  );
+  return {
+    host: get(str, '0.0.0.0', [flags.host, '--host'], file('server', 'host')),
+    grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
+    grpcHealthPort: get(
+      port,
+      9003,
+      [flags['grpc-health-port'], '--grpc-health-port'],
+      file('server', 'grpcHealthPort'),
+    ),
+    metricsPort: get(
+      port,
+      9090,
+      [flags['metrics-port'], '--metrics-port'],
+      file('server', 'metricsPort'),
+    ),
+    secureServing: get(
+      bool,
+      true,
+      [flags['secure-serving'], '--secure-serving'],
+      [env.DYN_SECURE_SERVING, 'DYN_SECURE_SERVING'],
+      file('server', 'secureServing'),
+    ),
+    certPath: get(str, undefined, [flags['cert-path'], '--cert-path'], file('server', 'certPath')),
+    endpointsFile: get(str, undefined, [flags['endpoints-file'], '--endpoints-file']),
+    endpoints: f.endpoints,
+    poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),
+    poolNamespace: get(str, undefined, [flags['pool-namespace'], '--pool-namespace']),
+    tokenizer: get(str, 'o200k_base', [flags.tokenizer, '--tokenizer'], file('model', 'tokenizer')),
+    chatTemplateFile: get(
+      str,
+      undefined,
+      [flags['chat-template'], '--chat-template'],
+      file('model', 'chatTemplateFile'),
+    ),
+    blockSize: get(
+      (v, field) => int(v, field, 1, 1024),
+      16,
+      [flags['block-size'], '--block-size'],
+      [env.DYN_KV_CACHE_BLOCK_SIZE, 'DYN_KV_CACHE_BLOCK_SIZE'],
+      [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
+      file('model', 'blockSize'),
+    ),
+    useKvEvents: get(
+      bool,
+      true,
+      [flags['kv-events'], '--kv-events'],
+      [env.DYN_ROUTER_USE_KV_EVENTS, 'DYN_ROUTER_USE_KV_EVENTS'],
+      [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
+      file('router', 'useKvEvents'),
+    ),
+    backend,
+    fallbacks: get(
+      (v, field) => int(v, field, 0, 16),
+      0,
+      [flags.fallbacks, '--fallbacks'],
+      file('router', 'fallbacks'),
+    ),
+    maxBodyBytes: get(
+      (v, field) => int(v, field, 1, 2 ** 31 - 1),
+      64 * 1024 * 1024,
+      [flags['max-body-bytes'], '--max-body-bytes'],
+      file('server', 'maxBodyBytes'),
+    ),
+  };
+}
