@@ -18,6 +18,7 @@ WORKDIR /app
 COPY --from=builder /src/package.json ./
 COPY --from=builder /src/node_modules ./node_modules
 COPY --from=builder /src/dist ./dist
+COPY --from=builder /src/proto ./proto
 COPY --from=builder /src/native/napi ./native/napi
 USER node
 ENTRYPOINT ["node", "dist/src/cli/main.js"]

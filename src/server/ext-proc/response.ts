@@ -1,0 +1,198 @@
+/**
+ * The response half of an ext_proc stream, after the request was routed:
+ * pass headers through, read the status and the served endpoint, read usage,
+ * restore the client's model name, and answer every message the way the
+ * response body mode requires.
+ *
+ * - duplex (FULL_DUPLEX_STREAMED, the default): SSE (`text/event-stream`)
+ *   chunks go straight back as `streamed_response` (≤62 000 bytes each) while
+ *   a line-buffered parser reads usage; other bodies are held to end of stream
+ *   (up to a limit, then passed through untouched), usage read from the JSON,
+ *   the model restored, and sent back chunked with EoS on the last piece.
+ * - buffered (BUFFERED / BUFFERED_PARTIAL): the one body message is answered
+ *   with `body_mutation.body` (+ content-length) only if the model was restored.
+ * - per_chunk (STREAMED / NONE): each chunk answered, rewritten in place.
+ * - passthrough (GRPC): each message echoed as one `streamed_response`.
+ */
+import { BodyBuffer, contentLength, splitBody } from './body.js';
+import { readHeaderMap, setHeader } from './headers.js';
+import type { CommonResponse, HttpBody, HttpHeaders, Metadata } from './messages.js';
+import { readServedEndpoint } from './metadata.js';
+import type { ModelRewriter } from './model-rewrite.js';
+import type { StreamSink } from './sink.js';
+import { SseUsageParser, type Usage, usageOfJsonBody } from './usage.js';
+
+export type ResponseMode = 'duplex' | 'buffered' | 'per_chunk' | 'passthrough';
+
+const EMPTY = new Uint8Array(0);
+const CONTENT_LENGTH = 'content-length';
+
+/** Sends `body` as `streamed_response` pieces of ≤62 000 bytes; EoS (if `eos`) on the last. */
+export function sendStreamed(
+  sink: StreamSink,
+  kind: 'request_body' | 'response_body',
+  body: Uint8Array,
+  eos: boolean,
+): void {
+  const pieces = splitBody(body);
+  const last = pieces.length - 1;
+  for (let i = 0; i <= last; i++) {
+    const streamed_response = { body: pieces[i] as Uint8Array, end_of_stream: eos && i === last };
+    sink.send({ [kind]: { response: { body_mutation: { streamed_response } } } });
+  }
+}
+
+export class ResponsePath {
+  status: number | undefined;
+  served: string | undefined;
+  usage: Usage | undefined;
+  /** The response ended (body EoS, header EoS or trailers). */
+  done = false;
+  headersSeen = false;
+
+  private sse = false;
+  private hadContentLength = false;
+  private sseParser: SseUsageParser | undefined;
+  private held: BodyBuffer | undefined;
+  /** The held-back body grew past the limit: the rest passes through. */
+  private overflow = false;
+
+  constructor(
+    private readonly sink: StreamSink,
+    private readonly mode: ResponseMode,
+    private readonly rewriter: ModelRewriter | undefined,
+    private readonly maxHeldBytes: number,
+    private readonly onDone: () => void,
+  ) {}
+
+  readServed(md: Metadata | null | undefined): void {
+    const s = readServedEndpoint(md);
+    if (s) this.served = s;
+  }
+
+  headers(h: HttpHeaders | null | undefined): void {
+    this.headersSeen = true;
+    const map = readHeaderMap(h?.headers);
+    const status = Number(map.get(':status') ?? map.get('status'));
+    if (Number.isInteger(status) && status > 0) this.status = status;
+    this.sse = (map.get('content-type') ?? '').toLowerCase().includes('text/event-stream');
+    this.hadContentLength = map.has(CONTENT_LENGTH);
+    if (!this.sse) {
+      const declared = contentLength(map.get(CONTENT_LENGTH));
+      this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes));
+    }
+    this.sink.send({ response_headers: { response: {} } });
+    if (h?.end_of_stream) this.finish();
+  }
+
+  body(b: HttpBody | null | undefined): void {
+    const chunk = b?.body ?? EMPTY;
+    const eos = b?.end_of_stream === true;
+    switch (this.mode) {
+      case 'duplex':
+        // A repeated EoS chunk is dropped: nothing may follow our EoS.
+        if (this.done) return;
+        if (this.sse) this.streamSse(chunk, eos);
+        else this.holdJson(chunk, eos);
+        return;
+      case 'passthrough':
+        if (this.done) return;
+        sendStreamed(this.sink, 'response_body', chunk, eos);
+        if (eos) this.finish();
+        return;
+      default:
+        this.answerChunk(chunk, eos || this.mode === 'buffered');
+    }
+  }
+
+  trailers(): void {
+    if (!this.done && this.mode === 'duplex' && !this.sse && !this.overflow) {
+      // The body ended without an EoS chunk: the trailers end it.
+      this.flushHeld(false);
+    }
+    this.sink.send({ response_trailers: {} });
+    this.finish();
+  }
+
+  private streamSse(chunk: Uint8Array, eos: boolean): void {
+    this.sseParser ??= new SseUsageParser();
+    this.sseParser.push(chunk);
+    const out = this.rewriter ? this.rewriter.rewrite(chunk) : chunk;
+    sendStreamed(this.sink, 'response_body', out, eos);
+    if (eos) this.finish();
+  }
+
+  private holdJson(chunk: Uint8Array, eos: boolean): void {
+    if (this.overflow) {
+      sendStreamed(this.sink, 'response_body', chunk, eos);
+      if (eos) this.finish();
+      return;
+    }
+    this.held ??= new BodyBuffer();
+    this.held.append(chunk);
+    if (eos) {
+      this.flushHeld(true);
+      this.finish();
+    } else if (this.held.length > this.maxHeldBytes) {
+      this.overflow = true;
+      sendStreamed(this.sink, 'response_body', this.held.bytes(), false);
+      this.held = undefined;
+    }
+  }
+
+  /** Sends the held-back body: usage read, model restored. */
+  private flushHeld(eos: boolean): void {
+    const body = this.held?.bytes() ?? EMPTY;
+    this.held = undefined;
+    this.usage = usageOfJsonBody(body) ?? this.usage;
+    const out = this.rewriter ? this.rewriter.rewrite(body) : body;
+    sendStreamed(this.sink, 'response_body', out, eos);
+  }
+
+  /** buffered / per_chunk: exactly one answer per body message. */
+  private answerChunk(chunk: Uint8Array, last: boolean): void {
+    this.observeUsage(chunk, last);
+    const out = this.rewriter ? this.rewriter.rewrite(chunk) : chunk;
+    const response: CommonResponse = {};
+    if (out !== chunk) {
+      response.body_mutation = { body: out };
+      if (this.mode === 'buffered' && this.hadContentLength) {
+        response.header_mutation = { set_headers: [setHeader(CONTENT_LENGTH, String(out.length))] };
+      }
+    }
+    this.sink.send({ response_body: { response } });
+    if (last) this.finish();
+  }
+
+  private observeUsage(chunk: Uint8Array, last: boolean): void {
+    if (this.sse) {
+      this.sseParser ??= new SseUsageParser();
+      this.sseParser.push(chunk);
+      return;
+    }
+    if (!this.overflow) {
+      this.held ??= new BodyBuffer();
+      if (this.held.length + chunk.length > this.maxHeldBytes) {
+        this.overflow = true;
+        this.held = undefined;
+      } else {
+        this.held.append(chunk);
+      }
+    }
+    if (last && this.held) {
+      this.usage = usageOfJsonBody(this.held.bytes()) ?? this.usage;
+      this.held = undefined;
+    }
+  }
+
+  /** The response ended (or the stream did): usage finalised, onDone once. */
+  finish(): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.sseParser) {
+      this.sseParser.end();
+      this.usage = this.sseParser.usage ?? this.usage;
+    }
+    this.onDone();
+  }
+}

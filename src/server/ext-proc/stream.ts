@@ -1,0 +1,507 @@
+/**
+ * The ext_proc state machine for one HTTP request/response exchange (one gRPC
+ * `Process` stream). Transport-free: grpc-server.ts feeds it decoded
+ * ProcessingRequests and gives it a StreamSink to answer on.
+ *
+ * Request body modes (from `protocol_config` in the first message; absent →
+ * FULL_DUPLEX_STREAMED, which is also what NGF-style one-shot clients get):
+ * - FULL_DUPLEX_STREAMED: headers are kept and not answered; body chunks are
+ *   buffered to end of stream (or request trailers); then the router decides
+ *   and the headers response (destination, clear_route_cache, content-length,
+ *   dynamic metadata) goes out, followed by the body as ≤62 000-byte
+ *   `streamed_response` chunks.
+ * - BUFFERED / BUFFERED_PARTIAL: headers are answered at once with CONTINUE;
+ *   the one body message is answered with the header mutation, the dynamic
+ *   metadata and `body_mutation.body`.
+ * - NONE: no body will come; routed as a header-only request.
+ * - STREAMED / GRPC: unsupported (the stream fails with UNIMPLEMENTED).
+ * Header-only requests (`request_headers.end_of_stream`) are routed at once.
+ *
+ * Messages are handled strictly in order: while the router works, later
+ * messages wait in a queue. `router.complete` runs exactly once per stream
+ * that got a decision: when the response ends, or when the stream ends first
+ * (client gone, half-close after the request phase, protocol error).
+ */
+import { randomUUID } from 'node:crypto';
+import { KvEppError } from '../../errors.js';
+import type { Logger } from '../../log/logger.js';
+import type { GatewayRequest, RequestRouter, RouteDecision } from '../routing-types.js';
+import { BodyBuffer, contentLength } from './body.js';
+import { readHeaderMap, setHeader } from './headers.js';
+import { classifyError, immediateResponse } from './immediate.js';
+import {
+  BodySendMode,
+  type CommonResponse,
+  DESTINATION_ENDPOINT_KEY,
+  type HeaderMutation,
+  type Metadata,
+  type ProcessingRequest,
+  type ProtocolConfiguration,
+  REQUEST_ID_HEADER,
+} from './messages.js';
+import { destinationMetadata, mergeSubsetHint, readSubsetHint } from './metadata.js';
+import { ModelRewriter } from './model-rewrite.js';
+import { type ResponseMode, ResponsePath, sendStreamed } from './response.js';
+import { GrpcCode, type StreamSink } from './sink.js';
+
+export { GrpcCode, type StreamSink };
+
+export interface ExtProcStreamOptions {
+  router: RequestRouter;
+  logger: Logger;
+  /** Largest request body accepted; more → 413. */
+  maxBodyBytes: number;
+  /** `retry-after` seconds on 429 answers. */
+  retryAfterSeconds: number;
+  /**
+   * Largest non-streaming response body held back for usage parsing and the
+   * model rewrite; past it the body is passed through untouched.
+   */
+  maxResponseBufferBytes: number;
+}
+
+/** A message the stream cannot accept: ends the stream with `code`. */
+export class ProtocolViolation extends Error {
+  constructor(
+    readonly grpcCode: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ProtocolViolation';
+  }
+}
+
+type Phase = 'headers' | 'body' | 'routing' | 'routed';
+type RequestMode = 'duplex' | 'buffered' | 'no_body';
+
+const EMPTY = new Uint8Array(0);
+const CONTENT_LENGTH = 'content-length';
+
+function modeName(m: number): string {
+  return Object.entries(BodySendMode).find(([, v]) => v === m)?.[0] ?? String(m);
+}
+
+export class ExtProcStream {
+  private phase: Phase = 'headers';
+  private first = true;
+  private requestMode: RequestMode = 'duplex';
+  private responseMode: ResponseMode = 'duplex';
+
+  private readonly headers = new Map<string, string>();
+  private requestId = '';
+  private generatedRequestId = false;
+  private subset: string[] | undefined;
+  private reqBody: BodyBuffer | undefined;
+  /** Request trailers, not a body EoS, ended the body: answer them after it. */
+  private requestTrailers = false;
+
+  private decision: RouteDecision | undefined;
+  private response: ResponsePath | undefined;
+  private completed = false;
+
+  private queue: ProcessingRequest[] = [];
+  private busy = false;
+  private halfClosed = false;
+  private closed = false;
+
+  constructor(
+    private readonly sink: StreamSink,
+    private readonly opts: ExtProcStreamOptions,
+  ) {}
+
+  // --- transport events ---
+
+  onMessage(msg: ProcessingRequest): void {
+    if (this.closed) return;
+    if (this.busy) {
+      this.queue.push(msg);
+      return;
+    }
+    this.dispatch(msg);
+  }
+
+  /** The client half-closed: answer what is pending, then end the stream. */
+  onHalfClose(): void {
+    this.halfClosed = true;
+    if (!this.busy && !this.closed) this.finish();
+  }
+
+  /** The client went away (cancel, reset, connection loss): nothing more is sent. */
+  onCancel(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.queue = [];
+    this.settle();
+  }
+
+  // --- message loop ---
+
+  private dispatch(msg: ProcessingRequest): void {
+    let pending: Promise<void> | undefined;
+    try {
+      pending = this.handle(msg);
+    } catch (err) {
+      this.violation(err);
+      return;
+    }
+    if (pending) {
+      this.busy = true;
+      pending.then(
+        () => this.resume(),
+        (err: unknown) => {
+          this.violation(err);
+          this.resume();
+        },
+      );
+    }
+  }
+
+  private resume(): void {
+    this.busy = false;
+    while (!this.busy && !this.closed && this.queue.length > 0) {
+      this.dispatch(this.queue.shift() as ProcessingRequest);
+    }
+    if (!this.busy && this.halfClosed && !this.closed) this.finish();
+  }
+
+  private handle(msg: ProcessingRequest): Promise<void> | undefined {
+    if (this.first) {
+      this.first = false;
+      this.readProtocolConfig(msg.protocol_config);
+    }
+    switch (msg.request) {
+      case 'request_headers':
+        return this.onRequestHeaders(msg);
+      case 'request_body':
+        return this.onRequestBody(msg);
+      case 'request_trailers':
+        return this.onRequestTrailers(msg);
+      case 'response_headers':
+        this.onResponseHeaders(msg);
+        return undefined;
+      case 'response_body':
+        this.onResponseBody(msg);
+        return undefined;
+      case 'response_trailers':
+        this.onResponseTrailers(msg);
+        return undefined;
+      default:
+        throw new ProtocolViolation(
+          GrpcCode.INVALID_ARGUMENT,
+          'ProcessingRequest carries no request',
+        );
+    }
+  }
+
+  private readProtocolConfig(pc: ProtocolConfiguration | null | undefined): void {
+    if (!pc) return;
+    const req = pc.request_body_mode ?? BodySendMode.NONE;
+    if (req === BodySendMode.FULL_DUPLEX_STREAMED) this.requestMode = 'duplex';
+    else if (req === BodySendMode.BUFFERED || req === BodySendMode.BUFFERED_PARTIAL)
+      this.requestMode = 'buffered';
+    else if (req === BodySendMode.NONE) this.requestMode = 'no_body';
+    else {
+      throw new ProtocolViolation(
+        GrpcCode.UNIMPLEMENTED,
+        `request_body_mode ${modeName(req)} is not supported; use FULL_DUPLEX_STREAMED or BUFFERED`,
+      );
+    }
+    const res = pc.response_body_mode ?? BodySendMode.NONE;
+    if (res === BodySendMode.FULL_DUPLEX_STREAMED) this.responseMode = 'duplex';
+    else if (res === BodySendMode.BUFFERED || res === BodySendMode.BUFFERED_PARTIAL)
+      this.responseMode = 'buffered';
+    else if (res === BodySendMode.GRPC) this.responseMode = 'passthrough';
+    else this.responseMode = 'per_chunk';
+  }
+
+  // --- request path ---
+
+  private onRequestHeaders(msg: ProcessingRequest): Promise<void> | undefined {
+    if (this.phase !== 'headers') {
+      throw new ProtocolViolation(GrpcCode.INVALID_ARGUMENT, 'request_headers received twice');
+    }
+    this.mergeSubset(msg.metadata_context);
+    const h = msg.request_headers;
+    readHeaderMap(h?.headers, this.headers);
+    let id = this.headers.get(REQUEST_ID_HEADER);
+    if (!id) {
+      id = randomUUID();
+      this.headers.set(REQUEST_ID_HEADER, id);
+      this.generatedRequestId = true;
+    }
+    this.requestId = id;
+
+    if (h?.end_of_stream || this.requestMode === 'no_body') {
+      this.routeHeaderOnly();
+      return undefined;
+    }
+    const declared = contentLength(this.headers.get(CONTENT_LENGTH));
+    if (declared > this.opts.maxBodyBytes) {
+      this.reject(this.tooLarge(declared));
+      return undefined;
+    }
+    this.reqBody = new BodyBuffer(declared);
+    this.phase = 'body';
+    if (this.requestMode === 'buffered') this.sink.send({ request_headers: { response: {} } });
+    return undefined;
+  }
+
+  private onRequestBody(msg: ProcessingRequest): Promise<void> | undefined {
+    if (this.phase === 'headers') {
+      throw new ProtocolViolation(GrpcCode.INVALID_ARGUMENT, 'request_body before request_headers');
+    }
+    // After the body ended (Envoy may repeat the EoS chunk) or on a header-only request.
+    if (this.phase !== 'body') return undefined;
+    this.mergeSubset(msg.metadata_context);
+    const b = msg.request_body;
+    const chunk = b?.body;
+    const buf = this.reqBody as BodyBuffer;
+    if (chunk && chunk.length > 0) {
+      if (buf.length + chunk.length > this.opts.maxBodyBytes) {
+        this.reject(this.tooLarge(buf.length + chunk.length));
+        return undefined;
+      }
+      buf.append(chunk);
+    }
+    // BUFFERED sends the whole body in one message (BUFFERED_PARTIAL: all there is).
+    if (b?.end_of_stream || this.requestMode === 'buffered') return this.routeBody();
+    return undefined;
+  }
+
+  private onRequestTrailers(msg: ProcessingRequest): Promise<void> | undefined {
+    if (this.phase === 'headers') {
+      throw new ProtocolViolation(
+        GrpcCode.INVALID_ARGUMENT,
+        'request_trailers before request_headers',
+      );
+    }
+    if (this.phase === 'body') {
+      this.mergeSubset(msg.metadata_context);
+      if (this.requestMode === 'buffered') {
+        throw new ProtocolViolation(
+          GrpcCode.UNIMPLEMENTED,
+          'request_trailers before the request body in BUFFERED mode',
+        );
+      }
+      // Full duplex: trailers, not an EoS chunk, mark the end of the body.
+      this.requestTrailers = true;
+      return this.routeBody();
+    }
+    this.sink.send({ request_trailers: {} });
+    return undefined;
+  }
+
+  private routeHeaderOnly(): void {
+    this.phase = 'routing';
+    let decision: RouteDecision;
+    try {
+      decision = this.opts.router.routeHeaderOnly(this.gatewayRequest(EMPTY));
+    } catch (err) {
+      this.reject(err);
+      return;
+    }
+    if (!this.accept(decision)) return;
+    this.sink.send({
+      request_headers: { response: this.requestCommon(decision, undefined) },
+      dynamic_metadata: destinationMetadata(decision.endpoints.join(',')),
+    });
+  }
+
+  private async routeBody(): Promise<void> {
+    this.phase = 'routing';
+    const body = (this.reqBody as BodyBuffer).bytes();
+    this.reqBody = undefined;
+    let decision: RouteDecision;
+    try {
+      decision = await this.opts.router.route(this.gatewayRequest(body));
+    } catch (err) {
+      if (!this.closed) this.reject(err);
+      return;
+    }
+    if (!this.accept(decision)) return;
+    if (this.closed) {
+      this.settle();
+      return;
+    }
+    const metadata = destinationMetadata(decision.endpoints.join(','));
+    const common = this.requestCommon(decision, decision.body.length);
+    if (this.requestMode === 'buffered') {
+      common.body_mutation = { body: decision.body };
+      this.sink.send({ request_body: { response: common }, dynamic_metadata: metadata });
+      return;
+    }
+    this.sink.send({ request_headers: { response: common }, dynamic_metadata: metadata });
+    sendStreamed(this.sink, 'request_body', decision.body, !this.requestTrailers);
+    if (this.requestTrailers) this.sink.send({ request_trailers: {} });
+  }
+
+  /** Stores a decision; false (and a 503 sent) if it names no endpoint. */
+  private accept(decision: RouteDecision): boolean {
+    if (decision.endpoints.length === 0) {
+      if (!this.closed) this.reject(new KvEppError('no_endpoint', 'the router chose no endpoint'));
+      return false;
+    }
+    this.decision = decision;
+    this.response = new ResponsePath(
+      this.sink,
+      this.responseMode,
+      ModelRewriter.forDecision(decision),
+      this.opts.maxResponseBufferBytes,
+      () => this.settle(),
+    );
+    this.phase = 'routed';
+    return true;
+  }
+
+  private requestCommon(decision: RouteDecision, bodyLength: number | undefined): CommonResponse {
+    const set = [setHeader(DESTINATION_ENDPOINT_KEY, decision.endpoints.join(','))];
+    const names = new Set<string>([DESTINATION_ENDPOINT_KEY]);
+    if (bodyLength !== undefined) {
+      set.push(setHeader(CONTENT_LENGTH, String(bodyLength)));
+      names.add(CONTENT_LENGTH);
+    }
+    if (this.generatedRequestId) {
+      set.push(setHeader(REQUEST_ID_HEADER, this.requestId));
+      names.add(REQUEST_ID_HEADER);
+    }
+    for (const [k, v] of Object.entries(decision.setHeaders)) {
+      const key = k.toLowerCase();
+      if (names.has(key)) continue;
+      names.add(key);
+      set.push(setHeader(key, v));
+    }
+    const mutation: HeaderMutation = { set_headers: set };
+    const remove = decision.removeHeaders.map((n) => n.toLowerCase()).filter((n) => !names.has(n));
+    if (remove.length > 0) mutation.remove_headers = remove;
+    return { header_mutation: mutation, clear_route_cache: true };
+  }
+
+  private gatewayRequest(body: Uint8Array): GatewayRequest {
+    return {
+      headers: this.headers,
+      path: this.headers.get(':path') ?? '',
+      method: this.headers.get(':method') ?? '',
+      body,
+      subset: this.subset,
+      requestId: this.requestId,
+    };
+  }
+
+  private mergeSubset(md: Metadata | null | undefined): void {
+    if (md) this.subset = mergeSubsetHint(this.subset, readSubsetHint(md));
+  }
+
+  private tooLarge(bytes: number): KvEppError {
+    return new KvEppError(
+      'body_too_large',
+      `request body of ${bytes} bytes exceeds the limit of ${this.opts.maxBodyBytes} bytes`,
+    );
+  }
+
+  // --- response path ---
+
+  private responsePath(what: string): ResponsePath {
+    if (!this.response && this.phase === 'headers') {
+      // Response-only stream (request phase skipped by the data plane's
+      // processing mode, as GAIE's hermetic tests do): pass through, no decision.
+      this.phase = 'routed';
+      this.response = new ResponsePath(
+        this.sink,
+        this.responseMode,
+        undefined,
+        this.opts.maxResponseBufferBytes,
+        () => this.settle(),
+      );
+    }
+    if (!this.response) {
+      throw new ProtocolViolation(
+        GrpcCode.INVALID_ARGUMENT,
+        `${what} before the request was routed`,
+      );
+    }
+    return this.response;
+  }
+
+  private onResponseHeaders(msg: ProcessingRequest): void {
+    const r = this.responsePath('response_headers');
+    if (r.headersSeen) {
+      throw new ProtocolViolation(GrpcCode.INVALID_ARGUMENT, 'response_headers received twice');
+    }
+    r.readServed(msg.metadata_context);
+    r.headers(msg.response_headers);
+  }
+
+  private onResponseBody(msg: ProcessingRequest): void {
+    const r = this.responsePath('response_body');
+    r.readServed(msg.metadata_context);
+    r.body(msg.response_body);
+  }
+
+  private onResponseTrailers(msg: ProcessingRequest): void {
+    const r = this.responsePath('response_trailers');
+    r.readServed(msg.metadata_context);
+    r.trailers();
+  }
+
+  // --- endings ---
+
+  /** Answers the request with an error (ImmediateResponse) and ends the stream. */
+  private reject(err: unknown): void {
+    const answer = classifyError(err);
+    if (answer.internal) {
+      this.opts.logger.error(
+        { requestId: this.requestId, status: answer.status, err: answer.text },
+        'request failed',
+      );
+    }
+    this.sink.send({ immediate_response: immediateResponse(answer, this.opts) });
+    this.closed = true;
+    this.queue = [];
+    this.sink.end();
+    this.settle();
+  }
+
+  private violation(err: unknown): void {
+    if (this.closed) return;
+    const code = err instanceof ProtocolViolation ? err.grpcCode : GrpcCode.INTERNAL;
+    const message = err instanceof Error ? err.message : String(err);
+    const fields = { requestId: this.requestId || undefined, grpcCode: code, err: message };
+    if (err instanceof ProtocolViolation) this.opts.logger.warn(fields, 'ext_proc stream rejected');
+    else this.opts.logger.error(fields, 'ext_proc stream failed');
+    this.closed = true;
+    this.queue = [];
+    this.sink.fail(code, message);
+    this.settle();
+  }
+
+  private finish(): void {
+    this.closed = true;
+    this.sink.end();
+    this.settle();
+  }
+
+  /** Runs router.complete once, if a decision was made. */
+  private settle(): void {
+    if (!this.decision || this.completed) return;
+    this.completed = true;
+    const r = this.response;
+    // Usage seen so far counts even if the response never ended.
+    if (r && !r.done) r.finish();
+    const complete = this.opts.router.complete;
+    if (!complete) return;
+    try {
+      complete.call(this.opts.router, this.decision, {
+        requestId: this.requestId,
+        servedEndpoint: r?.served,
+        status: r?.status,
+        promptTokens: r?.usage?.promptTokens,
+        completionTokens: r?.usage?.completionTokens,
+      });
+    } catch (err) {
+      this.opts.logger.error(
+        { requestId: this.requestId, err: err instanceof Error ? err.message : String(err) },
+        'router.complete threw',
+      );
+    }
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * The gRPC servers: ext_proc (`envoy.service.ext_proc.v3.ExternalProcessor`,
+ * plus grpc.health.v1 so Envoy's cluster health check on the same port works)
+ * and the plaintext health-only server for the separate health port (9003).
+ * One ExtProcStream per `Process` call; a bad stream ends with a gRPC status,
+ * never the process.
+ */
+import {
+  type ChannelOptions,
+  Server,
+  type ServerCredentials,
+  type ServerDuplexStream,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+import type { Logger } from '../log/logger.js';
+import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
+import { loadServices } from './ext-proc/proto.js';
+import { ExtProcStream } from './ext-proc/stream.js';
+import { healthService } from './health.js';
+import type { RequestRouter } from './routing-types.js';
+import { serverCredentials, type TlsOption } from './tls.js';
+
+/** GAIE's defaults: ext_proc on 9002, health on 9003. */
+export const DEFAULT_GRPC_PORT = 9002;
+export const DEFAULT_HEALTH_PORT = 9003;
+export const DEFAULT_RETRY_AFTER_SECONDS = 1;
+export const DEFAULT_MAX_RESPONSE_BUFFER_BYTES = 64 * 1024 * 1024;
+/** Slack over maxBodyBytes for one gRPC message (framing, headers, metadata). */
+const MESSAGE_OVERHEAD_BYTES = 1024 * 1024;
+const MIN_RECEIVE_BYTES = 4 * 1024 * 1024;
+
+export interface ExtProcServerOptions {
+  /** 0 = an ephemeral port (the bound one is returned). */
+  port: number;
+  /** Default `0.0.0.0`. */
+  host?: string | undefined;
+  router: RequestRouter;
+  /** Certificate + key, `'self-signed'` (generated now), or undefined = plaintext h2c. */
+  tls?: TlsOption;
+  /** Largest request body accepted (413 beyond). */
+  maxBodyBytes: number;
+  logger: Logger;
+  /** Readiness for the health services; default always ready. */
+  isReady?: (() => boolean) | undefined;
+  retryAfterSeconds?: number | undefined;
+  maxResponseBufferBytes?: number | undefined;
+}
+
+export interface HealthServerOptions {
+  port: number;
+  host?: string | undefined;
+  isReady: () => boolean;
+  logger: Logger;
+  /** How often open Watch calls re-check readiness (ms); default 1000. */
+  watchIntervalMs?: number | undefined;
+}
+
+export interface RunningServer {
+  port: number;
+  /** The PEM certificate served, when TLS is on. */
+  certificate?: string | undefined;
+  /** Stops accepting, lets open calls finish for up to `graceMs`, then cuts them. */
+  close(graceMs?: number): Promise<void>;
+}
+
+function address(host: string | undefined, port: number): string {
+  const h = host ?? '0.0.0.0';
+  return `${h.includes(':') && !h.startsWith('[') ? `[${h}]` : h}:${port}`;
+}
+
+function bind(server: Server, addr: string, creds: ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port)));
+  });
+}
+
+function closer(server: Server): (graceMs?: number) => Promise<void> {
+  let closing: Promise<void> | undefined;
+  return (graceMs = 5000) => {
+    closing ??= new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      timer.unref();
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    return closing;
+  };
+}
+
+type ProcessCall = ServerDuplexStream<ProcessingRequest, ProcessingResponse>;
+
+function processHandler(opts: ExtProcServerOptions): (call: ProcessCall) => void {
+  const streamOpts = {
+    router: opts.router,
+    logger: opts.logger,
+    maxBodyBytes: opts.maxBodyBytes,
+    retryAfterSeconds: opts.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS,
+    maxResponseBufferBytes: opts.maxResponseBufferBytes ?? DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+  };
+  return (call) => {
+    let open = true;
+    const stream = new ExtProcStream(
+      {
+        send: (msg) => {
+          if (open) call.write(msg);
+        },
+        end: () => {
+          if (!open) return;
+          open = false;
+          call.end();
+        },
+        fail: (code, message) => {
+          if (!open) return;
+          open = false;
+          call.emit('error', { code, details: message });
+        },
+      },
+      streamOpts,
+    );
+    call.on('data', (msg: ProcessingRequest) => stream.onMessage(msg));
+    call.on('end', () => stream.onHalfClose());
+    call.on('cancelled', () => {
+      open = false;
+      stream.onCancel();
+    });
+    // Write-after-cancel and transport errors land here; the stream is already over.
+    call.on('error', () => {
+      open = false;
+      stream.onCancel();
+    });
+  };
+}
+
+/** Starts the ext_proc server (and health on the same port). */
+export async function startExtProcServer(opts: ExtProcServerOptions): Promise<RunningServer> {
+  const services = loadServices();
+  const receive = Math.max(MIN_RECEIVE_BYTES, opts.maxBodyBytes + MESSAGE_OVERHEAD_BYTES);
+  const channelOptions: ChannelOptions = {
+    'grpc.max_receive_message_length': receive,
+    'grpc.max_send_message_length': -1,
+  };
+  const server = new Server(channelOptions);
+  server.addService(services.extProc, {
+    Process: processHandler(opts),
+  } as UntypedServiceImplementation);
+  server.addService(services.health, healthService({ isReady: opts.isReady ?? (() => true) }));
+  const { credentials, certificate } = await serverCredentials(opts.tls);
+  const port = await bind(server, address(opts.host, opts.port), credentials);
+  opts.logger.info(
+    {
+      port,
+      tls: opts.tls === undefined ? 'off' : opts.tls === 'self-signed' ? 'self-signed' : 'on',
+    },
+    'ext_proc server listening',
+  );
+  return { port, certificate, close: closer(server) };
+}
+
+/** Starts the plaintext health-only server (GAIE's `--grpc-health-port`). */
+export async function startHealthServer(opts: HealthServerOptions): Promise<RunningServer> {
+  const services = loadServices();
+  const server = new Server();
+  server.addService(
+    services.health,
+    healthService({ isReady: opts.isReady, watchIntervalMs: opts.watchIntervalMs }),
+  );
+  const { credentials } = await serverCredentials(undefined);
+  const port = await bind(server, address(opts.host, opts.port), credentials);
+  opts.logger.info({ port }, 'health server listening');
+  return { port, close: closer(server) };
+}

@@ -1,0 +1,105 @@
+/**
+ * grpc.health.v1.Health for the ext_proc port and the separate health port
+ * (gaie-epp.md §3.1). Services: "" (whole server), `readiness`,
+ * `envoy.service.ext_proc.v3.ExternalProcessor` (what Envoy's cluster health
+ * check asks), `inference-extension` (the GAIE Helm chart's probe): SERVING
+ * iff isReady(); `liveness`: always SERVING while the process answers.
+ * Unknown services: Check fails NOT_FOUND, Watch reports SERVICE_UNKNOWN.
+ */
+import {
+  status as GrpcStatus,
+  type handleServerStreamingCall,
+  type handleUnaryCall,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
+
+export const ServingStatus = {
+  UNKNOWN: 0,
+  SERVING: 1,
+  NOT_SERVING: 2,
+  SERVICE_UNKNOWN: 3,
+} as const;
+
+export const READINESS_SERVICES = [
+  '',
+  'readiness',
+  'envoy.service.ext_proc.v3.ExternalProcessor',
+  'inference-extension',
+] as const;
+export const LIVENESS_SERVICE = 'liveness';
+
+export interface HealthOptions {
+  isReady: () => boolean;
+  /** How often open Watch calls re-check readiness (ms). */
+  watchIntervalMs?: number | undefined;
+}
+
+/** The status of `service`, or undefined if the service is unknown. */
+export function servingStatus(service: string, isReady: () => boolean): number | undefined {
+  if (service === LIVENESS_SERVICE) return ServingStatus.SERVING;
+  if ((READINESS_SERVICES as readonly string[]).includes(service)) {
+    return isReady() ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
+  }
+  return undefined;
+}
+
+interface CheckRequest {
+  service?: string;
+}
+interface CheckResponse {
+  status: number;
+}
+
+export function healthService(opts: HealthOptions): UntypedServiceImplementation {
+  const isReady = () => {
+    try {
+      return opts.isReady();
+    } catch {
+      return false;
+    }
+  };
+  const interval = opts.watchIntervalMs ?? 1000;
+
+  const Check: handleUnaryCall<CheckRequest, CheckResponse> = (call, callback) => {
+    const service = call.request.service ?? '';
+    const status = servingStatus(service, isReady);
+    if (status === undefined) {
+      callback({ code: GrpcStatus.NOT_FOUND, details: `unknown service "${service}"` });
+      return;
+    }
+    callback(null, { status });
+  };
+
+  const List: handleUnaryCall<unknown, { statuses: Record<string, CheckResponse> }> = (
+    _call,
+    callback,
+  ) => {
+    const statuses: Record<string, CheckResponse> = {};
+    for (const s of [...READINESS_SERVICES, LIVENESS_SERVICE]) {
+      statuses[s] = { status: servingStatus(s, isReady) as number };
+    }
+    callback(null, { statuses });
+  };
+
+  // The current status at once, then again whenever it changes, until the client leaves.
+  const Watch: handleServerStreamingCall<CheckRequest, CheckResponse> = (call) => {
+    const service = call.request.service ?? '';
+    const current = () => servingStatus(service, isReady) ?? ServingStatus.SERVICE_UNKNOWN;
+    let last = current();
+    call.write({ status: last });
+    const timer = setInterval(() => {
+      const now = current();
+      if (now !== last) {
+        last = now;
+        call.write({ status: now });
+      }
+    }, interval);
+    timer.unref();
+    const stop = () => clearInterval(timer);
+    call.on('cancelled', stop);
+    call.on('close', stop);
+    call.on('error', stop);
+  };
+
+  return { Check, List, Watch } as UntypedServiceImplementation;
+}

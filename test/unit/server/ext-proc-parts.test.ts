@@ -1,0 +1,229 @@
+/** The pure pieces of the ext_proc layer: bodies, headers, metadata, usage, model rewrite, errors. */
+import { describe, expect, it } from 'vitest';
+import { KvEppError } from '../../../src/errors.js';
+import { BODY_CHUNK_BYTES, BodyBuffer, splitBody } from '../../../src/server/ext-proc/body.js';
+import { readHeaderMap } from '../../../src/server/ext-proc/headers.js';
+import { classifyError, immediateResponse } from '../../../src/server/ext-proc/immediate.js';
+import {
+  mergeSubsetHint,
+  readServedEndpoint,
+  readSubsetHint,
+} from '../../../src/server/ext-proc/metadata.js';
+import { ModelRewriter } from '../../../src/server/ext-proc/model-rewrite.js';
+import { SseUsageParser, usageOfJsonBody } from '../../../src/server/ext-proc/usage.js';
+import { servedMetadata, subsetMetadata, text, utf8 } from '../../support/ext-proc.js';
+
+describe('BodyBuffer', () => {
+  it('keeps a single chunk without copying', () => {
+    const chunk = utf8('hello');
+    const b = new BodyBuffer(5);
+    b.append(chunk);
+    expect(b.bytes()).toBe(chunk);
+  });
+
+  it('joins chunks, growing past a wrong content-length', () => {
+    const b = new BodyBuffer(4);
+    for (const part of ['ab', '', 'cde', 'fghij']) b.append(utf8(part));
+    expect(text(b.bytes())).toBe('abcdefghij');
+    expect(b.length).toBe(10);
+  });
+
+  it('is empty before any chunk', () => {
+    expect(new BodyBuffer().bytes().length).toBe(0);
+  });
+});
+
+describe('splitBody', () => {
+  it('pins the 62 000-byte chunk size (Envoy/gRPC 64 KiB limits)', () => {
+    expect(BODY_CHUNK_BYTES).toBe(62_000);
+  });
+
+  it.each([
+    [0, [0]],
+    [62_000, [62_000]],
+    [62_001, [62_000, 1]],
+    [124_000, [62_000, 62_000]],
+  ])('%i bytes → %j', (n, sizes) => {
+    expect(splitBody(new Uint8Array(n)).map((p) => p.length)).toEqual(sizes);
+  });
+});
+
+describe('readHeaderMap', () => {
+  it('lower-cases keys, prefers raw_value, falls back to value, keeps the first of repeats', () => {
+    const m = readHeaderMap({
+      headers: [
+        { key: 'Content-Type', value: 'application/json' },
+        { key: 'x-a', raw_value: utf8('raw'), value: 'plain' },
+        { key: 'X-A', value: 'second' },
+        { key: '', value: 'no key' },
+        { key: 'x-empty', raw_value: new Uint8Array(0), value: '' },
+      ],
+    });
+    expect([...m]).toEqual([
+      ['content-type', 'application/json'],
+      ['x-a', 'raw'],
+      ['x-empty', ''],
+    ]);
+  });
+});
+
+describe('subset hint and served endpoint metadata', () => {
+  it('reads a list, a comma string, entries with commas, and absence', () => {
+    expect(readSubsetHint({ filter_metadata: subsetMetadata(['a:1', 'b']) })).toEqual(['a:1', 'b']);
+    expect(readSubsetHint({ filter_metadata: subsetMetadata(' a:1 ,b,, ') })).toEqual(['a:1', 'b']);
+    expect(readSubsetHint({ filter_metadata: subsetMetadata(['a:1,b:2']) })).toEqual([
+      'a:1',
+      'b:2',
+    ]);
+    expect(readSubsetHint({ filter_metadata: subsetMetadata([]) })).toEqual([]);
+    expect(readSubsetHint({ filter_metadata: {} })).toBeUndefined();
+    expect(readSubsetHint(undefined)).toBeUndefined();
+  });
+
+  it('merges as a union in first-seen order; absent stays absent', () => {
+    expect(mergeSubsetHint(undefined, undefined)).toBeUndefined();
+    expect(mergeSubsetHint(['a'], undefined)).toEqual(['a']);
+    expect(mergeSubsetHint(undefined, [])).toEqual([]);
+    expect(mergeSubsetHint(['a', 'b'], ['b', 'c'])).toEqual(['a', 'b', 'c']);
+  });
+
+  it('reads the served endpoint', () => {
+    expect(readServedEndpoint({ filter_metadata: servedMetadata('10.0.0.1:8000') })).toBe(
+      '10.0.0.1:8000',
+    );
+    expect(readServedEndpoint({ filter_metadata: {} })).toBeUndefined();
+  });
+});
+
+describe('SseUsageParser', () => {
+  function parse(chunks: string[]) {
+    const p = new SseUsageParser();
+    for (const c of chunks) p.push(utf8(c));
+    p.end();
+    return p.usage;
+  }
+
+  it('reads usage from the last event that has it', () => {
+    expect(
+      parse([
+        'data: {"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n',
+        'data: {"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\ndata: [DONE]\n\n',
+      ]),
+    ).toEqual({ promptTokens: 5, completionTokens: 2 });
+  });
+
+  it('joins a data line split at any byte, including inside a UTF-8 character', () => {
+    const line =
+      'data: {"choices":[{"delta":{"content":"é"}}],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n';
+    const bytes = utf8(line);
+    for (const cut of [1, 10, 44, 45, 60, bytes.length - 1]) {
+      const p = new SseUsageParser();
+      p.push(bytes.subarray(0, cut));
+      p.push(bytes.subarray(cut));
+      p.end();
+      expect(p.usage).toEqual({ promptTokens: 3, completionTokens: 4 });
+    }
+  });
+
+  it('handles CRLF, no space after the colon, and a last line without newline', () => {
+    expect(parse(['data:{"usage":{"prompt_tokens":8,"completion_tokens":1}}\r\n\r\n'])).toEqual({
+      promptTokens: 8,
+      completionTokens: 1,
+    });
+    expect(parse(['data: {"usage":{"prompt_tokens":8,"completion_tokens":9}}'])).toEqual({
+      promptTokens: 8,
+      completionTokens: 9,
+    });
+  });
+
+  it('reads the Responses API completed event', () => {
+    expect(
+      parse([
+        'event: response.completed\ndata: {"type":"response.completed","response":{"usage":{"input_tokens":11,"output_tokens":6}}}\n\n',
+      ]),
+    ).toEqual({ promptTokens: 11, completionTokens: 6 });
+  });
+
+  it('tolerates chunks that end without a newline before the next event (GAIE test data)', () => {
+    expect(
+      parse([
+        'data: {}',
+        'data: {"usage":{"prompt_tokens":7,"total_tokens":17,"completion_tokens":10}}\ndata: [DONE]',
+        '',
+      ]),
+    ).toEqual({ promptTokens: 7, completionTokens: 10 });
+  });
+
+  it('ignores non-JSON and usage-free events', () => {
+    expect(parse(['data: [DONE]\n', 'data: {not json_tokens\n', ': comment\n'])).toBeUndefined();
+  });
+});
+
+describe('usageOfJsonBody', () => {
+  it('reads chat/completions and Responses API usage', () => {
+    expect(usageOfJsonBody(utf8('{"usage":{"prompt_tokens":3,"completion_tokens":4}}'))).toEqual({
+      promptTokens: 3,
+      completionTokens: 4,
+    });
+    expect(
+      usageOfJsonBody(utf8('{"object":"response","usage":{"input_tokens":3,"output_tokens":4}}')),
+    ).toEqual({
+      promptTokens: 3,
+      completionTokens: 4,
+    });
+  });
+
+  it('is undefined for bodies without usage or not JSON', () => {
+    expect(usageOfJsonBody(utf8('{"id":1}'))).toBeUndefined();
+    expect(usageOfJsonBody(utf8('no healthy upstream'))).toBeUndefined();
+    expect(usageOfJsonBody(new Uint8Array(0))).toBeUndefined();
+  });
+});
+
+describe('ModelRewriter', () => {
+  it('restores the client name whatever the spacing, and only in "model" fields', () => {
+    const r = new ModelRewriter('target/x', 'alias');
+    const body = '{"model" : "target/x","note":"target/x","choices":[{"model":"target/x"}]}';
+    expect(text(r.rewrite(utf8(body)))).toBe(
+      '{"model" : "alias","note":"target/x","choices":[{"model":"alias"}]}',
+    );
+  });
+
+  it('escapes names for JSON and regex, and leaves other bodies untouched (same object)', () => {
+    const r = new ModelRewriter('a.b"c', 'c$1"d');
+    const body = utf8(`{"model":${JSON.stringify('a.b"c')}}`);
+    expect(text(r.rewrite(body))).toBe(`{"model":${JSON.stringify('c$1"d')}}`);
+    const other = utf8('{"model":"aXb"}');
+    expect(r.rewrite(other)).toBe(other);
+  });
+
+  it('is only made when the names differ', () => {
+    expect(ModelRewriter.forDecision({})).toBeUndefined();
+    expect(ModelRewriter.forDecision({ clientModel: 'a', targetModel: 'a' })).toBeUndefined();
+    expect(ModelRewriter.forDecision({ clientModel: 'a', targetModel: 'b' })).toBeDefined();
+  });
+});
+
+describe('error mapping', () => {
+  it('classifies KvEppErrors and anything else', () => {
+    expect(classifyError(new KvEppError('template_error', 't'))).toEqual({
+      status: 400,
+      category: 'BadRequest',
+      text: 'BadRequest - t',
+      internal: false,
+    });
+    expect(classifyError('weird').text).toBe('Internal - weird');
+    expect(classifyError(new RangeError('r'))).toMatchObject({ status: 500, internal: true });
+  });
+
+  it('adds retry-after only to 429', () => {
+    const opts = { retryAfterSeconds: 3 };
+    const busy = immediateResponse(classifyError(new KvEppError('overloaded', 'o')), opts);
+    expect(busy.headers?.set_headers?.map((h) => [h.header.key, text(h.header.raw_value)])).toEqual(
+      [['retry-after', '3']],
+    );
+    const bad = immediateResponse(classifyError(new KvEppError('invalid_json', 'j')), opts);
+    expect(bad.headers).toBeUndefined();
+    expect(text(bad.body)).toBe('inference error: BadRequest - j');
+  });
+});

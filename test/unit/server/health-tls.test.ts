@@ -1,0 +1,223 @@
+/**
+ * grpc.health.v1 on the health port and the ext_proc port, and TLS on the
+ * ext_proc port (self-signed and given certificates, ALPN h2).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect } from 'node:tls';
+import {
+  type Client,
+  type ClientReadableStream,
+  credentials,
+  makeClientConstructor,
+  type ServiceError,
+} from '@grpc/grpc-js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { loadServices } from '../../../src/server/ext-proc/proto.js';
+import {
+  type RunningServer,
+  startExtProcServer,
+  startHealthServer,
+} from '../../../src/server/grpc-server.js';
+import { certFromDir, selfSignedCert } from '../../../src/server/tls.js';
+import {
+  destinationOf,
+  ExtProcClient,
+  FakeRouter,
+  RecordingLogger,
+  reqHeaders,
+} from '../../support/ext-proc.js';
+
+type HealthClient = Client & {
+  Check(
+    req: { service: string },
+    cb: (err: ServiceError | null, res?: { status?: number }) => void,
+  ): void;
+  List(
+    req: object,
+    cb: (
+      err: ServiceError | null,
+      res?: { statuses?: Record<string, { status?: number }> },
+    ) => void,
+  ): void;
+  Watch(req: { service: string }): ClientReadableStream<{ status?: number }>;
+};
+
+const SERVING = 1;
+const NOT_SERVING = 2;
+const SERVICE_UNKNOWN = 3;
+
+function healthClient(port: number): HealthClient {
+  const Ctor = makeClientConstructor(loadServices().health, 'Health');
+  return new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as HealthClient;
+}
+
+function check(c: HealthClient, service: string): Promise<number | ServiceError> {
+  return new Promise((resolve) => {
+    c.Check({ service }, (err, res) => resolve(err ?? res?.status ?? 0));
+  });
+}
+
+const servers: RunningServer[] = [];
+const clients: Array<{ close(): void }> = [];
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.close();
+  await Promise.all(servers.splice(0).map((s) => s.close(0)));
+});
+
+describe('health server', () => {
+  it('reports readiness on "", readiness, ExternalProcessor and inference-extension; liveness always', async () => {
+    let ready = false;
+    const srv = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      isReady: () => ready,
+      logger: new RecordingLogger(),
+    });
+    servers.push(srv);
+    const c = healthClient(srv.port);
+    clients.push(c);
+    const readiness = [
+      '',
+      'readiness',
+      'envoy.service.ext_proc.v3.ExternalProcessor',
+      'inference-extension',
+    ];
+
+    for (const s of readiness) expect(await check(c, s)).toBe(NOT_SERVING);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+    ready = true;
+    for (const s of readiness) expect(await check(c, s)).toBe(SERVING);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+    ready = false;
+    expect(await check(c, 'readiness')).toBe(NOT_SERVING);
+
+    const unknown = await check(c, 'nope');
+    expect((unknown as ServiceError).code).toBe(5); // NOT_FOUND
+
+    const list = await new Promise<Record<string, { status?: number }>>((resolve, reject) =>
+      c.List({}, (err, res) => (err ? reject(err) : resolve(res?.statuses ?? {}))),
+    );
+    expect(list.liveness?.status).toBe(SERVING);
+    expect(list.readiness?.status).toBe(NOT_SERVING);
+  });
+
+  it('Watch sends the current status, then each change', async () => {
+    let ready = false;
+    const srv = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      isReady: () => ready,
+      logger: new RecordingLogger(),
+      watchIntervalMs: 5,
+    });
+    servers.push(srv);
+    const c = healthClient(srv.port);
+    clients.push(c);
+
+    const seen: number[] = [];
+    const waiters: Array<() => void> = [];
+    const call = c.Watch({ service: 'readiness' });
+    call.on('data', (m: { status?: number }) => {
+      seen.push(m.status ?? 0);
+      for (const w of waiters.splice(0)) w();
+    });
+    call.on('error', () => {});
+    const until = async (n: number) => {
+      while (seen.length < n) await new Promise<void>((r) => waiters.push(r));
+    };
+    await until(1);
+    expect(seen).toEqual([NOT_SERVING]);
+    ready = true;
+    await until(2);
+    expect(seen).toEqual([NOT_SERVING, SERVING]);
+    call.cancel();
+
+    const unknown = c.Watch({ service: 'nope' });
+    unknown.on('error', () => {});
+    const first = await new Promise<number>((r) => unknown.once('data', (m) => r(m.status ?? 0)));
+    expect(first).toBe(SERVICE_UNKNOWN);
+    unknown.cancel();
+  });
+});
+
+describe('ext_proc server', () => {
+  it('also answers health checks (Envoy checks the ext_proc port)', async () => {
+    let ready = true;
+    const srv = await startExtProcServer({
+      port: 0,
+      host: '127.0.0.1',
+      router: new FakeRouter(),
+      maxBodyBytes: 1024,
+      logger: new RecordingLogger(),
+      isReady: () => ready,
+    });
+    servers.push(srv);
+    const c = healthClient(srv.port);
+    clients.push(c);
+    expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(SERVING);
+    ready = false;
+    expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(NOT_SERVING);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+  });
+
+  it('reads tls.crt and tls.key from a directory', async () => {
+    const pair = await selfSignedCert();
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-tls-'));
+    try {
+      writeFileSync(join(dir, 'tls.crt'), pair.cert);
+      writeFileSync(join(dir, 'tls.key'), pair.key);
+      expect(await certFromDir(dir)).toEqual(pair);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.each(['self-signed', 'given'] as const)(
+    'serves TLS (%s certificate) with ALPN h2',
+    async (kind) => {
+      const tls = kind === 'self-signed' ? 'self-signed' : await selfSignedCert(['epp.test']);
+      const srv = await startExtProcServer({
+        port: 0,
+        host: '127.0.0.1',
+        router: new FakeRouter(),
+        maxBodyBytes: 1024,
+        logger: new RecordingLogger(),
+        tls,
+      });
+      servers.push(srv);
+      expect(srv.certificate).toContain('BEGIN CERTIFICATE');
+      if (kind === 'given' && typeof tls === 'object') expect(srv.certificate).toBe(tls.cert);
+
+      const alpn = await new Promise<string | false>((resolve, reject) => {
+        const sock = connect(
+          { host: '127.0.0.1', port: srv.port, ALPNProtocols: ['h2'], rejectUnauthorized: false },
+          () => {
+            resolve(sock.alpnProtocol ?? false);
+            sock.end();
+          },
+        );
+        sock.on('error', reject);
+      });
+      expect(alpn).toBe('h2');
+
+      const creds = credentials.createSsl(Buffer.from(srv.certificate as string));
+      const client = new ExtProcClient(srv.port, creds, {
+        'grpc.ssl_target_name_override': 'localhost',
+      });
+      clients.push(client);
+      const s = client.open();
+      s.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
+      expect(destinationOf(await s.next())).toBe('127.0.0.2:8000');
+      s.cancel();
+
+      // A plaintext client cannot talk to it.
+      const plain = new ExtProcClient(srv.port);
+      clients.push(plain);
+      const p = plain.open();
+      p.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
+      expect((await p.drain()).status.code).toBe(14); // UNAVAILABLE
+    },
+  );
+});
