@@ -6,14 +6,17 @@
 import { KvEppError } from '../errors.js';
 import { UsageError } from './args.js';
 import { HASH_USAGE, hashCommand } from './hash.js';
+import { SERVE_USAGE, startServing } from './serve.js';
 import { TOKENIZE_USAGE, tokenizeCommand } from './tokenize.js';
 
 const USAGE = `usage: kv-epp <command> [options]
 
 commands:
+  serve      run the Endpoint Picker (ext_proc on 9002, health on 9003)
   hash       print Dynamo-compatible KV block hashes of token ids
   tokenize   print the prompt token ids (and block hashes) the EPP computes for a request
 
+${SERVE_USAGE}
 ${HASH_USAGE}
 ${TOKENIZE_USAGE}`;
 
@@ -24,6 +27,16 @@ async function main(argv: string[]): Promise<number> {
       case 'hash':
         process.stdout.write(`${await hashCommand(rest)}\n`);
         return 0;
+      case 'serve': {
+        const serving = await startServing(rest, process.env);
+        await new Promise<void>((resolve) => {
+          const stop = () => resolve();
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+        });
+        await serving.close();
+        return 0;
+      }
       case 'tokenize':
         process.stdout.write(`${await tokenizeCommand(rest)}\n`);
         return 0;

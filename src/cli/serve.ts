@@ -1,0 +1,171 @@
+/**
+ * `kv-epp serve`: the EPP process. Wiring only: options → endpoints →
+ * hot path (addon loaded on the main thread before the pool) → router →
+ * ext_proc server (9002) and health server (9003). Failures at start-up
+ * (bad options, unreadable endpoints, unknown tokenizer) reject with a
+ * KvEppError naming the field; the CLI prints one line and exits 1.
+ */
+import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { parse as parseYaml } from 'yaml';
+import { resolveServeOptions, type ServeOptions } from '../config/serve-options.js';
+import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
+import { loadEndpointsFile } from '../discovery/endpoints-file.js';
+import { KvEppError } from '../errors.js';
+import { type Logger, stderrLogger } from '../log/logger.js';
+import { createHotPath } from '../pipeline/factory.js';
+import { KvRouter } from '../routing/kv-router.js';
+import {
+  type RunningServer,
+  startExtProcServer,
+  startHealthServer,
+} from '../server/grpc-server.js';
+import { certFromDir, type TlsOption } from '../server/tls.js';
+import { preparerOptionsFromEnv } from '../workers/options.js';
+import { RoutePreparer } from '../workers/route-preparer.js';
+
+export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-health-port 9003] [--metrics-port 9090]
+                    [--secure-serving=true|false] [--cert-path DIR] [--config-file FILE.yaml]
+                    [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
+                    [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
+                    [--kv-events=true|false] [--fallbacks N] [--backend auto|native|js]`;
+
+export interface Serving {
+  options: ServeOptions;
+  extProc: RunningServer;
+  health: RunningServer;
+  close(): Promise<void>;
+}
+
+async function readConfig(file: string | undefined): Promise<unknown> {
+  if (file === undefined) return undefined;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new KvEppError(
+      'invalid_argument',
+      `--config-file: cannot read ${file}: ${(e as Error).message}`,
+    );
+  }
+  try {
+    return parseYaml(text);
+  } catch (e) {
+    throw new KvEppError('invalid_argument', `${file}: not valid YAML: ${(e as Error).message}`);
+  }
+}
+
+export async function startServing(
+  argv: string[],
+  env: Record<string, string | undefined>,
+  log: Logger = stderrLogger,
+): Promise<Serving> {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: Object.fromEntries(
+      [
+        'host',
+        'grpc-port',
+        'grpc-health-port',
+        'metrics-port',
+        'secure-serving',
+        'cert-path',
+        'config-file',
+        'endpoints-file',
+        'pool-name',
+        'pool-namespace',
+        'tokenizer',
+        'chat-template',
+        'block-size',
+        'kv-events',
+        'fallbacks',
+        'backend',
+        'max-body-bytes',
+      ].map((k) => [k, { type: 'string' as const }]),
+    ),
+  });
+  const configFile = values['config-file'];
+  const options = resolveServeOptions(values, env, await readConfig(configFile), configFile);
+
+  let endpoints: Endpoint[];
+  if (options.endpointsFile !== undefined)
+    endpoints = await loadEndpointsFile(options.endpointsFile);
+  else if (options.endpoints !== undefined) {
+    endpoints = parseEndpoints({ endpoints: options.endpoints }, configFile ?? 'config');
+  } else if (options.poolName !== undefined) {
+    throw new KvEppError(
+      'invalid_argument',
+      '--pool-name: Kubernetes discovery is not available yet; use --endpoints-file',
+    );
+  } else {
+    throw new KvEppError(
+      'invalid_argument',
+      '--endpoints-file: required (or endpoints in --config-file)',
+    );
+  }
+
+  const chatTemplate =
+    options.chatTemplateFile === undefined
+      ? undefined
+      : await readFile(options.chatTemplateFile, 'utf8');
+  const path = await createHotPath({ source: options.tokenizer, chatTemplate }, options.backend, {
+    log,
+  });
+  const preparer = RoutePreparer.create(path, {
+    ...preparerOptionsFromEnv(env, availableParallelism()),
+    chatTemplate,
+  });
+  const router = new KvRouter(
+    { endpoints: () => endpoints, preparer, index: path.index, hasher: path.hasher, log },
+    {
+      blockSize: options.blockSize,
+      fallbacks: options.fallbacks,
+      // Without KV events (nothing consumes them yet), predict cache state from routing.
+      approximate: true,
+    },
+  );
+  const isReady = () => endpoints.length > 0;
+  let tls: TlsOption;
+  if (options.secureServing)
+    tls = options.certPath ? await certFromDir(options.certPath) : 'self-signed';
+  const extProc = await startExtProcServer({
+    port: options.grpcPort,
+    host: options.host,
+    router,
+    tls,
+    maxBodyBytes: options.maxBodyBytes,
+    logger: log,
+    isReady,
+  });
+  const health = await startHealthServer({
+    port: options.grpcHealthPort,
+    host: options.host,
+    isReady,
+    logger: log,
+  });
+  log.info(
+    {
+      grpcPort: extProc.port,
+      healthPort: health.port,
+      tls: options.secureServing,
+      endpoints: endpoints.length,
+      tokenizer: options.tokenizer,
+      tokenizerBackend: path.tokenizer.backend,
+      blockSize: options.blockSize,
+    },
+    'kv-epp serving',
+  );
+  return {
+    options,
+    extProc,
+    health,
+    async close() {
+      await Promise.all([extProc.close(), health.close()]);
+      await preparer.close();
+      path.tokenizer.dispose();
+      path.index.dispose();
+    },
+  };
+}
