@@ -42,16 +42,14 @@ describe('kv-epp serve', () => {
       model: 'm',
       messages: [{ role: 'user', content: 'hello there' }],
     });
-    const stream = client
-      .open()
-      .send(
-        reqHeaders({
-          ':path': '/v1/chat/completions',
-          ':method': 'POST',
-          'content-type': 'application/json',
-        }),
-        reqBody(body, true),
-      );
+    const stream = client.open().send(
+      reqHeaders({
+        ':path': '/v1/chat/completions',
+        ':method': 'POST',
+        'content-type': 'application/json',
+      }),
+      reqBody(body, true),
+    );
     const [headers, bodyResp] = await stream.take(2);
     expect(['127.0.0.2:8001', '127.0.0.3:8001']).toContain(destinationOf(headers));
     const set = setHeadersOf(headers);
