@@ -6,7 +6,7 @@
 # Extra arguments go to `kv-epp serve` (e.g. --grpc-port=9102).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >&2
+KV_EPP_SKIP_TEST_TOOLS=1 bash scripts/setup.sh >&2
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
 exec node dist/src/cli/main.js serve --endpoints-file config/endpoints.default.yaml \

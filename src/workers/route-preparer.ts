@@ -77,7 +77,7 @@ export class RoutePreparer {
     }
     // A private copy: the caller keeps its body, and a pooled Buffer's backing
     // store is never transferred away.
-    const copy = body.slice();
+    const copy = new Uint8Array(body);
     const nowMs = settings.nowMs ?? Date.now();
     const task: PrepareTask = {
       tokenizer: this.ref,

@@ -401,9 +401,11 @@ export class ExtProcStream {
   // --- response path ---
 
   private responsePath(what: string): ResponsePath {
-    if (!this.response && this.phase === 'headers') {
+    if (!this.response && (this.phase === 'headers' || this.phase === 'body')) {
       // Response-only stream (request phase skipped by the data plane's
-      // processing mode, as GAIE's hermetic tests do): pass through, no decision.
+      // processing mode, as GAIE's hermetic tests do), or a local reply from the
+      // data plane before the request body completed (Envoy's own 413 when the
+      // body exceeds its buffer): pass through, no decision; the partial body is dropped.
       this.phase = 'routed';
       this.response = new ResponsePath(
         this.sink,
