@@ -57,6 +57,62 @@ const MAX_CACHED_PIECE: usize = 256;
 /// One cache shard: piece bytes => their ids.
 type Shard = Mutex<FxHashMap<Box<[u8]>, Box<[u32]>>>;
 
+/// The ids of split pieces, as a merge loop computed them (also used by
+/// fasttiktoken.rs). Sharded and bounded: a full shard is cleared, so memory stays
+/// under `SHARDS * SHARD_CAPACITY` pieces of at most `MAX_CACHED_PIECE` bytes.
+/// A poisoned shard is a miss, never a panic.
+pub(crate) struct PieceCache {
+    shards: Vec<Shard>,
+}
+
+impl PieceCache {
+    pub(crate) fn new() -> PieceCache {
+        PieceCache { shards: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect() }
+    }
+
+    /// Whether `piece` can be cached at all (short enough).
+    #[inline]
+    fn cacheable(piece: &[u8]) -> bool {
+        piece.len() <= MAX_CACHED_PIECE
+    }
+
+    fn shard(&self, piece: &[u8]) -> Option<&Shard> {
+        let mut h = FxHasher::default();
+        piece.hash(&mut h);
+        self.shards.get((h.finish() as usize) % SHARDS)
+    }
+
+    /// Appends the cached ids of `piece` to `out`; false (nothing appended) on a miss.
+    pub(crate) fn get_into(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
+        if !Self::cacheable(piece) {
+            return false;
+        }
+        if let Some(shard) = self.shard(piece)
+            && let Ok(shard) = shard.lock()
+            && let Some(ids) = shard.get(piece)
+        {
+            out.extend_from_slice(ids);
+            return true;
+        }
+        false
+    }
+
+    /// Records `ids` as the encoding of `piece` (a no-op for long pieces).
+    pub(crate) fn insert(&self, piece: &[u8], ids: &[u32]) {
+        if !Self::cacheable(piece) {
+            return;
+        }
+        if let Some(shard) = self.shard(piece)
+            && let Ok(mut shard) = shard.lock()
+        {
+            if shard.len() >= SHARD_CAPACITY {
+                shard.clear();
+            }
+            shard.insert(piece.into(), ids.into());
+        }
+    }
+}
+
 pub struct FastBpe {
     split: Regex,
     /// Whitespace-only matches that contain \r or \n came from `\s*[\r\n]+` (the
@@ -70,7 +126,7 @@ pub struct FastBpe {
     ignore_merges: bool,
     prefix: Vec<u32>,
     suffix: Vec<u32>,
-    cache: Vec<Shard>,
+    cache: PieceCache,
 }
 
 /// GPT-2's byte => char alphabet, inverted: char => byte.
@@ -227,7 +283,7 @@ impl FastBpe {
             ignore_merges,
             prefix: Vec::new(),
             suffix: Vec::new(),
-            cache: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
+            cache: PieceCache::new(),
         };
         // The post-processor's fixed ids, from probes; they must be consistent.
         let mut affixes = None;
@@ -327,12 +383,6 @@ impl FastBpe {
         }
     }
 
-    fn shard(&self, piece: &[u8]) -> &Shard {
-        let mut h = FxHasher::default();
-        piece.hash(&mut h);
-        &self.cache[(h.finish() as usize) % SHARDS]
-    }
-
     /// BPE of one piece (raw bytes) into `out`.
     fn bpe(&self, piece: &[u8], out: &mut Vec<u32>) {
         match piece.len() {
@@ -349,22 +399,12 @@ impl FastBpe {
             out.push(id);
             return;
         }
-        let cacheable = piece.len() <= MAX_CACHED_PIECE;
-        if cacheable
-            && let Ok(shard) = self.shard(piece).lock()
-            && let Some(ids) = shard.get(piece)
-        {
-            out.extend_from_slice(ids);
+        if self.cache.get_into(piece, out) {
             return;
         }
         let start = out.len();
         self.merge(piece, out);
-        if cacheable && let Ok(mut shard) = self.shard(piece).lock() {
-            if shard.len() >= SHARD_CAPACITY {
-                shard.clear();
-            }
-            shard.insert(piece.into(), out[start..].into());
-        }
+        self.cache.insert(piece, &out[start..]);
     }
 
     /// The BPE merge loop: repeatedly merge the adjacent pair with the lowest

@@ -10,7 +10,7 @@
 //! tokenizers take the exact fast path of fastbpe.rs). A completions body's
 //! `prompt` is encoded with `add_special_tokens` (default true), or passed through
 //! when it is token ids. tiktoken encodings (tiktoken.rs) render chats in kv-epp's
-//! own plain format.
+//! own plain format and take the exact fast path of fasttiktoken.rs.
 //!
 //! Contracts: no call panics on any input (malformed JSON, hostile request
 //! values, odd Unicode); errors carry stable codes (error.rs); `now_ms` is the
@@ -20,6 +20,7 @@
 pub mod chat;
 pub mod error;
 pub mod fastbpe;
+pub mod fasttiktoken;
 pub mod filters;
 pub mod hf;
 pub mod pydantic;

@@ -1,5 +1,7 @@
 //! OpenAI's tiktoken encodings `o200k_base` and `cl100k_base` (vocabularies
 //! embedded in the `tiktoken-rs` crate; built once per process and shared).
+//! Encoding takes the exact fast path of fasttiktoken.rs, tiktoken-rs itself
+//! only if that could not be built.
 //!
 //! Encoding = tiktoken's `encode_ordinary`: text that looks like a special token
 //! (`<|endoftext|>`) is encoded as ordinary text, which is what
@@ -28,17 +30,25 @@ use serde_json::Value as Json;
 use tiktoken_rs::CoreBPE;
 
 use super::error::TokenizeError;
+use super::fasttiktoken::FastTiktoken;
 use super::request::ChatRequest;
 
 /// The encodings this module knows.
 pub const ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
 
-pub struct TiktokenTokenizer {
-    name: &'static str,
-    bpe: Arc<CoreBPE>,
+/// One encoding: tiktoken-rs's `CoreBPE` (vocabulary source and reference) and
+/// the exact fast encoder built from it (fasttiktoken.rs; `None` = use `bpe`).
+struct Encoding {
+    bpe: CoreBPE,
+    fast: Option<FastTiktoken>,
 }
 
-type Shared = OnceLock<Result<Arc<CoreBPE>, String>>;
+pub struct TiktokenTokenizer {
+    name: &'static str,
+    enc: Arc<Encoding>,
+}
+
+type Shared = OnceLock<Result<Arc<Encoding>, String>>;
 type Build = fn() -> Result<CoreBPE, String>;
 static O200K: Shared = OnceLock::new();
 static CL100K: Shared = OnceLock::new();
@@ -55,9 +65,14 @@ impl TiktokenTokenizer {
             }
             _ => return None,
         };
-        let bpe = cell.get_or_init(|| build().map(Arc::new));
-        Some(match bpe {
-            Ok(bpe) => Ok(TiktokenTokenizer { name, bpe: bpe.clone() }),
+        let enc = cell.get_or_init(|| {
+            build().map(|bpe| {
+                let fast = FastTiktoken::build(name, &bpe);
+                Arc::new(Encoding { bpe, fast })
+            })
+        });
+        Some(match enc {
+            Ok(enc) => Ok(TiktokenTokenizer { name, enc: enc.clone() }),
             Err(e) => Err(TokenizeError::invalid_tokenizer(format!("{name}: {e}"))),
         })
     }
@@ -68,7 +83,25 @@ impl TiktokenTokenizer {
 
     /// `encode_ordinary(text)`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        self.bpe.encode_ordinary(text)
+        match &self.enc.fast {
+            Some(fast) => fast.encode(text),
+            None => self.encode_reference(text),
+        }
+    }
+
+    /// Whether [`encode`](Self::encode) takes the fast path (fasttiktoken.rs).
+    pub fn is_fast(&self) -> bool {
+        self.enc.fast.is_some()
+    }
+
+    /// `encode` through tiktoken-rs only (the fast path's reference).
+    pub fn encode_reference(&self, text: &str) -> Vec<u32> {
+        self.enc.bpe.encode_ordinary(text)
+    }
+
+    /// The fast path's split pieces of `text` (`None` without a fast path).
+    pub fn split<'a>(&self, text: &'a str) -> Option<Vec<&'a str>> {
+        self.enc.fast.as_ref().map(|f| f.split(text))
     }
 
     /// The prompt in kv-epp's plain chat format (see the module docs).
