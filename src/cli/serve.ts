@@ -1,7 +1,8 @@
 /**
  * `kv-epp serve`: the EPP process. Wiring only: options → endpoints →
  * hot path (addon loaded on the main thread before the pool) → router →
- * ext_proc server (9002) and health server (9003). Failures at start-up
+ * ext_proc server (9002), health server (9003) and Prometheus metrics (9090,
+ * fed by src/metrics/observer.ts). Failures at start-up
  * (bad options, unreadable endpoints, unknown tokenizer) reject with a
  * KvEppError naming the field; the CLI prints one line and exits 1.
  */
@@ -14,6 +15,9 @@ import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
 import { loadEndpointsFile } from '../discovery/endpoints-file.js';
 import { KvEppError } from '../errors.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
+import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
+import { MetricsObserver } from '../metrics/observer.js';
+import { EppMetrics } from '../metrics/registry.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
 import {
@@ -35,6 +39,7 @@ export interface Serving {
   options: ServeOptions;
   extProc: RunningServer;
   health: RunningServer;
+  metrics: MetricsServer;
   close(): Promise<void>;
 }
 
@@ -117,8 +122,22 @@ export async function startServing(
     ...preparerOptionsFromEnv(env, availableParallelism()),
     chatTemplate,
   });
-  const router = new KvRouter(
-    { endpoints: () => endpoints, preparer, index: path.index, hasher: path.hasher, log },
+  const metrics = new EppMetrics({
+    poolName: options.poolName,
+    readyPods: () => endpoints.length,
+    queueDepth: () => preparer.queueDepth,
+    indexMemberships: () => path.index.stats().memberships,
+  });
+  const observer = new MetricsObserver(metrics);
+  const kvRouter = new KvRouter(
+    {
+      endpoints: () => endpoints,
+      preparer: observer.preparer(preparer),
+      index: path.index,
+      hasher: path.hasher,
+      log,
+      onRouted: observer.onRouted,
+    },
     {
       blockSize: options.blockSize,
       fallbacks: options.fallbacks,
@@ -126,29 +145,55 @@ export async function startServing(
       approximate: true,
     },
   );
+  const router = observer.router(kvRouter);
   const isReady = () => endpoints.length > 0;
   let tls: TlsOption;
   if (options.secureServing)
     tls = options.certPath ? await certFromDir(options.certPath) : 'self-signed';
-  const extProc = await startExtProcServer({
-    port: options.grpcPort,
-    host: options.host,
-    router,
-    tls,
-    maxBodyBytes: options.maxBodyBytes,
-    logger: log,
-    isReady,
-  });
-  const health = await startHealthServer({
-    port: options.grpcHealthPort,
-    host: options.host,
-    isReady,
-    logger: log,
-  });
+  // Start the servers in order; if one cannot bind, close those already up and
+  // everything loaded, so a failed start-up leaves nothing running.
+  const started: Array<{ close(): Promise<void> }> = [];
+  const releaseAll = async () => {
+    await Promise.allSettled(started.map((x) => x.close()));
+    await preparer.close();
+    path.tokenizer.dispose();
+    path.index.dispose();
+  };
+  let extProc: RunningServer;
+  let health: RunningServer;
+  let metricsServer: MetricsServer;
+  try {
+    extProc = await startExtProcServer({
+      port: options.grpcPort,
+      host: options.host,
+      router,
+      tls,
+      maxBodyBytes: options.maxBodyBytes,
+      logger: log,
+      isReady,
+    });
+    started.push(extProc);
+    health = await startHealthServer({
+      port: options.grpcHealthPort,
+      host: options.host,
+      isReady,
+      logger: log,
+    });
+    started.push(health);
+    metricsServer = await startMetricsServer({
+      port: options.metricsPort,
+      host: options.host,
+      registry: metrics.registry,
+    });
+  } catch (e) {
+    await releaseAll();
+    throw e;
+  }
   log.info(
     {
       grpcPort: extProc.port,
       healthPort: health.port,
+      metricsPort: metricsServer.port,
       tls: options.secureServing,
       endpoints: endpoints.length,
       tokenizer: options.tokenizer,
@@ -161,8 +206,9 @@ export async function startServing(
     options,
     extProc,
     health,
+    metrics: metricsServer,
     async close() {
-      await Promise.all([extProc.close(), health.close()]);
+      await Promise.all([extProc.close(), health.close(), metricsServer.close()]);
       await preparer.close();
       path.tokenizer.dispose();
       path.index.dispose();

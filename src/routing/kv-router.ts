@@ -42,9 +42,17 @@ export interface KvRouterDeps {
   hasher: BlockHasher;
   log: Logger;
   /** Observes every routed request (metrics). */
-  onRouted?:
-    | ((r: { decision: RouteDecision; prep: RoutePrep | undefined; endpoint: Endpoint }) => void)
-    | undefined;
+  onRouted?: ((r: RoutedRequest) => void) | undefined;
+}
+
+/** What `onRouted` sees of a request routed by `route()`. */
+export interface RoutedRequest {
+  decision: RouteDecision;
+  prep: RoutePrep | undefined;
+  /** The primary endpoint. */
+  endpoint: Endpoint;
+  /** The body's model (before any rewrite). */
+  model: string;
 }
 
 const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
@@ -183,7 +191,7 @@ export class KvRouter implements RequestRouter {
         externalHashes: sequence,
       });
     }
-    this.deps.onRouted?.({ decision, prep, endpoint: primary });
+    this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
     return decision;
   }
 

@@ -1,7 +1,8 @@
 /**
  * `kv-epp serve` wiring: the embedded default starts, answers health, and
- * routes a chat request end to end over ext_proc with the real router; bad
- * options fail start-up naming the field.
+ * routes a chat request end to end over ext_proc with the real router, and
+ * the request shows up on the metrics port; bad options fail start-up naming
+ * the field.
  */
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -31,6 +32,7 @@ describe('kv-epp serve', () => {
         '--secure-serving=false',
         '--grpc-port=0',
         '--grpc-health-port=0',
+        '--metrics-port=0',
         '--host=127.0.0.1',
       ],
       { KV_EPP_POOL_SIZE: '0' },
@@ -59,6 +61,26 @@ describe('kv-epp serve', () => {
     expect(forwarded.nvext.token_data.length).toBeGreaterThan(3);
     stream.halfClose();
     client.close();
+
+    const res = await fetch(`http://127.0.0.1:${s.metrics.port}/metrics`);
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      return line === undefined ? undefined : Number(line.slice(series.length + 1));
+    };
+    const labels = 'model_name="m",target_model_name="m"';
+    expect(value(`inference_objective_request_total{${labels},priority="0"}`)).toBe(1);
+    expect(value(`inference_objective_input_tokens_count{${labels}}`)).toBe(1);
+    expect(value(`inference_objective_input_tokens_sum{${labels}}`)).toBe(
+      forwarded.nvext.token_data.length,
+    );
+    expect(value('inference_pool_ready_pods{name=""}')).toBe(2);
+    expect(value('inference_extension_scheduler_e2e_duration_seconds_count')).toBe(1);
+    expect(value('kv_epp_tokenization_seconds_count')).toBe(1);
+    expect(value('kv_epp_prefix_overlap_blocks_count')).toBe(1);
+    expect(value('kv_epp_pool_queue_depth')).toBe(0);
+    expect(value('kv_epp_index_memberships')).toBeGreaterThanOrEqual(0);
   });
 
   it.each([
@@ -77,5 +99,40 @@ describe('kv-epp serve', () => {
     ],
   ])('fails start-up on %j naming the problem', async (args, msg) => {
     await expect(startServing(args, {}, new RecordingLogger())).rejects.toThrow(msg);
+  });
+});
+
+describe('kv-epp serve start-up failure', () => {
+  it('closes what it started when a port cannot be bound', async () => {
+    const first = await startServing(
+      [
+        '--endpoints-file',
+        join(ROOT, 'config/endpoints.default.yaml'),
+        '--secure-serving=false',
+        '--grpc-port=0',
+        '--grpc-health-port=0',
+        '--metrics-port=0',
+        '--host=127.0.0.1',
+      ],
+      { KV_EPP_POOL_SIZE: '0' },
+      new RecordingLogger(),
+    );
+    running.push(first);
+    // The metrics port is taken by `first`: start-up must fail and release the rest.
+    await expect(
+      startServing(
+        [
+          '--endpoints-file',
+          join(ROOT, 'config/endpoints.default.yaml'),
+          '--secure-serving=false',
+          '--grpc-port=0',
+          '--grpc-health-port=0',
+          `--metrics-port=${first.metrics.port}`,
+          '--host=127.0.0.1',
+        ],
+        { KV_EPP_POOL_SIZE: '0' },
+        new RecordingLogger(),
+      ),
+    ).rejects.toThrow();
   });
 });

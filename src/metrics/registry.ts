@@ -1,0 +1,190 @@
+/**
+ * kv-epp's Prometheus metrics: one prom-client Registry per EppMetrics, the
+ * GAIE EPP's metric names, types, labels and buckets (gaie-epp.md §3.3,
+ * `pkg/epp/metrics/metrics.go`, help strings prefixed `[ALPHA]`) plus
+ * kv-epp's own `kv_epp_*`. Callers see only the typed methods below; no
+ * prom-client type leaves this module except through `MetricsRegistry`,
+ * which only src/metrics/http.ts reads.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** The registry handle the metrics HTTP server renders (opaque to everyone else). */
+export interface MetricsRegistry {
+  readonly contentType: string;
+  metrics(): Promise<string>;
+}
+
+export interface MetricsSources {
+  /** InferencePool name, the `name` label of `inference_pool_*` ('' without one). */
+  poolName?: string | undefined;
+  /** Ready endpoints (`inference_pool_ready_pods`), read at scrape time. */
+  readyPods?: (() => number) | undefined;
+  /** Requests waiting for a tokenization worker (`kv_epp_pool_queue_depth`). */
+  queueDepth?: (() => number) | undefined;
+  /** Worker-block memberships in the prefix index (`kv_epp_index_memberships`). */
+  indexMemberships?: (() => number) | undefined;
+}
+
+/** GAIE's request latency buckets (0.005 s … 1 h). */
+const DURATION_BUCKETS = [
+  0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45,
+  60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+];
+const INPUT_TOKEN_BUCKETS = [
+  1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144,
+  524288, 1048576,
+];
+const OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
+/** GAIE's scheduler buckets (0.1 ms … 100 ms). */
+const SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+const TOKENIZATION_BUCKETS = [
+  0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1,
+];
+const BLOCK_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
+
+const MODEL_LABELS = ['model_name', 'target_model_name'] as const;
+
+/** Priority label value: kv-epp has no InferenceObjectives, so GAIE's default. */
+const DEFAULT_PRIORITY = '0';
+
+export class EppMetrics {
+  readonly registry: MetricsRegistry;
+  private readonly requests: Counter<'model_name' | 'target_model_name' | 'priority'>;
+  private readonly errors: Counter<'model_name' | 'target_model_name' | 'error_code'>;
+  private readonly duration: Histogram<'model_name' | 'target_model_name'>;
+  private readonly inputTokens: Histogram<'model_name' | 'target_model_name'>;
+  private readonly outputTokens: Histogram<'model_name' | 'target_model_name'>;
+  private readonly running: Gauge<'model_name'>;
+  private readonly schedulerE2e: Histogram;
+  private readonly overlapBlocks: Histogram;
+  private readonly tokenization: Histogram;
+
+  constructor(sources: MetricsSources = {}) {
+    const reg = new Registry();
+    this.registry = reg;
+    const registers = [reg];
+    this.requests = new Counter({
+      name: 'inference_objective_request_total',
+      help: '[ALPHA] Counter of inference objective requests broken out for each model and target model.',
+      labelNames: [...MODEL_LABELS, 'priority'],
+      registers,
+    });
+    this.errors = new Counter({
+      name: 'inference_objective_request_error_total',
+      help: '[ALPHA] Counter of inference objective requests errors broken out for each model and target model.',
+      labelNames: [...MODEL_LABELS, 'error_code'],
+      registers,
+    });
+    this.duration = new Histogram({
+      name: 'inference_objective_request_duration_seconds',
+      help: '[ALPHA] Inference objective response latency distribution in seconds for each model and target model.',
+      labelNames: MODEL_LABELS,
+      buckets: DURATION_BUCKETS,
+      registers,
+    });
+    this.inputTokens = new Histogram({
+      name: 'inference_objective_input_tokens',
+      help: '[ALPHA] Inference objective input token count distribution for requests in each model.',
+      labelNames: MODEL_LABELS,
+      buckets: INPUT_TOKEN_BUCKETS,
+      registers,
+    });
+    this.outputTokens = new Histogram({
+      name: 'inference_objective_output_tokens',
+      help: '[ALPHA] Inference objective output token count distribution for requests in each model.',
+      labelNames: MODEL_LABELS,
+      buckets: OUTPUT_TOKEN_BUCKETS,
+      registers,
+    });
+    this.running = new Gauge({
+      name: 'inference_objective_running_requests',
+      help: '[ALPHA] Inference objective number of running requests in each model.',
+      labelNames: ['model_name'],
+      registers,
+    });
+    this.schedulerE2e = new Histogram({
+      name: 'inference_extension_scheduler_e2e_duration_seconds',
+      help: '[ALPHA] End-to-end scheduling latency distribution in seconds.',
+      buckets: SCHEDULER_BUCKETS,
+      registers,
+    });
+    const poolName = sources.poolName ?? '';
+    const readyPods = sources.readyPods;
+    new Gauge({
+      name: 'inference_pool_ready_pods',
+      help: '[ALPHA] The number of ready pods in the inference server pool.',
+      labelNames: ['name'],
+      registers,
+      collect() {
+        if (readyPods) this.set({ name: poolName }, readyPods());
+      },
+    });
+    this.overlapBlocks = new Histogram({
+      name: 'kv_epp_prefix_overlap_blocks',
+      help: 'Cached prefix blocks (index overlap) of the endpoint each request was routed to.',
+      buckets: BLOCK_BUCKETS,
+      registers,
+    });
+    this.tokenization = new Histogram({
+      name: 'kv_epp_tokenization_seconds',
+      help: 'Time to tokenize, hash and score one request body against the prefix index, in seconds.',
+      buckets: TOKENIZATION_BUCKETS,
+      registers,
+    });
+    const queueDepth = sources.queueDepth;
+    new Gauge({
+      name: 'kv_epp_pool_queue_depth',
+      help: 'Requests waiting for a tokenization worker thread.',
+      registers,
+      collect() {
+        if (queueDepth) this.set(queueDepth());
+      },
+    });
+    const memberships = sources.indexMemberships;
+    new Gauge({
+      name: 'kv_epp_index_memberships',
+      help: 'Worker-block memberships held by the prefix index.',
+      registers,
+      collect() {
+        if (memberships) this.set(memberships());
+      },
+    });
+  }
+
+  /** A request was routed (its body processed successfully). */
+  requestStarted(model: string, target: string): void {
+    this.requests.inc({ model_name: model, target_model_name: target, priority: DEFAULT_PRIORITY });
+    this.running.inc({ model_name: model });
+  }
+
+  /** A routed request's response finished (or the stream ended); `seconds` since it arrived. */
+  requestFinished(model: string, target: string, seconds: number): void {
+    this.running.dec({ model_name: model });
+    this.duration.observe({ model_name: model, target_model_name: target }, seconds);
+  }
+
+  /** A request was answered with an error; `code` is the GAIE category (e.g. BadRequest). */
+  requestError(model: string, target: string, code: string): void {
+    this.errors.inc({ model_name: model, target_model_name: target, error_code: code });
+  }
+
+  observeInputTokens(model: string, target: string, tokens: number): void {
+    this.inputTokens.observe({ model_name: model, target_model_name: target }, tokens);
+  }
+
+  observeOutputTokens(model: string, target: string, tokens: number): void {
+    this.outputTokens.observe({ model_name: model, target_model_name: target }, tokens);
+  }
+
+  observeSchedulerSeconds(seconds: number): void {
+    this.schedulerE2e.observe(seconds);
+  }
+
+  observeTokenizationSeconds(seconds: number): void {
+    this.tokenization.observe(seconds);
+  }
+
+  observePrefixOverlapBlocks(blocks: number): void {
+    this.overlapBlocks.observe(blocks);
+  }
+}

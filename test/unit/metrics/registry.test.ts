@@ -1,0 +1,208 @@
+/**
+ * EppMetrics renders the GAIE EPP's metric names, types and labels plus
+ * kv-epp's own after simulated events; MetricsObserver turns router
+ * outcomes into those events.
+ */
+import { describe, expect, it } from 'vitest';
+import { parseEndpoints } from '../../../src/discovery/endpoints.js';
+import { KvEppError } from '../../../src/errors.js';
+import { MetricsObserver } from '../../../src/metrics/observer.js';
+import { EppMetrics } from '../../../src/metrics/registry.js';
+import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
+import type {
+  GatewayRequest,
+  RequestRouter,
+  RouteDecision,
+} from '../../../src/server/routing-types.js';
+
+/** The value of the sample `name{labels}` (labels in rendered order), or undefined. */
+function sample(text: string, series: string): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
+  }
+  return undefined;
+}
+
+function typeOf(text: string, name: string): string | undefined {
+  return new RegExp(`^# TYPE ${name} (\\w+)$`, 'm').exec(text)?.[1];
+}
+
+const ML = 'model_name="m",target_model_name="t"';
+
+describe('EppMetrics', () => {
+  it('renders GAIE names, types and labels after simulated events', async () => {
+    const m = new EppMetrics({
+      poolName: 'pool',
+      readyPods: () => 2,
+      queueDepth: () => 3,
+      indexMemberships: () => 42,
+    });
+    m.requestStarted('m', 't');
+    m.requestStarted('m', 't');
+    m.observeInputTokens('m', 't', 7);
+    m.observeOutputTokens('m', 't', 5);
+    m.requestFinished('m', 't', 0.25);
+    m.requestError('m', 't', 'BadRequest');
+    m.observeSchedulerSeconds(0.0003);
+    m.observeTokenizationSeconds(0.001);
+    m.observePrefixOverlapBlocks(4);
+    const text = await m.registry.metrics();
+    expect(m.registry.contentType).toMatch(/^text\/plain/);
+
+    for (const [name, type] of [
+      ['inference_objective_request_total', 'counter'],
+      ['inference_objective_request_error_total', 'counter'],
+      ['inference_objective_request_duration_seconds', 'histogram'],
+      ['inference_objective_input_tokens', 'histogram'],
+      ['inference_objective_output_tokens', 'histogram'],
+      ['inference_objective_running_requests', 'gauge'],
+      ['inference_pool_ready_pods', 'gauge'],
+      ['inference_extension_scheduler_e2e_duration_seconds', 'histogram'],
+      ['kv_epp_prefix_overlap_blocks', 'histogram'],
+      ['kv_epp_tokenization_seconds', 'histogram'],
+      ['kv_epp_pool_queue_depth', 'gauge'],
+      ['kv_epp_index_memberships', 'gauge'],
+    ]) {
+      expect(typeOf(text, name as string), name).toBe(type);
+    }
+    expect(text).toMatch(/^# HELP inference_objective_request_total \[ALPHA\] /m);
+    expect(sample(text, `inference_objective_request_total{${ML},priority="0"}`)).toBe(2);
+    expect(
+      sample(text, `inference_objective_request_error_total{${ML},error_code="BadRequest"}`),
+    ).toBe(1);
+    expect(sample(text, 'inference_objective_running_requests{model_name="m"}')).toBe(1);
+    expect(sample(text, `inference_objective_request_duration_seconds_sum{${ML}}`)).toBe(0.25);
+    expect(
+      sample(text, `inference_objective_request_duration_seconds_bucket{le="0.4",${ML}}`),
+    ).toBe(1);
+    expect(sample(text, `inference_objective_input_tokens_sum{${ML}}`)).toBe(7);
+    expect(sample(text, `inference_objective_output_tokens_count{${ML}}`)).toBe(1);
+    expect(sample(text, 'inference_pool_ready_pods{name="pool"}')).toBe(2);
+    expect(sample(text, 'inference_extension_scheduler_e2e_duration_seconds_count')).toBe(1);
+    expect(
+      sample(text, 'inference_extension_scheduler_e2e_duration_seconds_bucket{le="0.0005"}'),
+    ).toBe(1);
+    expect(sample(text, 'kv_epp_prefix_overlap_blocks_sum')).toBe(4);
+    expect(sample(text, 'kv_epp_tokenization_seconds_count')).toBe(1);
+    expect(sample(text, 'kv_epp_pool_queue_depth')).toBe(3);
+    expect(sample(text, 'kv_epp_index_memberships')).toBe(42);
+  });
+
+  it('keeps registries separate per instance', async () => {
+    const a = new EppMetrics();
+    const b = new EppMetrics();
+    a.requestStarted('m', 'm');
+    expect(await b.registry.metrics()).not.toContain('model_name="m"');
+  });
+});
+
+const [ep] = parseEndpoints(
+  { endpoints: [{ address: '127.0.0.2', port: 8001, name: 'a', workerId: '11', dpRank: 1 }] },
+  'test',
+);
+
+function req(body: unknown, headers: Record<string, string> = {}): GatewayRequest {
+  return {
+    headers: new Map(Object.entries(headers)),
+    path: '/v1/chat/completions',
+    method: 'POST',
+    body: new TextEncoder().encode(typeof body === 'string' ? body : JSON.stringify(body)),
+    requestId: 'r',
+  };
+}
+
+describe('MetricsObserver', () => {
+  it('counts routed requests, tokens, overlap, duration and errors', async () => {
+    let now = 1000;
+    const m = new EppMetrics();
+    const obs = new MetricsObserver(m, () => now);
+    const prep: RoutePrep = {
+      tokens: new Uint32Array(9),
+      localHashes: new BigUint64Array(2),
+      overlap: {
+        workers: [
+          { workerId: 11n, dpRank: 0 },
+          { workerId: 11n, dpRank: 1 },
+        ],
+        blocks: [1, 2],
+        treeSizes: [1, 2],
+      },
+    };
+    const inner: RequestRouter = {
+      route: async (r) => {
+        const body = JSON.parse(new TextDecoder().decode(r.body)) as { model: string };
+        if (body.model === 'bad') throw new KvEppError('no_endpoint', 'none');
+        const decision: RouteDecision = {
+          endpoints: [ep?.hostPort ?? ''],
+          setHeaders: {},
+          removeHeaders: [],
+          body: r.body,
+          clientModel: body.model,
+          targetModel: 't',
+        };
+        now += 2; // 2 ms of routing
+        obs.onRouted({ decision, prep, endpoint: ep as never, model: body.model });
+        return decision;
+      },
+      routeHeaderOnly: () => {
+        throw new KvEppError('no_endpoint', 'none');
+      },
+    };
+    const router = obs.router(inner);
+    const d = await router.route(req({ model: 'm' }));
+    let text = await m.registry.metrics();
+    expect(sample(text, `inference_objective_request_total{${ML},priority="0"}`)).toBe(1);
+    expect(sample(text, 'inference_objective_running_requests{model_name="m"}')).toBe(1);
+    expect(sample(text, `inference_objective_input_tokens_sum{${ML}}`)).toBe(9);
+    expect(sample(text, 'kv_epp_prefix_overlap_blocks_sum')).toBe(2);
+    expect(sample(text, 'inference_extension_scheduler_e2e_duration_seconds_sum')).toBe(0.002);
+
+    now += 498;
+    router.complete?.(d, { requestId: 'r', completionTokens: 11, status: 200 });
+    router.complete?.(d, { requestId: 'r', completionTokens: 11, status: 200 }); // once only
+    await expect(
+      router.route(req({ model: 'bad' }, { 'x-gateway-model-name-rewrite': 'x' })),
+    ).rejects.toThrow('none');
+    await expect(router.route(req('{not json'))).rejects.toThrow();
+    expect(() => router.routeHeaderOnly(req(''))).toThrow('none');
+
+    text = await m.registry.metrics();
+    expect(sample(text, 'inference_objective_running_requests{model_name="m"}')).toBe(0);
+    expect(sample(text, `inference_objective_request_duration_seconds_sum{${ML}}`)).toBe(0.5);
+    expect(sample(text, `inference_objective_request_duration_seconds_count{${ML}}`)).toBe(1);
+    expect(sample(text, `inference_objective_output_tokens_sum{${ML}}`)).toBe(11);
+    expect(
+      sample(
+        text,
+        'inference_objective_request_error_total{model_name="bad",target_model_name="x",error_code="ServiceUnavailable"}',
+      ),
+    ).toBe(1);
+    expect(
+      sample(
+        text,
+        'inference_objective_request_error_total{model_name="",target_model_name="",error_code="Internal"}',
+      ),
+    ).toBe(1); // the fake router's SyntaxError
+    expect(
+      sample(
+        text,
+        'inference_objective_request_error_total{model_name="",target_model_name="",error_code="ServiceUnavailable"}',
+      ),
+    ).toBe(1);
+  });
+
+  it('times the preparer', async () => {
+    let now = 0;
+    const m = new EppMetrics();
+    const obs = new MetricsObserver(m, () => now);
+    const p = obs.preparer({
+      prepare: async () => {
+        now += 3;
+        throw new KvEppError('invalid_request', 'x');
+      },
+    });
+    await expect(p.prepare(new Uint8Array(), 'chat', { blockSize: 16 })).rejects.toThrow('x');
+    const text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_tokenization_seconds_sum')).toBe(0.003);
+  });
+});
