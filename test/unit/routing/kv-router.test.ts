@@ -72,7 +72,7 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const headers = new Map([
       ['x-dynamo-worker-instance-id', '999'],
       ['x-dynamo-prefill-instance-id', '5'],
-      ['x-gateway-destination-endpoint', '10.9.9.9:1'],
+      ['x-gateway-destination-endpoint', '127.0.0.99:1'],
       ['x-gateway-destination-endpoint-subset', 'x'],
       ['content-type', 'application/json'],
     ]);

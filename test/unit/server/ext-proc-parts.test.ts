@@ -88,8 +88,8 @@ describe('subset hint and served endpoint metadata', () => {
   });
 
   it('reads the served endpoint', () => {
-    expect(readServedEndpoint({ filter_metadata: servedMetadata('10.0.0.1:8000') })).toBe(
-      '10.0.0.1:8000',
+    expect(readServedEndpoint({ filter_metadata: servedMetadata('127.0.0.21:8000') })).toBe(
+      '127.0.0.21:8000',
     );
     expect(readServedEndpoint({ filter_metadata: {} })).toBeUndefined();
   });
