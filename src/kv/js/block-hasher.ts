@@ -8,12 +8,13 @@
  */
 import { createXXHash3, type IHasher } from 'hash-wasm';
 import { KvEppError } from '../../errors.js';
+import { checkBlockSize } from '../block-size.js';
+
+
 import type { BlockHasher, HashOptions } from '../types.js';
 
 /** Seed of the chain hash and of local hashes without LoRA/namespace. */
 export const XXH3_SEED = 1337n;
-/** Largest accepted block size (same as the native core). */
-export const MAX_BLOCK_SIZE = 1024;
 
 const U64_MASK = (1n << 64n) - 1n;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
@@ -120,15 +121,6 @@ export function blockHashSeed(options?: HashOptions): bigint {
   if (options?.loraName) seed = (seed + xxh3_64(options.loraName, 0n)) & U64_MASK;
   if (options?.cacheNamespace) seed = (seed + xxh3_64(options.cacheNamespace, 1n)) & U64_MASK;
   return seed;
-}
-
-function checkBlockSize(blockSize: number): void {
-  if (!Number.isInteger(blockSize) || blockSize < 1 || blockSize > MAX_BLOCK_SIZE) {
-    throw new KvEppError(
-      'invalid_block_size',
-      `block size must be an integer in 1..=${MAX_BLOCK_SIZE}, got ${blockSize}`,
-    );
-  }
 }
 
 function bytesOf(a: BigUint64Array): Uint8Array {

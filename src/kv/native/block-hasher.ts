@@ -4,6 +4,7 @@
  * natively once and cached, so the hot call passes no strings.
  */
 import { KvEppError } from '../../errors.js';
+import { checkBlockSize } from '../block-size.js';
 import type { BlockHasher, HashOptions } from '../types.js';
 import { mapNativeError, type NativeBinding } from './binding.js';
 
@@ -70,15 +71,5 @@ export class NativeBlockHasher implements BlockHasher {
     const sequence = new BigUint64Array(n);
     this.sequenceHashesInto(local, n, sequence);
     return { local, sequence };
-  }
-}
-
-/** napi coerces non-integers silently, so the range is checked here first. */
-function checkBlockSize(blockSize: number): void {
-  if (!Number.isInteger(blockSize) || blockSize < 1 || blockSize > 1024) {
-    throw new KvEppError(
-      'invalid_block_size',
-      `block size must be an integer in 1..=1024, got ${blockSize}`,
-    );
   }
 }

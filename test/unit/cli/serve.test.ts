@@ -19,25 +19,26 @@ import {
 
 const ROOT = join(import.meta.dirname, '../../..');
 const running: Serving[] = [];
+/** The embedded default on ephemeral loopback ports; `extra` overrides. */
+function defaultArgs(...extra: string[]): string[] {
+  return [
+    '--endpoints-file',
+    join(ROOT, 'config/endpoints.default.yaml'),
+    '--secure-serving=false',
+    '--grpc-port=0',
+    '--grpc-health-port=0',
+    '--metrics-port=0',
+    '--host=127.0.0.1',
+    ...extra,
+  ];
+}
 afterAll(async () => {
   await Promise.all(running.map((s) => s.close()));
 });
 
 describe('kv-epp serve', () => {
   it('routes a chat request with the embedded default endpoints', async () => {
-    const s = await startServing(
-      [
-        '--endpoints-file',
-        join(ROOT, 'config/endpoints.default.yaml'),
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
-      { KV_EPP_POOL_SIZE: '0' },
-      new RecordingLogger(),
-    );
+    const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '0' }, new RecordingLogger());
     running.push(s);
     const client = new ExtProcClient(s.extProc.port);
     const body = JSON.stringify({
@@ -105,15 +106,7 @@ describe('kv-epp serve', () => {
 describe('kv-epp serve start-up failure', () => {
   it('closes what it started when a port cannot be bound', async () => {
     const first = await startServing(
-      [
-        '--endpoints-file',
-        join(ROOT, 'config/endpoints.default.yaml'),
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
+      defaultArgs(),
       { KV_EPP_POOL_SIZE: '0' },
       new RecordingLogger(),
     );
@@ -121,15 +114,7 @@ describe('kv-epp serve start-up failure', () => {
     // The metrics port is taken by `first`: start-up must fail and release the rest.
     await expect(
       startServing(
-        [
-          '--endpoints-file',
-          join(ROOT, 'config/endpoints.default.yaml'),
-          '--secure-serving=false',
-          '--grpc-port=0',
-          '--grpc-health-port=0',
-          `--metrics-port=${first.metrics.port}`,
-          '--host=127.0.0.1',
-        ],
+        defaultArgs(`--metrics-port=${first.metrics.port}`),
         { KV_EPP_POOL_SIZE: '0' },
         new RecordingLogger(),
       ),
