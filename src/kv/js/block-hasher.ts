@@ -10,7 +10,6 @@ import { createXXHash3, type IHasher } from 'hash-wasm';
 import { KvEppError } from '../../errors.js';
 import { checkBlockSize } from '../block-size.js';
 
-
 import type { BlockHasher, HashOptions } from '../types.js';
 
 /** Seed of the chain hash and of local hashes without LoRA/namespace. */
