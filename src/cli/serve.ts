@@ -20,12 +20,13 @@ import { MetricsObserver } from '../metrics/observer.js';
 import { EppMetrics } from '../metrics/registry.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
+import { CertReloader } from '../server/cert-reloader.js';
 import {
   type RunningServer,
   startExtProcServer,
   startHealthServer,
 } from '../server/grpc-server.js';
-import { certFromDir, type TlsOption } from '../server/tls.js';
+import type { TlsOption } from '../server/tls.js';
 import { preparerOptionsFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
 
@@ -149,12 +150,13 @@ export async function startServing(
   const isReady = () => endpoints.length > 0;
   let tls: TlsOption;
   if (options.secureServing)
-    tls = options.certPath ? await certFromDir(options.certPath) : 'self-signed';
+    tls = options.certPath ? await CertReloader.open(options.certPath, { log }) : 'self-signed';
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
   const started: Array<{ close(): Promise<void> }> = [];
-  const releaseAll = async () => {
-    await Promise.allSettled(started.map((x) => x.close()));
+  const releaseAll = async (): Promise<void> => {
+    await Promise.allSettled(started.splice(0).map((x) => x.close()));
+    if (tls instanceof CertReloader) tls.close();
     await preparer.close();
     path.tokenizer.dispose();
     path.index.dispose();
@@ -185,6 +187,7 @@ export async function startServing(
       host: options.host,
       registry: metrics.registry,
     });
+    started.push(metricsServer);
   } catch (e) {
     await releaseAll();
     throw e;
@@ -207,11 +210,6 @@ export async function startServing(
     extProc,
     health,
     metrics: metricsServer,
-    async close() {
-      await Promise.all([extProc.close(), health.close(), metricsServer.close()]);
-      await preparer.close();
-      path.tokenizer.dispose();
-      path.index.dispose();
-    },
+    close: releaseAll,
   };
 }

@@ -13,6 +13,7 @@ import {
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
+import { CertReloader } from './cert-reloader.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
 import { loadServices } from './ext-proc/proto.js';
 import { ExtProcStream } from './ext-proc/stream.js';
@@ -154,11 +155,17 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   opts.logger.info(
     {
       port,
-      tls: opts.tls === undefined ? 'off' : opts.tls === 'self-signed' ? 'self-signed' : 'on',
+      tls: tlsMode(opts.tls),
     },
     'ext_proc server listening',
   );
   return { port, certificate, close: closer(server) };
+}
+
+function tlsMode(tls: TlsOption): string {
+  if (tls === undefined) return 'off';
+  if (tls === 'self-signed') return 'self-signed';
+  return tls instanceof CertReloader ? `cert-path ${tls.dir} (reloaded on change)` : 'on';
 }
 
 /** Starts the plaintext health-only server (GAIE's `--grpc-health-port`). */

@@ -5,10 +5,9 @@
  * empty validation context, Istio's insecureSkipVerify). ALPN: grpc-js's
  * HTTP/2 server offers `h2`.
  */
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { ServerCredentials } from '@grpc/grpc-js';
+import { experimental, ServerCredentials } from '@grpc/grpc-js';
 import { generate } from 'selfsigned';
+import { CertReloader } from './cert-reloader.js';
 
 export interface CertKey {
   /** PEM certificate chain. */
@@ -17,7 +16,8 @@ export interface CertKey {
   key: string | Uint8Array;
 }
 
-export type TlsOption = CertKey | 'self-signed' | undefined;
+/** A fixed pair, one generated at start-up, a watched `--cert-path` directory, or plaintext. */
+export type TlsOption = CertKey | 'self-signed' | CertReloader | undefined;
 
 const TEN_YEARS_MS = 10 * 365 * 24 * 3600 * 1000;
 
@@ -48,15 +48,6 @@ export async function selfSignedCert(
   return { cert: pems.cert, key: pems.private };
 }
 
-/** `tls.crt` and `tls.key` from a directory (GAIE's `--cert-path`, a mounted Secret). */
-export async function certFromDir(dir: string): Promise<CertKey> {
-  const [cert, key] = await Promise.all([
-    readFile(join(dir, 'tls.crt'), 'utf8'),
-    readFile(join(dir, 'tls.key'), 'utf8'),
-  ]);
-  return { cert, key };
-}
-
 export interface ResolvedCredentials {
   credentials: ServerCredentials;
   /** The PEM certificate served, when TLS is on. */
@@ -65,6 +56,11 @@ export interface ResolvedCredentials {
 
 export async function serverCredentials(tls: TlsOption): Promise<ResolvedCredentials> {
   if (tls === undefined) return { credentials: ServerCredentials.createInsecure() };
+  if (tls instanceof CertReloader) {
+    // grpc-js passes its first argument on as the identity provider; no client CA.
+    const credentials = experimental.createCertificateProviderServerCredentials(tls, null, false);
+    return { credentials, certificate: tls.certificate };
+  }
   const pair = tls === 'self-signed' ? await selfSignedCert() : tls;
   const cert = Buffer.from(pair.cert);
   const credentials = ServerCredentials.createSsl(

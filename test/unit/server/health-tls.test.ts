@@ -20,7 +20,7 @@ import {
   startExtProcServer,
   startHealthServer,
 } from '../../../src/server/grpc-server.js';
-import { certFromDir, selfSignedCert } from '../../../src/server/tls.js';
+import { selfSignedCert } from '../../../src/server/tls.js';
 import {
   destinationOf,
   ExtProcClient,
@@ -160,18 +160,6 @@ describe('ext_proc server', () => {
     ready = false;
     expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(NOT_SERVING);
     expect(await check(c, 'liveness')).toBe(SERVING);
-  });
-
-  it('reads tls.crt and tls.key from a directory', async () => {
-    const pair = await selfSignedCert();
-    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-tls-'));
-    try {
-      writeFileSync(join(dir, 'tls.crt'), pair.cert);
-      writeFileSync(join(dir, 'tls.key'), pair.key);
-      expect(await certFromDir(dir)).toEqual(pair);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
   });
 
   it.each(['self-signed', 'given'] as const)(
