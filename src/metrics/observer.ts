@@ -10,7 +10,9 @@
  *    body parse, tokenization, scoring and picking); a rejection counts an
  *    error under the GAIE category the ext_proc layer answers with
  *    (classifyError: BadRequest, ServiceUnavailable, …). `complete()` ends
- *    the request: running − 1, duration since route() started, output tokens.
+ *    the request: running − 1, duration since route() started, output tokens,
+ *    and where the gateway says it was served (`x-gateway-destination-endpoint-served`
+ *    against the list sent: `kv_epp_served_endpoint_total{outcome}`).
  *
  * Errors raised by the ext_proc layer itself before routing (e.g. an
  * oversized body) are not counted here.
@@ -24,7 +26,7 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../server/routing-types.js';
-import type { EppMetrics } from './registry.js';
+import type { EppMetrics, ServedOutcome } from './registry.js';
 
 interface Routed {
   model: string;
@@ -129,11 +131,23 @@ export class MetricsObserver {
             if (summary.completionTokens !== undefined) {
               m.observeOutputTokens(r.model, r.target, summary.completionTokens);
             }
+            m.servedEndpoint(servedOutcome(decision.endpoints, summary.servedEndpoint));
           }
         }
       },
     };
   }
+}
+
+/** Where the gateway says it sent the request, relative to the list it was given. */
+export function servedOutcome(
+  endpoints: readonly string[],
+  served: string | undefined,
+): ServedOutcome {
+  if (served === undefined || served === '') return 'unreported';
+  const i = endpoints.indexOf(served);
+  if (i === 0) return 'primary';
+  return i > 0 ? 'fallback' : 'other';
 }
 
 /** Prefix depth the index reported for `endpoint` (0 when it holds none). */

@@ -8,6 +8,9 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** Where a finished request was served, relative to the endpoint list kv-epp sent. */
+export type ServedOutcome = 'primary' | 'fallback' | 'other' | 'unreported';
+
 /** The registry handle the metrics HTTP server renders (opaque to everyone else). */
 export interface MetricsRegistry {
   readonly contentType: string;
@@ -58,6 +61,7 @@ export class EppMetrics {
   private readonly schedulerE2e: Histogram;
   private readonly overlapBlocks: Histogram;
   private readonly tokenization: Histogram;
+  private readonly served: Counter<'outcome'>;
 
   constructor(sources: MetricsSources = {}) {
     const reg = new Registry();
@@ -131,6 +135,12 @@ export class EppMetrics {
       buckets: TOKENIZATION_BUCKETS,
       registers,
     });
+    this.served = new Counter({
+      name: 'kv_epp_served_endpoint_total',
+      help: 'Finished requests by the endpoint the gateway reported serving them (x-gateway-destination-endpoint-served): primary, fallback (a later entry of the list), other (not in the list) or unreported.',
+      labelNames: ['outcome'],
+      registers,
+    });
     const queueDepth = sources.queueDepth;
     new Gauge({
       name: 'kv_epp_pool_queue_depth',
@@ -186,5 +196,9 @@ export class EppMetrics {
 
   observePrefixOverlapBlocks(blocks: number): void {
     this.overlapBlocks.observe(blocks);
+  }
+
+  servedEndpoint(outcome: ServedOutcome): void {
+    this.served.inc({ outcome });
   }
 }

@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
-import { MetricsObserver } from '../../../src/metrics/observer.js';
+import { MetricsObserver, servedOutcome } from '../../../src/metrics/observer.js';
 import { EppMetrics } from '../../../src/metrics/registry.js';
 import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type {
@@ -158,7 +158,12 @@ describe('MetricsObserver', () => {
     expect(sample(text, 'inference_extension_scheduler_e2e_duration_seconds_sum')).toBe(0.002);
 
     now += 498;
-    router.complete?.(d, { requestId: 'r', completionTokens: 11, status: 200 });
+    router.complete?.(d, {
+      requestId: 'r',
+      completionTokens: 11,
+      status: 200,
+      servedEndpoint: ep?.hostPort,
+    });
     router.complete?.(d, { requestId: 'r', completionTokens: 11, status: 200 }); // once only
     await expect(
       router.route(req({ model: 'bad' }, { 'x-gateway-model-name-rewrite': 'x' })),
@@ -171,6 +176,7 @@ describe('MetricsObserver', () => {
     expect(sample(text, `inference_objective_request_duration_seconds_sum{${ML}}`)).toBe(0.5);
     expect(sample(text, `inference_objective_request_duration_seconds_count{${ML}}`)).toBe(1);
     expect(sample(text, `inference_objective_output_tokens_sum{${ML}}`)).toBe(11);
+    expect(sample(text, 'kv_epp_served_endpoint_total{outcome="primary"}')).toBe(1);
     expect(
       sample(
         text,
@@ -204,5 +210,16 @@ describe('MetricsObserver', () => {
     await expect(p.prepare(new Uint8Array(), 'chat', { blockSize: 16 })).rejects.toThrow('x');
     const text = await m.registry.metrics();
     expect(sample(text, 'kv_epp_tokenization_seconds_sum')).toBe(0.003);
+  });
+});
+
+describe('servedOutcome', () => {
+  it('places the served endpoint in the list kv-epp sent', () => {
+    const list = ['127.0.0.2:8000', '127.0.0.3:8000'];
+    expect(servedOutcome(list, '127.0.0.2:8000')).toBe('primary');
+    expect(servedOutcome(list, '127.0.0.3:8000')).toBe('fallback');
+    expect(servedOutcome(list, '127.0.0.4:8000')).toBe('other');
+    expect(servedOutcome(list, undefined)).toBe('unreported');
+    expect(servedOutcome(list, '')).toBe('unreported');
   });
 });
