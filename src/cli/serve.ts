@@ -173,6 +173,7 @@ export async function startServing(
       maxBodyBytes: options.maxBodyBytes,
       logger: log,
       isReady,
+      onLocalReject: (category) => metrics.requestError('', '', category),
     });
     started.push(extProc);
     health = await startHealthServer({

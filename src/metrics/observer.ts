@@ -14,8 +14,8 @@
  *    and where the gateway says it was served (`x-gateway-destination-endpoint-served`
  *    against the list sent: `kv_epp_served_endpoint_total{outcome}`).
  *
- * Errors raised by the ext_proc layer itself before routing (e.g. an
- * oversized body) are not counted here.
+ * Errors the ext_proc layer raises before routing (an oversized body) are
+ * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
  */
 import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
 import type { RoutedRequest } from '../routing/kv-router.js';

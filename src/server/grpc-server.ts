@@ -45,6 +45,8 @@ export interface ExtProcServerOptions {
   isReady?: (() => boolean) | undefined;
   retryAfterSeconds?: number | undefined;
   maxResponseBufferBytes?: number | undefined;
+  /** See ExtProcStreamOptions.onLocalReject. */
+  onLocalReject?: ((category: string) => void) | undefined;
 }
 
 export interface HealthServerOptions {
@@ -102,6 +104,7 @@ function processHandler(opts: ExtProcServerOptions): (call: ProcessCall) => void
     maxBodyBytes: opts.maxBodyBytes,
     retryAfterSeconds: opts.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS,
     maxResponseBufferBytes: opts.maxResponseBufferBytes ?? DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+    onLocalReject: opts.onLocalReject,
   };
   return (call) => {
     let open = true;

@@ -58,6 +58,12 @@ export interface ExtProcStreamOptions {
    * model rewrite; past it the body is passed through untouched.
    */
   maxResponseBufferBytes: number;
+  /**
+   * Called with the error category (`PayloadTooLarge` for a 413; see immediate.ts)
+   * when the stream answers an error the router never saw (an oversized body), so
+   * metrics can count it; router errors are reported by the router's observer.
+   */
+  onLocalReject?: ((category: string) => void) | undefined;
 }
 
 /** A message the stream cannot accept: ends the stream with `code`. */
@@ -237,7 +243,7 @@ export class ExtProcStream {
     }
     const declared = contentLength(this.headers.get(CONTENT_LENGTH));
     if (declared > this.opts.maxBodyBytes) {
-      this.reject(this.tooLarge(declared));
+      this.rejectLocally(this.tooLarge(declared));
       return undefined;
     }
     this.reqBody = new BodyBuffer(declared);
@@ -258,7 +264,7 @@ export class ExtProcStream {
     const buf = this.reqBody as BodyBuffer;
     if (chunk && chunk.length > 0) {
       if (buf.length + chunk.length > this.opts.maxBodyBytes) {
-        this.reject(this.tooLarge(buf.length + chunk.length));
+        this.rejectLocally(this.tooLarge(buf.length + chunk.length));
         return undefined;
       }
       buf.append(chunk);
@@ -446,6 +452,12 @@ export class ExtProcStream {
   }
 
   // --- endings ---
+
+  /** `reject` for an error raised here rather than by the router (which reports its own). */
+  private rejectLocally(err: unknown): void {
+    this.opts.onLocalReject?.(classifyError(err).category);
+    this.reject(err);
+  }
 
   /** Answers the request with an error (ImmediateResponse) and ends the stream. */
   private reject(err: unknown): void {

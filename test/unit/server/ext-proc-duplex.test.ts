@@ -35,6 +35,8 @@ let router: FakeRouter;
 let logger: RecordingLogger;
 let server: RunningServer;
 let client: ExtProcClient;
+/** Categories reported through onLocalReject. */
+const localRejects: string[] = [];
 
 beforeAll(async () => {
   logger = new RecordingLogger();
@@ -44,6 +46,7 @@ beforeAll(async () => {
     router: slot,
     maxBodyBytes: MAX_BODY,
     logger,
+    onLocalReject: (c) => localRejects.push(c),
   });
   client = new ExtProcClient(server.port);
 });
@@ -55,6 +58,7 @@ afterAll(async () => {
 
 beforeEach(() => {
   router = slot.reset();
+  localRejects.length = 0;
 });
 
 const baseHeaders = {
@@ -283,6 +287,7 @@ describe('errors', () => {
     expect(text(responses[0]?.immediate_response?.body)).toBe(
       'inference error: ServiceUnavailable - no ready endpoint',
     );
+    expect(localRejects).toEqual([]); // the router's observer counts its own errors
   });
 
   it('answers 413 as soon as content-length exceeds the limit', async () => {
@@ -295,6 +300,7 @@ describe('errors', () => {
       `inference error: PayloadTooLarge - request body of ${MAX_BODY + 1} bytes exceeds the limit of ${MAX_BODY} bytes`,
     );
     expect(router.routed).toHaveLength(0);
+    expect(localRejects).toEqual(['PayloadTooLarge']);
   });
 
   it('answers 413 when the chunks outgrow the limit', async () => {
@@ -305,6 +311,7 @@ describe('errors', () => {
     expect(responses).toHaveLength(1);
     expect(responses[0]?.immediate_response?.status.code).toBe(413);
     expect(router.routed).toHaveLength(0);
+    expect(localRejects).toEqual(['PayloadTooLarge']);
   });
 
   it('a 503 when the router names no endpoint', async () => {
