@@ -29,7 +29,8 @@ function emptyReport(): EventApplyReport {
 
 class ScriptedApplier implements EventApplier {
   readonly backend = 'js' as const;
-  readonly seen: Array<{ codec: EventCodec; first: number; ctx?: EventSourceContext }> = [];
+  readonly seen: Array<{ codec: EventCodec; first: number; ctx?: EventSourceContext | undefined }> =
+    [];
   readonly forgotten: bigint[] = [];
   constructor(
     private readonly reportFor: (payload: Uint8Array) => EventApplyReport = emptyReport,
