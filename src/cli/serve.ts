@@ -34,7 +34,9 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--secure-serving=true|false] [--cert-path DIR] [--config-file FILE.yaml]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
-                    [--kv-events=true|false] [--fallbacks N] [--backend auto|native|js]`;
+                    [--kv-events=true|false] [--fallbacks N] [--backend auto|native|js]
+                    [--router-ttl-secs 120] [--router-max-tree-size 1048576]
+                    [--router-prune-target-ratio 0.8]`;
 
 export interface Serving {
   options: ServeOptions;
@@ -89,6 +91,9 @@ export async function startServing(
         'fallbacks',
         'backend',
         'max-body-bytes',
+        'router-ttl-secs',
+        'router-max-tree-size',
+        'router-prune-target-ratio',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -144,6 +149,11 @@ export async function startServing(
       fallbacks: options.fallbacks,
       // Without KV events (nothing consumes them yet), predict cache state from routing.
       approximate: true,
+      approx: {
+        ttlMs: options.ttlSecs * 1000,
+        maxTreeSize: options.maxTreeSize,
+        pruneTargetRatio: options.pruneTargetRatio,
+      },
     },
   );
   const router = observer.router(kvRouter);
@@ -154,6 +164,16 @@ export async function startServing(
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
   const started: Array<{ close(): Promise<void> }> = [];
+  // Approximate mode: expire routed blocks without waiting for traffic.
+  const upkeep = setInterval(() => {
+    try {
+      kvRouter.maintain();
+    } catch (e) {
+      log.warn({ err: (e as Error).message }, 'approximate-mode expiry failed');
+    }
+  }, 1000);
+  upkeep.unref();
+  started.push({ close: async () => clearInterval(upkeep) });
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));
     if (tls instanceof CertReloader) tls.close();

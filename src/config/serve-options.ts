@@ -25,6 +25,12 @@ export interface ServeOptions {
   chatTemplateFile?: string | undefined;
   blockSize: number;
   useKvEvents: boolean;
+  /** Approximate mode (`useKvEvents` false): block TTL in seconds (Dynamo `router_ttl_secs`). */
+  ttlSecs: number;
+  /** Approximate mode: memberships above which pruning starts (`router_max_tree_size`). */
+  maxTreeSize: number;
+  /** Approximate mode: prune down to this fraction of `maxTreeSize` (`router_prune_target_ratio`). */
+  pruneTargetRatio: number;
   backend: BackendChoice;
   fallbacks: number;
   maxBodyBytes: number;
@@ -41,6 +47,16 @@ function int(v: unknown, field: string, min: number, max: number): number {
   const n = typeof v === 'string' && /^\s*-?\d+\s*$/.test(v) ? Number(v) : v;
   if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) {
     fail(field, `expected an integer in ${min}..=${max}, got ${JSON.stringify(v)}`);
+  }
+  return n as number;
+}
+
+/** A finite decimal number (`120`, `0.5`, `1e3`) with `ok` checking its range. */
+function num(v: unknown, field: string, expected: string, ok: (n: number) => boolean): number {
+  const n =
+    typeof v === 'string' && /^\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?\s*$/i.test(v) ? Number(v) : v;
+  if (typeof n !== 'number' || !Number.isFinite(n) || !ok(n)) {
+    fail(field, `expected ${expected}, got ${JSON.stringify(v)}`);
   }
   return n as number;
 }
@@ -68,7 +84,14 @@ function pick(...sources: Array<[unknown, string]>): [unknown, string] | undefin
 const FILE_SCHEMA: Record<string, Set<string>> = {
   '': new Set(['model', 'router', 'server', 'endpoints']),
   model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
-  router: new Set(['useKvEvents', 'fallbacks', 'backend']),
+  router: new Set([
+    'useKvEvents',
+    'fallbacks',
+    'backend',
+    'ttlSecs',
+    'maxTreeSize',
+    'pruneTargetRatio',
+  ]),
   server: new Set([
     'grpcPort',
     'grpcHealthPort',
@@ -177,6 +200,28 @@ export function resolveServeOptions(
       [env.DYN_ROUTER_USE_KV_EVENTS, 'DYN_ROUTER_USE_KV_EVENTS'],
       [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
       file('router', 'useKvEvents'),
+    ),
+    ttlSecs: get(
+      (v, field) => num(v, field, 'a number of seconds > 0', (n) => n > 0),
+      120,
+      [flags['router-ttl-secs'], '--router-ttl-secs'],
+      [env.DYN_ROUTER_TTL_SECS, 'DYN_ROUTER_TTL_SECS'],
+      [env.DYN_ROUTER_TTL, 'DYN_ROUTER_TTL'],
+      file('router', 'ttlSecs'),
+    ),
+    maxTreeSize: get(
+      (v, field) => int(v, field, 1, 2 ** 31 - 1),
+      2 ** 20,
+      [flags['router-max-tree-size'], '--router-max-tree-size'],
+      [env.DYN_ROUTER_MAX_TREE_SIZE, 'DYN_ROUTER_MAX_TREE_SIZE'],
+      file('router', 'maxTreeSize'),
+    ),
+    pruneTargetRatio: get(
+      (v, field) => num(v, field, 'a ratio in (0, 1]', (n) => n > 0 && n <= 1),
+      0.8,
+      [flags['router-prune-target-ratio'], '--router-prune-target-ratio'],
+      [env.DYN_ROUTER_PRUNE_TARGET_RATIO, 'DYN_ROUTER_PRUNE_TARGET_RATIO'],
+      file('router', 'pruneTargetRatio'),
     ),
     backend,
     fallbacks: get(

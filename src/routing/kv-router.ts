@@ -8,11 +8,19 @@
  *
  * Approximate mode (no KV events): after each decision the request's blocks
  * are recorded for the chosen worker, keyed by their sequence hashes, so the
- * next request with the same prefix finds them. (TTL and size pruning come
- * with the event plane.) Pure: no I/O.
+ * next request with the same prefix finds them. They expire `ttlMs` after the
+ * last decision that routed them and are pruned oldest first above the size
+ * cap, as Dynamo's pruning indexer does (src/kv/approx/prune-tracker.ts);
+ * `maintain(nowMs)` runs expiry without traffic. Pure: no I/O.
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import { KvEppError } from '../errors.js';
+import {
+  DEFAULT_PRUNE_SETTINGS,
+  type PruneResult,
+  type PruneSettings,
+  PruneTracker,
+} from '../kv/approx/prune-tracker.js';
 import type { BlockHasher, KvIndex } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
 import { apiOfPath, spliceRequestBody } from '../openai/request-body.js';
@@ -31,6 +39,11 @@ export interface KvRouterSettings {
   fallbacks: number;
   /** Record routed prefixes in the index (no KV events). */
   approximate: boolean;
+  /**
+   * Approximate mode's TTL and size cap (Dynamo's `PruneConfig`); defaults:
+   * 120 s, 2^20 memberships, prune to 0.8 of the cap.
+   */
+  approx?: PruneSettings | undefined;
   /** Stop scoring once one holder remains. */
   earlyExit?: boolean | undefined;
 }
@@ -43,6 +56,8 @@ export interface KvRouterDeps {
   log: Logger;
   /** Observes every routed request (metrics). */
   onRouted?: ((r: RoutedRequest) => void) | undefined;
+  /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
+  now?: (() => number) | undefined;
 }
 
 /** What `onRouted` sees of a request routed by `route()`. */
@@ -64,11 +79,27 @@ function badRequest(msg: string): KvEppError {
 export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
   private readonly byDecision = new WeakMap<RouteDecision, string>();
+  /** Approximate mode's block lifetimes; absent when KV events drive the index. */
+  private readonly approx: PruneTracker | undefined;
+  private readonly now: () => number;
 
   constructor(
     private readonly deps: KvRouterDeps,
     private readonly settings: KvRouterSettings,
-  ) {}
+  ) {
+    this.now = deps.now ?? (() => performance.now());
+    this.approx = settings.approximate
+      ? new PruneTracker(deps.index, settings.approx ?? DEFAULT_PRUNE_SETTINGS)
+      : undefined;
+  }
+
+  /**
+   * Approximate-mode upkeep for the server to call periodically: removes the
+   * blocks whose TTL ran out (and prunes above the size cap). No-op otherwise.
+   */
+  maintain(nowMs: number = this.now()): PruneResult {
+    return this.approx?.maintain(nowMs) ?? { expired: 0, pruned: 0 };
+  }
 
   /** Requests in flight on an endpoint (`host:port`). */
   load(hostPort: string): number {
@@ -183,13 +214,20 @@ export class KvRouter implements RequestRouter {
       target,
     });
     const primary = chosen[0] as Endpoint;
-    if (prep && this.settings.approximate && prep.localHashes.length > 0) {
-      const sequence = new BigUint64Array(prep.localHashes.length);
-      this.deps.hasher.sequenceHashesInto(prep.localHashes, prep.localHashes.length, sequence);
-      this.deps.index.applyStored({ workerId: primary.workerId, dpRank: primary.dpRank }, null, {
+    if (prep && this.approx && prep.localHashes.length > 0) {
+      const n = prep.localHashes.length;
+      const sequence = new BigUint64Array(n);
+      this.deps.hasher.sequenceHashesInto(prep.localHashes, n, sequence);
+      const worker = { workerId: primary.workerId, dpRank: primary.dpRank };
+      // Expire first, so a block due now and routed again is stored and tracked afresh.
+      const now = this.now();
+      this.approx.expire(now);
+      const outcome = this.deps.index.applyStored(worker, null, {
         localHashes: prep.localHashes,
         externalHashes: sequence,
       });
+      // Dynamo tracks the blocks only when the Stored event applied; then prunes above the cap.
+      if (outcome === 'ok') this.approx.record(worker, sequence, now, n);
     }
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
     return decision;

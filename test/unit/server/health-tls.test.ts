@@ -1,10 +1,3 @@
-/**
- * grpc.health.v1 on the health port and the ext_proc port, and TLS on the
- * ext_proc port (self-signed and given certificates, ALPN h2).
- */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect } from 'node:tls';
 import {
   type Client,

@@ -1,0 +1,243 @@
+/**
+ * Approximate mode's TTL + size-cap pruning (src/kv/approx/prune-tracker.ts)
+ * against both index backends. Blocks are stored the way KvRouter stores them:
+ * local hashes with their sequence hashes as external hashes, parent none.
+ * Time is an explicit number: nothing here reads a clock.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { type PruneSettings, PruneTracker } from '../../../src/kv/approx/prune-tracker.js';
+import { createBlockHasher, createKvIndex } from '../../../src/kv/factory.js';
+import type { Backend, BlockHasher, KvIndex, WorkerRank } from '../../../src/kv/types.js';
+
+const W1: WorkerRank = { workerId: 1n, dpRank: 0 };
+const W2: WorkerRank = { workerId: 2n, dpRank: 0 };
+const u64s = (xs: readonly bigint[]) => BigUint64Array.from(xs);
+
+describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (backend) => {
+  let index: KvIndex;
+  let hasher: BlockHasher;
+
+  afterEach(() => index.dispose());
+
+  async function setup(settings: Partial<PruneSettings> = {}) {
+    index = await createKvIndex(backend);
+    hasher = await createBlockHasher(backend);
+    expect(index.backend).toBe(backend);
+    const tracker = new PruneTracker(index, {
+      ttlMs: 1000,
+      maxTreeSize: 1 << 20,
+      pruneTargetRatio: 0.8,
+      ...settings,
+    });
+    const seqOf = (locals: readonly bigint[]) => {
+      const seq = new BigUint64Array(locals.length);
+      hasher.sequenceHashesInto(u64s(locals), locals.length, seq);
+      return seq;
+    };
+    /** What KvRouter does after a decision: store, then track (and prune). */
+    const route = (worker: WorkerRank, locals: readonly bigint[], now: number) => {
+      const seq = seqOf(locals);
+      expect(
+        index.applyStored(worker, null, { localHashes: u64s(locals), externalHashes: seq }),
+      ).toBe('ok');
+      return tracker.record(worker, seq, now);
+    };
+    /** Prefix depth per worker id for a query, e.g. `{ 1: 2 }`. */
+    const depths = (locals: readonly bigint[]) => {
+      const s = index.findMatches(u64s(locals), false);
+      return Object.fromEntries(s.workers.map((w, i) => [String(w.workerId), s.blocks[i]]));
+    };
+    const memberships = () => index.stats().memberships;
+    return { tracker, route, depths, memberships, seqOf };
+  }
+
+  it('expires exactly the blocks whose TTL ran out, and overlap drops with them', async () => {
+    const { tracker, route, depths, memberships } = await setup();
+    route(W1, [1n, 2n, 3n, 4n], 0);
+    // Same first two blocks routed again to W1 at 500: their TTL restarts.
+    route(W1, [1n, 2n, 5n], 500);
+    route(W2, [1n, 2n, 3n, 4n], 500);
+    expect(memberships()).toBe(9);
+    expect(tracker.size).toBe(9);
+
+    expect(tracker.expire(999)).toBe(0);
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 4, 2: 4 });
+
+    // Expiry is due at now >= expiry (Dynamo's `expiry <= now`): W1's blocks 3, 4 only.
+    expect(tracker.expire(1000)).toBe(2);
+    expect(memberships()).toBe(7);
+    expect(tracker.size).toBe(7);
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 2, 2: 4 });
+    expect(depths([1n, 2n, 5n])).toEqual({ 1: 3, 2: 2 });
+    expect(index.stats().counters.blockNotFound).toBe(0);
+
+    expect(tracker.expire(1499)).toBe(0);
+    expect(tracker.expire(1500)).toBe(7);
+    expect(memberships()).toBe(0);
+    expect(tracker.size).toBe(0);
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({});
+    expect(tracker.nextExpiry()).toBeUndefined();
+  });
+
+  it('extends a block’s life each time it is routed again', async () => {
+    const { tracker, route, depths } = await setup();
+    route(W1, [1n, 2n, 3n], 0);
+    route(W1, [1n, 2n, 3n], 900);
+    expect(tracker.size).toBe(3);
+    expect(tracker.nextExpiry()).toBe(1900);
+    expect(tracker.maintain(1000)).toEqual({ expired: 0, pruned: 0 });
+    expect(depths([1n, 2n, 3n])).toEqual({ 1: 3 });
+    expect(tracker.maintain(1899).expired).toBe(0);
+    expect(tracker.maintain(1900)).toEqual({ expired: 3, pruned: 0 });
+    expect(depths([1n, 2n, 3n])).toEqual({});
+  });
+
+  it('prunes the whole tree down to floor(cap × ratio) once above the cap, oldest first', async () => {
+    // Dynamo's test_approx_indexer_e2e_pruning, with cap 10 and ratio 0.5.
+    const { tracker, route, depths, memberships } = await setup({
+      ttlMs: 60_000,
+      maxTreeSize: 10,
+      pruneTargetRatio: 0.5,
+    });
+    for (let i = 0; i < 10; i++) expect(route(W1, [100n + BigInt(i)], i)).toBe(0);
+    expect(memberships()).toBe(10); // at the cap, not above it: nothing pruned
+    expect(route(W1, [110n], 10)).toBe(6); // 11 > 10 → down to 5
+    expect(memberships()).toBe(5);
+    expect(tracker.size).toBe(5);
+    for (let i = 0; i <= 10; i++) {
+      expect(depths([100n + BigInt(i)])).toEqual(i < 6 ? {} : { 1: 1 });
+    }
+  });
+
+  it('counts memberships of every worker against one cap', async () => {
+    const { route, depths, memberships } = await setup({
+      maxTreeSize: 5,
+      pruneTargetRatio: 0.6,
+    });
+    route(W1, [1n, 2n, 3n], 0);
+    expect(route(W2, [1n, 2n, 3n], 1)).toBe(3); // 6 > 5 → down to 3: all of W1's, the oldest
+    expect(memberships()).toBe(3);
+    expect(depths([1n, 2n, 3n])).toEqual({ 2: 3 });
+  });
+
+  it('prunes the deeper blocks of a decision first, leaving a usable prefix', async () => {
+    const { route, depths, memberships } = await setup({ maxTreeSize: 4, pruneTargetRatio: 0.75 });
+    route(W1, [1n, 2n, 3n], 0);
+    expect(route(W1, [7n, 8n], 1)).toBe(2); // 5 > 4 → down to 3: blocks 3 and 2 of the first
+    expect(memberships()).toBe(3);
+    expect(depths([1n, 2n, 3n])).toEqual({ 1: 1 });
+    expect(depths([7n, 8n])).toEqual({ 1: 2 });
+    expect(index.stats().counters.blockNotFound).toBe(0);
+  });
+
+  it('moves a re-routed block to the back of the pruning order', async () => {
+    // Dynamo's test_prune_manager_prune_reinsertion_updates_position.
+    const { route, depths } = await setup({
+      ttlMs: 10_000,
+      maxTreeSize: 10,
+      pruneTargetRatio: 0.4,
+    });
+    for (let i = 1; i <= 10; i++) route(W1, [BigInt(i)], i);
+    route(W1, [1n], 11); // refreshed: now the newest
+    expect(route(W1, [11n], 12)).toBe(7); // 11 > 10 → down to 4
+    const kept = [1n, 2n, 3n, 4n, 5n, 6n, 7n, 8n, 9n, 10n, 11n].filter((l) => depths([l])[1] === 1);
+    expect(kept).toEqual([1n, 9n, 10n, 11n]);
+  });
+
+  it('removing a prefix block cuts the holder’s overlap there; later removals are harmless', async () => {
+    const { tracker, route, depths, memberships, seqOf } = await setup();
+    route(W1, [1n, 2n, 3n, 4n], 0);
+    route(W1, [1n, 2n, 5n, 6n], 0);
+    route(W2, [1n, 2n, 3n, 4n], 0);
+    // Something else (an engine eviction, in event mode) removes W1's second block.
+    const seqA = seqOf([1n, 2n, 3n, 4n]);
+    expect(index.applyRemoved(W1, seqA.subarray(1, 2))).toBe('ok');
+    // Dynamo scores the contiguous prefix only: W1 stops before the removed block,
+    // on every branch below it; W2 is untouched.
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 1, 2: 4 });
+    expect(depths([1n, 2n, 5n, 6n])).toEqual({ 1: 1, 2: 2 });
+    const before = index.stats().counters.blockNotFound;
+    // The tracker still holds W1's descendants; expiring them must not throw and must
+    // leave nothing behind.
+    expect(tracker.expire(1000)).toBe(10);
+    expect(memberships()).toBe(0);
+    expect(tracker.size).toBe(0);
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({});
+    // The one Removed event for W1 named hashes the index no longer had (Dynamo: BlockNotFound).
+    expect(index.stats().counters.blockNotFound).toBe(before + 1);
+  });
+
+  it('a removed prefix block with no other holder detaches the branches below (cascade)', async () => {
+    const { tracker, route, depths, memberships, seqOf } = await setup();
+    route(W1, [1n, 2n, 3n, 4n], 0);
+    route(W1, [1n, 2n, 5n, 6n], 0);
+    expect(index.applyRemoved(W1, seqOf([1n, 2n]).subarray(1, 2))).toBe('ok');
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 1 });
+    expect(depths([1n, 2n, 5n, 6n])).toEqual({ 1: 1 });
+    // A new decision for the same prefix re-stores the whole chain and refreshes it.
+    route(W1, [1n, 2n, 3n, 4n], 400);
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 4 });
+    expect(tracker.expire(1000)).toBe(2); // blocks 5, 6 of the other branch
+    expect(depths([1n, 2n, 3n, 4n])).toEqual({ 1: 4 });
+    expect(tracker.expire(1400)).toBe(4);
+    expect(memberships()).toBe(0);
+    expect(tracker.size).toBe(0);
+  });
+
+  it('forgets a holder that was cleared, issuing no removals for it', async () => {
+    const { tracker, route, depths } = await setup();
+    route(W1, [1n, 2n], 0);
+    route({ workerId: 1n, dpRank: 1 }, [1n, 2n], 0);
+    route(W2, [1n, 2n], 0);
+    index.clear(W1);
+    tracker.forgetHolder(W1);
+    expect(tracker.size).toBe(4);
+    tracker.forgetWorker(2n);
+    index.removeWorker(2n);
+    expect(tracker.size).toBe(2);
+    // W1 is routed again: its fresh entries are tracked, the forgotten ones stay forgotten.
+    route(W1, [1n, 2n], 500);
+    expect(tracker.expire(1000)).toBe(2);
+    expect(depths([1n, 2n])).toEqual({ 1: 2 });
+    expect(tracker.expire(1500)).toBe(2);
+    expect(index.stats()).toMatchObject({ memberships: 0, counters: { blockNotFound: 0 } });
+  });
+
+  it('keeps memory bounded under refresh churn and long prompts', async () => {
+    const cap = 4200;
+    const { tracker, route, memberships } = await setup({
+      ttlMs: 1_000_000,
+      maxTreeSize: cap,
+      pruneTargetRatio: 0.96, // target 4032: room for the newest decision
+    });
+    // A shared 4 000-block system prompt plus a short distinct tail, over and over:
+    // the prompt is refreshed each time (stale queue slots), tails pile up to the cap.
+    const prompt = Array.from({ length: 4000 }, (_, i) => BigInt(i + 1));
+    let maxQueued = 0;
+    let pruned = 0;
+    for (let i = 0; i < 200; i++) {
+      const tail = [BigInt(1_000_000 + 2 * i), BigInt(1_000_001 + 2 * i)];
+      pruned += route(W1, [...prompt, ...tail], i);
+      expect(tracker.size).toBeLessThanOrEqual(cap);
+      expect(memberships()).toBeLessThanOrEqual(tracker.size);
+      maxQueued = Math.max(maxQueued, tracker.queued);
+    }
+    // Queue slots (live + stale) stay within 4 × (live + one decision), whatever the churn.
+    expect(maxQueued).toBeLessThan(4 * (cap + 4002));
+    expect(pruned).toBeGreaterThan(0);
+    // The newest decision survives whole.
+    expect(index.findMatches(u64s([...prompt, 1_000_398n, 1_000_399n]), false).blocks).toEqual([
+      4002,
+    ]);
+  });
+
+  it('rejects settings outside Dynamo’s ranges', async () => {
+    index = await createKvIndex(backend);
+    const ok = { ttlMs: 1, maxTreeSize: 1, pruneTargetRatio: 1 };
+    expect(() => new PruneTracker(index, ok)).not.toThrow();
+    expect(() => new PruneTracker(index, { ...ok, ttlMs: 0 })).toThrow(RangeError);
+    expect(() => new PruneTracker(index, { ...ok, maxTreeSize: 1.5 })).toThrow(RangeError);
+    expect(() => new PruneTracker(index, { ...ok, pruneTargetRatio: 0 })).toThrow(RangeError);
+    expect(() => new PruneTracker(index, { ...ok, pruneTargetRatio: 1.01 })).toThrow(RangeError);
+  });
+});
