@@ -36,7 +36,11 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
                     [--kv-events=true|false] [--fallbacks N] [--backend auto|native|js]
                     [--router-ttl-secs 120] [--router-max-tree-size 1048576]
-                    [--router-prune-target-ratio 0.8]`;
+                    [--router-prune-target-ratio 0.8] [--max-queued-requests 1024]
+                    [--max-requests-per-endpoint 0] [--retry-after-seconds 1]
+                    [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
+                    [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
+                    [--max-queued-events 65536]`;
 
 export interface Serving {
   options: ServeOptions;
@@ -94,6 +98,15 @@ export async function startServing(
         'router-ttl-secs',
         'router-max-tree-size',
         'router-prune-target-ratio',
+        'max-queued-requests',
+        'max-requests-per-endpoint',
+        'retry-after-seconds',
+        'nats-server',
+        'namespace',
+        'component',
+        'kv-events-subject',
+        'durable-kv-events',
+        'max-queued-events',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -143,16 +156,21 @@ export async function startServing(
       hasher: path.hasher,
       log,
       onRouted: observer.onRouted,
+      pendingPrepare: () => preparer.queueDepth,
     },
     {
       blockSize: options.blockSize,
       fallbacks: options.fallbacks,
-      // Without KV events (nothing consumes them yet), predict cache state from routing.
-      approximate: true,
+      // Without KV events, predict cache state from routing decisions.
+      approximate: !options.useKvEvents,
       approx: {
         ttlMs: options.ttlSecs * 1000,
         maxTreeSize: options.maxTreeSize,
         pruneTargetRatio: options.pruneTargetRatio,
+      },
+      admission: {
+        maxPendingPrepare: options.maxQueuedRequests,
+        maxInFlightPerEndpoint: options.maxRequestsPerEndpoint,
       },
     },
   );
@@ -193,6 +211,7 @@ export async function startServing(
       maxBodyBytes: options.maxBodyBytes,
       logger: log,
       isReady,
+      retryAfterSeconds: options.retryAfterSeconds,
       onLocalReject: (category) => metrics.requestError('', '', category),
     });
     started.push(extProc);

@@ -34,6 +34,29 @@ export interface ServeOptions {
   backend: BackendChoice;
   fallbacks: number;
   maxBodyBytes: number;
+  /** Requests waiting for tokenization at which new ones get 429; 0 = no limit. */
+  maxQueuedRequests: number;
+  /** Requests in flight at which an endpoint is busy (all busy → 429); 0 = off. */
+  maxRequestsPerEndpoint: number;
+  /** `retry-after` on 429 answers, in seconds. */
+  retryAfterSeconds: number;
+  /** KV event sources (used when `useKvEvents`). */
+  events: EventOptions;
+}
+
+export interface EventOptions {
+  /** Dynamo's event plane over NATS: `nats://host:port` (Dynamo's `NATS_SERVER`). */
+  natsServer?: string | undefined;
+  /** Dynamo namespace (`DYN_NAMESPACE`), for the default subject and JetStream names. */
+  namespace: string;
+  /** Dynamo component (JetStream stream and snapshot bucket names). */
+  component: string;
+  /** NATS subjects carrying KV events; default every component/endpoint of the namespace. */
+  subjects: string[];
+  /** JetStream durable consumer + snapshot instead of core NATS (`DYN_ROUTER_DURABLE_KV_EVENTS`). */
+  durable: boolean;
+  /** Bound on messages waiting to be applied (beyond: dropped and counted). */
+  maxQueuedMessages: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -82,7 +105,15 @@ function pick(...sources: Array<[unknown, string]>): [unknown, string] | undefin
 }
 
 const FILE_SCHEMA: Record<string, Set<string>> = {
-  '': new Set(['model', 'router', 'server', 'endpoints']),
+  '': new Set(['model', 'router', 'server', 'endpoints', 'events']),
+  events: new Set([
+    'natsServer',
+    'namespace',
+    'component',
+    'subjects',
+    'durable',
+    'maxQueuedMessages',
+  ]),
   model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
   router: new Set([
     'useKvEvents',
@@ -91,6 +122,9 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'ttlSecs',
     'maxTreeSize',
     'pruneTargetRatio',
+    'maxQueuedRequests',
+    'maxRequestsPerEndpoint',
+    'retryAfterSeconds',
   ]),
   server: new Set([
     'grpcPort',
@@ -151,6 +185,26 @@ export function resolveServeOptions(
     [env.KV_EPP_BACKEND, 'KV_EPP_BACKEND'],
     file('router', 'backend'),
   );
+  const events = eventOptions(flags, env, file, get);
+  // KV events by default when a source is configured (Dynamo's default is
+  // events on; without a source that would be an index nothing ever fills).
+  const useKvEvents = get(
+    (v, field) => {
+      const on = bool(v, field);
+      if (on && events.natsServer === undefined) {
+        fail(
+          field,
+          'KV events need a source: set --nats-server (NATS_SERVER) or turn events off for approximate routing',
+        );
+      }
+      return on;
+    },
+    events.natsServer !== undefined,
+    [flags['kv-events'], '--kv-events'],
+    [env.DYN_ROUTER_USE_KV_EVENTS, 'DYN_ROUTER_USE_KV_EVENTS'],
+    [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
+    file('router', 'useKvEvents'),
+  );
   return {
     host: get(str, '0.0.0.0', [flags.host, '--host'], file('server', 'host')),
     grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
@@ -193,14 +247,7 @@ export function resolveServeOptions(
       [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
       file('model', 'blockSize'),
     ),
-    useKvEvents: get(
-      bool,
-      true,
-      [flags['kv-events'], '--kv-events'],
-      [env.DYN_ROUTER_USE_KV_EVENTS, 'DYN_ROUTER_USE_KV_EVENTS'],
-      [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
-      file('router', 'useKvEvents'),
-    ),
+    useKvEvents,
     ttlSecs: get(
       (v, field) => num(v, field, 'a number of seconds > 0', (n) => n > 0),
       120,
@@ -235,6 +282,98 @@ export function resolveServeOptions(
       64 * 1024 * 1024,
       [flags['max-body-bytes'], '--max-body-bytes'],
       file('server', 'maxBodyBytes'),
+    ),
+    maxQueuedRequests: get(
+      (v, field) => int(v, field, 0, 2 ** 31 - 1),
+      1024,
+      [flags['max-queued-requests'], '--max-queued-requests'],
+      [env.KV_EPP_MAX_QUEUED_REQUESTS, 'KV_EPP_MAX_QUEUED_REQUESTS'],
+      file('router', 'maxQueuedRequests'),
+    ),
+    maxRequestsPerEndpoint: get(
+      (v, field) => int(v, field, 0, 2 ** 31 - 1),
+      0,
+      [flags['max-requests-per-endpoint'], '--max-requests-per-endpoint'],
+      [env.KV_EPP_MAX_REQUESTS_PER_ENDPOINT, 'KV_EPP_MAX_REQUESTS_PER_ENDPOINT'],
+      file('router', 'maxRequestsPerEndpoint'),
+    ),
+    retryAfterSeconds: get(
+      (v, field) => int(v, field, 0, 3600),
+      1,
+      [flags['retry-after-seconds'], '--retry-after-seconds'],
+      file('router', 'retryAfterSeconds'),
+    ),
+    events,
+  };
+}
+
+type Getter = <T>(
+  conv: (v: unknown, field: string) => T,
+  dflt: T,
+  ...src: Array<[unknown, string]>
+) => T;
+
+function eventOptions(
+  flags: Flags,
+  env: Env,
+  file: (sec: string, key: string) => [unknown, string],
+  get: Getter,
+): EventOptions {
+  const namespace = get(
+    (v, field) => {
+      const s = str(v, field);
+      if (!/^[A-Za-z0-9_-]+$/.test(s)) fail(field, `expected letters, digits, _ or -, got ${s}`);
+      return s;
+    },
+    'dynamo',
+    [flags.namespace, '--namespace'],
+    [env.DYN_NAMESPACE, 'DYN_NAMESPACE'],
+    file('events', 'namespace'),
+  );
+  const subjects = get(
+    (v, field) => {
+      const list = typeof v === 'string' ? v.split(',').map((x) => x.trim()) : v;
+      if (!Array.isArray(list) || list.length === 0) fail(field, 'expected a list of subjects');
+      return (list as unknown[]).map((x, i) => {
+        if (typeof x !== 'string' || !/^[^\s]+$/.test(x))
+          fail(`${field}[${i}]`, 'expected a subject');
+        return x as string;
+      });
+    },
+    [`namespace.${namespace}.component.*.endpoint.*.kv-events`],
+    [flags['kv-events-subject'], '--kv-events-subject'],
+    file('events', 'subjects'),
+  );
+  return {
+    natsServer: get(
+      (v, field) => {
+        const s = str(v, field);
+        for (const u of s.split(',')) {
+          if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$/.test(u.trim()) && !/^[^\s:/]+:\d+$/.test(u.trim()))
+            fail(field, `expected nats://host:port, got ${u}`);
+        }
+        return s;
+      },
+      undefined,
+      [flags['nats-server'], '--nats-server'],
+      [env.NATS_SERVER, 'NATS_SERVER'],
+      file('events', 'natsServer'),
+    ),
+    namespace,
+    component: get(str, 'backend', [flags.component, '--component'], file('events', 'component')),
+    subjects,
+    durable: get(
+      bool,
+      false,
+      [flags['durable-kv-events'], '--durable-kv-events'],
+      [env.DYN_ROUTER_DURABLE_KV_EVENTS, 'DYN_ROUTER_DURABLE_KV_EVENTS'],
+      file('events', 'durable'),
+    ),
+    maxQueuedMessages: get(
+      (v, field) => int(v, field, 1, 2 ** 31 - 1),
+      65_536,
+      [flags['max-queued-events'], '--max-queued-events'],
+      file('events', 'maxQueuedMessages'),
     ),
   };
 }

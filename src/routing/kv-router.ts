@@ -15,6 +15,7 @@
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import { KvEppError } from '../errors.js';
+import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import {
   DEFAULT_PRUNE_SETTINGS,
   type PruneResult,
@@ -46,6 +47,8 @@ export interface KvRouterSettings {
   approx?: PruneSettings | undefined;
   /** Stop scoring once one holder remains. */
   earlyExit?: boolean | undefined;
+  /** Load shedding (429); default off. */
+  admission?: AdmissionSettings | undefined;
 }
 
 export interface KvRouterDeps {
@@ -56,6 +59,8 @@ export interface KvRouterDeps {
   log: Logger;
   /** Observes every routed request (metrics). */
   onRouted?: ((r: RoutedRequest) => void) | undefined;
+  /** Requests waiting for tokenization (for `admission.maxPendingPrepare`). */
+  pendingPrepare?: (() => number) | undefined;
   /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
   now?: (() => number) | undefined;
 }
@@ -150,8 +155,19 @@ export class KvRouter implements RequestRouter {
     return decision;
   }
 
+  private get admission(): AdmissionSettings {
+    return this.settings.admission ?? NO_SHEDDING;
+  }
+
+  /** Candidates that are not busy (429 when all are). */
+  private available(endpoints: readonly Endpoint[]): Endpoint[] {
+    return notBusy(endpoints, (e) => this.load(e.hostPort), this.admission);
+  }
+
   routeHeaderOnly(req: GatewayRequest): RouteDecision {
-    const c = candidatesFor(this.candidates(req), undefined, (e) => this.load(e.hostPort));
+    const c = candidatesFor(this.available(this.candidates(req)), undefined, (e) =>
+      this.load(e.hostPort),
+    );
     return this.decide(
       req,
       rank(c, 1 + this.settings.fallbacks).map((x) => x.endpoint),
@@ -190,16 +206,19 @@ export class KvRouter implements RequestRouter {
     const rewrite = req.headers.get('x-gateway-model-name-rewrite');
     const target =
       rewrite !== undefined && rewrite !== '' && rewrite !== model ? rewrite : undefined;
-    const endpoints = this.candidates(req);
-
+    // Subset and busy checks before tokenizing: 503/429 cost nothing.
+    this.available(this.candidates(req));
     let prep: RoutePrep | undefined;
     if (api === 'chat' || api === 'completions') {
+      admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
       prep = await this.deps.preparer.prepare(req.body, api, {
         blockSize: this.settings.blockSize,
         cacheNamespace: req.headers.get('x-tenant-id'),
         earlyExit: this.settings.earlyExit,
       });
     }
+    // Again after tokenizing: endpoints and loads may have changed meanwhile.
+    const endpoints = this.available(this.candidates(req));
     const ranked = rank(
       candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort)),
       1 + this.settings.fallbacks,

@@ -10,10 +10,58 @@ describe('resolveServeOptions', () => {
       metricsPort: 9090,
       secureServing: true,
       blockSize: 16,
-      useKvEvents: true,
+      // No event source configured: approximate routing.
+      useKvEvents: false,
       tokenizer: 'o200k_base',
       fallbacks: 0,
+      maxQueuedRequests: 1024,
+      maxRequestsPerEndpoint: 0,
+      retryAfterSeconds: 1,
+      events: {
+        namespace: 'dynamo',
+        component: 'backend',
+        subjects: ['namespace.dynamo.component.*.endpoint.*.kv-events'],
+        durable: false,
+        maxQueuedMessages: 65_536,
+      },
     });
+  });
+
+  it('turns KV events on when a NATS server is given (Dynamo names)', () => {
+    const o = resolveServeOptions(
+      {},
+      { NATS_SERVER: 'nats://127.0.0.1:4222', DYN_NAMESPACE: 'ns1' },
+    );
+    expect(o.useKvEvents).toBe(true);
+    expect(o.events).toMatchObject({
+      natsServer: 'nats://127.0.0.1:4222',
+      namespace: 'ns1',
+      subjects: ['namespace.ns1.component.*.endpoint.*.kv-events'],
+    });
+    const off = resolveServeOptions(
+      { 'kv-events': 'false' },
+      { NATS_SERVER: 'nats://127.0.0.1:4222' },
+    );
+    expect(off.useKvEvents).toBe(false);
+    const durable = resolveServeOptions(
+      { 'kv-events-subject': 'a.kv-events,b.kv-events' },
+      { NATS_SERVER: '127.0.0.1:4222', DYN_ROUTER_DURABLE_KV_EVENTS: 'true' },
+      { events: { component: 'worker' } },
+    );
+    expect(durable.events).toMatchObject({
+      subjects: ['a.kv-events', 'b.kv-events'],
+      durable: true,
+      component: 'worker',
+    });
+  });
+
+  it('reads the shedding limits', () => {
+    const o = resolveServeOptions(
+      { 'max-requests-per-endpoint': '8' },
+      { KV_EPP_MAX_QUEUED_REQUESTS: '0' },
+      { router: { retryAfterSeconds: 5 } },
+    );
+    expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
   });
 
   it('takes flags over DYN_* environment over the file', () => {
@@ -21,6 +69,7 @@ describe('resolveServeOptions', () => {
       model: { blockSize: 32 },
       server: { secureServing: true },
       router: { useKvEvents: true },
+      events: { natsServer: 'nats://127.0.0.1:4222' },
     };
     const env = {
       DYN_KV_CACHE_BLOCK_SIZE: '64',
@@ -56,6 +105,22 @@ describe('resolveServeOptions', () => {
     [{}, {}, { router: { colour: 1 } }, 'cfg.yaml: router.colour: unknown key'],
     [{}, {}, { extra: 1 }, 'cfg.yaml: extra: unknown key'],
     [{ backend: 'gpu' }, {}, undefined, '--backend: expected auto, native or js'],
+    [
+      { 'kv-events': 'true' },
+      {},
+      undefined,
+      '--kv-events: KV events need a source: set --nats-server',
+    ],
+    [{}, { NATS_SERVER: 'http://x' }, undefined, 'NATS_SERVER: expected nats://host:port'],
+    [{}, { DYN_NAMESPACE: 'a.b' }, undefined, 'DYN_NAMESPACE: expected letters'],
+    [{}, {}, { events: { durable: 'x' } }, 'cfg.yaml: events.durable: expected true or false'],
+    [{}, {}, { events: { topic: 'x' } }, 'cfg.yaml: events.topic: unknown key'],
+    [
+      { 'max-queued-requests': '-1' },
+      {},
+      undefined,
+      '--max-queued-requests: expected an integer in 0..',
+    ],
   ])('names the field: %j %j %j', (flags, env, file, msg) => {
     expect(() => resolveServeOptions(flags, env, file, 'cfg.yaml')).toThrow(msg);
   });

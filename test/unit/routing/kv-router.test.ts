@@ -4,6 +4,7 @@ import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
 import { type Preparer, prepareRouteInline } from '../../../src/pipeline/route-prep.js';
+import type { AdmissionSettings } from '../../../src/routing/admission.js';
 import { KvRouter } from '../../../src/routing/kv-router.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
 
@@ -31,10 +32,17 @@ function req(body: unknown, extra: Partial<GatewayRequest> = {}): GatewayRequest
 const chat = (text: string) => ({ model: 'm', messages: [{ role: 'user', content: text }] });
 const long = 'The quick brown fox jumps over the lazy dog. '.repeat(40);
 
-async function router(backend: Backend) {
+async function router(
+  backend: Backend,
+  extra: { admission?: AdmissionSettings; pendingPrepare?: () => number } = {},
+) {
   const path = await createHotPath({ source: 'o200k_base' }, backend);
+  let prepared = 0;
   const preparer: Preparer = {
-    prepare: async (body, api, settings) => prepareRouteInline(path, body, api, settings),
+    prepare: async (body, api, settings) => {
+      prepared++;
+      return prepareRouteInline(path, body, api, settings);
+    },
   };
   const r = new KvRouter(
     {
@@ -43,10 +51,11 @@ async function router(backend: Backend) {
       index: path.index,
       hasher: path.hasher,
       log: stderrLogger,
+      pendingPrepare: extra.pendingPrepare,
     },
-    { blockSize: 16, fallbacks: 1, approximate: true },
+    { blockSize: 16, fallbacks: 1, approximate: true, admission: extra.admission },
   );
-  return { r, path };
+  return { r, path, prepared: () => prepared };
 }
 
 describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
@@ -133,5 +142,46 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const h = r.routeHeaderOnly(req('', { path: '/v1/models', method: 'GET' }));
     expect(h.endpoints[0]).not.toBe(busy.endpoints[0]);
     expect(h.setHeaders['x-dynamo-routing-mode']).toBe('aggregated');
+  });
+
+  it('sheds with overloaded (429) when every candidate is busy, and skips busy endpoints', async () => {
+    const { r, path, prepared } = await router(backend, {
+      admission: { maxPendingPrepare: 0, maxInFlightPerEndpoint: 1 },
+    });
+    const first = await r.route(req(chat(long)));
+    expect(first.endpoints[0]).toBe('127.0.0.2:8001');
+    // `a` holds the prefix but is at its limit: the request goes to `b`.
+    const second = await r.route(req(chat(long)));
+    expect(second.endpoints).toEqual(['127.0.0.3:8001']);
+    const before = prepared();
+    await expect(r.route(req(chat(long)))).rejects.toMatchObject({
+      code: 'overloaded',
+      message: expect.stringContaining('all 2 candidate endpoints are busy'),
+    });
+    expect(prepared()).toBe(before); // shed before tokenizing
+    expect(() => r.routeHeaderOnly(req('', { path: '/v1/models', method: 'GET' }))).toThrow(/busy/);
+    // An empty subset is still "no endpoint" (503), not overload.
+    await expect(r.route(req(chat('x'), { subset: ['127.0.0.9:1'] }))).rejects.toMatchObject({
+      code: 'no_endpoint',
+    });
+    r.complete(first, { requestId: 'r1' });
+    expect((await r.route(req(chat(long)))).endpoints[0]).toBe('127.0.0.2:8001');
+    path.index.dispose();
+  });
+
+  it('sheds when the tokenization queue is full', async () => {
+    let pending = 5;
+    const { r, path, prepared } = await router(backend, {
+      admission: { maxPendingPrepare: 5, maxInFlightPerEndpoint: 0 },
+      pendingPrepare: () => pending,
+    });
+    await expect(r.route(req(chat('hi')))).rejects.toMatchObject({
+      code: 'overloaded',
+      message: expect.stringContaining('5 requests are waiting for tokenization (limit 5)'),
+    });
+    expect(prepared()).toBe(0);
+    pending = 4;
+    expect((await r.route(req(chat('hi')))).endpoints).toHaveLength(2);
+    path.index.dispose();
   });
 });
