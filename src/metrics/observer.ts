@@ -17,6 +17,8 @@
  * Errors the ext_proc layer raises before routing (an oversized body) are
  * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
  */
+import type { EventObserver } from '../events/ingest.js';
+import type { EventApplyReport } from '../events/types.js';
 import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
 import type { RoutedRequest } from '../routing/kv-router.js';
 import { classifyError } from '../server/ext-proc/immediate.js';
@@ -160,4 +162,27 @@ function overlapOf(prep: RoutePrep, endpoint: RoutedRequest['endpoint']): number
     }
   }
   return 0;
+}
+
+/** EventIngest's observer: KV-event metrics. */
+export function eventMetricsObserver(metrics: EppMetrics): EventObserver {
+  return {
+    applied(r: EventApplyReport, lagMs: number | undefined) {
+      metrics.eventMessage(
+        {
+          applied: r.applied,
+          blocksStored: r.blocksStored,
+          blocksRemoved: r.blocksRemoved,
+          rejected: r.rejected,
+          gaps: r.gaps.length,
+          publisherGap: r.publisherGap !== null,
+          resets: r.resets.length,
+        },
+        lagMs === undefined ? undefined : lagMs / 1000,
+      );
+    },
+    dropped(messages: number) {
+      metrics.eventsDroppedInc(messages);
+    },
+  };
 }

@@ -26,6 +26,21 @@ export interface MetricsSources {
   queueDepth?: (() => number) | undefined;
   /** Worker-block memberships in the prefix index (`kv_epp_index_memberships`). */
   indexMemberships?: (() => number) | undefined;
+  /** Blocks each known (worker, dp rank) holds in the index (`kv_epp_index_worker_blocks`). */
+  workerBlocks?: (() => Array<{ workerId: bigint; dpRank: number; blocks: number }>) | undefined;
+  /** KV event messages waiting to be applied (`kv_epp_events_queued`). */
+  eventsQueued?: (() => number) | undefined;
+}
+
+/** What one applied KV-event message contributes to the event metrics. */
+export interface EventCounts {
+  applied: { stored: number; removed: number; cleared: number };
+  blocksStored: number;
+  blocksRemoved: number;
+  rejected: Partial<Record<string, number>>;
+  gaps: number;
+  publisherGap: boolean;
+  resets: number;
 }
 
 /** GAIE's request latency buckets (0.005 s … 1 h). */
@@ -40,6 +55,8 @@ const INPUT_TOKEN_BUCKETS = [
 const OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
 /** GAIE's scheduler buckets (0.1 ms … 100 ms). */
 const SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+/** Event lag buckets (1 ms … 30 s). */
+const LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const TOKENIZATION_BUCKETS = [
   0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1,
 ];
@@ -62,6 +79,14 @@ export class EppMetrics {
   private readonly overlapBlocks: Histogram;
   private readonly tokenization: Histogram;
   private readonly served: Counter<'outcome'>;
+  private readonly eventsApplied: Counter<'kind'>;
+  private readonly eventBlocks: Counter<'op'>;
+  private readonly eventsRejected: Counter<'reason'>;
+  private readonly eventGaps: Counter<'kind'>;
+  private readonly eventResets: Counter;
+  private readonly eventsDropped: Counter;
+  private readonly eventMessages: Counter;
+  private readonly eventLag: Histogram;
 
   constructor(sources: MetricsSources = {}) {
     const reg = new Registry();
@@ -141,6 +166,74 @@ export class EppMetrics {
       labelNames: ['outcome'],
       registers,
     });
+    this.eventMessages = new Counter({
+      name: 'kv_epp_events_messages_total',
+      help: 'KV event messages (NATS/ZMQ/JetStream) decoded and applied.',
+      registers,
+    });
+    this.eventsApplied = new Counter({
+      name: 'kv_epp_events_applied_total',
+      help: 'KV events applied to the prefix index, by kind (stored, removed, cleared).',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.eventBlocks = new Counter({
+      name: 'kv_epp_events_blocks_total',
+      help: 'Blocks carried by applied KV events, by operation (stored, removed).',
+      labelNames: ['op'],
+      registers,
+    });
+    this.eventsRejected = new Counter({
+      name: 'kv_epp_events_rejected_total',
+      help: 'KV events not applied, by reason (malformed, unknown_variant, block_size_mismatch, partial_block (blocks), parent_not_found, block_not_found, invalid_block_sequence, no_worker, duplicate).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.eventGaps = new Counter({
+      name: 'kv_epp_events_gaps_total',
+      help: 'Lost KV events detected: event_id (a worker skipped ids) or publisher (an envelope sequence skipped).',
+      labelNames: ['kind'],
+      registers,
+    });
+    this.eventResets = new Counter({
+      name: 'kv_epp_events_stream_resets_total',
+      help: 'Worker event streams that restarted (ids back at the start); the worker was cleared.',
+      registers,
+    });
+    this.eventsDropped = new Counter({
+      name: 'kv_epp_events_dropped_total',
+      help: 'KV event messages dropped because the apply queue was full.',
+      registers,
+    });
+    this.eventLag = new Histogram({
+      name: 'kv_epp_events_lag_seconds',
+      help: 'Time from a KV event message being published (envelope published_at) to it being applied.',
+      buckets: LAG_BUCKETS,
+      registers,
+    });
+    const eventsQueued = sources.eventsQueued;
+    new Gauge({
+      name: 'kv_epp_events_queued',
+      help: 'KV event messages waiting to be applied.',
+      registers,
+      collect() {
+        if (eventsQueued) this.set(eventsQueued());
+      },
+    });
+    const workerBlocks = sources.workerBlocks;
+    new Gauge({
+      name: 'kv_epp_index_worker_blocks',
+      help: 'Blocks each worker (and dp rank) holds in the prefix index.',
+      labelNames: ['worker_id', 'dp_rank'],
+      registers,
+      collect() {
+        if (!workerBlocks) return;
+        this.reset();
+        for (const w of workerBlocks()) {
+          this.set({ worker_id: w.workerId.toString(), dp_rank: String(w.dpRank) }, w.blocks);
+        }
+      },
+    });
     const queueDepth = sources.queueDepth;
     new Gauge({
       name: 'kv_epp_pool_queue_depth',
@@ -196,6 +289,27 @@ export class EppMetrics {
 
   observePrefixOverlapBlocks(blocks: number): void {
     this.overlapBlocks.observe(blocks);
+  }
+
+  /** One applied KV-event message; `lagSeconds` when it carried a publish time. */
+  eventMessage(c: EventCounts, lagSeconds: number | undefined): void {
+    this.eventMessages.inc();
+    for (const kind of ['stored', 'removed', 'cleared'] as const) {
+      if (c.applied[kind] > 0) this.eventsApplied.inc({ kind }, c.applied[kind]);
+    }
+    if (c.blocksStored > 0) this.eventBlocks.inc({ op: 'stored' }, c.blocksStored);
+    if (c.blocksRemoved > 0) this.eventBlocks.inc({ op: 'removed' }, c.blocksRemoved);
+    for (const [reason, n] of Object.entries(c.rejected)) {
+      if (n !== undefined && n > 0) this.eventsRejected.inc({ reason }, n);
+    }
+    if (c.gaps > 0) this.eventGaps.inc({ kind: 'event_id' }, c.gaps);
+    if (c.publisherGap) this.eventGaps.inc({ kind: 'publisher' });
+    if (c.resets > 0) this.eventResets.inc(c.resets);
+    if (lagSeconds !== undefined) this.eventLag.observe(lagSeconds);
+  }
+
+  eventsDroppedInc(messages: number): void {
+    this.eventsDropped.inc(messages);
   }
 
   servedEndpoint(outcome: ServedOutcome): void {

@@ -6,7 +6,11 @@
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
-import { MetricsObserver, servedOutcome } from '../../../src/metrics/observer.js';
+import {
+  eventMetricsObserver,
+  MetricsObserver,
+  servedOutcome,
+} from '../../../src/metrics/observer.js';
 import { EppMetrics } from '../../../src/metrics/registry.js';
 import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type {
@@ -221,5 +225,48 @@ describe('servedOutcome', () => {
     expect(servedOutcome(list, '127.0.0.4:8000')).toBe('other');
     expect(servedOutcome(list, undefined)).toBe('unreported');
     expect(servedOutcome(list, '')).toBe('unreported');
+  });
+});
+
+describe('KV event metrics', () => {
+  it('counts applied messages, kinds, blocks, rejections, gaps, resets, drops and lag', async () => {
+    const m = new EppMetrics({
+      workerBlocks: () => [{ workerId: 18446744073709551615n, dpRank: 1, blocks: 7 }],
+      eventsQueued: () => 3,
+    });
+    const obs = eventMetricsObserver(m);
+    obs.applied(
+      {
+        envelope: { publisherId: 1n, sequence: 5n, publishedAtMs: 0 },
+        publisherGap: { publisherId: 1n, expected: 4n, got: 5n },
+        applied: { stored: 2, removed: 1, cleared: 0 },
+        blocksStored: 9,
+        blocksRemoved: 3,
+        rejected: { block_size_mismatch: 1, malformed: 0 },
+        gaps: [{ workerId: 1n, dpRank: 0, expected: 2n, got: 4n }],
+        resets: [{ workerId: 1n, dpRank: 0 }],
+        blockSizeMismatches: [],
+        workers: [],
+      },
+      25,
+    );
+    obs.dropped(2);
+    const text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_events_messages_total')).toBe(1);
+    expect(sample(text, 'kv_epp_events_applied_total{kind="stored"}')).toBe(2);
+    expect(sample(text, 'kv_epp_events_applied_total{kind="removed"}')).toBe(1);
+    expect(sample(text, 'kv_epp_events_blocks_total{op="stored"}')).toBe(9);
+    expect(sample(text, 'kv_epp_events_blocks_total{op="removed"}')).toBe(3);
+    expect(sample(text, 'kv_epp_events_rejected_total{reason="block_size_mismatch"}')).toBe(1);
+    expect(sample(text, 'kv_epp_events_rejected_total{reason="malformed"}')).toBeUndefined();
+    expect(sample(text, 'kv_epp_events_gaps_total{kind="event_id"}')).toBe(1);
+    expect(sample(text, 'kv_epp_events_gaps_total{kind="publisher"}')).toBe(1);
+    expect(sample(text, 'kv_epp_events_stream_resets_total')).toBe(1);
+    expect(sample(text, 'kv_epp_events_dropped_total')).toBe(2);
+    expect(sample(text, 'kv_epp_events_lag_seconds_sum')).toBe(0.025);
+    expect(sample(text, 'kv_epp_events_queued')).toBe(3);
+    expect(
+      sample(text, 'kv_epp_index_worker_blocks{worker_id="18446744073709551615",dp_rank="1"}'),
+    ).toBe(7);
   });
 });

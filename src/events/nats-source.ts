@@ -1,0 +1,96 @@
+/**
+ * Dynamo's event plane over core NATS (Dynamo 1.6's default): subscribes to
+ * the workers' `…kv-events` subjects and hands every message, as raw bytes,
+ * to the ingest queue. Adapter module: the only place the event path touches
+ * NATS.
+ *
+ * - Subjects: `namespace.<ns>.component.<comp>.endpoint.<ep>.kv-events`
+ *   (Dynamo 1.6.1, observed on the wire); the default subscribes to every
+ *   component and endpoint of the namespace with wildcards.
+ * - Codec per message: Dynamo 1.6's two-layer msgpack envelope, or the JSON
+ *   `RouterEvent` form (`DYN_EVENT_PLANE_CODEC=json`, older releases), told
+ *   apart by the first byte (a JSON object/array starts with `{`/`[`, which
+ *   no msgpack map/array does).
+ * - Reconnects forever (core NATS has no replay: events published while
+ *   disconnected are lost and show up as event-id gaps).
+ */
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import type { Logger } from '../log/logger.js';
+import type { EventIngest } from './ingest.js';
+import type { EventCodec } from './types.js';
+
+export interface NatsEventSourceOptions {
+  /** `nats://host:port` (Dynamo's `NATS_SERVER`); several comma-separated. */
+  servers: string;
+  /** Subjects to subscribe to (wildcards allowed). */
+  subjects: readonly string[];
+  ingest: EventIngest;
+  log: Logger;
+  /** Connection name shown by the server; default `kv-epp`. */
+  name?: string | undefined;
+}
+
+export interface NatsEventSource {
+  /** Messages received, per subscription subject. */
+  received(): number;
+  close(): Promise<void>;
+}
+
+/** Dynamo's event subject for one component endpoint; `*` wildcards allowed. */
+export function kvEventsSubject(namespace: string, component = '*', endpoint = '*'): string {
+  return `namespace.${namespace}.component.${component}.endpoint.${endpoint}.kv-events`;
+}
+
+/** `dynamo-json` for a JSON payload, else `dynamo` (msgpack envelope). */
+export function sniffDynamoCodec(payload: Uint8Array): EventCodec {
+  const b = payload[0];
+  return b === 0x7b || b === 0x5b ? 'dynamo-json' : 'dynamo';
+}
+
+export async function startNatsEventSource(opts: NatsEventSourceOptions): Promise<NatsEventSource> {
+  const servers = opts.servers
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
+  const nc: NatsConnection = await connect({
+    servers,
+    name: opts.name ?? 'kv-epp',
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: false,
+  });
+  let received = 0;
+  const subs: Subscription[] = opts.subjects.map((subject) =>
+    nc.subscribe(subject, {
+      callback: (err, m) => {
+        if (err) {
+          opts.log.warn({ subject, err: err.message }, 'NATS subscription error');
+          return;
+        }
+        received++;
+        // The message's bytes may be a view into the connection's read buffer; the
+        // ingest queue holds them past this callback, so copy.
+        const payload = m.data.slice();
+        opts.ingest.push({ codec: sniffDynamoCodec(payload), payload, source: m.subject });
+      },
+    }),
+  );
+  void (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {
+        opts.log.warn({ servers: opts.servers, status: s.type }, `NATS connection ${s.type}`);
+      }
+    }
+  })().catch(() => {});
+  opts.log.info(
+    { servers: opts.servers, subjects: opts.subjects },
+    'subscribed to KV events on NATS',
+  );
+  return {
+    received: () => received,
+    async close() {
+      for (const s of subs) s.unsubscribe();
+      await nc.drain().catch(() => nc.close());
+    },
+  };
+}
