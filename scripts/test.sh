@@ -59,6 +59,8 @@ suite cargo-core cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-co
 suite cargo-oracle cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-oracle --release
 # The Envoy end-to-end suite must run here, not skip.
 export KV_EPP_REQUIRE_ENVOY=1
+export KV_EPP_REQUIRE_NATS=1
+export KV_EPP_REQUIRE_DYNAMO=1
 suite vitest-node24 vitest node node_modules/vitest/vitest.mjs run
 
 # engines >= 20: both backends and the CLI on the machine's own Node, when it is another one.
