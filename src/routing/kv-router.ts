@@ -3,7 +3,7 @@
  * plus the request edits Dynamo's direct-mode frontend expects
  * (`x-dynamo-worker-instance-id`, `x-dynamo-dp-rank`,
  * `x-dynamo-routing-mode: aggregated`, `nvext.token_data` = the full prompt
- * ids). Client-sent `x-dynamo-*` and `x-gateway-destination-endpoint*`
+ * ids). Client-sent `x-dynamo-*` (except `x-dynamo-request-id`) and `x-gateway-destination-endpoint*`
  * headers are removed and never honoured.
  *
  * Approximate mode (no KV events): after each decision the request's blocks
@@ -15,7 +15,6 @@
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import { KvEppError } from '../errors.js';
-import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import {
   DEFAULT_PRUNE_SETTINGS,
   type PruneResult,
@@ -32,6 +31,7 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../server/routing-types.js';
+import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
 
 export interface KvRouterSettings {
@@ -76,6 +76,8 @@ export interface RoutedRequest {
 }
 
 const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
+/** Client `x-dynamo-*` headers that do not route: Dynamo's request id (its response `id`, worker logs). */
+const PASSED_DYNAMO_HEADERS = new Set(['x-dynamo-request-id']);
 
 function badRequest(msg: string): KvEppError {
   return new KvEppError('invalid_request', msg);
@@ -142,6 +144,7 @@ export class KvRouter implements RequestRouter {
       removeHeaders: [...req.headers.keys()].filter(
         (k) =>
           ROUTING_HEADER.test(k) &&
+          !PASSED_DYNAMO_HEADERS.has(k) &&
           k !== 'x-dynamo-worker-instance-id' &&
           k !== 'x-dynamo-dp-rank' &&
           k !== 'x-dynamo-routing-mode',

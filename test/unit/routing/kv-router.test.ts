@@ -83,6 +83,7 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       ['x-dynamo-prefill-instance-id', '5'],
       ['x-gateway-destination-endpoint', '127.0.0.99:1'],
       ['x-gateway-destination-endpoint-subset', 'x'],
+      ['x-dynamo-request-id', 'req-7'],
       ['content-type', 'application/json'],
     ]);
     const d = await r.route(req(chat('hello'), { headers, subset: ['127.0.0.3'] }));
