@@ -4,7 +4,9 @@
  *
  * Document: `{"endpoints": [{"address": "127.0.0.2", "port": 8001, "name":
  * "worker-a", "workerId": "…" (optional), "dpRank": 0, "role":
- * "aggregated|prefill|decode", "labels": {}, "model": "…" (optional)}]}`.
+ * "aggregated|prefill|decode", "labels": {}, "model": "…" (optional),
+ * "kvEvents": {"endpoint": "tcp://127.0.0.2:5557", "format": "vllm|dynamo"} (optional:
+ * the engine's ZMQ KV-event publisher for this worker and dp rank)}]}`.
  * A missing `workerId` is Dynamo's id for a pod called `name`
  * (src/routing/worker-id.ts). Errors name the exact field path; unknown keys
  * are rejected.
@@ -25,9 +27,46 @@ export interface Endpoint {
   role: Role;
   labels: Record<string, string>;
   model?: string | undefined;
+  /** Where this worker publishes KV events over ZMQ, if it does. */
+  kvEvents?: KvEventsEndpoint | undefined;
 }
 
-const KEYS = new Set(['address', 'port', 'name', 'workerId', 'dpRank', 'role', 'labels', 'model']);
+/**
+ * A ZMQ KV-event publisher: `vllm` = the engines' 3-frame `[topic, seq, batch]`
+ * (vLLM, SGLang); `dynamo` = Dynamo's ZMQ event plane (4 frames, envelope).
+ */
+export interface KvEventsEndpoint {
+  endpoint: string;
+  format: 'vllm' | 'dynamo';
+}
+
+const KEYS = new Set([
+  'address',
+  'port',
+  'name',
+  'workerId',
+  'dpRank',
+  'role',
+  'labels',
+  'model',
+  'kvEvents',
+]);
+
+function parseKvEvents(v: unknown, path: string): KvEventsEndpoint | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(path, 'expected an object');
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (k !== 'endpoint' && k !== 'format') fail(`${path}.${k}`, 'unknown key');
+  }
+  const endpoint = o.endpoint;
+  if (typeof endpoint !== 'string' || !/^(tcp:\/\/[^\s]+:\d+|ipc:\/\/\S+)$/.test(endpoint)) {
+    fail(`${path}.endpoint`, 'expected tcp://HOST:PORT or ipc://PATH');
+  }
+  const format = o.format ?? 'vllm';
+  if (format !== 'vllm' && format !== 'dynamo') fail(`${path}.format`, 'expected vllm or dynamo');
+  return { endpoint, format };
+}
 
 function fail(path: string, msg: string): never {
   throw new KvEppError('invalid_argument', `${path}: ${msg}`);
@@ -95,6 +134,7 @@ export function parseEndpoints(doc: unknown, source: string): Endpoint[] {
     }
     if (e.model !== undefined && typeof e.model !== 'string')
       fail(`${p}.model`, 'expected a string');
+    const kvEvents = parseKvEvents(e.kvEvents, `${p}.kvEvents`);
     const hostPort = hostPortOf(address, port);
     const key = `${workerId}:${dpRank}`;
     if (seen.has(key))
@@ -110,6 +150,7 @@ export function parseEndpoints(doc: unknown, source: string): Endpoint[] {
       role,
       labels: labels as Record<string, string>,
       model: e.model as string | undefined,
+      kvEvents,
     };
   });
 }

@@ -72,4 +72,27 @@ describe('parseEndpoints', () => {
       ),
     ).toThrow('endpoints[1]: worker 5 dp rank 0 already used');
   });
+
+  it('reads an engine ZMQ KV-event endpoint', () => {
+    const [e] = parseEndpoints(
+      {
+        endpoints: [
+          { address: '127.0.0.2', port: 8001, kvEvents: { endpoint: 'tcp://127.0.0.2:5557' } },
+        ],
+      },
+      'f',
+    );
+    expect(e?.kvEvents).toEqual({ endpoint: 'tcp://127.0.0.2:5557', format: 'vllm' });
+    const bad = (kvEvents: unknown) => () =>
+      parseEndpoints({ endpoints: [{ address: '127.0.0.2', port: 1, kvEvents }] }, 'f');
+    expect(bad({ endpoint: 'http://x' })).toThrow(
+      'f: endpoints[0].kvEvents.endpoint: expected tcp://HOST:PORT or ipc://PATH',
+    );
+    expect(bad({ endpoint: 'tcp://127.0.0.2:1', format: 'zmq' })).toThrow(
+      'f: endpoints[0].kvEvents.format: expected vllm or dynamo',
+    );
+    expect(bad({ endpoint: 'tcp://127.0.0.2:1', topic: 'x' })).toThrow(
+      'f: endpoints[0].kvEvents.topic: unknown key',
+    );
+  });
 });
