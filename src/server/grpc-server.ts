@@ -18,6 +18,7 @@ import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.
 import { loadServices } from './ext-proc/proto.js';
 import { ExtProcStream } from './ext-proc/stream.js';
 import { healthService } from './health.js';
+import { tuneHttp2, tuneSessions } from './http2-tuning.js';
 import type { RequestRouter } from './routing-types.js';
 import { serverCredentials, type TlsOption } from './tls.js';
 
@@ -149,12 +150,19 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     'grpc.max_send_message_length': -1,
   };
   const server = new Server(channelOptions);
+  const tuned = tuneHttp2(server);
   server.addService(services.extProc, {
     Process: processHandler(opts),
   } as UntypedServiceImplementation);
   server.addService(services.health, healthService({ isReady: opts.isReady ?? (() => true) }));
   const { credentials, certificate } = await serverCredentials(opts.tls);
   const port = await bind(server, address(opts.host, opts.port), credentials);
+  if (!(tuned && tuneSessions(server))) {
+    opts.logger.warn(
+      { port },
+      'cannot tune HTTP/2 (grpc-js internals changed): gateways may see GOAWAY after 1000 stream resets',
+    );
+  }
   opts.logger.info(
     {
       port,
