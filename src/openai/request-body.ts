@@ -88,9 +88,49 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** JSON array text of token ids, built without intermediate strings per id. */
-function idsJson(ids: Uint32Array): string {
-  return `[${Array.prototype.join.call(ids, ',')}]`;
+/**
+ * JSON array of token ids as ASCII bytes, written digit by digit: no string
+ * per id and no join (which dominated the main thread for 50k-token prompts).
+ */
+export function idsJsonBytes(ids: Uint32Array): Uint8Array {
+  // At most 10 digits per u32, plus a comma; plus the brackets.
+  const out = new Uint8Array(ids.length * 11 + 2);
+  let o = 0;
+  out[o++] = 0x5b;
+  for (let i = 0; i < ids.length; i++) {
+    if (i > 0) out[o++] = 0x2c;
+    let v = ids[i] as number;
+    const len =
+      v < 10
+        ? 1
+        : v < 100
+          ? 2
+          : v < 1_000
+            ? 3
+            : v < 10_000
+              ? 4
+              : v < 100_000
+                ? 5
+                : v < 1_000_000
+                  ? 6
+                  : v < 10_000_000
+                    ? 7
+                    : v < 100_000_000
+                      ? 8
+                      : v < 1_000_000_000
+                        ? 9
+                        : 10;
+    // Digits right to left; `>>> 0` truncates exactly for every u32 quotient.
+    let p = o + len - 1;
+    do {
+      const q = (v / 10) >>> 0;
+      out[p--] = 0x30 + (v - q * 10);
+      v = q;
+    } while (v > 0);
+    o += len;
+  }
+  out[o++] = 0x5d;
+  return out.subarray(0, o);
 }
 
 /**
@@ -104,7 +144,7 @@ export function spliceRequestBody(
 ): Uint8Array {
   const open = skipWs(body, 0);
   const { list, close } = members(body, open);
-  type Edit = { start: number; end: number; text: string };
+  type Edit = { start: number; end: number; text: string | Uint8Array };
   const out: Edit[] = [];
   if (edits.model !== undefined) {
     const m = list.find((x) => x.key === 'model');
@@ -113,15 +153,15 @@ export function spliceRequestBody(
     else out.push({ start: close, end: close, text: `${list.length ? ',' : ''}"model":${text}` });
   }
   if (edits.tokenData !== undefined) {
-    const ids = idsJson(edits.tokenData);
+    const ids = idsJsonBytes(edits.tokenData);
     const nv = list.find((x) => x.key === 'nvext');
     if (!nv || body[nv.start] !== 0x7b) {
       // No nvext (or a non-object one, which the worker would reject anyway): set it.
-      const text = `{"token_data":${ids}}`;
+      const text = concat([enc.encode('{"token_data":'), ids, enc.encode('}')]);
       if (nv) out.push({ start: nv.start, end: nv.end, text });
       else {
         const sep = list.length || out.some((e) => e.start === close) ? ',' : '';
-        out.push({ start: close, end: close, text: `${sep}"nvext":${text}` });
+        out.push({ start: close, end: close, text: concat([enc.encode(`${sep}"nvext":`), text]) });
       }
     } else {
       const inner = members(body, nv.start);
@@ -129,7 +169,11 @@ export function spliceRequestBody(
       if (td) out.push({ start: td.start, end: td.end, text: ids });
       else {
         const sep = inner.list.length ? ',' : '';
-        out.push({ start: inner.close, end: inner.close, text: `${sep}"token_data":${ids}` });
+        out.push({
+          start: inner.close,
+          end: inner.close,
+          text: concat([enc.encode(`${sep}"token_data":`), ids]),
+        });
       }
     }
   }
@@ -137,7 +181,10 @@ export function spliceRequestBody(
   const parts: Uint8Array[] = [];
   let at = 0;
   for (const e of out) {
-    parts.push(body.subarray(at, e.start), enc.encode(e.text));
+    parts.push(
+      body.subarray(at, e.start),
+      typeof e.text === 'string' ? enc.encode(e.text) : e.text,
+    );
     at = e.end;
   }
   parts.push(body.subarray(at));

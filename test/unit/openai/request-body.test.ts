@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { apiOfPath, spliceRequestBody } from '../../../src/openai/request-body.js';
+import { apiOfPath, idsJsonBytes, spliceRequestBody } from '../../../src/openai/request-body.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -67,5 +67,32 @@ describe('spliceRequestBody', () => {
       expect(out.nvext.token_data).toEqual([1, 2, 4294967295]);
       expect(out.model).toBe('z');
     }
+  });
+});
+
+describe('idsJsonBytes', () => {
+  it('writes the same text as JSON.stringify for edge values', () => {
+    const cases = [
+      [],
+      [0],
+      [9, 10, 11, 99, 100, 101],
+      [4294967295, 0, 1000000000, 999999999, 151643],
+    ];
+    for (const c of cases) {
+      const bytes = idsJsonBytes(Uint32Array.from(c));
+      expect(new TextDecoder().decode(bytes)).toBe(JSON.stringify(c));
+    }
+  });
+
+  it('agrees with JSON.stringify on random ids', () => {
+    let seed = 12345;
+    const next = () => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed;
+    };
+    const ids = Uint32Array.from({ length: 5000 }, (_, i) =>
+      i % 3 === 0 ? next() : next() % 200000,
+    );
+    expect(new TextDecoder().decode(idsJsonBytes(ids))).toBe(JSON.stringify(Array.from(ids)));
   });
 });
