@@ -12,6 +12,26 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** The local-hash seed for a LoRA name and cache namespace (empty = absent). */
 export declare function blockHashSeed(loraName?: string | undefined | null, cacheNamespace?: string | undefined | null): bigint
 
+/**
+ * Decodes one transport message (`codec`: `dynamo`, `dynamo-json` or `vllm`)
+ * and applies its events to the bound index under one write lock. Bad bytes
+ * and bad events are counted in the report, never thrown; a disposed applier
+ * or index, an unknown codec or an out-of-range argument throws.
+ */
+export declare function eventApplierApply(handle: number, codec: string, payload: Uint8Array, workerId?: bigint | undefined | null, dpRank?: number | undefined | null, sequence?: bigint | undefined | null): NativeEventApplyReport
+
+/**
+ * Creates an event applier bound to an index; `block_size` is the configured
+ * KV block size (`1..=1024`). Returns a process-wide handle.
+ */
+export declare function eventApplierCreate(indexHandle: number, blockSize: number): number
+
+/** Frees an applier (not its index). Later calls with the handle fail with `disposed`. */
+export declare function eventApplierDispose(handle: number): boolean
+
+/** Forgets the stream state kept for a worker that left discovery. */
+export declare function eventApplierForgetWorker(handle: number, workerId: bigint): void
+
 /** A `Removed` event. */
 export declare function indexApplyRemoved(handle: number, workerId: bigint, dpRank: number, externalHashes: BigUint64Array): number
 
@@ -46,6 +66,61 @@ export declare function indexTreeSize(handle: number, workerId: bigint, dpRank: 
 /** Writes the local hashes of every full block of `tokens` into `out`; returns the count. */
 export declare function localHashesInto(tokens: Uint32Array, blockSize: number, seed: bigint, out: BigUint64Array): number
 
+export interface NativeBlockSizeMismatch {
+  workerId: bigint
+  dpRank: number
+  expected: number
+  got: number
+}
+
+/**
+ * One message's outcome (see `EventApplyReport` in src/events/types.ts).
+ * `ignored` counts well-formed events Dynamo also keeps out of the device
+ * index (lower storage tiers, cache-owner domains, remote locality, non-main
+ * KV-cache groups, vLLM `Ignored`).
+ */
+export interface NativeEventApplyReport {
+  envelope?: NativeEventEnvelope
+  publisherGap?: NativePublisherGap
+  appliedStored: number
+  appliedRemoved: number
+  appliedCleared: number
+  blocksStored: number
+  blocksRemoved: number
+  rejected: NativeEventRejections
+  ignored: number
+  gaps: Array<NativeHolderGap>
+  resets: Array<NativeWorkerRank>
+  blockSizeMismatches: Array<NativeBlockSizeMismatch>
+  workers: Array<NativeWorkerRank>
+}
+
+export interface NativeEventEnvelope {
+  publisherId: bigint
+  sequence: bigint
+  publishedAtMs: number
+}
+
+/** Rejections by reason: events, or blocks for `partialBlock`. */
+export interface NativeEventRejections {
+  malformed: number
+  unknownVariant: number
+  blockSizeMismatch: number
+  partialBlock: number
+  parentNotFound: number
+  blockNotFound: number
+  invalidBlockSequence: number
+  noWorker: number
+  duplicate: number
+}
+
+export interface NativeHolderGap {
+  workerId: bigint
+  dpRank: number
+  expected: bigint
+  got: bigint
+}
+
 export interface NativeIndexStats {
   workers: number
   memberships: number
@@ -55,6 +130,17 @@ export interface NativeIndexStats {
   parentNotFound: number
   blockNotFound: number
   invalidBlockSequence: number
+}
+
+export interface NativePublisherGap {
+  publisherId: bigint
+  expected: bigint
+  got: bigint
+}
+
+export interface NativeWorkerRank {
+  workerId: bigint
+  dpRank: number
 }
 
 export interface PreparedRoute {

@@ -773,8 +773,12 @@ if (
   }
 }
 
-const { blockHashSeed, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { blockHashSeed, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { blockHashSeed }
+export { eventApplierApply }
+export { eventApplierCreate }
+export { eventApplierDispose }
+export { eventApplierForgetWorker }
 export { indexApplyRemoved }
 export { indexApplyStored }
 export { indexClear }

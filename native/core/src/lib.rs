@@ -1,8 +1,10 @@
 //! kv-epp's hot-path core, free of Node: Dynamo-compatible block hashing, the
-//! KV prefix index, and vLLM-exact prompt tokenization. The napi crate is a thin
+//! KV prefix index, KV-event decoding (Dynamo and vLLM wire formats), and
+//! vLLM-exact prompt tokenization. The napi crate is a thin
 //! layer over this crate.
 
 pub mod error;
+pub mod events;
 pub mod hash;
 pub mod index;
 pub mod route;

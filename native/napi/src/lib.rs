@@ -10,18 +10,23 @@
 //! - tokenizers live in the same registry (their own handles); a call clones the
 //!   tokenizer's `Arc` and runs outside the lock on the calling thread; calls into
 //!   the tokenizer libraries catch panics (`catch_unwind`) so a bug there is a JS
-//!   error, never a crashed process.
+//!   error, never a crashed process;
+//! - KV-event appliers live in their own process-wide registry (handles from
+//!   the same counter); one `eventApplierApply` call decodes a whole transport
+//!   message outside the index lock, then takes the index's write lock once to
+//!   apply it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use kv_epp_core::events::{ApplyReport, EventApplier, EventCodec, RejectReason, SourceContext};
 use kv_epp_core::hash;
 use kv_epp_core::route::{RouteError, RouteInput, tokenize_and_hash};
 use kv_epp_core::tokenize::{ApiKind, TokenizeError, Tokenizer};
 use kv_epp_core::{CoreError, EventError, RadixIndex, StoredBlock, WorkerKey};
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 type SharedIndex = Arc<RwLock<RadixIndex>>;
 /// Caller-owned output views. Aliases make napi-derive convert them as values
@@ -428,4 +433,218 @@ pub fn prepare_route(
         depths: Uint32Array::new(depths),
         tree_sizes: Uint32Array::new(sizes),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// KV events
+// ---------------------------------------------------------------------------------------------
+
+/// An event applier and the index it feeds (looked up per call, so a disposed
+/// index fails with `disposed` instead of being kept alive).
+struct BoundApplier {
+    index_handle: u32,
+    applier: EventApplier,
+}
+
+type SharedApplier = Arc<Mutex<BoundApplier>>;
+
+static APPLIERS: LazyLock<Mutex<HashMap<u32, SharedApplier>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn applier(handle: u32) -> Result<SharedApplier> {
+    APPLIERS
+        .lock()
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| err("disposed", format!("no event applier with handle {handle}")))
+}
+
+/// Creates an event applier bound to an index; `block_size` is the configured
+/// KV block size (`1..=1024`). Returns a process-wide handle.
+#[napi]
+pub fn event_applier_create(index_handle: u32, block_size: u32) -> Result<u32> {
+    index(index_handle)?;
+    let applier = EventApplier::new(block_size).map_err(core_err)?;
+    let h = {
+        let mut reg = REGISTRY.write();
+        let h = reg.next;
+        reg.next += 1;
+        h
+    };
+    APPLIERS.lock().insert(h, Arc::new(Mutex::new(BoundApplier { index_handle, applier })));
+    Ok(h)
+}
+
+#[napi(object)]
+pub struct NativeWorkerRank {
+    pub worker_id: BigInt,
+    pub dp_rank: u32,
+}
+
+#[napi(object)]
+pub struct NativeEventEnvelope {
+    pub publisher_id: BigInt,
+    pub sequence: BigInt,
+    pub published_at_ms: f64,
+}
+
+#[napi(object)]
+pub struct NativePublisherGap {
+    pub publisher_id: BigInt,
+    pub expected: BigInt,
+    pub got: BigInt,
+}
+
+#[napi(object)]
+pub struct NativeHolderGap {
+    pub worker_id: BigInt,
+    pub dp_rank: u32,
+    pub expected: BigInt,
+    pub got: BigInt,
+}
+
+#[napi(object)]
+pub struct NativeBlockSizeMismatch {
+    pub worker_id: BigInt,
+    pub dp_rank: u32,
+    pub expected: u32,
+    pub got: f64,
+}
+
+/// Rejections by reason: events, or blocks for `partialBlock`.
+#[napi(object)]
+pub struct NativeEventRejections {
+    pub malformed: u32,
+    pub unknown_variant: u32,
+    pub block_size_mismatch: u32,
+    pub partial_block: u32,
+    pub parent_not_found: u32,
+    pub block_not_found: u32,
+    pub invalid_block_sequence: u32,
+    pub no_worker: u32,
+    pub duplicate: u32,
+}
+
+/// One message's outcome (see `EventApplyReport` in src/events/types.ts).
+/// `ignored` counts well-formed events Dynamo also keeps out of the device
+/// index (lower storage tiers, cache-owner domains, remote locality, non-main
+/// KV-cache groups, vLLM `Ignored`).
+#[napi(object)]
+pub struct NativeEventApplyReport {
+    pub envelope: Option<NativeEventEnvelope>,
+    pub publisher_gap: Option<NativePublisherGap>,
+    pub applied_stored: u32,
+    pub applied_removed: u32,
+    pub applied_cleared: u32,
+    pub blocks_stored: f64,
+    pub blocks_removed: f64,
+    pub rejected: NativeEventRejections,
+    pub ignored: u32,
+    pub gaps: Vec<NativeHolderGap>,
+    pub resets: Vec<NativeWorkerRank>,
+    pub block_size_mismatches: Vec<NativeBlockSizeMismatch>,
+    pub workers: Vec<NativeWorkerRank>,
+}
+
+fn worker_rank(w: WorkerKey) -> NativeWorkerRank {
+    NativeWorkerRank { worker_id: BigInt::from(w.worker_id), dp_rank: w.dp_rank }
+}
+
+fn report_to_js(r: ApplyReport) -> NativeEventApplyReport {
+    let n = |reason| r.rejected(reason);
+    NativeEventApplyReport {
+        envelope: r.envelope.map(|e| NativeEventEnvelope {
+            publisher_id: BigInt::from(e.publisher_id),
+            sequence: BigInt::from(e.sequence),
+            published_at_ms: e.published_at_ms as f64,
+        }),
+        publisher_gap: r.publisher_gap.map(|g| NativePublisherGap {
+            publisher_id: BigInt::from(g.publisher_id),
+            expected: BigInt::from(g.expected),
+            got: BigInt::from(g.got),
+        }),
+        applied_stored: r.applied.stored,
+        applied_removed: r.applied.removed,
+        applied_cleared: r.applied.cleared,
+        blocks_stored: r.blocks_stored as f64,
+        blocks_removed: r.blocks_removed as f64,
+        rejected: NativeEventRejections {
+            malformed: n(RejectReason::Malformed),
+            unknown_variant: n(RejectReason::UnknownVariant),
+            block_size_mismatch: n(RejectReason::BlockSizeMismatch),
+            partial_block: n(RejectReason::PartialBlock),
+            parent_not_found: n(RejectReason::ParentNotFound),
+            block_not_found: n(RejectReason::BlockNotFound),
+            invalid_block_sequence: n(RejectReason::InvalidBlockSequence),
+            no_worker: n(RejectReason::NoWorker),
+            duplicate: n(RejectReason::Duplicate),
+        },
+        ignored: r.ignored,
+        gaps: r
+            .gaps
+            .iter()
+            .map(|g| NativeHolderGap {
+                worker_id: BigInt::from(g.worker.worker_id),
+                dp_rank: g.worker.dp_rank,
+                expected: BigInt::from(g.expected),
+                got: BigInt::from(g.got),
+            })
+            .collect(),
+        resets: r.resets.iter().map(|&w| worker_rank(w)).collect(),
+        block_size_mismatches: r
+            .block_size_mismatches
+            .iter()
+            .map(|m| NativeBlockSizeMismatch {
+                worker_id: BigInt::from(m.worker.worker_id),
+                dp_rank: m.worker.dp_rank,
+                expected: m.expected,
+                got: m.got as f64,
+            })
+            .collect(),
+        workers: r.workers.iter().map(|&w| worker_rank(w)).collect(),
+    }
+}
+
+/// Decodes one transport message (`codec`: `dynamo`, `dynamo-json` or `vllm`)
+/// and applies its events to the bound index under one write lock. Bad bytes
+/// and bad events are counted in the report, never thrown; a disposed applier
+/// or index, an unknown codec or an out-of-range argument throws.
+#[napi(catch_unwind)]
+pub fn event_applier_apply(
+    handle: u32,
+    codec: String,
+    payload: &[u8],
+    worker_id: Option<BigInt>,
+    dp_rank: Option<u32>,
+    sequence: Option<BigInt>,
+) -> Result<NativeEventApplyReport> {
+    let codec = EventCodec::parse(&codec).ok_or_else(|| {
+        err("invalid_argument", format!("codec must be dynamo, dynamo-json or vllm, got {codec:?}"))
+    })?;
+    let ctx = SourceContext {
+        worker_id: worker_id.as_ref().map(|w| u64_of(w, "workerId")).transpose()?,
+        dp_rank,
+        sequence: sequence.as_ref().map(|s| u64_of(s, "sequence")).transpose()?,
+    };
+    let shared = applier(handle)?;
+    let mut bound = shared.lock();
+    let idx = index(bound.index_handle)?;
+    let prepared = bound.applier.prepare(codec, payload, ctx);
+    let report =
+        if prepared.is_noop() { prepared.into_report() } else { prepared.commit(&mut idx.write()) };
+    Ok(report_to_js(report))
+}
+
+/// Forgets the stream state kept for a worker that left discovery.
+#[napi]
+pub fn event_applier_forget_worker(handle: u32, worker_id: BigInt) -> Result<()> {
+    let id = u64_of(&worker_id, "workerId")?;
+    applier(handle)?.lock().applier.forget_worker(id);
+    Ok(())
+}
+
+/// Frees an applier (not its index). Later calls with the handle fail with `disposed`.
+#[napi]
+pub fn event_applier_dispose(handle: u32) -> bool {
+    APPLIERS.lock().remove(&handle).is_some()
 }
