@@ -5,6 +5,7 @@
  */
 import { KvEppError } from '../errors.js';
 import { UsageError } from './args.js';
+import { EVENTS_USAGE, eventsCommand } from './events.js';
 import { HASH_USAGE, hashCommand } from './hash.js';
 import { SERVE_USAGE, startServing } from './serve.js';
 import { TOKENIZE_USAGE, tokenizeCommand } from './tokenize.js';
@@ -15,10 +16,12 @@ commands:
   serve      run the Endpoint Picker (ext_proc on 9002, health on 9003)
   hash       print Dynamo-compatible KV block hashes of token ids
   tokenize   print the prompt token ids (and block hashes) the EPP computes for a request
+  events     replay captured KV-event payloads into a fresh index and print a query's overlap
 
 ${SERVE_USAGE}
 ${HASH_USAGE}
-${TOKENIZE_USAGE}`;
+${TOKENIZE_USAGE}
+${EVENTS_USAGE}`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -37,6 +40,9 @@ async function main(argv: string[]): Promise<number> {
         await serving.close();
         return 0;
       }
+      case 'events':
+        process.stdout.write(`${await eventsCommand(rest)}\n`);
+        return 0;
       case 'tokenize':
         process.stdout.write(`${await tokenizeCommand(rest)}\n`);
         return 0;

@@ -10,13 +10,23 @@ import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { resolveServeOptions, type ServeOptions } from '../config/serve-options.js';
+import {
+  resolveServeOptions,
+  resolveUseKvEvents,
+  type ServeOptions,
+} from '../config/serve-options.js';
 import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
 import { loadEndpointsFile } from '../discovery/endpoints-file.js';
 import { KvEppError } from '../errors.js';
+import { createEventApplier } from '../events/factory.js';
+import { EventIngest } from '../events/ingest.js';
+import { startNatsEventSource } from '../events/nats-source.js';
+import type { EventApplier } from '../events/types.js';
+import { startZmqEventSources } from '../events/zmq-source.js';
+import type { KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
-import { MetricsObserver } from '../metrics/observer.js';
+import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
 import { EppMetrics } from '../metrics/registry.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
@@ -47,6 +57,10 @@ export interface Serving {
   extProc: RunningServer;
   health: RunningServer;
   metrics: MetricsServer;
+  /** The prefix index (debugging, tests). */
+  index: KvIndex;
+  /** The KV event queue, when events are on. */
+  ingest: EventIngest | undefined;
   close(): Promise<void>;
 }
 
@@ -129,6 +143,8 @@ export async function startServing(
       '--endpoints-file: required (or endpoints in --config-file)',
     );
   }
+  // Endpoints with `kvEvents` are event sources too, so the switch is final only now.
+  const useKvEvents = resolveUseKvEvents(options, endpoints);
 
   const chatTemplate =
     options.chatTemplateFile === undefined
@@ -141,11 +157,19 @@ export async function startServing(
     ...preparerOptionsFromEnv(env, availableParallelism()),
     chatTemplate,
   });
+  let ingest: EventIngest | undefined;
   const metrics = new EppMetrics({
     poolName: options.poolName,
     readyPods: () => endpoints.length,
     queueDepth: () => preparer.queueDepth,
     indexMemberships: () => path.index.stats().memberships,
+    workerBlocks: () =>
+      endpoints.map((e) => ({
+        workerId: e.workerId,
+        dpRank: e.dpRank,
+        blocks: path.index.treeSize(e),
+      })),
+    eventsQueued: () => ingest?.stats().queued ?? 0,
   });
   const observer = new MetricsObserver(metrics);
   const kvRouter = new KvRouter(
@@ -162,7 +186,7 @@ export async function startServing(
       blockSize: options.blockSize,
       fallbacks: options.fallbacks,
       // Without KV events, predict cache state from routing decisions.
-      approximate: !options.useKvEvents,
+      approximate: !useKvEvents,
       approx: {
         ttlMs: options.ttlSecs * 1000,
         maxTreeSize: options.maxTreeSize,
@@ -194,6 +218,7 @@ export async function startServing(
   started.push({ close: async () => clearInterval(upkeep) });
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));
+    applier?.dispose();
     if (tls instanceof CertReloader) tls.close();
     await preparer.close();
     path.tokenizer.dispose();
@@ -202,7 +227,20 @@ export async function startServing(
   let extProc: RunningServer;
   let health: RunningServer;
   let metricsServer: MetricsServer;
+  let applier: EventApplier | undefined;
   try {
+    if (useKvEvents) {
+      applier = await createEventApplier(path.index, { blockSize: options.blockSize });
+      ingest = new EventIngest({
+        applier,
+        log,
+        observer: eventMetricsObserver(metrics),
+        now: Date.now,
+        schedule: setImmediate,
+        maxQueuedMessages: options.events.maxQueuedMessages,
+      });
+      started.push(await startEventSources(options, endpoints, ingest, log));
+    }
     extProc = await startExtProcServer({
       port: options.grpcPort,
       host: options.host,
@@ -250,6 +288,58 @@ export async function startServing(
     extProc,
     health,
     metrics: metricsServer,
+    index: path.index,
+    ingest,
     close: releaseAll,
   };
+}
+
+/**
+ * The KV event transports: core NATS when `--nats-server` is set, and one ZMQ
+ * subscription per endpoint with `kvEvents` (vLLM/SGLang engines, or
+ * Dynamo's ZMQ event plane). Either alone is enough.
+ */
+async function startEventSources(
+  options: ServeOptions,
+  endpoints: readonly Endpoint[],
+  ingest: EventIngest,
+  log: Logger,
+): Promise<{ close(): Promise<void> }> {
+  const { natsServer, subjects, durable } = options.events;
+  const zmqEndpoints = endpoints.filter((e) => e.kvEvents !== undefined);
+  if (natsServer === undefined && zmqEndpoints.length === 0) {
+    throw new KvEppError(
+      'invalid_argument',
+      '--nats-server: required with KV events on (or kvEvents on an endpoint)',
+    );
+  }
+  const sources: Array<{ close(): Promise<void> }> = [];
+  const closeAll = async (): Promise<void> => {
+    await Promise.allSettled(sources.splice(0).map((s) => s.close()));
+  };
+  try {
+    if (natsServer !== undefined) {
+      if (durable) {
+        throw new KvEppError(
+          'invalid_argument',
+          '--durable-kv-events: JetStream mode is not available in this build',
+        );
+      }
+      try {
+        sources.push(await startNatsEventSource({ servers: natsServer, subjects, ingest, log }));
+      } catch (e) {
+        throw new KvEppError(
+          'invalid_argument',
+          `--nats-server: cannot connect to ${natsServer}: ${(e as Error).message}`,
+        );
+      }
+    }
+    if (zmqEndpoints.length > 0) {
+      sources.push(await startZmqEventSources({ endpoints: zmqEndpoints, ingest, log }));
+    }
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+  return { close: closeAll };
 }

@@ -24,7 +24,14 @@ export interface ServeOptions {
   tokenizer: string;
   chatTemplateFile?: string | undefined;
   blockSize: number;
+  /**
+   * KV events on/off as resolved from the options alone. The final value also
+   * depends on the endpoints (a `kvEvents` publisher is a source): see
+   * `resolveUseKvEvents`.
+   */
   useKvEvents: boolean;
+  /** The field that set `useKvEvents` explicitly (flag, env var, file key); undefined when defaulted. */
+  kvEventsSetBy?: string | undefined;
   /** Approximate mode (`useKvEvents` false): block TTL in seconds (Dynamo `router_ttl_secs`). */
   ttlSecs: number;
   /** Approximate mode: memberships above which pruning starts (`router_max_tree_size`). */
@@ -188,15 +195,16 @@ export function resolveServeOptions(
   const events = eventOptions(flags, env, file, get);
   // KV events by default when a source is configured (Dynamo's default is
   // events on; without a source that would be an index nothing ever fills).
+  // Endpoints with `kvEvents` (ZMQ publishers) are sources too, but they are
+  // only known once loaded: resolveUseKvEvents finishes the decision; here an
+  // explicit "on" fails early only when no endpoint list is given at all.
+  let kvEventsSetBy: string | undefined;
+  const endpointsGiven = flags['endpoints-file'] !== undefined || f.endpoints !== undefined;
   const useKvEvents = get(
     (v, field) => {
       const on = bool(v, field);
-      if (on && events.natsServer === undefined) {
-        fail(
-          field,
-          'KV events need a source: set --nats-server (NATS_SERVER) or turn events off for approximate routing',
-        );
-      }
+      kvEventsSetBy = field;
+      if (on && events.natsServer === undefined && !endpointsGiven) noKvEventSource(field);
       return on;
     },
     events.natsServer !== undefined,
@@ -248,6 +256,7 @@ export function resolveServeOptions(
       file('model', 'blockSize'),
     ),
     useKvEvents,
+    kvEventsSetBy,
     ttlSecs: get(
       (v, field) => num(v, field, 'a number of seconds > 0', (n) => n > 0),
       120,
@@ -305,6 +314,30 @@ export function resolveServeOptions(
     ),
     events,
   };
+}
+
+function noKvEventSource(field: string): never {
+  return fail(
+    field,
+    'KV events need a source: set --nats-server (NATS_SERVER) or kvEvents on an endpoint, or turn events off for approximate routing',
+  );
+}
+
+/**
+ * The final KV-events switch, once the endpoints are known: an explicit
+ * setting wins (on needs NATS or an endpoint with `kvEvents`, else the error
+ * names the field that turned it on); by default events are on when NATS is
+ * configured or any endpoint publishes KV events over ZMQ.
+ */
+export function resolveUseKvEvents(
+  options: ServeOptions,
+  endpoints: ReadonlyArray<{ kvEvents?: unknown }>,
+): boolean {
+  const zmq = endpoints.some((e) => e.kvEvents !== undefined);
+  const hasSource = options.events.natsServer !== undefined || zmq;
+  if (options.kvEventsSetBy === undefined) return hasSource;
+  if (options.useKvEvents && !hasSource) noKvEventSource(options.kvEventsSetBy);
+  return options.useKvEvents;
 }
 
 type Getter = <T>(
