@@ -1,5 +1,8 @@
 # syntax=docker/dockerfile:1
-# Placeholder: builds the addon + TypeScript, ships a slim Node 24 runtime.
+# The kv-epp image: builds the Rust addon and the TypeScript, ships a slim Node 24 runtime.
+# Drop-in for the GAIE EPP: ext_proc on 9002, gRPC health on 9003, metrics on 9090, same flags.
+# `docker run IMAGE` serves the embedded default (loopback endpoints; for trying it out);
+# in a cluster pass `serve --endpoints-file … [--nats-server …]` as the container args.
 FROM rust:1.95-bookworm AS rust
 
 FROM node:24-bookworm AS builder
@@ -19,6 +22,10 @@ COPY --from=builder /src/package.json ./
 COPY --from=builder /src/node_modules ./node_modules
 COPY --from=builder /src/dist ./dist
 COPY --from=builder /src/proto ./proto
-COPY --from=builder /src/native/napi ./native/napi
+COPY --from=builder /src/native/napi/package.json /src/native/napi/index.js /src/native/napi/index.d.ts ./native/napi/
+COPY --from=builder /src/native/napi/*.node ./native/napi/
+COPY --from=builder /src/config ./config
 USER node
+EXPOSE 9002 9003 9090
 ENTRYPOINT ["node", "dist/src/cli/main.js"]
+CMD ["serve", "--endpoints-file", "config/endpoints.default.yaml", "--secure-serving=false"]
