@@ -4,6 +4,7 @@
  * the field and exit 2; other failures print one line and exit 1.
  */
 import { KvEppError } from '../errors.js';
+import { pinoLogger } from '../log/pino.js';
 import { UsageError } from './args.js';
 import { EVENTS_USAGE, eventsCommand } from './events.js';
 import { HASH_USAGE, hashCommand } from './hash.js';
@@ -31,7 +32,7 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${await hashCommand(rest)}\n`);
         return 0;
       case 'serve': {
-        const serving = await startServing(rest, process.env);
+        const serving = await startServing(rest, process.env, pinoLogger(process.env));
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once('SIGINT', stop);
