@@ -21,10 +21,11 @@
 //! Failure modes: malformed events return an [`EventError`] and leave the
 //! index unchanged apart from what Dynamo also changes; nothing panics.
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use rustc_hash::FxBuildHasher;
 
 type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
+type FxSet<K> = HashSet<K, FxBuildHasher>;
 
 /// A KV-cache holder: one data-parallel rank of one worker instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -876,8 +877,9 @@ impl RadixIndex {
     fn removed(&mut self, s: u32, hashes: &[u64]) -> Result<(), EventError> {
         let mut first_error = None;
         // Hashes this event already dropped as stale; a later miss on one of
-        // them is expected, not an error.
-        let mut eagerly_removed: Vec<u64> = Vec::new();
+        // them is expected, not an error. A set: removal batches can be large
+        // (approximate-mode pruning sends 10^5 hashes at once).
+        let mut eagerly_removed: FxSet<u64> = FxSet::default();
         let mut i = 0;
         while i < hashes.len() {
             let h = hashes[i];
@@ -928,7 +930,7 @@ impl RadixIndex {
             for &sh in &stale {
                 self.remove_lookup(s, sh);
             }
-            eagerly_removed.extend_from_slice(&stale);
+            eagerly_removed.extend(stale);
         }
         first_error.map_or(Ok(()), Err)
     }
