@@ -20,6 +20,7 @@ import { loadEndpointsFile } from '../discovery/endpoints-file.js';
 import { KvEppError } from '../errors.js';
 import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
+import { startJetStreamEventSource } from '../events/jetstream-source.js';
 import { startNatsEventSource } from '../events/nats-source.js';
 import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
@@ -50,7 +51,7 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--max-requests-per-endpoint 0] [--retry-after-seconds 1]
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
-                    [--max-queued-events 65536]`;
+                    [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]`;
 
 export interface Serving {
   options: ServeOptions;
@@ -121,6 +122,8 @@ export async function startServing(
         'kv-events-subject',
         'durable-kv-events',
         'max-queued-events',
+        'consumer-name',
+        'router-reset-states',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -319,14 +322,23 @@ async function startEventSources(
   };
   try {
     if (natsServer !== undefined) {
-      if (durable) {
-        throw new KvEppError(
-          'invalid_argument',
-          '--durable-kv-events: JetStream mode is not available in this build',
-        );
-      }
       try {
-        sources.push(await startNatsEventSource({ servers: natsServer, subjects, ingest, log }));
+        sources.push(
+          durable
+            ? await startJetStreamEventSource({
+                servers: natsServer,
+                namespace: options.events.namespace,
+                component: options.events.component,
+                consumerName: options.events.consumerName,
+                streamMaxAgeSecs: options.events.streamMaxAgeSecs,
+                resetStates: options.events.resetStates,
+                // Stop pulling well before the ingest would drop.
+                maxPendingMessages: Math.max(1, Math.floor(options.events.maxQueuedMessages / 2)),
+                ingest,
+                log,
+              })
+            : await startNatsEventSource({ servers: natsServer, subjects, ingest, log }),
+        );
       } catch (e) {
         throw new KvEppError(
           'invalid_argument',

@@ -64,6 +64,12 @@ export interface EventOptions {
   durable: boolean;
   /** Bound on messages waiting to be applied (beyond: dropped and counted). */
   maxQueuedMessages: number;
+  /** JetStream: this EPP's durable consumer (the pod name, else derived from the pool). */
+  consumerName: string;
+  /** JetStream: stream `max_age` in seconds when kv-epp creates it (`DYN_NATS_STREAM_MAX_AGE`). */
+  streamMaxAgeSecs: number;
+  /** JetStream: skip the radix snapshot and retained events (`--router-reset-states`). */
+  resetStates: boolean;
 }
 
 type Env = Record<string, string | undefined>;
@@ -120,6 +126,9 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'subjects',
     'durable',
     'maxQueuedMessages',
+    'consumerName',
+    'streamMaxAgeSecs',
+    'resetStates',
   ]),
   model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
   router: new Set([
@@ -407,6 +416,25 @@ function eventOptions(
       65_536,
       [flags['max-queued-events'], '--max-queued-events'],
       file('events', 'maxQueuedMessages'),
+    ),
+    consumerName: get(
+      str,
+      `kv-epp-${env.POD_NAME ?? env.HOSTNAME ?? (flags['pool-name'] as string | undefined) ?? 'default'}`,
+      [flags['consumer-name'], '--consumer-name'],
+      file('events', 'consumerName'),
+    ),
+    streamMaxAgeSecs: get(
+      (v, field) => int(v, field, 1, 2 ** 31 - 1),
+      3600,
+      [env.DYN_NATS_STREAM_MAX_AGE, 'DYN_NATS_STREAM_MAX_AGE'],
+      file('events', 'streamMaxAgeSecs'),
+    ),
+    resetStates: get(
+      bool,
+      false,
+      [flags['router-reset-states'], '--router-reset-states'],
+      [env.DYN_ROUTER_RESET_STATES, 'DYN_ROUTER_RESET_STATES'],
+      file('events', 'resetStates'),
     ),
   };
 }
