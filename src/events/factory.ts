@@ -1,12 +1,13 @@
 /**
  * The one place an event applier is chosen: it must match the index it
  * feeds (a native index is fed by the native applier, which applies under
- * the index's own lock; a JS index by the JS twin).
+ * the index's own lock; a JS index by the JS twin, which applies through the
+ * `KvIndex` interface).
  */
-import { KvEppError } from '../errors.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
 import { NativeKvIndex } from '../kv/native/radix-index.js';
 import type { KvIndex } from '../kv/types.js';
+import { JsEventApplier } from './js/applier.js';
 import { NativeEventApplier } from './native/event-applier.js';
 import type { EventApplier, EventApplierOptions } from './types.js';
 
@@ -17,8 +18,5 @@ export async function createEventApplier(
   if (index instanceof NativeKvIndex) {
     return NativeEventApplier.create(await loadNativeBinding(), index, options);
   }
-  throw new KvEppError(
-    'native_unavailable',
-    'KV events need the native addon (the JS event applier is not available yet)',
-  );
+  return new JsEventApplier(index, options);
 }
