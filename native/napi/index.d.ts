@@ -13,6 +13,12 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare function blockHashSeed(loraName?: string | undefined | null, cacheNamespace?: string | undefined | null): bigint
 
 /**
+ * Decodes one `kv_metrics` message (Dynamo envelope, bare msgpack or JSON
+ * `ActiveLoad`); `null` when it is not one.
+ */
+export declare function decodeActiveLoad(payload: Uint8Array): NativeActiveLoad | null
+
+/**
  * Decodes one transport message (`codec`: `dynamo`, `dynamo-json` or `vllm`)
  * and applies its events to the bound index under one write lock. Bad bytes
  * and bad events are counted in the report, never thrown; a disposed applier
@@ -65,6 +71,19 @@ export declare function indexTreeSize(handle: number, workerId: bigint, dpRank: 
 
 /** Writes the local hashes of every full block of `tokens` into `out`; returns the count. */
 export declare function localHashesInto(tokens: Uint32Array, blockSize: number, seed: bigint, out: BigUint64Array): number
+
+/**
+ * A worker load report (`kv_metrics`), with u64 counters as JS numbers
+ * (block and token counts stay far below 2^53).
+ */
+export interface NativeActiveLoad {
+  workerId: bigint
+  dpRank: number
+  activeDecodeBlocks?: number
+  activePrefillTokens?: number
+  kvUsedBlocks?: number
+  publishedAtMs?: number
+}
 
 export interface NativeBlockSizeMismatch {
   workerId: bigint

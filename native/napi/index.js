@@ -773,8 +773,9 @@ if (
   }
 }
 
-const { blockHashSeed, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { blockHashSeed }
+export { decodeActiveLoad }
 export { eventApplierApply }
 export { eventApplierCreate }
 export { eventApplierDispose }

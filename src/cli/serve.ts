@@ -21,9 +21,15 @@ import { KvEppError } from '../errors.js';
 import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
 import { startJetStreamEventSource } from '../events/jetstream-source.js';
-import { startNatsEventSource } from '../events/nats-source.js';
+import { decodeActiveLoadJs } from '../events/js/load.js';
+import {
+  kvMetricsSubject,
+  type LoadSubscription,
+  startNatsEventSource,
+} from '../events/nats-source.js';
 import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
+import { loadNativeBinding } from '../kv/native/binding.js';
 import type { KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
@@ -31,6 +37,7 @@ import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
 import { EppMetrics } from '../metrics/registry.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
+import { type ReportedLoad, WorkerLoadTable } from '../routing/worker-load.js';
 import { CertReloader } from '../server/cert-reloader.js';
 import {
   type RunningServer,
@@ -161,6 +168,7 @@ export async function startServing(
     chatTemplate,
   });
   let ingest: EventIngest | undefined;
+  const workerLoads = new WorkerLoadTable();
   const metrics = new EppMetrics({
     poolName: options.poolName,
     readyPods: () => endpoints.length,
@@ -184,6 +192,7 @@ export async function startServing(
       log,
       onRouted: observer.onRouted,
       pendingPrepare: () => preparer.queueDepth,
+      reportedLoad: (e) => workerLoads.load(e.workerId, e.dpRank, Date.now()),
     },
     {
       blockSize: options.blockSize,
@@ -242,7 +251,7 @@ export async function startServing(
         schedule: setImmediate,
         maxQueuedMessages: options.events.maxQueuedMessages,
       });
-      started.push(await startEventSources(options, endpoints, ingest, log));
+      started.push(await startEventSources(options, endpoints, ingest, log, workerLoads));
     }
     extProc = await startExtProcServer({
       port: options.grpcPort,
@@ -307,6 +316,7 @@ async function startEventSources(
   endpoints: readonly Endpoint[],
   ingest: EventIngest,
   log: Logger,
+  workerLoads: WorkerLoadTable,
 ): Promise<{ close(): Promise<void> }> {
   const { natsServer, subjects, durable } = options.events;
   const zmqEndpoints = endpoints.filter((e) => e.kvEvents !== undefined);
@@ -337,7 +347,13 @@ async function startEventSources(
                 ingest,
                 log,
               })
-            : await startNatsEventSource({ servers: natsServer, subjects, ingest, log }),
+            : await startNatsEventSource({
+                servers: natsServer,
+                subjects,
+                ingest,
+                log,
+                loads: await loadSubscription(options, workerLoads),
+              }),
         );
       } catch (e) {
         throw new KvEppError(
@@ -354,4 +370,39 @@ async function startEventSources(
     throw e;
   }
   return { close: closeAll };
+}
+
+/**
+ * Worker load reports (`kv_metrics`) for the picker's tie-breaks, decoded
+ * with exact u64 worker ids (the addon, else its JS twin).
+ */
+async function loadSubscription(
+  options: ServeOptions,
+  table: WorkerLoadTable,
+): Promise<LoadSubscription> {
+  let decode: (payload: Uint8Array) => ReportedLoad | null = decodeActiveLoadJs;
+  if (options.backend !== 'js') {
+    try {
+      const addon = await loadNativeBinding();
+      decode = (payload) => {
+        const l = addon.decodeActiveLoad(payload);
+        return l
+          ? {
+              workerId: l.workerId,
+              dpRank: l.dpRank,
+              activeDecodeBlocks: l.activeDecodeBlocks ?? undefined,
+              activePrefillTokens: l.activePrefillTokens ?? undefined,
+              kvUsedBlocks: l.kvUsedBlocks ?? undefined,
+            }
+          : null;
+      };
+    } catch {
+      // auto without the addon: the JS twin decodes.
+    }
+  }
+  return {
+    subjects: [kvMetricsSubject(options.events.namespace)],
+    decode,
+    onLoad: (l) => table.update(l, Date.now()),
+  };
 }

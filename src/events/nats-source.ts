@@ -16,6 +16,7 @@
  */
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import type { Logger } from '../log/logger.js';
+import type { ReportedLoad } from '../routing/worker-load.js';
 import type { EventIngest } from './ingest.js';
 import type { EventCodec } from './types.js';
 
@@ -28,12 +29,27 @@ export interface NatsEventSourceOptions {
   log: Logger;
   /** Connection name shown by the server; default `kv-epp`. */
   name?: string | undefined;
+  /** Worker load reports (`…kv_metrics`) on the same connection. */
+  loads?: LoadSubscription | undefined;
+}
+
+/** Where `kv_metrics` messages go: decoded (exact u64 ids) and recorded. */
+export interface LoadSubscription {
+  subjects: readonly string[];
+  /** Decodes one message; null when it is not a load report. */
+  decode: (payload: Uint8Array) => ReportedLoad | null;
+  onLoad: (load: ReportedLoad) => void;
 }
 
 export interface NatsEventSource {
   /** Messages received, per subscription subject. */
   received(): number;
   close(): Promise<void>;
+}
+
+/** Dynamo's worker-load subject (`KV_METRICS_SUBJECT`) for one component endpoint. */
+export function kvMetricsSubject(namespace: string, component = '*', endpoint = '*'): string {
+  return `namespace.${namespace}.component.${component}.endpoint.${endpoint}.kv_metrics`;
 }
 
 /** Dynamo's event subject for one component endpoint; `*` wildcards allowed. */
@@ -75,6 +91,24 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
       },
     }),
   );
+  let badLoads = 0;
+  const loads = opts.loads;
+  if (loads) {
+    for (const subject of loads.subjects) {
+      subs.push(
+        nc.subscribe(subject, {
+          callback: (err, m) => {
+            if (err) return;
+            const load = loads.decode(m.data);
+            if (load) loads.onLoad(load);
+            else if (badLoads++ === 0) {
+              opts.log.warn({ subject: m.subject }, 'undecodable kv_metrics message ignored');
+            }
+          },
+        }),
+      );
+    }
+  }
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {

@@ -59,6 +59,8 @@ export interface KvRouterDeps {
   log: Logger;
   /** Observes every routed request (metrics). */
   onRouted?: ((r: RoutedRequest) => void) | undefined;
+  /** Worker-reported load (`kv_metrics`), for tie-breaks after in-flight counts. */
+  reportedLoad?: ((e: Endpoint) => number) | undefined;
   /** Requests waiting for tokenization (for `admission.maxPendingPrepare`). */
   pendingPrepare?: (() => number) | undefined;
   /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
@@ -168,8 +170,11 @@ export class KvRouter implements RequestRouter {
   }
 
   routeHeaderOnly(req: GatewayRequest): RouteDecision {
-    const c = candidatesFor(this.available(this.candidates(req)), undefined, (e) =>
-      this.load(e.hostPort),
+    const c = candidatesFor(
+      this.available(this.candidates(req)),
+      undefined,
+      (e) => this.load(e.hostPort),
+      this.deps.reportedLoad,
     );
     return this.decide(
       req,
@@ -223,7 +228,7 @@ export class KvRouter implements RequestRouter {
     // Again after tokenizing: endpoints and loads may have changed meanwhile.
     const endpoints = this.available(this.candidates(req));
     const ranked = rank(
-      candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort)),
+      candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort), this.deps.reportedLoad),
       1 + this.settings.fallbacks,
     );
     const chosen = ranked.map((c) => c.endpoint);

@@ -1,8 +1,9 @@
 /**
  * Endpoint choice until Dynamo's full cost function lands: the longest
  * cached prefix wins; ties go to the least-loaded endpoint (requests in
- * flight), then the smaller cache (tree size), then the name, so the order is
- * total and deterministic. Pure.
+ * flight here, then the worker's own `kv_metrics` decode load), then the
+ * smaller cache (tree size), then the name, so the order is total and
+ * deterministic. Pure.
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import type { OverlapScores } from '../kv/types.js';
@@ -11,6 +12,8 @@ export interface Candidate {
   endpoint: Endpoint;
   overlapBlocks: number;
   inFlight: number;
+  /** The worker's own load report (`kv_metrics` decode blocks); 0 when unknown. */
+  reportedLoad: number;
   treeSize: number;
 }
 
@@ -38,6 +41,7 @@ export function candidatesFor(
   endpoints: readonly Endpoint[],
   overlap: OverlapScores | undefined,
   inFlight: (e: Endpoint) => number,
+  reportedLoad: (e: Endpoint) => number = () => 0,
 ): Candidate[] {
   const byHolder = new Map<string, { blocks: number; treeSize: number }>();
   if (overlap) {
@@ -54,6 +58,7 @@ export function candidatesFor(
       endpoint,
       overlapBlocks: o?.blocks ?? 0,
       inFlight: inFlight(endpoint),
+      reportedLoad: reportedLoad(endpoint),
       treeSize: o?.treeSize ?? 0,
     };
   });
@@ -66,6 +71,7 @@ export function rank(candidates: readonly Candidate[], count: number): Candidate
       (a, b) =>
         b.overlapBlocks - a.overlapBlocks ||
         a.inFlight - b.inFlight ||
+        a.reportedLoad - b.reportedLoad ||
         a.treeSize - b.treeSize ||
         (a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0),
     )

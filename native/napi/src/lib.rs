@@ -648,3 +648,30 @@ pub fn event_applier_forget_worker(handle: u32, worker_id: BigInt) -> Result<()>
 pub fn event_applier_dispose(handle: u32) -> bool {
     APPLIERS.lock().remove(&handle).is_some()
 }
+
+/// A worker load report (`kv_metrics`), with u64 counters as JS numbers
+/// (block and token counts stay far below 2^53).
+#[napi(object)]
+pub struct NativeActiveLoad {
+    pub worker_id: BigInt,
+    pub dp_rank: u32,
+    pub active_decode_blocks: Option<f64>,
+    pub active_prefill_tokens: Option<f64>,
+    pub kv_used_blocks: Option<f64>,
+    pub published_at_ms: Option<f64>,
+}
+
+/// Decodes one `kv_metrics` message (Dynamo envelope, bare msgpack or JSON
+/// `ActiveLoad`); `null` when it is not one.
+#[napi]
+pub fn decode_active_load(payload: Uint8Array) -> Option<NativeActiveLoad> {
+    let l = kv_epp_core::events::load::decode_active_load(&payload).ok()?;
+    Some(NativeActiveLoad {
+        worker_id: BigInt::from(l.worker_id),
+        dp_rank: l.dp_rank,
+        active_decode_blocks: l.active_decode_blocks.map(|v| v as f64),
+        active_prefill_tokens: l.active_prefill_tokens.map(|v| v as f64),
+        kv_used_blocks: l.kv_used_blocks.map(|v| v as f64),
+        published_at_ms: l.published_at_ms.map(|v| v as f64),
+    })
+}

@@ -304,7 +304,7 @@ pub fn decode_json(bytes: &[u8]) -> Result<DynamoMessage, DecodeError> {
     Ok(DynamoMessage { envelope: None, events: events_of(&top) })
 }
 
-fn json_to_msgpack(v: &serde_json::Value, out: &mut Vec<u8>) {
+pub(crate) fn json_to_msgpack(v: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value as J;
     match v {
         J::Null => msgpack::write_nil(out),

@@ -23,6 +23,7 @@
 mod applier;
 pub mod de;
 pub mod dynamo;
+pub mod load;
 pub mod msgpack;
 pub mod vllm;
 
