@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { jetstream } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import { kvQueueSubject, kvStreamName } from '../../../src/events/jetstream-names.js';
 import { createBlockHasher } from '../../../src/kv/factory.js';
