@@ -15,8 +15,10 @@ import {
   resolveUseKvEvents,
   type ServeOptions,
 } from '../config/serve-options.js';
+import { diffEndpoints } from '../discovery/endpoint-changes.js';
 import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
 import { loadEndpointsFile } from '../discovery/endpoints-file.js';
+import { type EndpointsWatch, watchEndpointsFile } from '../discovery/endpoints-watch.js';
 import { KvEppError } from '../errors.js';
 import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
@@ -69,6 +71,10 @@ export interface Serving {
   index: KvIndex;
   /** The KV event queue, when events are on. */
   ingest: EventIngest | undefined;
+  /** The endpoints in force. */
+  endpoints(): readonly Endpoint[];
+  /** Re-reads `--endpoints-file` now (it is also watched); true when the list changed. */
+  reloadEndpoints(): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -240,6 +246,7 @@ export async function startServing(
   let health: RunningServer;
   let metricsServer: MetricsServer;
   let applier: EventApplier | undefined;
+  let eventSources: EventSources | undefined;
   try {
     if (useKvEvents) {
       applier = await createEventApplier(path.index, { blockSize: options.blockSize });
@@ -251,7 +258,8 @@ export async function startServing(
         schedule: setImmediate,
         maxQueuedMessages: options.events.maxQueuedMessages,
       });
-      started.push(await startEventSources(options, endpoints, ingest, log, workerLoads));
+      eventSources = await startEventSources(options, endpoints, ingest, log, workerLoads);
+      started.push(eventSources);
     }
     extProc = await startExtProcServer({
       port: options.grpcPort,
@@ -282,6 +290,44 @@ export async function startServing(
     await releaseAll();
     throw e;
   }
+  // Static discovery follows its file: departed workers leave the index.
+  const applyEndpoints = async (next: Endpoint[]): Promise<void> => {
+    const changes = diffEndpoints(endpoints, next);
+    endpoints = next;
+    for (const w of changes.removedWorkers) {
+      path.index.removeWorker(w);
+      ingest?.forgetWorker(w);
+      workerLoads.forgetWorker(w);
+      kvRouter.forget({ workerId: w });
+    }
+    for (const h of changes.removedHolders) {
+      path.index.clear(h);
+      kvRouter.forget(h);
+    }
+    await eventSources?.syncEndpoints(next);
+    log.info(
+      {
+        endpoints: next.length,
+        added: changes.added.map((e) => e.name),
+        removedWorkers: changes.removedWorkers,
+        removedHolders: changes.removedHolders.length,
+      },
+      'endpoints changed',
+    );
+  };
+  let watcher: EndpointsWatch | undefined;
+  if (options.endpointsFile !== undefined) {
+    watcher = watchEndpointsFile(options.endpointsFile, endpoints, {
+      log,
+      onChange: (next) => {
+        applyEndpoints(next).catch((e: unknown) =>
+          log.error({ err: (e as Error).message }, 'applying new endpoints failed'),
+        );
+      },
+    });
+    const w = watcher;
+    started.push({ close: async () => w.close() });
+  }
   log.info(
     {
       grpcPort: extProc.port,
@@ -302,6 +348,8 @@ export async function startServing(
     metrics: metricsServer,
     index: path.index,
     ingest,
+    endpoints: () => endpoints,
+    reloadEndpoints: () => watcher?.reload() ?? Promise.resolve(false),
     close: releaseAll,
   };
 }
@@ -317,7 +365,7 @@ async function startEventSources(
   ingest: EventIngest,
   log: Logger,
   workerLoads: WorkerLoadTable,
-): Promise<{ close(): Promise<void> }> {
+): Promise<EventSources> {
   const { natsServer, subjects, durable } = options.events;
   const zmqEndpoints = endpoints.filter((e) => e.kvEvents !== undefined);
   if (natsServer === undefined && zmqEndpoints.length === 0) {
@@ -327,6 +375,7 @@ async function startEventSources(
     );
   }
   const sources: Array<{ close(): Promise<void> }> = [];
+  let zmq: Awaited<ReturnType<typeof startZmqEventSources>> | undefined;
   const closeAll = async (): Promise<void> => {
     await Promise.allSettled(sources.splice(0).map((s) => s.close()));
   };
@@ -363,13 +412,30 @@ async function startEventSources(
       }
     }
     if (zmqEndpoints.length > 0) {
-      sources.push(await startZmqEventSources({ endpoints: zmqEndpoints, ingest, log }));
+      zmq = await startZmqEventSources({ endpoints: zmqEndpoints, ingest, log });
+      sources.push(zmq);
     }
   } catch (e) {
     await closeAll();
     throw e;
   }
-  return { close: closeAll };
+  return {
+    close: closeAll,
+    async syncEndpoints(next) {
+      const withEvents = next.filter((e) => e.kvEvents !== undefined);
+      if (zmq) await zmq.sync(withEvents);
+      else if (withEvents.length > 0) {
+        zmq = await startZmqEventSources({ endpoints: withEvents, ingest, log });
+        sources.push(zmq);
+      }
+    },
+  };
+}
+
+interface EventSources {
+  close(): Promise<void>;
+  /** Discovery changed: open/close ZMQ subscriptions to match. */
+  syncEndpoints(endpoints: readonly Endpoint[]): Promise<void>;
 }
 
 /**

@@ -110,6 +110,12 @@ export class KvRouter implements RequestRouter {
     return this.approx?.maintain(nowMs) ?? { expired: 0, pruned: 0 };
   }
 
+  /** A holder or a whole worker left discovery: drop approximate-mode timers (not the index). */
+  forget(worker: { workerId: bigint; dpRank?: number | undefined }): void {
+    if (worker.dpRank === undefined) this.approx?.forgetWorker(worker.workerId);
+    else this.approx?.forgetHolder({ workerId: worker.workerId, dpRank: worker.dpRank });
+  }
+
   /** Requests in flight on an endpoint (`host:port`). */
   load(hostPort: string): number {
     return this.inFlight.get(hostPort) ?? 0;

@@ -1,0 +1,93 @@
+/**
+ * Static discovery that follows its file: `--endpoints-file` is re-read when
+ * it changes (directory watch, plus a poll because watch events are lost on
+ * some filesystems and a ConfigMap update swaps a symlink). Adapter module.
+ *
+ * Contract: a file that no longer parses or validates is logged and ignored —
+ * the last good list stays in force, nothing is removed from the index.
+ * `onChange` is called only when the parsed list differs.
+ */
+import { type FSWatcher, watch } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import type { Logger } from '../log/logger.js';
+import type { Endpoint } from './endpoints.js';
+import { loadEndpointsFile } from './endpoints-file.js';
+
+export interface EndpointsWatchOptions {
+  log: Logger;
+  /** Re-read interval in ms; 0 disables polling (the watch still runs). Default 5 s. */
+  pollMs?: number | undefined;
+  onChange: (endpoints: Endpoint[]) => void;
+}
+
+export interface EndpointsWatch {
+  /** Re-reads now; resolves true when a new list was installed. */
+  reload(): Promise<boolean>;
+  close(): void;
+}
+
+function fingerprint(list: readonly Endpoint[]): string {
+  return JSON.stringify(list, (_k, v) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
+export function watchEndpointsFile(
+  path: string,
+  initial: readonly Endpoint[],
+  opts: EndpointsWatchOptions,
+): EndpointsWatch {
+  let current = fingerprint(initial);
+  let reading: Promise<boolean> | undefined;
+  let again = false;
+  const readOnce = async (): Promise<boolean> => {
+    let next: Endpoint[];
+    try {
+      next = await loadEndpointsFile(path);
+    } catch (e) {
+      opts.log.warn(
+        { file: path, err: (e as Error).message },
+        'endpoints file not usable; keeping the previous endpoints',
+      );
+      return false;
+    }
+    const fp = fingerprint(next);
+    if (fp === current) return false;
+    current = fp;
+    opts.onChange(next);
+    return true;
+  };
+  const reload = (): Promise<boolean> => {
+    if (reading) {
+      again = true;
+      return reading;
+    }
+    reading = readOnce().finally(() => {
+      reading = undefined;
+      if (again) {
+        again = false;
+        void reload();
+      }
+    });
+    return reading;
+  };
+  let watcher: FSWatcher | undefined;
+  const name = basename(path);
+  try {
+    watcher = watch(dirname(path), { persistent: false }, (_event, file) => {
+      // Any change in the directory may be a symlink swap of our file.
+      if (file === null || file === name || file.startsWith('..')) void reload();
+    });
+    watcher.on('error', () => {});
+  } catch {
+    // Polling only.
+  }
+  const pollMs = opts.pollMs ?? 5000;
+  const timer = pollMs > 0 ? setInterval(() => void reload(), pollMs) : undefined;
+  timer?.unref();
+  return {
+    reload,
+    close() {
+      watcher?.close();
+      if (timer) clearInterval(timer);
+    },
+  };
+}

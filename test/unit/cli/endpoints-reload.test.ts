@@ -1,0 +1,91 @@
+/**
+ * `--endpoints-file` is followed: a worker removed from the file leaves the
+ * index (and routing); a broken file keeps the last good list.
+ */
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Serving, startServing } from '../../../src/cli/serve.js';
+import { diffEndpoints } from '../../../src/discovery/endpoint-changes.js';
+import { parseEndpoints } from '../../../src/discovery/endpoints.js';
+import { RecordingLogger } from '../../support/ext-proc.js';
+
+const running: Serving[] = [];
+const dirs: string[] = [];
+afterEach(async () => {
+  for (const s of running.splice(0)) await s.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+const A = { address: '127.0.0.2', port: 8001, name: 'a', workerId: '18446744073709551615' };
+const B = { address: '127.0.0.3', port: 8001, name: 'b', workerId: '2' };
+const B1 = { ...B, address: '127.0.0.4', dpRank: 1 };
+
+function write(file: string, doc: unknown): void {
+  writeFileSync(`${file}.tmp`, typeof doc === 'string' ? doc : JSON.stringify(doc));
+  renameSync(`${file}.tmp`, file);
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('diffEndpoints', () => {
+  it('tells added endpoints, removed holders and removed workers apart', () => {
+    const prev = parseEndpoints({ endpoints: [A, B, B1] }, 't');
+    const next = parseEndpoints({ endpoints: [B, { ...A, name: 'a2', workerId: '9' }] }, 't');
+    const d = diffEndpoints(prev, next);
+    expect(d.added.map((e) => e.name)).toEqual(['a2']);
+    expect(d.removedWorkers).toEqual([18446744073709551615n]);
+    expect(d.removedHolders).toEqual([{ workerId: 2n, dpRank: 1 }]);
+  });
+});
+
+describe('serve follows --endpoints-file', () => {
+  it('removes a departed worker from the index and keeps the list when the file breaks', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-eps-'));
+    dirs.push(dir);
+    const file = join(dir, 'endpoints.json');
+    write(file, { endpoints: [A, B] });
+    const log = new RecordingLogger();
+    const s = await startServing(
+      [
+        '--endpoints-file',
+        file,
+        '--secure-serving=false',
+        '--grpc-port=0',
+        '--grpc-health-port=0',
+        '--metrics-port=0',
+        '--host=127.0.0.1',
+      ],
+      { KV_EPP_POOL_SIZE: '0' },
+      log,
+    );
+    running.push(s);
+    const a = { workerId: 18446744073709551615n, dpRank: 0 };
+    const b = { workerId: 2n, dpRank: 0 };
+    const blocks = {
+      localHashes: BigUint64Array.of(1n, 2n),
+      externalHashes: BigUint64Array.of(11n, 12n),
+    };
+    expect(s.index.applyStored(a, null, blocks)).toBe('ok');
+    expect(s.index.applyStored(b, null, blocks)).toBe('ok');
+
+    write(file, '{"endpoints": [ broken');
+    expect(await s.reloadEndpoints()).toBe(false);
+    expect(s.endpoints()).toHaveLength(2);
+    expect(log.records.some((r) => r.msg.includes('keeping the previous endpoints'))).toBe(true);
+
+    write(file, { endpoints: [B] });
+    await s.reloadEndpoints(); // the directory watch may have got there first
+    await until(() => s.endpoints().length === 1, 'the new list');
+    expect(s.index.treeSize(a)).toBe(0);
+    expect(s.index.treeSize(b)).toBe(2);
+    expect(log.records.some((r) => r.msg === 'endpoints changed')).toBe(true);
+  });
+});
