@@ -107,6 +107,11 @@ export class EventIngest {
     return true;
   }
 
+  /** True while a push would be dropped (sources with backpressure stop reading). */
+  isFull(): boolean {
+    return this.queue.length - this.head >= this.maxMessages || this.queuedBytes >= this.maxBytes;
+  }
+
   /** Applies everything queued now, ignoring the slice budget (tests, replay, shutdown). */
   drainAll(): void {
     while (this.head < this.queue.length) this.applyNext();

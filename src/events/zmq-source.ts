@@ -41,6 +41,9 @@ import type { EventMessage } from './ingest.js';
 type ZmqModule = typeof import('zeromq');
 
 /** Dynamo's event topic on its ZMQ event plane. */
+/** Messages handled per socket before yielding to the event loop. */
+const YIELD_EVERY = 64;
+
 export const DYNAMO_KV_TOPIC = 'kv-events';
 const DYNAMO_KV_TOPIC_BYTES = Buffer.from(DYNAMO_KV_TOPIC);
 /** `FRAME_VERSION` and `FRAME_HEADER_SIZE` (dynamo-runtime event_plane/frame.rs). */
@@ -52,9 +55,9 @@ export interface ZmqEventSourcesOptions {
   /** Endpoints to subscribe to now (those without `kvEvents` are skipped). */
   endpoints: readonly Endpoint[];
   /** Where messages go (`EventIngest`). */
-  ingest: { push(msg: EventMessage): boolean };
+  ingest: { push(msg: EventMessage): boolean; isFull?(): boolean };
   log: Logger;
-  /** ZMQ_RCVHWM per socket, in messages; default 10 000. */
+  /** ZMQ_RCVHWM per socket, in messages; default 1 000 (ZMQ drops beyond it). */
   receiveHighWaterMark?: number | undefined;
   /** ZMQ_MAXMSGSIZE in bytes (a bigger message drops the connection); default 64 MiB. */
   maxMessageBytes?: number | undefined;
@@ -248,7 +251,7 @@ class ZmqSources implements ZmqEventSources {
   private open(zmq: ZmqModule, kv: KvEventsEndpoint): Source {
     const o = this.opts;
     const socket = new zmq.Subscriber({
-      receiveHighWaterMark: o.receiveHighWaterMark ?? 10_000,
+      receiveHighWaterMark: o.receiveHighWaterMark ?? 1_000,
       maxMessageSize: o.maxMessageBytes ?? 64 * 1024 * 1024,
       reconnectInterval: o.reconnectIntervalMs ?? 10,
       reconnectMaxInterval: o.reconnectMaxIntervalMs ?? 5_000,
@@ -289,7 +292,18 @@ class ZmqSources implements ZmqEventSources {
 
   private async receiveLoop(src: Source): Promise<void> {
     try {
-      for await (const frames of src.socket) this.onMessage(src, frames);
+      let n = 0;
+      for await (const frames of src.socket) {
+        this.onMessage(src, frames);
+        // Yield to timers and the ingest's drain: a flood on many sockets must not
+        // keep the event loop in this microtask chain.
+        if (++n % YIELD_EVERY === 0) await new Promise<void>((r) => setImmediate(r));
+        // Backpressure: while the ingest is full, leave messages in the socket,
+        // where the receive high-water mark bounds them (and ZMQ drops beyond it).
+        while (this.opts.ingest.isFull?.() === true && !src.socket.closed) {
+          await new Promise<void>((r) => setTimeout(r, 5));
+        }
+      }
     } catch (err) {
       if (!src.socket.closed) {
         this.opts.log.error(

@@ -202,3 +202,15 @@ describe('EventIngest', () => {
     expect(t.applier.forgotten).toEqual([42n]);
   });
 });
+
+describe('EventIngest.isFull', () => {
+  it('reports a full queue until it drains', () => {
+    const t = setup({ maxQueuedMessages: 2 });
+    expect(t.ingest.isFull()).toBe(false);
+    t.ingest.push(msg(0));
+    t.ingest.push(msg(1));
+    expect(t.ingest.isFull()).toBe(true);
+    t.sched.runOne();
+    expect(t.ingest.isFull()).toBe(false);
+  });
+});
