@@ -231,6 +231,34 @@ describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (
     ]);
   });
 
+  it('tracks hashes whose low 52 bits collide as distinct blocks', async () => {
+    const { tracker, memberships } = await setup();
+    // Two external hashes equal in their low 52 bits, different above.
+    const a = 0x0001_2345_6789_abcdn;
+    const b = a | (0xabcn << 52n);
+    const c = a | (0x001n << 52n);
+    const blocks = (ext: bigint, local: bigint) => ({
+      localHashes: u64s([local]),
+      externalHashes: u64s([ext]),
+    });
+    expect(index.applyStored(W1, null, blocks(a, 100n))).toBe('ok');
+    expect(index.applyStored(W2, null, blocks(b, 200n))).toBe('ok');
+    tracker.record(W1, u64s([a]), 0);
+    // Same holder, colliding keys: a and c both live.
+    expect(index.applyStored(W1, null, blocks(c, 300n))).toBe('ok');
+    tracker.record(W1, u64s([c]), 100);
+    tracker.record(W2, u64s([b]), 100);
+    expect(tracker.size).toBe(3);
+    tracker.record(W1, u64s([c]), 600); // refresh c only
+    expect(tracker.size).toBe(3);
+    expect(tracker.expire(1000)).toBe(1); // a
+    expect(tracker.expire(1100)).toBe(1); // b (W2)
+    expect(tracker.size).toBe(1);
+    expect(tracker.expire(1600)).toBe(1); // c, refreshed
+    expect(tracker.size).toBe(0);
+    expect(memberships()).toBe(0);
+  });
+
   it('rejects settings outside Dynamo’s ranges', async () => {
     index = await createKvIndex(backend);
     const ok = { ttlMs: 1, maxTreeSize: 1, pruneTargetRatio: 1 };
