@@ -24,6 +24,7 @@ import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
 import { startJetStreamEventSource } from '../events/jetstream-source.js';
 import { decodeActiveLoadJs } from '../events/js/load.js';
+import { nativeLoadDecoder } from '../events/native/load.js';
 import {
   kvMetricsSubject,
   type LoadSubscription,
@@ -449,19 +450,7 @@ async function loadSubscription(
   let decode: (payload: Uint8Array) => ReportedLoad | null = decodeActiveLoadJs;
   if (options.backend !== 'js') {
     try {
-      const addon = await loadNativeBinding();
-      decode = (payload) => {
-        const l = addon.decodeActiveLoad(payload);
-        return l
-          ? {
-              workerId: l.workerId,
-              dpRank: l.dpRank,
-              activeDecodeBlocks: l.activeDecodeBlocks ?? undefined,
-              activePrefillTokens: l.activePrefillTokens ?? undefined,
-              kvUsedBlocks: l.kvUsedBlocks ?? undefined,
-            }
-          : null;
-      };
+      decode = nativeLoadDecoder(await loadNativeBinding());
     } catch {
       // auto without the addon: the JS twin decodes.
     }

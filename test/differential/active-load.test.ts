@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { decodeActiveLoadJs } from '../../src/events/js/load.js';
+import { nativeLoadDecoder } from '../../src/events/native/load.js';
 import { loadNativeBinding } from '../../src/kv/native/binding.js';
 import { mulberry32 } from '../support/random.js';
 
@@ -75,18 +76,7 @@ function json(l: Load): Uint8Array {
 
 describe('kv_metrics decoding: native vs JS', async () => {
   const addon = await loadNativeBinding();
-  const native = (b: Uint8Array) => {
-    const l = addon.decodeActiveLoad(b);
-    return l
-      ? {
-          workerId: l.workerId,
-          dpRank: l.dpRank,
-          activeDecodeBlocks: l.activeDecodeBlocks ?? undefined,
-          activePrefillTokens: l.activePrefillTokens ?? undefined,
-          kvUsedBlocks: l.kvUsedBlocks ?? undefined,
-        }
-      : null;
-  };
+  const native = nativeLoadDecoder(addon);
 
   it('agrees on well-formed reports in every form, exact u64 ids', () => {
     const rnd = mulberry32(7);

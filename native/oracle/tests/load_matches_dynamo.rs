@@ -4,21 +4,8 @@
 
 use dynamo_kv_router::protocols::ActiveLoad;
 use kv_epp_core::events::load::decode_active_load;
-use serde::Serialize;
-
-#[derive(Serialize)]
-struct Envelope<'a> {
-    publisher_id: u64,
-    sequence: u64,
-    published_at: u64,
-    topic: &'a str,
-    #[serde(serialize_with = "serialize_bytes")]
-    payload: &'a [u8],
-}
-
-fn serialize_bytes<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_bytes(b)
-}
+mod events_oracle;
+use events_oracle::envelope_around;
 
 #[test]
 fn dynamo_active_load_round_trips() {
@@ -40,14 +27,7 @@ fn dynamo_active_load_round_trips() {
     ];
     for load in cases {
         let payload = rmp_serde::to_vec_named(&load).unwrap();
-        let env = rmp_serde::to_vec_named(&Envelope {
-            publisher_id: 1,
-            sequence: 9,
-            published_at: 1_700_000_000_123,
-            topic: "kv_metrics",
-            payload: &payload,
-        })
-        .unwrap();
+        let env = envelope_around(1, 9, 1_700_000_000_123, "kv_metrics", &payload);
         let json = serde_json::to_vec(&load).unwrap();
         for (bytes, at) in [(env, Some(1_700_000_000_123)), (payload, None), (json, None)] {
             let got = decode_active_load(&bytes).unwrap();

@@ -50,14 +50,19 @@ fn serialize_bytes<S: serde::Serializer>(b: &&[u8], s: S) -> Result<S::Ok, S::Er
 /// `MsgpackCodec::encode_envelope_parts`.
 pub fn envelope_bytes(publisher_id: u64, sequence: u64, events: &[RouterEvent]) -> Vec<u8> {
     let payload = rmp_serde::to_vec_named(events).unwrap();
-    rmp_serde::to_vec_named(&Envelope {
-        publisher_id,
-        sequence,
-        published_at: 1_700_000_000_000 + sequence,
-        topic: "kv-events",
-        payload: &payload,
-    })
-    .unwrap()
+    envelope_around(publisher_id, sequence, 1_700_000_000_000 + sequence, "kv-events", &payload)
+}
+
+/// The envelope around an already encoded payload, for any topic.
+pub fn envelope_around(
+    publisher_id: u64,
+    sequence: u64,
+    published_at: u64,
+    topic: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    rmp_serde::to_vec_named(&Envelope { publisher_id, sequence, published_at, topic, payload })
+        .unwrap()
 }
 
 // ---- router: event-id cursor + tier routing --------------------------------------------------
