@@ -61,6 +61,9 @@ export declare function indexDispose(handle: number): boolean
  */
 export declare function indexFindMatches(handle: number, localHashes: BigUint64Array, earlyExit: boolean, outWorkerIds: BigUint64Array, outDpRanks: Uint32Array, outDepths: Uint32Array, outTreeSizes: Uint32Array): number
 
+/** Drops one holder (a dp rank of a worker that left) without counting an event. */
+export declare function indexRemoveHolder(handle: number, workerId: bigint, dpRank: number): void
+
 /** Drops every dp rank of a worker. */
 export declare function indexRemoveWorker(handle: number, workerId: bigint): void
 

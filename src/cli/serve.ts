@@ -302,7 +302,7 @@ export async function startServing(
       kvRouter.forget({ workerId: w });
     }
     for (const h of changes.removedHolders) {
-      path.index.clear(h);
+      path.index.removeHolder(h);
       kvRouter.forget(h);
     }
     await eventSources?.syncEndpoints(next);

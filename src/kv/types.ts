@@ -102,6 +102,8 @@ export interface KvIndex {
   applyRemoved(worker: WorkerRank, externalHashes: BigUint64Array): ApplyOutcome;
   /** `AllBlocksCleared` for one (worker, dp rank). */
   clear(worker: WorkerRank): void;
+  /** Drops one (worker, dp rank) (it left discovery, or its stream was reset); counts no event. */
+  removeHolder(worker: WorkerRank): void;
   /** Drops every dp rank of a worker (it left discovery). */
   removeWorker(workerId: bigint): void;
   /** Contiguous prefix depth per holder for the query's local hashes. */

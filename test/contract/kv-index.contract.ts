@@ -280,6 +280,22 @@ export function describeKvIndexContract(name: string, make: () => KvIndex): void
       expect(match([1n, 2n, 3n])).toEqual(scores([B, 2, 2]));
     });
 
+    it('removeHolder() drops one dp rank without counting an event or registering a holder', () => {
+      const r0 = w(7n, 0);
+      const r1 = w(7n, 1);
+      expect(idx.applyStored(r0, null, blocks([1n, 2n]))).toBe('ok');
+      expect(idx.applyStored(r1, null, blocks([1n, 2n]))).toBe('ok');
+      idx.removeHolder(r1);
+      idx.removeHolder(w(9n)); // unknown: nothing happens
+      expect(match([1n, 2n])).toEqual(scores([r0, 2, 2]));
+      expect(idx.stats()).toEqual({
+        workers: 1,
+        memberships: 2,
+        counters: { applied: 2, parentNotFound: 0, blockNotFound: 0, invalidBlockSequence: 0 },
+      });
+      expect(idx.applyStored(r1, null, blocks([1n]))).toBe('ok');
+    });
+
     it('clear() drops one dp rank only', () => {
       const r0 = w(7n, 0);
       const r1 = w(7n, 1);
@@ -446,6 +462,7 @@ export function describeKvIndexContract(name: string, make: () => KvIndex): void
         () => idx.applyStored(A, null, { localHashes: u64s(1n), externalHashes: u64s() }),
         () => idx.applyRemoved(A, u64s(101n)),
         () => idx.clear(A),
+        () => idx.removeHolder(A),
         () => idx.removeWorker(1n),
         () => idx.findMatches(u64s(1n), false),
         () => idx.treeSize(A),

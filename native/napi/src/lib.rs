@@ -180,6 +180,14 @@ pub fn index_clear(handle: u32, worker_id: BigInt, dp_rank: u32) -> Result<()> {
     Ok(())
 }
 
+/// Drops one holder (a dp rank of a worker that left) without counting an event.
+#[napi]
+pub fn index_remove_holder(handle: u32, worker_id: BigInt, dp_rank: u32) -> Result<()> {
+    let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
+    index(handle)?.write().remove_worker_dp_rank(worker);
+    Ok(())
+}
+
 /// Drops every dp rank of a worker.
 #[napi]
 pub fn index_remove_worker(handle: u32, worker_id: BigInt) -> Result<()> {

@@ -119,21 +119,6 @@ function outcomeReason(o: ApplyOutcome): EventRejectReason | null {
   }
 }
 
-/**
- * Forgets one holder without counting an event (the native index's
- * `remove_worker_dp_rank`). The `KvIndex` interface has only `clear`, which
- * also makes the holder known and counts an applied event; `JsKvIndex` has
- * the exact operation as a private method, used when present so the index's
- * stats match the native applier's. Other indexes get `clear` (same blocks
- * held afterwards, stats may differ).
- */
-function resetHolder(index: KvIndex, w: Holder): void {
-  const exact = (index as unknown as { removeWorkerDpRank?: (w: Holder) => void })
-    .removeWorkerDpRank;
-  if (typeof exact === 'function') exact.call(index, w);
-  else index.clear(w);
-}
-
 /** Applies the operations to `index` in order and completes the tally (`Prepared::commit`). */
 export function commit(ops: readonly Op[], index: KvIndex, t: Tally): void {
   for (const op of ops) {
@@ -169,7 +154,7 @@ export function commit(ops: readonly Op[], index: KvIndex, t: Tally): void {
         t.applied.cleared += op.srcs;
         break;
       case 'reset':
-        resetHolder(index, w);
+        index.removeHolder(w);
         break;
     }
   }

@@ -605,6 +605,11 @@ export class JsKvIndex implements KvIndex {
 
   // ---- events --------------------------------------------------------------
 
+  removeHolder(worker: WorkerRank): void {
+    this.checkLive();
+    this.removeWorkerDpRank(holderOf(worker));
+  }
+
   private removeWorkerDpRank(worker: WorkerRank): void {
     const s = this.slotOf.get(slotKey(worker.workerId, worker.dpRank));
     if (s !== undefined) {

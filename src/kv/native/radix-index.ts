@@ -85,6 +85,10 @@ export class NativeKvIndex implements KvIndex {
     this.call(() => this.addon.indexClear(this.handle, worker.workerId, worker.dpRank));
   }
 
+  removeHolder(worker: WorkerRank): void {
+    this.call(() => this.addon.indexRemoveHolder(this.handle, worker.workerId, worker.dpRank));
+  }
+
   removeWorker(workerId: bigint): void {
     this.call(() => this.addon.indexRemoveWorker(this.handle, workerId));
   }
