@@ -7,22 +7,10 @@ import { describe, expect, it } from 'vitest';
 import { decodeActiveLoadJs } from '../../src/events/js/load.js';
 import { nativeLoadDecoder } from '../../src/events/native/load.js';
 import { loadNativeBinding } from '../../src/kv/native/binding.js';
+import { encode, map } from '../support/msgpack.js';
 import { mulberry32 } from '../support/random.js';
 
 const te = new TextEncoder();
-
-function str(s: string): number[] {
-  const b = [...te.encode(s)];
-  return [0xa0 | b.length, ...b];
-}
-function u64(v: bigint): number[] {
-  const out = [0xcf];
-  for (let i = 7; i >= 0; i--) out.push(Number((v >> BigInt(i * 8)) & 0xffn));
-  return out;
-}
-function optU64(v: bigint | undefined): number[] {
-  return v === undefined ? [0xc0] : u64(v);
-}
 
 interface Load {
   workerId: bigint;
@@ -32,39 +20,22 @@ interface Load {
   used?: bigint | undefined;
 }
 
-function loadMsgpack(l: Load): number[] {
-  return [
-    0x85,
-    ...str('worker_id'),
-    ...u64(l.workerId),
-    ...str('dp_rank'),
-    ...u64(BigInt(l.dpRank)),
-    ...str('active_decode_blocks'),
-    ...optU64(l.decode),
-    ...str('active_prefill_tokens'),
-    ...optU64(l.prefill),
-    ...str('kv_used_blocks'),
-    ...optU64(l.used),
-  ];
+function loadMsgpack(l: Load): Uint8Array {
+  return encode(
+    map({
+      worker_id: l.workerId,
+      dp_rank: BigInt(l.dpRank),
+      active_decode_blocks: l.decode ?? null,
+      active_prefill_tokens: l.prefill ?? null,
+      kv_used_blocks: l.used ?? null,
+    }),
+  );
 }
 
-function envelope(payload: number[], at: bigint): Uint8Array {
-  return Uint8Array.from([
-    0x85,
-    ...str('publisher_id'),
-    ...u64(3n),
-    ...str('sequence'),
-    ...u64(1n),
-    ...str('published_at'),
-    ...u64(at),
-    ...str('topic'),
-    ...str('kv_metrics'),
-    ...str('payload').slice(0),
-    0xc5,
-    (payload.length >> 8) & 0xff,
-    payload.length & 0xff,
-    ...payload,
-  ]);
+function envelope(payload: Uint8Array, at: bigint): Uint8Array {
+  return encode(
+    map({ publisher_id: 3n, sequence: 1n, published_at: at, topic: 'kv_metrics', payload }),
+  );
 }
 
 function json(l: Load): Uint8Array {
@@ -98,11 +69,7 @@ describe('kv_metrics decoding: native vs JS', async () => {
         activePrefillTokens: l.prefill === undefined ? undefined : Number(l.prefill),
         kvUsedBlocks: l.used === undefined ? undefined : Number(l.used),
       };
-      for (const bytes of [
-        envelope(loadMsgpack(l), 1_700_000_000_000n),
-        Uint8Array.from(loadMsgpack(l)),
-        json(l),
-      ]) {
+      for (const bytes of [envelope(loadMsgpack(l), 1_700_000_000_000n), loadMsgpack(l), json(l)]) {
         expect(decodeActiveLoadJs(bytes)).toEqual(want);
         expect(native(bytes)).toEqual(want);
       }
