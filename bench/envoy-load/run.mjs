@@ -56,6 +56,7 @@ import { dirname, join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { machineCpu, num, printHelpAndExit, statCpu, table } from '../lib/common.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -95,16 +96,7 @@ const { values: argv } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
-if (argv.help) {
-  const doc = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] ?? '';
-  console.log(doc.replace(/^#!.*\n\/\*\*\n/, '').replace(/^ \* ?/gm, ''));
-  process.exit(0);
-}
-const num = (name, v) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name}: expected a number, got ${v}`);
-  return n;
-};
+if (argv.help) printHelpAndExit(import.meta.url);
 const list = (name, v, allowed) => {
   const xs = v
     .split(',')
@@ -296,23 +288,6 @@ function runToEnd(cmd, args, o = {}) {
 
 // --- /proc accounting ---
 
-const TICK = Number(sh('getconf', ['CLK_TCK']).trim()) || 100;
-
-/** utime + stime (seconds) of /proc/.../stat; undefined if gone. */
-function statCpu(path) {
-  try {
-    const s = readFileSync(path, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    // fields after the comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-    return {
-      self: (Number(f[11]) + Number(f[12])) / TICK,
-      children: (Number(f[13]) + Number(f[14])) / TICK,
-    };
-  } catch {
-    return undefined;
-  }
-}
-
 function threadCpu(pid) {
   const out = {};
   let dir;
@@ -334,17 +309,6 @@ function threadCpu(pid) {
     out[kind] = (out[kind] ?? 0) + c.self;
   }
   return out;
-}
-
-/** Busy and total jiffies of the whole machine (/proc/stat). */
-function machineCpu() {
-  const first = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-  const v = first.trim().split(/\s+/).slice(1).map(Number);
-  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = (v[3] ?? 0) + (v[4] ?? 0);
-  // irq + softirq: kernel packet processing (loopback TCP), not charged to any process.
-  const irq = (v[5] ?? 0) + (v[6] ?? 0);
-  return { busy: (total - idle) / TICK, irq: irq / TICK, total: total / TICK };
 }
 
 // --- kv-epp /metrics ---
@@ -1200,16 +1164,6 @@ function readProfiles(dir, pid) {
 }
 
 // --- output ---
-
-function table(headers, rows) {
-  const cells = [headers, ...rows].map((r) => r.map((c) => (c === undefined ? '' : String(c))));
-  const w = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  const line = (r) =>
-    `| ${r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(' | ')} |`;
-  const out = [line(cells[0]), `| ${w.map((n) => '-'.repeat(n)).join(' | ')} |`];
-  for (const r of cells.slice(1)) out.push(line(r));
-  return out.join('\n');
-}
 
 function printTables(result) {
   const { points, machine, conditions } = result;

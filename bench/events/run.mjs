@@ -60,6 +60,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { machineCpu, num, printHelpAndExit, statCpu, table } from '../lib/common.mjs';
 import {
   createEventApplier,
   createKvIndex,
@@ -104,16 +105,7 @@ const { values: argv } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
-if (argv.help) {
-  const doc = readFileSync(fileURLToPath(import.meta.url), 'utf8').split('*/')[0] ?? '';
-  console.log(doc.replace(/^#!.*\n\/\*\*\n/, '').replace(/^ \* ?/gm, ''));
-  process.exit(0);
-}
-const num = (name, v) => {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) throw new Error(`--${name}: expected a number, got ${v}`);
-  return n;
-};
+if (argv.help) printHelpAndExit(import.meta.url);
 const quick = argv.quick;
 const opt = {
   quick,
@@ -146,25 +138,6 @@ const cfg = {
 
 // ---- /proc accounting ----
 
-const TICK = (() => {
-  try {
-    return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-  } catch {
-    return 100;
-  }
-})();
-
-/** utime + stime (s) of a /proc stat file; undefined when gone. */
-function statCpu(path) {
-  try {
-    const s = readFileSync(path, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / TICK;
-  } catch {
-    return undefined;
-  }
-}
-
 /** CPU seconds of this process by thread kind (main, V8 workers, libuv, ZMQ I/O, other). */
 function threadCpu(pid) {
   const out = {};
@@ -181,7 +154,7 @@ function threadCpu(pid) {
     } catch {
       continue;
     }
-    const c = statCpu(`/proc/${pid}/task/${tid}/stat`);
+    const c = statCpu(`/proc/${pid}/task/${tid}/stat`)?.self;
     if (c === undefined) continue;
     const kind =
       Number(tid) === pid
@@ -196,14 +169,6 @@ function threadCpu(pid) {
     out[kind] = (out[kind] ?? 0) + c;
   }
   return out;
-}
-
-function machineCpu() {
-  const first = readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-  const v = first.trim().split(/\s+/).slice(1).map(Number);
-  const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
-  const idle = (v[3] ?? 0) + (v[4] ?? 0);
-  return { busy: (total - idle) / TICK, total: total / TICK };
 }
 
 // ---- helpers ----
@@ -803,7 +768,7 @@ async function runPoint(ctx) {
 async function snapshot(ctx, st, ingest, received) {
   const marks = await Promise.all(ctx.pubs.map((p) => p.request({ type: 'mark' }, 'marked')));
   let pubCpu = 0;
-  for (const p of ctx.pubs) pubCpu += statCpu(`/proc/${p.pid}/stat`) ?? 0;
+  for (const p of ctx.pubs) pubCpu += statCpu(`/proc/${p.pid}/stat`)?.self ?? 0;
   return {
     t: preciseNowMs(),
     blocks: st.blocks,
@@ -818,7 +783,7 @@ async function snapshot(ctx, st, ingest, received) {
     cpu: process.cpuUsage(),
     threads: threadCpu(process.pid),
     pubCpu,
-    natsCpu: ctx.server ? statCpu(`/proc/${ctx.server.pid}/stat`) : undefined,
+    natsCpu: ctx.server ? statCpu(`/proc/${ctx.server.pid}/stat`)?.self : undefined,
     machine: machineCpu(),
   };
 }
@@ -993,16 +958,6 @@ function runApplierAlone() {
 }
 
 // ---- output ----
-
-function table(headers, rows) {
-  const cells = [headers, ...rows].map((r) => r.map((c) => (c === undefined ? '' : String(c))));
-  const w = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
-  const line = (r) =>
-    `| ${r.map((c, i) => (i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(' | ')} |`;
-  const out = [line(cells[0]), `| ${w.map((n) => '-'.repeat(n)).join(' | ')} |`];
-  for (const r of cells.slice(1)) out.push(line(r));
-  return out.join('\n');
-}
 
 function printTables(result) {
   const m = result.machine;
