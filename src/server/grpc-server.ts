@@ -7,6 +7,7 @@
  */
 import {
   type ChannelOptions,
+  type MethodDefinition,
   Server,
   type ServerCredentials,
   type ServerDuplexStream,
@@ -14,9 +15,10 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
 import { CertReloader } from './cert-reloader.js';
+import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
-import { loadServices } from './ext-proc/proto.js';
-import { ExtProcStream } from './ext-proc/stream.js';
+import { loadServices, type ProtoServices } from './ext-proc/proto.js';
+import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
 import { healthService } from './health.js';
 import { tuneHttp2, tuneSessions } from './http2-tuning.js';
 import type { RequestRouter } from './routing-types.js';
@@ -48,7 +50,14 @@ export interface ExtProcServerOptions {
   maxResponseBufferBytes?: number | undefined;
   /** See ExtProcStreamOptions.onLocalReject. */
   onLocalReject?: ((category: string) => void) | undefined;
+  /**
+   * `direct` (default): `Process` streams are served on Node's HTTP/2 server
+   * directly (h2-transport.ts), grpc-js serves the rest; `grpc-js`: grpc-js serves all.
+   */
+  transport?: ExtProcTransport | undefined;
 }
+
+export type ExtProcTransport = 'direct' | 'grpc-js';
 
 export interface HealthServerOptions {
   port: number;
@@ -98,8 +107,8 @@ function closer(server: Server): (graceMs?: number) => Promise<void> {
 
 type ProcessCall = ServerDuplexStream<ProcessingRequest, ProcessingResponse>;
 
-function processHandler(opts: ExtProcServerOptions): (call: ProcessCall) => void {
-  const streamOpts = {
+function streamOptions(opts: ExtProcServerOptions): ExtProcStreamOptions {
+  return {
     router: opts.router,
     logger: opts.logger,
     maxBodyBytes: opts.maxBodyBytes,
@@ -107,6 +116,10 @@ function processHandler(opts: ExtProcServerOptions): (call: ProcessCall) => void
     maxResponseBufferBytes: opts.maxResponseBufferBytes ?? DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
     onLocalReject: opts.onLocalReject,
   };
+}
+
+/** grpc-js's `Process` handler: serves the calls the fast path leaves to grpc-js (or all, with `transport: 'grpc-js'`). */
+function processHandler(streamOpts: ExtProcStreamOptions): (call: ProcessCall) => void {
   return (call) => {
     let open = true;
     const stream = new ExtProcStream(
@@ -151,8 +164,9 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   };
   const server = new Server(channelOptions);
   const tuned = tuneHttp2(server);
+  const streamOpts = streamOptions(opts);
   server.addService(services.extProc, {
-    Process: processHandler(opts),
+    Process: processHandler(streamOpts),
   } as UntypedServiceImplementation);
   server.addService(services.health, healthService({ isReady: opts.isReady ?? (() => true) }));
   const { credentials, certificate } = await serverCredentials(opts.tls);
@@ -163,14 +177,33 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       'cannot tune HTTP/2 (grpc-js internals changed): gateways may see GOAWAY after 1000 stream resets',
     );
   }
-  opts.logger.info(
-    {
-      port,
-      tls: tlsMode(opts.tls),
-    },
-    'ext_proc server listening',
-  );
+  const transport = opts.transport ?? 'direct';
+  if (transport === 'direct' && !installDirect(server, services, receive, streamOpts)) {
+    opts.logger.warn(
+      { port },
+      'cannot serve ext_proc on the direct HTTP/2 path (grpc-js internals changed): grpc-js serves it',
+    );
+  }
+  opts.logger.info({ port, tls: tlsMode(opts.tls), transport }, 'ext_proc server listening');
   return { port, certificate, close: closer(server) };
+}
+
+function installDirect(
+  server: Server,
+  services: ProtoServices,
+  maxReceiveBytes: number,
+  streamOpts: ExtProcStreamOptions,
+): boolean {
+  const method = services.extProc.Process as MethodDefinition<
+    ProcessingRequest,
+    ProcessingResponse
+  >;
+  return installProcessFastPath<ProcessingRequest, ProcessingResponse>(server, {
+    deserialize: method.requestDeserialize,
+    serialize: method.responseSerialize,
+    maxReceiveBytes,
+    open: (sink) => new ExtProcStream(sink, streamOpts),
+  });
 }
 
 function tlsMode(tls: TlsOption): string {

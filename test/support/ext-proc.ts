@@ -21,12 +21,16 @@ import type {
   ProtoStruct,
 } from '../../src/server/ext-proc/messages.js';
 import { loadServices } from '../../src/server/ext-proc/proto.js';
+import type { ExtProcTransport } from '../../src/server/grpc-server.js';
 import type {
   GatewayRequest,
   RequestRouter,
   ResponseSummary,
   RouteDecision,
 } from '../../src/server/routing-types.js';
+
+/** Both server transports; protocol suites run against each (they must answer alike). */
+export const TRANSPORTS: ExtProcTransport[] = ['direct', 'grpc-js'];
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

@@ -22,6 +22,7 @@ import {
   respHeaders,
   setHeadersOf,
   streamedOf,
+  TRANSPORTS,
   text,
   utf8,
 } from '../../support/ext-proc.js';
@@ -37,215 +38,221 @@ let router: FakeRouter;
 let server: RunningServer;
 let client: ExtProcClient;
 
-beforeAll(async () => {
-  server = await startExtProcServer({
-    port: 0,
-    host: '127.0.0.1',
-    router: slot,
-    maxBodyBytes: 1024 * 1024,
-    logger: new RecordingLogger(),
-  });
-  client = new ExtProcClient(server.port);
-});
-
-afterAll(async () => {
-  client.close();
-  await server.close(0);
-});
-
-beforeEach(() => {
-  router = slot.reset();
-});
-
-describe('BUFFERED (protocol_config.request_body_mode)', () => {
-  it('answers headers with CONTINUE at once, then routes on the body message', async () => {
-    router.decide = () =>
-      aDecision({
-        endpoints: ['127.0.0.3:8000'],
-        setHeaders: { 'x-worker': 'w1' },
-        body: utf8('{"routed":1}'),
-      });
-    const s = client.open();
-    s.send(
-      reqHeaders(
-        { ':path': '/v1/chat/completions', 'x-request-id': 'b-1' },
-        { protocol: BUFFERED },
-      ),
-    );
-    // Envoy waits for this answer before it sends the body.
-    const h = await s.next();
-    expect(h.request_headers).toEqual({ response: {} });
-    expect(h.dynamic_metadata).toBeUndefined();
-
-    s.send(reqBody(CHAT, true));
-    const b = await s.next();
-    expect(text(router.routed[0]?.body)).toBe(CHAT);
-    const common = b.request_body?.response;
-    expect(common?.clear_route_cache).toBe(true);
-    expect(setHeadersOf(b, 'request_body')).toEqual({
-      'x-gateway-destination-endpoint': '127.0.0.3:8000',
-      'content-length': '12',
-      'x-worker': 'w1',
+describe.each(TRANSPORTS)('%s transport', (transport) => {
+  beforeAll(async () => {
+    server = await startExtProcServer({
+      transport,
+      port: 0,
+      host: '127.0.0.1',
+      router: slot,
+      maxBodyBytes: 1024 * 1024,
+      logger: new RecordingLogger(),
     });
-    expect(text(common?.body_mutation?.body)).toBe('{"routed":1}');
-    expect(common?.body_mutation?.streamed_response).toBeUndefined();
-    expect(destinationOf(b)).toBe('127.0.0.3:8000');
-    s.cancel();
+    client = new ExtProcClient(server.port);
   });
 
-  it('replaces a response body only when the model is restored, with its content-length', async () => {
-    router.decide = () =>
-      aDecision({ body: utf8(CHAT), clientModel: 'alias', targetModel: 'real-model' });
-    const s = client.open();
-    s.send(reqHeaders({ 'x-request-id': 'b-2' }, { protocol: BUFFERED }));
-    await s.next();
-    s.send(reqBody(CHAT, true));
-    await s.next();
-
-    const body = '{"model":"real-model","usage":{"prompt_tokens":4,"completion_tokens":1}}';
-    s.send(
-      respHeaders({
-        ':status': '200',
-        'content-type': 'application/json',
-        'content-length': String(body.length),
-      }),
-    );
-    expect((await s.next()).response_headers).toEqual({ response: {} });
-    s.send(respBody(body, true));
-    const r = await s.next();
-    const want = body.replace('real-model', 'alias');
-    expect(text(r.response_body?.response?.body_mutation?.body)).toBe(want);
-    expect(setHeadersOf(r, 'response_body')).toEqual({ 'content-length': String(want.length) });
-    const [c] = await router.completed(1);
-    expect(c?.summary).toMatchObject({ status: 200, promptTokens: 4, completionTokens: 1 });
-    s.cancel();
+  afterAll(async () => {
+    client.close();
+    await server.close(0);
   });
 
-  it('answers an unchanged response body with a plain CONTINUE', async () => {
-    const s = client.open();
-    s.send(reqHeaders({}, { protocol: BUFFERED }));
-    await s.next();
-    s.send(reqBody(CHAT, true));
-    await s.next();
-    s.send(respHeaders({ ':status': '200' }), respBody('{"ok":true}', true));
-    const [, r] = await s.take(2);
-    expect(r?.response_body).toEqual({ response: {} });
-    s.cancel();
+  beforeEach(() => {
+    router = slot.reset();
   });
 
-  it('routes a header-only request from the headers message', async () => {
-    const s = client.open();
-    s.send(reqHeaders({ ':method': 'GET' }, { eos: true, protocol: BUFFERED }));
-    const h = await s.next();
-    expect(router.headerOnly).toHaveLength(1);
-    expect(destinationOf(h)).toBe('127.0.0.2:8000');
-    expect(setHeadersOf(h)['x-gateway-destination-endpoint']).toBe('127.0.0.2:8000');
-    s.cancel();
-  });
-
-  it('answers a routing error on the body message with an ImmediateResponse', async () => {
-    router.decide = () => {
-      throw new KvEppError('invalid_request', 'messages must not be empty');
-    };
-    const s = client.open();
-    s.send(reqHeaders({}, { protocol: BUFFERED }));
-    await s.next();
-    s.send(reqBody('{"model":"m","messages":[]}', true));
-    const { responses, status } = await s.drain();
-    expect(status.code).toBe(GrpcStatus.OK);
-    expect(responses[0]?.immediate_response?.status.code).toBe(400);
-    expect(text(responses[0]?.immediate_response?.body)).toBe(
-      'inference error: BadRequest - messages must not be empty',
-    );
-  });
-});
-
-describe('request_body_mode NONE', () => {
-  it('routes on the headers as a header-only request', async () => {
-    const s = client.open();
-    s.send(
-      reqHeaders(
-        { ':method': 'POST', 'content-length': '10' },
-        {
-          protocol: { request_body_mode: BodySendMode.NONE, response_body_mode: BodySendMode.NONE },
-        },
-      ),
-    );
-    const h = await s.next();
-    expect(router.headerOnly).toHaveLength(1);
-    expect(destinationOf(h)).toBe('127.0.0.2:8000');
-    s.cancel();
-  });
-});
-
-describe('NGINX Gateway Fabric one-shot client', () => {
-  const ngfHeaders = {
-    'Content-Type': 'application/json',
-    'X-Request-Id': 'ngf-1',
-    ':path': '/v1/completions',
-    'X-Gateway-Model-Name-Rewrite': 'target',
-  };
-
-  it('reads canonical-case keys and `value`, answers, and ends the stream after half-close', async () => {
-    router.decide = (req) => aDecision({ endpoints: ['127.0.0.4:8000'], body: req.body });
-    const s = client.open();
-    s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
-    const { responses, status } = await s.drain();
-    expect(status.code).toBe(GrpcStatus.OK);
-    expect(responses).toHaveLength(2);
-    // NGF reads only request_headers.response.header_mutation.set_headers[].raw_value.
-    expect(setHeadersOf(responses[0])['x-gateway-destination-endpoint']).toBe('127.0.0.4:8000');
-    expect(streamedOf(responses[1], 'request_body')).toMatchObject({ body: CHAT, eos: true });
-
-    const req = router.routed[0];
-    expect(req?.requestId).toBe('ngf-1');
-    expect(req?.path).toBe('/v1/completions');
-    expect(req?.headers.get('content-type')).toBe('application/json');
-    expect(req?.headers.get('x-gateway-model-name-rewrite')).toBe('target');
-    expect([...(req?.headers.keys() ?? [])].every((k) => k === k.toLowerCase())).toBe(true);
-
-    const [c] = await router.completed(1);
-    expect(c?.summary).toEqual({
-      requestId: 'ngf-1',
-      servedEndpoint: undefined,
-      status: undefined,
-      promptTokens: undefined,
-      completionTokens: undefined,
-    });
-  });
-
-  it('gets the ImmediateResponse and a closed stream on rejection', async () => {
-    router.decide = () => {
-      throw new KvEppError('overloaded', 'all workers busy');
-    };
-    const s = client.open();
-    s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
-    const { responses, status } = await s.drain();
-    expect(status.code).toBe(GrpcStatus.OK);
-    expect(responses).toHaveLength(1);
-    expect(responses[0]?.immediate_response?.status.code).toBe(429);
-    expect(text(responses[0]?.immediate_response?.body)).toBe(
-      'inference error: ResourceExhausted - all workers busy',
-    );
-    expect(router.completions).toHaveLength(0);
-  });
-
-  it('finishes a half-closed stream even while the router is still working', async () => {
-    let release: (() => void) | undefined;
-    const started = new Promise<void>((r) => {
-      router.decide = (req) =>
-        new Promise((resolve) => {
-          release = () => resolve(aDecision({ body: req.body }));
-          r();
+  describe('BUFFERED (protocol_config.request_body_mode)', () => {
+    it('answers headers with CONTINUE at once, then routes on the body message', async () => {
+      router.decide = () =>
+        aDecision({
+          endpoints: ['127.0.0.3:8000'],
+          setHeaders: { 'x-worker': 'w1' },
+          body: utf8('{"routed":1}'),
         });
+      const s = client.open();
+      s.send(
+        reqHeaders(
+          { ':path': '/v1/chat/completions', 'x-request-id': 'b-1' },
+          { protocol: BUFFERED },
+        ),
+      );
+      // Envoy waits for this answer before it sends the body.
+      const h = await s.next();
+      expect(h.request_headers).toEqual({ response: {} });
+      expect(h.dynamic_metadata).toBeUndefined();
+
+      s.send(reqBody(CHAT, true));
+      const b = await s.next();
+      expect(text(router.routed[0]?.body)).toBe(CHAT);
+      const common = b.request_body?.response;
+      expect(common?.clear_route_cache).toBe(true);
+      expect(setHeadersOf(b, 'request_body')).toEqual({
+        'x-gateway-destination-endpoint': '127.0.0.3:8000',
+        'content-length': '12',
+        'x-worker': 'w1',
+      });
+      expect(text(common?.body_mutation?.body)).toBe('{"routed":1}');
+      expect(common?.body_mutation?.streamed_response).toBeUndefined();
+      expect(destinationOf(b)).toBe('127.0.0.3:8000');
+      s.cancel();
     });
-    const s = client.open();
-    s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
-    await started;
-    release?.();
-    const { responses, status } = await s.drain();
-    expect(status.code).toBe(GrpcStatus.OK);
-    expect(responses).toHaveLength(2);
-    await router.completed(1);
+
+    it('replaces a response body only when the model is restored, with its content-length', async () => {
+      router.decide = () =>
+        aDecision({ body: utf8(CHAT), clientModel: 'alias', targetModel: 'real-model' });
+      const s = client.open();
+      s.send(reqHeaders({ 'x-request-id': 'b-2' }, { protocol: BUFFERED }));
+      await s.next();
+      s.send(reqBody(CHAT, true));
+      await s.next();
+
+      const body = '{"model":"real-model","usage":{"prompt_tokens":4,"completion_tokens":1}}';
+      s.send(
+        respHeaders({
+          ':status': '200',
+          'content-type': 'application/json',
+          'content-length': String(body.length),
+        }),
+      );
+      expect((await s.next()).response_headers).toEqual({ response: {} });
+      s.send(respBody(body, true));
+      const r = await s.next();
+      const want = body.replace('real-model', 'alias');
+      expect(text(r.response_body?.response?.body_mutation?.body)).toBe(want);
+      expect(setHeadersOf(r, 'response_body')).toEqual({ 'content-length': String(want.length) });
+      const [c] = await router.completed(1);
+      expect(c?.summary).toMatchObject({ status: 200, promptTokens: 4, completionTokens: 1 });
+      s.cancel();
+    });
+
+    it('answers an unchanged response body with a plain CONTINUE', async () => {
+      const s = client.open();
+      s.send(reqHeaders({}, { protocol: BUFFERED }));
+      await s.next();
+      s.send(reqBody(CHAT, true));
+      await s.next();
+      s.send(respHeaders({ ':status': '200' }), respBody('{"ok":true}', true));
+      const [, r] = await s.take(2);
+      expect(r?.response_body).toEqual({ response: {} });
+      s.cancel();
+    });
+
+    it('routes a header-only request from the headers message', async () => {
+      const s = client.open();
+      s.send(reqHeaders({ ':method': 'GET' }, { eos: true, protocol: BUFFERED }));
+      const h = await s.next();
+      expect(router.headerOnly).toHaveLength(1);
+      expect(destinationOf(h)).toBe('127.0.0.2:8000');
+      expect(setHeadersOf(h)['x-gateway-destination-endpoint']).toBe('127.0.0.2:8000');
+      s.cancel();
+    });
+
+    it('answers a routing error on the body message with an ImmediateResponse', async () => {
+      router.decide = () => {
+        throw new KvEppError('invalid_request', 'messages must not be empty');
+      };
+      const s = client.open();
+      s.send(reqHeaders({}, { protocol: BUFFERED }));
+      await s.next();
+      s.send(reqBody('{"model":"m","messages":[]}', true));
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses[0]?.immediate_response?.status.code).toBe(400);
+      expect(text(responses[0]?.immediate_response?.body)).toBe(
+        'inference error: BadRequest - messages must not be empty',
+      );
+    });
+  });
+
+  describe('request_body_mode NONE', () => {
+    it('routes on the headers as a header-only request', async () => {
+      const s = client.open();
+      s.send(
+        reqHeaders(
+          { ':method': 'POST', 'content-length': '10' },
+          {
+            protocol: {
+              request_body_mode: BodySendMode.NONE,
+              response_body_mode: BodySendMode.NONE,
+            },
+          },
+        ),
+      );
+      const h = await s.next();
+      expect(router.headerOnly).toHaveLength(1);
+      expect(destinationOf(h)).toBe('127.0.0.2:8000');
+      s.cancel();
+    });
+  });
+
+  describe('NGINX Gateway Fabric one-shot client', () => {
+    const ngfHeaders = {
+      'Content-Type': 'application/json',
+      'X-Request-Id': 'ngf-1',
+      ':path': '/v1/completions',
+      'X-Gateway-Model-Name-Rewrite': 'target',
+    };
+
+    it('reads canonical-case keys and `value`, answers, and ends the stream after half-close', async () => {
+      router.decide = (req) => aDecision({ endpoints: ['127.0.0.4:8000'], body: req.body });
+      const s = client.open();
+      s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses).toHaveLength(2);
+      // NGF reads only request_headers.response.header_mutation.set_headers[].raw_value.
+      expect(setHeadersOf(responses[0])['x-gateway-destination-endpoint']).toBe('127.0.0.4:8000');
+      expect(streamedOf(responses[1], 'request_body')).toMatchObject({ body: CHAT, eos: true });
+
+      const req = router.routed[0];
+      expect(req?.requestId).toBe('ngf-1');
+      expect(req?.path).toBe('/v1/completions');
+      expect(req?.headers.get('content-type')).toBe('application/json');
+      expect(req?.headers.get('x-gateway-model-name-rewrite')).toBe('target');
+      expect([...(req?.headers.keys() ?? [])].every((k) => k === k.toLowerCase())).toBe(true);
+
+      const [c] = await router.completed(1);
+      expect(c?.summary).toEqual({
+        requestId: 'ngf-1',
+        servedEndpoint: undefined,
+        status: undefined,
+        promptTokens: undefined,
+        completionTokens: undefined,
+      });
+    });
+
+    it('gets the ImmediateResponse and a closed stream on rejection', async () => {
+      router.decide = () => {
+        throw new KvEppError('overloaded', 'all workers busy');
+      };
+      const s = client.open();
+      s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses).toHaveLength(1);
+      expect(responses[0]?.immediate_response?.status.code).toBe(429);
+      expect(text(responses[0]?.immediate_response?.body)).toBe(
+        'inference error: ResourceExhausted - all workers busy',
+      );
+      expect(router.completions).toHaveLength(0);
+    });
+
+    it('finishes a half-closed stream even while the router is still working', async () => {
+      let release: (() => void) | undefined;
+      const started = new Promise<void>((r) => {
+        router.decide = (req) =>
+          new Promise((resolve) => {
+            release = () => resolve(aDecision({ body: req.body }));
+            r();
+          });
+      });
+      const s = client.open();
+      s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
+      await started;
+      release?.();
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses).toHaveLength(2);
+      await router.completed(1);
+    });
   });
 });

@@ -32,6 +32,7 @@ import {
   setHeadersOf,
   streamedOf,
   subsetMetadata,
+  TRANSPORTS,
   text,
   utf8,
 } from '../../support/ext-proc.js';
@@ -137,271 +138,274 @@ let router: FakeRouter;
 let server: RunningServer;
 let client: ExtProcClient;
 
-beforeAll(async () => {
-  server = await startExtProcServer({
-    port: 0,
-    host: '127.0.0.1',
-    router: slot,
-    maxBodyBytes: 4 * 1024 * 1024,
-    logger: new RecordingLogger(),
-  });
-  client = new ExtProcClient(server.port);
-});
-
-afterAll(async () => {
-  client.close();
-  await server.close(0);
-});
-
-beforeEach(() => {
-  router = slot.reset();
-});
-
-async function exchange(reqs: ProcessingRequest[], n: number): Promise<ProcessingResponse[]> {
-  const s = client.open();
-  s.send(...reqs);
-  const out = await s.take(n);
-  s.cancel();
-  return out;
-}
-
-function rejected(reqs: ProcessingRequest[]) {
-  const s = client.open();
-  s.send(...reqs);
-  return s.drain();
-}
-
-describe('GAIE hermetic scenarios: routing', () => {
-  it.each([
-    ['select lower queue and kv cache', 'test1', 'my-model', 'my-model-12345', 1],
-    ['select active lora, low queue', 'test2', 'sql-lora', 'sql-lora-1fdg2', 1],
-    ['select lora despite higher kv cache (affinity)', 'test3', 'sql-lora', 'sql-lora-1fdg2', 1],
-    ['do not shed requests by default', 'test4', 'sql-lora', 'sql-lora-1fdg2', 0],
-    ['rewrite request model', 'test-rewrite', 'model-to-be-rewritten', 'rewritten-model', 0],
-  ])('%s', async (_name, prompt, model, target, winner) => {
-    router.decide = gaieRoute(pod(winner));
-    const responses = await exchange(reqLLM(prompt, model, target), 2);
-    expectRouteTo(
-      responses,
-      pod(winner),
-      `{"max_tokens":100,"model":"${target}","prompt":"${prompt}","temperature":0}`,
-    );
-    const req = router.routed[0];
-    expect(req?.requestId).toBe('test-request-id');
-    expect(req?.headers.get('x-gateway-inference-objective')).toBe(model);
-    expect(req?.headers.get('hi')).toBe('mom');
+describe.each(TRANSPORTS)('%s transport', (transport) => {
+  beforeAll(async () => {
+    server = await startExtProcServer({
+      transport,
+      port: 0,
+      host: '127.0.0.1',
+      router: slot,
+      maxBodyBytes: 4 * 1024 * 1024,
+      logger: new RecordingLogger(),
+    });
+    client = new ExtProcClient(server.port);
   });
 
-  it('passthrough parser success: the body is forwarded unchanged', async () => {
-    router.decide = (req) => aDecision({ endpoints: [pod(1)], body: req.body });
-    const responses = await exchange(
-      reqRaw(
-        {
-          hi: 'mom',
-          'x-request-id': 'test-request-id',
-          'x-gateway-inference-objective': 'my-model',
-        },
-        'passthrough-parser',
-      ),
-      2,
-    );
-    expectRouteTo(responses, pod(1), 'passthrough-parser');
+  afterAll(async () => {
+    client.close();
+    await server.close(0);
   });
 
-  it('split body across chunks', async () => {
-    router.decide = gaieRoute(pod(0));
-    const responses = await exchange(
-      reqRaw(
-        {
-          hi: 'mom',
-          'x-gateway-inference-objective': 'sql-lora-sheddable',
-          'x-gateway-model-name-rewrite': 'sql-lora-1fdg3',
-          'x-request-id': 'test-request-id',
-        },
-        '{"max_tokens":100,"model":"sql-lo',
-        'ra-sheddable","prompt":"test6","temperature":0}',
-      ),
-      2,
-    );
-    expect(text(router.routed[0]?.body)).toBe(
-      '{"max_tokens":100,"model":"sql-lora-sheddable","prompt":"test6","temperature":0}',
-    );
-    expectRouteTo(
-      responses,
-      pod(0),
-      '{"max_tokens":100,"model":"sql-lora-1fdg3","prompt":"test6","temperature":0}',
-    );
+  beforeEach(() => {
+    router = slot.reset();
   });
 
-  it('passthrough: model not in objectives', async () => {
-    router.decide = gaieRoute(pod(0));
-    const responses = await exchange(
-      reqRaw(
-        {
-          hi: 'mom',
-          'x-gateway-inference-objective': 'direct-model',
-          'x-gateway-model-name-rewrite': 'direct-model',
-          'x-request-id': 'test-request-id',
-        },
-        '{"max_tokens":100,"model":"direct-',
-        'model","prompt":"test6","temperature":0}',
-      ),
-      2,
-    );
-    expectRouteTo(
-      responses,
-      pod(0),
-      '{"max_tokens":100,"model":"direct-model","prompt":"test6","temperature":0}',
-    );
-  });
-
-  it('protocol: simple GET (header only) gets only a request-headers response', async () => {
+  async function exchange(reqs: ProcessingRequest[], n: number): Promise<ProcessingResponse[]> {
     const s = client.open();
-    s.send(...reqHeaderOnly({ 'content-type': 'text/event-stream', status: '200' }));
-    const h = await s.next();
-    expect(router.headerOnly).toHaveLength(1);
-    expect(h.request_headers?.response?.clear_route_cache).toBe(true);
-    expect(destinationOf(h)).toBe(pod(0));
-    s.halfClose();
-    const { responses, status } = await s.drain();
-    expect(responses).toHaveLength(0);
-    expect(status.code).toBe(GrpcStatus.OK);
-  });
-});
-
-describe('GAIE hermetic scenarios: subsetting', () => {
-  const subset = [pod(0), pod(1), pod(2)];
-
-  it('select best from subset: the subset reaches the router', async () => {
-    router.decide = gaieRoute(pod(1));
-    const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', subset), 2);
-    expect(router.routed[0]?.subset).toEqual(subset);
-    expectRouteTo(
-      responses,
-      pod(1),
-      '{"max_tokens":100,"model":"sql-lora-1fdg2","prompt":"test2","temperature":0}',
-    );
-  });
-
-  it('partial match', async () => {
-    router.decide = gaieRoute(pod(2));
-    const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', [pod(2)]), 2);
-    expect(router.routed[0]?.subset).toEqual([pod(2)]);
-    expectRouteTo(
-      responses,
-      pod(2),
-      '{"max_tokens":100,"model":"sql-lora-1fdg2","prompt":"test2","temperature":0}',
-    );
-  });
-
-  it('no pods match → 503', async () => {
-    router.decide = () => {
-      throw new KvEppError(
-        'no_endpoint',
-        'failed to find endpoint candidates for serving the request',
-      );
-    };
-    await expectReject(
-      rejected(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', ['127.0.0.99:8000'])),
-      503,
-      'inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request',
-    );
-    expect(router.routed[0]?.subset).toEqual(['127.0.0.99:8000']);
-  });
-});
-
-describe('GAIE hermetic scenarios: errors', () => {
-  it('invalid json body → 400', async () => {
-    router.decide = () => {
-      throw new KvEppError(
-        'invalid_json',
-        "error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
-      );
-    };
-    await expectReject(
-      rejected(reqRaw({ hi: 'mom' }, 'no healthy upstream')),
-      400,
-      "inference error: BadRequest - error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
-    );
-  });
-
-  it('request missing model field → 400', async () => {
-    router.decide = gaieRoute(pod(0));
-    await expectReject(
-      rejected(reqRaw({ 'content-type': 'application/json' }, '{"prompt":"hello world"}')),
-      400,
-      'inference error: BadRequest - model not found in request body',
-    );
-  });
-
-  it('no backend pods available (header-only) → 503, where GAIE answers 500', async () => {
-    // GAIE: 500 "Internal - no pods available in datastore". kv-epp follows the
-    // Endpoint Picker Protocol ("503 if no ready endpoints") through the router's no_endpoint.
-    router.decideHeaderOnly = () => {
-      throw new KvEppError('no_endpoint', 'no pods available in datastore');
-    };
-    await expectReject(
-      rejected(reqHeaderOnly({ 'content-type': 'application/json' })),
-      503,
-      'inference error: ServiceUnavailable - no pods available in datastore',
-    );
-  });
-});
-
-describe('GAIE hermetic scenarios: response processing (response-only streams)', () => {
-  const json = '{"max_tokens":100,"model":"sql-lora-sheddable","prompt":"test6","temperature":0}';
-
-  it('response buffering: multi-chunk JSON is re-emitted whole', async () => {
-    const responses = await exchange(
-      reqResponseOnly(
-        { 'content-type': 'application/json' },
-        '{"max_tokens":100,"model":"sql-lo',
-        'ra-sheddable","prompt":"test6","temperature":0}',
-      ),
-      2,
-    );
-    expectResponse(responses, [json]);
-  });
-
-  it('response buffering: invalid JSON is re-emitted as is', async () => {
-    const responses = await exchange(
-      reqResponseOnly({ 'content-type': 'application/json' }, 'no healthy upstream'),
-      2,
-    );
-    expectResponse(responses, ['no healthy upstream']);
-  });
-
-  it('response buffering: empty EOS chunk', async () => {
-    const responses = await exchange(
-      reqResponseOnly({ 'content-type': 'application/json' }, json, ''),
-      2,
-    );
-    expectResponse(responses, [json]);
-  });
-
-  const sse = [
-    'data: {}',
-    'data: {"usage":{"prompt_tokens":7,"total_tokens":17,"completion_tokens":10}}\ndata: [DONE]',
-    '',
-  ];
-
-  it('response streaming: SSE chunks pass through one for one', async () => {
-    const responses = await exchange(
-      reqResponseOnly({ 'content-type': 'text/event-stream', status: '200' }, ...sse),
-      4,
-    );
-    expectResponse(responses, sse);
-  });
-
-  it('response streaming: SSE token counting (after a routed request) reports 7 input tokens', async () => {
-    router.decide = gaieRoute(pod(0));
-    const s = client.open();
-    s.send(...reqLLM('test6', 'sql-lora-sheddable', 'sql-lora-1fdg3'));
-    await s.take(2);
-    s.send(...reqResponseOnly({ 'content-type': 'text/event-stream', ':status': '200' }, ...sse));
-    expectResponse(await s.take(4), sse);
-    const [c] = await router.completed(1);
-    expect(c?.summary).toMatchObject({ status: 200, promptTokens: 7, completionTokens: 10 });
+    s.send(...reqs);
+    const out = await s.take(n);
     s.cancel();
+    return out;
+  }
+
+  function rejected(reqs: ProcessingRequest[]) {
+    const s = client.open();
+    s.send(...reqs);
+    return s.drain();
+  }
+
+  describe('GAIE hermetic scenarios: routing', () => {
+    it.each([
+      ['select lower queue and kv cache', 'test1', 'my-model', 'my-model-12345', 1],
+      ['select active lora, low queue', 'test2', 'sql-lora', 'sql-lora-1fdg2', 1],
+      ['select lora despite higher kv cache (affinity)', 'test3', 'sql-lora', 'sql-lora-1fdg2', 1],
+      ['do not shed requests by default', 'test4', 'sql-lora', 'sql-lora-1fdg2', 0],
+      ['rewrite request model', 'test-rewrite', 'model-to-be-rewritten', 'rewritten-model', 0],
+    ])('%s', async (_name, prompt, model, target, winner) => {
+      router.decide = gaieRoute(pod(winner));
+      const responses = await exchange(reqLLM(prompt, model, target), 2);
+      expectRouteTo(
+        responses,
+        pod(winner),
+        `{"max_tokens":100,"model":"${target}","prompt":"${prompt}","temperature":0}`,
+      );
+      const req = router.routed[0];
+      expect(req?.requestId).toBe('test-request-id');
+      expect(req?.headers.get('x-gateway-inference-objective')).toBe(model);
+      expect(req?.headers.get('hi')).toBe('mom');
+    });
+
+    it('passthrough parser success: the body is forwarded unchanged', async () => {
+      router.decide = (req) => aDecision({ endpoints: [pod(1)], body: req.body });
+      const responses = await exchange(
+        reqRaw(
+          {
+            hi: 'mom',
+            'x-request-id': 'test-request-id',
+            'x-gateway-inference-objective': 'my-model',
+          },
+          'passthrough-parser',
+        ),
+        2,
+      );
+      expectRouteTo(responses, pod(1), 'passthrough-parser');
+    });
+
+    it('split body across chunks', async () => {
+      router.decide = gaieRoute(pod(0));
+      const responses = await exchange(
+        reqRaw(
+          {
+            hi: 'mom',
+            'x-gateway-inference-objective': 'sql-lora-sheddable',
+            'x-gateway-model-name-rewrite': 'sql-lora-1fdg3',
+            'x-request-id': 'test-request-id',
+          },
+          '{"max_tokens":100,"model":"sql-lo',
+          'ra-sheddable","prompt":"test6","temperature":0}',
+        ),
+        2,
+      );
+      expect(text(router.routed[0]?.body)).toBe(
+        '{"max_tokens":100,"model":"sql-lora-sheddable","prompt":"test6","temperature":0}',
+      );
+      expectRouteTo(
+        responses,
+        pod(0),
+        '{"max_tokens":100,"model":"sql-lora-1fdg3","prompt":"test6","temperature":0}',
+      );
+    });
+
+    it('passthrough: model not in objectives', async () => {
+      router.decide = gaieRoute(pod(0));
+      const responses = await exchange(
+        reqRaw(
+          {
+            hi: 'mom',
+            'x-gateway-inference-objective': 'direct-model',
+            'x-gateway-model-name-rewrite': 'direct-model',
+            'x-request-id': 'test-request-id',
+          },
+          '{"max_tokens":100,"model":"direct-',
+          'model","prompt":"test6","temperature":0}',
+        ),
+        2,
+      );
+      expectRouteTo(
+        responses,
+        pod(0),
+        '{"max_tokens":100,"model":"direct-model","prompt":"test6","temperature":0}',
+      );
+    });
+
+    it('protocol: simple GET (header only) gets only a request-headers response', async () => {
+      const s = client.open();
+      s.send(...reqHeaderOnly({ 'content-type': 'text/event-stream', status: '200' }));
+      const h = await s.next();
+      expect(router.headerOnly).toHaveLength(1);
+      expect(h.request_headers?.response?.clear_route_cache).toBe(true);
+      expect(destinationOf(h)).toBe(pod(0));
+      s.halfClose();
+      const { responses, status } = await s.drain();
+      expect(responses).toHaveLength(0);
+      expect(status.code).toBe(GrpcStatus.OK);
+    });
+  });
+
+  describe('GAIE hermetic scenarios: subsetting', () => {
+    const subset = [pod(0), pod(1), pod(2)];
+
+    it('select best from subset: the subset reaches the router', async () => {
+      router.decide = gaieRoute(pod(1));
+      const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', subset), 2);
+      expect(router.routed[0]?.subset).toEqual(subset);
+      expectRouteTo(
+        responses,
+        pod(1),
+        '{"max_tokens":100,"model":"sql-lora-1fdg2","prompt":"test2","temperature":0}',
+      );
+    });
+
+    it('partial match', async () => {
+      router.decide = gaieRoute(pod(2));
+      const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', [pod(2)]), 2);
+      expect(router.routed[0]?.subset).toEqual([pod(2)]);
+      expectRouteTo(
+        responses,
+        pod(2),
+        '{"max_tokens":100,"model":"sql-lora-1fdg2","prompt":"test2","temperature":0}',
+      );
+    });
+
+    it('no pods match → 503', async () => {
+      router.decide = () => {
+        throw new KvEppError(
+          'no_endpoint',
+          'failed to find endpoint candidates for serving the request',
+        );
+      };
+      await expectReject(
+        rejected(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', ['127.0.0.99:8000'])),
+        503,
+        'inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request',
+      );
+      expect(router.routed[0]?.subset).toEqual(['127.0.0.99:8000']);
+    });
+  });
+
+  describe('GAIE hermetic scenarios: errors', () => {
+    it('invalid json body → 400', async () => {
+      router.decide = () => {
+        throw new KvEppError(
+          'invalid_json',
+          "error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
+        );
+      };
+      await expectReject(
+        rejected(reqRaw({ hi: 'mom' }, 'no healthy upstream')),
+        400,
+        "inference error: BadRequest - error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
+      );
+    });
+
+    it('request missing model field → 400', async () => {
+      router.decide = gaieRoute(pod(0));
+      await expectReject(
+        rejected(reqRaw({ 'content-type': 'application/json' }, '{"prompt":"hello world"}')),
+        400,
+        'inference error: BadRequest - model not found in request body',
+      );
+    });
+
+    it('no backend pods available (header-only) → 503, where GAIE answers 500', async () => {
+      // GAIE: 500 "Internal - no pods available in datastore". kv-epp follows the
+      // Endpoint Picker Protocol ("503 if no ready endpoints") through the router's no_endpoint.
+      router.decideHeaderOnly = () => {
+        throw new KvEppError('no_endpoint', 'no pods available in datastore');
+      };
+      await expectReject(
+        rejected(reqHeaderOnly({ 'content-type': 'application/json' })),
+        503,
+        'inference error: ServiceUnavailable - no pods available in datastore',
+      );
+    });
+  });
+
+  describe('GAIE hermetic scenarios: response processing (response-only streams)', () => {
+    const json = '{"max_tokens":100,"model":"sql-lora-sheddable","prompt":"test6","temperature":0}';
+
+    it('response buffering: multi-chunk JSON is re-emitted whole', async () => {
+      const responses = await exchange(
+        reqResponseOnly(
+          { 'content-type': 'application/json' },
+          '{"max_tokens":100,"model":"sql-lo',
+          'ra-sheddable","prompt":"test6","temperature":0}',
+        ),
+        2,
+      );
+      expectResponse(responses, [json]);
+    });
+
+    it('response buffering: invalid JSON is re-emitted as is', async () => {
+      const responses = await exchange(
+        reqResponseOnly({ 'content-type': 'application/json' }, 'no healthy upstream'),
+        2,
+      );
+      expectResponse(responses, ['no healthy upstream']);
+    });
+
+    it('response buffering: empty EOS chunk', async () => {
+      const responses = await exchange(
+        reqResponseOnly({ 'content-type': 'application/json' }, json, ''),
+        2,
+      );
+      expectResponse(responses, [json]);
+    });
+
+    const sse = [
+      'data: {}',
+      'data: {"usage":{"prompt_tokens":7,"total_tokens":17,"completion_tokens":10}}\ndata: [DONE]',
+      '',
+    ];
+
+    it('response streaming: SSE chunks pass through one for one', async () => {
+      const responses = await exchange(
+        reqResponseOnly({ 'content-type': 'text/event-stream', status: '200' }, ...sse),
+        4,
+      );
+      expectResponse(responses, sse);
+    });
+
+    it('response streaming: SSE token counting (after a routed request) reports 7 input tokens', async () => {
+      router.decide = gaieRoute(pod(0));
+      const s = client.open();
+      s.send(...reqLLM('test6', 'sql-lora-sheddable', 'sql-lora-1fdg3'));
+      await s.take(2);
+      s.send(...reqResponseOnly({ 'content-type': 'text/event-stream', ':status': '200' }, ...sse));
+      expectResponse(await s.take(4), sse);
+      const [c] = await router.completed(1);
+      expect(c?.summary).toMatchObject({ status: 200, promptTokens: 7, completionTokens: 10 });
+      s.cancel();
+    });
   });
 });
