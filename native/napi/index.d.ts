@@ -24,7 +24,7 @@ export declare function decodeActiveLoad(payload: Uint8Array): NativeActiveLoad 
  * and bad events are counted in the report, never thrown; a disposed applier
  * or index, an unknown codec or an out-of-range argument throws.
  */
-export declare function eventApplierApply(handle: number, codec: string, payload: Uint8Array, workerId?: bigint | undefined | null, dpRank?: number | undefined | null, sequence?: bigint | undefined | null): NativeEventApplyReport
+export declare function eventApplierApply(handle: number, codec: string, payload: Uint8Array, workerId?: bigint | undefined | null, dpRank?: number | undefined | null, sequence?: bigint | undefined | null, replay?: boolean | undefined | null): NativeEventApplyReport
 
 /**
  * Creates an event applier bound to an index; `block_size` is the configured
@@ -37,6 +37,12 @@ export declare function eventApplierDispose(handle: number): boolean
 
 /** Forgets the stream state kept for a worker that left discovery. */
 export declare function eventApplierForgetWorker(handle: number, workerId: bigint): void
+
+/**
+ * Sets the last event id of a Dynamo-stream holder (`undefined` forgets it):
+ * after a worker recovery the index is current up to the worker's last id.
+ */
+export declare function eventApplierSetCursor(handle: number, workerId: bigint, dpRank: number, lastEventId?: bigint | undefined | null): void
 
 /** A `Removed` event. */
 export declare function indexApplyRemoved(handle: number, workerId: bigint, dpRank: number, externalHashes: BigUint64Array): number

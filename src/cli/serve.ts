@@ -30,6 +30,7 @@ import {
   type LoadSubscription,
   startNatsEventSource,
 } from '../events/nats-source.js';
+import { createWorkerRecovery } from '../events/recovery-wiring.js';
 import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
@@ -62,7 +63,8 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--ext-proc-transport direct|grpc-js]
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
-                    [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]`;
+                    [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]
+                    [--dynamo-discovery-dir DIR]`;
 
 export interface Serving {
   options: ServeOptions;
@@ -140,6 +142,7 @@ export async function startServing(
         'max-queued-events',
         'consumer-name',
         'router-reset-states',
+        'dynamo-discovery-dir',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -253,10 +256,22 @@ export async function startServing(
   try {
     if (useKvEvents) {
       applier = await createEventApplier(path.index, { blockSize: options.blockSize });
+      const discoveryDir = options.events.discoveryDir;
       ingest = new EventIngest({
         applier,
         log,
         observer: eventMetricsObserver(metrics),
+        recovery:
+          discoveryDir === undefined
+            ? undefined
+            : createWorkerRecovery({
+                discoveryDir,
+                responseHost: options.events.responseHost,
+                applier,
+                index: path.index,
+                log,
+                observer: { recovery: (t, o, b) => metrics.recovery(t, o, b) },
+              }),
         now: Date.now,
         schedule: setImmediate,
         maxQueuedMessages: options.events.maxQueuedMessages,

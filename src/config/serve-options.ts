@@ -72,6 +72,14 @@ export interface EventOptions {
   streamMaxAgeSecs: number;
   /** JetStream: skip the radix snapshot and retained events (`--router-reset-states`). */
   resetStates: boolean;
+  /**
+   * Dynamo's file-discovery directory (`DYN_FILE_KV`): where workers with a
+   * local indexer advertise their recovery endpoint. Set → workers are
+   * recovered from it on a gap and when first heard from.
+   */
+  discoveryDir?: string | undefined;
+  /** Address workers connect back to with recovery answers (`DYN_TCP_RESPONSE_STREAM_HOST`). */
+  responseHost: string;
 }
 
 type Env = Record<string, string | undefined>;
@@ -130,6 +138,8 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'maxQueuedMessages',
     'consumerName',
     'streamMaxAgeSecs',
+    'discoveryDir',
+    'responseHost',
     'resetStates',
   ]),
   model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
@@ -447,6 +457,19 @@ function eventOptions(
       [flags['router-reset-states'], '--router-reset-states'],
       [env.DYN_ROUTER_RESET_STATES, 'DYN_ROUTER_RESET_STATES'],
       file('events', 'resetStates'),
+    ),
+    discoveryDir: get(
+      str,
+      undefined,
+      [flags['dynamo-discovery-dir'], '--dynamo-discovery-dir'],
+      [env.DYN_FILE_KV, 'DYN_FILE_KV'],
+      file('events', 'discoveryDir'),
+    ),
+    responseHost: get(
+      str,
+      '127.0.0.1',
+      [env.DYN_TCP_RESPONSE_STREAM_HOST, 'DYN_TCP_RESPONSE_STREAM_HOST'],
+      file('events', 'responseHost'),
     ),
   };
 }

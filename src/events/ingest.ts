@@ -49,6 +49,13 @@ export interface EventIngestOptions {
   maxQueuedBytes?: number | undefined;
   /** Longest a drain slice runs before yielding, in ms; default 5. */
   sliceMs?: number | undefined;
+  /** Sees every applied message and its report (worker recovery, src/events/recovery.ts). */
+  recovery?:
+    | {
+        observe(msg: EventMessage, report: EventApplyReport): void;
+        forgetWorker(workerId: bigint): void;
+      }
+    | undefined;
 }
 
 export interface EventIngestStats {
@@ -130,6 +137,7 @@ export class EventIngest {
   /** Forgets a worker that left discovery (stream state and log throttles). */
   forgetWorker(workerId: bigint): void {
     this.opts.applier.forgetWorker(workerId);
+    this.opts.recovery?.forgetWorker(workerId);
     const prefix = `${workerId}/`;
     for (const k of this.gapLoggedAt.keys()) if (k.startsWith(prefix)) this.gapLoggedAt.delete(k);
   }
@@ -171,6 +179,7 @@ export class EventIngest {
         : Math.max(0, this.opts.now() - report.envelope.publishedAtMs);
     this.opts.observer?.applied(report, lagMs);
     this.logNotable(msg, report);
+    this.opts.recovery?.observe(msg, report);
   }
 
   private logNotable(msg: EventMessage, report: EventApplyReport): void {

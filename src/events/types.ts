@@ -53,6 +53,15 @@ export interface EventSourceContext {
   dpRank?: number;
   /** vllm: the ZMQ sequence frame, used as the event id for gap/restart detection. */
   sequence?: bigint;
+  /**
+   * The message was applied before and is applied again (after a worker
+   * recovery): its envelope sequence is not tracked (no `envelope`, no
+   * `publisherGap`, the publisher's last sequence unchanged). Event ids are
+   * checked as usual, so events at or below the holder's cursor are skipped;
+   * a gap is reported but does not clear the holder (the replay lands on a
+   * recovered state).
+   */
+  replay?: boolean;
 }
 
 export interface EventApplyReport {
@@ -91,6 +100,13 @@ export interface EventApplier {
   apply(codec: EventCodec, payload: Uint8Array, context?: EventSourceContext): EventApplyReport;
   /** Forgets stream state for a worker that left discovery (the caller also calls `index.removeWorker`). */
   forgetWorker(workerId: bigint): void;
+  /**
+   * Sets the last event id of a Dynamo-stream holder; `null` forgets it (the
+   * next id is taken as the first). After a worker recovery the index is
+   * current up to the worker's `lastEventId`: later live events then apply
+   * without a gap and earlier ones are skipped as duplicates.
+   */
+  setCursor(worker: WorkerRank, lastEventId: bigint | null): void;
   /** Releases native state; the bound index is not disposed. */
   dispose(): void;
 }

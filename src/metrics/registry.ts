@@ -83,6 +83,8 @@ export class EppMetrics {
   private readonly eventBlocks: Counter<'op'>;
   private readonly eventsRejected: Counter<'reason'>;
   private readonly eventGaps: Counter<'kind'>;
+  private readonly recoveries: Counter<'trigger' | 'outcome'>;
+  private readonly recoveredBlocks: Counter;
   private readonly eventResets: Counter;
   private readonly eventsDropped: Counter;
   private readonly eventMessages: Counter;
@@ -200,6 +202,17 @@ export class EppMetrics {
       help: 'Worker event streams that restarted (ids back at the start); the worker was cleared.',
       registers,
     });
+    this.recoveries = new Counter({
+      name: 'kv_epp_events_recoveries_total',
+      help: "Worker KV-state recoveries from the worker's local indexer, by trigger (gap, discovered) and outcome (recovered, failed, cancelled).",
+      labelNames: ['trigger', 'outcome'],
+      registers,
+    });
+    this.recoveredBlocks = new Counter({
+      name: 'kv_epp_events_recovered_blocks_total',
+      help: "Blocks stored from workers' local-indexer dumps.",
+      registers,
+    });
     this.eventsDropped = new Counter({
       name: 'kv_epp_events_dropped_total',
       help: 'KV event messages dropped because the apply queue was full.',
@@ -306,6 +319,11 @@ export class EppMetrics {
     if (c.publisherGap) this.eventGaps.inc({ kind: 'publisher' });
     if (c.resets > 0) this.eventResets.inc(c.resets);
     if (lagSeconds !== undefined) this.eventLag.observe(lagSeconds);
+  }
+
+  recovery(trigger: string, outcome: string, blocks: number): void {
+    this.recoveries.inc({ trigger, outcome });
+    if (blocks > 0) this.recoveredBlocks.inc(blocks);
   }
 
   eventsDroppedInc(messages: number): void {

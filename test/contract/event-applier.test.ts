@@ -19,6 +19,14 @@ import { createKvIndex } from '../../src/kv/factory.js';
 import { JsBlockHasher, XXH3_SEED, xxh3_64 } from '../../src/kv/js/block-hasher.js';
 import type { Backend, KvIndex, WorkerRank } from '../../src/kv/types.js';
 import { encode, type M, MapM, map } from '../support/msgpack.js';
+import {
+  block,
+  cleared,
+  envelope,
+  removed,
+  routerEvent,
+  stored,
+} from '../support/router-events.js';
 
 // ---- value helpers (the writer is test/support/msgpack.ts) -----------------------------------
 
@@ -58,35 +66,6 @@ function leBytes(t: number[], extra: bigint[] = []): Uint8Array {
   for (const [i, x] of extra.entries()) v.setBigUint64(t.length * 4 + i * 8, x, true);
   return new Uint8Array(v.buffer);
 }
-
-// Dynamo shapes.
-const block = (bh: bigint, th: bigint): M =>
-  map({ block_hash: bh, tokens_hash: th, mm_extra_info: null });
-const routerEvent = (worker: bigint, dp: number, id: number | bigint, data: M): MapM =>
-  map({
-    worker_id: worker,
-    storage_tier: 'device',
-    residency_domain: 'worker',
-    event: map({ event_id: u(id), data, dp_rank: u(dp) }),
-  });
-const stored = (parent: bigint | null, blocks: Array<[bigint, bigint]>): M =>
-  map({
-    stored: map({
-      parent_hash: parent,
-      start_position: null,
-      blocks: blocks.map(([b, t]) => block(b, t)),
-    }),
-  });
-const removed = (h: bigint[]): M => map({ removed: map({ block_hashes: h }) });
-const cleared = (): M => 'cleared';
-const envelope = (publisher: bigint, seq: bigint, events: M[]): MapM =>
-  map({
-    publisher_id: publisher,
-    sequence: seq,
-    published_at: 1_700_000_000_000n,
-    topic: 'kv-events',
-    payload: encode(events),
-  });
 
 // vLLM shapes.
 const batch = (events: M[], dp: number | null = null): M => [
@@ -573,6 +552,46 @@ describe.each<Backend>(['native', 'js'])('EventApplier contract (%s)', (backend)
     expect(dyn(envelope(9n, U64_MAX, [ev(7)])).publisherGap).toBeNull();
     applier.forgetWorker(9n);
     expect(dyn(envelope(9n, 100n, [ev(8)])).publisherGap).toBeNull();
+  });
+
+  it('re-applies a replayed envelope without tracking its sequence', () => {
+    const ev = (id: number) => routerEvent(3n, 0, id, removed([]));
+    dyn(envelope(9n, 10n, [ev(1)]));
+    const r = apply('dynamo', encode(envelope(9n, 4n, [ev(2)])), { replay: true });
+    expect([r.envelope, r.publisherGap, r.applied.removed]).toEqual([null, null, 1]);
+    // The publisher's last sequence is still 10.
+    expect(dyn(envelope(9n, 11n, [ev(3)])).publisherGap).toBeNull();
+    // Event ids are checked as usual: a replayed duplicate is skipped.
+    expect(apply('dynamo', encode(envelope(9n, 4n, [ev(2)])), { replay: true }).rejected).toEqual({
+      duplicate: 1,
+    });
+    // A replayed gap is reported but does not clear the holder.
+    dyn(routerEvent(4n, 0, 1, stored(null, [[1n, 10n]])));
+    const g = apply('dynamo', encode(routerEvent(4n, 0, 5, stored(1n, [[2n, 20n]]))), {
+      replay: true,
+    });
+    expect([g.gaps.length, depth(wk(4n), [10n, 20n])]).toEqual([1, 2]);
+  });
+
+  it('sets or forgets the cursor of one holder', () => {
+    const w = wk(1n);
+    dyn(routerEvent(1n, 0, 3, stored(null, [[1n, 10n]])));
+    dyn(routerEvent(1n, 1, 3, stored(null, [[1n, 10n]])));
+    applier.setCursor(w, 8n);
+    expect(dyn(routerEvent(1n, 0, 6, stored(1n, [[2n, 20n]]))).rejected).toEqual({ duplicate: 1 });
+    let r = dyn(routerEvent(1n, 0, 9, stored(1n, [[3n, 30n]])));
+    expect([r.gaps, r.resets, depth(w, [10n, 30n])]).toEqual([[], [], 2]);
+    // Forgotten: the next id is the first (a dump's synthetic ids 0.. apply in order).
+    applier.setCursor(w, null);
+    r = dyn(routerEvent(1n, 0, 0, stored(null, [[4n, 40n]])));
+    expect([r.gaps, r.resets, r.applied.stored]).toEqual([[], [], 1]);
+    // The other rank kept its cursor.
+    expect(dyn(routerEvent(1n, 1, 5, removed([]))).gaps).toEqual([
+      { workerId: 1n, dpRank: 1, expected: 4n, got: 5n },
+    ]);
+    expect(thrownCode(() => applier.setCursor({ workerId: -1n, dpRank: 0 }, 1n))).toBe(
+      'invalid_argument',
+    );
   });
 
   it('checks envelope fields; accepts the positional envelope', () => {

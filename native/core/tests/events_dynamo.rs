@@ -333,7 +333,12 @@ fn truncated_and_random_bytes_never_panic() {
             m
         };
         for codec in [EventCodec::Dynamo, EventCodec::DynamoJson, EventCodec::Vllm] {
-            let ctx = SourceContext { worker_id: Some(1), dp_rank: None, sequence: Some(i) };
+            let ctx = SourceContext {
+                worker_id: Some(1),
+                dp_rank: None,
+                sequence: Some(i),
+                replay: false,
+            };
             rig.apply(codec, &bytes, ctx);
         }
     }
@@ -390,6 +395,45 @@ fn publisher_gaps_follow_the_envelope_sequence() {
     assert_eq!(r.publisher_gap, Some(PublisherGap { publisher_id: 9, expected: 2, got: 5 }));
     assert_eq!(rig.dynamo(&envelope(10, 7, &[ev(4)])).publisher_gap, None, "other publisher");
     assert_eq!(rig.dynamo(&envelope(9, 6, &[ev(5)])).publisher_gap, None);
+}
+
+#[test]
+fn replayed_envelopes_do_not_move_the_publisher_sequence() {
+    let mut rig = Rig::new(4);
+    let ev = |id| router_event(3, 0, id, removed(&[]));
+    let replay = SourceContext { replay: true, ..SourceContext::default() };
+    rig.dynamo(&envelope(9, 10, &[ev(1)]));
+    // An old envelope applied again: no envelope reported, no gap, sequence kept at 10.
+    let r = rig.apply(EventCodec::Dynamo, &envelope(9, 4, &[ev(2)]).encode(), replay);
+    assert_eq!((r.envelope, r.publisher_gap), (None, None));
+    assert_eq!(r.applied.removed, 1, "its events still apply");
+    assert_eq!(rig.dynamo(&envelope(9, 11, &[ev(3)])).publisher_gap, None);
+    // A replayed gap is reported but does not clear the holder.
+    rig.dynamo(&router_event(4, 0, 1, stored(None, &[(1, 10)])));
+    let g = router_event(4, 0, 5, stored(Some(1), &[(2, 20)]));
+    let r = rig.apply(EventCodec::Dynamo, &g.encode(), replay);
+    assert_eq!((r.gaps.len(), rig.depth(wk(4, 0), &[10, 20])), (1, 2));
+}
+
+#[test]
+fn set_cursor_moves_or_forgets_the_last_event_id() {
+    let mut rig = Rig::new(4);
+    let w = wk(1, 0);
+    rig.dynamo(&router_event(1, 0, 3, stored(None, &[(1, 10)])));
+    // Recovered up to 8: 5..=8 are duplicates, 9 is next (no gap, no reset).
+    rig.applier.set_cursor(w, Some(8));
+    let r = rig.dynamo(&router_event(1, 0, 6, stored(Some(1), &[(2, 20)])));
+    assert_eq!(rejections(&r), vec![(RejectReason::Duplicate, 1)]);
+    let r = rig.dynamo(&router_event(1, 0, 9, stored(Some(1), &[(3, 30)])));
+    assert!(r.gaps.is_empty() && r.resets.is_empty());
+    assert_eq!(rig.depth(w, &[10, 30]), 2);
+    // Forgotten: any id is the first again (a dump's synthetic 0.. ids apply in order).
+    rig.applier.set_cursor(w, None);
+    let r = rig.dynamo(&router_event(1, 0, 0, stored(None, &[(4, 40)])));
+    assert!(r.gaps.is_empty() && r.resets.is_empty() && r.applied.stored == 1);
+    // Other holders are untouched.
+    let r = rig.dynamo(&router_event(1, 1, 5, stored(None, &[(5, 50)])));
+    assert!(r.gaps.is_empty());
 }
 
 #[test]

@@ -625,6 +625,7 @@ pub fn event_applier_apply(
     worker_id: Option<BigInt>,
     dp_rank: Option<u32>,
     sequence: Option<BigInt>,
+    replay: Option<bool>,
 ) -> Result<NativeEventApplyReport> {
     let codec = EventCodec::parse(&codec).ok_or_else(|| {
         err("invalid_argument", format!("codec must be dynamo, dynamo-json or vllm, got {codec:?}"))
@@ -633,6 +634,7 @@ pub fn event_applier_apply(
         worker_id: worker_id.as_ref().map(|w| u64_of(w, "workerId")).transpose()?,
         dp_rank,
         sequence: sequence.as_ref().map(|s| u64_of(s, "sequence")).transpose()?,
+        replay: replay.unwrap_or(false),
     };
     let shared = applier(handle)?;
     let mut bound = shared.lock();
@@ -648,6 +650,21 @@ pub fn event_applier_apply(
 pub fn event_applier_forget_worker(handle: u32, worker_id: BigInt) -> Result<()> {
     let id = u64_of(&worker_id, "workerId")?;
     applier(handle)?.lock().applier.forget_worker(id);
+    Ok(())
+}
+
+/// Sets the last event id of a Dynamo-stream holder (`undefined` forgets it):
+/// after a worker recovery the index is current up to the worker's last id.
+#[napi]
+pub fn event_applier_set_cursor(
+    handle: u32,
+    worker_id: BigInt,
+    dp_rank: u32,
+    last_event_id: Option<BigInt>,
+) -> Result<()> {
+    let id = u64_of(&worker_id, "workerId")?;
+    let last = last_event_id.as_ref().map(|l| u64_of(l, "lastEventId")).transpose()?;
+    applier(handle)?.lock().applier.set_cursor(WorkerKey::new(id, dp_rank), last);
     Ok(())
 }
 

@@ -548,7 +548,7 @@ fn run(seed: u64, bs: usize, messages: usize, totals: &mut Totals) {
         let report = applier.apply(
             EventCodec::Vllm,
             &payload,
-            SourceContext { worker_id: Some(worker), dp_rank: None, sequence: None },
+            SourceContext { worker_id: Some(worker), dp_rank: None, sequence: None, replay: false },
             &mut ours,
         );
         let relay = relays.entry(worker).or_insert_with(|| Relay::new(worker, bs as u32));
@@ -646,7 +646,12 @@ fn mutated_payloads_dynamo_accepts_decode_identically() {
             }
             let mut applier = EventApplier::new(bs as u32).unwrap();
             let mut ours = RadixIndex::new();
-            let ctx = SourceContext { worker_id: Some(worker), dp_rank: None, sequence: None };
+            let ctx = SourceContext {
+                worker_id: Some(worker),
+                dp_rank: None,
+                sequence: None,
+                replay: false,
+            };
             let r = applier.apply(EventCodec::Vllm, &payload, ctx, &mut ours);
             let ctx = format!("seed {seed} trial {trial}: {payload:02x?}");
             assert_eq!(r.rejected(RejectReason::Malformed), 0, "{ctx}: {r:?}");

@@ -61,6 +61,10 @@ class Ids {
   forget(workerId: bigint): void {
     this.byWorker.delete(workerId);
   }
+
+  forgetHolder(w: Holder): void {
+    this.byWorker.get(w.workerId)?.delete(w.dpRank);
+  }
 }
 
 const isU64 = (v: unknown): v is bigint => typeof v === 'bigint' && v >= 0n && v <= U64_MAX;
@@ -126,10 +130,10 @@ export class JsEventApplier implements EventApplier {
     const ops: Op[] = [];
     switch (codec) {
       case 'dynamo':
-        this.dynamoMessage(decodeMsgpack(payload), ops, t);
+        this.dynamoMessage(decodeMsgpack(payload), context.replay === true, ops, t);
         break;
       case 'dynamo-json':
-        this.dynamoMessage(decodeJson(payload), ops, t);
+        this.dynamoMessage(decodeJson(payload), context.replay === true, ops, t);
         break;
       case 'vllm':
         // dp ranks are taken modulo 2^32, as the native u32 conversion (and JsKvIndex) does.
@@ -163,6 +167,20 @@ export class JsEventApplier implements EventApplier {
     this.vllm.forgetWorker(workerId);
   }
 
+  setCursor(worker: WorkerRank, lastEventId: bigint | null): void {
+    this.live();
+    if (!isU64(worker.workerId) || (lastEventId !== null && !isU64(lastEventId))) {
+      throw new KvEppError(
+        'invalid_argument',
+        'workerId and lastEventId must be unsigned 64-bit integers',
+      );
+    }
+    // As the native u32 conversion.
+    const w = { workerId: worker.workerId, dpRank: worker.dpRank >>> 0 };
+    if (lastEventId === null) this.dynamoIds.forgetHolder(w);
+    else this.dynamoIds.set(w, lastEventId);
+  }
+
   dispose(): void {
     this.disposed = true;
   }
@@ -171,14 +189,19 @@ export class JsEventApplier implements EventApplier {
     if (this.disposed) throw new KvEppError('disposed', 'the event applier was disposed');
   }
 
-  private dynamoMessage(decoded: Decoded<DynamoMessage>, ops: Op[], t: Tally): void {
+  private dynamoMessage(
+    decoded: Decoded<DynamoMessage>,
+    replay: boolean,
+    ops: Op[],
+    t: Tally,
+  ): void {
     if (!decoded.ok) {
       t.reject(decoded.reason, 1);
       return;
     }
     const m = decoded.value;
     const env = m.envelope;
-    if (env) {
+    if (env && !replay) {
       t.envelope = {
         publisherId: env.publisherId,
         sequence: env.sequence,
@@ -210,7 +233,7 @@ export class JsEventApplier implements EventApplier {
         t.gaps.push({ workerId: w.workerId, dpRank: w.dpRank, expected: seen.gap, got: id });
         // A legacy all-domain clear is applied as is; anything else is
         // `ResetDegraded`: clear, then apply.
-        if (!isResetAll(ev)) ops.push({ worker: w, kind: 'reset' });
+        if (!isResetAll(ev) && !replay) ops.push({ worker: w, kind: 'reset' });
       }
       this.dynamoIds.set(w, id);
       const route = routeOf(ev);

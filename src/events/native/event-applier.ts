@@ -144,9 +144,21 @@ export class NativeEventApplier implements EventApplier {
         context.workerId,
         context.dpRank,
         context.sequence,
+        context.replay,
       ),
     );
     return toReport(r);
+  }
+
+  setCursor(worker: WorkerRank, lastEventId: bigint | null): void {
+    this.call(() =>
+      this.addon.eventApplierSetCursor(
+        this.handle,
+        worker.workerId,
+        worker.dpRank,
+        lastEventId ?? undefined,
+      ),
+    );
   }
 
   forgetWorker(workerId: bigint): void {

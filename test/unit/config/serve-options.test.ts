@@ -64,6 +64,32 @@ describe('resolveServeOptions', () => {
     expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
   });
 
+  it('reads the recovery discovery directory and response host (Dynamo names) and the transport', () => {
+    const d = resolveServeOptions({}, {});
+    expect([d.events.discoveryDir, d.events.responseHost, d.extProcTransport]).toEqual([
+      undefined,
+      '127.0.0.1',
+      'direct',
+    ]);
+    const o = resolveServeOptions(
+      { 'ext-proc-transport': 'grpc-js' },
+      { DYN_FILE_KV: '/tmp/kv', DYN_TCP_RESPONSE_STREAM_HOST: '127.0.0.9' },
+    );
+    expect([o.events.discoveryDir, o.events.responseHost, o.extProcTransport]).toEqual([
+      '/tmp/kv',
+      '127.0.0.9',
+      'grpc-js',
+    ]);
+    const f = resolveServeOptions(
+      { 'dynamo-discovery-dir': '/tmp/flag' },
+      { DYN_FILE_KV: '/tmp/env' },
+    );
+    expect(f.events.discoveryDir).toBe('/tmp/flag');
+    expect(() => resolveServeOptions({ 'ext-proc-transport': 'h3' }, {})).toThrow(
+      /--ext-proc-transport: expected direct or grpc-js/,
+    );
+  });
+
   it('takes flags over DYN_* environment over the file', () => {
     const file = {
       model: { blockSize: 32 },

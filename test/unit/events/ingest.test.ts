@@ -42,6 +42,7 @@ class ScriptedApplier implements EventApplier {
   forgetWorker(workerId: bigint): void {
     this.forgotten.push(workerId);
   }
+  setCursor(): void {}
   dispose(): void {}
 }
 

@@ -115,11 +115,11 @@ impl EventApplier {
         let mut p = Prepared::default();
         match codec {
             EventCodec::Dynamo => match dynamo::decode_msgpack(payload) {
-                Ok(m) => self.dynamo_message(m, &mut p),
+                Ok(m) => self.dynamo_message(m, ctx.replay, &mut p),
                 Err(e) => p.report.reject(decode_reason(e), 1),
             },
             EventCodec::DynamoJson => match dynamo::decode_json(payload) {
-                Ok(m) => self.dynamo_message(m, &mut p),
+                Ok(m) => self.dynamo_message(m, ctx.replay, &mut p),
                 Err(e) => p.report.reject(decode_reason(e), 1),
             },
             EventCodec::Vllm => self.vllm_message(payload, ctx, &mut p),
@@ -137,8 +137,20 @@ impl EventApplier {
         self.vllm.forget_worker(worker_id);
     }
 
-    fn dynamo_message(&mut self, m: dynamo::DynamoMessage, p: &mut Prepared) {
-        if let Some(env) = m.envelope {
+    /// Sets the last event id of a Dynamo-stream holder (`None` forgets it,
+    /// so the next id is taken as the first). Used after a worker recovery:
+    /// the recovered state is current up to the worker's `last_event_id`.
+    pub fn set_cursor(&mut self, worker: WorkerKey, last_event_id: Option<u64>) {
+        match last_event_id {
+            Some(id) => self.dynamo_ids.insert(worker, id),
+            None => self.dynamo_ids.remove(&worker),
+        };
+    }
+
+    fn dynamo_message(&mut self, m: dynamo::DynamoMessage, replay: bool, p: &mut Prepared) {
+        if let Some(env) = m.envelope
+            && !replay
+        {
             p.report.envelope = Some(env);
             if let Some(&last) = self.publishers.get(&env.publisher_id)
                 && env.sequence > last.saturating_add(1)
@@ -175,8 +187,10 @@ impl EventApplier {
                 Seen::Gap { expected } => {
                     p.report.gaps.push(HolderGap { worker: w, expected, got: id });
                     // A legacy all-domain clear is applied as is; anything
-                    // else is `ResetDegraded`: clear, then apply.
-                    if !ev.is_reset_all() {
+                    // else is `ResetDegraded`: clear, then apply. A replay
+                    // never clears: it lands on a recovered state, and Dynamo
+                    // only warns about holes in the tail it replays.
+                    if !ev.is_reset_all() && !replay {
                         p.ops.push(Op { worker: w, kind: OpKind::Reset, srcs: 0 });
                     }
                 }

@@ -63,6 +63,11 @@ pub struct SourceContext {
     pub dp_rank: Option<u32>,
     /// The ZMQ sequence frame: the vLLM stream's event id.
     pub sequence: Option<u64>,
+    /// The message was applied before (kv-epp re-applies messages buffered
+    /// during a worker recovery): its envelope sequence is not tracked, so it
+    /// neither reports a publisher gap nor moves the publisher's last sequence,
+    /// and an event-id gap is reported without clearing the holder.
+    pub replay: bool,
 }
 
 /// Why an event (or message) was not applied. Codes match `EventRejectReason`.

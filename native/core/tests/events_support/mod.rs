@@ -179,7 +179,8 @@ impl Rig {
     }
 
     pub fn vllm(&mut self, m: &M, worker: u64, seq: Option<u64>) -> ApplyReport {
-        let ctx = SourceContext { worker_id: Some(worker), dp_rank: None, sequence: seq };
+        let ctx =
+            SourceContext { worker_id: Some(worker), dp_rank: None, sequence: seq, replay: false };
         self.apply(EventCodec::Vllm, &m.encode(), ctx)
     }
 
