@@ -27,5 +27,6 @@ COPY --from=builder /src/native/napi/*.node ./native/napi/
 COPY --from=builder /src/config ./config
 USER node
 EXPOSE 9002 9003 9090
-ENTRYPOINT ["node", "dist/src/cli/main.js"]
+# GC flags: see README "Latency and GC" (p99 at 500 req/s 10 ms -> 2.6 ms in bench/envoy-load).
+ENTRYPOINT ["node", "--max-semi-space-size=4", "--initial-old-space-size=256", "dist/src/cli/main.js"]
 CMD ["serve", "--endpoints-file", "config/endpoints.default.yaml", "--secure-serving=false"]

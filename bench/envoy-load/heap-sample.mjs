@@ -1,7 +1,8 @@
 /**
  * Diagnostic preload for kv-epp (`--node-args="--import=<this file>"`): samples
  * every JS heap allocation, including objects young-generation GC already
- * freed (what drives scavenge frequency), and writes a `.heapprofile` into
+ * freed (what drives scavenge frequency; KV_EPP_HEAP_SAMPLE_MINOR=0 keeps only
+ * objects that outlived a scavenge, what drives mark-compacts), and writes a `.heapprofile` into
  * KV_EPP_HEAP_SAMPLE_DIR when the process exits (SIGTERM from the bench).
  * Open it in Chrome DevTools or sum it by function.
  */
@@ -15,7 +16,7 @@ session.connect();
 session.post('HeapProfiler.startSampling', {
   samplingInterval: 8192,
   includeObjectsCollectedByMajorGC: true,
-  includeObjectsCollectedByMinorGC: true,
+  includeObjectsCollectedByMinorGC: process.env.KV_EPP_HEAP_SAMPLE_MINOR !== '0',
 });
 let written = false;
 const write = () => {

