@@ -74,10 +74,11 @@ export class MetricsObserver {
   /** `p`, timed. */
   preparer(p: Preparer): Preparer {
     return {
-      prepare: async (body, api, s) => {
+      offloads: (bytes) => p.offloads?.(bytes) ?? false,
+      prepare: async (body, api, s, work) => {
         const t0 = this.clock();
         try {
-          return await p.prepare(body, api, s);
+          return await p.prepare(body, api, s, work);
         } finally {
           this.metrics.observeTokenizationSeconds((this.clock() - t0) / 1000);
         }

@@ -67,8 +67,19 @@ const MODEL_LABELS = ['model_name', 'target_model_name'] as const;
 /** Priority label value: kv-epp has no InferenceObjectives, so GAIE's default. */
 const DEFAULT_PRIORITY = '0';
 
+interface ModelSeries {
+  requests: { inc(): void };
+  running: { inc(): void; dec(): void };
+  duration: { observe(v: number): void };
+  inputTokens: { observe(v: number): void };
+  outputTokens: { observe(v: number): void };
+}
+
+const MAX_CACHED_SERIES = 1024;
+
 export class EppMetrics {
   readonly registry: MetricsRegistry;
+  private readonly series = new Map<string, ModelSeries>();
   private readonly requests: Counter<'model_name' | 'target_model_name' | 'priority'>;
   private readonly errors: Counter<'model_name' | 'target_model_name' | 'error_code'>;
   private readonly duration: Histogram<'model_name' | 'target_model_name'>;
@@ -267,16 +278,38 @@ export class EppMetrics {
     });
   }
 
+  /** The label children of one (model, target) pair, made once (prom-client hashes label objects per call). */
+  private perModel(model: string, target: string): ModelSeries {
+    const key = `${model}\u0000${target}`;
+    let c = this.series.get(key);
+    if (c === undefined) {
+      // Model names come from clients: bound the cache (prom-client keeps its own series).
+      if (this.series.size >= MAX_CACHED_SERIES) this.series.clear();
+      const pair = { model_name: model, target_model_name: target };
+      c = {
+        requests: this.requests.labels({ ...pair, priority: DEFAULT_PRIORITY }),
+        running: this.running.labels({ model_name: model }),
+        duration: this.duration.labels(pair),
+        inputTokens: this.inputTokens.labels(pair),
+        outputTokens: this.outputTokens.labels(pair),
+      };
+      this.series.set(key, c);
+    }
+    return c;
+  }
+
   /** A request was routed (its body processed successfully). */
   requestStarted(model: string, target: string): void {
-    this.requests.inc({ model_name: model, target_model_name: target, priority: DEFAULT_PRIORITY });
-    this.running.inc({ model_name: model });
+    const c = this.perModel(model, target);
+    c.requests.inc();
+    c.running.inc();
   }
 
   /** A routed request's response finished (or the stream ended); `seconds` since it arrived. */
   requestFinished(model: string, target: string, seconds: number): void {
-    this.running.dec({ model_name: model });
-    this.duration.observe({ model_name: model, target_model_name: target }, seconds);
+    const c = this.perModel(model, target);
+    c.running.dec();
+    c.duration.observe(seconds);
   }
 
   /** A request was answered with an error; `code` is the GAIE category (e.g. BadRequest). */
@@ -285,11 +318,11 @@ export class EppMetrics {
   }
 
   observeInputTokens(model: string, target: string, tokens: number): void {
-    this.inputTokens.observe({ model_name: model, target_model_name: target }, tokens);
+    this.perModel(model, target).inputTokens.observe(tokens);
   }
 
   observeOutputTokens(model: string, target: string, tokens: number): void {
-    this.outputTokens.observe({ model_name: model, target_model_name: target }, tokens);
+    this.perModel(model, target).outputTokens.observe(tokens);
   }
 
   observeSchedulerSeconds(seconds: number): void {

@@ -5,6 +5,8 @@
  */
 export type OpenAiApi = 'chat' | 'completions' | 'responses' | 'embeddings';
 
+import { KvEppError } from '../errors.js';
+
 /** The API by path suffix (query string ignored), as the GAIE EPP does. */
 export function apiOfPath(path: string): OpenAiApi | undefined {
   const p = path.split('?')[0] ?? '';
@@ -189,4 +191,49 @@ export function spliceRequestBody(
   }
   parts.push(body.subarray(at));
   return concat(parts);
+}
+
+function badRequest(msg: string): KvEppError {
+  return new KvEppError('invalid_request', msg);
+}
+
+/**
+ * The request checks every routed body passes (400s): a JSON object with a
+ * non-empty string `model`, and `messages` (chat), `prompt` (completions) or
+ * `input` (responses, embeddings). Returns the body's model.
+ * @throws KvEppError invalid_json / invalid_request
+ */
+export function readRequest(body: Uint8Array, api: OpenAiApi | undefined): { model: string } {
+  let parsed: Record<string, unknown>;
+  try {
+    const v: unknown = JSON.parse(dec.decode(body));
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+      throw badRequest('the request body must be a JSON object');
+    }
+    parsed = v as Record<string, unknown>;
+  } catch (e) {
+    if (e instanceof KvEppError) throw e;
+    throw new KvEppError(
+      'invalid_json',
+      `the request body is not valid JSON: ${(e as Error).message}`,
+    );
+  }
+  const model = parsed.model;
+  if (typeof model !== 'string' || model === '')
+    throw badRequest('model not found in request body');
+  if (api === 'chat' && !Array.isArray(parsed.messages)) {
+    throw badRequest('chat completions need a "messages" list');
+  }
+  if (api === 'completions' && parsed.prompt === undefined) {
+    throw badRequest('completions need a "prompt"');
+  }
+  if ((api === 'responses' || api === 'embeddings') && parsed.input === undefined) {
+    throw badRequest(`${api} need an "input"`);
+  }
+  return { model };
+}
+
+/** The model the worker must see: the gateway's rewrite when it names another one. */
+export function rewriteTarget(model: string, rewrite: string | undefined): string | undefined {
+  return rewrite !== undefined && rewrite !== '' && rewrite !== model ? rewrite : undefined;
 }

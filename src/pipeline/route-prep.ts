@@ -12,6 +12,7 @@
  * errors are KvEppErrors from the tokenizer (request problems) or the hasher.
  */
 import type { BlockHasher, KvIndex, OverlapScores } from '../kv/types.js';
+import { readRequest, rewriteTarget, spliceRequestBody } from '../openai/request-body.js';
 import type { ApiKind, Tokenizer } from '../tokenize/types.js';
 
 export interface RouteSettings {
@@ -33,6 +34,37 @@ export interface RoutePrep {
   /** The body's cache salt, when it named one. */
   cacheSalt?: string | undefined;
   overlap: OverlapScores;
+  /** With `BodyWork`: the body's model, the rewrite target and the body for the worker. */
+  request?: PreparedRequest | undefined;
+}
+
+/**
+ * Body work a preparer can do next to tokenizing, so that a large body is
+ * parsed and rewritten off the main thread: `readRequest`'s checks (their
+ * 400s), then `nvext.token_data` (and the model rewrite) spliced in.
+ */
+export interface BodyWork {
+  /** The gateway's `x-gateway-model-name-rewrite`. */
+  rewrite?: string | undefined;
+}
+
+export interface PreparedRequest {
+  model: string;
+  /** Set when the model was rewritten. */
+  target?: string | undefined;
+  /** The body to send on: the client's with token_data (and the model) spliced in. */
+  body: Uint8Array;
+}
+
+/** Splices the prepared tokens (and the rewrite) into a body `readRequest` accepted. */
+export function finishRequest(
+  body: Uint8Array,
+  model: string,
+  tokens: Uint32Array,
+  work: BodyWork,
+): PreparedRequest {
+  const target = rewriteTarget(model, work.rewrite);
+  return { model, target, body: spliceRequestBody(body, { model: target, tokenData: tokens }) };
 }
 
 export type FusedPrepare = (body: Uint8Array, api: ApiKind, s: RouteSettings) => RoutePrep;
@@ -95,19 +127,30 @@ export function tokenizeAndHash(
   return { tokens, localHashes, cacheSalt };
 }
 
-/** The whole hot path on the calling thread. */
+/** The whole hot path on the calling thread (with `work`: the body work too). */
 export function prepareRouteInline(
   path: HotPath,
   body: Uint8Array,
   api: ApiKind,
   s: RouteSettings,
+  work?: BodyWork,
 ): RoutePrep {
-  if (path.fused) return path.fused(body, api, s);
-  const r = tokenizeAndHash(path, body, api, s);
-  return { ...r, overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false) };
+  // The checks come first, so a bad body fails as it would without tokenizing.
+  const model = work ? readRequest(body, api).model : undefined;
+  let prep: RoutePrep;
+  if (path.fused) prep = path.fused(body, api, s);
+  else {
+    const r = tokenizeAndHash(path, body, api, s);
+    prep = { ...r, overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false) };
+  }
+  if (work) prep.request = finishRequest(body, model as string, prep.tokens, work);
+  return prep;
 }
 
 /** Anything that runs the hot path for a body (inline or on a worker pool). */
 export interface Preparer {
-  prepare(body: Uint8Array, api: ApiKind, s: RouteSettings): Promise<RoutePrep>;
+  /** With `work`, `RoutePrep.request` is set (and the body's 400s are raised here). */
+  prepare(body: Uint8Array, api: ApiKind, s: RouteSettings, work?: BodyWork): Promise<RoutePrep>;
+  /** True when a body this size is prepared off the calling thread. */
+  offloads?(bytes: number): boolean;
 }

@@ -23,7 +23,12 @@ import {
 } from '../kv/approx/prune-tracker.js';
 import type { BlockHasher, KvIndex } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
-import { apiOfPath, spliceRequestBody } from '../openai/request-body.js';
+import {
+  apiOfPath,
+  readRequest,
+  rewriteTarget,
+  spliceRequestBody,
+} from '../openai/request-body.js';
 import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
 import type {
   GatewayRequest,
@@ -80,10 +85,6 @@ export interface RoutedRequest {
 const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
 /** Client `x-dynamo-*` headers that do not route: Dynamo's request id (its response `id`, worker logs). */
 const PASSED_DYNAMO_HEADERS = new Set(['x-dynamo-request-id']);
-
-function badRequest(msg: string): KvEppError {
-  return new KvEppError('invalid_request', msg);
-}
 
 export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
@@ -191,45 +192,28 @@ export class KvRouter implements RequestRouter {
 
   async route(req: GatewayRequest): Promise<RouteDecision> {
     const api = apiOfPath(req.path);
-    let parsed: Record<string, unknown>;
-    try {
-      const v: unknown = JSON.parse(new TextDecoder().decode(req.body));
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-        throw badRequest('the request body must be a JSON object');
-      }
-      parsed = v as Record<string, unknown>;
-    } catch (e) {
-      if (e instanceof KvEppError) throw e;
-      throw new KvEppError(
-        'invalid_json',
-        `the request body is not valid JSON: ${(e as Error).message}`,
-      );
-    }
-    const model = parsed.model;
-    if (typeof model !== 'string' || model === '')
-      throw badRequest('model not found in request body');
-    if (api === 'chat' && !Array.isArray(parsed.messages)) {
-      throw badRequest('chat completions need a "messages" list');
-    }
-    if (api === 'completions' && parsed.prompt === undefined) {
-      throw badRequest('completions need a "prompt"');
-    }
-    if ((api === 'responses' || api === 'embeddings') && parsed.input === undefined) {
-      throw badRequest(`${api} need an "input"`);
-    }
+    const tokenized = api === 'chat' || api === 'completions';
     const rewrite = req.headers.get('x-gateway-model-name-rewrite');
-    const target =
-      rewrite !== undefined && rewrite !== '' && rewrite !== model ? rewrite : undefined;
+    // A body prepared off the main thread is also checked and spliced there, so
+    // a large prompt is never parsed on the event loop; its 400s then come
+    // after the (free) 503/429 checks instead of before them.
+    const offloaded = tokenized && (this.deps.preparer.offloads?.(req.body.length) ?? false);
+    let model = offloaded ? undefined : readRequest(req.body, api).model;
     // Subset and busy checks before tokenizing: 503/429 cost nothing.
     this.available(this.candidates(req));
     let prep: RoutePrep | undefined;
-    if (api === 'chat' || api === 'completions') {
+    if (tokenized) {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
-      prep = await this.deps.preparer.prepare(req.body, api, {
-        blockSize: this.settings.blockSize,
-        cacheNamespace: req.headers.get('x-tenant-id'),
-        earlyExit: this.settings.earlyExit,
-      });
+      prep = await this.deps.preparer.prepare(
+        req.body,
+        api,
+        {
+          blockSize: this.settings.blockSize,
+          cacheNamespace: req.headers.get('x-tenant-id'),
+          earlyExit: this.settings.earlyExit,
+        },
+        offloaded ? { rewrite } : undefined,
+      );
     }
     // Again after tokenizing: endpoints and loads may have changed meanwhile.
     const endpoints = this.available(this.candidates(req));
@@ -238,10 +222,19 @@ export class KvRouter implements RequestRouter {
       1 + this.settings.fallbacks,
     );
     const chosen = ranked.map((c) => c.endpoint);
-    const body =
-      prep || target !== undefined
-        ? spliceRequestBody(req.body, { model: target, tokenData: prep?.tokens })
-        : req.body;
+    let body: Uint8Array;
+    let target: string | undefined;
+    if (prep?.request) {
+      ({ model, target, body } = prep.request);
+    } else {
+      // A preparer that ignored the body work (or ran inline): check here.
+      model ??= readRequest(req.body, api).model;
+      target = rewriteTarget(model, rewrite);
+      body =
+        prep || target !== undefined
+          ? spliceRequestBody(req.body, { model: target, tokenData: prep?.tokens })
+          : req.body;
+    }
     const decision = this.decide(req, chosen, body, {
       client: target === undefined ? undefined : model,
       target,

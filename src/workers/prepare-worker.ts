@@ -11,8 +11,9 @@ import { KvEppError } from '../errors.js';
 import { JsBlockHasher } from '../kv/js/block-hasher.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
 import type { BlockHasher } from '../kv/types.js';
+import { readRequest } from '../openai/request-body.js';
 import { nativePrepare } from '../pipeline/native-route.js';
-import { tokenizeAndHash } from '../pipeline/route-prep.js';
+import { finishRequest, tokenizeAndHash } from '../pipeline/route-prep.js';
 import { loadJsTokenizer } from '../tokenize/js/tokenizer.js';
 import type { Tokenizer } from '../tokenize/types.js';
 import type { PrepareResult, PrepareTask, TokenizerRef } from './protocol.js';
@@ -41,6 +42,7 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
   let result: PrepareResult;
   try {
     const ref = task.tokenizer;
+    const model = task.work ? readRequest(task.body, task.api).model : undefined;
     if (ref.backend === 'native' && ref.handle !== undefined) {
       const addon = await loadNativeBinding();
       const handles = { tokenizer: ref.handle, index: ref.indexHandle ?? 0 };
@@ -61,6 +63,9 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
         ...tokenizeAndHash({ tokenizer, hasher }, task.body, task.api, task.settings),
       };
     }
+    if (task.work && result.ok) {
+      result.request = finishRequest(task.body, model as string, result.tokens, task.work);
+    }
   } catch (e) {
     result =
       e instanceof KvEppError
@@ -70,6 +75,8 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
   const buffers: ArrayBufferLike[] = result.ok
     ? [result.tokens.buffer, result.localHashes.buffer]
     : [];
+  // The spliced body is a fresh array of its own (spliceRequestBody's output), never the task's.
+  if (result.ok && result.request) buffers.push(result.request.body.buffer);
   return move({
     get [transferableSymbol]() {
       return buffers;

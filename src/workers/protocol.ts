@@ -5,7 +5,7 @@
  */
 import type { KvEppErrorCode } from '../errors.js';
 import type { Backend, OverlapScores } from '../kv/types.js';
-import type { RouteSettings } from '../pipeline/route-prep.js';
+import type { BodyWork, PreparedRequest, RouteSettings } from '../pipeline/route-prep.js';
 import type { ApiKind } from '../tokenize/types.js';
 
 /** How a worker reaches the tokenizer: the native one by its process-wide handle. */
@@ -26,6 +26,8 @@ export interface PrepareTask {
   body: Uint8Array;
   api: ApiKind;
   settings: RouteSettings;
+  /** Validate and splice the body here too (its buffer comes back transferred). */
+  work?: BodyWork | undefined;
 }
 
 export type PrepareResult =
@@ -36,5 +38,7 @@ export type PrepareResult =
       cacheSalt?: string | undefined;
       /** Present when the worker scored (native index). */
       overlap?: OverlapScores | undefined;
+      /** Present when the task asked for body work. */
+      request?: PreparedRequest | undefined;
     }
   | { ok: false; code: KvEppErrorCode; message: string };

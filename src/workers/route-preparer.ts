@@ -14,6 +14,7 @@ import { Piscina } from 'piscina';
 import { KvEppError } from '../errors.js';
 import { NativeKvIndex } from '../kv/native/radix-index.js';
 import {
+  type BodyWork,
   type HotPath,
   prepareRouteInline,
   type RoutePrep,
@@ -71,9 +72,19 @@ export class RoutePreparer {
     return this.pool?.queueSize ?? 0;
   }
 
-  async prepare(body: Uint8Array, api: ApiKind, settings: RouteSettings): Promise<RoutePrep> {
-    if (!this.pool || body.byteLength < this.offloadBytes) {
-      return prepareRouteInline(this.path, body, api, settings);
+  offloads(bytes: number): boolean {
+    return this.pool !== undefined && bytes >= this.offloadBytes;
+  }
+
+  async prepare(
+    body: Uint8Array,
+    api: ApiKind,
+    settings: RouteSettings,
+    work?: BodyWork,
+  ): Promise<RoutePrep> {
+    const pool = this.pool;
+    if (!pool || !this.offloads(body.byteLength)) {
+      return prepareRouteInline(this.path, body, api, settings, work);
     }
     // A private copy: the caller keeps its body, and a pooled Buffer's backing
     // store is never transferred away.
@@ -84,14 +95,16 @@ export class RoutePreparer {
       body: copy,
       api,
       settings: { ...settings, nowMs },
+      work,
     };
-    const r = (await this.pool.run(task, { transferList: [copy.buffer] })) as PrepareResult;
+    const r = (await pool.run(task, { transferList: [copy.buffer] })) as PrepareResult;
     if (!r.ok) throw new KvEppError(r.code, r.message);
     return {
       tokens: r.tokens,
       localHashes: r.localHashes,
       cacheSalt: r.cacheSalt,
       overlap: r.overlap ?? this.path.index.findMatches(r.localHashes, settings.earlyExit ?? false),
+      request: r.request,
     };
   }
 

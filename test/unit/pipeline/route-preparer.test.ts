@@ -108,3 +108,55 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => 
     }
   });
 });
+
+describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (backend) => {
+  const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
+  const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
+
+  it('checks and splices the body the same inline and in the pool', async () => {
+    const path = await createHotPath({ source: QWEN }, backend);
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    expect([pooled.offloads(1), pooled.offloads(0)]).toEqual([true, false]);
+    const s = { blockSize: 4 };
+    const withModel = enc({ ...(golden.request as object), model: 'm', nvext: { keep: 1 } });
+    for (const work of [{}, { rewrite: 'm' }, { rewrite: 'served-name' }]) {
+      const inline = prepareRouteInline(path, withModel, 'chat', s, work);
+      const viaPool = await pooled.prepare(withModel, 'chat', s, work);
+      expect(viaPool.request).toEqual(inline.request);
+      const sent = JSON.parse(text(viaPool.request?.body)) as {
+        model: string;
+        nvext: { keep: number; token_data: number[] };
+      };
+      expect(sent.nvext).toEqual({ keep: 1, token_data: golden.ids });
+      const rewritten = work.rewrite === 'served-name';
+      expect([sent.model, viaPool.request?.model, viaPool.request?.target]).toEqual([
+        rewritten ? 'served-name' : 'm',
+        'm',
+        rewritten ? 'served-name' : undefined,
+      ]);
+    }
+    // Without body work nothing is spliced.
+    expect((await pooled.prepare(withModel, 'chat', s)).request).toBeUndefined();
+  });
+
+  it("raises the router's 400s from the pool, before tokenizing", async () => {
+    const path = await createHotPath({ source: QWEN }, backend);
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    const cases = [
+      ['{"messages": [', 'invalid_json', /not valid JSON/],
+      ['[1]', 'invalid_request', /must be a JSON object/],
+      ['{"messages": []}', 'invalid_request', /model not found/],
+      ['{"model": "m", "prompt": "x"}', 'invalid_request', /"messages" list/],
+    ] as const;
+    for (const [t, code, msg] of cases) {
+      const b = new TextEncoder().encode(t);
+      await expect(pooled.prepare(b, 'chat', { blockSize: 4 }, {})).rejects.toMatchObject({
+        code,
+        message: expect.stringMatching(msg),
+      });
+      expect(() => prepareRouteInline(path, b, 'chat', { blockSize: 4 }, {})).toThrow(msg);
+    }
+  });
+});

@@ -34,19 +34,29 @@ const long = 'The quick brown fox jumps over the lazy dog. '.repeat(40);
 
 async function router(
   backend: Backend,
-  extra: { admission?: AdmissionSettings; pendingPrepare?: () => number } = {},
+  extra: {
+    admission?: AdmissionSettings;
+    pendingPrepare?: () => number;
+    /** The preparer offloads every body (and so checks and splices it). */
+    offload?: boolean;
+    endpoints?: typeof endpoints;
+  } = {},
 ) {
   const path = await createHotPath({ source: 'o200k_base' }, backend);
   let prepared = 0;
+  const works: unknown[] = [];
   const preparer: Preparer = {
-    prepare: async (body, api, settings) => {
+    prepare: async (body, api, settings, work) => {
       prepared++;
-      return prepareRouteInline(path, body, api, settings);
+      works.push(work);
+      return prepareRouteInline(path, body, api, settings, work);
     },
+    offloads: () => extra.offload ?? false,
   };
+  const eps = extra.endpoints ?? endpoints;
   const r = new KvRouter(
     {
-      endpoints: () => endpoints,
+      endpoints: () => eps,
       preparer,
       index: path.index,
       hasher: path.hasher,
@@ -55,10 +65,29 @@ async function router(
     },
     { blockSize: 16, fallbacks: 1, approximate: true, admission: extra.admission },
   );
-  return { r, path, prepared: () => prepared };
+  return { r, path, prepared: () => prepared, works };
 }
 
 describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
+  it('leaves checking and splicing an offloaded body to the preparer, with the same result', async () => {
+    const body = { ...chat(long), nvext: { keep: true } };
+    const headers = new Map([['x-gateway-model-name-rewrite', 'served']]);
+    const inline = await router(backend);
+    const off = await router(backend, { offload: true });
+    const a = await inline.r.route(req(body, { headers }));
+    const b = await off.r.route(req(body, { headers }));
+    expect(new TextDecoder().decode(b.body)).toBe(new TextDecoder().decode(a.body));
+    expect([b.clientModel, b.targetModel]).toEqual(['m', 'served']);
+    expect([inline.works, off.works]).toEqual([[undefined], [{ rewrite: 'served' }]]);
+    // Offloaded: the free 503 comes before the body check; inline: the 400 first.
+    const none = await router(backend, { offload: true, endpoints: [] });
+    await expect(none.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'no_endpoint' });
+    await expect(off.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'invalid_json' });
+    const noneInline = await router(backend, { endpoints: [] });
+    await expect(noneInline.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'invalid_json' });
+    for (const x of [inline, off, none, noneInline]) x.path.index.dispose();
+  });
+
   it('sends a repeated prompt to the worker holding its prefix, even when busier', async () => {
     const { r, path } = await router(backend);
     const first = await r.route(req(chat(long)));
