@@ -223,6 +223,8 @@ export async function startServing(
         ttlMs: options.ttlSecs * 1000,
         maxTreeSize: options.maxTreeSize,
         pruneTargetRatio: options.pruneTargetRatio,
+        // A hot prefix is re-queued at most once a second (1 % of the default TTL).
+        refreshGranularityMs: Math.min(1000, (options.ttlSecs * 1000) / 100),
       },
       admission: {
         maxPendingPrepare: options.maxQueuedRequests,

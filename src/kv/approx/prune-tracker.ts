@@ -95,6 +95,14 @@ export interface PruneSettings {
   maxTreeSize: number;
   /** Pruning goes down to `floor(maxTreeSize × ratio)` (`router_prune_target_ratio`). */
   pruneTargetRatio: number;
+  /**
+   * A refresh that would move a block's expiry by less than this is skipped,
+   * so the block may expire up to this much early (default 0: exact). A hot
+   * prefix routed hundreds of times a second is then queued once per period
+   * instead of once per request (Dynamo 1.6.1 similarly rounds expiries to
+   * 100 ms buckets, late instead of early).
+   */
+  refreshGranularityMs?: number | undefined;
 }
 
 /** Dynamo's `PruneConfig::default()`. */
@@ -140,6 +148,7 @@ export class PruneTracker {
   private readonly ttlMs: number;
   private readonly maxTreeSize: number;
   private readonly targetSize: number;
+  private readonly refreshMs: number;
 
   private readonly holders: Holder[] = [];
   private readonly holderSlot = new Map<string, number>();
@@ -168,6 +177,10 @@ export class PruneTracker {
     this.ttlMs = ttlMs;
     this.maxTreeSize = maxTreeSize;
     this.targetSize = Math.floor(maxTreeSize * pruneTargetRatio);
+    const g = settings.refreshGranularityMs ?? 0;
+    if (!(Number.isFinite(g) && g >= 0 && g < ttlMs))
+      throw new RangeError('refreshGranularityMs must be in [0, ttlMs)');
+    this.refreshMs = g;
   }
 
   /** Live tracked memberships. */
@@ -211,17 +224,20 @@ export class PruneTracker {
     for (let pos = count - 1; pos >= 0; pos--) {
       const lo = words[2 * pos] as number;
       const hi = words[2 * pos + 1] as number;
+      const k = key52(lo, hi);
+      const prev = live.get(k);
+      const same = prev !== undefined && q[2 * prev] === lo && q[2 * prev + 1] === hi;
+      // Fresh enough: keep the queued entry (it may expire up to refreshMs early).
+      if (same && expiry - (this.qExpiry[prev] as number) < this.refreshMs) continue;
       const slot = this.tail++;
       q[2 * slot] = lo;
       q[2 * slot + 1] = hi;
       this.qExpiry[slot] = expiry;
       this.qHolder[slot] = s;
-      const k = key52(lo, hi);
-      const prev = live.get(k);
       if (prev === undefined) {
         this.liveCount++;
         live.set(k, slot);
-      } else if (q[2 * prev] === lo && q[2 * prev + 1] === hi) {
+      } else if (same) {
         live.set(k, slot); // refresh
       } else {
         // Another live hash shares the low 52 bits: track this one exactly.

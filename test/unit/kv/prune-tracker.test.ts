@@ -92,6 +92,28 @@ describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (
     expect(depths([1n, 2n, 3n])).toEqual({});
   });
 
+  it('with a refresh granularity, re-queues a hot block once per period (early by < the period)', async () => {
+    const { tracker, route, depths } = await setup({ refreshGranularityMs: 100 });
+    route(W1, [1n, 2n, 3n], 0);
+    for (let t = 10; t < 100; t += 10) route(W1, [1n, 2n, 3n], t);
+    // Nine refreshes within the period queued nothing: expiry stays at 1000.
+    expect([tracker.size, tracker.queued, tracker.nextExpiry()]).toEqual([3, 3, 1000]);
+    route(W1, [1n, 2n, 3n], 100);
+    expect([tracker.size, tracker.queued]).toEqual([3, 6]);
+    expect(tracker.maintain(1099).expired).toBe(0);
+    expect(depths([1n, 2n, 3n])).toEqual({ 1: 3 });
+    expect(tracker.maintain(1100).expired).toBe(3);
+    expect(
+      () =>
+        new PruneTracker(index, {
+          ttlMs: 100,
+          maxTreeSize: 1,
+          pruneTargetRatio: 1,
+          refreshGranularityMs: 100,
+        }),
+    ).toThrow(RangeError);
+  });
+
   it('prunes the whole tree down to floor(cap × ratio) once above the cap, oldest first', async () => {
     // Dynamo's test_approx_indexer_e2e_pruning, with cap 10 and ratio 0.5.
     const { tracker, route, depths, memberships } = await setup({
