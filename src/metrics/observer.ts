@@ -66,7 +66,7 @@ export class MetricsObserver {
   /** For KvRouterDeps.onRouted. */
   readonly onRouted = (r: RoutedRequest): void => {
     const target = r.decision.targetModel ?? r.model;
-    const inputTokens = r.prep?.tokens.length;
+    const inputTokens = r.prep?.request?.tokenCount ?? r.prep?.tokens.length;
     this.routed.set(r.decision, { model: r.model, target, inputTokens });
     if (r.prep) this.metrics.observePrefixOverlapBlocks(overlapOf(r.prep, r.endpoint));
   };

@@ -29,6 +29,7 @@ export interface RouteSettings {
 }
 
 export interface RoutePrep {
+  /** The prompt ids; empty when the pool did the body work (they are in `request.body`). */
   tokens: Uint32Array;
   localHashes: BigUint64Array;
   /** The body's cache salt, when it named one. */
@@ -50,6 +51,8 @@ export interface BodyWork {
 
 export interface PreparedRequest {
   model: string;
+  /** Prompt tokens (`RoutePrep.tokens` may be empty when the pool made this). */
+  tokenCount: number;
   /** Set when the model was rewritten. */
   target?: string | undefined;
   /** The body to send on: the client's with token_data (and the model) spliced in. */
@@ -64,7 +67,8 @@ export function finishRequest(
   work: BodyWork,
 ): PreparedRequest {
   const target = rewriteTarget(model, work.rewrite);
-  return { model, target, body: spliceRequestBody(body, { model: target, tokenData: tokens }) };
+  const out = spliceRequestBody(body, { model: target, tokenData: tokens });
+  return { model, tokenCount: tokens.length, target, body: out };
 }
 
 export type FusedPrepare = (body: Uint8Array, api: ApiKind, s: RouteSettings) => RoutePrep;

@@ -14,7 +14,7 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
 import { CertReloader } from './cert-reloader.js';
-import { decodeRequest, encodeResponseFrame } from './ext-proc/codec.js';
+import { decodeRequest, encodeResponseFrameParts } from './ext-proc/codec.js';
 import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
 import { loadServices } from './ext-proc/proto.js';
@@ -195,7 +195,7 @@ function installDirect(
 ): boolean {
   return installProcessFastPath<ProcessingRequest, ProcessingResponse>(server, {
     deserialize: decodeRequest,
-    frame: encodeResponseFrame,
+    frame: encodeResponseFrameParts,
     maxReceiveBytes,
     open: (sink) => new ExtProcStream(sink, streamOpts),
   });

@@ -13,12 +13,13 @@ import { loadNativeBinding } from '../kv/native/binding.js';
 import type { BlockHasher } from '../kv/types.js';
 import { readRequest } from '../openai/request-body.js';
 import { nativePrepare } from '../pipeline/native-route.js';
-import { finishRequest, tokenizeAndHash } from '../pipeline/route-prep.js';
+import { finishRequest, type PreparedRequest, tokenizeAndHash } from '../pipeline/route-prep.js';
 import { loadJsTokenizer } from '../tokenize/js/tokenizer.js';
 import type { Tokenizer } from '../tokenize/types.js';
 import type { PrepareResult, PrepareTask, TokenizerRef } from './protocol.js';
 
 const tokenizers = new Map<string, Promise<Tokenizer>>();
+const NO_TOKENS = new Uint32Array(0);
 const jsHasher = new JsBlockHasher();
 
 function tokenizerFor(ref: TokenizerRef): Promise<Tokenizer> {
@@ -43,29 +44,29 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
   try {
     const ref = task.tokenizer;
     const model = task.work ? readRequest(task.body, task.api).model : undefined;
+    let request: PreparedRequest | undefined;
     if (ref.backend === 'native' && ref.handle !== undefined) {
       const addon = await loadNativeBinding();
       const handles = { tokenizer: ref.handle, index: ref.indexHandle ?? 0 };
       const r = nativePrepare(addon, handles, task.body, task.api, task.settings);
+      if (task.work) request = finishRequest(task.body, model as string, r.tokens, task.work);
       // Addon-made arrays may sit on external memory, which cannot be
-      // transferred; JS-owned copies can.
+      // transferred; JS-owned copies can. With body work the ids travel in the
+      // spliced body only (a 50k-token prompt's ids are 200 KB).
       result = {
         ok: true,
-        tokens: new Uint32Array(r.tokens),
+        tokens: task.work ? NO_TOKENS : new Uint32Array(r.tokens),
         localHashes: new BigUint64Array(r.localHashes),
         cacheSalt: r.cacheSalt,
         overlap: ref.indexHandle ? r.overlap : undefined,
       };
     } else {
       const [tokenizer, hasher] = await Promise.all([tokenizerFor(ref), hasherFor(ref)]);
-      result = {
-        ok: true,
-        ...tokenizeAndHash({ tokenizer, hasher }, task.body, task.api, task.settings),
-      };
+      const r = tokenizeAndHash({ tokenizer, hasher }, task.body, task.api, task.settings);
+      if (task.work) request = finishRequest(task.body, model as string, r.tokens, task.work);
+      result = { ok: true, ...r, tokens: task.work ? NO_TOKENS : r.tokens };
     }
-    if (task.work && result.ok) {
-      result.request = finishRequest(task.body, model as string, result.tokens, task.work);
-    }
+    if (result.ok) result.request = request;
   } catch (e) {
     result =
       e instanceof KvEppError
@@ -73,7 +74,7 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
         : { ok: false, code: 'internal', message: (e as Error)?.stack ?? String(e) };
   }
   const buffers: ArrayBufferLike[] = result.ok
-    ? [result.tokens.buffer, result.localHashes.buffer]
+    ? [result.localHashes.buffer, ...(result.tokens.length > 0 ? [result.tokens.buffer] : [])]
     : [];
   // The spliced body is a fresh array of its own (spliceRequestBody's output), never the task's.
   if (result.ok && result.request) buffers.push(result.request.body.buffer);

@@ -38,6 +38,9 @@ import type {
 
 const utf8Length = (s: string): number => Buffer.byteLength(s, 'utf8');
 
+/** `bytes` payloads this large are written as their own frame part, not copied. */
+const DEFER_BYTES = 16 * 1024;
+
 function varintSize(v: number): number {
   if (v < 0) return 10; // negative int32/enum: sign-extended to 64 bits
   if (v < 0x80) return 1;
@@ -57,6 +60,12 @@ const lenField = (n: number): number => 1 + varintSize(n) + n;
 class Sizes {
   list: number[] = [];
   at = 0;
+  /** Payload bytes of large `bytes` fields, written as their own parts (not copied). */
+  deferred = 0;
+  bytes(n: number): number {
+    if (n >= DEFER_BYTES) this.deferred += n;
+    return lenField(n);
+  }
   push(n: number): number {
     this.list.push(n);
     return n;
@@ -72,7 +81,7 @@ function sizeHeaderValue(h: HeaderValue, s: Sizes): number {
   let n = 0;
   if (h.key != null) n += lenField(utf8Length(h.key));
   if (h.value != null) n += lenField(utf8Length(h.value));
-  if (h.raw_value != null) n += lenField(h.raw_value.length);
+  if (h.raw_value != null) n += s.bytes(h.raw_value.length);
   s.list[slot] = n;
   return n;
 }
@@ -101,12 +110,12 @@ function sizeBodyMutation(b: BodyMutation, s: Sizes): number {
   const slot = s.list.length;
   s.push(0);
   let n = 0;
-  if (b.body != null) n += lenField(b.body.length);
+  if (b.body != null) n += s.bytes(b.body.length);
   if (b.clear_body != null) n += 2;
   if (b.streamed_response != null) {
     const r = b.streamed_response;
     let m = 0;
-    if (r.body != null) m += lenField(r.body.length);
+    if (r.body != null) m += s.bytes(r.body.length);
     if (r.end_of_stream != null) m += 2;
     s.push(m);
     n += lenField(m);
@@ -184,7 +193,7 @@ function sizeImmediate(r: ImmediateResponse, s: Sizes): number {
     n += lenField(m);
   }
   if (r.headers != null) n += lenField(sizeHeaderMutation(r.headers, s));
-  if (r.body != null) n += lenField(r.body.length);
+  if (r.body != null) n += s.bytes(r.body.length);
   if (r.details != null) n += lenField(utf8Length(r.details));
   s.list[slot] = n;
   return n;
@@ -213,12 +222,22 @@ function sizeResponse(m: ProcessingResponse, s: Sizes): number {
 
 class Out {
   pos: number;
+  /** Finished parts: slices of `buf` and deferred payloads, in wire order. */
+  readonly parts: Buffer[] = [];
+  private partStart = 0;
   constructor(
     readonly buf: Buffer,
     start: number,
     readonly sizes: Sizes,
   ) {
     this.pos = start;
+  }
+  /** Everything written, as parts (one when nothing was deferred). */
+  finish(): Buffer[] {
+    if (this.pos > this.partStart || this.parts.length === 0) {
+      this.parts.push(this.buf.subarray(this.partStart, this.pos));
+    }
+    return this.parts;
   }
   byte(b: number): void {
     this.buf[this.pos++] = b;
@@ -250,6 +269,13 @@ class Out {
   bytes(tag: number, b: Uint8Array): void {
     this.byte(tag);
     this.varint(b.length);
+    if (b.length >= DEFER_BYTES) {
+      // A large payload is its own part: referenced, not copied.
+      this.parts.push(this.buf.subarray(this.partStart, this.pos));
+      this.parts.push(Buffer.from(b.buffer, b.byteOffset, b.length));
+      this.partStart = this.pos;
+      return;
+    }
     this.buf.set(b, this.pos);
     this.pos += b.length;
   }
@@ -404,11 +430,16 @@ function writeResponse(m: ProcessingResponse, o: Out): void {
   }
 }
 
-/** The gRPC frame (uncompressed flag, u32 BE length, message) of `msg`. */
-export function encodeResponseFrame(msg: ProcessingResponse): Buffer {
+/**
+ * The gRPC frame (uncompressed flag, u32 BE length, message) of `msg`, as
+ * parts to write in order: `bytes` payloads of at least DEFER_BYTES (body
+ * chunks) are views of the caller's arrays, not copies, so they must not
+ * change until written.
+ */
+export function encodeResponseFrameParts(msg: ProcessingResponse): Buffer[] {
   const sizes = new Sizes();
   const n = sizeResponse(msg, sizes);
-  const buf = Buffer.allocUnsafe(5 + n);
+  const buf = Buffer.allocUnsafe(5 + n - sizes.deferred);
   buf[0] = 0;
   buf.writeUInt32BE(n, 1);
   const o = new Out(buf, 5, sizes);
@@ -416,7 +447,13 @@ export function encodeResponseFrame(msg: ProcessingResponse): Buffer {
   if (o.pos !== buf.length) {
     throw new Error(`ext_proc encoder wrote ${o.pos - 5} bytes for a ${n}-byte message`);
   }
-  return buf;
+  return o.finish();
+}
+
+/** `encodeResponseFrameParts` as one buffer. */
+export function encodeResponseFrame(msg: ProcessingResponse): Buffer {
+  const parts = encodeResponseFrameParts(msg);
+  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
 }
 
 // ---------------------------------------------------------------- reading

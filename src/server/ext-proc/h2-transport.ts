@@ -54,8 +54,11 @@ export interface FastPathSink<Res> {
 export interface FastPathOptions<Req, Res> {
   /** Decodes one request message (may keep views of `bytes`). */
   deserialize(bytes: Buffer): Req;
-  /** The whole gRPC frame of a response: the 5-byte prefix (uncompressed) and the message. */
-  frame(msg: Res): Buffer;
+  /**
+   * The whole gRPC frame of a response (the 5-byte prefix, uncompressed, and
+   * the message), or its parts in order (written corked, as one writev).
+   */
+  frame(msg: Res): Buffer | readonly Buffer[];
   /** Largest message accepted (bytes after the 5-byte prefix); larger → RESOURCE_EXHAUSTED. */
   maxReceiveBytes: number;
   /** Starts the handler for a new stream. */
@@ -209,7 +212,13 @@ function serveStream<Req, Res>(
     send(msg) {
       if (!open || stream.destroyed) return;
       sendHeaders();
-      stream.write(opts.frame(msg));
+      const f = opts.frame(msg);
+      if (Buffer.isBuffer(f)) stream.write(f);
+      else {
+        stream.cork();
+        for (const part of f) stream.write(part);
+        stream.uncork();
+      }
     },
     end() {
       finish(Status.OK, '');

@@ -6,7 +6,11 @@
  */
 import type { MethodDefinition } from '@grpc/grpc-js';
 import { describe, expect, it } from 'vitest';
-import { decodeRequest, encodeResponseFrame } from '../../../src/server/ext-proc/codec.js';
+import {
+  decodeRequest,
+  encodeResponseFrame,
+  encodeResponseFrameParts,
+} from '../../../src/server/ext-proc/codec.js';
 import type {
   HeaderMutation,
   ProcessingRequest,
@@ -185,6 +189,26 @@ describe('encodeResponseFrame', () => {
       expect(frame.subarray(5).equals(reference(m))).toBe(true);
     });
   }
+
+  it("writes large body payloads as parts that reference the caller's bytes", () => {
+    const chunk = new Uint8Array(62_000).fill(9);
+    const m: ProcessingResponse = {
+      request_body: {
+        response: { body_mutation: { streamed_response: { body: chunk, end_of_stream: true } } },
+      },
+    };
+    const parts = encodeResponseFrameParts(m);
+    expect(parts).toHaveLength(3);
+    expect(parts[1]?.buffer).toBe(chunk.buffer);
+    expect(Buffer.concat(parts).subarray(5).equals(reference(m))).toBe(true);
+    expect(Buffer.concat(parts).readUInt32BE(1)).toBe(reference(m).length);
+    // A small body stays one buffer.
+    expect(
+      encodeResponseFrameParts({
+        request_body: { response: { body_mutation: { body: chunk.subarray(0, 100) } } },
+      }),
+    ).toHaveLength(1);
+  });
 
   it('matches protobufjs on 2000 random responses', () => {
     const r = rng(0xc0dec);
