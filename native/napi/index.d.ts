@@ -24,7 +24,7 @@ export declare function decodeActiveLoad(payload: Uint8Array): NativeActiveLoad 
  * and bad events are counted in the report, never thrown; a disposed applier
  * or index, an unknown codec or an out-of-range argument throws.
  */
-export declare function eventApplierApply(handle: number, codec: string, payload: Uint8Array, workerId?: bigint | undefined | null, dpRank?: number | undefined | null, sequence?: bigint | undefined | null, replay?: boolean | undefined | null): NativeEventApplyReport
+export declare function eventApplierApply(handle: number, codec: string, payload: Uint8Array, workerId?: bigint | undefined | null, dpRank?: number | undefined | null, sequence?: bigint | undefined | null, replay?: boolean | undefined | null, ignoreIds?: boolean | undefined | null): NativeEventApplyReport
 
 /**
  * Creates an event applier bound to an index; `block_size` is the configured

@@ -267,21 +267,23 @@ export async function startServing(
     if (useKvEvents) {
       applier = await createEventApplier(path.index, { blockSize: options.blockSize });
       const discoveryDir = options.events.discoveryDir;
+      const recovery =
+        discoveryDir === undefined
+          ? undefined
+          : createWorkerRecovery({
+              discoveryDir,
+              responseHost: options.events.responseHost,
+              applier,
+              index: path.index,
+              log,
+              observer: { recovery: (t, o, b) => metrics.recovery(t, o, b) },
+            });
+      if (recovery) started.push({ close: async () => recovery.close() });
       ingest = new EventIngest({
         applier,
         log,
         observer: eventMetricsObserver(metrics),
-        recovery:
-          discoveryDir === undefined
-            ? undefined
-            : createWorkerRecovery({
-                discoveryDir,
-                responseHost: options.events.responseHost,
-                applier,
-                index: path.index,
-                log,
-                observer: { recovery: (t, o, b) => metrics.recovery(t, o, b) },
-              }),
+        recovery,
         now: Date.now,
         schedule: setImmediate,
         maxQueuedMessages: options.events.maxQueuedMessages,

@@ -78,7 +78,10 @@ export interface EventOptions {
    * recovered from it on a gap and when first heard from.
    */
   discoveryDir?: string | undefined;
-  /** Address workers connect back to with recovery answers (`DYN_TCP_RESPONSE_STREAM_HOST`). */
+  /**
+   * Address workers connect back to with recovery answers, listened on and
+   * advertised (`DYN_TCP_RESPONSE_STREAM_HOST`, else `POD_IP`, else 127.0.0.1).
+   */
   responseHost: string;
 }
 
@@ -467,7 +470,7 @@ function eventOptions(
     ),
     responseHost: get(
       str,
-      '127.0.0.1',
+      env.POD_IP ?? '127.0.0.1',
       [env.DYN_TCP_RESPONSE_STREAM_HOST, 'DYN_TCP_RESPONSE_STREAM_HOST'],
       file('events', 'responseHost'),
     ),

@@ -10,6 +10,7 @@ import { type RecoveryObserver, WorkerRecovery } from './recovery.js';
 import type { EventApplier } from './types.js';
 import {
   findRecoveryTarget,
+  listRecoveryTargets,
   queryWorkerKvDump,
   type RecoveryTarget,
   WorkerQueryError,
@@ -27,7 +28,11 @@ export interface RecoveryWiringOptions {
   timeoutMs?: number | undefined;
 }
 
+/** How long one read of the discovery directory serves lookups (a burst of new workers reads it once). */
+const DISCOVERY_CACHE_MS = 1000;
+
 export function createWorkerRecovery(o: RecoveryWiringOptions): WorkerRecovery<RecoveryTarget> {
+  let listed: { at: number; targets: RecoveryTarget[] } | undefined;
   return new WorkerRecovery<RecoveryTarget>({
     applier: o.applier,
     index: o.index,
@@ -35,7 +40,15 @@ export function createWorkerRecovery(o: RecoveryWiringOptions): WorkerRecovery<R
     observer: o.observer,
     findTarget: (w) => {
       try {
-        return findRecoveryTarget(o.discoveryDir, w.workerId, w.dpRank);
+        const now = Date.now();
+        if (!listed || now - listed.at > DISCOVERY_CACHE_MS) {
+          listed = { at: now, targets: listRecoveryTargets(o.discoveryDir) };
+        }
+        const t = findRecoveryTarget(o.discoveryDir, w.workerId, w.dpRank, {
+          targets: listed.targets,
+        });
+        // A worker that only speaks the legacy JSON request plane cannot decode our query.
+        return t.codec === 'msgpack' ? t : undefined;
       } catch (e) {
         // No record (a worker without a local indexer) is the common case; others are worth a line.
         if (!(e instanceof WorkerQueryError && e.code === 'no_recovery_target')) {

@@ -41,7 +41,14 @@ export interface AppliedMessage {
 
 /** What a dump query returned: the worker's events (msgpack `RouterEvent` array) and the last id they cover. */
 export type DumpAnswer =
-  | { kind: 'tree_dump'; events: Uint8Array; count: number; lastEventId: bigint }
+  | {
+      kind: 'tree_dump';
+      events: Uint8Array;
+      count: number;
+      lastEventId: bigint;
+      /** Which residency domains the dump covers; only `all` replaces a holder. */
+      resetScope: string;
+    }
   | { kind: string };
 
 export type RecoveryTrigger = 'gap' | 'discovered';
@@ -67,12 +74,17 @@ export interface WorkerRecoveryOptions<T> {
   backoffMs?: number | undefined;
   /** Messages kept per holder while its query runs; default 1024 (Dynamo's limit). */
   maxBuffered?: number | undefined;
+  /** Payload bytes kept per holder; default 64 MiB. */
+  maxBufferedBytes?: number | undefined;
 }
 
 interface Recovery {
   worker: WorkerRank;
   trigger: RecoveryTrigger;
   kept: AppliedMessage[];
+  keptBytes: number;
+  /** Kept messages dropped over the bound. */
+  dropped: number;
   cancelled: boolean;
 }
 
@@ -84,11 +96,14 @@ export class WorkerRecovery<T> {
   private readonly attempts: number;
   private readonly backoffMs: number;
   private readonly maxBuffered: number;
+  private readonly maxBufferedBytes: number;
+  private closed = false;
 
   constructor(private readonly opts: WorkerRecoveryOptions<T>) {
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.backoffMs = opts.backoffMs ?? 200;
     this.maxBuffered = opts.maxBuffered ?? 1024;
+    this.maxBufferedBytes = opts.maxBufferedBytes ?? 64 * 1024 * 1024;
   }
 
   /** Holders with a query in flight. */
@@ -96,14 +111,20 @@ export class WorkerRecovery<T> {
     return this.active.size;
   }
 
-  /** Called by the ingest after each message it applied. */
+  /** Called by the ingest after each message it applied. Never throws. */
   observe(msg: AppliedMessage, report: EventApplyReport): void {
+    // Only Dynamo's event plane has recovery endpoints; engine (vLLM) streams are left alone.
+    if (this.closed || msg.codec === 'vllm') return;
     for (const w of report.resets) this.cancel(w);
     for (const w of report.workers) {
       const r = this.active.get(key(w));
       if (!r) continue;
-      if (r.kept.length >= this.maxBuffered) r.kept.shift();
       r.kept.push(msg);
+      r.keptBytes += msg.payload.length;
+      while (r.kept.length > this.maxBuffered || r.keptBytes > this.maxBufferedBytes) {
+        r.keptBytes -= (r.kept.shift() as AppliedMessage).payload.length;
+        r.dropped++;
+      }
     }
     for (const g of report.gaps) this.start(g, 'gap', msg);
     for (const w of report.workers) {
@@ -112,6 +133,12 @@ export class WorkerRecovery<T> {
       this.seen.add(k);
       this.start(w, 'discovered', msg);
     }
+  }
+
+  /** Stops: recoveries in flight are abandoned (their answers ignored), no new ones start. */
+  close(): void {
+    this.closed = true;
+    for (const r of [...this.active.values()]) this.cancel(r.worker);
   }
 
   /** A worker left discovery: cancel its recoveries and forget it was seen. */
@@ -138,7 +165,14 @@ export class WorkerRecovery<T> {
     const worker = { workerId: w.workerId, dpRank: w.dpRank };
     const target = this.opts.findTarget(worker);
     if (target === undefined) return;
-    const r: Recovery = { worker, trigger, kept: [msg], cancelled: false };
+    const r: Recovery = {
+      worker,
+      trigger,
+      kept: [msg],
+      keptBytes: msg.payload.length,
+      dropped: 0,
+      cancelled: false,
+    };
     this.active.set(k, r);
     void this.run(r, target);
   }
@@ -157,17 +191,20 @@ export class WorkerRecovery<T> {
           break;
         }
       }
+      let answer: DumpAnswer;
       try {
-        const answer = await this.opts.dump(target);
-        if (r.cancelled) return;
-        if (answer.kind === 'tree_dump' && 'events' in answer) {
-          this.replace(r, answer);
-          return;
-        }
-        lastError = `the worker answered ${answer.kind}`;
+        answer = await this.opts.dump(target);
       } catch (e) {
         lastError = e instanceof Error ? e.message : String(e);
+        continue;
       }
+      if (r.cancelled) return;
+      // Only a dump of every residency domain may replace the holder (Dynamo retries others).
+      if (answer.kind === 'tree_dump' && 'events' in answer && answer.resetScope === 'all') {
+        this.replace(r, answer);
+        return;
+      }
+      lastError = `the worker answered ${answer.kind}${'resetScope' in answer ? ` (scope ${answer.resetScope})` : ''}`;
     }
     if (r.cancelled || this.active.get(key(r.worker)) !== r) return;
     this.active.delete(key(r.worker));
@@ -188,20 +225,40 @@ export class WorkerRecovery<T> {
     dump: { events: Uint8Array; count: number; lastEventId: bigint },
   ): void {
     const { applier, index } = this.opts;
+    let stored = 0;
     this.active.delete(key(r.worker));
-    index.removeHolder(r.worker);
-    applier.setCursor(r.worker, null);
-    const applied = applier.apply('dynamo', dump.events, { replay: true });
-    applier.setCursor(r.worker, dump.lastEventId);
-    for (const m of r.kept) applier.apply(m.codec, m.payload, { ...m.context, replay: true });
-    this.opts.observer?.recovery(r.trigger, 'recovered', applied.blocksStored);
+    let holes = 0;
+    try {
+      index.removeHolder(r.worker);
+      const applied = applier.apply('dynamo', dump.events, { ignoreIds: true });
+      applier.setCursor(r.worker, dump.lastEventId);
+      for (const m of r.kept) {
+        holes += applier.apply(m.codec, m.payload, { ...m.context, replay: true }).gaps.length;
+      }
+      this.opts.observer?.recovery(r.trigger, 'recovered', applied.blocksStored);
+      stored = applied.blocksStored;
+    } catch (e) {
+      // The applier or index was disposed (shutdown): nothing to recover into.
+      this.opts.log.warn(
+        { workerId: r.worker.workerId, dpRank: r.worker.dpRank, err: (e as Error).message },
+        'KV recovery could not be applied',
+      );
+      return;
+    }
+    if (holes > 0 || r.dropped > 0) {
+      // Events between the dump and the replayed tail are missing (too many kept, or an old dump).
+      this.opts.log.warn(
+        { workerId: r.worker.workerId, dpRank: r.worker.dpRank, holes, dropped: r.dropped },
+        'KV recovery left gaps after the dump',
+      );
+    }
     this.opts.log.info(
       {
         workerId: r.worker.workerId,
         dpRank: r.worker.dpRank,
         trigger: r.trigger,
         events: dump.count,
-        blocks: applied.blocksStored,
+        blocks: stored,
         lastEventId: dump.lastEventId,
         replayed: r.kept.length,
       },

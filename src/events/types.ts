@@ -62,6 +62,12 @@ export interface EventSourceContext {
    * recovered state).
    */
   replay?: boolean;
+  /**
+   * A worker's tree dump: every event is applied whatever its id (dumps
+   * number events from 0 per storage tier) and no cursor moves; implies
+   * `replay`. The caller then sets the holder's cursor to the dump's last id.
+   */
+  ignoreIds?: boolean;
 }
 
 export interface EventApplyReport {

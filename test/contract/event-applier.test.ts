@@ -573,6 +573,24 @@ describe.each<Backend>(['native', 'js'])('EventApplier contract (%s)', (backend)
     expect([g.gaps.length, depth(wk(4n), [10n, 20n])]).toEqual([1, 2]);
   });
 
+  it('applies a tree dump whatever its ids, without moving any cursor', () => {
+    const w = wk(6n);
+    dyn(routerEvent(6n, 0, 10, stored(null, [[1n, 10n]])));
+    // A dump: device tier ids 0..1, then a lower tier restarting at 0, then ids below the cursor.
+    const dump = encode([
+      routerEvent(6n, 0, 0, stored(null, [[2n, 20n]])),
+      routerEvent(6n, 0, 1, stored(2n, [[3n, 30n]])),
+      with_(routerEvent(6n, 0, 0, stored(null, [[4n, 40n]])), 'storage_tier', 'host_pinned'),
+      routerEvent(6n, 0, 0, stored(3n, [[5n, 50n]])),
+    ]);
+    const r = apply('dynamo', dump, { ignoreIds: true });
+    expect([r.resets, r.gaps, r.rejected, r.applied.stored]).toEqual([[], [], {}, 3]);
+    expect([depth(w, [10n]), depth(w, [20n, 30n, 50n])]).toEqual([1, 3]);
+    // The cursor is still 10: 11 is next, 10 a duplicate.
+    expect(dyn(routerEvent(6n, 0, 10, removed([]))).rejected).toEqual({ duplicate: 1 });
+    expect(dyn(routerEvent(6n, 0, 11, removed([]))).gaps).toEqual([]);
+  });
+
   it('sets or forgets the cursor of one holder', () => {
     const w = wk(1n);
     dyn(routerEvent(1n, 0, 3, stored(null, [[1n, 10n]])));

@@ -338,6 +338,7 @@ fn truncated_and_random_bytes_never_panic() {
                 dp_rank: None,
                 sequence: Some(i),
                 replay: false,
+                ignore_ids: false,
             };
             rig.apply(codec, &bytes, ctx);
         }

@@ -264,12 +264,23 @@ fn worker_dp_rank_and_layout_of_the_batch() {
     let l = locals(&t, 4, None, None);
     let ev = || stored_map(&[1], None, &t, 4);
     // No worker: every event is rejected.
-    let no_worker = SourceContext { worker_id: None, dp_rank: None, sequence: None, replay: false };
+    let no_worker = SourceContext {
+        worker_id: None,
+        dp_rank: None,
+        sequence: None,
+        replay: false,
+        ignore_ids: false,
+    };
     let r = rig.apply(EventCodec::Vllm, &batch(vec![ev(), ev()], None).encode(), no_worker);
     assert_eq!(rejections(&r), vec![(RejectReason::NoWorker, 2)]);
     // The batch's rank beats the context's; the context's beats 0.
-    let ctx =
-        |seq| SourceContext { worker_id: Some(5), dp_rank: Some(2), sequence: seq, replay: false };
+    let ctx = |seq| SourceContext {
+        worker_id: Some(5),
+        dp_rank: Some(2),
+        sequence: seq,
+        replay: false,
+        ignore_ids: false,
+    };
     let r = rig.apply(EventCodec::Vllm, &batch(vec![ev()], Some(3)).encode(), ctx(None));
     assert_eq!(r.workers, vec![wk(5, 3)]);
     let r = rig.apply(EventCodec::Vllm, &batch(vec![ev()], None).encode(), ctx(None));
@@ -583,8 +594,13 @@ trait VllmBytes {
 
 impl VllmBytes for Rig {
     fn vllm_bytes(&mut self, b: &[u8]) -> kv_epp_core::events::ApplyReport {
-        let ctx =
-            SourceContext { worker_id: Some(1), dp_rank: None, sequence: None, replay: false };
+        let ctx = SourceContext {
+            worker_id: Some(1),
+            dp_rank: None,
+            sequence: None,
+            replay: false,
+            ignore_ids: false,
+        };
         self.apply(EventCodec::Vllm, b, ctx)
     }
 }

@@ -16,7 +16,6 @@
 //!   message outside the index lock, then takes the index's write lock once to
 //!   apply it.
 
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -630,6 +629,7 @@ pub fn event_applier_apply(
     dp_rank: Option<u32>,
     sequence: Option<BigInt>,
     replay: Option<bool>,
+    ignore_ids: Option<bool>,
 ) -> Result<NativeEventApplyReport> {
     let codec = EventCodec::parse(&codec).ok_or_else(|| {
         err("invalid_argument", format!("codec must be dynamo, dynamo-json or vllm, got {codec:?}"))
@@ -639,6 +639,7 @@ pub fn event_applier_apply(
         dp_rank,
         sequence: sequence.as_ref().map(|s| u64_of(s, "sequence")).transpose()?,
         replay: replay.unwrap_or(false),
+        ignore_ids: ignore_ids.unwrap_or(false),
     };
     let shared = applier(handle)?;
     let mut bound = shared.lock();

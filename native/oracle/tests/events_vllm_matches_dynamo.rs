@@ -548,7 +548,13 @@ fn run(seed: u64, bs: usize, messages: usize, totals: &mut Totals) {
         let report = applier.apply(
             EventCodec::Vllm,
             &payload,
-            SourceContext { worker_id: Some(worker), dp_rank: None, sequence: None, replay: false },
+            SourceContext {
+                worker_id: Some(worker),
+                dp_rank: None,
+                sequence: None,
+                replay: false,
+                ignore_ids: false,
+            },
             &mut ours,
         );
         let relay = relays.entry(worker).or_insert_with(|| Relay::new(worker, bs as u32));
@@ -651,6 +657,7 @@ fn mutated_payloads_dynamo_accepts_decode_identically() {
                 dp_rank: None,
                 sequence: None,
                 replay: false,
+                ignore_ids: false,
             };
             let r = applier.apply(EventCodec::Vllm, &payload, ctx, &mut ours);
             let ctx = format!("seed {seed} trial {trial}: {payload:02x?}");

@@ -130,10 +130,10 @@ export class JsEventApplier implements EventApplier {
     const ops: Op[] = [];
     switch (codec) {
       case 'dynamo':
-        this.dynamoMessage(decodeMsgpack(payload), context.replay === true, ops, t);
+        this.dynamoMessage(decodeMsgpack(payload), context, ops, t);
         break;
       case 'dynamo-json':
-        this.dynamoMessage(decodeJson(payload), context.replay === true, ops, t);
+        this.dynamoMessage(decodeJson(payload), context, ops, t);
         break;
       case 'vllm':
         // dp ranks are taken modulo 2^32, as the native u32 conversion (and JsKvIndex) does.
@@ -191,10 +191,12 @@ export class JsEventApplier implements EventApplier {
 
   private dynamoMessage(
     decoded: Decoded<DynamoMessage>,
-    replay: boolean,
+    context: EventSourceContext,
     ops: Op[],
     t: Tally,
   ): void {
+    const ignoreIds = context.ignoreIds === true;
+    const replay = context.replay === true || ignoreIds;
     if (!decoded.ok) {
       t.reject(decoded.reason, 1);
       return;
@@ -222,7 +224,7 @@ export class JsEventApplier implements EventApplier {
       const w: WorkerRank = { workerId: ev.workerId, dpRank: ev.dpRank };
       t.touch(w);
       const id = ev.eventId;
-      const seen = observe(this.dynamoIds.get(w), id);
+      const seen: Seen = ignoreIds ? 'next' : observe(this.dynamoIds.get(w), id);
       if (seen === 'restart') {
         ops.push({ worker: w, kind: 'reset' });
         t.resets.push(w);
@@ -235,7 +237,7 @@ export class JsEventApplier implements EventApplier {
         // `ResetDegraded`: clear, then apply.
         if (!isResetAll(ev) && !replay) ops.push({ worker: w, kind: 'reset' });
       }
-      this.dynamoIds.set(w, id);
+      if (!ignoreIds) this.dynamoIds.set(w, id);
       const route = routeOf(ev);
       if (route === 'elsewhere') {
         t.ignored += 1;

@@ -145,6 +145,7 @@ export class NativeEventApplier implements EventApplier {
         context.dpRank,
         context.sequence,
         context.replay,
+        context.ignoreIds,
       ),
     );
     return toReport(r);

@@ -145,6 +145,8 @@ export function queryWorkerKv(
         ),
       timeoutMs,
     );
+    // A query in flight does not keep the process alive (shutdown).
+    timer.unref();
 
     const onStream = (sock: Socket) => {
       if (settled) {
@@ -214,6 +216,11 @@ export function queryWorkerKv(
             }
           }
         } catch (e) {
+          // Before its handshake a connection is not known to be the worker's: drop it alone.
+          if (state === 'handshake') {
+            sock.destroy();
+            return;
+          }
           fail(
             e instanceof WorkerQueryError
               ? e
@@ -236,7 +243,11 @@ export function queryWorkerKv(
       });
     };
 
-    server = createServer(onStream);
+    server = createServer((sock) => {
+      sock.unref();
+      onStream(sock);
+    });
+    server.unref();
     server.on('error', (e: NodeJS.ErrnoException) =>
       fail(socketError(e, `response-stream listener on ${bindHost}`)),
     );
@@ -256,12 +267,19 @@ export function queryWorkerKv(
       let acked: Buffer = Buffer.alloc(0);
       let gotAck = false;
       const req = tcpConnect({ host: target.host, port: target.port });
+      req.unref();
       request = req;
       req.on('connect', () => req.write(frame));
       req.on('data', (chunk: Buffer) => {
         if (gotAck) return;
         acked = acked.length === 0 ? chunk : Buffer.concat([acked, chunk]);
-        const r = readAck(acked);
+        let r: ReturnType<typeof readAck>;
+        try {
+          r = readAck(acked);
+        } catch (e) {
+          fail(e as WorkerQueryError);
+          return;
+        }
         if (!r) return;
         gotAck = true;
         req.end();

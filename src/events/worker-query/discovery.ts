@@ -103,9 +103,7 @@ function quoteIntegers(text: string): string {
 /** JSON.parse with every integer literal as an exact bigint. */
 export function parseJsonExact(text: string): Json {
   if (!HAS_SOURCE_ACCESS) {
-    return JSON.parse(quoteIntegers(text), (_k, v: unknown) =>
-      typeof v === 'string' && v.startsWith(INT_MARK) ? BigInt(v.slice(1)) : v,
-    ) as Json;
+    return parseJsonExactByQuoting(text);
   }
   const reviver = (_k: string, v: unknown, ctx?: { source?: string }): unknown => {
     if (typeof v === 'number' && ctx?.source !== undefined && /^-?\d+$/.test(ctx.source)) {
@@ -117,10 +115,15 @@ export function parseJsonExact(text: string): Json {
 }
 
 /** Exposed for tests: the Node 20 path on any Node. */
-export const parseJsonExactByQuoting = (text: string): Json =>
-  JSON.parse(quoteIntegers(text), (_k, v: unknown) =>
-    typeof v === 'string' && v.startsWith(INT_MARK) ? BigInt(v.slice(1)) : v,
+export function parseJsonExactByQuoting(text: string): Json {
+  return JSON.parse(quoteIntegers(text), (_k, v: unknown) =>
+    typeof v === 'string' && v.startsWith(INT_MARK) && DIGITS.test(v.slice(1))
+      ? BigInt(v.slice(1))
+      : v,
   ) as Json;
+}
+/** What follows the mark of a quoted integer (a document string that merely starts with U+0001 stays a string). */
+const DIGITS = /^-?\d+$/;
 
 const obj = (v: Json | undefined): { [k: string]: Json } | null =>
   v !== null && typeof v === 'object' && !Array.isArray(v) ? v : null;
@@ -230,7 +233,13 @@ export function listRecoveryTargets(root: string, opts: ListOptions = {}): Recov
     } catch {
       continue; // a partial write by a non-atomic writer; the next look sees it whole
     }
-    const t = targetOf(doc, file, mtimeMs);
+    // One malformed record must not hide the others.
+    let t: RecoveryTarget | null;
+    try {
+      t = targetOf(doc, file, mtimeMs);
+    } catch {
+      continue;
+    }
     if (t) out.push(t);
   }
   return out;
@@ -239,17 +248,18 @@ export function listRecoveryTargets(root: string, opts: ListOptions = {}): Recov
 /**
  * The recovery target of one (worker, dp rank): the most recently touched
  * live record when several match (a restarted worker's old record lingers
- * until its TTL runs out). Optionally restricted to one KV-state endpoint.
+ * until its TTL runs out). Optionally restricted to one KV-state endpoint;
+ * `targets` (a recent `listRecoveryTargets` of `root`) saves reading the directory.
  * Throws `no_recovery_target` when there is none.
  */
 export function findRecoveryTarget(
   root: string,
   workerId: bigint,
   dpRank: number,
-  opts: ListOptions & { kvStateEndpoint?: EndpointId } = {},
+  opts: ListOptions & { kvStateEndpoint?: EndpointId; targets?: readonly RecoveryTarget[] } = {},
 ): RecoveryTarget {
   const ep = opts.kvStateEndpoint;
-  const matches = listRecoveryTargets(root, opts).filter(
+  const matches = (opts.targets ?? listRecoveryTargets(root, opts)).filter(
     (t) =>
       t.workerId === workerId &&
       t.dpRank === dpRank &&

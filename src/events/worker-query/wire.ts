@@ -421,31 +421,78 @@ export interface TwoPart {
   data: Uint8Array;
 }
 
-/** Incremental two-part decoder for a byte stream. */
+/**
+ * Incremental two-part decoder for a byte stream. A frame's size is checked
+ * against `maxFrameBytes` as soon as its 24-byte prefix is in; its bytes are
+ * kept as the chunks that carried them and joined once when complete (linear
+ * in the frame however it is chunked; nothing is allocated ahead of the data).
+ */
 export class TwoPartReader {
-  private buf: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private have = 0;
+  /** Size of the frame at the front, once its prefix is in. */
+  private total = -1;
   constructor(private readonly maxFrameBytes: number) {}
 
   push(chunk: Buffer): TwoPart[] {
-    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.have += chunk.length;
+    }
     const out: TwoPart[] = [];
     for (;;) {
-      if (this.buf.length < 24) break;
-      const hl = this.buf.readBigUInt64BE(0);
-      const dl = this.buf.readBigUInt64BE(8);
-      const total = 24n + hl + dl;
-      if (total > BigInt(this.maxFrameBytes)) {
-        throw new WorkerQueryError(
-          'protocol',
-          `response frame of ${total} bytes exceeds the limit`,
-        );
+      if (this.total < 0) {
+        if (this.have < 24) break;
+        const prefix = this.peek(24);
+        const hl = prefix.readBigUInt64BE(0);
+        const dl = prefix.readBigUInt64BE(8);
+        const total = 24n + hl + dl;
+        if (total > BigInt(this.maxFrameBytes)) {
+          throw new WorkerQueryError(
+            'protocol',
+            `response frame of ${total} bytes exceeds the limit`,
+          );
+        }
+        this.total = Number(total);
       }
-      const n = Number(total);
-      if (this.buf.length < n) break;
-      const h = Number(hl);
-      out.push({ header: this.buf.subarray(24, 24 + h), data: this.buf.subarray(24 + h, n) });
-      this.buf = this.buf.subarray(n);
+      if (this.have < this.total) break;
+      const f = this.take(this.total);
+      this.total = -1;
+      const h = Number(f.readBigUInt64BE(0));
+      out.push({ header: f.subarray(24, 24 + h), data: f.subarray(24 + h) });
     }
+    return out;
+  }
+
+  /** The first `n` buffered bytes (joined only if they span chunks). */
+  private peek(n: number): Buffer {
+    const first = this.chunks[0] as Buffer;
+    if (first.length >= n) return first.subarray(0, n);
+    return Buffer.concat(this.chunks, n);
+  }
+
+  /** Removes and returns the first `n` buffered bytes. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0] as Buffer;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+    } else {
+      out = Buffer.concat(this.chunks, n);
+    }
+    // Drop the consumed bytes.
+    let left = n;
+    while (left > 0) {
+      const c = this.chunks[0] as Buffer;
+      if (c.length <= left) {
+        this.chunks.shift();
+        left -= c.length;
+      } else {
+        this.chunks[0] = c.subarray(left);
+        left = 0;
+      }
+    }
+    this.have -= n;
     return out;
   }
 }
@@ -474,9 +521,13 @@ export function encodeRequestFrame(
 }
 
 /** Incremental reader of the request-plane ACK (`u32 BE length, bytes`). */
+/** Longest ACK accepted: an empty one or a short error text. */
+const MAX_ACK_BYTES = 64 * 1024;
+
 export function readAck(buf: Buffer): { ack: Buffer; rest: Buffer } | null {
   if (buf.length < 4) return null;
   const n = buf.readUInt32BE(0);
+  if (n > MAX_ACK_BYTES) throw new WorkerQueryError('protocol', `ACK of ${n} bytes`);
   if (buf.length < 4 + n) return null;
   return { ack: buf.subarray(4, 4 + n), rest: buf.subarray(4 + n) };
 }

@@ -14,7 +14,7 @@ import {
   type RecoveryTrigger,
   WorkerRecovery,
 } from '../../../src/events/recovery.js';
-import type { EventApplier } from '../../../src/events/types.js';
+import type { EventApplier, EventApplyReport } from '../../../src/events/types.js';
 import { createKvIndex } from '../../../src/kv/factory.js';
 import type { Backend, KvIndex, WorkerRank } from '../../../src/kv/types.js';
 import type { Logger } from '../../../src/log/logger.js';
@@ -22,6 +22,21 @@ import { encode, type M } from '../../support/msgpack.js';
 import { envelope, removed, routerEvent, stored } from '../../support/router-events.js';
 
 const W = (1n << 63n) + 7n;
+
+function emptyReport(): EventApplyReport {
+  return {
+    envelope: null,
+    publisherGap: null,
+    applied: { stored: 0, removed: 0, cleared: 0 },
+    blocksStored: 0,
+    blocksRemoved: 0,
+    rejected: {},
+    gaps: [],
+    resets: [],
+    blockSizeMismatches: [],
+    workers: [],
+  };
+}
 const holder: WorkerRank = { workerId: W, dpRank: 0 };
 const quiet: Logger = {
   debug() {},
@@ -70,6 +85,7 @@ class FakeWorker {
       events: encode(evs),
       count: evs.length,
       lastEventId: this.lastEventId,
+      resetScope: 'all',
     };
   }
 }
@@ -209,6 +225,29 @@ describe.each<Backend>(['native', 'js'])('worker recovery (%s)', (backend) => {
     expect(depth(0)).toBe(1);
   });
 
+  it('retries a dump of one residency domain, and never recovers engine (vLLM) streams', async () => {
+    const { recovery, deliver } = setup();
+    const partial = { ...(worker.dump([0]) as object), resetScope: 'worker' } as DumpAnswer;
+    answers.push(
+      () => partial,
+      () => partial,
+      () => partial,
+    );
+    deliver(worker.store(0));
+    await settle();
+    await settle();
+    expect(queries).toBe(3);
+    expect(outcomes).toEqual([['discovered', 'failed', 0]]);
+    recovery.observe(
+      { codec: 'vllm', payload: new Uint8Array(1), source: 'zmq' },
+      { ...emptyReport(), workers: [{ workerId: 99n, dpRank: 0 }] },
+    );
+    expect(recovery.inFlight).toBe(0);
+    recovery.close();
+    deliver(worker.store(1));
+    expect(recovery.inFlight).toBe(0);
+  });
+
   it('does nothing without a recovery target', async () => {
     hasTarget = false;
     const { deliver } = setup();
@@ -245,7 +284,13 @@ describe.each<Backend>(['native', 'js'])('worker recovery (%s)', (backend) => {
     expect(recovery.inFlight).toBe(1);
     recovery.forgetWorker(other);
     expect(recovery.inFlight).toBe(0);
-    answers.push(() => ({ kind: 'tree_dump', events: encode([]), count: 0, lastEventId: 1n }));
+    answers.push(() => ({
+      kind: 'tree_dump',
+      events: encode([]),
+      count: 0,
+      lastEventId: 1n,
+      resetScope: 'all',
+    }));
     deliver(encode(envelope(other, 1n, [routerEvent(other, 0, 2, stored(7n, [[8n, 80n]]))])));
     await settle();
     expect(outcomes.at(-1)).toEqual(['discovered', 'recovered', 0]);

@@ -115,11 +115,11 @@ impl EventApplier {
         let mut p = Prepared::default();
         match codec {
             EventCodec::Dynamo => match dynamo::decode_msgpack(payload) {
-                Ok(m) => self.dynamo_message(m, ctx.replay, &mut p),
+                Ok(m) => self.dynamo_message(m, ctx, &mut p),
                 Err(e) => p.report.reject(decode_reason(e), 1),
             },
             EventCodec::DynamoJson => match dynamo::decode_json(payload) {
-                Ok(m) => self.dynamo_message(m, ctx.replay, &mut p),
+                Ok(m) => self.dynamo_message(m, ctx, &mut p),
                 Err(e) => p.report.reject(decode_reason(e), 1),
             },
             EventCodec::Vllm => self.vllm_message(payload, ctx, &mut p),
@@ -147,7 +147,8 @@ impl EventApplier {
         };
     }
 
-    fn dynamo_message(&mut self, m: dynamo::DynamoMessage, replay: bool, p: &mut Prepared) {
+    fn dynamo_message(&mut self, m: dynamo::DynamoMessage, ctx: SourceContext, p: &mut Prepared) {
+        let replay = ctx.replay || ctx.ignore_ids;
         if let Some(env) = m.envelope
             && !replay
         {
@@ -175,7 +176,8 @@ impl EventApplier {
             p.report.touch(w);
             let id = ev.event_id;
             let last = self.dynamo_ids.get(&w).copied();
-            match observe(last, id) {
+            let seen = if ctx.ignore_ids { Seen::Next } else { observe(last, id) };
+            match seen {
                 Seen::Restart => {
                     p.ops.push(Op { worker: w, kind: OpKind::Reset, srcs: 0 });
                     p.report.resets.push(w);
@@ -196,7 +198,9 @@ impl EventApplier {
                 }
                 Seen::First | Seen::Next => {}
             }
-            self.dynamo_ids.insert(w, id);
+            if !ctx.ignore_ids {
+                self.dynamo_ids.insert(w, id);
+            }
             match ev.route() {
                 Route::Primary => {}
                 Route::Elsewhere => {

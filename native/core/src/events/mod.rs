@@ -68,6 +68,10 @@ pub struct SourceContext {
     /// neither reports a publisher gap nor moves the publisher's last sequence,
     /// and an event-id gap is reported without clearing the holder.
     pub replay: bool,
+    /// A worker's tree dump: every event is applied whatever its id (dumps
+    /// number their events from 0 per storage tier), and no holder's cursor
+    /// moves; the caller sets the cursor to the dump's last event id.
+    pub ignore_ids: bool,
 }
 
 /// Why an event (or message) was not applied. Codes match `EventRejectReason`.

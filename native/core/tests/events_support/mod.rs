@@ -179,8 +179,13 @@ impl Rig {
     }
 
     pub fn vllm(&mut self, m: &M, worker: u64, seq: Option<u64>) -> ApplyReport {
-        let ctx =
-            SourceContext { worker_id: Some(worker), dp_rank: None, sequence: seq, replay: false };
+        let ctx = SourceContext {
+            worker_id: Some(worker),
+            dp_rank: None,
+            sequence: seq,
+            replay: false,
+            ignore_ids: false,
+        };
         self.apply(EventCodec::Vllm, &m.encode(), ctx)
     }
 
