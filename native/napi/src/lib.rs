@@ -621,6 +621,7 @@ fn report_to_js(r: ApplyReport) -> NativeEventApplyReport {
 /// and bad events are counted in the report, never thrown; a disposed applier
 /// or index, an unknown codec or an out-of-range argument throws.
 #[napi(catch_unwind)]
+#[allow(clippy::too_many_arguments)]
 pub fn event_applier_apply(
     handle: u32,
     codec: String,
