@@ -47,6 +47,8 @@ export interface RoutePrep {
 export interface BodyWork {
   /** The gateway's `x-gateway-model-name-rewrite`. */
   rewrite?: string | undefined;
+  /** The caller gives the body up: a pool may transfer its buffer (detaching it) instead of copying. */
+  transferBody?: boolean | undefined;
 }
 
 export interface PreparedRequest {

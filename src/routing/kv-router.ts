@@ -212,7 +212,7 @@ export class KvRouter implements RequestRouter {
           cacheNamespace: req.headers.get('x-tenant-id'),
           earlyExit: this.settings.earlyExit,
         },
-        offloaded ? { rewrite } : undefined,
+        offloaded ? { rewrite, transferBody: req.bodyTransferable } : undefined,
       );
     }
     // Again after tokenizing: endpoints and loads may have changed meanwhile.

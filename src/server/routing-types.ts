@@ -15,6 +15,12 @@ export interface GatewayRequest {
   /** The complete request body (empty for header-only requests). */
   body: Uint8Array;
   /**
+   * The body's ArrayBuffer belongs to this request alone and nobody reads it
+   * after `route()` hands it on: the router may transfer it to a worker thread
+   * (it is then detached here) instead of copying it.
+   */
+  bodyTransferable?: boolean | undefined;
+  /**
    * Endpoints the gateway allows (`envoy.lb.subset_hint` /
    * `x-gateway-destination-endpoint-subset`, list or comma string); undefined = no hint.
    * Entries are `ip:port` or a bare `ip` (= every port of that ip).

@@ -87,8 +87,11 @@ export class RoutePreparer {
       return prepareRouteInline(this.path, body, api, settings, work);
     }
     // A private copy: the caller keeps its body, and a pooled Buffer's backing
-    // store is never transferred away.
-    const copy = new Uint8Array(body);
+    // store is never transferred away; unless the caller gave the body up.
+    const copy: Uint8Array<ArrayBuffer> =
+      work?.transferBody && body.buffer instanceof ArrayBuffer
+        ? (body as Uint8Array<ArrayBuffer>)
+        : new Uint8Array(body);
     const nowMs = settings.nowMs ?? Date.now();
     const task: PrepareTask = {
       tokenizer: this.ref,

@@ -43,6 +43,11 @@ export class BodyBuffer {
     this.len = need;
   }
 
+  /** True when `bytes()` is a view of a buffer this accumulator allocated (no one else holds it). */
+  get owned(): boolean {
+    return this.buf !== undefined;
+  }
+
   /** The bytes so far (a view; valid until the next append). */
   bytes(): Uint8Array {
     if (this.buf) return this.buf.subarray(0, this.len);

@@ -315,11 +315,16 @@ export class ExtProcStream {
 
   private async routeBody(): Promise<void> {
     this.phase = 'routing';
-    const body = (this.reqBody as BodyBuffer).bytes();
+    const buf = this.reqBody as BodyBuffer;
+    const body = buf.bytes();
     this.reqBody = undefined;
     let decision: RouteDecision;
     try {
-      decision = await this.opts.router.route(this.gatewayRequest(body));
+      // The stream never reads the request body again: the router may move it.
+      decision = await this.opts.router.route({
+        ...this.gatewayRequest(body),
+        bodyTransferable: buf.owned,
+      });
     } catch (err) {
       if (!this.closed) this.reject(err);
       return;

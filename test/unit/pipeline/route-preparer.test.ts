@@ -138,6 +138,15 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (ba
     }
     // Without body work nothing is spliced.
     expect((await pooled.prepare(withModel, 'chat', s)).request).toBeUndefined();
+    // A body the caller gives up is moved to the worker, not copied: same answer, detached here.
+    const given = new Uint8Array(withModel);
+    const moved = await pooled.prepare(given, 'chat', s, { transferBody: true });
+    expect(moved.request).toEqual(prepareRouteInline(path, withModel, 'chat', s, {}).request);
+    expect(given.byteLength).toBe(0);
+    // Kept when the caller keeps it.
+    const kept = new Uint8Array(withModel);
+    await pooled.prepare(kept, 'chat', s, {});
+    expect(kept.byteLength).toBe(withModel.byteLength);
   });
 
   it("raises the router's 400s from the pool, before tokenizing", async () => {
