@@ -8,6 +8,7 @@
  * `onChange` is called only when the parsed list differs.
  */
 import { type FSWatcher, watch } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 import type { Logger } from '../log/logger.js';
 import type { Endpoint } from './endpoints.js';
@@ -38,7 +39,22 @@ export function watchEndpointsFile(
   let current = fingerprint(initial);
   let reading: Promise<boolean> | undefined;
   let again = false;
-  const readOnce = async (): Promise<boolean> => {
+  /** Identity of the file last parsed: the poll parses only when it changed. */
+  let seen: string | undefined;
+  const changed = async (): Promise<boolean> => {
+    try {
+      const st = await stat(path);
+      const id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+      if (id === seen) return false;
+      seen = id;
+    } catch {
+      seen = undefined; // gone: let the read report it
+    }
+    return true;
+  };
+  const readOnce = async (force: boolean): Promise<boolean> => {
+    // A poll that finds the same file does nothing (parsing YAML costs the event loop ms).
+    if (!(await changed()) && !force) return false;
     let next: Endpoint[];
     try {
       next = await loadEndpointsFile(path);
@@ -55,12 +71,12 @@ export function watchEndpointsFile(
     opts.onChange(next);
     return true;
   };
-  const reload = (): Promise<boolean> => {
+  const reload = (force = false): Promise<boolean> => {
     if (reading) {
       again = true;
       return reading;
     }
-    reading = readOnce().finally(() => {
+    reading = readOnce(force).finally(() => {
       reading = undefined;
       if (again) {
         again = false;
@@ -84,7 +100,7 @@ export function watchEndpointsFile(
   const timer = pollMs > 0 ? setInterval(() => void reload(), pollMs) : undefined;
   timer?.unref();
   return {
-    reload,
+    reload: () => reload(true),
     close() {
       watcher?.close();
       if (timer) clearInterval(timer);
