@@ -223,8 +223,9 @@ export async function startServing(
         ttlMs: options.ttlSecs * 1000,
         maxTreeSize: options.maxTreeSize,
         pruneTargetRatio: options.pruneTargetRatio,
-        // A hot prefix is re-queued at most once a second (1 % of the default TTL).
-        refreshGranularityMs: Math.min(1000, (options.ttlSecs * 1000) / 100),
+        // A hot prefix is re-queued at most every 5 s (4 % of the default TTL): fewer queue
+        // compactions on the event loop, for blocks that may expire up to that much early.
+        refreshGranularityMs: Math.min(5000, (options.ttlSecs * 1000) / 24),
       },
       admission: {
         maxPendingPrepare: options.maxQueuedRequests,
