@@ -181,6 +181,8 @@ export interface PreparedRoute {
   dpRanks: Uint32Array
   depths: Uint32Array
   treeSizes: Uint32Array
+  /** `tokens` as the JSON array spliced into the body (`nvext.token_data`). */
+  tokenDataJson: Buffer
 }
 
 /**

@@ -142,7 +142,12 @@ export function idsJsonBytes(ids: Uint32Array): Uint8Array {
  */
 export function spliceRequestBody(
   body: Uint8Array,
-  edits: { model?: string | undefined; tokenData?: Uint32Array | undefined },
+  edits: {
+    model?: string | undefined;
+    tokenData?: Uint32Array | undefined;
+    /** `idsJsonBytes(tokenData)` made already (the native hot path returns it). */
+    tokenDataJson?: Uint8Array | undefined;
+  },
 ): Uint8Array {
   const open = skipWs(body, 0);
   const { list, close } = members(body, open);
@@ -155,7 +160,7 @@ export function spliceRequestBody(
     else out.push({ start: close, end: close, text: `${list.length ? ',' : ''}"model":${text}` });
   }
   if (edits.tokenData !== undefined) {
-    const ids = idsJsonBytes(edits.tokenData);
+    const ids = edits.tokenDataJson ?? idsJsonBytes(edits.tokenData);
     const nv = list.find((x) => x.key === 'nvext');
     if (!nv || body[nv.start] !== 0x7b) {
       // No nvext (or a non-object one, which the worker would reject anyway): set it.

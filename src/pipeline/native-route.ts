@@ -51,6 +51,7 @@ export function nativePrepare(
     localHashes: r.localHashes,
     cacheSalt: r.cacheSalt ?? undefined,
     overlap,
+    tokenDataJson: r.tokenDataJson,
   };
 }
 

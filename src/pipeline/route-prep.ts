@@ -12,7 +12,12 @@
  * errors are KvEppErrors from the tokenizer (request problems) or the hasher.
  */
 import type { BlockHasher, KvIndex, OverlapScores } from '../kv/types.js';
-import { readRequest, rewriteTarget, spliceRequestBody } from '../openai/request-body.js';
+import {
+  idsJsonBytes,
+  readRequest,
+  rewriteTarget,
+  spliceRequestBody,
+} from '../openai/request-body.js';
 import type { ApiKind, Tokenizer } from '../tokenize/types.js';
 
 export interface RouteSettings {
@@ -31,6 +36,8 @@ export interface RouteSettings {
 export interface RoutePrep {
   /** The prompt ids; empty when the pool did the body work (they are in `request.body`). */
   tokens: Uint32Array;
+  /** `tokens` as JSON bytes (`idsJsonBytes`), when the native hot path made them. */
+  tokenDataJson?: Uint8Array | undefined;
   localHashes: BigUint64Array;
   /** The body's cache salt, when it named one. */
   cacheSalt?: string | undefined;
@@ -67,9 +74,10 @@ export function finishRequest(
   model: string,
   tokens: Uint32Array,
   work: BodyWork,
+  tokenDataJson?: Uint8Array,
 ): PreparedRequest {
   const target = rewriteTarget(model, work.rewrite);
-  const out = spliceRequestBody(body, { model: target, tokenData: tokens });
+  const out = spliceRequestBody(body, { model: target, tokenData: tokens, tokenDataJson });
   return { model, tokenCount: tokens.length, target, body: out };
 }
 
@@ -147,9 +155,15 @@ export function prepareRouteInline(
   if (path.fused) prep = path.fused(body, api, s);
   else {
     const r = tokenizeAndHash(path, body, api, s);
-    prep = { ...r, overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false) };
+    prep = {
+      ...r,
+      overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false),
+      tokenDataJson: idsJsonBytes(r.tokens),
+    };
   }
-  if (work) prep.request = finishRequest(body, model as string, prep.tokens, work);
+  if (work) {
+    prep.request = finishRequest(body, model as string, prep.tokens, work, prep.tokenDataJson);
+  }
   return prep;
 }
 

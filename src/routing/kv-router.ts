@@ -232,7 +232,11 @@ export class KvRouter implements RequestRouter {
       target = rewriteTarget(model, rewrite);
       body =
         prep || target !== undefined
-          ? spliceRequestBody(req.body, { model: target, tokenData: prep?.tokens })
+          ? spliceRequestBody(req.body, {
+              model: target,
+              tokenData: prep?.tokens,
+              tokenDataJson: prep?.tokenDataJson,
+            })
           : req.body;
     }
     const decision = this.decide(req, chosen, body, {

@@ -49,7 +49,9 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
       const addon = await loadNativeBinding();
       const handles = { tokenizer: ref.handle, index: ref.indexHandle ?? 0 };
       const r = nativePrepare(addon, handles, task.body, task.api, task.settings);
-      if (task.work) request = finishRequest(task.body, model as string, r.tokens, task.work);
+      if (task.work) {
+        request = finishRequest(task.body, model as string, r.tokens, task.work, r.tokenDataJson);
+      }
       // Addon-made arrays may sit on external memory, which cannot be
       // transferred; JS-owned copies can. With body work the ids travel in the
       // spliced body only (a 50k-token prompt's ids are 200 KB).

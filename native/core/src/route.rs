@@ -102,3 +102,42 @@ mod tests {
         assert!(matches!(tokenize_and_hash(&tok, &i), Err(RouteError::Core(_))));
     }
 }
+
+/// The JSON array of token ids (`[1,2,3]`, no spaces) that kv-epp splices into
+/// the body as `nvext.token_data`; byte-identical to the TypeScript
+/// `idsJsonBytes` (src/openai/request-body.ts), which the differential tests check.
+pub fn ids_json(ids: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ids.len() * 7 + 2);
+    out.push(b'[');
+    let mut digits = [0u8; 10];
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut v = id;
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        out.extend(digits[..n].iter().rev());
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod ids_json_tests {
+    use super::ids_json;
+
+    #[test]
+    fn formats_like_json() {
+        assert_eq!(ids_json(&[]), b"[]");
+        assert_eq!(ids_json(&[0]), b"[0]");
+        assert_eq!(ids_json(&[7, 10, 99, 100, u32::MAX]), b"[7,10,99,100,4294967295]");
+    }
+}

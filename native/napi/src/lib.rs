@@ -393,6 +393,8 @@ pub struct PreparedRoute {
     pub dp_ranks: Uint32Array,
     pub depths: Uint32Array,
     pub tree_sizes: Uint32Array,
+    /// `tokens` as the JSON array spliced into the body (`nvext.token_data`).
+    pub token_data_json: Buffer,
 }
 
 /// Tokenize, hash and score one request body in one call. `index_handle` 0
@@ -435,7 +437,9 @@ pub fn prepare_route(
             sizes.push(g.tree_size(w).min(u32::MAX as usize) as u32);
         }
     }
+    let token_data_json = Buffer::from(kv_epp_core::route::ids_json(&p.tokens));
     Ok(PreparedRoute {
+        token_data_json,
         tokens: Uint32Array::new(p.tokens),
         local_hashes: BigUint64Array::new(p.local_hashes),
         cache_salt: p.cache_salt,

@@ -33,7 +33,12 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => 
     expect(Array.from(inline.tokens)).toEqual(golden.ids);
     // The generic path (no fused call) gives the same answer.
     const generic = prepareRouteInline({ ...path, fused: undefined }, body, 'chat', settings);
-    expect(generic).toEqual(inline);
+    const { tokenDataJson: genericJson, ...genericRest } = generic;
+    const { tokenDataJson: inlineJson, ...inlineRest } = inline;
+    expect(genericRest).toEqual(inlineRest);
+    // The ids as JSON bytes, native (Rust) and JS alike, are exactly JSON.stringify's.
+    expect(new TextDecoder().decode(inlineJson)).toBe(JSON.stringify(golden.ids));
+    expect(new TextDecoder().decode(genericJson)).toBe(JSON.stringify(golden.ids));
     // Make the index hold the first 3 blocks for one worker.
     const w = { workerId: 42n, dpRank: 0 };
     index.applyStored(w, null, {
@@ -166,6 +171,22 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (ba
         message: expect.stringMatching(msg),
       });
       expect(() => prepareRouteInline(path, b, 'chat', { blockSize: 4 }, {})).toThrow(msg);
+    }
+  });
+});
+
+describe('token_data bytes', () => {
+  it('native and JS write the same JSON for ids at every digit boundary', async () => {
+    const ids = [0, 9, 10, 99, 100, 999, 1000, 65535, 99999, 100000, 199_997];
+    const body = new TextEncoder().encode(JSON.stringify({ model: 'm', prompt: ids }));
+    for (const backend of ['native', 'js'] as Backend[]) {
+      const path = await createHotPath({ source: 'o200k_base' }, backend);
+      const p = prepareRouteInline(path, body, 'completions', { blockSize: 4 });
+      expect([backend, new TextDecoder().decode(p.tokenDataJson)]).toEqual([
+        backend,
+        JSON.stringify(Array.from(p.tokens)),
+      ]);
+      expect(Array.from(p.tokens)).toEqual(ids);
     }
   });
 });
