@@ -30,6 +30,7 @@
 import type { KvIndex, WorkerRank } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
 import type { EventApplier, EventApplyReport, EventCodec, EventSourceContext } from './types.js';
+import type { WorkerKvQueryResult } from './worker-query/wire.js';
 
 /** A message as the ingest applied it. */
 export interface AppliedMessage {
@@ -39,17 +40,8 @@ export interface AppliedMessage {
   source: string;
 }
 
-/** What a dump query returned: the worker's events (msgpack `RouterEvent` array) and the last id they cover. */
-export type DumpAnswer =
-  | {
-      kind: 'tree_dump';
-      events: Uint8Array;
-      count: number;
-      lastEventId: bigint;
-      /** Which residency domains the dump covers; only `all` replaces a holder. */
-      resetScope: string;
-    }
-  | { kind: string };
+/** What a query returned (worker-query/wire.ts); only an all-domain `tree_dump` replaces a holder. */
+export type DumpAnswer = WorkerKvQueryResult;
 
 export type RecoveryTrigger = 'gap' | 'discovered';
 export type RecoveryOutcome = 'recovered' | 'failed' | 'cancelled';
@@ -200,11 +192,11 @@ export class WorkerRecovery<T> {
       }
       if (r.cancelled) return;
       // Only a dump of every residency domain may replace the holder (Dynamo retries others).
-      if (answer.kind === 'tree_dump' && 'events' in answer && answer.resetScope === 'all') {
+      if (answer.kind === 'tree_dump' && answer.resetScope === 'all') {
         this.replace(r, answer);
         return;
       }
-      lastError = `the worker answered ${answer.kind}${'resetScope' in answer ? ` (scope ${answer.resetScope})` : ''}`;
+      lastError = `the worker answered ${answer.kind}${answer.kind === 'tree_dump' ? ` (scope ${answer.resetScope})` : ''}`;
     }
     if (r.cancelled || this.active.get(key(r.worker)) !== r) return;
     this.active.delete(key(r.worker));

@@ -99,8 +99,8 @@ def emit(obj: dict[str, Any]) -> None:
 # --- publish -----------------------------------------------------------------
 
 
-def loopback_env(workdir: str) -> None:
-    """Loopback-only, private Dynamo environment (before the runtime starts)."""
+def loopback_env(workdir: str) -> str:
+    """Loopback-only, private Dynamo environment (before the runtime starts); returns DYN_FILE_KV."""
     for k in list(os.environ):
         if k.startswith(("DYN_", "DYNAMO_", "ETCD_")) and k != "DYN_LOG":
             del os.environ[k]
@@ -118,6 +118,7 @@ def loopback_env(workdir: str) -> None:
             "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
         }
     )
+    return kv
 
 
 def stored_kwargs(ev: dict[str, Any], block_size: int) -> dict[str, Any]:

@@ -30,45 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
-U64 = (1 << 64) - 1
-
-
-def u64(v: Any) -> int:
-    return int(v) & U64
-
-
-def i64(v: Any) -> int:
-    x = u64(v)
-    return x - (1 << 64) if x >= 1 << 63 else x
-
-
-def emit(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj), flush=True)
-
-
-def loopback_env(workdir: str) -> str:
-    for k in list(os.environ):
-        if k.startswith(("DYN_", "DYNAMO_", "ETCD_")) and k != "DYN_LOG":
-            del os.environ[k]
-    home = os.path.join(workdir, "home")
-    kv = os.path.join(workdir, "kv")
-    os.makedirs(home, exist_ok=True)
-    os.makedirs(kv, exist_ok=True)
-    os.environ.update(
-        {
-            "HOME": home,
-            "DYN_FILE_KV": kv,
-            "DYN_SYSTEM_PORT": "-1",
-            "DYN_TCP_RPC_HOST": "127.0.0.1",
-            "DYN_EVENT_PLANE_HOST": "127.0.0.1",
-            "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
-        }
-    )
-    return kv
+# The shared helpers of the event-publishing driver (same directory, on sys.path when run as a script).
+from dynamo_events import emit, i64, loopback_env, u64
 
 
 async def main(cfg: dict[str, Any]) -> int:

@@ -3,6 +3,7 @@
  * test/support/msgpack.ts): `RouterEvent` maps as the event plane carries
  * them, and the publisher envelope around them.
  */
+import type { EventApplyReport } from '../../src/events/types.js';
 import { encode, type M, type MapM, map } from './msgpack.js';
 
 const u = (x: number | bigint): bigint => BigInt(x);
@@ -34,3 +35,19 @@ export const envelope = (publisher: bigint, seq: bigint, events: M[]): MapM =>
     topic: 'kv-events',
     payload: encode(events),
   });
+
+/** An applier report with nothing in it, for tests that script reports. */
+export function emptyReport(): EventApplyReport {
+  return {
+    envelope: null,
+    publisherGap: null,
+    applied: { stored: 0, removed: 0, cleared: 0 },
+    blocksStored: 0,
+    blocksRemoved: 0,
+    rejected: {},
+    gaps: [],
+    resets: [],
+    blockSizeMismatches: [],
+    workers: [],
+  };
+}

@@ -40,13 +40,14 @@ import { eventsCommand } from '../../../src/cli/events.js';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import { createBlockHasher } from '../../../src/kv/factory.js';
 import type { BlockHasher } from '../../../src/kv/types.js';
-import { type DynamoStack, findDynamoPython, freePort, startDynamo } from '../../support/dynamo.js';
+import { type DynamoStack, freePort, startDynamo } from '../../support/dynamo.js';
 import { httpCall } from '../../support/http-client.js';
-import { findNatsServer, type NatsServer, startNatsServer } from '../../support/nats-server.js';
+import { type NatsServer, startNatsServer } from '../../support/nats-server.js';
 import {
   type Comparison,
   compareWithDynamo,
   describeComparison,
+  dynamoAndNats,
   hex,
   IngestTap,
   metric,
@@ -62,19 +63,7 @@ import {
   TcpGate,
 } from './support.js';
 
-const PYTHON = findDynamoPython();
-const NATS = findNatsServer();
-const missing = [
-  PYTHON ? undefined : 'Dynamo (ai-dynamo 1.6.1 in .venv-tools, or KV_EPP_DYNAMO_PYTHON)',
-  NATS ? undefined : 'nats-server (.venv-tools/bin, KV_EPP_NATS_SERVER or PATH)',
-].filter((x): x is string => x !== undefined);
-const SKIP_REASON = `missing ${missing.join(', ')} (run \`bash scripts/install-test-tools.sh\`)`;
-if (missing.length > 0) {
-  if (process.env.KV_EPP_REQUIRE_DYNAMO === '1' || process.env.KV_EPP_REQUIRE_NATS === '1') {
-    throw new Error(`KV_EPP_REQUIRE_DYNAMO/KV_EPP_REQUIRE_NATS=1 but ${SKIP_REASON}`);
-  }
-  console.warn(`[dynamo events] SKIPPED: ${SKIP_REASON}`);
-}
+const { python: PYTHON, missing } = dynamoAndNats('dynamo events');
 const python = () => PYTHON as string;
 
 const ALL_KV_EVENTS = 'namespace.*.component.*.endpoint.*.kv-events';

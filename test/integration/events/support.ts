@@ -20,9 +20,37 @@ import type { EventIngest, EventMessage } from '../../../src/events/ingest.js';
 import { createKvIndex } from '../../../src/kv/factory.js';
 import type { BlockHasher, KvIndex } from '../../../src/kv/types.js';
 import type { Logger } from '../../../src/log/logger.js';
+import { findDynamoPython } from '../../support/dynamo.js';
 import { httpCall } from '../../support/http-client.js';
+import { findNatsServer } from '../../support/nats-server.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+/**
+ * The Dynamo venv and nats-server these suites need: `missing` names what is
+ * absent (the suite skips), and KV_EPP_REQUIRE_DYNAMO / KV_EPP_REQUIRE_NATS=1
+ * turn absence into a failure at import time (CI).
+ */
+export function dynamoAndNats(label: string): {
+  python: string | undefined;
+  nats: string | undefined;
+  missing: string[];
+} {
+  const python = findDynamoPython();
+  const nats = findNatsServer();
+  const missing = [
+    python ? undefined : 'Dynamo (ai-dynamo 1.6.1 in .venv-tools, or KV_EPP_DYNAMO_PYTHON)',
+    nats ? undefined : 'nats-server (.venv-tools/bin, KV_EPP_NATS_SERVER or PATH)',
+  ].filter((x): x is string => x !== undefined);
+  if (missing.length > 0) {
+    const reason = `missing ${missing.join(', ')} (run \`bash scripts/install-test-tools.sh\`)`;
+    if (process.env.KV_EPP_REQUIRE_DYNAMO === '1' || process.env.KV_EPP_REQUIRE_NATS === '1') {
+      throw new Error(`KV_EPP_REQUIRE_DYNAMO/KV_EPP_REQUIRE_NATS=1 but ${reason}`);
+    }
+    console.warn(`[${label}] SKIPPED: ${reason}`);
+  }
+  return { python: python ?? undefined, nats: nats ?? undefined, missing };
+}
 export const DRIVER = join(ROOT, 'test', 'support', 'dynamo_events.py');
 
 /** Polls `probe` every `intervalMs` until it returns a value (not undefined). */

@@ -1,8 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEventApplier } from '../../../src/events/factory.js';
 import { decodeMsgpack, type RouterEvent } from '../../../src/events/js/dynamo.js';
@@ -16,27 +15,11 @@ import {
 } from '../../../src/events/worker-query/index.js';
 import { createKvIndex } from '../../../src/kv/factory.js';
 import type { KvIndex } from '../../../src/kv/types.js';
-import { findDynamoPython } from '../../support/dynamo.js';
 import { DynamoWorker } from '../../support/dynamo-worker.js';
-import { findNatsServer, type NatsServer, startNatsServer } from '../../support/nats-server.js';
-import { NatsCapture, poll } from './support.js';
+import { type NatsServer, startNatsServer } from '../../support/nats-server.js';
+import { dynamoAndNats, NatsCapture, poll } from './support.js';
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
-const _WORKER = join(ROOT, 'test', 'support', 'dynamo_worker_query.py');
-
-const PYTHON = findDynamoPython();
-const NATS = findNatsServer();
-const missing = [
-  PYTHON ? undefined : 'Dynamo (ai-dynamo 1.6.1 in .venv-tools, or KV_EPP_DYNAMO_PYTHON)',
-  NATS ? undefined : 'nats-server (.venv-tools/bin, KV_EPP_NATS_SERVER or PATH)',
-].filter((x): x is string => x !== undefined);
-const SKIP_REASON = `missing ${missing.join(', ')} (run \`bash scripts/install-test-tools.sh\`)`;
-if (missing.length > 0) {
-  if (process.env.KV_EPP_REQUIRE_DYNAMO === '1' || process.env.KV_EPP_REQUIRE_NATS === '1') {
-    throw new Error(`KV_EPP_REQUIRE_DYNAMO/KV_EPP_REQUIRE_NATS=1 but ${SKIP_REASON}`);
-  }
-  console.warn(`[dynamo worker query] SKIPPED: ${SKIP_REASON}`);
-}
+const { python: PYTHON, missing } = dynamoAndNats('dynamo worker query');
 
 const BLOCK = 4;
 const WORKER_ID = (1n << 63n) + 0x5eedn;

@@ -11,21 +11,7 @@ import type {
   EventSourceContext,
 } from '../../../src/events/types.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
-
-function emptyReport(): EventApplyReport {
-  return {
-    envelope: null,
-    publisherGap: null,
-    applied: { stored: 0, removed: 0, cleared: 0 },
-    blocksStored: 0,
-    blocksRemoved: 0,
-    rejected: {},
-    gaps: [],
-    resets: [],
-    blockSizeMismatches: [],
-    workers: [],
-  };
-}
+import { emptyReport } from '../../support/router-events.js';
 
 class ScriptedApplier implements EventApplier {
   readonly backend = 'js' as const;

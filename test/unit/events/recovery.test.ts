@@ -14,39 +14,23 @@ import {
   type RecoveryTrigger,
   WorkerRecovery,
 } from '../../../src/events/recovery.js';
-import type { EventApplier, EventApplyReport } from '../../../src/events/types.js';
+import type { EventApplier } from '../../../src/events/types.js';
 import { createKvIndex } from '../../../src/kv/factory.js';
 import type { Backend, KvIndex, WorkerRank } from '../../../src/kv/types.js';
-import type { Logger } from '../../../src/log/logger.js';
+import { RecordingLogger } from '../../support/ext-proc.js';
 import { encode, type M } from '../../support/msgpack.js';
-import { envelope, removed, routerEvent, stored } from '../../support/router-events.js';
+import {
+  emptyReport,
+  envelope,
+  removed,
+  routerEvent,
+  stored,
+} from '../../support/router-events.js';
 
 const W = (1n << 63n) + 7n;
 
-function emptyReport(): EventApplyReport {
-  return {
-    envelope: null,
-    publisherGap: null,
-    applied: { stored: 0, removed: 0, cleared: 0 },
-    blocksStored: 0,
-    blocksRemoved: 0,
-    rejected: {},
-    gaps: [],
-    resets: [],
-    blockSizeMismatches: [],
-    workers: [],
-  };
-}
 const holder: WorkerRank = { workerId: W, dpRank: 0 };
-const quiet: Logger = {
-  debug() {},
-  info() {},
-  warn() {},
-  error() {},
-  child() {
-    return quiet;
-  },
-} as unknown as Logger;
+const quiet = new RecordingLogger();
 
 /** The worker's side: its events in order, and its tree as a dump at any point. */
 class FakeWorker {
@@ -213,7 +197,7 @@ describe.each<Backend>(['native', 'js'])('worker recovery (%s)', (backend) => {
     const { deliver } = setup();
     answers.push(
       () => Promise.reject(new Error('connect ECONNREFUSED')),
-      () => ({ kind: 'tree_dump_failed' }),
+      () => ({ kind: 'tree_dump_failed', lastEventId: 0n, message: 'busy' }),
       () => Promise.reject(new Error('timeout')),
     );
     deliver(worker.store(0));
