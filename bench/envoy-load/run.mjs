@@ -28,13 +28,16 @@
  *        [--setups plain,noop,kvepp] [--scenarios small-rate,small-max,big]
  *        [--envoy-concurrency 1] [--small-bytes 2048] [--big-bytes 225280]
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
+       [--raw-dir DIR]
  *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
  *
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
  *                          self-time functions per thread go into the JSON
- *   --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
+ *   --raw-dir DIR          keep vegeta's raw results per point (DIR/<setup>-<scenario>-<load>.bin;
+                         \`vegeta encode --to csv\` gives each request's start and latency)
+  --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
  *                          the shipped GC flags (--node-args= runs without them)
  *
  * Needs: `npm run build:ts` (dist/), Envoy in .venv-tools
@@ -43,6 +46,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import {
+  copyFileSync,
   createWriteStream,
   existsSync,
   mkdirSync,
@@ -98,6 +102,7 @@ const { values: argv } = parseArgs({
     profile: { type: 'string' },
     'node-args': { type: 'string' },
     'log-dir': { type: 'string' },
+    'raw-dir': { type: 'string' },
     'envoy-log': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -132,6 +137,7 @@ const opt = {
   bigBodies: num('big-bodies', argv['big-bodies']),
   probeIntervalMs: num('probe-interval-ms', argv['probe-interval-ms']),
   logDir: argv['log-dir'],
+  rawDir: argv['raw-dir'],
   liftH2ResetLimit: argv['lift-h2-reset-limit'],
   profileDir: argv.profile,
   nodeArgs: argv['node-args'],
@@ -788,6 +794,11 @@ async function main() {
         const probeResult = probe ? await probe : undefined;
         const after = await snapshot(procs);
         const rep = await vegetaReport(out);
+        if (opt.rawDir) {
+          mkdirSync(opt.rawDir, { recursive: true });
+          const load = step.load.rate ? `r${step.load.rate}` : `c${step.load.concurrency}`;
+          copyFileSync(out, join(opt.rawDir, `${setup}-${step.scenario}-${load}.bin`));
+        }
         const bodyBytes = size(bodies[step.kind]);
         const p = summarise(setup, step, rep, before, after, bodyBytes, probeResult);
         points.push(p);

@@ -67,6 +67,9 @@ export declare function indexDispose(handle: number): boolean
  */
 export declare function indexFindMatches(handle: number, localHashes: BigUint64Array, earlyExit: boolean, outWorkerIds: BigUint64Array, outDpRanks: Uint32Array, outDepths: Uint32Array, outTreeSizes: Uint32Array): number
 
+/** `indexStats(handle).memberships` alone. */
+export declare function indexMemberships(handle: number): number
+
 /** Drops one holder (a dp rank of a worker that left) without counting an event. */
 export declare function indexRemoveHolder(handle: number, workerId: bigint, dpRank: number): void
 
@@ -171,26 +174,15 @@ export interface NativeWorkerRank {
   dpRank: number
 }
 
-export interface PreparedRoute {
-  tokens: Uint32Array
-  localHashes: BigUint64Array
-  /** The body's `nvext.cache_salt` / `cache_salt`, when it named one. */
-  cacheSalt?: string
-  /** Holders with a matching prefix, sorted by worker id then dp rank. */
-  workerIds: BigUint64Array
-  dpRanks: Uint32Array
-  depths: Uint32Array
-  treeSizes: Uint32Array
-  /** `tokens` as the JSON array spliced into the body (`nvext.token_data`). */
-  tokenDataJson: Buffer
-}
-
 /**
- * Tokenize, hash and score one request body in one call. `index_handle` 0
- * skips scoring (empty score arrays). `namespace` is used when the body names
- * no cache salt (the `x-tenant-id` header).
+ * Tokenize, hash and score one request body in one call; with `body_work`,
+ * also run the router's body checks and splice `nvext.token_data` (and the
+ * model rewrite, `rewrite`) into the body. Returns one JS-owned ArrayBuffer
+ * in `kv_epp_core::route::pack_route`'s layout (tokens included only without
+ * body work). `index_handle` 0 skips scoring. `namespace` is used when the
+ * body names no cache salt (the `x-tenant-id` header).
  */
-export declare function prepareRoute(tokenizerHandle: number, indexHandle: number, body: Uint8Array, api: string, blockSize: number, loraName: string | undefined | null, namespace: string | undefined | null, nowMs: number, earlyExit: boolean): PreparedRoute
+export declare function prepareRoute(tokenizerHandle: number, indexHandle: number, body: Uint8Array, api: string, blockSize: number, loraName: string | undefined | null, namespace: string | undefined | null, nowMs: number, earlyExit: boolean, bodyWork: boolean, rewrite?: string | undefined | null): ArrayBuffer
 
 /** Writes the sequence hashes of `local[..count]` into `out` (must not alias `local`); returns the count. */
 export declare function sequenceHashesInto(local: BigUint64Array, count: number, out: BigUint64Array): number

@@ -111,6 +111,8 @@ export interface KvIndex {
   /** Blocks held by one (worker, dp rank); 0 when unknown. */
   treeSize(worker: WorkerRank): number;
   stats(): IndexStats;
+  /** `stats().memberships` alone (cheap enough to ask per request). */
+  memberships(): number;
   /** Releases the index (native: frees the handle). Further use throws. */
   dispose(): void;
 }

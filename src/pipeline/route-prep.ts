@@ -34,7 +34,7 @@ export interface RouteSettings {
 }
 
 export interface RoutePrep {
-  /** The prompt ids; empty when the pool did the body work (they are in `request.body`). */
+  /** The prompt ids; may be empty when `request` is set (they are in `request.body`). */
   tokens: Uint32Array;
   /** `tokens` as JSON bytes (`idsJsonBytes`), when the native hot path made them. */
   tokenDataJson?: Uint8Array | undefined;
@@ -81,7 +81,13 @@ export function finishRequest(
   return { model, tokenCount: tokens.length, target, body: out };
 }
 
-export type FusedPrepare = (body: Uint8Array, api: ApiKind, s: RouteSettings) => RoutePrep;
+/** With `work`, the body work is done too (`RoutePrep.request`; `tokens` may then be empty). */
+export type FusedPrepare = (
+  body: Uint8Array,
+  api: ApiKind,
+  s: RouteSettings,
+  work?: BodyWork,
+) => RoutePrep;
 
 export interface HotPath {
   tokenizer: Tokenizer;
@@ -149,18 +155,16 @@ export function prepareRouteInline(
   s: RouteSettings,
   work?: BodyWork,
 ): RoutePrep {
+  // The fused call does the body work itself, checks first.
+  if (path.fused) return path.fused(body, api, s, work);
   // The checks come first, so a bad body fails as it would without tokenizing.
   const model = work ? readRequest(body, api).model : undefined;
-  let prep: RoutePrep;
-  if (path.fused) prep = path.fused(body, api, s);
-  else {
-    const r = tokenizeAndHash(path, body, api, s);
-    prep = {
-      ...r,
-      overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false),
-      tokenDataJson: idsJsonBytes(r.tokens),
-    };
-  }
+  const r = tokenizeAndHash(path, body, api, s);
+  const prep: RoutePrep = {
+    ...r,
+    overlap: path.index.findMatches(r.localHashes, s.earlyExit ?? false),
+    tokenDataJson: idsJsonBytes(r.tokens),
+  };
   if (work) {
     prep.request = finishRequest(body, model as string, prep.tokens, work, prep.tokenDataJson);
   }

@@ -194,16 +194,17 @@ export class KvRouter implements RequestRouter {
     const api = apiOfPath(req.path);
     const tokenized = api === 'chat' || api === 'completions';
     const rewrite = req.headers.get('x-gateway-model-name-rewrite');
-    // A body prepared off the main thread is also checked and spliced there, so
-    // a large prompt is never parsed on the event loop; its 400s then come
-    // after the (free) 503/429 checks instead of before them.
-    const offloaded = tokenized && (this.deps.preparer.offloads?.(req.body.length) ?? false);
-    let model = offloaded ? undefined : readRequest(req.body, api).model;
-    // Subset and busy checks before tokenizing: 503/429 cost nothing.
+    // Tokenized bodies are checked (400s) and spliced by the preparer, in the
+    // same native call that tokenizes them (in the pool for large bodies, so a
+    // large prompt is never parsed on the event loop). Their 400s therefore
+    // come after the subset and shedding checks (503/429), which cost nothing
+    // and so protect the tokenizer under overload.
+    let model = tokenized ? undefined : readRequest(req.body, api).model;
     this.available(this.candidates(req));
     let prep: RoutePrep | undefined;
     if (tokenized) {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
+      const offloaded = this.deps.preparer.offloads?.(req.body.length) ?? false;
       prep = await this.deps.preparer.prepare(
         req.body,
         api,
@@ -212,10 +213,10 @@ export class KvRouter implements RequestRouter {
           cacheNamespace: req.headers.get('x-tenant-id'),
           earlyExit: this.settings.earlyExit,
         },
-        offloaded ? { rewrite, transferBody: req.bodyTransferable } : undefined,
+        { rewrite, transferBody: offloaded && req.bodyTransferable === true },
       );
     }
-    // Again after tokenizing: endpoints and loads may have changed meanwhile.
+    // After tokenizing: endpoints and loads may have changed meanwhile.
     const endpoints = this.available(this.candidates(req));
     const ranked = rank(
       candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort), this.deps.reportedLoad),
@@ -227,7 +228,7 @@ export class KvRouter implements RequestRouter {
     if (prep?.request) {
       ({ model, target, body } = prep.request);
     } else {
-      // A preparer that ignored the body work (or ran inline): check here.
+      // A preparer that ignored the body work, or an API that is not tokenized: edit here.
       model ??= readRequest(req.body, api).model;
       target = rewriteTarget(model, rewrite);
       body =

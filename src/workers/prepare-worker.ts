@@ -13,7 +13,7 @@ import { loadNativeBinding } from '../kv/native/binding.js';
 import type { BlockHasher } from '../kv/types.js';
 import { readRequest } from '../openai/request-body.js';
 import { nativePrepare } from '../pipeline/native-route.js';
-import { finishRequest, type PreparedRequest, tokenizeAndHash } from '../pipeline/route-prep.js';
+import { finishRequest, tokenizeAndHash } from '../pipeline/route-prep.js';
 import { loadJsTokenizer } from '../tokenize/js/tokenizer.js';
 import type { Tokenizer } from '../tokenize/types.js';
 import type { PrepareResult, PrepareTask, TokenizerRef } from './protocol.js';
@@ -41,45 +41,44 @@ function hasherFor(_ref: TokenizerRef): Promise<BlockHasher> {
 
 export default async function prepare(task: PrepareTask): Promise<unknown> {
   let result: PrepareResult;
+  const buffers: ArrayBufferLike[] = [];
   try {
     const ref = task.tokenizer;
-    const model = task.work ? readRequest(task.body, task.api).model : undefined;
-    let request: PreparedRequest | undefined;
     if (ref.backend === 'native' && ref.handle !== undefined) {
       const addon = await loadNativeBinding();
       const handles = { tokenizer: ref.handle, index: ref.indexHandle ?? 0 };
-      const r = nativePrepare(addon, handles, task.body, task.api, task.settings);
-      if (task.work) {
-        request = finishRequest(task.body, model as string, r.tokens, task.work, r.tokenDataJson);
-      }
-      // Addon-made arrays may sit on external memory, which cannot be
-      // transferred; JS-owned copies can. With body work the ids travel in the
-      // spliced body only (a 50k-token prompt's ids are 200 KB).
+      const r = nativePrepare(addon, handles, task.body, task.api, task.settings, task.work);
+      // Every array is a view of one JS-owned buffer made by the addon: moved, not copied.
+      // With body work the ids travel in the spliced body only.
+      buffers.push(r.localHashes.buffer);
       result = {
         ok: true,
-        tokens: task.work ? NO_TOKENS : new Uint32Array(r.tokens),
-        localHashes: new BigUint64Array(r.localHashes),
+        tokens: r.tokens,
+        localHashes: r.localHashes,
         cacheSalt: r.cacheSalt,
         overlap: ref.indexHandle ? r.overlap : undefined,
+        request: r.request,
       };
     } else {
+      const model = task.work ? readRequest(task.body, task.api).model : undefined;
       const [tokenizer, hasher] = await Promise.all([tokenizerFor(ref), hasherFor(ref)]);
       const r = tokenizeAndHash({ tokenizer, hasher }, task.body, task.api, task.settings);
-      if (task.work) request = finishRequest(task.body, model as string, r.tokens, task.work);
-      result = { ok: true, ...r, tokens: task.work ? NO_TOKENS : r.tokens };
+      const request = task.work
+        ? finishRequest(task.body, model as string, r.tokens, task.work)
+        : undefined;
+      result = { ok: true, ...r, tokens: task.work ? NO_TOKENS : r.tokens, request };
+      buffers.push(r.localHashes.buffer);
+      if (!task.work && r.tokens.length > 0) buffers.push(r.tokens.buffer);
+      // The spliced body is a fresh array of its own (spliceRequestBody's output), never the task's.
+      if (request) buffers.push(request.body.buffer);
     }
-    if (result.ok) result.request = request;
   } catch (e) {
     result =
       e instanceof KvEppError
         ? { ok: false, code: e.code, message: e.message }
         : { ok: false, code: 'internal', message: (e as Error)?.stack ?? String(e) };
+    buffers.length = 0;
   }
-  const buffers: ArrayBufferLike[] = result.ok
-    ? [result.localHashes.buffer, ...(result.tokens.length > 0 ? [result.tokens.buffer] : [])]
-    : [];
-  // The spliced body is a fresh array of its own (spliceRequestBody's output), never the task's.
-  if (result.ok && result.request) buffers.push(result.request.body.buffer);
   return move({
     get [transferableSymbol]() {
       return buffers;

@@ -109,6 +109,7 @@ export function describeKvIndexContract(name: string, make: () => KvIndex): void
       // Two holders stay active through N, so early exit changes nothing here.
       expect(match([1n, 2n, 3n, 4n], true)).toEqual(scores([A, 4, 4], [B, 2, 4]));
       expect(idx.stats().memberships).toBe(8);
+      expect(idx.memberships()).toBe(8);
       expect(idx.stats().workers).toBe(2);
     });
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod hash;
 pub mod index;
+pub mod request_edit;
 pub mod route;
 pub mod tokenize;
 

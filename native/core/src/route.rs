@@ -9,6 +9,7 @@
 
 use crate::error::CoreError;
 use crate::hash;
+use crate::request_edit;
 use crate::tokenize::{ApiKind, TokenizeError, Tokenizer, request};
 
 #[derive(Debug)]
@@ -48,14 +49,159 @@ pub struct RouteInput<'a> {
 }
 
 pub fn tokenize_and_hash(tok: &Tokenizer, input: &RouteInput<'_>) -> Result<Prepared, RouteError> {
-    hash::validate_block_size(input.block_size)?;
+    Ok(prepare_request(tok, input, None)?.0)
+}
+
+/// The body work done next to tokenizing: the router's checks, then the splice.
+pub struct BodyWork<'a> {
+    /// The gateway's `x-gateway-model-name-rewrite`.
+    pub rewrite: Option<&'a str>,
+}
+
+/// A checked body with `nvext.token_data` (and the model rewrite) spliced in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditedRequest {
+    pub model: String,
+    /// Set when the model was rewritten.
+    pub target: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// `tokenize_and_hash`, plus the body work when asked. The body's checks
+/// (`request_edit::check_request`) come before tokenizing, so their 400s win
+/// over the tokenizer's, as in the TypeScript pipeline.
+pub fn prepare_request(
+    tok: &Tokenizer,
+    input: &RouteInput<'_>,
+    work: Option<&BodyWork<'_>>,
+) -> Result<(Prepared, Option<EditedRequest>), RouteError> {
     let body = request::parse_body(input.body)?;
+    let model = match work {
+        Some(_) => Some(request_edit::check_request(&body, input.api)?.to_owned()),
+        None => None,
+    };
+    hash::validate_block_size(input.block_size)?;
     let cache_salt = request::cache_salt(&body).map(str::to_owned);
     let tokens = tok.tokenize_parsed(&body, input.api, input.now_ms)?;
+    drop(body);
     let namespace = cache_salt.as_deref().or(input.fallback_namespace);
     let seed = hash::block_hash_seed(input.lora_name, namespace);
     let local_hashes = hash::local_hashes(&tokens, input.block_size, seed)?;
-    Ok(Prepared { tokens, local_hashes, cache_salt })
+    let edited = match (work, model) {
+        (Some(w), Some(model)) => {
+            let target = request_edit::rewrite_target(&model, w.rewrite).map(str::to_owned);
+            let body =
+                request_edit::splice_request(input.body, target.as_deref(), &ids_json(&tokens));
+            Some(EditedRequest { model, target, body })
+        }
+        _ => None,
+    };
+    Ok((Prepared { tokens, local_hashes, cache_salt }, edited))
+}
+
+/// One holder's answer from the index, as packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedScore {
+    pub worker_id: u64,
+    pub dp_rank: u32,
+    pub depth: u32,
+    pub tree_size: u32,
+}
+
+/// Flags of a packed route (header word 7).
+pub const PACKED_TOKENS: u32 = 1;
+pub const PACKED_EDITED: u32 = 2;
+pub const PACKED_REWRITTEN: u32 = 4;
+/// Header words (u32) before the first section.
+pub const PACKED_HEADER_WORDS: usize = 8;
+
+/// The whole answer of one request in one little-endian byte buffer, so that
+/// one buffer crosses into JavaScript instead of one object per field
+/// (decoded by `unpackRoute` in src/pipeline/native-route.ts).
+///
+/// Header, u32 words: 0 token count, 1 local-hash count, 2 score count,
+/// 3 model byte length, 4 cache-salt byte length (`u32::MAX` = none), 5 length
+/// of the trailing bytes, 6 reserved (0), 7 flags (`PACKED_*`). Then, each
+/// section starting at a multiple of 8: the tokens as u32 (only with
+/// `PACKED_TOKENS`), the local hashes as u64, the scores' worker ids as u64,
+/// then their dp ranks, depths and tree sizes as u32 each; then the model's
+/// and the cache salt's UTF-8 bytes and the trailing bytes, unpadded. The
+/// trailing bytes are the edited body with `PACKED_EDITED`, else the tokens as
+/// JSON (`ids_json`).
+pub fn pack_route(
+    p: &Prepared,
+    edited: Option<&EditedRequest>,
+    with_tokens: bool,
+    scores: &[PackedScore],
+) -> Vec<u8> {
+    fn pad8(v: &mut Vec<u8>) {
+        v.resize(v.len().next_multiple_of(8), 0);
+    }
+    let json;
+    let (model, tail): (&[u8], &[u8]) = match edited {
+        Some(e) => (e.model.as_bytes(), &e.body),
+        None => {
+            json = ids_json(&p.tokens);
+            (b"", &json)
+        }
+    };
+    let salt = p.cache_salt.as_deref().map(str::as_bytes);
+    let mut flags = if with_tokens { PACKED_TOKENS } else { 0 };
+    if let Some(e) = edited {
+        flags |= PACKED_EDITED;
+        if e.target.is_some() {
+            flags |= PACKED_REWRITTEN;
+        }
+    }
+    let header = [
+        p.tokens.len() as u32,
+        p.local_hashes.len() as u32,
+        scores.len() as u32,
+        model.len() as u32,
+        salt.map_or(u32::MAX, |s| s.len() as u32),
+        tail.len() as u32,
+        0,
+        flags,
+    ];
+    let tokens_bytes = if with_tokens { p.tokens.len() * 4 + 8 } else { 0 };
+    let mut out = Vec::with_capacity(
+        32 + tokens_bytes
+            + p.local_hashes.len() * 8
+            + scores.len() * 20
+            + 16
+            + model.len()
+            + salt.map_or(0, <[u8]>::len)
+            + tail.len(),
+    );
+    for w in header {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    if with_tokens {
+        for t in &p.tokens {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        pad8(&mut out);
+    }
+    for h in &p.local_hashes {
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    for s in scores {
+        out.extend_from_slice(&s.worker_id.to_le_bytes());
+    }
+    for s in scores {
+        out.extend_from_slice(&s.dp_rank.to_le_bytes());
+    }
+    for s in scores {
+        out.extend_from_slice(&s.depth.to_le_bytes());
+    }
+    for s in scores {
+        out.extend_from_slice(&s.tree_size.to_le_bytes());
+    }
+    pad8(&mut out);
+    out.extend_from_slice(model);
+    out.extend_from_slice(salt.unwrap_or_default());
+    out.extend_from_slice(tail);
+    out
 }
 
 #[cfg(test)]
@@ -91,6 +237,55 @@ mod tests {
         assert_eq!(p.cache_salt, None);
         let seed = hash::block_hash_seed(None, Some("header-tenant"));
         assert_eq!(p.local_hashes, hash::local_hashes(&[1, 2], 2, seed).unwrap());
+    }
+
+    #[test]
+    fn body_work_checks_first_then_splices() {
+        let tok = Tokenizer::load("o200k_base").unwrap();
+        let work = BodyWork { rewrite: Some("served") };
+        let body = br#"{"model":"m","prompt":[5,6,7],"nvext":{"k":1}}"#;
+        let (p, e) = prepare_request(&tok, &input(body), Some(&work)).unwrap();
+        let e = e.unwrap();
+        assert_eq!((e.model.as_str(), e.target.as_deref()), ("m", Some("served")));
+        assert_eq!(
+            e.body,
+            br#"{"model":"served","prompt":[5,6,7],"nvext":{"k":1,"token_data":[5,6,7]}}"#
+        );
+        assert_eq!(p.tokens, vec![5, 6, 7]);
+        // The router's check wins over the tokenizer's (a bad prompt, but no model).
+        let r = prepare_request(&tok, &input(br#"{"prompt":{}}"#), Some(&work));
+        assert!(matches!(r, Err(RouteError::Tokenize(e)) if e.message.contains("model not found")));
+    }
+
+    #[test]
+    fn packs_every_field_at_its_offset() {
+        let p = Prepared {
+            tokens: vec![1, 2, 3],
+            local_hashes: vec![7, u64::MAX],
+            cache_salt: Some("s\u{e9}".into()),
+        };
+        let scores = [PackedScore { worker_id: 9, dp_rank: 1, depth: 2, tree_size: 3 }];
+        let e = EditedRequest { model: "m".into(), target: Some("t".into()), body: b"{}".to_vec() };
+        let word = |b: &[u8], i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+        let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+
+        let b = pack_route(&p, None, true, &scores);
+        let salt = "s\u{e9}".len() as u32;
+        assert_eq!(
+            (0..8).map(|i| word(&b, i)).collect::<Vec<_>>(),
+            vec![3, 2, 1, 0, salt, 7, 0, PACKED_TOKENS]
+        );
+        assert_eq!((8..11).map(|i| word(&b, i)).collect::<Vec<_>>(), vec![1, 2, 3]);
+        // tokens end at 44, padded to 48; hashes at 48, worker id at 64, then three u32s.
+        assert_eq!((u64_at(&b, 48), u64_at(&b, 56), u64_at(&b, 64)), (7, u64::MAX, 9));
+        assert_eq!((word(&b, 18), word(&b, 19), word(&b, 20)), (1, 2, 3));
+        assert_eq!(&b[88..], "s\u{e9}[1,2,3]".as_bytes());
+
+        let b = pack_route(&p, Some(&e), false, &[]);
+        assert_eq!(word(&b, 7), PACKED_EDITED | PACKED_REWRITTEN);
+        assert_eq!((word(&b, 3), word(&b, 5)), (1, 2));
+        assert_eq!(b.len(), 32 + 16 + 1 + salt as usize + 2);
+        assert_eq!(&b[48..], "ms\u{e9}{}".as_bytes());
     }
 
     #[test]

@@ -24,7 +24,9 @@ use std::sync::{Arc, LazyLock};
 
 use kv_epp_core::events::{ApplyReport, EventApplier, EventCodec, RejectReason, SourceContext};
 use kv_epp_core::hash;
-use kv_epp_core::route::{RouteError, RouteInput, tokenize_and_hash};
+use kv_epp_core::route::{
+    BodyWork, PackedScore, RouteError, RouteInput, pack_route, prepare_request,
+};
 use kv_epp_core::tokenize::{ApiKind, TokenizeError, Tokenizer};
 use kv_epp_core::{CoreError, EventError, RadixIndex, StoredBlock, WorkerKey};
 use napi::bindgen_prelude::*;
@@ -251,6 +253,12 @@ pub struct NativeIndexStats {
     pub invalid_block_sequence: f64,
 }
 
+/// `indexStats(handle).memberships` alone.
+#[napi]
+pub fn index_memberships(handle: u32) -> Result<f64> {
+    Ok(index(handle)?.read().membership_count() as f64)
+}
+
 #[napi]
 pub fn index_stats(handle: u32) -> Result<NativeIndexStats> {
     let idx = index(handle)?;
@@ -382,27 +390,16 @@ fn api_of(api: &str) -> Result<ApiKind> {
     }
 }
 
-#[napi(object)]
-pub struct PreparedRoute {
-    pub tokens: Uint32Array,
-    pub local_hashes: BigUint64Array,
-    /// The body's `nvext.cache_salt` / `cache_salt`, when it named one.
-    pub cache_salt: Option<String>,
-    /// Holders with a matching prefix, sorted by worker id then dp rank.
-    pub worker_ids: BigUint64Array,
-    pub dp_ranks: Uint32Array,
-    pub depths: Uint32Array,
-    pub tree_sizes: Uint32Array,
-    /// `tokens` as the JSON array spliced into the body (`nvext.token_data`).
-    pub token_data_json: Buffer,
-}
-
-/// Tokenize, hash and score one request body in one call. `index_handle` 0
-/// skips scoring (empty score arrays). `namespace` is used when the body names
-/// no cache salt (the `x-tenant-id` header).
-#[napi(catch_unwind)]
+/// Tokenize, hash and score one request body in one call; with `body_work`,
+/// also run the router's body checks and splice `nvext.token_data` (and the
+/// model rewrite, `rewrite`) into the body. Returns one JS-owned ArrayBuffer
+/// in `kv_epp_core::route::pack_route`'s layout (tokens included only without
+/// body work). `index_handle` 0 skips scoring. `namespace` is used when the
+/// body names no cache salt (the `x-tenant-id` header).
+#[napi(catch_unwind, ts_return_type = "ArrayBuffer")]
 #[allow(clippy::too_many_arguments)]
-pub fn prepare_route(
+pub fn prepare_route<'env>(
+    env: &'env Env,
     tokenizer_handle: u32,
     index_handle: u32,
     body: &[u8],
@@ -412,7 +409,9 @@ pub fn prepare_route(
     namespace: Option<String>,
     now_ms: f64,
     early_exit: bool,
-) -> Result<PreparedRoute> {
+    body_work: bool,
+    rewrite: Option<String>,
+) -> Result<ArrayBuffer<'env>> {
     let tok = tokenizer(tokenizer_handle)?;
     let input = RouteInput {
         body,
@@ -422,32 +421,28 @@ pub fn prepare_route(
         fallback_namespace: namespace.as_deref(),
         now_ms: now_ms_of(now_ms)?,
     };
-    let p = tokenize_and_hash(&tok, &input).map_err(|e| match e {
-        RouteError::Tokenize(e) => tok_err(e),
-        RouteError::Core(e) => core_err(e),
-    })?;
-    let (mut ids, mut ranks, mut depths, mut sizes) = (vec![], vec![], vec![], vec![]);
+    let work = BodyWork { rewrite: rewrite.as_deref() };
+    let (p, edited) =
+        prepare_request(&tok, &input, body_work.then_some(&work)).map_err(|e| match e {
+            RouteError::Tokenize(e) => tok_err(e),
+            RouteError::Core(e) => core_err(e),
+        })?;
+    let mut scores = Vec::new();
     if index_handle != 0 {
         let idx = index(index_handle)?;
         let g = idx.read();
-        for (w, d) in g.find_matches(&p.local_hashes, early_exit).scores {
-            ids.push(w.worker_id);
-            ranks.push(w.dp_rank);
-            depths.push(d);
-            sizes.push(g.tree_size(w).min(u32::MAX as usize) as u32);
+        for (w, depth) in g.find_matches(&p.local_hashes, early_exit).scores {
+            let tree_size = g.tree_size(w).min(u32::MAX as usize) as u32;
+            scores.push(PackedScore {
+                worker_id: w.worker_id,
+                dp_rank: w.dp_rank,
+                depth,
+                tree_size,
+            });
         }
     }
-    let token_data_json = Buffer::from(kv_epp_core::route::ids_json(&p.tokens));
-    Ok(PreparedRoute {
-        token_data_json,
-        tokens: Uint32Array::new(p.tokens),
-        local_hashes: BigUint64Array::new(p.local_hashes),
-        cache_salt: p.cache_salt,
-        worker_ids: BigUint64Array::new(ids),
-        dp_ranks: Uint32Array::new(ranks),
-        depths: Uint32Array::new(depths),
-        tree_sizes: Uint32Array::new(sizes),
-    })
+    let packed = pack_route(&p, edited.as_ref(), edited.is_none(), &scores);
+    ArrayBuffer::copy_from(env, packed)
 }
 
 // ---------------------------------------------------------------------------------------------

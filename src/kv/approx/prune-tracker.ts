@@ -281,7 +281,7 @@ export class PruneTracker {
   // ---- internals -------------------------------------------------------------
 
   private pruneToCap(): number {
-    const size = Math.max(this.liveCount, this.index.stats().memberships);
+    const size = Math.max(this.liveCount, this.index.memberships());
     if (size <= this.maxTreeSize) return 0;
     const want = size - this.targetSize;
     const batch = new RemovalBatch();

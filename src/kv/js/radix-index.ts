@@ -415,6 +415,13 @@ export class JsKvIndex implements KvIndex {
     return s === undefined ? 0 : (this.slot(s).lookup?.size ?? 0);
   }
 
+  memberships(): number {
+    this.checkLive();
+    let n = 0;
+    for (const sl of this.slots) if (sl.lookup !== null) n += sl.lookup.size;
+    return n;
+  }
+
   stats(): IndexStats {
     this.checkLive();
     let workers = 0;

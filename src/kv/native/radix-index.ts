@@ -137,6 +137,10 @@ export class NativeKvIndex implements KvIndex {
     return this.call(() => this.addon.indexTreeSize(this.handle, worker.workerId, worker.dpRank));
   }
 
+  memberships(): number {
+    return this.call(() => this.addon.indexMemberships(this.handle));
+  }
+
   stats(): IndexStats {
     const s = this.call(() => this.addon.indexStats(this.handle));
     return {

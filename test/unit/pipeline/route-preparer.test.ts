@@ -10,6 +10,7 @@ import type { Backend } from '../../../src/kv/types.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
 import { prepareRouteInline } from '../../../src/pipeline/route-prep.js';
 import { RoutePreparer } from '../../../src/workers/route-preparer.js';
+import { mulberry32 } from '../../support/random.js';
 
 const ROOT = join(import.meta.dirname, '../../..');
 const QWEN = join(ROOT, 'test/fixtures/tokenizers/qwen3');
@@ -187,6 +188,116 @@ describe('token_data bytes', () => {
         JSON.stringify(Array.from(p.tokens)),
       ]);
       expect(Array.from(p.tokens)).toEqual(ids);
+    }
+  });
+});
+
+describe('body work, native (Rust) against the TypeScript twin', () => {
+  const enc = (s: string) => new TextEncoder().encode(s);
+  const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
+
+  /** Bodies around every branch of the splice: nvext shapes, key escapes, whitespace, duplicates. */
+  function bodies(): string[] {
+    const rand = mulberry32(7);
+    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)] as T;
+    const ws = ['', ' ', '\n', '\t ', ' \r\n '];
+    const nvexts = [
+      undefined,
+      'null',
+      '7',
+      '"x"',
+      '[1,{"token_data":2}]',
+      '{}',
+      '{ }',
+      '{"token_data":[9,9]}',
+      '{"k":{"token_data":1},"token_data":"old"}',
+      '{"cache_salt":"s","k":"}]\\"{"}',
+      '{"tok\\u0065n_data":[1]}',
+    ];
+    const out: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const w = () => pick(ws);
+      const members: string[] = [];
+      const modelKey = pick(['"model"', '"mod\\u0065l"', '"model"']);
+      members.push(
+        `${modelKey}${w()}:${w()}${JSON.stringify(pick(['m', 'é ü', 'a"b\\c', 'x\u0001']))}`,
+      );
+      members.push(`"prompt":${w()}[1,2,3,${i},4,5,6,7,8]`);
+      if (rand() < 0.3) members.push(`"extra":{"nvext":{"token_data":0}},"n":-1.5e+3`);
+      const nv = pick(nvexts);
+      if (nv !== undefined) members.push(`${pick(['"nvext"', '"nv\\u0065xt"'])}${w()}:${w()}${nv}`);
+      if (rand() < 0.15) members.push('"model":"dup"');
+      if (rand() < 0.15) members.push('"nvext":{"second":true}');
+      for (let j = members.length - 1; j > 0; j--) {
+        if (rand() < 0.3) {
+          const k = Math.floor(rand() * (j + 1));
+          [members[j], members[k]] = [members[k] as string, members[j] as string];
+        }
+      }
+      out.push(`${w()}{${w()}${members.join(`${w()},${w()}`)}${w()}}${w()}`);
+    }
+    return out;
+  }
+
+  it('splices byte for byte as spliceRequestBody does, with and without a rewrite', async () => {
+    const native = await createHotPath({ source: 'o200k_base' }, 'native');
+    expect(native.fused).toBeDefined();
+    const twin = { ...native, fused: undefined };
+    const s = { blockSize: 2 };
+    let compared = 0;
+    for (const b of bodies()) {
+      const body = enc(b);
+      JSON.parse(b); // every generated body is valid JSON
+      for (const rewrite of [undefined, '', 'm', 'served "x"\n\u00e9\u2028']) {
+        const work = { rewrite };
+        const a = prepareRouteInline(native, body, 'completions', s, work);
+        const t = prepareRouteInline(twin, body, 'completions', s, work);
+        expect(text(a.request?.body)).toBe(text(t.request?.body));
+        expect([a.request?.model, a.request?.target, a.request?.tokenCount]).toEqual([
+          t.request?.model,
+          t.request?.target,
+          t.request?.tokenCount,
+        ]);
+        expect(a.localHashes).toEqual(t.localHashes);
+        expect(a.cacheSalt).toBe(t.cacheSalt);
+        compared++;
+      }
+    }
+    expect(compared).toBe(1200);
+  });
+
+  it('refuses bad bodies with the same codes and messages', async () => {
+    const native = await createHotPath({ source: QWEN }, 'native');
+    const twin = { ...native, fused: undefined };
+    const bad: [string, 'chat' | 'completions'][] = [
+      ['{"model": "m", "messages": [', 'chat'],
+      ['', 'chat'],
+      ['[1]', 'chat'],
+      ['"m"', 'completions'],
+      ['{"messages": []}', 'chat'],
+      ['{"model": "", "messages": []}', 'chat'],
+      ['{"model": 3, "prompt": "x"}', 'completions'],
+      ['{"model": "m", "prompt": "x"}', 'chat'],
+      ['{"model": "m", "messages": {}}', 'chat'],
+      ['{"model": "m"}', 'completions'],
+      ['{"model": "m", "messages": []}', 'chat'],
+      ['{"model": "m", "messages": [{"role": "user"}], "add_generation_prompt": []}', 'chat'],
+      ['{"model": "m", "prompt": {"a": 1}}', 'completions'],
+      ['{"model": "m", "prompt": "\\ud800"}', 'completions'],
+    ];
+    for (const [b, api] of bad) {
+      const outcome = (path: typeof native) => {
+        try {
+          prepareRouteInline(path, enc(b), api, { blockSize: 4 }, {});
+          return 'accepted';
+        } catch (e) {
+          const { code, message } = e as { code?: string; message: string };
+          return `${code}: ${message}`;
+        }
+      };
+      const n = outcome(native);
+      expect([b, n]).toEqual([b, outcome(twin)]);
+      expect([b, n]).not.toEqual([b, 'accepted']);
     }
   });
 });

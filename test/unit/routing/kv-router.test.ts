@@ -69,7 +69,7 @@ async function router(
 }
 
 describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
-  it('leaves checking and splicing an offloaded body to the preparer, with the same result', async () => {
+  it('leaves checking and splicing the body to the preparer, offloaded or not, with the same result', async () => {
     const body = { ...chat(long), nvext: { keep: true } };
     const headers = new Map([['x-gateway-model-name-rewrite', 'served']]);
     const inline = await router(backend);
@@ -78,14 +78,23 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const b = await off.r.route(req(body, { headers }));
     expect(new TextDecoder().decode(b.body)).toBe(new TextDecoder().decode(a.body));
     expect([b.clientModel, b.targetModel]).toEqual(['m', 'served']);
-    expect([inline.works, off.works]).toEqual([[undefined], [{ rewrite: 'served' }]]);
-    // Offloaded: the free 503 comes before the body check; inline: the 400 first.
-    const none = await router(backend, { offload: true, endpoints: [] });
-    await expect(none.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'no_endpoint' });
+    // The preparer does the body work either way; only an offloaded body is given up.
+    expect([inline.works, off.works]).toEqual([
+      [{ rewrite: 'served', transferBody: false }],
+      [{ rewrite: 'served', transferBody: false }],
+    ]);
+    // The free 503 comes before the body check, inline and offloaded alike.
+    for (const offload of [true, false]) {
+      const none = await router(backend, { offload, endpoints: [] });
+      await expect(none.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'no_endpoint' });
+      none.path.index.dispose();
+    }
     await expect(off.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'invalid_json' });
-    const noneInline = await router(backend, { endpoints: [] });
-    await expect(noneInline.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'invalid_json' });
-    for (const x of [inline, off, none, noneInline]) x.path.index.dispose();
+    await expect(inline.r.route(req('{"bad'))).rejects.toMatchObject({
+      code: 'invalid_json',
+      message: expect.stringMatching(/^the request body is not valid JSON: /),
+    });
+    for (const x of [inline, off]) x.path.index.dispose();
   });
 
   it('sends a repeated prompt to the worker holding its prefix, even when busier', async () => {
