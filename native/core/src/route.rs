@@ -302,24 +302,37 @@ mod tests {
 /// the body as `nvext.token_data`; byte-identical to the TypeScript
 /// `idsJsonBytes` (src/openai/request-body.ts), which the differential tests check.
 pub fn ids_json(ids: &[u32]) -> Vec<u8> {
+    /// "00" .. "99": two digits per division.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut out = Vec::with_capacity(ids.len() * 7 + 2);
     out.push(b'[');
-    let mut digits = [0u8; 10];
+    let mut buf = [0u8; 10];
     for (i, &id) in ids.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
+        // Digits right to left into `buf[at..]`.
         let mut v = id;
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (v % 10) as u8;
-            n += 1;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
+        let mut at = buf.len();
+        while v >= 100 {
+            let r = (v % 100) as usize * 2;
+            v /= 100;
+            at -= 2;
+            buf[at..at + 2].copy_from_slice(&PAIRS[r..r + 2]);
         }
-        out.extend(digits[..n].iter().rev());
+        if v >= 10 {
+            let r = v as usize * 2;
+            at -= 2;
+            buf[at..at + 2].copy_from_slice(&PAIRS[r..r + 2]);
+        } else {
+            at -= 1;
+            buf[at] = b'0' + v as u8;
+        }
+        out.extend_from_slice(&buf[at..]);
     }
     out.push(b']');
     out
@@ -334,5 +347,9 @@ mod ids_json_tests {
         assert_eq!(ids_json(&[]), b"[]");
         assert_eq!(ids_json(&[0]), b"[0]");
         assert_eq!(ids_json(&[7, 10, 99, 100, u32::MAX]), b"[7,10,99,100,4294967295]");
+        let all: Vec<u32> =
+            (0..100_000).chain([999_999, 1_000_000, 123_456_789, 1 << 31]).collect();
+        let want = format!("[{}]", all.iter().map(u32::to_string).collect::<Vec<_>>().join(","));
+        assert_eq!(String::from_utf8(ids_json(&all)).unwrap(), want);
     }
 }
