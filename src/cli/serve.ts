@@ -51,12 +51,14 @@ import {
 import type { TlsOption } from '../server/tls.js';
 import { preparerOptionsFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
+import { accountExternalMemoryInGlobalLimit } from './gc-flags.js';
 
 /**
  * V8 flags the shipped launchers pass (Dockerfile, npm start, scripts/serve.sh):
- * a small young generation keeps scavenges short, and a large initial old-space
+ * a small young generation keeps scavenges short; a large initial old-space
  * limit stops V8 from starting a mark-compact every ~0.6 s on a small heap
- * (p99 at 500 req/s through Envoy: ~10 ms without, ~2.6 ms with). Logged at start.
+ * (p99 at 500 req/s through Envoy: ~10 ms without, ~2.6 ms with). Logged at
+ * start, with the external-memory setting serve applies itself (gc-flags.ts).
  */
 const GC_FLAGS = ['--max-semi-space-size', '--initial-old-space-size'];
 
@@ -113,6 +115,7 @@ export async function startServing(
   env: Record<string, string | undefined>,
   log: Logger = stderrLogger,
 ): Promise<Serving> {
+  const externalMemoryInGlobalLimit = accountExternalMemoryInGlobalLimit();
   const { values } = parseArgs({
     args: argv,
     strict: true,
@@ -371,6 +374,7 @@ export async function startServing(
       tokenizerBackend: path.tokenizer.backend,
       blockSize: options.blockSize,
       gcTuned: GC_FLAGS.every((f) => process.execArgv.some((a) => a.startsWith(f))),
+      externalMemoryInGlobalLimit,
     },
     'kv-epp serving',
   );
