@@ -3,7 +3,7 @@
  * mark-compacts (counted through the GC performance entries); elsewhere, and
  * when the command line turns it off, nothing is set.
  */
-import { PerformanceObserver } from 'node:perf_hooks';
+import { type PerformanceEntry, PerformanceObserver } from 'node:perf_hooks';
 import { describe, expect, it } from 'vitest';
 import { accountExternalMemoryInGlobalLimit } from '../../../src/cli/gc-flags.js';
 
