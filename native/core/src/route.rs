@@ -308,34 +308,55 @@ pub fn ids_json(ids: &[u32]) -> Vec<u8> {
         4041424344454647484950515253545556575859\
         6061626364656667686970717273747576777879\
         8081828384858687888990919293949596979899";
-    let mut out = Vec::with_capacity(ids.len() * 7 + 2);
-    out.push(b'[');
-    let mut buf = [0u8; 10];
+    // At most 10 digits and a comma per id, plus the brackets; written in
+    // place (no memcpy call per id), then cut to length.
+    let mut out = vec![0u8; ids.len() * 11 + 2];
+    out[0] = b'[';
+    let mut o = 1;
     for (i, &id) in ids.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out[o] = b',';
+            o += 1;
         }
-        // Digits right to left into `buf[at..]`.
+        let len = digits(id);
         let mut v = id;
-        let mut at = buf.len();
+        let mut p = o + len;
         while v >= 100 {
             let r = (v % 100) as usize * 2;
             v /= 100;
-            at -= 2;
-            buf[at..at + 2].copy_from_slice(&PAIRS[r..r + 2]);
+            p -= 2;
+            out[p] = PAIRS[r];
+            out[p + 1] = PAIRS[r + 1];
         }
         if v >= 10 {
             let r = v as usize * 2;
-            at -= 2;
-            buf[at..at + 2].copy_from_slice(&PAIRS[r..r + 2]);
+            out[p - 2] = PAIRS[r];
+            out[p - 1] = PAIRS[r + 1];
         } else {
-            at -= 1;
-            buf[at] = b'0' + v as u8;
+            out[p - 1] = b'0' + v as u8;
         }
-        out.extend_from_slice(&buf[at..]);
+        o += len;
     }
-    out.push(b']');
+    out[o] = b']';
+    out.truncate(o + 1);
     out
+}
+
+/// Decimal digits of `v`.
+#[inline(always)]
+fn digits(v: u32) -> usize {
+    match v {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1_000..=9_999 => 4,
+        10_000..=99_999 => 5,
+        100_000..=999_999 => 6,
+        1_000_000..=9_999_999 => 7,
+        10_000_000..=99_999_999 => 8,
+        100_000_000..=999_999_999 => 9,
+        _ => 10,
+    }
 }
 
 #[cfg(test)]
