@@ -651,14 +651,23 @@ async function startEnvoy(bootstrap, dir) {
   return p;
 }
 
-/** Envoy counters per listener: ext_proc.* and downstream_rq_Nxx. */
+/**
+ * Envoy counters per listener (ext_proc.* and downstream_rq_Nxx) and per
+ * ext_proc cluster (bytes and HTTP/2 frames on the gRPC connection).
+ */
 async function envoyCounters(envoy) {
-  const r = await envoy.adminGet('/stats?format=json&filter=^http\\.(plain|noop|kvepp)\\.');
+  const r = await envoy.adminGet(
+    '/stats?format=json&filter=^(http\\.(plain|noop|kvepp)\\.|cluster\\.epp_(noop|kvepp)\\.)',
+  );
   const out = {};
   for (const s of JSON.parse(r.body).stats ?? []) {
     if (typeof s.value !== 'number') continue;
-    if (!/\.(ext_proc\.|downstream_rq_[1-5]xx$|downstream_rq_total$)/.test(s.name)) continue;
-    out[s.name] = s.value;
+    const listener = /\.(ext_proc\.|downstream_rq_[1-5]xx$|downstream_rq_total$)/.test(s.name);
+    const cluster =
+      /^cluster\.epp_[a-z]+\.(upstream_cx_(rx|tx)_bytes_total|upstream_rq_total|http2\.)/.test(
+        s.name,
+      );
+    if (listener || cluster) out[s.name] = s.value;
   }
   return out;
 }
@@ -956,6 +965,8 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
           )
         : undefined,
     envoy: diff(before.envoy, after.envoy, `http.${setup}.`),
+    /** The gRPC connection to the ext_proc server (bytes, HTTP/2 frames); absent for plain. */
+    envoyExtProcCluster: diff(before.envoy, after.envoy, `cluster.epp_${setup}.`),
   };
   if (setup === 'kvepp' && after.kvMetrics) {
     const d = (n) => (after.kvMetrics[n] ?? 0) - (before.kvMetrics[n] ?? 0);
