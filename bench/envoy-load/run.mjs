@@ -28,7 +28,7 @@
  *        [--setups plain,noop,kvepp] [--scenarios small-rate,small-max,big]
  *        [--envoy-concurrency 1] [--small-bytes 2048] [--big-bytes 225280]
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
-       [--raw-dir DIR]
+       [--raw-dir DIR] [--epp-window BYTES]
  *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
  *
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
@@ -37,6 +37,8 @@
  *                          self-time functions per thread go into the JSON
  *   --raw-dir DIR          keep vegeta's raw results per point (DIR/<setup>-<scenario>-<load>.bin;
                          \`vegeta encode --to csv\` gives each request's start and latency)
+  --epp-window BYTES     HTTP/2 stream and connection windows of Envoy's EPP clusters
+                         (the reference config has 64 KiB / 1 MiB; a departure from it)
   --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
  *                          the shipped GC flags (--node-args= runs without them)
  *
@@ -103,6 +105,7 @@ const { values: argv } = parseArgs({
     'node-args': { type: 'string' },
     'log-dir': { type: 'string' },
     'raw-dir': { type: 'string' },
+    'epp-window': { type: 'string' },
     'envoy-log': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -138,6 +141,7 @@ const opt = {
   probeIntervalMs: num('probe-interval-ms', argv['probe-interval-ms']),
   logDir: argv['log-dir'],
   rawDir: argv['raw-dir'],
+  eppWindow: argv['epp-window'] === undefined ? undefined : num('epp-window', argv['epp-window']),
   liftH2ResetLimit: argv['lift-h2-reset-limit'],
   profileDir: argv.profile,
   nodeArgs: argv['node-args'],
@@ -513,6 +517,16 @@ async function envoyConfig(eppPorts, upstreamAddr) {
     bufferLimitBytes: 32 * 1024,
   });
   const res = bs.static_resources;
+  if (opt.eppWindow !== undefined) {
+    // Not the reference config (64 KiB stream / 1 MiB connection windows on the EPP cluster).
+    for (const c of res.clusters.filter((x) => x.name.startsWith('epp_'))) {
+      const h2 =
+        c.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions']
+          .explicit_http_config.http2_protocol_options;
+      h2.initial_stream_window_size = opt.eppWindow;
+      h2.initial_connection_window_size = opt.eppWindow;
+    }
+  }
   const [host, port] = upstreamAddr.split(':');
   // plain: the same listener without ext_proc, routed to a static cluster.
   const plain = envoyBootstrap({
@@ -833,7 +847,7 @@ async function main() {
           bigDistinct: bodies.big.length,
           text: 'chat (system + user); READMEs from node_modules (prose) + lib.dom.d.ts (code, 1/4 of the big bodies)',
         },
-        envoy: `1 process, --concurrency ${opt.envoyConcurrency}, GAIE reference listener (test/support/envoy.ts): FULL_DUPLEX_STREAMED request/response bodies, trailers SEND, per_connection_buffer_limit_bytes 32 KiB, ORIGINAL_DST on x-gateway-destination-endpoint; plain = same listener without ext_proc, STATIC cluster`,
+        envoy: `1 process, --concurrency ${opt.envoyConcurrency}, GAIE reference listener (test/support/envoy.ts): FULL_DUPLEX_STREAMED request/response bodies, trailers SEND, per_connection_buffer_limit_bytes 32 KiB, ORIGINAL_DST on x-gateway-destination-endpoint; EPP cluster windows ${opt.eppWindow === undefined ? '64 KiB stream / 1 MiB connection (reference)' : `${opt.eppWindow} B (--epp-window, not the reference)`}; plain = same listener without ext_proc, STATIC cluster`,
         kvepp: procs.kvepp
           ? {
               args: '--secure-serving=false --kv-events=false (approximate mode), 2 endpoints on the upstream process',
