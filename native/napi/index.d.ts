@@ -9,6 +9,37 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+export declare function approxExpire(handle: number, nowMs: number): number
+
+export declare function approxForgetHolder(handle: number, workerId: bigint, dpRank: number): void
+
+export declare function approxForgetWorker(handle: number, workerId: bigint): void
+
+export declare function approxMaintain(handle: number, nowMs: number): NativePruneResult
+
+/** The earliest pending expiry (drops stale entries at the head first). */
+export declare function approxNextExpiry(handle: number): number | null
+
+/** Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count. */
+export declare function approxRecord(handle: number, workerId: bigint, dpRank: number, sequence: BigUint64Array, count: number, nowMs: number): number
+
+/**
+ * After a routing decision: expire what is due, store the decision's blocks
+ * (`local[..count]`, their sequence hashes computed here) for the holder and
+ * track them, pruning above the cap. Returns the memberships removed.
+ */
+export declare function approxRoute(handle: number, workerId: bigint, dpRank: number, local: BigUint64Array, count: number, nowMs: number): number
+
+export declare function approxStats(handle: number): NativePruneStats
+
+/**
+ * Approximate mode's TTL + size-cap tracker bound to an index
+ * (`kv_epp_core::approx`); settings are validated as the TypeScript twin does.
+ */
+export declare function approxTrackerCreate(indexHandle: number, ttlMs: number, maxTreeSize: number, pruneTargetRatio: number, refreshGranularityMs: number): number
+
+export declare function approxTrackerDispose(handle: number): boolean
+
 /** The local-hash seed for a LoRA name and cache namespace (empty = absent). */
 export declare function blockHashSeed(loraName?: string | undefined | null, cacheNamespace?: string | undefined | null): bigint
 
@@ -161,6 +192,16 @@ export interface NativeIndexStats {
   parentNotFound: number
   blockNotFound: number
   invalidBlockSequence: number
+}
+
+export interface NativePruneResult {
+  expired: number
+  pruned: number
+}
+
+export interface NativePruneStats {
+  size: number
+  queued: number
 }
 
 export interface NativePublisherGap {

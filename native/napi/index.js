@@ -773,7 +773,17 @@ if (
   }
 }
 
-const { blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+export { approxExpire }
+export { approxForgetHolder }
+export { approxForgetWorker }
+export { approxMaintain }
+export { approxNextExpiry }
+export { approxRecord }
+export { approxRoute }
+export { approxStats }
+export { approxTrackerCreate }
+export { approxTrackerDispose }
 export { blockHashSeed }
 export { decodeActiveLoad }
 export { eventApplierApply }

@@ -33,6 +33,7 @@ import {
 import { createWorkerRecovery } from '../events/recovery-wiring.js';
 import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
+import { createApproxTracker } from '../kv/factory.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
 import type { KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
@@ -216,6 +217,7 @@ export async function startServing(
       onRouted: observer.onRouted,
       pendingPrepare: () => preparer.queueDepth,
       reportedLoad: (e) => workerLoads.load(e.workerId, e.dpRank, Date.now()),
+      approxTracker: (settings) => createApproxTracker(path.index, path.hasher, settings),
     },
     {
       blockSize: options.blockSize,
@@ -259,6 +261,7 @@ export async function startServing(
     applier?.dispose();
     if (tls instanceof CertReloader) tls.close();
     await preparer.close();
+    kvRouter.dispose();
     path.tokenizer.dispose();
     path.index.dispose();
   };

@@ -6,10 +6,17 @@
  */
 import { KvEppError } from '../errors.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
+import {
+  type ApproxTracker,
+  DEFAULT_PRUNE_SETTINGS,
+  type PruneSettings,
+  PruneTracker,
+} from './approx/prune-tracker.js';
 import { JsBlockHasher } from './js/block-hasher.js';
 import { JsKvIndex } from './js/radix-index.js';
 import { loadNativeBinding, type NativeBinding } from './native/binding.js';
 import { NativeBlockHasher } from './native/block-hasher.js';
+import { NativePruneTracker } from './native/prune-tracker.js';
 import { NativeKvIndex } from './native/radix-index.js';
 import type { Backend, BackendChoice, BlockHasher, KvIndex } from './types.js';
 
@@ -53,4 +60,18 @@ export async function createKvIndex(
 ): Promise<KvIndex> {
   const { addon } = await resolveBackend(choice, log);
   return addon ? NativeKvIndex.create(addon) : new JsKvIndex();
+}
+
+/**
+ * Approximate mode's tracker for `index`: in the addon over a native index,
+ * else the TypeScript twin (which computes sequence hashes with `hasher`).
+ */
+export function createApproxTracker(
+  index: KvIndex,
+  hasher: BlockHasher,
+  settings: PruneSettings = DEFAULT_PRUNE_SETTINGS,
+): ApproxTracker {
+  return index instanceof NativeKvIndex
+    ? NativePruneTracker.create(index, settings)
+    : new PruneTracker(index, settings, hasher);
 }

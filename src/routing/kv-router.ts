@@ -16,6 +16,7 @@
 import type { Endpoint } from '../discovery/endpoints.js';
 import { KvEppError } from '../errors.js';
 import {
+  type ApproxTracker,
   DEFAULT_PRUNE_SETTINGS,
   type PruneResult,
   type PruneSettings,
@@ -70,6 +71,11 @@ export interface KvRouterDeps {
   pendingPrepare?: (() => number) | undefined;
   /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
   now?: (() => number) | undefined;
+  /**
+   * Makes approximate mode's tracker (`createApproxTracker` in src/kv/factory.ts
+   * puts it in the addon over a native index); default the TypeScript one.
+   */
+  approxTracker?: ((settings: PruneSettings) => ApproxTracker) | undefined;
 }
 
 /** What `onRouted` sees of a request routed by `route()`. */
@@ -90,7 +96,7 @@ export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
   private readonly byDecision = new WeakMap<RouteDecision, string>();
   /** Approximate mode's block lifetimes; absent when KV events drive the index. */
-  private readonly approx: PruneTracker | undefined;
+  private readonly approx: ApproxTracker | undefined;
   private readonly now: () => number;
 
   constructor(
@@ -98,9 +104,15 @@ export class KvRouter implements RequestRouter {
     private readonly settings: KvRouterSettings,
   ) {
     this.now = deps.now ?? (() => performance.now());
+    const prune = settings.approx ?? DEFAULT_PRUNE_SETTINGS;
     this.approx = settings.approximate
-      ? new PruneTracker(deps.index, settings.approx ?? DEFAULT_PRUNE_SETTINGS)
+      ? (deps.approxTracker?.(prune) ?? new PruneTracker(deps.index, prune, deps.hasher))
       : undefined;
+  }
+
+  /** Releases approximate mode's tracker (a native one holds an addon handle). */
+  dispose(): void {
+    this.approx?.dispose();
   }
 
   /**
@@ -246,19 +258,8 @@ export class KvRouter implements RequestRouter {
     });
     const primary = chosen[0] as Endpoint;
     if (prep && this.approx && prep.localHashes.length > 0) {
-      const n = prep.localHashes.length;
-      const sequence = new BigUint64Array(n);
-      this.deps.hasher.sequenceHashesInto(prep.localHashes, n, sequence);
       const worker = { workerId: primary.workerId, dpRank: primary.dpRank };
-      // Expire first, so a block due now and routed again is stored and tracked afresh.
-      const now = this.now();
-      this.approx.expire(now);
-      const outcome = this.deps.index.applyStored(worker, null, {
-        localHashes: prep.localHashes,
-        externalHashes: sequence,
-      });
-      // Dynamo tracks the blocks only when the Stored event applied; then prunes above the cap.
-      if (outcome === 'ok') this.approx.record(worker, sequence, now, n);
+      this.approx.route(worker, prep.localHashes, prep.localHashes.length, this.now());
     }
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
     return decision;

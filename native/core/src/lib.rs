@@ -3,6 +3,7 @@
 //! vLLM-exact prompt tokenization. The napi crate is a thin
 //! layer over this crate.
 
+pub mod approx;
 pub mod error;
 pub mod events;
 pub mod hash;

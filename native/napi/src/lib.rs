@@ -22,6 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
+use kv_epp_core::approx::{PruneSettings, PruneTracker};
 use kv_epp_core::events::{ApplyReport, EventApplier, EventCodec, RejectReason, SourceContext};
 use kv_epp_core::hash;
 use kv_epp_core::route::{
@@ -443,6 +444,162 @@ pub fn prepare_route<'env>(
     }
     let packed = pack_route(&p, edited.as_ref(), edited.is_none(), &scores);
     ArrayBuffer::copy_from(env, packed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Approximate mode
+// ---------------------------------------------------------------------------------------------
+
+/// A prune tracker and the index it removes from (looked up per call, as appliers are).
+struct BoundTracker {
+    index_handle: u32,
+    tracker: PruneTracker,
+}
+
+type SharedTracker = Arc<Mutex<BoundTracker>>;
+
+static TRACKERS: LazyLock<Mutex<HashMap<u32, SharedTracker>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn tracker(handle: u32) -> Result<SharedTracker> {
+    TRACKERS
+        .lock()
+        .get(&handle)
+        .cloned()
+        .ok_or_else(|| err("disposed", format!("no prune tracker with handle {handle}")))
+}
+
+/// Runs `f` on a tracker and its index's write lock (tracker first, then index).
+fn with_tracker<T>(
+    handle: u32,
+    f: impl FnOnce(&mut PruneTracker, &mut RadixIndex) -> T,
+) -> Result<T> {
+    let t = tracker(handle)?;
+    let mut t = t.lock();
+    let idx = index(t.index_handle)?;
+    let mut g = idx.write();
+    Ok(f(&mut t.tracker, &mut g))
+}
+
+/// Approximate mode's TTL + size-cap tracker bound to an index
+/// (`kv_epp_core::approx`); settings are validated as the TypeScript twin does.
+#[napi]
+pub fn approx_tracker_create(
+    index_handle: u32,
+    ttl_ms: f64,
+    max_tree_size: f64,
+    prune_target_ratio: f64,
+    refresh_granularity_ms: f64,
+) -> Result<u32> {
+    index(index_handle)?;
+    let max = if max_tree_size.fract() == 0.0
+        && max_tree_size > 0.0
+        && max_tree_size <= 9.007_199_254_740_991e15
+    {
+        max_tree_size as usize
+    } else {
+        0
+    };
+    let settings =
+        PruneSettings { ttl_ms, max_tree_size: max, prune_target_ratio, refresh_granularity_ms };
+    let t = PruneTracker::new(settings).map_err(|m| err("invalid_argument", m))?;
+    let mut reg = REGISTRY.write();
+    let handle = reg.next;
+    reg.next += 1;
+    TRACKERS.lock().insert(handle, Arc::new(Mutex::new(BoundTracker { index_handle, tracker: t })));
+    Ok(handle)
+}
+
+#[napi]
+pub fn approx_tracker_dispose(handle: u32) -> bool {
+    TRACKERS.lock().remove(&handle).is_some()
+}
+
+/// After a routing decision: expire what is due, store the decision's blocks
+/// (`local[..count]`, their sequence hashes computed here) for the holder and
+/// track them, pruning above the cap. Returns the memberships removed.
+#[napi]
+pub fn approx_route(
+    handle: u32,
+    worker_id: BigInt,
+    dp_rank: u32,
+    local: &[u64],
+    count: u32,
+    now_ms: f64,
+) -> Result<f64> {
+    let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
+    let local = &local[..(count as usize).min(local.len())];
+    with_tracker(handle, |t, idx| {
+        let r = t.route(idx, worker, local, now_ms);
+        (r.expired + r.pruned) as f64
+    })
+}
+
+/// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
+#[napi]
+pub fn approx_record(
+    handle: u32,
+    worker_id: BigInt,
+    dp_rank: u32,
+    sequence: &[u64],
+    count: u32,
+    now_ms: f64,
+) -> Result<f64> {
+    let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
+    let sequence = &sequence[..(count as usize).min(sequence.len())];
+    with_tracker(handle, |t, idx| t.record(idx, worker, sequence, now_ms) as f64)
+}
+
+#[napi]
+pub fn approx_expire(handle: u32, now_ms: f64) -> Result<f64> {
+    with_tracker(handle, |t, idx| t.expire(idx, now_ms) as f64)
+}
+
+#[napi(object)]
+pub struct NativePruneResult {
+    pub expired: f64,
+    pub pruned: f64,
+}
+
+#[napi]
+pub fn approx_maintain(handle: u32, now_ms: f64) -> Result<NativePruneResult> {
+    with_tracker(handle, |t, idx| {
+        let r = t.maintain(idx, now_ms);
+        NativePruneResult { expired: r.expired as f64, pruned: r.pruned as f64 }
+    })
+}
+
+#[napi]
+pub fn approx_forget_holder(handle: u32, worker_id: BigInt, dp_rank: u32) -> Result<()> {
+    let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
+    tracker(handle)?.lock().tracker.forget_holder(worker);
+    Ok(())
+}
+
+#[napi]
+pub fn approx_forget_worker(handle: u32, worker_id: BigInt) -> Result<()> {
+    let id = u64_of(&worker_id, "workerId")?;
+    tracker(handle)?.lock().tracker.forget_worker(id);
+    Ok(())
+}
+
+#[napi(object)]
+pub struct NativePruneStats {
+    pub size: f64,
+    pub queued: f64,
+}
+
+#[napi]
+pub fn approx_stats(handle: u32) -> Result<NativePruneStats> {
+    let t = tracker(handle)?;
+    let t = t.lock();
+    Ok(NativePruneStats { size: t.tracker.size() as f64, queued: t.tracker.queued() as f64 })
+}
+
+/// The earliest pending expiry (drops stale entries at the head first).
+#[napi]
+pub fn approx_next_expiry(handle: u32) -> Result<Option<f64>> {
+    Ok(tracker(handle)?.lock().tracker.next_expiry())
 }
 
 // ---------------------------------------------------------------------------------------------

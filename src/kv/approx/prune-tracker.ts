@@ -85,7 +85,7 @@
  * Pure: no timers, no I/O. The caller passes `nowMs` from a monotonic clock
  * and runs `expire` (or `maintain`) on its own schedule.
  */
-import type { KvIndex, WorkerRank } from '../types.js';
+import type { BlockHasher, KvIndex, WorkerRank } from '../types.js';
 import { U52Map } from './u52-map.js';
 
 export interface PruneSettings {
@@ -120,6 +120,51 @@ export interface PruneResult {
   pruned: number;
 }
 
+/**
+ * Approximate mode's tracker, in TypeScript (`PruneTracker`) or in the addon
+ * (`NativePruneTracker`, over a native index): the same decisions, the same
+ * removals in the same order. `createApproxTracker` (src/kv/factory.ts) picks.
+ */
+export interface ApproxTracker {
+  /**
+   * After a routing decision: expire what is due, store the decision's blocks
+   * (`localHashes[0..count)`, parent none, their sequence hashes as external
+   * hashes) for `worker`, and when the index applied them, track them and
+   * prune above the cap. Returns the memberships removed.
+   */
+  route(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): number;
+  /** Tracks blocks the index already stored (see `PruneTracker.record`); returns the pruned count. */
+  record(worker: WorkerRank, sequenceHashes: BigUint64Array, nowMs: number, count?: number): number;
+  expire(nowMs: number): number;
+  maintain(nowMs: number): PruneResult;
+  forgetHolder(worker: WorkerRank): void;
+  forgetWorker(workerId: bigint): void;
+  readonly size: number;
+  readonly queued: number;
+  nextExpiry(): number | undefined;
+  /** Releases the tracker (native: its handle). */
+  dispose(): void;
+}
+
+/**
+ * The settings with the default refresh granularity filled in.
+ * @throws RangeError outside Dynamo's ranges (both trackers).
+ */
+export function validatePruneSettings(
+  settings: PruneSettings,
+): PruneSettings & { refreshGranularityMs: number } {
+  const { ttlMs, maxTreeSize, pruneTargetRatio } = settings;
+  if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new RangeError('ttlMs must be > 0');
+  if (!(Number.isSafeInteger(maxTreeSize) && maxTreeSize > 0))
+    throw new RangeError('maxTreeSize must be a positive integer');
+  if (!(pruneTargetRatio > 0 && pruneTargetRatio <= 1))
+    throw new RangeError('pruneTargetRatio must be in (0, 1]');
+  const g = settings.refreshGranularityMs ?? 0;
+  if (!(Number.isFinite(g) && g >= 0 && g < ttlMs))
+    throw new RangeError('refreshGranularityMs must be in [0, ttlMs)');
+  return { ttlMs, maxTreeSize, pruneTargetRatio, refreshGranularityMs: g };
+}
+
 interface Holder {
   worker: WorkerRank;
   /**
@@ -144,7 +189,7 @@ if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
 
 const MIN_CAPACITY = 1024;
 
-export class PruneTracker {
+export class PruneTracker implements ApproxTracker {
   private readonly ttlMs: number;
   private readonly maxTreeSize: number;
   private readonly targetSize: number;
@@ -164,23 +209,17 @@ export class PruneTracker {
   private qHolder = new Int32Array(MIN_CAPACITY);
   private lastExpiry = Number.NEGATIVE_INFINITY;
 
+  /** `hasher` is needed by `route` only (it computes the sequence hashes). */
   constructor(
     private readonly index: KvIndex,
     settings: PruneSettings = DEFAULT_PRUNE_SETTINGS,
+    private readonly hasher?: BlockHasher,
   ) {
-    const { ttlMs, maxTreeSize, pruneTargetRatio } = settings;
-    if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new RangeError('ttlMs must be > 0');
-    if (!(Number.isSafeInteger(maxTreeSize) && maxTreeSize > 0))
-      throw new RangeError('maxTreeSize must be a positive integer');
-    if (!(pruneTargetRatio > 0 && pruneTargetRatio <= 1))
-      throw new RangeError('pruneTargetRatio must be in (0, 1]');
-    this.ttlMs = ttlMs;
-    this.maxTreeSize = maxTreeSize;
-    this.targetSize = Math.floor(maxTreeSize * pruneTargetRatio);
-    const g = settings.refreshGranularityMs ?? 0;
-    if (!(Number.isFinite(g) && g >= 0 && g < ttlMs))
-      throw new RangeError('refreshGranularityMs must be in [0, ttlMs)');
-    this.refreshMs = g;
+    const v = validatePruneSettings(settings);
+    this.ttlMs = v.ttlMs;
+    this.maxTreeSize = v.maxTreeSize;
+    this.targetSize = Math.floor(v.maxTreeSize * v.pruneTargetRatio);
+    this.refreshMs = v.refreshGranularityMs;
   }
 
   /** Live tracked memberships. */
@@ -249,6 +288,23 @@ export class PruneTracker {
     }
     return this.pruneToCap();
   }
+
+  route(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): number {
+    if (!this.hasher) throw new Error('PruneTracker.route needs the hasher');
+    // Expire first, so a block due now and routed again is stored and tracked afresh.
+    const expired = this.expire(nowMs);
+    const local = count === localHashes.length ? localHashes : localHashes.subarray(0, count);
+    const sequence = new BigUint64Array(count);
+    this.hasher.sequenceHashesInto(local, count, sequence);
+    const outcome = this.index.applyStored(worker, null, {
+      localHashes: local,
+      externalHashes: sequence,
+    });
+    // Dynamo tracks the blocks only when the Stored event applied; then prunes above the cap.
+    return expired + (outcome === 'ok' ? this.record(worker, sequence, nowMs, count) : 0);
+  }
+
+  dispose(): void {}
 
   /** Removes every membership whose expiry is `<= nowMs` from the index. */
   expire(nowMs: number): number {

@@ -42,6 +42,11 @@ export class NativeKvIndex implements KvIndex {
     return new NativeKvIndex(addon, addon.indexCreate(), true);
   }
 
+  /** The addon this index lives in (for objects bound to it, e.g. the approximate-mode tracker). */
+  get binding(): NativeBinding {
+    return this.addon;
+  }
+
   /** A view of an index created elsewhere in the process; `dispose` does not free it. */
   static attach(addon: NativeBinding, handle: number): NativeKvIndex {
     return new NativeKvIndex(addon, handle, false);

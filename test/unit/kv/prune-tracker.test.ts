@@ -1,29 +1,65 @@
 /**
- * Approximate mode's TTL + size-cap pruning (src/kv/approx/prune-tracker.ts)
- * against both index backends. Blocks are stored the way KvRouter stores them:
- * local hashes with their sequence hashes as external hashes, parent none.
- * Time is an explicit number: nothing here reads a clock.
+ * Approximate mode's TTL + size-cap pruning: the TypeScript tracker
+ * (src/kv/approx/prune-tracker.ts) over both index backends, and the addon's
+ * (src/kv/native/prune-tracker.ts) over the native index, one contract; then
+ * the two trackers against each other on random traffic. Blocks are stored
+ * the way KvRouter stores them: local hashes with their sequence hashes as
+ * external hashes, parent none. Time is an explicit number: nothing here
+ * reads a clock.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { type PruneSettings, PruneTracker } from '../../../src/kv/approx/prune-tracker.js';
+import {
+  type ApproxTracker,
+  type PruneSettings,
+  PruneTracker,
+} from '../../../src/kv/approx/prune-tracker.js';
 import { createBlockHasher, createKvIndex } from '../../../src/kv/factory.js';
+import { NativePruneTracker } from '../../../src/kv/native/prune-tracker.js';
+import type { NativeKvIndex } from '../../../src/kv/native/radix-index.js';
 import type { Backend, BlockHasher, KvIndex, WorkerRank } from '../../../src/kv/types.js';
+import { mulberry32 } from '../../support/random.js';
 
 const W1: WorkerRank = { workerId: 1n, dpRank: 0 };
 const W2: WorkerRank = { workerId: 2n, dpRank: 0 };
 const u64s = (xs: readonly bigint[]) => BigUint64Array.from(xs);
 
-describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (backend) => {
+type TrackerKind = 'ts' | 'native';
+
+function makeTracker(
+  kind: TrackerKind,
+  index: KvIndex,
+  settings: PruneSettings,
+  hasher?: BlockHasher,
+): ApproxTracker {
+  return kind === 'native'
+    ? NativePruneTracker.create(index as NativeKvIndex, settings)
+    : new PruneTracker(index, settings, hasher);
+}
+
+describe.each([
+  ['js', 'ts'],
+  ['native', 'ts'],
+  ['native', 'native'],
+] as [Backend, TrackerKind][])('%s index, %s tracker', (backend, kind) => {
   let index: KvIndex;
   let hasher: BlockHasher;
+  const trackers: ApproxTracker[] = [];
+  const make = (settings: PruneSettings) => {
+    const t = makeTracker(kind, index, settings, hasher);
+    trackers.push(t);
+    return t;
+  };
 
-  afterEach(() => index.dispose());
+  afterEach(() => {
+    for (const t of trackers.splice(0)) t.dispose();
+    index.dispose();
+  });
 
   async function setup(settings: Partial<PruneSettings> = {}) {
     index = await createKvIndex(backend);
     hasher = await createBlockHasher(backend);
     expect(index.backend).toBe(backend);
-    const tracker = new PruneTracker(index, {
+    const tracker = make({
       ttlMs: 1000,
       maxTreeSize: 1 << 20,
       pruneTargetRatio: 0.8,
@@ -103,14 +139,8 @@ describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (
     expect(tracker.maintain(1099).expired).toBe(0);
     expect(depths([1n, 2n, 3n])).toEqual({ 1: 3 });
     expect(tracker.maintain(1100).expired).toBe(3);
-    expect(
-      () =>
-        new PruneTracker(index, {
-          ttlMs: 100,
-          maxTreeSize: 1,
-          pruneTargetRatio: 1,
-          refreshGranularityMs: 100,
-        }),
+    expect(() =>
+      make({ ttlMs: 100, maxTreeSize: 1, pruneTargetRatio: 1, refreshGranularityMs: 100 }),
     ).toThrow(RangeError);
   });
 
@@ -284,10 +314,80 @@ describe.each(['js', 'native'] as Backend[])('PruneTracker over the %s index', (
   it('rejects settings outside Dynamo’s ranges', async () => {
     index = await createKvIndex(backend);
     const ok = { ttlMs: 1, maxTreeSize: 1, pruneTargetRatio: 1 };
-    expect(() => new PruneTracker(index, ok)).not.toThrow();
-    expect(() => new PruneTracker(index, { ...ok, ttlMs: 0 })).toThrow(RangeError);
-    expect(() => new PruneTracker(index, { ...ok, maxTreeSize: 1.5 })).toThrow(RangeError);
-    expect(() => new PruneTracker(index, { ...ok, pruneTargetRatio: 0 })).toThrow(RangeError);
-    expect(() => new PruneTracker(index, { ...ok, pruneTargetRatio: 1.01 })).toThrow(RangeError);
+    expect(() => make(ok)).not.toThrow();
+    expect(() => make({ ...ok, ttlMs: 0 })).toThrow(RangeError);
+    expect(() => make({ ...ok, maxTreeSize: 1.5 })).toThrow(RangeError);
+    expect(() => make({ ...ok, pruneTargetRatio: 0 })).toThrow(RangeError);
+    expect(() => make({ ...ok, pruneTargetRatio: 1.01 })).toThrow(RangeError);
+  });
+
+  it('route() stores, tracks and expires first, as the router did step by step', async () => {
+    const { tracker, depths, memberships } = await setup({ maxTreeSize: 5, pruneTargetRatio: 0.8 });
+    expect(tracker.route(W1, u64s([1n, 2n, 3n, 9n]), 3, 0)).toBe(0); // count: 9 is ignored
+    expect(depths([1n, 2n, 3n, 9n])).toEqual({ 1: 3 });
+    // Above the cap (3 + 3 > 5): down to 4, the oldest decision's deepest blocks first.
+    expect(tracker.route(W2, u64s([1n, 2n, 4n]), 3, 10)).toBe(2);
+    expect(depths([1n, 2n, 3n])).toEqual({ 1: 1, 2: 2 });
+    // W1's block 1 is due at 1000: expired before the new store, which then tracks it afresh.
+    expect(tracker.route(W1, u64s([1n]), 1, 1000)).toBe(1);
+    expect([memberships(), tracker.size, tracker.nextExpiry()]).toEqual([4, 4, 1010]);
+    expect(depths([1n, 2n, 4n])).toEqual({ 1: 1, 2: 3 });
+    expect(tracker.expire(1010)).toBe(3);
+    expect(depths([1n, 2n, 4n])).toEqual({ 1: 1 });
+  });
+});
+
+describe('the addon tracker against the TypeScript one', () => {
+  it('removes the same memberships on random traffic', async () => {
+    const rand = mulberry32(11);
+    const pick = (n: number) => Math.floor(rand() * n);
+    const settings = {
+      ttlMs: 400,
+      maxTreeSize: 300,
+      pruneTargetRatio: 0.7,
+      refreshGranularityMs: 30,
+    };
+    const tsIndex = await createKvIndex('js');
+    const tsTracker = new PruneTracker(tsIndex, settings, await createBlockHasher('js'));
+    const nIndex = (await createKvIndex('native')) as NativeKvIndex;
+    const nTracker = NativePruneTracker.create(nIndex, settings);
+    // Chains sharing prefixes: 12 roots × branches, up to 40 blocks deep.
+    const chains = Array.from({ length: 60 }, (_, i) => {
+      const root = BigInt(1 + (i % 12)) * 1_000_000n;
+      return Array.from({ length: 5 + pick(36) }, (_, d) =>
+        d < 3 ? root + BigInt(d) : root + BigInt(1000 * (i + 1) + d),
+      );
+    });
+    const workers = [W1, W2, { workerId: 3n, dpRank: 1 }];
+    let now = 0;
+    for (let step = 0; step < 2000; step++) {
+      now += pick(7);
+      const op = rand();
+      if (op < 0.9) {
+        const w = workers[pick(3)] as WorkerRank;
+        const c = chains[pick(chains.length)] as bigint[];
+        const n = 1 + pick(c.length);
+        const a = tsTracker.route(w, u64s(c), n, now);
+        const b = nTracker.route(w, u64s(c), n, now);
+        expect([step, b]).toEqual([step, a]);
+      } else if (op < 0.97) {
+        expect(nTracker.maintain(now)).toEqual(tsTracker.maintain(now));
+      } else {
+        const w = workers[pick(3)] as WorkerRank;
+        tsTracker.forgetHolder(w);
+        nTracker.forgetHolder(w);
+      }
+      expect(nTracker.size).toBe(tsTracker.size);
+      if (step % 50 === 0) {
+        for (const c of chains) {
+          expect(nIndex.findMatches(u64s(c), false)).toEqual(tsIndex.findMatches(u64s(c), false));
+        }
+        expect(nTracker.nextExpiry()).toBe(tsTracker.nextExpiry());
+      }
+    }
+    expect(nIndex.stats().memberships).toBe(tsIndex.stats().memberships);
+    nTracker.dispose();
+    nIndex.dispose();
+    tsIndex.dispose();
   });
 });
