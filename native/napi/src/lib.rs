@@ -450,23 +450,37 @@ pub fn prepare_route<'env>(
 // Approximate mode
 // ---------------------------------------------------------------------------------------------
 
-/// A prune tracker and the index it removes from (looked up per call, as appliers are).
-struct BoundTracker {
+/// An object bound to an index (its index is looked up per call, so a disposed
+/// index fails with `disposed` instead of being kept alive).
+struct Bound<T> {
     index_handle: u32,
-    tracker: PruneTracker,
+    inner: T,
 }
 
-type SharedTracker = Arc<Mutex<BoundTracker>>;
+type Shared<T> = Arc<Mutex<Bound<T>>>;
+type BoundRegistry<T> = LazyLock<Mutex<HashMap<u32, Shared<T>>>>;
 
-static TRACKERS: LazyLock<Mutex<HashMap<u32, SharedTracker>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn tracker(handle: u32) -> Result<SharedTracker> {
-    TRACKERS
+fn bound<T>(registry: &BoundRegistry<T>, handle: u32, what: &str) -> Result<Shared<T>> {
+    registry
         .lock()
         .get(&handle)
         .cloned()
-        .ok_or_else(|| err("disposed", format!("no prune tracker with handle {handle}")))
+        .ok_or_else(|| err("disposed", format!("no {what} with handle {handle}")))
+}
+
+/// Registers `inner` under a fresh process-wide handle (the index registry's counter).
+fn register<T>(registry: &BoundRegistry<T>, index_handle: u32, inner: T) -> u32 {
+    let mut reg = REGISTRY.write();
+    let handle = reg.next;
+    reg.next += 1;
+    registry.lock().insert(handle, Arc::new(Mutex::new(Bound { index_handle, inner })));
+    handle
+}
+
+static TRACKERS: BoundRegistry<PruneTracker> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn tracker(handle: u32) -> Result<Shared<PruneTracker>> {
+    bound(&TRACKERS, handle, "prune tracker")
 }
 
 /// Runs `f` on a tracker and its index's write lock (tracker first, then index).
@@ -478,7 +492,7 @@ fn with_tracker<T>(
     let mut t = t.lock();
     let idx = index(t.index_handle)?;
     let mut g = idx.write();
-    Ok(f(&mut t.tracker, &mut g))
+    Ok(f(&mut t.inner, &mut g))
 }
 
 /// Approximate mode's TTL + size-cap tracker bound to an index
@@ -503,11 +517,7 @@ pub fn approx_tracker_create(
     let settings =
         PruneSettings { ttl_ms, max_tree_size: max, prune_target_ratio, refresh_granularity_ms };
     let t = PruneTracker::new(settings).map_err(|m| err("invalid_argument", m))?;
-    let mut reg = REGISTRY.write();
-    let handle = reg.next;
-    reg.next += 1;
-    TRACKERS.lock().insert(handle, Arc::new(Mutex::new(BoundTracker { index_handle, tracker: t })));
-    Ok(handle)
+    Ok(register(&TRACKERS, index_handle, t))
 }
 
 #[napi]
@@ -572,14 +582,14 @@ pub fn approx_maintain(handle: u32, now_ms: f64) -> Result<NativePruneResult> {
 #[napi]
 pub fn approx_forget_holder(handle: u32, worker_id: BigInt, dp_rank: u32) -> Result<()> {
     let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
-    tracker(handle)?.lock().tracker.forget_holder(worker);
+    tracker(handle)?.lock().inner.forget_holder(worker);
     Ok(())
 }
 
 #[napi]
 pub fn approx_forget_worker(handle: u32, worker_id: BigInt) -> Result<()> {
     let id = u64_of(&worker_id, "workerId")?;
-    tracker(handle)?.lock().tracker.forget_worker(id);
+    tracker(handle)?.lock().inner.forget_worker(id);
     Ok(())
 }
 
@@ -593,37 +603,23 @@ pub struct NativePruneStats {
 pub fn approx_stats(handle: u32) -> Result<NativePruneStats> {
     let t = tracker(handle)?;
     let t = t.lock();
-    Ok(NativePruneStats { size: t.tracker.size() as f64, queued: t.tracker.queued() as f64 })
+    Ok(NativePruneStats { size: t.inner.size() as f64, queued: t.inner.queued() as f64 })
 }
 
 /// The earliest pending expiry (drops stale entries at the head first).
 #[napi]
 pub fn approx_next_expiry(handle: u32) -> Result<Option<f64>> {
-    Ok(tracker(handle)?.lock().tracker.next_expiry())
+    Ok(tracker(handle)?.lock().inner.next_expiry())
 }
 
 // ---------------------------------------------------------------------------------------------
 // KV events
 // ---------------------------------------------------------------------------------------------
 
-/// An event applier and the index it feeds (looked up per call, so a disposed
-/// index fails with `disposed` instead of being kept alive).
-struct BoundApplier {
-    index_handle: u32,
-    applier: EventApplier,
-}
+static APPLIERS: BoundRegistry<EventApplier> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
-type SharedApplier = Arc<Mutex<BoundApplier>>;
-
-static APPLIERS: LazyLock<Mutex<HashMap<u32, SharedApplier>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-
-fn applier(handle: u32) -> Result<SharedApplier> {
-    APPLIERS
-        .lock()
-        .get(&handle)
-        .cloned()
-        .ok_or_else(|| err("disposed", format!("no event applier with handle {handle}")))
+fn applier(handle: u32) -> Result<Shared<EventApplier>> {
+    bound(&APPLIERS, handle, "event applier")
 }
 
 /// Creates an event applier bound to an index; `block_size` is the configured
@@ -632,14 +628,7 @@ fn applier(handle: u32) -> Result<SharedApplier> {
 pub fn event_applier_create(index_handle: u32, block_size: u32) -> Result<u32> {
     index(index_handle)?;
     let applier = EventApplier::new(block_size).map_err(core_err)?;
-    let h = {
-        let mut reg = REGISTRY.write();
-        let h = reg.next;
-        reg.next += 1;
-        h
-    };
-    APPLIERS.lock().insert(h, Arc::new(Mutex::new(BoundApplier { index_handle, applier })));
-    Ok(h)
+    Ok(register(&APPLIERS, index_handle, applier))
 }
 
 #[napi(object)]
@@ -801,7 +790,7 @@ pub fn event_applier_apply(
     let shared = applier(handle)?;
     let mut bound = shared.lock();
     let idx = index(bound.index_handle)?;
-    let prepared = bound.applier.prepare(codec, payload, ctx);
+    let prepared = bound.inner.prepare(codec, payload, ctx);
     let report =
         if prepared.is_noop() { prepared.into_report() } else { prepared.commit(&mut idx.write()) };
     Ok(report_to_js(report))
@@ -811,7 +800,7 @@ pub fn event_applier_apply(
 #[napi]
 pub fn event_applier_forget_worker(handle: u32, worker_id: BigInt) -> Result<()> {
     let id = u64_of(&worker_id, "workerId")?;
-    applier(handle)?.lock().applier.forget_worker(id);
+    applier(handle)?.lock().inner.forget_worker(id);
     Ok(())
 }
 
@@ -826,7 +815,7 @@ pub fn event_applier_set_cursor(
 ) -> Result<()> {
     let id = u64_of(&worker_id, "workerId")?;
     let last = last_event_id.as_ref().map(|l| u64_of(l, "lastEventId")).transpose()?;
-    applier(handle)?.lock().applier.set_cursor(WorkerKey::new(id, dp_rank), last);
+    applier(handle)?.lock().inner.set_cursor(WorkerKey::new(id, dp_rank), last);
     Ok(())
 }
 
