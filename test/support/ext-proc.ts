@@ -13,6 +13,7 @@ import {
   type ServiceError,
   type StatusObject,
 } from '@grpc/grpc-js';
+import { afterAll, beforeAll, beforeEach } from 'vitest';
 import type { Logger } from '../../src/log/logger.js';
 import type {
   HeaderValue,
@@ -21,7 +22,11 @@ import type {
   ProtoStruct,
 } from '../../src/server/ext-proc/messages.js';
 import { loadServices } from '../../src/server/ext-proc/proto.js';
-import type { ExtProcTransport } from '../../src/server/grpc-server.js';
+import {
+  type ExtProcTransport,
+  type RunningServer,
+  startExtProcServer,
+} from '../../src/server/grpc-server.js';
 import type {
   GatewayRequest,
   RequestRouter,
@@ -362,4 +367,46 @@ export class RecordingLogger implements Logger {
 
 export function utf8(s: string): Uint8Array {
   return enc.encode(s);
+}
+
+// --- the protocol suites' server fixture ---
+
+/**
+ * The ext_proc server on one transport for the enclosing `describe` block: it
+ * starts before the block's tests (router: a `RouterSlot`), a fresh
+ * `FakeRouter` is slotted in before each test, and both close after the block.
+ * Read the live objects through the returned fixture.
+ */
+export class ExtProcFixture {
+  readonly slot = new RouterSlot();
+  readonly logger = new RecordingLogger();
+  server!: RunningServer;
+  client!: ExtProcClient;
+  router!: FakeRouter;
+
+  static forSuite(
+    transport: ExtProcTransport,
+    options: { maxBodyBytes: number; onLocalReject?: (category: string) => void },
+  ): ExtProcFixture {
+    const fx = new ExtProcFixture();
+    beforeAll(async () => {
+      fx.server = await startExtProcServer({
+        transport,
+        port: 0,
+        host: '127.0.0.1',
+        router: fx.slot,
+        logger: fx.logger,
+        ...options,
+      });
+      fx.client = new ExtProcClient(fx.server.port);
+    });
+    afterAll(async () => {
+      fx.client.close();
+      await fx.server.close(0);
+    });
+    beforeEach(() => {
+      fx.router = fx.slot.reset();
+    });
+    return fx;
+  }
 }

@@ -3,17 +3,14 @@
  * default): a real gRPC client on an ephemeral port, a fake router.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
-import { type RunningServer, startExtProcServer } from '../../../src/server/grpc-server.js';
 import {
   aDecision,
   destinationOf,
   ExtProcClient,
-  type FakeRouter,
-  RecordingLogger,
-  RouterSlot,
+  ExtProcFixture,
   reqBody,
   reqHeaders,
   respBody,
@@ -31,36 +28,16 @@ import {
 const MAX_BODY = 1024 * 1024;
 const CHAT = '{"model":"m","messages":[{"role":"user","content":"hi"}]}';
 
-const slot = new RouterSlot();
-let router: FakeRouter;
-let logger: RecordingLogger;
-let server: RunningServer;
-let client: ExtProcClient;
 /** Categories reported through onLocalReject. */
 const localRejects: string[] = [];
 
 describe.each(TRANSPORTS)('%s transport', (transport) => {
-  beforeAll(async () => {
-    logger = new RecordingLogger();
-    server = await startExtProcServer({
-      transport,
-      port: 0,
-      host: '127.0.0.1',
-      router: slot,
-      maxBodyBytes: MAX_BODY,
-      logger,
-      onLocalReject: (c) => localRejects.push(c),
-    });
-    client = new ExtProcClient(server.port);
-  });
-
-  afterAll(async () => {
-    client.close();
-    await server.close(0);
+  const fx = ExtProcFixture.forSuite(transport, {
+    maxBodyBytes: MAX_BODY,
+    onLocalReject: (c) => localRejects.push(c),
   });
 
   beforeEach(() => {
-    router = slot.reset();
     localRejects.length = 0;
   });
 
@@ -73,14 +50,14 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
   describe('request path (full duplex)', () => {
     it('buffers the body, routes once, then sends headers + body responses', async () => {
-      router.decide = () =>
+      fx.router.decide = () =>
         aDecision({
           endpoints: ['127.0.0.3:8000', '127.0.0.4:8000'],
           setHeaders: { 'X-Dynamo-Worker': '7' },
           removeHeaders: ['x-secret-routing'],
           body: utf8('{"rewritten":true}'),
         });
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders({ ...baseHeaders, 'x-secret-routing': 'a' }),
         reqBody(CHAT.slice(0, 20), false),
@@ -88,8 +65,8 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       );
       const [h, b] = await s.take(2);
 
-      expect(router.routed).toHaveLength(1);
-      const req = router.routed[0];
+      expect(fx.router.routed).toHaveLength(1);
+      const req = fx.router.routed[0];
       expect(text(req?.body)).toBe(CHAT);
       expect(req?.path).toBe('/v1/chat/completions');
       expect(req?.method).toBe('POST');
@@ -118,26 +95,26 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('generates x-request-id when absent and sets it on the request', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       const { 'x-request-id': _, ...noId } = baseHeaders;
       s.send(reqHeaders(noId), reqBody(CHAT, true));
       const [h] = await s.take(2);
-      const id = router.routed[0]?.requestId ?? '';
+      const id = fx.router.routed[0]?.requestId ?? '';
       expect(id).toMatch(/^[0-9a-f-]{36}$/);
-      expect(router.routed[0]?.headers.get('x-request-id')).toBe(id);
+      expect(fx.router.routed[0]?.headers.get('x-request-id')).toBe(id);
       expect(setHeadersOf(h)['x-request-id']).toBe(id);
       s.cancel();
     });
 
     it('answers a header-only request at once through routeHeaderOnly', async () => {
-      router.decideHeaderOnly = () => aDecision({ endpoints: ['127.0.0.5:8000'] });
-      const s = client.open();
+      fx.router.decideHeaderOnly = () => aDecision({ endpoints: ['127.0.0.5:8000'] });
+      const s = fx.client.open();
       s.send(reqHeaders({ ':method': 'GET', ':path': '/v1/models' }, { eos: true }));
       const h = await s.next();
-      expect(router.routed).toHaveLength(0);
-      expect(router.headerOnly).toHaveLength(1);
-      expect(router.headerOnly[0]?.path).toBe('/v1/models');
-      expect(router.headerOnly[0]?.body.length).toBe(0);
+      expect(fx.router.routed).toHaveLength(0);
+      expect(fx.router.headerOnly).toHaveLength(1);
+      expect(fx.router.headerOnly[0]?.path).toBe('/v1/models');
+      expect(fx.router.headerOnly[0]?.body.length).toBe(0);
       expect(setHeadersOf(h)['x-gateway-destination-endpoint']).toBe('127.0.0.5:8000');
       expect(setHeadersOf(h)['content-length']).toBeUndefined();
       expect(h.request_headers?.response?.clear_route_cache).toBe(true);
@@ -147,15 +124,15 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
     it('re-chunks a large body into ≤62 000-byte streamed chunks, EoS on the last', async () => {
       const big = new Uint8Array(150_000).fill(0x61);
-      router.decide = () => aDecision({ body: big });
-      const s = client.open();
+      fx.router.decide = () => aDecision({ body: big });
+      const s = fx.client.open();
       s.send(
         reqHeaders({ ...baseHeaders, 'content-length': '150000' }),
         reqBody(big.subarray(0, 70_000), false),
         reqBody(big.subarray(70_000), true),
       );
       const [h, ...chunks] = await s.take(4);
-      expect(router.routed[0]?.body.length).toBe(150_000);
+      expect(fx.router.routed[0]?.body.length).toBe(150_000);
       expect(setHeadersOf(h)['content-length']).toBe('150000');
       expect(chunks.map((c) => streamedOf(c, 'request_body')?.bytes)).toEqual([
         62_000, 62_000, 26_000,
@@ -165,8 +142,8 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('sends one empty chunk with EoS for an empty body', async () => {
-      router.decide = () => aDecision({ body: new Uint8Array(0) });
-      const s = client.open();
+      fx.router.decide = () => aDecision({ body: new Uint8Array(0) });
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody('', true));
       const [h, b] = await s.take(2);
       expect(setHeadersOf(h)['content-length']).toBe('0');
@@ -175,14 +152,14 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('ignores body chunks after the first EoS (Envoy duplicate EoS)', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true), reqBody(CHAT, true));
       await s.take(2);
       // The next thing answered is the response phase: nothing was sent for the duplicate.
       s.send(respHeaders({ ':status': '200' }));
       const r = await s.next();
       expect(r.response_headers).toBeDefined();
-      expect(router.routed).toHaveLength(1);
+      expect(fx.router.routed).toHaveLength(1);
       s.cancel();
     });
 
@@ -191,30 +168,30 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       ['a comma string', '127.0.0.2:8000, 127.0.0.3', ['127.0.0.2:8000', '127.0.0.3']],
       ['an empty list', [], []],
     ])('passes the subset hint given as %s to the router', async (_n, hint, want) => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders(baseHeaders, { metadata: subsetMetadata(hint) }),
         reqBody(CHAT, true, subsetMetadata(hint)),
       );
       await s.take(2);
-      expect(router.routed[0]?.subset).toEqual(want);
+      expect(fx.router.routed[0]?.subset).toEqual(want);
       s.cancel();
     });
 
     it('merges subset hints from every request-phase message', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders(baseHeaders, { metadata: subsetMetadata(['127.0.0.2:8000']) }),
         reqBody(CHAT.slice(0, 5), false),
         reqBody(CHAT.slice(5), true, subsetMetadata('127.0.0.3:8000,127.0.0.2:8000')),
       );
       await s.take(2);
-      expect(router.routed[0]?.subset).toEqual(['127.0.0.2:8000', '127.0.0.3:8000']);
+      expect(fx.router.routed[0]?.subset).toEqual(['127.0.0.2:8000', '127.0.0.3:8000']);
       s.cancel();
     });
 
     it('treats request trailers as the end of the body and answers them after it', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, false), {
         request_trailers: { trailers: { headers: [] } },
       });
@@ -236,10 +213,10 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       ['overloaded', 429, 'ResourceExhausted'],
       ['body_too_large', 413, 'PayloadTooLarge'],
     ] as const)('%s → ImmediateResponse %i', async (code, status, category) => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError(code, `boom ${code}`);
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses, status: st } = await s.drain();
       expect(st.code).toBe(GrpcStatus.OK);
@@ -251,29 +228,29 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(retry ? text(retry.header.raw_value) : undefined).toBe(
         status === 429 ? '1' : undefined,
       );
-      expect(router.completions).toHaveLength(0);
+      expect(fx.router.completions).toHaveLength(0);
     });
 
     it('maps any other error to 500 with its name and message, and logs it', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new TypeError('x is not a function');
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses } = await s.drain();
       const imm = responses[0]?.immediate_response;
       expect(imm?.status.code).toBe(500);
       expect(text(imm?.body)).toBe('inference error: Internal - TypeError: x is not a function');
-      expect(logger.records.some((r) => r.level === 'error' && r.msg === 'request failed')).toBe(
+      expect(fx.logger.records.some((r) => r.level === 'error' && r.msg === 'request failed')).toBe(
         true,
       );
     });
 
     it('maps a KvEppError with a non-request code to 500 naming the code', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError('internal', 'index poisoned');
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses } = await s.drain();
       expect(text(responses[0]?.immediate_response?.body)).toBe(
@@ -282,10 +259,10 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('maps a header-only routing failure the same way', async () => {
-      router.decideHeaderOnly = () => {
+      fx.router.decideHeaderOnly = () => {
         throw new KvEppError('no_endpoint', 'no ready endpoint');
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
       const { responses } = await s.drain();
       expect(responses[0]?.immediate_response?.status.code).toBe(503);
@@ -296,7 +273,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('answers 413 as soon as content-length exceeds the limit', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({ ...baseHeaders, 'content-length': String(MAX_BODY + 1) }));
       const { responses, status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.OK);
@@ -304,24 +281,24 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(text(responses[0]?.immediate_response?.body)).toBe(
         `inference error: PayloadTooLarge - request body of ${MAX_BODY + 1} bytes exceeds the limit of ${MAX_BODY} bytes`,
       );
-      expect(router.routed).toHaveLength(0);
+      expect(fx.router.routed).toHaveLength(0);
       expect(localRejects).toEqual(['PayloadTooLarge']);
     });
 
     it('answers 413 when the chunks outgrow the limit', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       const half = new Uint8Array(MAX_BODY / 2 + 1);
       s.send(reqHeaders(baseHeaders), reqBody(half, false), reqBody(half, false));
       const { responses } = await s.drain();
       expect(responses).toHaveLength(1);
       expect(responses[0]?.immediate_response?.status.code).toBe(413);
-      expect(router.routed).toHaveLength(0);
+      expect(fx.router.routed).toHaveLength(0);
       expect(localRejects).toEqual(['PayloadTooLarge']);
     });
 
-    it('a 503 when the router names no endpoint', async () => {
-      router.decide = () => aDecision({ endpoints: [] });
-      const s = client.open();
+    it('a 503 when the fx.router names no endpoint', async () => {
+      fx.router.decide = () => aDecision({ endpoints: [] });
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses } = await s.drain();
       expect(responses[0]?.immediate_response?.status.code).toBe(503);
@@ -329,16 +306,16 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
   });
 
   describe('protocol errors end the stream, not the server', () => {
-    it('request body before request headers → INVALID_ARGUMENT; the server keeps serving', async () => {
-      const bad = client.open();
+    it('request body before request headers → INVALID_ARGUMENT; the fx.server keeps serving', async () => {
+      const bad = fx.client.open();
       bad.send(reqBody(CHAT, true));
       const { responses, status } = await bad.drain();
       expect(responses).toHaveLength(0);
       expect(status.code).toBe(GrpcStatus.INVALID_ARGUMENT);
       expect(status.details).toBe('request_body before request_headers');
-      expect(logger.records.some((r) => r.level === 'warn')).toBe(true);
+      expect(fx.logger.records.some((r) => r.level === 'warn')).toBe(true);
 
-      const good = client.open();
+      const good = fx.client.open();
       good.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const [h] = await good.take(2);
       expect(destinationOf(h)).toBe('127.0.0.2:8000');
@@ -346,7 +323,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('request headers twice → INVALID_ARGUMENT', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqHeaders(baseHeaders));
       const { status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.INVALID_ARGUMENT);
@@ -354,14 +331,14 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('a message with no request set → INVALID_ARGUMENT', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send({});
       const { status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.INVALID_ARGUMENT);
     });
 
     it('response headers while the request body is still open (a local reply) pass through', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody('{', false), respHeaders({ ':status': '413' }));
       const r = await s.next();
       expect(r.response_headers).toBeDefined();
@@ -370,19 +347,19 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(status.code).toBe(GrpcStatus.OK);
     });
 
-    it('undecodable bytes → an error status; the server keeps serving', async () => {
-      const bad = ExtProcClient.rawStream(server.port, new Uint8Array([0x12, 0xff, 0xff, 0xff]));
+    it('undecodable bytes → an error status; the fx.server keeps serving', async () => {
+      const bad = ExtProcClient.rawStream(fx.server.port, new Uint8Array([0x12, 0xff, 0xff, 0xff]));
       const { status } = await bad.drain();
       expect(status.code).not.toBe(GrpcStatus.OK);
 
-      const good = client.open();
+      const good = fx.client.open();
       good.send(reqHeaders(baseHeaders, { eos: true }));
       expect(destinationOf(await good.next())).toBe('127.0.0.2:8000');
       good.cancel();
     });
 
     it('STREAMED request body mode is refused with UNIMPLEMENTED', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders(baseHeaders, {
           protocol: { request_body_mode: BodySendMode.STREAMED, response_body_mode: 0 },
@@ -396,8 +373,8 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
   describe('response path (full duplex)', () => {
     async function routed(decision = aDecision({ body: utf8(CHAT) })) {
-      router.decide = () => decision;
-      const s = client.open();
+      fx.router.decide = () => decision;
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       await s.take(2);
       return s;
@@ -429,11 +406,11 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
           bytes: utf8(e).length,
         });
       }
-      expect(router.completions).toHaveLength(0);
+      expect(fx.router.completions).toHaveLength(0);
       s.send(respBody(events[2] as string, true));
       expect(streamedOf(await s.next(), 'response_body')?.eos).toBe(true);
 
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toEqual({
         requestId: 'req-1',
         servedEndpoint: '127.0.0.2:8000',
@@ -443,10 +420,10 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       });
       s.halfClose();
       expect((await s.drain()).status.code).toBe(GrpcStatus.OK);
-      expect(router.completions).toHaveLength(1);
+      expect(fx.router.completions).toHaveLength(1);
     });
 
-    it('restores the client model in a non-streaming body, sent after EoS', async () => {
+    it('restores the fx.client model in a non-streaming body, sent after EoS', async () => {
       const s = await routed(
         aDecision({ body: utf8(CHAT), clientModel: 'my-model', targetModel: 'my-model-12345' }),
       );
@@ -465,7 +442,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         eos: true,
         bytes: body.length - 6,
       });
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toMatchObject({ status: 200, promptTokens: 9, completionTokens: 2 });
       s.cancel();
     });
@@ -478,7 +455,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       const [b, t] = await s.take(2);
       expect(streamedOf(b, 'response_body')).toEqual({ body: '{"a":1}', eos: false, bytes: 7 });
       expect(t?.response_trailers).toEqual({});
-      await router.completed(1);
+      await fx.router.completed(1);
       s.cancel();
     });
 
@@ -486,7 +463,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       const s = await routed();
       s.send(respHeaders({ ':status': '204' }, { eos: true, served: '127.0.0.9:8000' }));
       await s.next();
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toMatchObject({ status: 204, servedEndpoint: '127.0.0.9:8000' });
       s.cancel();
     });
@@ -500,17 +477,17 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         metadata_context: { filter_metadata: servedMetadata('127.0.0.7:8000') },
       });
       await s.next();
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary.servedEndpoint).toBe('127.0.0.7:8000');
       s.cancel();
     });
 
-    it('calls complete once when the client goes away mid-response', async () => {
+    it('calls complete once when the fx.client goes away mid-response', async () => {
       const s = await routed();
       s.send(respHeaders({ ':status': '200', 'content-type': 'text/event-stream' }));
       await s.next();
       s.cancel();
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toEqual({
         requestId: 'req-1',
         servedEndpoint: undefined,
@@ -520,22 +497,22 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       });
     });
 
-    it('calls complete once when the client goes away while the router works', async () => {
+    it('calls complete once when the fx.client goes away while the fx.router works', async () => {
       let release: (() => void) | undefined;
       const started = new Promise<void>((r) => {
-        router.decide = (req) =>
+        fx.router.decide = (req) =>
           new Promise((resolve) => {
             release = () => resolve(aDecision({ body: req.body }));
             r();
           });
       });
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       await started;
       s.cancel();
       await s.status;
       release?.();
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
     });
   });

@@ -5,17 +5,13 @@
  * and a data plane configured to send no request body.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
-import { type RunningServer, startExtProcServer } from '../../../src/server/grpc-server.js';
 import {
   aDecision,
   destinationOf,
-  ExtProcClient,
-  type FakeRouter,
-  RecordingLogger,
-  RouterSlot,
+  ExtProcFixture,
   reqBody,
   reqHeaders,
   respBody,
@@ -33,42 +29,18 @@ const BUFFERED = {
   response_body_mode: BodySendMode.BUFFERED,
 };
 
-const slot = new RouterSlot();
-let router: FakeRouter;
-let server: RunningServer;
-let client: ExtProcClient;
-
 describe.each(TRANSPORTS)('%s transport', (transport) => {
-  beforeAll(async () => {
-    server = await startExtProcServer({
-      transport,
-      port: 0,
-      host: '127.0.0.1',
-      router: slot,
-      maxBodyBytes: 1024 * 1024,
-      logger: new RecordingLogger(),
-    });
-    client = new ExtProcClient(server.port);
-  });
-
-  afterAll(async () => {
-    client.close();
-    await server.close(0);
-  });
-
-  beforeEach(() => {
-    router = slot.reset();
-  });
+  const fx = ExtProcFixture.forSuite(transport, { maxBodyBytes: 1024 * 1024 });
 
   describe('BUFFERED (protocol_config.request_body_mode)', () => {
     it('answers headers with CONTINUE at once, then routes on the body message', async () => {
-      router.decide = () =>
+      fx.router.decide = () =>
         aDecision({
           endpoints: ['127.0.0.3:8000'],
           setHeaders: { 'x-worker': 'w1' },
           body: utf8('{"routed":1}'),
         });
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders(
           { ':path': '/v1/chat/completions', 'x-request-id': 'b-1' },
@@ -82,7 +54,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
       s.send(reqBody(CHAT, true));
       const b = await s.next();
-      expect(text(router.routed[0]?.body)).toBe(CHAT);
+      expect(text(fx.router.routed[0]?.body)).toBe(CHAT);
       const common = b.request_body?.response;
       expect(common?.clear_route_cache).toBe(true);
       expect(setHeadersOf(b, 'request_body')).toEqual({
@@ -97,9 +69,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('replaces a response body only when the model is restored, with its content-length', async () => {
-      router.decide = () =>
+      fx.router.decide = () =>
         aDecision({ body: utf8(CHAT), clientModel: 'alias', targetModel: 'real-model' });
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({ 'x-request-id': 'b-2' }, { protocol: BUFFERED }));
       await s.next();
       s.send(reqBody(CHAT, true));
@@ -119,13 +91,13 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       const want = body.replace('real-model', 'alias');
       expect(text(r.response_body?.response?.body_mutation?.body)).toBe(want);
       expect(setHeadersOf(r, 'response_body')).toEqual({ 'content-length': String(want.length) });
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toMatchObject({ status: 200, promptTokens: 4, completionTokens: 1 });
       s.cancel();
     });
 
     it('answers an unchanged response body with a plain CONTINUE', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({}, { protocol: BUFFERED }));
       await s.next();
       s.send(reqBody(CHAT, true));
@@ -137,20 +109,20 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('routes a header-only request from the headers message', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({ ':method': 'GET' }, { eos: true, protocol: BUFFERED }));
       const h = await s.next();
-      expect(router.headerOnly).toHaveLength(1);
+      expect(fx.router.headerOnly).toHaveLength(1);
       expect(destinationOf(h)).toBe('127.0.0.2:8000');
       expect(setHeadersOf(h)['x-gateway-destination-endpoint']).toBe('127.0.0.2:8000');
       s.cancel();
     });
 
     it('answers a routing error on the body message with an ImmediateResponse', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError('invalid_request', 'messages must not be empty');
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders({}, { protocol: BUFFERED }));
       await s.next();
       s.send(reqBody('{"model":"m","messages":[]}', true));
@@ -165,7 +137,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
   describe('request_body_mode NONE', () => {
     it('routes on the headers as a header-only request', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(
         reqHeaders(
           { ':method': 'POST', 'content-length': '10' },
@@ -178,7 +150,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         ),
       );
       const h = await s.next();
-      expect(router.headerOnly).toHaveLength(1);
+      expect(fx.router.headerOnly).toHaveLength(1);
       expect(destinationOf(h)).toBe('127.0.0.2:8000');
       s.cancel();
     });
@@ -193,8 +165,8 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     };
 
     it('reads canonical-case keys and `value`, answers, and ends the stream after half-close', async () => {
-      router.decide = (req) => aDecision({ endpoints: ['127.0.0.4:8000'], body: req.body });
-      const s = client.open();
+      fx.router.decide = (req) => aDecision({ endpoints: ['127.0.0.4:8000'], body: req.body });
+      const s = fx.client.open();
       s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
       const { responses, status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.OK);
@@ -203,14 +175,14 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(setHeadersOf(responses[0])['x-gateway-destination-endpoint']).toBe('127.0.0.4:8000');
       expect(streamedOf(responses[1], 'request_body')).toMatchObject({ body: CHAT, eos: true });
 
-      const req = router.routed[0];
+      const req = fx.router.routed[0];
       expect(req?.requestId).toBe('ngf-1');
       expect(req?.path).toBe('/v1/completions');
       expect(req?.headers.get('content-type')).toBe('application/json');
       expect(req?.headers.get('x-gateway-model-name-rewrite')).toBe('target');
       expect([...(req?.headers.keys() ?? [])].every((k) => k === k.toLowerCase())).toBe(true);
 
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toEqual({
         requestId: 'ngf-1',
         servedEndpoint: undefined,
@@ -221,10 +193,10 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('gets the ImmediateResponse and a closed stream on rejection', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError('overloaded', 'all workers busy');
       };
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
       const { responses, status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.OK);
@@ -233,26 +205,26 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(text(responses[0]?.immediate_response?.body)).toBe(
         'inference error: ResourceExhausted - all workers busy',
       );
-      expect(router.completions).toHaveLength(0);
+      expect(fx.router.completions).toHaveLength(0);
     });
 
-    it('finishes a half-closed stream even while the router is still working', async () => {
+    it('finishes a half-closed stream even while the fx.router is still working', async () => {
       let release: (() => void) | undefined;
       const started = new Promise<void>((r) => {
-        router.decide = (req) =>
+        fx.router.decide = (req) =>
           new Promise((resolve) => {
             release = () => resolve(aDecision({ body: req.body }));
             r();
           });
       });
-      const s = client.open();
+      const s = fx.client.open();
       s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
       await started;
       release?.();
       const { responses, status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.OK);
       expect(responses).toHaveLength(2);
-      await router.completed(1);
+      await fx.router.completed(1);
     });
   });
 });

@@ -9,22 +9,18 @@
  * GAIE's error messages. Differences from GAIE are listed at each case.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import type {
   ProcessingRequest,
   ProcessingResponse,
   ProtoStruct,
 } from '../../../src/server/ext-proc/messages.js';
-import { type RunningServer, startExtProcServer } from '../../../src/server/grpc-server.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
 import {
   aDecision,
   destinationOf,
-  ExtProcClient,
-  type FakeRouter,
-  RecordingLogger,
-  RouterSlot,
+  ExtProcFixture,
   reqBody,
   reqHeaders,
   respBody,
@@ -133,35 +129,11 @@ function expectResponse(responses: ProcessingResponse[], chunks: string[]): void
   });
 }
 
-const slot = new RouterSlot();
-let router: FakeRouter;
-let server: RunningServer;
-let client: ExtProcClient;
-
 describe.each(TRANSPORTS)('%s transport', (transport) => {
-  beforeAll(async () => {
-    server = await startExtProcServer({
-      transport,
-      port: 0,
-      host: '127.0.0.1',
-      router: slot,
-      maxBodyBytes: 4 * 1024 * 1024,
-      logger: new RecordingLogger(),
-    });
-    client = new ExtProcClient(server.port);
-  });
-
-  afterAll(async () => {
-    client.close();
-    await server.close(0);
-  });
-
-  beforeEach(() => {
-    router = slot.reset();
-  });
+  const fx = ExtProcFixture.forSuite(transport, { maxBodyBytes: 4 * 1024 * 1024 });
 
   async function exchange(reqs: ProcessingRequest[], n: number): Promise<ProcessingResponse[]> {
-    const s = client.open();
+    const s = fx.client.open();
     s.send(...reqs);
     const out = await s.take(n);
     s.cancel();
@@ -169,7 +141,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
   }
 
   function rejected(reqs: ProcessingRequest[]) {
-    const s = client.open();
+    const s = fx.client.open();
     s.send(...reqs);
     return s.drain();
   }
@@ -182,21 +154,21 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       ['do not shed requests by default', 'test4', 'sql-lora', 'sql-lora-1fdg2', 0],
       ['rewrite request model', 'test-rewrite', 'model-to-be-rewritten', 'rewritten-model', 0],
     ])('%s', async (_name, prompt, model, target, winner) => {
-      router.decide = gaieRoute(pod(winner));
+      fx.router.decide = gaieRoute(pod(winner));
       const responses = await exchange(reqLLM(prompt, model, target), 2);
       expectRouteTo(
         responses,
         pod(winner),
         `{"max_tokens":100,"model":"${target}","prompt":"${prompt}","temperature":0}`,
       );
-      const req = router.routed[0];
+      const req = fx.router.routed[0];
       expect(req?.requestId).toBe('test-request-id');
       expect(req?.headers.get('x-gateway-inference-objective')).toBe(model);
       expect(req?.headers.get('hi')).toBe('mom');
     });
 
     it('passthrough parser success: the body is forwarded unchanged', async () => {
-      router.decide = (req) => aDecision({ endpoints: [pod(1)], body: req.body });
+      fx.router.decide = (req) => aDecision({ endpoints: [pod(1)], body: req.body });
       const responses = await exchange(
         reqRaw(
           {
@@ -212,7 +184,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('split body across chunks', async () => {
-      router.decide = gaieRoute(pod(0));
+      fx.router.decide = gaieRoute(pod(0));
       const responses = await exchange(
         reqRaw(
           {
@@ -226,7 +198,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         ),
         2,
       );
-      expect(text(router.routed[0]?.body)).toBe(
+      expect(text(fx.router.routed[0]?.body)).toBe(
         '{"max_tokens":100,"model":"sql-lora-sheddable","prompt":"test6","temperature":0}',
       );
       expectRouteTo(
@@ -237,7 +209,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('passthrough: model not in objectives', async () => {
-      router.decide = gaieRoute(pod(0));
+      fx.router.decide = gaieRoute(pod(0));
       const responses = await exchange(
         reqRaw(
           {
@@ -259,10 +231,10 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('protocol: simple GET (header only) gets only a request-headers response', async () => {
-      const s = client.open();
+      const s = fx.client.open();
       s.send(...reqHeaderOnly({ 'content-type': 'text/event-stream', status: '200' }));
       const h = await s.next();
-      expect(router.headerOnly).toHaveLength(1);
+      expect(fx.router.headerOnly).toHaveLength(1);
       expect(h.request_headers?.response?.clear_route_cache).toBe(true);
       expect(destinationOf(h)).toBe(pod(0));
       s.halfClose();
@@ -276,9 +248,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     const subset = [pod(0), pod(1), pod(2)];
 
     it('select best from subset: the subset reaches the router', async () => {
-      router.decide = gaieRoute(pod(1));
+      fx.router.decide = gaieRoute(pod(1));
       const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', subset), 2);
-      expect(router.routed[0]?.subset).toEqual(subset);
+      expect(fx.router.routed[0]?.subset).toEqual(subset);
       expectRouteTo(
         responses,
         pod(1),
@@ -287,9 +259,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('partial match', async () => {
-      router.decide = gaieRoute(pod(2));
+      fx.router.decide = gaieRoute(pod(2));
       const responses = await exchange(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', [pod(2)]), 2);
-      expect(router.routed[0]?.subset).toEqual([pod(2)]);
+      expect(fx.router.routed[0]?.subset).toEqual([pod(2)]);
       expectRouteTo(
         responses,
         pod(2),
@@ -298,7 +270,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('no pods match → 503', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError(
           'no_endpoint',
           'failed to find endpoint candidates for serving the request',
@@ -309,13 +281,13 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         503,
         'inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request',
       );
-      expect(router.routed[0]?.subset).toEqual(['127.0.0.99:8000']);
+      expect(fx.router.routed[0]?.subset).toEqual(['127.0.0.99:8000']);
     });
   });
 
   describe('GAIE hermetic scenarios: errors', () => {
     it('invalid json body → 400', async () => {
-      router.decide = () => {
+      fx.router.decide = () => {
         throw new KvEppError(
           'invalid_json',
           "error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
@@ -329,7 +301,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('request missing model field → 400', async () => {
-      router.decide = gaieRoute(pod(0));
+      fx.router.decide = gaieRoute(pod(0));
       await expectReject(
         rejected(reqRaw({ 'content-type': 'application/json' }, '{"prompt":"hello world"}')),
         400,
@@ -340,7 +312,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     it('no backend pods available (header-only) → 503, where GAIE answers 500', async () => {
       // GAIE: 500 "Internal - no pods available in datastore". kv-epp follows the
       // Endpoint Picker Protocol ("503 if no ready endpoints") through the router's no_endpoint.
-      router.decideHeaderOnly = () => {
+      fx.router.decideHeaderOnly = () => {
         throw new KvEppError('no_endpoint', 'no pods available in datastore');
       };
       await expectReject(
@@ -397,13 +369,13 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('response streaming: SSE token counting (after a routed request) reports 7 input tokens', async () => {
-      router.decide = gaieRoute(pod(0));
-      const s = client.open();
+      fx.router.decide = gaieRoute(pod(0));
+      const s = fx.client.open();
       s.send(...reqLLM('test6', 'sql-lora-sheddable', 'sql-lora-1fdg3'));
       await s.take(2);
       s.send(...reqResponseOnly({ 'content-type': 'text/event-stream', ':status': '200' }, ...sse));
       expectResponse(await s.take(4), sse);
-      const [c] = await router.completed(1);
+      const [c] = await fx.router.completed(1);
       expect(c?.summary).toMatchObject({ status: 200, promptTokens: 7, completionTokens: 10 });
       s.cancel();
     });
