@@ -46,6 +46,33 @@ export class DynamoWorker {
     });
     return new DynamoWorker(child);
   }
+  /**
+   * One worker process with a publisher per dp rank (`name` r<rank>), waited
+   * for until ready; `kvDir` is its file-discovery directory.
+   */
+  static async startRanks(
+    python: string,
+    natsUrl: string,
+    o: { endpoint: string; workdir: string; workerId: bigint; blockSize: number; ranks: number[] },
+  ): Promise<{ worker: DynamoWorker; kvDir: string }> {
+    const worker = DynamoWorker.start(python, natsUrl, {
+      endpoint: o.endpoint,
+      workdir: o.workdir,
+      workers: o.ranks.map((rank) => ({
+        name: `r${rank}`,
+        worker_id: `${o.workerId}`,
+        dp_rank: rank,
+        block_size: o.blockSize,
+      })),
+    });
+    const ready = await worker.next();
+    if (ready.event !== 'ready') {
+      await worker.stop();
+      throw new Error(`worker not ready: ${JSON.stringify(ready)}\n${worker.output}`);
+    }
+    return { worker, kvDir: ready.kv_dir as string };
+  }
+
   next(timeoutMs = 30_000): Promise<Record<string, unknown>> {
     const e = this.early.shift();
     if (e) return Promise.resolve(e);

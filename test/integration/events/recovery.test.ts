@@ -84,17 +84,13 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
     nats = await startNatsServer({ jetstream: false });
     capture = await NatsCapture.start(nats.url, kvEventsSubject(NS));
     workdir = mkdtempSync(join(tmpdir(), 'kv-epp-rc-'));
-    worker = DynamoWorker.start(PYTHON as string, nats.url, {
+    ({ worker, kvDir } = await DynamoWorker.startRanks(PYTHON as string, nats.url, {
       endpoint: `${NS}.backend.generate`,
       workdir,
-      workers: [
-        { name: 'r0', worker_id: `${WORKER_ID}`, dp_rank: 0, block_size: BLOCK },
-        { name: 'r1', worker_id: `${WORKER_ID}`, dp_rank: 1, block_size: BLOCK },
-      ],
-    });
-    const ready = await worker.next();
-    expect(ready.event, worker.output).toBe('ready');
-    kvDir = ready.kv_dir as string;
+      workerId: WORKER_ID,
+      blockSize: BLOCK,
+      ranks: [0, 1],
+    }));
     for (const rank of [0, 1]) {
       await poll(`recovery target of rank ${rank}`, (): RecoveryTarget | undefined => {
         try {
@@ -196,6 +192,17 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
     return true;
   }
 
+  /** The recovering EPP's index equals one built from every message; the plain one's does not. */
+  async function expectRecoveredAndPlainDiffers(): Promise<void> {
+    const ref = await reference();
+    try {
+      expect(sameIndex(index, ref.index)).toBe(true);
+      expect(sameIndex(plainIndex, ref.index)).toBe(false);
+    } finally {
+      ref.dispose();
+    }
+  }
+
   it('an EPP that starts after the workers published recovers them from their local indexers', async () => {
     // Published before kv-epp subscribes: only a recovery can bring these in.
     await publish(0, [
@@ -264,15 +271,9 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
         ? true
         : undefined,
     );
-    const ref = await reference();
-    try {
-      expect(sameIndex(index, ref.index)).toBe(true);
-      // Without recovery the late EPP knows only the last block of each rank, and not even
-      // that one: its parent was never seen.
-      expect(sameIndex(plainIndex, ref.index)).toBe(false);
-    } finally {
-      ref.dispose();
-    }
+    // Without recovery the late EPP knows only the last block of each rank, and not even
+    // that one: its parent was never seen.
+    await expectRecoveredAndPlainDiffers();
   }, 120_000);
 
   it('lost messages (an event-id gap) are recovered from the worker', async () => {
@@ -298,13 +299,7 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
     await poll('rank 1 applied', () =>
       index.treeSize({ workerId: WORKER_ID, dpRank: 1 }) === 5 ? true : undefined,
     );
-    const ref = await reference();
-    try {
-      expect(sameIndex(index, ref.index)).toBe(true);
-      expect(sameIndex(plainIndex, ref.index)).toBe(false);
-    } finally {
-      ref.dispose();
-    }
+    await expectRecoveredAndPlainDiffers();
     expect(outcomes.slice(before).filter(([, o]) => o !== 'recovered')).toEqual([]);
   }, 120_000);
 });

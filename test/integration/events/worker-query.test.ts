@@ -63,17 +63,13 @@ describe.skipIf(missing.length > 0)('worker local-indexer query (Dynamo 1.6.1)',
     nats = await startNatsServer({ jetstream: false });
     capture = await NatsCapture.start(nats.url, 'namespace.*.component.*.endpoint.*.kv-events');
     workdir = mkdtempSync(join(tmpdir(), 'kv-epp-wq-'));
-    worker = DynamoWorker.start(PYTHON as string, nats.url, {
+    ({ worker, kvDir } = await DynamoWorker.startRanks(PYTHON as string, nats.url, {
       endpoint: 'wqns.backend.generate',
       workdir,
-      workers: [
-        { name: 'r0', worker_id: `${WORKER_ID}`, dp_rank: 0, block_size: BLOCK },
-        { name: 'r1', worker_id: `${WORKER_ID}`, dp_rank: 1, block_size: BLOCK },
-      ],
-    });
-    const ready = await worker.next();
-    expect(ready.event, worker.output).toBe('ready');
-    kvDir = ready.kv_dir as string;
+      workerId: WORKER_ID,
+      blockSize: BLOCK,
+      ranks: [0, 1],
+    }));
     for (const rank of [0, 1]) {
       targets.set(
         rank,
