@@ -137,14 +137,15 @@ def stored_kwargs(ev: dict[str, Any], block_size: int) -> dict[str, Any]:
     return kw
 
 
-async def publish(scenario: dict[str, Any]) -> int:
-    from dynamo._core import DistributedRuntime, KvEventPublisher
+def make_publishers(
+    endpoint: Any, workers: list[dict[str, Any]], **options: Any
+) -> dict[str, tuple[Any, int]]:
+    """One KvEventPublisher per worker entry (name, worker_id, block_size,
+    dp_rank), keyed by name, with its block size; `options` go to every one."""
+    from dynamo._core import KvEventPublisher
 
-    loop = asyncio.get_running_loop()
-    rt = DistributedRuntime(loop, "file", "tcp", event_plane="nats")
-    endpoint = rt.endpoint(scenario.get("endpoint", "dynamo.backend.generate"))
     pubs: dict[str, tuple[Any, int]] = {}
-    for w in scenario["workers"]:
+    for w in workers:
         bs = int(w["block_size"])
         pubs[w["name"]] = (
             KvEventPublisher(
@@ -152,9 +153,20 @@ async def publish(scenario: dict[str, Any]) -> int:
                 worker_id=u64(w["worker_id"]),
                 kv_block_size=bs,
                 dp_rank=int(w.get("dp_rank", 0)),
+                **options,
             ),
             bs,
         )
+    return pubs
+
+
+async def publish(scenario: dict[str, Any]) -> int:
+    from dynamo._core import DistributedRuntime
+
+    loop = asyncio.get_running_loop()
+    rt = DistributedRuntime(loop, "file", "tcp", event_plane="nats")
+    endpoint = rt.endpoint(scenario.get("endpoint", "dynamo.backend.generate"))
+    pubs = make_publishers(endpoint, scenario["workers"])
     ns, comp, ep = scenario.get("endpoint", "dynamo.backend.generate").split(".")
     emit(
         {

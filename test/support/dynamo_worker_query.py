@@ -34,29 +34,17 @@ import sys
 from typing import Any
 
 # The shared helpers of the event-publishing driver (same directory, on sys.path when run as a script).
-from dynamo_events import emit, i64, loopback_env, u64
+from dynamo_events import emit, i64, loopback_env, make_publishers
 
 
 async def main(cfg: dict[str, Any]) -> int:
     kv = loopback_env(cfg["workdir"])
-    from dynamo._core import DistributedRuntime, KvEventPublisher
+    from dynamo._core import DistributedRuntime
 
     loop = asyncio.get_running_loop()
     rt = DistributedRuntime(loop, "file", "tcp", event_plane="nats")
     endpoint = rt.endpoint(cfg["endpoint"])
-    pubs: dict[str, tuple[Any, int]] = {}
-    for w in cfg["workers"]:
-        bs = int(w["block_size"])
-        pubs[w["name"]] = (
-            KvEventPublisher(
-                endpoint,
-                worker_id=u64(w["worker_id"]),
-                kv_block_size=bs,
-                dp_rank=int(w.get("dp_rank", 0)),
-                enable_local_indexer=True,
-            ),
-            bs,
-        )
+    pubs = make_publishers(endpoint, cfg["workers"], enable_local_indexer=True)
     emit({"event": "ready", "kv_dir": kv})
     code = 0
     while True:
