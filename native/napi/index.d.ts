@@ -219,8 +219,7 @@ export interface NativeWorkerRank {
  * Tokenize, hash and score one request body in one call; with `body_work`,
  * also run the router's body checks and splice `nvext.token_data` (and the
  * model rewrite, `rewrite`) into the body. Returns one JS-owned ArrayBuffer
- * in `kv_epp_core::route::pack_route`'s layout (tokens included only without
- * body work). `index_handle` 0 skips scoring. `namespace` is used when the
+ * in `kv_epp_core::route::pack_route`'s layout. `index_handle` 0 skips scoring. `namespace` is used when the
  * body names no cache salt (the `x-tenant-id` header).
  */
 export declare function prepareRoute(tokenizerHandle: number, indexHandle: number, body: Uint8Array, api: string, blockSize: number, loraName: string | undefined | null, namespace: string | undefined | null, nowMs: number, earlyExit: boolean, bodyWork: boolean, rewrite?: string | undefined | null): ArrayBuffer

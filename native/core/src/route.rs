@@ -123,17 +123,12 @@ pub const PACKED_HEADER_WORDS: usize = 8;
 /// 3 model byte length, 4 cache-salt byte length (`u32::MAX` = none), 5 length
 /// of the trailing bytes, 6 reserved (0), 7 flags (`PACKED_*`). Then, each
 /// section starting at a multiple of 8: the tokens as u32 (only with
-/// `PACKED_TOKENS`), the local hashes as u64, the scores' worker ids as u64,
+/// `PACKED_TOKENS`, i.e. without an edited body, which holds them), the local hashes as u64, the scores' worker ids as u64,
 /// then their dp ranks, depths and tree sizes as u32 each; then the model's
 /// and the cache salt's UTF-8 bytes and the trailing bytes, unpadded. The
 /// trailing bytes are the edited body with `PACKED_EDITED`, else the tokens as
 /// JSON (`ids_json`).
-pub fn pack_route(
-    p: &Prepared,
-    edited: Option<&EditedRequest>,
-    with_tokens: bool,
-    scores: &[PackedScore],
-) -> Vec<u8> {
+pub fn pack_route(p: &Prepared, edited: Option<&EditedRequest>, scores: &[PackedScore]) -> Vec<u8> {
     fn pad8(v: &mut Vec<u8>) {
         v.resize(v.len().next_multiple_of(8), 0);
     }
@@ -146,6 +141,7 @@ pub fn pack_route(
         }
     };
     let salt = p.cache_salt.as_deref().map(str::as_bytes);
+    let with_tokens = edited.is_none();
     let mut flags = if with_tokens { PACKED_TOKENS } else { 0 };
     if let Some(e) = edited {
         flags |= PACKED_EDITED;
@@ -269,7 +265,7 @@ mod tests {
         let word = |b: &[u8], i: usize| u32::from_le_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
         let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
 
-        let b = pack_route(&p, None, true, &scores);
+        let b = pack_route(&p, None, &scores);
         let salt = "s\u{e9}".len() as u32;
         assert_eq!(
             (0..8).map(|i| word(&b, i)).collect::<Vec<_>>(),
@@ -281,7 +277,7 @@ mod tests {
         assert_eq!((word(&b, 18), word(&b, 19), word(&b, 20)), (1, 2, 3));
         assert_eq!(&b[88..], "s\u{e9}[1,2,3]".as_bytes());
 
-        let b = pack_route(&p, Some(&e), false, &[]);
+        let b = pack_route(&p, Some(&e), &[]);
         assert_eq!(word(&b, 7), PACKED_EDITED | PACKED_REWRITTEN);
         assert_eq!((word(&b, 3), word(&b, 5)), (1, 2));
         assert_eq!(b.len(), 32 + 16 + 1 + salt as usize + 2);

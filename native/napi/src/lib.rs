@@ -394,8 +394,7 @@ fn api_of(api: &str) -> Result<ApiKind> {
 /// Tokenize, hash and score one request body in one call; with `body_work`,
 /// also run the router's body checks and splice `nvext.token_data` (and the
 /// model rewrite, `rewrite`) into the body. Returns one JS-owned ArrayBuffer
-/// in `kv_epp_core::route::pack_route`'s layout (tokens included only without
-/// body work). `index_handle` 0 skips scoring. `namespace` is used when the
+/// in `kv_epp_core::route::pack_route`'s layout. `index_handle` 0 skips scoring. `namespace` is used when the
 /// body names no cache salt (the `x-tenant-id` header).
 #[napi(catch_unwind, ts_return_type = "ArrayBuffer")]
 #[allow(clippy::too_many_arguments)]
@@ -442,7 +441,7 @@ pub fn prepare_route<'env>(
             });
         }
     }
-    let packed = pack_route(&p, edited.as_ref(), edited.is_none(), &scores);
+    let packed = pack_route(&p, edited.as_ref(), &scores);
     ArrayBuffer::copy_from(env, packed)
 }
 
