@@ -129,6 +129,9 @@ export function installProcessFastPath<Req, Res>(
   return true;
 }
 
+/** A stream error is reported by 'close'; without a listener it would be thrown. */
+function ignoreError(): void {}
+
 let savedStackTraceLimit: number | undefined;
 
 /**
@@ -167,15 +170,16 @@ function serveStream<Req, Res>(
   let deadline: NodeJS.Timeout | undefined;
 
   // Without a listener a stream error would be thrown; 'close' follows and reports it.
-  stream.on('error', () => {});
+  stream.on('error', ignoreError);
   stream.on('aborted', muteNextStreamError);
-  stream.on('wantTrailers', () => {
+  const onWantTrailers = (): void => {
     try {
       stream.sendTrailers(trailers);
     } catch {
       // Closed under us (peer reset): nothing to tell it.
     }
-  });
+  };
+  stream.on('wantTrailers', onWantTrailers);
 
   const sendHeaders = (): void => {
     if (headersSent) return;
@@ -288,7 +292,7 @@ function serveStream<Req, Res>(
     return len;
   };
 
-  stream.on('data', (chunk: Buffer) => {
+  const onData = (chunk: Buffer): void => {
     let at = 0;
     while (open && at < chunk.length) {
       if (partial) {
@@ -327,9 +331,9 @@ function serveStream<Req, Res>(
         partialHave = 0;
       }
     }
-  });
+  };
 
-  stream.on('end', () => {
+  const onEnd = (): void => {
     if (!open) return;
     // A peer reset also ends the readable side (after 'aborted'): that is a cancel, not a half-close.
     if (stream.aborted) {
@@ -343,12 +347,22 @@ function serveStream<Req, Res>(
       return;
     }
     call.onHalfClose();
-  });
+  };
 
-  stream.on('close', () => {
+  const onClose = (): void => {
     if (deadline) clearTimeout(deadline);
+    // Node keeps a closed stream's object alive for a while (past the next
+    // young-generation GCs): our listeners would keep this call's whole state
+    // (handler, decision, bodies) alive with it.
+    stream.off('wantTrailers', onWantTrailers);
+    stream.off('data', onData);
+    stream.off('end', onEnd);
+    stream.off('close', onClose);
     if (!open) return;
     open = false;
     call.onCancel();
-  });
+  };
+  stream.on('data', onData);
+  stream.on('end', onEnd);
+  stream.on('close', onClose);
 }

@@ -5,7 +5,15 @@
  * statuses, that other calls still reach grpc-js, and that a reset stream
  * tells the handler and leaves the server serving.
  */
-import { type ClientHttp2Session, connect, type IncomingHttpHeaders } from 'node:http2';
+import {
+  type ClientHttp2Session,
+  connect,
+  type Http2Server,
+  type IncomingHttpHeaders,
+  type ServerHttp2Stream,
+} from 'node:http2';
+import v8 from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import {
   type MethodDefinition,
   Server,
@@ -38,6 +46,10 @@ const events: string[] = [];
 let server: Server;
 let port: number;
 let session: ClientHttp2Session;
+/** The server side of every stream opened, in order. */
+const serverStreams: ServerHttp2Stream[] = [];
+/** The handler of every stream the transport served, in order, held weakly. */
+const handlers: WeakRef<object>[] = [];
 
 /** Answers each message with a header mutation naming the path that served it and the message kind. */
 function reply(servedBy: string, msg: ProcessingRequest): ProcessingResponse {
@@ -79,21 +91,28 @@ beforeAll(async () => {
       return f;
     },
     maxReceiveBytes: MAX,
-    open: (sink: FastPathSink<ProcessingResponse>) => ({
-      onMessage: (m) => {
-        events.push(`message ${m.request}`);
-        // A body message asks for a failure, to check mid-stream statuses.
-        if (m.request === 'request_body') sink.fail(3, 'bad body: ünïcode 100%');
-        else sink.send(reply('direct', m));
-      },
-      onHalfClose: () => {
-        events.push('half-close');
-        sink.end();
-      },
-      onCancel: () => events.push('cancel'),
-    }),
+    open: (sink: FastPathSink<ProcessingResponse>) => {
+      const call = {
+        onMessage: (m: ProcessingRequest) => {
+          events.push(`message ${m.request}`);
+          // A body message asks for a failure, to check mid-stream statuses.
+          if (m.request === 'request_body') sink.fail(3, 'bad body: ünïcode 100%');
+          else sink.send(reply('direct', m));
+        },
+        onHalfClose: () => {
+          events.push('half-close');
+          sink.end();
+        },
+        onCancel: () => events.push('cancel'),
+      };
+      handlers.push(new WeakRef(call));
+      return call;
+    },
   });
   expect(ok).toBe(true);
+  // Holds every server-side stream, as Node itself does for a while after they close.
+  const h2 = (server as unknown as { http2Servers: Map<Http2Server, unknown> }).http2Servers;
+  for (const srv of h2.keys()) srv.on('stream', (s: ServerHttp2Stream) => serverStreams.push(s));
   session = connect(`http://127.0.0.1:${port}`);
   session.on('error', () => {});
 });
@@ -290,6 +309,37 @@ describe('direct Process transport', () => {
     await expect.poll(() => events).toEqual(['message request_headers', 'cancel']);
     const x = await exchange([frame(reqHeaders({ ':path': '/b' }))]);
     expect(x.messages.map(servedBy)).toEqual(['direct']);
+  });
+
+  it("lets a closed stream's handler be collected while Node still holds the stream", async () => {
+    v8.setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const closed = (s: ServerHttp2Stream) =>
+      new Promise<void>((resolve) => (s.closed ? resolve() : s.once('close', () => resolve())));
+    const before = handlers.length;
+    const streamsBefore = serverStreams.length;
+    // Ended by the client (half-close, status 0), then reset by a lost connection.
+    await exchange([frame(reqHeaders({ ':path': '/a' }))]);
+    const other = connect(`http://127.0.0.1:${port}`);
+    other.on('error', () => {});
+    await new Promise<void>((resolve) => {
+      const s = other.request({
+        ':method': 'POST',
+        ':path': PROCESS_PATH,
+        'content-type': 'application/grpc',
+      });
+      s.on('error', () => {});
+      s.on('data', () => other.destroy());
+      s.on('close', () => resolve());
+      s.write(frame(reqHeaders({ ':path': '/b' })));
+    });
+    await expect.poll(() => events).toContain('cancel');
+    const streams = serverStreams.slice(streamsBefore);
+    expect(streams).toHaveLength(2);
+    for (const s of streams) await closed(s);
+    await new Promise((resolve) => setImmediate(resolve));
+    gc();
+    expect(handlers.slice(before).map((h) => h.deref() === undefined)).toEqual([true, true]);
   });
 
   it('leaves compressed-encoding calls and other methods to grpc-js', async () => {
