@@ -29,15 +29,15 @@
 //! Concurrency: `encode` takes `&self` and runs on the calling thread. Results of
 //! the BPE merge loop are cached per split piece in a sharded, bounded cache.
 
-use std::sync::Mutex;
-
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 use serde_json::Value as Json;
-use std::hash::{Hash, Hasher};
 use tokenizers::Tokenizer;
 use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+
+use super::piece_cache::PieceCache;
+use super::prefetch::LOOKAHEAD;
 
 /// Llama 3 / GPT-4 (cl100k) split pattern.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -48,68 +48,54 @@ const GPT2_PATTERN: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LOOKAHEAD_TAIL: &str = r"|\s+(?!\S)|\s+";
 
-/// Cache shards and the entries each keeps before it is cleared.
-const SHARDS: usize = 16;
-const SHARD_CAPACITY: usize = 4096;
-/// Pieces longer than this are merged without caching (as the crate's cache does).
-const MAX_CACHED_PIECE: usize = 256;
-
-/// One cache shard: piece bytes => their ids.
-type Shard = Mutex<FxHashMap<Box<[u8]>, Box<[u32]>>>;
-
-/// The ids of split pieces, as a merge loop computed them (also used by
-/// fasttiktoken.rs). Sharded and bounded: a full shard is cleared, so memory stays
-/// under `SHARDS * SHARD_CAPACITY` pieces of at most `MAX_CACHED_PIECE` bytes.
-/// A poisoned shard is a miss, never a panic.
-pub(crate) struct PieceCache {
-    shards: Vec<Shard>,
+/// The split pieces of `s` as byte ranges, in order, tiling it: the split regex
+/// with the `\s+(?!\S)` emulation; text between matches (Isolated split) is a
+/// piece of its own.
+struct Pieces<'a> {
+    bpe: &'a FastBpe,
+    s: &'a str,
+    pos: usize,
+    /// The match that follows an unmatched gap, returned next.
+    pending: Option<(usize, usize)>,
 }
 
-impl PieceCache {
-    pub(crate) fn new() -> PieceCache {
-        PieceCache { shards: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect() }
-    }
+impl Iterator for Pieces<'_> {
+    type Item = (usize, usize);
 
-    /// Whether `piece` can be cached at all (short enough).
-    #[inline]
-    fn cacheable(piece: &[u8]) -> bool {
-        piece.len() <= MAX_CACHED_PIECE
-    }
-
-    fn shard(&self, piece: &[u8]) -> Option<&Shard> {
-        let mut h = FxHasher::default();
-        piece.hash(&mut h);
-        self.shards.get((h.finish() as usize) % SHARDS)
-    }
-
-    /// Appends the cached ids of `piece` to `out`; false (nothing appended) on a miss.
-    pub(crate) fn get_into(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
-        if !Self::cacheable(piece) {
-            return false;
+    fn next(&mut self) -> Option<(usize, usize)> {
+        if let Some(p) = self.pending.take() {
+            return Some(p);
         }
-        if let Some(shard) = self.shard(piece)
-            && let Ok(shard) = shard.lock()
-            && let Some(ids) = shard.get(piece)
+        let (s, pos) = (self.s, self.pos);
+        if pos >= s.len() {
+            return None;
+        }
+        let Some(m) = self.bpe.split.find_at(s, pos) else {
+            self.pos = s.len();
+            return Some((pos, s.len()));
+        };
+        let mut end = m.end();
+        let piece = m.as_str();
+        if end < s.len()
+            && piece.chars().all(char::is_whitespace)
+            && !(self.bpe.newline_runs_are_final && piece.contains(['\r', '\n']))
         {
-            out.extend_from_slice(ids);
-            return true;
-        }
-        false
-    }
-
-    /// Records `ids` as the encoding of `piece` (a no-op for long pieces).
-    pub(crate) fn insert(&self, piece: &[u8], ids: &[u32]) {
-        if !Self::cacheable(piece) {
-            return;
-        }
-        if let Some(shard) = self.shard(piece)
-            && let Ok(mut shard) = shard.lock()
-        {
-            if shard.len() >= SHARD_CAPACITY {
-                shard.clear();
+            // `\s+(?!\S)`: a run followed by text keeps its last char for the
+            // next piece, unless it is a single char (then plain `\s+` took it).
+            if let Some((last, _)) = piece.char_indices().next_back().filter(|(i, _)| *i > 0) {
+                end = m.start() + last;
             }
-            shard.insert(piece.into(), ids.into());
         }
+        if end <= pos {
+            // The supported patterns never match empty text; never loop on one.
+            end = pos + s[pos..].chars().next().map_or(1, char::len_utf8);
+        }
+        self.pos = end;
+        if m.start() > pos {
+            self.pending = Some((m.start(), end));
+            return Some((pos, m.start()));
+        }
+        Some((m.start(), end))
     }
 }
 
@@ -350,36 +336,29 @@ impl FastBpe {
         }
     }
 
-    /// The split regex with the `\s+(?!\S)` emulation, then BPE on each piece.
+    /// BPE on each split piece, splitting [`LOOKAHEAD`] pieces ahead so the
+    /// cache lines of their lookups load in parallel (see prefetch.rs).
     fn split_and_merge(&self, s: &str, out: &mut Vec<u32>) {
-        let mut pos = 0;
-        while pos < s.len() {
-            let Some(m) = self.split.find_at(s, pos) else {
-                self.bpe(&s.as_bytes()[pos..], out);
-                break;
-            };
-            if m.start() > pos {
-                // Isolated split: unmatched text is a piece of its own.
-                self.bpe(&s.as_bytes()[pos..m.start()], out);
-            }
-            let mut end = m.end();
-            let piece = m.as_str();
-            if end < s.len()
-                && piece.chars().all(char::is_whitespace)
-                && !(self.newline_runs_are_final && piece.contains(['\r', '\n']))
-            {
-                // `\s+(?!\S)`: a run followed by text keeps its last char for the
-                // next piece, unless it is a single char (then plain `\s+` took it).
-                if let Some((last, _)) = piece.char_indices().next_back().filter(|(i, _)| *i > 0) {
-                    end = m.start() + last;
+        let bytes = s.as_bytes();
+        let mut pieces = Pieces { bpe: self, s, pos: 0, pending: None };
+        let mut ring = [(0usize, 0usize); LOOKAHEAD];
+        let (mut head, mut tail) = (0usize, 0usize);
+        loop {
+            while head - tail < LOOKAHEAD {
+                let Some((a, b)) = pieces.next() else { break };
+                let piece = bytes.get(a..b).unwrap_or_default();
+                if piece.len() > 1 {
+                    self.cache.prefetch(piece);
                 }
+                ring[head % LOOKAHEAD] = (a, b);
+                head += 1;
             }
-            if end <= pos {
-                // The supported patterns never match empty text; never loop on one.
-                end = pos + s[pos..].chars().next().map_or(1, char::len_utf8);
+            if tail == head {
+                return;
             }
-            self.bpe(&s.as_bytes()[m.start()..end], out);
-            pos = end;
+            let (a, b) = ring[tail % LOOKAHEAD];
+            tail += 1;
+            self.bpe(bytes.get(a..b).unwrap_or_default(), out);
         }
     }
 

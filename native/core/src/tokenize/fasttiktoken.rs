@@ -41,7 +41,7 @@
 //! the adjacent pair whose concatenation has the lowest rank is merged, the
 //! leftmost among equals, until no pair is a token (the same two algorithms as
 //! tiktoken, switching at the same 100-byte length). Merge results are cached per
-//! piece (fastbpe.rs's `PieceCache`).
+//! piece (piece_cache.rs).
 //!
 //! Concurrency: `encode` takes `&self` and runs on the calling thread; the merge
 //! cache is shared (sharded locks). Cost: built once per process next to the
@@ -56,7 +56,9 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 use tiktoken_rs::CoreBPE;
 
-use super::fastbpe::PieceCache;
+use super::key::pack;
+use super::piece_cache::PieceCache;
+use super::prefetch::LOOKAHEAD;
 
 type Rank = u32;
 
@@ -219,34 +221,6 @@ struct Slot {
     rank: Rank,
 }
 
-/// Bytes `k` (at most 16) as two little-endian words, zero-padded; with the
-/// length, a unique key. Reads whole words where it can (no memcpy call).
-#[inline(always)]
-fn pack(k: &[u8]) -> (u64, u64) {
-    let n = k.len();
-    let word = |at: usize| match k.get(at..at + 8) {
-        Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
-        None => 0,
-    };
-    let half = |at: usize| match k.get(at..at + 4) {
-        Some(w) => u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as u64,
-        None => 0,
-    };
-    let byte = |at: usize| k.get(at).map_or(0, |&b| b as u64);
-    if n >= 8 {
-        // bytes 8..n are the top of the last word (overlapping the first)
-        let hi = if n > 8 { word(n - 8) >> (8 * (16 - n.min(16))) } else { 0 };
-        (word(0), hi)
-    } else if n >= 4 {
-        // the two (overlapping) halves agree on the shared bytes
-        (half(0) | (half(n - 4) << (8 * (n - 4))), 0)
-    } else if n > 0 {
-        (byte(0) | (byte(n / 2) << (8 * (n / 2))) | (byte(n - 1) << (8 * (n - 1))), 0)
-    } else {
-        (0, 0)
-    }
-}
-
 impl RankTable {
     fn new(tokens: &FxHashMap<Box<[u8]>, Rank>) -> RankTable {
         let short = tokens.keys().filter(|k| k.len() <= 16).count();
@@ -290,7 +264,7 @@ impl RankTable {
         let (lo, hi) = pack(k);
         let home = self.home(lo, hi, k.len());
         if let Some(slot) = self.slots.get(home) {
-            prefetch_read(slot);
+            super::prefetch::read(slot);
         }
         Some(Key { lo, hi, home })
     }
@@ -331,26 +305,6 @@ impl RankTable {
         }
     }
 }
-
-/// A read prefetch of the cache line holding `*value` into every cache level.
-#[inline(always)]
-fn prefetch_read<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is part of SSE (baseline on x86_64); it never faults
-    // and has no effect visible to the program, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
-}
-
-/// How many pieces [`FastTiktoken::encode`] splits ahead of the one it looks up.
-/// Cold (a request after other processes ran), a rank lookup is a miss to
-/// memory; splitting ahead and prefetching each piece's slot keeps that many
-/// misses in flight at once instead of one after another.
-const LOOKAHEAD: usize = 16;
 
 pub struct FastTiktoken {
     pattern: Pattern,
