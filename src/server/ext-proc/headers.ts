@@ -32,10 +32,32 @@ export function readHeaderMap(
   return into;
 }
 
-/** One `set_headers` entry that replaces any existing value. */
-export function setHeader(key: string, value: string): HeaderValueOption {
+/**
+ * UTF-8 of header values seen before. Most values repeat across requests
+ * (endpoint, worker id, rank, routing mode, content-length), and encoding
+ * each anew made a small off-heap buffer per header per request for the GC to
+ * sweep. Bounded (cleared when full); the bytes are shared, so nothing may
+ * write into a mutation's `raw_value`.
+ */
+const valueBytes = new Map<string, Uint8Array>();
+const MAX_VALUES = 4096;
+
+function encodeValue(value: string): Uint8Array {
+  const known = valueBytes.get(value);
+  if (known !== undefined) return known;
+  const bytes = encoder.encode(value);
+  if (valueBytes.size >= MAX_VALUES) valueBytes.clear();
+  valueBytes.set(value, bytes);
+  return bytes;
+}
+
+/** One `set_headers` entry that replaces any existing value (`raw_value` shared: read only). */
+export function setHeader(key: string, value: string, unique = false): HeaderValueOption {
   return {
-    header: { key: key.toLowerCase(), raw_value: encoder.encode(value) },
+    header: {
+      key: key.toLowerCase(),
+      raw_value: unique ? encoder.encode(value) : encodeValue(value),
+    },
     append_action: AppendAction.OVERWRITE_IF_EXISTS_OR_ADD,
   };
 }

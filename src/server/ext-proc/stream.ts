@@ -372,7 +372,7 @@ export class ExtProcStream {
       names.add(CONTENT_LENGTH);
     }
     if (this.generatedRequestId) {
-      set.push(setHeader(REQUEST_ID_HEADER, this.requestId));
+      set.push(setHeader(REQUEST_ID_HEADER, this.requestId, true));
       names.add(REQUEST_ID_HEADER);
     }
     for (const [k, v] of Object.entries(decision.setHeaders)) {

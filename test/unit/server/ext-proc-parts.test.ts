@@ -2,8 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import { BODY_CHUNK_BYTES, BodyBuffer, splitBody } from '../../../src/server/ext-proc/body.js';
-import { readHeaderMap } from '../../../src/server/ext-proc/headers.js';
+import { readHeaderMap, setHeader } from '../../../src/server/ext-proc/headers.js';
 import { classifyError, immediateResponse } from '../../../src/server/ext-proc/immediate.js';
+import { AppendAction } from '../../../src/server/ext-proc/messages.js';
 import {
   mergeSubsetHint,
   readServedEndpoint,
@@ -64,6 +65,32 @@ describe('readHeaderMap', () => {
       ['x-a', 'raw'],
       ['x-empty', ''],
     ]);
+  });
+});
+
+describe('setHeader', () => {
+  it('lower-cases the key, overwrites, and writes the value as UTF-8 bytes', () => {
+    const h = setHeader('X-Dynamo-Worker-Instance-Id', 'wörker 7');
+    expect(h.header?.key).toBe('x-dynamo-worker-instance-id');
+    expect(text(h.header?.raw_value)).toBe('wörker 7');
+    expect(h.append_action).toBe(AppendAction.OVERWRITE_IF_EXISTS_OR_ADD);
+  });
+
+  it('shares the bytes of a repeated value, but not of a unique one', () => {
+    const a = setHeader('x-gateway-destination-endpoint', '127.0.0.2:8001');
+    const b = setHeader('x-gateway-destination-endpoint', '127.0.0.2:8001');
+    expect(b.header?.raw_value).toBe(a.header?.raw_value);
+    const c = setHeader('x-request-id', 'id-1', true);
+    const d = setHeader('x-request-id', 'id-1', true);
+    expect(d.header?.raw_value).not.toBe(c.header?.raw_value);
+    expect(text(d.header?.raw_value)).toBe('id-1');
+  });
+
+  it('stays right past its bound (many distinct values)', () => {
+    for (let i = 0; i < 10_000; i++) {
+      expect(text(setHeader('content-length', String(i)).header?.raw_value)).toBe(String(i));
+    }
+    expect(text(setHeader('content-length', '42').header?.raw_value)).toBe('42');
   });
 });
 
