@@ -62,6 +62,13 @@ export class RoutePreparer {
             minThreads: options.poolSize,
             maxThreads: options.poolSize,
             idleTimeout: Number.POSITIVE_INFINITY,
+            // First come, first tokenized. Piscina's default puts a task it
+            // could not hand to a busy worker back at the tail of the queue, so
+            // under sustained load some requests were passed over again and
+            // again (220 KB prompts at c = 150: p50 0.21 s, p99 2.6 s, max 8 s).
+            stricterFIFO: true,
+            // kv-epp times tokenization itself (kv_epp_tokenization_seconds).
+            recordTiming: false,
           })
         : undefined;
     return new RoutePreparer(path, pool, ref, options.offloadBytes);

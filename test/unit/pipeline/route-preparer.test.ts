@@ -176,6 +176,24 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (ba
   });
 });
 
+describe('RoutePreparer pool order', () => {
+  it('tokenizes queued bodies first come, first served', async () => {
+    const path = await createHotPath({ source: QWEN }, 'native');
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    const settings = { blockSize: 4 };
+    await pooled.prepare(body, 'chat', settings);
+    // One worker: the first runs at once, the rest queue behind it.
+    const done: number[] = [];
+    await Promise.all(
+      Array.from({ length: 12 }, (_, i) =>
+        pooled.prepare(body, 'chat', settings).then(() => done.push(i)),
+      ),
+    );
+    expect(done).toEqual(Array.from({ length: 12 }, (_, i) => i));
+  });
+});
+
 describe('token_data bytes', () => {
   it('native and JS write the same JSON for ids at every digit boundary', async () => {
     const ids = [0, 9, 10, 99, 100, 999, 1000, 65535, 99999, 100000, 199_997];
