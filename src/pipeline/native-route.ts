@@ -38,16 +38,23 @@ const align8 = (n: number): number => (n + 7) & ~7;
  */
 export function unpackRoute(buf: ArrayBuffer, rewrite?: string): RoutePrep {
   const h = new Uint32Array(buf, 0, 8);
-  const [nTokens, nHashes, nScores, modelLen, saltLen, tailLen, , flags] = h as unknown as number[];
+  // Indexed, not destructured: destructuring a typed array runs its iterator.
+  const nTokens = h[0] as number;
+  const nHashes = h[1] as number;
+  const nScores = h[2] as number;
+  const modelLen = h[3] as number;
+  const saltLen = h[4] as number;
+  const tailLen = h[5] as number;
+  const flags = h[7] as number;
   let o = HEADER_BYTES;
   let tokens = NO_TOKENS;
-  if ((flags as number) & TOKENS) {
+  if (flags & TOKENS) {
     tokens = new Uint32Array(buf, o, nTokens);
-    o = align8(o + (nTokens as number) * 4);
+    o = align8(o + nTokens * 4);
   }
   const localHashes = new BigUint64Array(buf, o, nHashes);
-  o += (nHashes as number) * 8;
-  const n = nScores as number;
+  o += nHashes * 8;
+  const n = nScores;
   const workerIds = new BigUint64Array(buf, o, n);
   const ranks = new Uint32Array(buf, o + n * 8, n);
   const depths = new Uint32Array(buf, o + n * 12, n);
@@ -61,14 +68,14 @@ export function unpackRoute(buf: ArrayBuffer, rewrite?: string): RoutePrep {
   }
   const bytes = new Uint8Array(buf, o);
   const model = modelLen ? utf8.decode(bytes.subarray(0, modelLen)) : '';
-  o = modelLen as number;
+  o = modelLen;
   let cacheSalt: string | undefined;
   if (saltLen !== NO_SALT) {
-    cacheSalt = utf8.decode(bytes.subarray(o, o + (saltLen as number)));
-    o += saltLen as number;
+    cacheSalt = utf8.decode(bytes.subarray(o, o + saltLen));
+    o += saltLen;
   }
-  const tail = bytes.subarray(o, o + (tailLen as number));
-  if (!((flags as number) & EDITED)) {
+  const tail = bytes.subarray(o, o + tailLen);
+  if (!(flags & EDITED)) {
     return { tokens, localHashes, cacheSalt, overlap, tokenDataJson: tail };
   }
   return {

@@ -64,16 +64,26 @@ export function candidatesFor(
   });
 }
 
-/** The best `count` candidates, best first. */
+/** Negative when `a` ranks before `b`; a total order (names are unique). */
+function compare(a: Candidate, b: Candidate): number {
+  return (
+    b.overlapBlocks - a.overlapBlocks ||
+    a.inFlight - b.inFlight ||
+    a.reportedLoad - b.reportedLoad ||
+    a.treeSize - b.treeSize ||
+    (a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0)
+  );
+}
+
+/** The best `count` candidates, best first (one scan, no copy, when one is asked for). */
 export function rank(candidates: readonly Candidate[], count: number): Candidate[] {
-  return [...candidates]
-    .sort(
-      (a, b) =>
-        b.overlapBlocks - a.overlapBlocks ||
-        a.inFlight - b.inFlight ||
-        a.reportedLoad - b.reportedLoad ||
-        a.treeSize - b.treeSize ||
-        (a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0),
-    )
-    .slice(0, Math.max(1, count));
+  if (count <= 1) {
+    let best = candidates[0];
+    for (let i = 1; i < candidates.length; i++) {
+      const c = candidates[i] as Candidate;
+      if (compare(c, best as Candidate) < 0) best = c;
+    }
+    return best === undefined ? [] : [best];
+  }
+  return [...candidates].sort(compare).slice(0, count);
 }

@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { type Endpoint, parseEndpoints } from '../../../src/discovery/endpoints.js';
-import { candidatesFor, filterBySubset, rank } from '../../../src/routing/picker.js';
+import {
+  type Candidate,
+  candidatesFor,
+  filterBySubset,
+  rank,
+} from '../../../src/routing/picker.js';
+import { mulberry32 } from '../../support/random.js';
 
 const eps: Endpoint[] = parseEndpoints(
   {
@@ -40,6 +46,25 @@ describe('rank', () => {
     expect(rank(c, 1).map((x) => x.endpoint.name)).toEqual(['c']);
     const none = candidatesFor(eps, undefined, (e) => load.get(e.name) ?? 0);
     expect(rank(none, 2).map((x) => x.endpoint.name)).toEqual(['b', 'c']);
+    expect(rank([], 1)).toEqual([]);
+  });
+
+  it('picks the single best as the head of the full ranking would (random candidates)', () => {
+    const rnd = mulberry32(7);
+    const pick = (n: number) => Math.floor(rnd() * n);
+    for (let trial = 0; trial < 500; trial++) {
+      const n = 1 + pick(6);
+      const c: Candidate[] = Array.from({ length: n }, (_, i) => ({
+        endpoint: { ...(eps[0] as Endpoint), name: `w${pick(1000)}-${i}` },
+        overlapBlocks: pick(3),
+        inFlight: pick(3),
+        reportedLoad: pick(2),
+        treeSize: pick(2),
+      }));
+      const head = rank(c, n)[0];
+      expect(rank(c, 1)).toEqual([head]);
+      expect(rank(c, 0)).toEqual([head]);
+    }
   });
 });
 
