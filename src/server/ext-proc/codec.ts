@@ -500,22 +500,28 @@ class In {
   bool(): boolean {
     return this.varint() !== 0;
   }
-  /** The bounds of a length-delimited payload; advances past it. */
-  len(): [number, number] {
+  /** End of the payload `open` last found. */
+  private payloadEnd = 0;
+  /**
+   * The start of a length-delimited payload (its end in `payloadEnd`);
+   * advances past it. Two numbers without a tuple: this runs per field.
+   */
+  private open(): number {
     const n = this.varint();
     const start = this.pos;
     const end = start + n;
     if (end > this.end) throw new RangeError('length beyond the message');
     this.pos = end;
-    return [start, end];
+    this.payloadEnd = end;
+    return start;
   }
   bytes(): Buffer {
-    const [a, b] = this.len();
-    return this.buf.subarray(a, b);
+    const a = this.open();
+    return this.buf.subarray(a, this.payloadEnd);
   }
   string(): string {
-    const [a, b] = this.len();
-    return this.buf.toString('utf8', a, b);
+    const a = this.open();
+    return this.buf.toString('utf8', a, this.payloadEnd);
   }
   double(): number {
     if (this.pos + 8 > this.end) throw new RangeError('truncated double');
@@ -524,8 +530,8 @@ class In {
     return v;
   }
   sub(): In {
-    const [a, b] = this.len();
-    return new In(this.buf, a, b);
+    const a = this.open();
+    return new In(this.buf, a, this.payloadEnd);
   }
   skip(wire: number): void {
     switch (wire) {
@@ -536,7 +542,7 @@ class In {
         this.pos += 8;
         break;
       case 2:
-        this.len();
+        this.open();
         return;
       case 5:
         this.pos += 4;
