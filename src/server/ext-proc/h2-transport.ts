@@ -249,6 +249,8 @@ function serveStream<Req, Res>(
     const m = TIMEOUT_RE.exec(timeout.trim());
     if (!m) {
       abort(Status.INTERNAL, `Invalid grpc-timeout value "${timeout}"`);
+      // Answered trailers-only: no trailers wanted, and nothing of the call stays on the stream.
+      stream.off('wantTrailers', onWantTrailers);
       return;
     }
     const ms = Number(m[1]) * (TIMEOUT_UNIT_MS[m[2] as string] as number);

@@ -318,7 +318,12 @@ describe('direct Process transport', () => {
       new Promise<void>((resolve) => (s.closed ? resolve() : s.once('close', () => resolve())));
     const before = handlers.length;
     const streamsBefore = serverStreams.length;
-    // Ended by the client (half-close, status 0), then reset by a lost connection.
+    // Refused at once (a malformed grpc-timeout), ended by the client (half-close,
+    // status 0), then reset by a lost connection.
+    const refused = await exchange([frame(reqHeaders({ ':path': '/a' }))], {
+      'grpc-timeout': 'soon',
+    });
+    expect(status(refused).code).toBe('13');
     await exchange([frame(reqHeaders({ ':path': '/a' }))]);
     const other = connect(`http://127.0.0.1:${port}`);
     other.on('error', () => {});
@@ -333,13 +338,13 @@ describe('direct Process transport', () => {
       s.on('close', () => resolve());
       s.write(frame(reqHeaders({ ':path': '/b' })));
     });
-    await expect.poll(() => events).toContain('cancel');
+    await expect.poll(() => events.filter((e) => e === 'cancel')).toHaveLength(2);
     const streams = serverStreams.slice(streamsBefore);
-    expect(streams).toHaveLength(2);
+    expect(streams).toHaveLength(3);
     for (const s of streams) await closed(s);
     await new Promise((resolve) => setImmediate(resolve));
     gc();
-    expect(handlers.slice(before).map((h) => h.deref() === undefined)).toEqual([true, true]);
+    expect(handlers.slice(before).map((h) => h.deref() === undefined)).toEqual([true, true, true]);
   });
 
   it('leaves compressed-encoding calls and other methods to grpc-js', async () => {

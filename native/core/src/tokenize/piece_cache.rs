@@ -53,16 +53,17 @@ type Shard = Mutex<FxHashMap<Box<[u8]>, Box<[u32]>>>;
 
 pub(crate) struct PieceCache {
     lines: Box<[Line]>,
+    /// Inserts that found both lines of their set taken (picks the victim).
+    evictions: AtomicU64,
     shards: Vec<Shard>,
 }
 
-/// The set of a key (its first line; the second follows it) and a bit that
-/// picks the line to evict when both are taken.
+/// The set of a key: its first line; the second follows it.
 #[inline(always)]
-fn set_of(key: &[u64; 3], len: usize) -> (usize, usize) {
+fn set_of(key: &[u64; 3], len: usize) -> usize {
     let h = (key[0] ^ key[1].rotate_left(21) ^ key[2].rotate_left(42) ^ len as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (2 * (h >> (64 - SETS.trailing_zeros())) as usize, (h & 1) as usize)
+    2 * (h >> (64 - SETS.trailing_zeros())) as usize
 }
 
 /// Whether line `w` holds `key` of `len` bytes (a snapshot: may change after).
@@ -80,6 +81,7 @@ impl PieceCache {
     pub(crate) fn new() -> PieceCache {
         PieceCache {
             lines: (0..2 * SETS).map(|_| Line::empty()).collect(),
+            evictions: AtomicU64::new(0),
             shards: (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect(),
         }
     }
@@ -95,7 +97,7 @@ impl PieceCache {
         if !Self::inline(piece) {
             return;
         }
-        let (set, _) = set_of(&pack24(piece), piece.len());
+        let set = set_of(&pack24(piece), piece.len());
         for line in self.lines.get(set..set + 2).unwrap_or_default() {
             super::prefetch::read(line);
         }
@@ -148,7 +150,7 @@ impl PieceCache {
     #[inline(always)]
     fn get_inline(&self, piece: &[u8], out: &mut Vec<u32>) -> bool {
         let key = pack24(piece);
-        let (set, _) = set_of(&key, piece.len());
+        let set = set_of(&key, piece.len());
         for Line(w) in self.lines.get(set..set + 2).unwrap_or_default() {
             if Self::read_line(w, &key, piece.len(), out) {
                 return true;
@@ -188,12 +190,13 @@ impl PieceCache {
 
     fn insert_inline(&self, piece: &[u8], ids: &[u32]) {
         let key = pack24(piece);
-        let (set, evict) = set_of(&key, piece.len());
+        let set = set_of(&key, piece.len());
         let [Line(w0), Line(w1)] = self.lines.get(set..set + 2).unwrap_or_default() else {
             return;
         };
-        // The line that holds the piece already, else an empty one, else the
-        // one the hash picks.
+        // The line that holds the piece already, else an empty one, else
+        // either, alternately (so two hot pieces of a set do not keep evicting
+        // each other while the set's other line goes unused).
         let empty = |w: &[AtomicU64; 8]| w[0].load(Ordering::Relaxed) >> 32 & 0xFF == 0;
         let w = if holds(w0, &key, piece.len()) {
             w0
@@ -201,7 +204,7 @@ impl PieceCache {
             w1
         } else if empty(w0) {
             w0
-        } else if empty(w1) || evict == 1 {
+        } else if empty(w1) || self.evictions.fetch_add(1, Ordering::Relaxed) & 1 == 1 {
             w1
         } else {
             w0
@@ -268,10 +271,10 @@ mod tests {
         let c = PieceCache::new();
         // Find two pieces on the same line.
         let a = b"p0".to_vec();
-        let set = set_of(&pack24(&a), a.len()).0;
+        let set = set_of(&pack24(&a), a.len());
         let same_set: Vec<Vec<u8>> = (1..)
             .map(|i: u32| format!("p{i}").into_bytes())
-            .filter(|p| set_of(&pack24(p), p.len()).0 == set)
+            .filter(|p| set_of(&pack24(p), p.len()) == set)
             .take(2)
             .collect();
         let (b, d) = (&same_set[0], &same_set[1]);
@@ -297,11 +300,11 @@ mod tests {
         // Eight pieces in each of two sets, so writers keep evicting each other.
         let mut pieces: Vec<Vec<u8>> = Vec::new();
         for first in ["w0", "w1"] {
-            let set = set_of(&pack24(first.as_bytes()), first.len()).0;
+            let set = set_of(&pack24(first.as_bytes()), first.len());
             pieces.extend(
                 (0..)
                     .map(|i: u32| format!("w{i}").into_bytes())
-                    .filter(|p| set_of(&pack24(p), p.len()).0 == set)
+                    .filter(|p| set_of(&pack24(p), p.len()) == set)
                     .take(8),
             );
         }
