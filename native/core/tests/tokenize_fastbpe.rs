@@ -172,6 +172,39 @@ fn check(dir: &Path, seed: u64) {
     assert_eq!(failures, 0, "{failures} of {} encodes differ ({})", texts.len() * 2, dir.display());
 }
 
+/// One tokenizer shared by four threads (as the addon shares it with its pool
+/// workers): every encode still equals the crate's, with the threads filling
+/// and reading the shared merge cache at once, in different orders.
+#[test]
+fn qwen3_fast_path_is_exact_from_several_threads() {
+    let dir = repo().join("test/fixtures/tokenizers/qwen3");
+    let tok = HfTokenizer::load(dir.to_str().unwrap()).unwrap();
+    assert!(tok.is_fast());
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut texts = golden_texts();
+    texts.extend((0..1500).map(|_| random_text(&mut rng)));
+    let reference: Vec<Vec<u32>> =
+        texts.iter().map(|t| tok.encode_reference(t, false).unwrap()).collect();
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            let (tok, texts, reference, failures) = (&tok, &texts, &reference, &failures);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for k in 0..texts.len() {
+                        // each thread walks the texts from its own offset and stride
+                        let i = (k * (2 * t + 1) + t * 97 + round * 13) % texts.len();
+                        if tok.encode(&texts[i], false).unwrap() != reference[i] {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failures.into_inner(), 0);
+}
+
 #[test]
 fn qwen3_fast_path_equals_tokenizers_crate() {
     check(&repo().join("test/fixtures/tokenizers/qwen3"), 1);

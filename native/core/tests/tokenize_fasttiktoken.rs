@@ -427,6 +427,38 @@ fn check_encoding(encoding: &str, pattern: &str, seed: u64) {
     eprintln!("{encoding}: {checked} texts equal ({random} random, {real_count} real files)");
 }
 
+/// One encoder shared by four threads (as the addon shares it with its pool
+/// workers): every encode still equals tiktoken-rs's, with the threads filling
+/// and reading the shared merge cache at once, in different orders.
+#[test]
+fn o200k_fast_path_is_exact_from_several_threads() {
+    let tok = TiktokenTokenizer::load("o200k_base").unwrap().unwrap();
+    assert!(tok.is_fast());
+    let mut rng = SmallRng::seed_from_u64(12);
+    let mut texts: Vec<String> = (0..1500).map(|_| random_mixed(&mut rng)).collect();
+    texts.extend((0..150).map(|_| random_long(&mut rng)));
+    texts.extend(real_texts());
+    let reference: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_reference(t)).collect();
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..4usize {
+            let (tok, texts, reference, failures) = (&tok, &texts, &reference, &failures);
+            scope.spawn(move || {
+                for round in 0..3 {
+                    for k in 0..texts.len() {
+                        // each thread walks the texts from its own offset and stride
+                        let i = (k * (2 * t + 1) + t * 97 + round * 13) % texts.len();
+                        if tok.encode(&texts[i]) != reference[i] {
+                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(failures.into_inner(), 0);
+}
+
 #[test]
 fn o200k_fast_path_equals_tiktoken_rs() {
     check_encoding("o200k_base", tiktoken_rs::O200K_BASE_PAT_STR, 1);
