@@ -12,6 +12,8 @@ use kv_epp_core::tokenize::HfTokenizer;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod tokenize_support;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -185,24 +187,10 @@ fn qwen3_fast_path_is_exact_from_several_threads() {
     texts.extend((0..1500).map(|_| random_text(&mut rng)));
     let reference: Vec<Vec<u32>> =
         texts.iter().map(|t| tok.encode_reference(t, false).unwrap()).collect();
-    let failures = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for t in 0..4usize {
-            let (tok, texts, reference, failures) = (&tok, &texts, &reference, &failures);
-            scope.spawn(move || {
-                for round in 0..3 {
-                    for k in 0..texts.len() {
-                        // each thread walks the texts from its own offset and stride
-                        let i = (k * (2 * t + 1) + t * 97 + round * 13) % texts.len();
-                        if tok.encode(&texts[i], false).unwrap() != reference[i] {
-                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
+    let failures = tokenize_support::mismatches_from_four_threads(&texts, &reference, |text| {
+        tok.encode(text, false).unwrap()
     });
-    assert_eq!(failures.into_inner(), 0);
+    assert_eq!(failures, 0);
 }
 
 #[test]

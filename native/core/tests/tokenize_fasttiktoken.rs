@@ -17,6 +17,8 @@ use kv_epp_core::tokenize::TiktokenTokenizer;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+mod tokenize_support;
+
 /// tiktoken-rs 0.12's cl100k_base split pattern (inline in its `cl100k_base()`).
 const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
 
@@ -439,24 +441,9 @@ fn o200k_fast_path_is_exact_from_several_threads() {
     texts.extend((0..150).map(|_| random_long(&mut rng)));
     texts.extend(real_texts());
     let reference: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode_reference(t)).collect();
-    let failures = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for t in 0..4usize {
-            let (tok, texts, reference, failures) = (&tok, &texts, &reference, &failures);
-            scope.spawn(move || {
-                for round in 0..3 {
-                    for k in 0..texts.len() {
-                        // each thread walks the texts from its own offset and stride
-                        let i = (k * (2 * t + 1) + t * 97 + round * 13) % texts.len();
-                        if tok.encode(&texts[i]) != reference[i] {
-                            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }
-            });
-        }
-    });
-    assert_eq!(failures.into_inner(), 0);
+    let failures =
+        tokenize_support::mismatches_from_four_threads(&texts, &reference, |text| tok.encode(text));
+    assert_eq!(failures, 0);
 }
 
 #[test]

@@ -179,6 +179,23 @@ function exchange(
   });
 }
 
+/** Opens a Process stream on a connection of its own and drops that connection once the server answered. */
+async function loseConnectionMidStream(path: string): Promise<void> {
+  const other = connect(`http://127.0.0.1:${port}`);
+  other.on('error', () => {});
+  await new Promise<void>((resolve) => {
+    const s = other.request({
+      ':method': 'POST',
+      ':path': PROCESS_PATH,
+      'content-type': 'application/grpc',
+    });
+    s.on('error', () => {});
+    s.on('data', () => other.destroy());
+    s.on('close', () => resolve());
+    s.write(frame(reqHeaders({ ':path': path })));
+  });
+}
+
 /** grpc-status and grpc-message, from trailers or a trailers-only response. */
 function status(x: Exchange): { code: string | undefined; message: string | undefined } {
   const h = x.trailers['grpc-status'] !== undefined ? x.trailers : x.headers;
@@ -293,19 +310,7 @@ describe('direct Process transport', () => {
   });
 
   it('reports a lost connection to the handler and keeps serving', async () => {
-    const other = connect(`http://127.0.0.1:${port}`);
-    other.on('error', () => {});
-    await new Promise<void>((resolve) => {
-      const s = other.request({
-        ':method': 'POST',
-        ':path': PROCESS_PATH,
-        'content-type': 'application/grpc',
-      });
-      s.on('error', () => {});
-      s.on('data', () => other.destroy());
-      s.on('close', () => resolve());
-      s.write(frame(reqHeaders({ ':path': '/a' })));
-    });
+    await loseConnectionMidStream('/a');
     await expect.poll(() => events).toEqual(['message request_headers', 'cancel']);
     const x = await exchange([frame(reqHeaders({ ':path': '/b' }))]);
     expect(x.messages.map(servedBy)).toEqual(['direct']);
@@ -325,19 +330,7 @@ describe('direct Process transport', () => {
     });
     expect(status(refused).code).toBe('13');
     await exchange([frame(reqHeaders({ ':path': '/a' }))]);
-    const other = connect(`http://127.0.0.1:${port}`);
-    other.on('error', () => {});
-    await new Promise<void>((resolve) => {
-      const s = other.request({
-        ':method': 'POST',
-        ':path': PROCESS_PATH,
-        'content-type': 'application/grpc',
-      });
-      s.on('error', () => {});
-      s.on('data', () => other.destroy());
-      s.on('close', () => resolve());
-      s.write(frame(reqHeaders({ ':path': '/b' })));
-    });
+    await loseConnectionMidStream('/b');
     await expect.poll(() => events.filter((e) => e === 'cancel')).toHaveLength(2);
     const streams = serverStreams.slice(streamsBefore);
     expect(streams).toHaveLength(3);
