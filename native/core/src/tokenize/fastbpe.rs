@@ -37,7 +37,7 @@ use tokenizers::Tokenizer;
 use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 use super::piece_cache::PieceCache;
-use super::prefetch::LOOKAHEAD;
+use super::prefetch::run_ahead;
 
 /// Llama 3 / GPT-4 (cl100k) split pattern.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -336,30 +336,22 @@ impl FastBpe {
         }
     }
 
-    /// BPE on each split piece, splitting [`LOOKAHEAD`] pieces ahead so the
-    /// cache lines of their lookups load in parallel (see prefetch.rs).
+    /// BPE on each split piece, splitting pieces ahead so the cache lines of
+    /// their lookups load in parallel (prefetch.rs).
     fn split_and_merge(&self, s: &str, out: &mut Vec<u32>) {
         let bytes = s.as_bytes();
         let mut pieces = Pieces { bpe: self, s, pos: 0, pending: None };
-        let mut ring = [(0usize, 0usize); LOOKAHEAD];
-        let (mut head, mut tail) = (0usize, 0usize);
-        loop {
-            while head - tail < LOOKAHEAD {
-                let Some((a, b)) = pieces.next() else { break };
+        run_ahead(
+            || {
+                let (a, b) = pieces.next()?;
                 let piece = bytes.get(a..b).unwrap_or_default();
                 if piece.len() > 1 {
                     self.cache.prefetch(piece);
                 }
-                ring[head % LOOKAHEAD] = (a, b);
-                head += 1;
-            }
-            if tail == head {
-                return;
-            }
-            let (a, b) = ring[tail % LOOKAHEAD];
-            tail += 1;
-            self.bpe(bytes.get(a..b).unwrap_or_default(), out);
-        }
+                Some((a, b))
+            },
+            |(a, b)| self.bpe(bytes.get(a..b).unwrap_or_default(), out),
+        );
     }
 
     /// BPE of one piece (raw bytes) into `out`.

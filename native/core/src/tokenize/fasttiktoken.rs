@@ -58,7 +58,7 @@ use tiktoken_rs::CoreBPE;
 
 use super::key::pack;
 use super::piece_cache::PieceCache;
-use super::prefetch::LOOKAHEAD;
+use super::prefetch::run_ahead;
 
 type Rank = u32;
 
@@ -205,7 +205,7 @@ struct RankTable {
 }
 
 /// A string of at most 16 bytes as [`RankTable`] looks it up.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Key {
     lo: u64,
     hi: u64,
@@ -375,30 +375,27 @@ impl FastTiktoken {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 4 + 4);
         let s = text.as_bytes();
-        // Pieces split but not yet encoded: `ring[tail % LOOKAHEAD..head % LOOKAHEAD]`.
-        // (start, end, rank-table key) of each piece split ahead
-        let mut ring = [(0usize, 0usize, None::<Key>); LOOKAHEAD];
-        let (mut head, mut tail) = (0usize, 0usize);
         let mut i = 0;
-        loop {
-            while head - tail < LOOKAHEAD && i < s.len() {
-                let end = self.piece_end(s, i);
-                let key = self.ranks.key_prefetched(s.get(i..end).unwrap_or_default());
-                ring[head % LOOKAHEAD] = (i, end, key);
-                head += 1;
-                i = end;
-            }
-            if tail == head {
-                return out;
-            }
-            let (a, b, key) = ring[tail % LOOKAHEAD];
-            tail += 1;
-            let piece = s.get(a..b).unwrap_or_default();
-            match self.ranks.get_keyed(piece, key) {
-                Some(r) => out.push(r),
-                None => self.merge_piece(piece, &mut out),
-            }
-        }
+        run_ahead(
+            || {
+                // (start, end, rank-table key) of the next piece, its slot prefetched
+                (i < s.len()).then(|| {
+                    let end = self.piece_end(s, i);
+                    let key = self.ranks.key_prefetched(s.get(i..end).unwrap_or_default());
+                    let piece = (i, end, key);
+                    i = end;
+                    piece
+                })
+            },
+            |(a, b, key)| {
+                let piece = s.get(a..b).unwrap_or_default();
+                match self.ranks.get_keyed(piece, key) {
+                    Some(r) => out.push(r),
+                    None => self.merge_piece(piece, &mut out),
+                }
+            },
+        );
+        out
     }
 
     /// The split pieces of `text` (what the split regex's `find_iter` yields).

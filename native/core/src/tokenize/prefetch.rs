@@ -25,3 +25,33 @@ pub(crate) fn read<T>(value: &T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;
 }
+
+/// Runs `each` on every item `next` yields, in order, having pulled up to
+/// [`LOOKAHEAD`] items ahead of it: `next` (which splits a piece and prefetches
+/// its lookup) runs that far before `each` (which does the lookup) catches up.
+#[inline(always)]
+pub(crate) fn run_ahead<T: Copy + Default>(
+    mut next: impl FnMut() -> Option<T>,
+    mut each: impl FnMut(T),
+) {
+    // Items pulled but not yet passed on: `ring[tail % LOOKAHEAD..head % LOOKAHEAD]`.
+    let mut ring = [T::default(); LOOKAHEAD];
+    let (mut head, mut tail) = (0usize, 0usize);
+    let mut more = true;
+    loop {
+        while more && head - tail < LOOKAHEAD {
+            match next() {
+                Some(item) => {
+                    ring[head % LOOKAHEAD] = item;
+                    head += 1;
+                }
+                None => more = false,
+            }
+        }
+        if tail == head {
+            return;
+        }
+        each(ring[tail % LOOKAHEAD]);
+        tail += 1;
+    }
+}
