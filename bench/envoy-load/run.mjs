@@ -30,7 +30,11 @@
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
        [--raw-dir DIR] [--epp-window BYTES]
  *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
+ *        [--rounds N]
  *
+ *   --rounds N             run the whole plan N times (set-up order rotated each
+ *                          round); targets are judged on the median of the
+ *                          per-round ratios (each ratio from one round's points)
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
@@ -107,6 +111,7 @@ const { values: argv } = parseArgs({
     'raw-dir': { type: 'string' },
     'epp-window': { type: 'string' },
     'envoy-log': { type: 'string' },
+    rounds: { type: 'string', default: '1' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -146,6 +151,7 @@ const opt = {
   profileDir: argv.profile,
   nodeArgs: argv['node-args'],
   envoyComponentLog: argv['envoy-log'],
+  rounds: num('rounds', argv.rounds),
 };
 
 // --- small helpers ---
@@ -464,7 +470,11 @@ async function startNoop(destination) {
 }
 
 async function startKvEpp(upstreamAddrs, dir) {
-  const file = join(dir, 'endpoints.yaml');
+  // A directory of its own: kv-epp watches the endpoints file's directory, and
+  // vegeta's results in `dir` change with every request (an inotify wake-up each).
+  const own = join(dir, 'kv-epp');
+  mkdirSync(own, { recursive: true });
+  const file = join(own, 'endpoints.yaml');
   const eps = upstreamAddrs.map((a, i) => {
     const [host, port] = a.split(':');
     return `  - { name: worker-${String.fromCharCode(97 + i)}, address: ${host}, port: ${port}, dpRank: 0, role: aggregated }`;
@@ -792,9 +802,14 @@ async function main() {
         });
       }
     }
-    for (const step of plan) {
-      for (const setup of opt.setups) {
-        const label = `${step.scenario} ${step.load.rate ? `${step.load.rate}/s` : `c=${step.load.concurrency}`} ${setup}`;
+    for (let r = 1; r <= opt.rounds; r++) {
+      // Rotated so no set-up always follows the same one (caches, thermal state).
+      const order = opt.setups.map((_, i) => opt.setups[(i + r - 1) % opt.setups.length]);
+      for (const step of plan) await runStep(r, step, order);
+    }
+    async function runStep(r, step, order) {
+      for (const setup of order) {
+        const label = `${step.scenario} ${step.load.rate ? `${step.load.rate}/s` : `c=${step.load.concurrency}`} ${setup}${opt.rounds > 1 ? ` (round ${r}/${opt.rounds})` : ''}`;
         log(`${label}: warm-up ${opt.warmupS}s, measure ${opt.durationS}s`);
         const out = join(dir, `${setup}-${step.scenario}.bin`);
         if (opt.warmupS > 0) await attack(targets[setup][step.kind], step.load, opt.warmupS, out);
@@ -824,6 +839,7 @@ async function main() {
         }
         const bodyBytes = size(bodies[step.kind]);
         const p = summarise(setup, step, rep, before, after, bodyBytes, probeResult);
+        p.round = r;
         points.push(p);
         log(
           `  → ${p.throughput} req/s ok ${p.successPct}% p50 ${p.latencyMs.p50} p99 ${p.latencyMs.p99} ms` +
@@ -1040,16 +1056,85 @@ function diff(a, b, prefix) {
   return out;
 }
 
-function find(points, scenario, setup, conc) {
+function find(points, scenario, setup, conc, round) {
   return points.find(
     (p) =>
       p.scenario === scenario &&
       p.setup === setup &&
-      (conc === undefined || p.load.concurrency === conc),
+      (conc === undefined || p.load.concurrency === conc) &&
+      (round === undefined || p.round === round),
   );
 }
 
+const median = (xs) => {
+  const v = xs.filter((x) => x !== undefined).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+};
+
+/**
+ * The targets over all rounds: each ratio is computed within one round (the
+ * set-ups ran minutes apart, not hours), then the median ratio is judged;
+ * `perRound` keeps every round's own summary and `ratioRange` the spread.
+ */
 function summariseTargets(points) {
+  const rounds = [...new Set(points.map((p) => p.round ?? 1))].sort((a, b) => a - b);
+  if (rounds.length <= 1) return summariseRound(points);
+  const per = rounds.map((r) => summariseRound(points.filter((p) => (p.round ?? 1) === r)));
+  const out = { rounds: rounds.length };
+  const med = (key, field) => median(per.map((s) => s[key]?.[field]));
+  const range = (key, field) => {
+    const v = per.map((s) => s[key]?.[field]).filter((x) => x !== undefined);
+    return v.length ? [Math.min(...v), Math.max(...v)] : undefined;
+  };
+  for (const q of ['p50', 'p99']) {
+    const key = `smallRate_${q}`;
+    if (!per[0][key]) continue;
+    const ratio = round(med(key, 'ratio'), 2);
+    const ok = Math.min(...per.map((s) => s[key]?.kveppSuccessPct ?? 0));
+    out[key] = {
+      plainMs: round(med(key, 'plainMs'), 3),
+      noopAddedMs: round(med(key, 'noopAddedMs'), 3),
+      kveppAddedMs: round(med(key, 'kveppAddedMs'), 3),
+      ratio,
+      ratioRange: range(key, 'ratio'),
+      kveppSuccessPct: ok,
+      target: '≤ 1.25 on the median of the per-round ratios (and every request answered 200)',
+      met: ratio === undefined ? undefined : ratio <= 1.25 && ok === 100,
+    };
+  }
+  if (per[0].smallMax) {
+    const ratio = round(med('smallMax', 'ratio'), 2);
+    const ok = Math.min(...per.map((s) => s.smallMax?.kveppSuccessPct ?? 0));
+    out.smallMax = {
+      plainReqPerS: round(med('smallMax', 'plainReqPerS'), 1),
+      noopReqPerS: round(med('smallMax', 'noopReqPerS'), 1),
+      kveppReqPerS: round(med('smallMax', 'kveppReqPerS'), 1),
+      ratio,
+      ratioRange: range('smallMax', 'ratio'),
+      kveppSuccessPct: ok,
+      target: '≥ 0.8 on the median of the per-round ratios (every request answered 200)',
+      met: ratio === undefined ? undefined : ratio >= 0.8 && ok === 100,
+    };
+  }
+  if (per[0].big) {
+    out.big = {
+      kveppP50Ms: round(med('big', 'kveppP50Ms'), 1),
+      kveppP99Ms: round(med('big', 'kveppP99Ms'), 1),
+      kveppReqPerS: round(med('big', 'kveppReqPerS'), 1),
+      promptMBpsPerKvEppCore: round(med('big', 'promptMBpsPerKvEppCore'), 2),
+      healthMaxMs: Math.max(...per.map((s) => s.big?.healthMaxMs ?? 0)),
+      healthExtProcPortMaxMs: Math.max(...per.map((s) => s.big?.healthExtProcPortMaxMs ?? 0)),
+      healthUnder10ms: per.every((s) => s.big?.healthUnder10ms),
+    };
+  }
+  out.perRound = per;
+  return out;
+}
+
+/** The targets from one round's points. */
+function summariseRound(points) {
   const out = {};
   const pl = find(points, 'small-rate', 'plain');
   const no = find(points, 'small-rate', 'noop');
@@ -1209,6 +1294,12 @@ function readProfiles(dir, pid) {
 
 // --- output ---
 
+/** A point's row label; `#r` when the run had several rounds. */
+function pointLabel(p) {
+  const load = p.load.rate ? `${p.load.rate}/s` : `c=${p.load.concurrency}`;
+  return `${p.scenario} ${load}${opt.rounds > 1 ? ` #${p.round}` : ''}`;
+}
+
 function printTables(result) {
   const { points, machine, conditions } = result;
   const m = machine;
@@ -1217,12 +1308,12 @@ function printTables(result) {
   );
   const rows = [];
   for (const p of points) {
-    const base = find(points, p.scenario, 'plain', p.load.concurrency);
+    const base = find(points, p.scenario, 'plain', p.load.concurrency, p.round);
     const add = (q) =>
       base && p.setup !== 'plain' ? round(p.latencyMs[q] - base.latencyMs[q], 2) : '';
     const c = p.cpuCores;
     rows.push([
-      `${p.scenario} ${p.load.rate ? `${p.load.rate}/s` : `c=${p.load.concurrency}`}`,
+      pointLabel(p),
       p.setup,
       p.throughput,
       p.successPct,
@@ -1269,13 +1360,13 @@ function printTables(result) {
     for (const q of ['p50', 'p99']) {
       const t = s[`smallRate_${q}`];
       console.log(
-        `small @${conditions.rate}/s ${q}: kv-epp adds ${t.kveppAddedMs} ms, no-op adds ${t.noopAddedMs} ms → ${t.ratio === undefined ? 'no ratio (the no-op added nothing measurable: noise)' : `${t.ratio}×`} (kv-epp ${t.kveppSuccessPct}% ok; target ≤ 1.25: ${t.met === undefined ? 'n/a' : t.met ? 'met' : 'missed'})`,
+        `small @${conditions.rate}/s ${q}: kv-epp adds ${t.kveppAddedMs} ms, no-op adds ${t.noopAddedMs} ms → ${t.ratio === undefined ? 'no ratio (the no-op added nothing measurable: noise)' : `${t.ratio}×`}${t.ratioRange ? ` (median of ${s.rounds} rounds: ${t.ratioRange.join('–')}×)` : ''} (kv-epp ${t.kveppSuccessPct}% ok; target ≤ 1.25: ${t.met === undefined ? 'n/a' : t.met ? 'met' : 'missed'})`,
       );
     }
   }
   if (s.smallMax) {
     console.log(
-      `small max req/s: plain ${s.smallMax.plainReqPerS}, no-op ${s.smallMax.noopReqPerS}, kv-epp ${s.smallMax.kveppReqPerS} → ${s.smallMax.ratio}× (kv-epp ${s.smallMax.kveppSuccessPct}% ok; target ≥ 0.8: ${s.smallMax.met ? 'met' : 'missed'})`,
+      `small max req/s: plain ${s.smallMax.plainReqPerS}, no-op ${s.smallMax.noopReqPerS}, kv-epp ${s.smallMax.kveppReqPerS} → ${s.smallMax.ratio}×${s.smallMax.ratioRange ? ` (median of ${s.rounds} rounds: ${s.smallMax.ratioRange.join('–')}×)` : ''} (kv-epp ${s.smallMax.kveppSuccessPct}% ok; target ≥ 0.8: ${s.smallMax.met ? 'met' : 'missed'})`,
     );
   }
   const bigs = points.filter((p) => p.scenario === 'big');
@@ -1283,12 +1374,25 @@ function printTables(result) {
     const probeRows = [];
     for (const p of bigs) {
       for (const [name, v] of Object.entries(p.probe ?? {})) {
-        probeRows.push([p.setup, name, v.count, v.errors, v.p50, v.p99, v.max, v.over10ms]);
+        probeRows.push([
+          pointLabel(p),
+          p.setup,
+          name,
+          v.count,
+          v.errors,
+          v.p50,
+          v.p99,
+          v.max,
+          v.over10ms,
+        ]);
       }
     }
     console.log('\nProbe during the big run (one every', `${conditions.probeIntervalMs} ms):`);
     console.log(
-      table(['setup', 'probe', 'n', 'err', 'p50 ms', 'p99 ms', 'max ms', '≥10 ms'], probeRows),
+      table(
+        ['scenario', 'setup', 'probe', 'n', 'err', 'p50 ms', 'p99 ms', 'max ms', '≥10 ms'],
+        probeRows,
+      ),
     );
   }
   const kvs = points.filter((p) => p.kvepp);
@@ -1315,7 +1419,7 @@ function printTables(result) {
         kvs.map((p) => {
           const t = p.kvepp.threadsCores;
           return [
-            `${p.scenario} ${p.load.rate ? `${p.load.rate}/s` : `c=${p.load.concurrency}`}`,
+            pointLabel(p),
             t.MainThread,
             t.WorkerThread,
             t.V8Worker,
