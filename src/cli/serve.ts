@@ -53,6 +53,7 @@ import type { TlsOption } from '../server/tls.js';
 import { preparerOptionsFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
 import { accountExternalMemoryInGlobalLimit } from './gc-flags.js';
+import { startGcPacer } from './gc-pacer.js';
 
 /**
  * V8 flags the shipped launchers pass (Dockerfile, npm start, scripts/serve.sh):
@@ -155,6 +156,7 @@ export async function startServing(
         'consumer-name',
         'router-reset-states',
         'dynamo-discovery-dir',
+        'gc-pace-mb',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -256,6 +258,8 @@ export async function startServing(
   }, 1000);
   upkeep.unref();
   started.push({ close: async () => clearInterval(upkeep) });
+  const gcPacer = options.gcPaceMb > 0 ? startGcPacer(options.gcPaceMb * 1024 * 1024) : undefined;
+  if (gcPacer) started.push({ close: async () => gcPacer.stop() });
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));
     applier?.dispose();
@@ -378,6 +382,7 @@ export async function startServing(
       blockSize: options.blockSize,
       gcTuned: GC_FLAGS.every((f) => process.execArgv.some((a) => a.startsWith(f))),
       externalMemoryInGlobalLimit,
+      gcPaceMb: gcPacer ? options.gcPaceMb : 0,
     },
     'kv-epp serving',
   );

@@ -49,6 +49,8 @@ export interface ServeOptions {
   maxRequestsPerEndpoint: number;
   /** `retry-after` on 429 answers, in seconds. */
   retryAfterSeconds: number;
+  /** A mark-compact every this many MiB of old-space growth (src/cli/gc-pacer.ts); 0 = V8 alone. */
+  gcPaceMb: number;
   /** KV event sources (used when `useKvEvents`). */
   events: EventOptions;
 }
@@ -166,6 +168,7 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'extProcTransport',
     'maxBodyBytes',
     'host',
+    'gcPaceMb',
   ]),
 };
 
@@ -345,6 +348,13 @@ export function resolveServeOptions(
       1,
       [flags['retry-after-seconds'], '--retry-after-seconds'],
       file('router', 'retryAfterSeconds'),
+    ),
+    gcPaceMb: get(
+      (v, field) => int(v, field, 0, 65536),
+      48,
+      [flags['gc-pace-mb'], '--gc-pace-mb'],
+      [env.KV_EPP_GC_PACE_MB, 'KV_EPP_GC_PACE_MB'],
+      file('server', 'gcPaceMb'),
     ),
     events,
   };

@@ -64,6 +64,21 @@ describe('resolveServeOptions', () => {
     expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
   });
 
+  it('reads the GC pacing step (flag over env over file; 0 turns it off; bad values name the field)', () => {
+    expect(resolveServeOptions({}, {}).gcPaceMb).toBe(48);
+    expect(resolveServeOptions({}, {}, { server: { gcPaceMb: 0 } }).gcPaceMb).toBe(0);
+    expect(
+      resolveServeOptions({}, { KV_EPP_GC_PACE_MB: '96' }, { server: { gcPaceMb: 0 } }).gcPaceMb,
+    ).toBe(96);
+    expect(resolveServeOptions({ 'gc-pace-mb': '16' }, { KV_EPP_GC_PACE_MB: '96' }).gcPaceMb).toBe(
+      16,
+    );
+    expect(() => resolveServeOptions({ 'gc-pace-mb': '-1' }, {})).toThrow(/--gc-pace-mb/);
+    expect(() => resolveServeOptions({}, {}, { server: { gcPaceMb: 'lots' } })).toThrow(
+      /server\.gcPaceMb/,
+    );
+  });
+
   it('reads the recovery discovery directory and response host (Dynamo names) and the transport', () => {
     const d = resolveServeOptions({}, {});
     expect([d.events.discoveryDir, d.events.responseHost, d.extProcTransport]).toEqual([
