@@ -72,7 +72,7 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--router-ttl-secs 120] [--router-max-tree-size 1048576]
                     [--router-prune-target-ratio 0.8] [--max-queued-requests 1024]
                     [--max-requests-per-endpoint 0] [--retry-after-seconds 1]
-                    [--ext-proc-transport direct|grpc-js]
+                    [--ext-proc-transport raw-h2|direct|grpc-js]
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
                     [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]

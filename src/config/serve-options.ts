@@ -17,7 +17,7 @@ export interface ServeOptions {
   secureServing: boolean;
   certPath?: string | undefined;
   /** How `Process` streams are served: `direct` (node:http2, default) or `grpc-js`. */
-  extProcTransport: 'direct' | 'grpc-js';
+  extProcTransport: 'raw-h2' | 'direct' | 'grpc-js';
   endpointsFile?: string | undefined;
   /** Endpoints given inline in the config file. */
   endpoints?: unknown;
@@ -266,10 +266,10 @@ export function resolveServeOptions(
     certPath: get(str, undefined, [flags['cert-path'], '--cert-path'], file('server', 'certPath')),
     extProcTransport: get(
       (v, field) => {
-        if (v === 'direct' || v === 'grpc-js') return v;
-        return fail(field, `expected direct or grpc-js, got ${JSON.stringify(v)}`);
+        if (v === 'raw-h2' || v === 'direct' || v === 'grpc-js') return v;
+        return fail(field, `expected raw-h2, direct or grpc-js, got ${JSON.stringify(v)}`);
       },
-      'direct' as const,
+      'raw-h2' as const,
       [flags['ext-proc-transport'], '--ext-proc-transport'],
       file('server', 'extProcTransport'),
     ),

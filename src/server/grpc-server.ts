@@ -18,9 +18,10 @@ import { decodeRequest, encodeResponseFrameParts } from './ext-proc/codec.js';
 import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
 import { loadServices } from './ext-proc/proto.js';
+import { installRawTransport, type RawTransport } from './ext-proc/raw-transport.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
 import { healthService } from './health.js';
-import { tuneHttp2, tuneSessions } from './http2-tuning.js';
+import { DEFAULT_HTTP2_TUNING, tuneHttp2, tuneSessions } from './http2-tuning.js';
 import type { RequestRouter } from './routing-types.js';
 import { serverCredentials, type TlsOption } from './tls.js';
 
@@ -51,13 +52,16 @@ export interface ExtProcServerOptions {
   /** See ExtProcStreamOptions.onLocalReject. */
   onLocalReject?: ((category: string) => void) | undefined;
   /**
-   * `direct` (default): `Process` streams are served on Node's HTTP/2 server
-   * directly (h2-transport.ts), grpc-js serves the rest; `grpc-js`: grpc-js serves all.
+   * `raw-h2` (default): kv-epp's own HTTP/2 framing serves every stream of
+   * the port (raw-transport.ts); `direct`: `Process` streams are served on
+   * Node's HTTP/2 server directly (h2-transport.ts), grpc-js serves the rest;
+   * `grpc-js`: grpc-js serves all.
    */
   transport?: ExtProcTransport | undefined;
 }
 
-export type ExtProcTransport = 'direct' | 'grpc-js';
+export type ExtProcTransport = 'raw-h2' | 'direct' | 'grpc-js';
+export const EXT_PROC_TRANSPORTS: readonly ExtProcTransport[] = ['raw-h2', 'direct', 'grpc-js'];
 
 export interface HealthServerOptions {
   port: number;
@@ -87,11 +91,13 @@ function bind(server: Server, addr: string, creds: ServerCredentials): Promise<n
   });
 }
 
-function closer(server: Server): (graceMs?: number) => Promise<void> {
+function closer(server: Server, raw?: RawTransport): (graceMs?: number) => Promise<void> {
   let closing: Promise<void> | undefined;
   return (graceMs = 5000) => {
     closing ??= new Promise<void>((resolve) => {
+      raw?.drain();
       const timer = setTimeout(() => {
+        raw?.destroy();
         server.forceShutdown();
         resolve();
       }, graceMs);
@@ -177,15 +183,35 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       'cannot tune HTTP/2 (grpc-js internals changed): gateways may see GOAWAY after 1000 stream resets',
     );
   }
-  const transport = opts.transport ?? 'direct';
-  if (transport === 'direct' && !installDirect(server, receive, streamOpts)) {
+  const transport = opts.transport ?? 'raw-h2';
+  let raw: RawTransport | undefined;
+  if (transport === 'raw-h2') {
+    raw = installRawTransport<ProcessingRequest, ProcessingResponse>(server, {
+      deserialize: decodeRequest,
+      frame: encodeResponseFrameParts,
+      maxReceiveBytes: receive,
+      open: (sink) => new ExtProcStream(sink, streamOpts),
+      isReady: opts.isReady ?? (() => true),
+      streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
+      connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
+      onProtocolError: (code, reason) =>
+        opts.logger.warn(
+          { port, code, reason },
+          'ext_proc connection closed: HTTP/2 protocol error',
+        ),
+    });
+  }
+  if (
+    (transport === 'raw-h2' && !raw) ||
+    (transport === 'direct' && !installDirect(server, receive, streamOpts))
+  ) {
     opts.logger.warn(
-      { port },
-      'cannot serve ext_proc on the direct HTTP/2 path (grpc-js internals changed): grpc-js serves it',
+      { port, transport },
+      'cannot serve ext_proc on the chosen HTTP/2 path (grpc-js internals changed): grpc-js serves it',
     );
   }
   opts.logger.info({ port, tls: tlsMode(opts.tls), transport }, 'ext_proc server listening');
-  return { port, certificate, close: closer(server) };
+  return { port, certificate, close: closer(server, raw) };
 }
 
 function installDirect(

@@ -35,7 +35,7 @@ import type {
 } from '../../src/server/routing-types.js';
 
 /** Both server transports; protocol suites run against each (they must answer alike). */
-export const TRANSPORTS: ExtProcTransport[] = ['direct', 'grpc-js'];
+export const TRANSPORTS: ExtProcTransport[] = ['raw-h2', 'direct', 'grpc-js'];
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();

@@ -84,8 +84,11 @@ describe('resolveServeOptions', () => {
     expect([d.events.discoveryDir, d.events.responseHost, d.extProcTransport]).toEqual([
       undefined,
       '127.0.0.1',
-      'direct',
+      'raw-h2',
     ]);
+    expect(resolveServeOptions({ 'ext-proc-transport': 'direct' }, {}).extProcTransport).toBe(
+      'direct',
+    );
     const o = resolveServeOptions(
       { 'ext-proc-transport': 'grpc-js' },
       { DYN_FILE_KV: '/tmp/kv', DYN_TCP_RESPONSE_STREAM_HOST: '127.0.0.9' },
@@ -101,7 +104,7 @@ describe('resolveServeOptions', () => {
     );
     expect(f.events.discoveryDir).toBe('/tmp/flag');
     expect(() => resolveServeOptions({ 'ext-proc-transport': 'h3' }, {})).toThrow(
-      /--ext-proc-transport: expected direct or grpc-js/,
+      /--ext-proc-transport: expected raw-h2, direct or grpc-js/,
     );
   });
 

@@ -1,0 +1,789 @@
+/**
+ * A server-side HTTP/2 connection (RFC 9113) over one socket, made for the
+ * ext_proc port: thousands of short gRPC streams per second on a few
+ * connections from a gateway. It replaces Node's http2 session for that port
+ * because each Node stream is a full Duplex with its own native handle,
+ * listeners and ticks, which cost more CPU than the routing decision.
+ *
+ * Contract:
+ * - `open(stream, headers)` is called once per new client stream with the
+ *   decoded request headers (flat `[name, value, …]`); the returned events
+ *   receive its DATA (`onData`, views of the socket's buffers that stay valid),
+ *   the end of the client's side (`onEnd`) and, instead, a reset or a lost
+ *   connection (`onReset`; nothing after it).
+ * - A stream answers with `respond` (headers), `write` (DATA, flow-controlled:
+ *   queued while the peer's windows are closed), `end` (trailers, sent after
+ *   every queued byte) or `reset`. Once the server has ended its side of a
+ *   stream the client has not ended, the stream is reset with NO_ERROR
+ *   (RFC 9113 §8.1: the response is complete; the client stops sending).
+ * - Everything written in one JavaScript task goes out in one socket write
+ *   (flushed from a microtask).
+ * - Receive windows: `streamWindowBytes` per stream and
+ *   `connectionWindowBytes` per connection, replenished as DATA arrives
+ *   (handlers take the bytes at once; message-size limits are the gRPC
+ *   layer's). A peer exceeding them is a FLOW_CONTROL_ERROR.
+ *
+ * Failure modes: a protocol violation by the peer ends the connection with
+ * GOAWAY and the matching error code (every open stream gets `onReset`);
+ * a violation confined to one stream resets that stream only. Handlers that
+ * throw are isolated: the stream is reset with INTERNAL_ERROR, never the
+ * process. Nothing here throws out of a socket event.
+ */
+import type { Duplex } from 'node:stream';
+import { HpackDecoder, HpackError } from './hpack.js';
+
+export const ErrorCode = {
+  NO_ERROR: 0x0,
+  PROTOCOL_ERROR: 0x1,
+  INTERNAL_ERROR: 0x2,
+  FLOW_CONTROL_ERROR: 0x3,
+  STREAM_CLOSED: 0x5,
+  FRAME_SIZE_ERROR: 0x6,
+  REFUSED_STREAM: 0x7,
+  CANCEL: 0x8,
+  COMPRESSION_ERROR: 0x9,
+} as const;
+
+const FrameType = {
+  DATA: 0x0,
+  HEADERS: 0x1,
+  PRIORITY: 0x2,
+  RST_STREAM: 0x3,
+  SETTINGS: 0x4,
+  PUSH_PROMISE: 0x5,
+  PING: 0x6,
+  GOAWAY: 0x7,
+  WINDOW_UPDATE: 0x8,
+  CONTINUATION: 0x9,
+} as const;
+
+const Flag = {
+  END_STREAM: 0x1,
+  ACK: 0x1,
+  END_HEADERS: 0x4,
+  PADDED: 0x8,
+  PRIORITY: 0x20,
+} as const;
+
+const Setting = {
+  HEADER_TABLE_SIZE: 0x1,
+  INITIAL_WINDOW_SIZE: 0x4,
+  MAX_FRAME_SIZE: 0x5,
+  MAX_HEADER_LIST_SIZE: 0x6,
+} as const;
+
+const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const FRAME_HEADER = 9;
+const DEFAULT_WINDOW = 65_535;
+const MAX_WINDOW = 0x7fff_ffff;
+/** The largest frame we accept (the protocol default; we do not raise it). */
+const MAX_FRAME_IN = 16_384;
+/** Header blocks (HEADERS + CONTINUATION) above this end the connection. */
+const MAX_HEADER_BLOCK = 1024 * 1024;
+/** Open streams per connection above which new ones are refused. */
+const MAX_STREAMS = 100_000;
+/** Below this many bytes a flush copies the frames into one buffer. */
+const COALESCE_BYTES = 16 * 1024;
+
+export interface H2StreamEvents {
+  onData(chunk: Buffer): void;
+  onEnd(): void;
+  onReset(code: number): void;
+}
+
+export type StreamOpener = (stream: H2Stream, headers: string[]) => H2StreamEvents;
+
+export interface H2ConnectionOptions {
+  open: StreamOpener;
+  /** Our per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE). */
+  streamWindowBytes: number;
+  /** Our connection receive window. */
+  connectionWindowBytes: number;
+  /** Decoded request header list limit (SETTINGS_MAX_HEADER_LIST_SIZE). */
+  maxHeaderListBytes?: number | undefined;
+  /** Called once when the socket is gone. */
+  onClose?: (() => void) | undefined;
+  /** A connection-level protocol error we answered with GOAWAY (logging). */
+  onProtocolError?: ((code: number, reason: string) => void) | undefined;
+}
+
+class ConnectionError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class H2Stream {
+  /** @internal */ events: H2StreamEvents | undefined;
+  /** @internal */ remoteOpen = true;
+  /** @internal */ localOpen = true;
+  /** @internal */ sendWindow: number;
+  /** @internal */ recvWindow: number;
+  /** @internal */ recvUnacked = 0;
+  /** @internal */ queue: Buffer[] = [];
+  /** @internal */ queuedBytes = 0;
+  /** @internal */ trailers: Buffer | undefined;
+  /** @internal */ closed = false;
+
+  constructor(
+    readonly id: number,
+    private readonly conn: H2Connection,
+    sendWindow: number,
+    recvWindow: number,
+  ) {
+    this.sendWindow = sendWindow;
+    this.recvWindow = recvWindow;
+  }
+
+  /** False once the stream is reset, closed, or our side has ended. */
+  get writable(): boolean {
+    return !this.closed && this.localOpen && this.trailers === undefined;
+  }
+
+  /** Sends a header block; `endStream` ends our side with it (nothing may follow). */
+  respond(block: Buffer, endStream = false): void {
+    if (!this.writable) return;
+    this.conn.sendHeaders(this.id, block, endStream);
+    if (endStream) this.conn.localEnded(this);
+  }
+
+  /** Queues DATA (the buffers are sent as they are: do not reuse them). */
+  write(data: Buffer | readonly Buffer[]): void {
+    if (!this.writable) return;
+    if (Buffer.isBuffer(data)) {
+      if (data.length === 0) return;
+      this.queue.push(data);
+      this.queuedBytes += data.length;
+    } else {
+      for (const part of data) {
+        if (part.length === 0) continue;
+        this.queue.push(part);
+        this.queuedBytes += part.length;
+      }
+    }
+    this.conn.pump(this);
+  }
+
+  /** Ends our side with a trailer block, after every queued DATA byte. */
+  end(trailerBlock: Buffer): void {
+    if (!this.writable) return;
+    this.trailers = trailerBlock;
+    this.conn.pump(this);
+  }
+
+  /** Resets the stream (no `onReset` to our own handler). */
+  reset(code: number): void {
+    if (this.closed) return;
+    this.conn.resetStream(this, code, false);
+  }
+}
+
+export class H2Connection {
+  private readonly decoder: HpackDecoder;
+  private readonly streams = new Map<number, H2Stream>();
+  private readonly blocked = new Set<H2Stream>();
+  private pending: Buffer | undefined;
+  private prefaceSeen = false;
+  private settingsSeen = false;
+  private lastStreamId = 0;
+  /** The stream whose header block is being continued, and the block so far. */
+  private continuing: { id: number; flags: number; parts: Buffer[]; bytes: number } | undefined;
+  private peerMaxFrame = 16_384;
+  private peerInitialWindow = DEFAULT_WINDOW;
+  private sendWindow = DEFAULT_WINDOW;
+  private recvWindow: number;
+  private recvUnacked = 0;
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  private flushQueued = false;
+  private draining = false;
+  private dead = false;
+  private readonly flushNow = (): void => this.flush();
+
+  constructor(
+    private readonly socket: Duplex,
+    private readonly opts: H2ConnectionOptions,
+  ) {
+    this.decoder = new HpackDecoder({
+      maxTableBytes: 4096,
+      maxHeaderListBytes: opts.maxHeaderListBytes ?? 256 * 1024,
+    });
+    this.recvWindow = opts.connectionWindowBytes;
+    socket.on('data', (chunk: Buffer) => this.onSocketData(chunk));
+    socket.on('error', () => this.lost());
+    socket.on('close', () => this.lost());
+    socket.on('end', () => this.lost());
+    // Server preface: our SETTINGS, then the larger connection window.
+    const settings = Buffer.allocUnsafe(18);
+    settings.writeUInt16BE(Setting.INITIAL_WINDOW_SIZE, 0);
+    settings.writeUInt32BE(opts.streamWindowBytes, 2);
+    settings.writeUInt16BE(Setting.MAX_HEADER_LIST_SIZE, 6);
+    settings.writeUInt32BE(opts.maxHeaderListBytes ?? 256 * 1024, 8);
+    settings.writeUInt16BE(Setting.MAX_FRAME_SIZE, 12);
+    settings.writeUInt32BE(MAX_FRAME_IN, 14);
+    this.frame(FrameType.SETTINGS, 0, 0, settings);
+    if (opts.connectionWindowBytes > DEFAULT_WINDOW) {
+      this.windowUpdate(0, opts.connectionWindowBytes - DEFAULT_WINDOW);
+    }
+  }
+
+  /** Open streams (tests, shutdown). */
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  /** Graceful close: GOAWAY now, the socket ends when the open streams have. */
+  goaway(): void {
+    if (this.dead || this.draining) return;
+    this.draining = true;
+    this.sendGoaway(ErrorCode.NO_ERROR, '');
+    if (this.streams.size === 0) this.closeSocket();
+  }
+
+  /** Ends the connection at once. */
+  destroy(): void {
+    if (this.dead) return;
+    this.flush();
+    this.socket.destroy();
+    this.lost();
+  }
+
+  // --- receiving -------------------------------------------------------------
+
+  private onSocketData(chunk: Buffer): void {
+    if (this.dead) return;
+    let buf = chunk;
+    if (this.pending) {
+      buf = Buffer.concat([this.pending, chunk]);
+      this.pending = undefined;
+    }
+    let at = 0;
+    try {
+      if (!this.prefaceSeen) {
+        const n = Math.min(buf.length, PREFACE.length);
+        if (buf.compare(PREFACE, 0, n, 0, n) !== 0) {
+          throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'not an HTTP/2 client preface');
+        }
+        if (buf.length < PREFACE.length) {
+          this.pending = buf;
+          return;
+        }
+        this.prefaceSeen = true;
+        at = PREFACE.length;
+      }
+      while (buf.length - at >= FRAME_HEADER && !this.dead) {
+        const len =
+          ((buf[at] as number) << 16) | ((buf[at + 1] as number) << 8) | (buf[at + 2] as number);
+        if (len > MAX_FRAME_IN) {
+          throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, `frame of ${len} bytes`);
+        }
+        if (buf.length - at - FRAME_HEADER < len) break;
+        const type = buf[at + 3] as number;
+        const flags = buf[at + 4] as number;
+        const id = buf.readUInt32BE(at + 5) & 0x7fff_ffff;
+        const payload = buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len);
+        at += FRAME_HEADER + len;
+        this.onFrame(type, flags, id, payload);
+      }
+    } catch (e) {
+      if (e instanceof ConnectionError) {
+        this.connectionError(e.code, e.message);
+        return;
+      }
+      this.connectionError(ErrorCode.INTERNAL_ERROR, String(e));
+      return;
+    }
+    if (at < buf.length && !this.dead) this.pending = buf.subarray(at);
+  }
+
+  private onFrame(type: number, flags: number, id: number, payload: Buffer): void {
+    if (!this.settingsSeen && type !== FrameType.SETTINGS) {
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'first frame is not SETTINGS');
+    }
+    if (this.continuing && type !== FrameType.CONTINUATION) {
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'frame interleaved in a header block');
+    }
+    switch (type) {
+      case FrameType.DATA:
+        this.onDataFrame(flags, id, payload);
+        return;
+      case FrameType.HEADERS:
+        this.onHeadersFrame(flags, id, payload);
+        return;
+      case FrameType.CONTINUATION:
+        this.onContinuation(flags, id, payload);
+        return;
+      case FrameType.PRIORITY:
+        if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PRIORITY on stream 0');
+        if (payload.length !== 5) this.streamError(id, ErrorCode.FRAME_SIZE_ERROR);
+        return;
+      case FrameType.RST_STREAM:
+        this.onRstStream(id, payload);
+        return;
+      case FrameType.SETTINGS:
+        this.onSettings(flags, id, payload);
+        return;
+      case FrameType.PUSH_PROMISE:
+        throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PUSH_PROMISE from a client');
+      case FrameType.PING:
+        if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PING on a stream');
+        if (payload.length !== 8)
+          throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'PING size');
+        if (!(flags & Flag.ACK)) this.frame(FrameType.PING, Flag.ACK, 0, Buffer.from(payload));
+        return;
+      case FrameType.GOAWAY:
+        if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'GOAWAY on a stream');
+        // The peer opens no more streams; the open ones finish.
+        this.draining = true;
+        if (this.streams.size === 0) this.closeSocket();
+        return;
+      case FrameType.WINDOW_UPDATE:
+        this.onWindowUpdate(id, payload);
+        return;
+      default:
+        // Unknown frame types are ignored (RFC 9113 §5.5).
+        return;
+    }
+  }
+
+  /** Strips padding; throws on a pad length beyond the payload. */
+  private unpad(flags: number, payload: Buffer): Buffer {
+    if (!(flags & Flag.PADDED)) return payload;
+    if (payload.length < 1)
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'padded frame too short');
+    const pad = payload[0] as number;
+    if (pad >= payload.length)
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'padding too long');
+    return payload.subarray(1, payload.length - pad);
+  }
+
+  private onDataFrame(flags: number, id: number, payload: Buffer): void {
+    if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'DATA on stream 0');
+    // Flow control counts the whole payload, padding included.
+    const len = payload.length;
+    if (len > this.recvWindow) {
+      throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'connection window exceeded');
+    }
+    this.recvWindow -= len;
+    this.recvUnacked += len;
+    if (this.recvUnacked >= this.opts.connectionWindowBytes / 2) {
+      this.windowUpdate(0, this.recvUnacked);
+      this.recvWindow += this.recvUnacked;
+      this.recvUnacked = 0;
+    }
+    const data = this.unpad(flags, payload);
+    const s = this.streams.get(id);
+    if (!s) {
+      if (id > this.lastStreamId) {
+        throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'DATA on an idle stream');
+      }
+      // A stream we closed: frames already in flight are ignored (RFC 9113 §5.1).
+      return;
+    }
+    if (!s.remoteOpen) {
+      this.resetStream(s, ErrorCode.STREAM_CLOSED, true);
+      return;
+    }
+    if (len > s.recvWindow) {
+      this.resetStream(s, ErrorCode.FLOW_CONTROL_ERROR, true);
+      return;
+    }
+    s.recvWindow -= len;
+    const end = (flags & Flag.END_STREAM) !== 0;
+    if (!end) {
+      s.recvUnacked += len;
+      if (s.recvUnacked >= this.opts.streamWindowBytes / 2) {
+        this.windowUpdate(id, s.recvUnacked);
+        s.recvWindow += s.recvUnacked;
+        s.recvUnacked = 0;
+      }
+    }
+    if (data.length > 0) this.deliver(s, (e) => e.onData(data));
+    if (end) this.remoteEnded(s);
+  }
+
+  private onHeadersFrame(flags: number, id: number, payload: Buffer): void {
+    if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'HEADERS on stream 0');
+    let block = this.unpad(flags, payload);
+    if (flags & Flag.PRIORITY) {
+      if (block.length < 5)
+        throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'HEADERS too short');
+      block = block.subarray(5);
+    }
+    if (flags & Flag.END_HEADERS) {
+      this.onHeaderBlock(flags, id, block);
+      return;
+    }
+    this.continuing = { id, flags, parts: [Buffer.from(block)], bytes: block.length };
+  }
+
+  private onContinuation(flags: number, id: number, payload: Buffer): void {
+    const c = this.continuing;
+    if (!c || c.id !== id) {
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'unexpected CONTINUATION');
+    }
+    c.bytes += payload.length;
+    if (c.bytes > MAX_HEADER_BLOCK) {
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'header block too large');
+    }
+    c.parts.push(Buffer.from(payload));
+    if (!(flags & Flag.END_HEADERS)) return;
+    this.continuing = undefined;
+    this.onHeaderBlock(c.flags, id, Buffer.concat(c.parts));
+  }
+
+  private onHeaderBlock(flags: number, id: number, block: Buffer): void {
+    let headers: string[];
+    try {
+      headers = this.decoder.decode(block);
+    } catch (e) {
+      // The table is out of step with the peer's now: the connection cannot go on.
+      const reason = e instanceof HpackError ? e.message : String(e);
+      throw new ConnectionError(ErrorCode.COMPRESSION_ERROR, reason);
+    }
+    const end = (flags & Flag.END_STREAM) !== 0;
+    const existing = this.streams.get(id);
+    if (existing) {
+      // Trailers from the client: must end its side.
+      if (!existing.remoteOpen || !end) {
+        this.resetStream(existing, ErrorCode.PROTOCOL_ERROR, true);
+        return;
+      }
+      this.remoteEnded(existing);
+      return;
+    }
+    if (id % 2 === 0)
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on stream ${id}`);
+    // A stream we closed (its block is decoded above, keeping the table in step).
+    if (id <= this.lastStreamId) return;
+    this.lastStreamId = id;
+    if (this.draining || this.streams.size >= MAX_STREAMS) {
+      this.rst(id, ErrorCode.REFUSED_STREAM);
+      return;
+    }
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i] as string;
+      if (name !== name.toLowerCase()) {
+        // Malformed (RFC 9113 §8.2.1): this stream only.
+        this.rst(id, ErrorCode.PROTOCOL_ERROR);
+        return;
+      }
+    }
+    const s = new H2Stream(id, this, this.peerInitialWindow, this.opts.streamWindowBytes);
+    this.streams.set(id, s);
+    try {
+      s.events = this.opts.open(s, headers);
+    } catch {
+      this.resetStream(s, ErrorCode.INTERNAL_ERROR, false);
+      return;
+    }
+    if (end && !s.closed) this.remoteEnded(s);
+  }
+
+  private onRstStream(id: number, payload: Buffer): void {
+    if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'RST_STREAM on stream 0');
+    if (payload.length !== 4)
+      throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'RST_STREAM size');
+    if (id > this.lastStreamId) {
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'RST_STREAM on an idle stream');
+    }
+    const s = this.streams.get(id);
+    if (!s) return;
+    const code = payload.readUInt32BE(0);
+    this.close(s);
+    const events = s.events;
+    s.events = undefined;
+    if (events) this.guard(s, () => events.onReset(code));
+  }
+
+  private onSettings(flags: number, id: number, payload: Buffer): void {
+    if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'SETTINGS on a stream');
+    if (flags & Flag.ACK) {
+      if (payload.length !== 0)
+        throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'SETTINGS ACK size');
+      return;
+    }
+    if (payload.length % 6 !== 0)
+      throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'SETTINGS size');
+    this.settingsSeen = true;
+    for (let at = 0; at < payload.length; at += 6) {
+      const key = payload.readUInt16BE(at);
+      const value = payload.readUInt32BE(at + 2);
+      if (key === Setting.INITIAL_WINDOW_SIZE) {
+        if (value > MAX_WINDOW) {
+          throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'initial window too large');
+        }
+        const delta = value - this.peerInitialWindow;
+        this.peerInitialWindow = value;
+        for (const s of this.streams.values()) {
+          s.sendWindow += delta;
+          if (s.sendWindow > MAX_WINDOW) {
+            throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'stream window overflow');
+          }
+        }
+      } else if (key === Setting.MAX_FRAME_SIZE) {
+        if (value < 16_384 || value > 16_777_215) {
+          throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'invalid max frame size');
+        }
+        this.peerMaxFrame = value;
+      }
+      // HEADER_TABLE_SIZE: our encoder never indexes. Others do not concern a server.
+    }
+    this.frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(0));
+    for (const s of [...this.streams.values()]) if (s.queue.length || s.trailers) this.pump(s);
+  }
+
+  private onWindowUpdate(id: number, payload: Buffer): void {
+    if (payload.length !== 4)
+      throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'WINDOW_UPDATE size');
+    const inc = payload.readUInt32BE(0) & 0x7fff_ffff;
+    if (id === 0) {
+      if (inc === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'zero window increment');
+      this.sendWindow += inc;
+      if (this.sendWindow > MAX_WINDOW) {
+        throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'connection window overflow');
+      }
+      const waiting = [...this.blocked];
+      this.blocked.clear();
+      for (const s of waiting) this.pump(s);
+      return;
+    }
+    const s = this.streams.get(id);
+    if (!s) {
+      if (id > this.lastStreamId) {
+        throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'WINDOW_UPDATE on an idle stream');
+      }
+      return;
+    }
+    if (inc === 0) {
+      this.resetStream(s, ErrorCode.PROTOCOL_ERROR, true);
+      return;
+    }
+    s.sendWindow += inc;
+    if (s.sendWindow > MAX_WINDOW) {
+      this.resetStream(s, ErrorCode.FLOW_CONTROL_ERROR, true);
+      return;
+    }
+    this.pump(s);
+  }
+
+  // --- stream lifecycle ---------------------------------------------------------
+
+  private deliver(s: H2Stream, f: (e: H2StreamEvents) => void): void {
+    const e = s.events;
+    if (e) this.guard(s, () => f(e));
+  }
+
+  /** Runs a handler callback; a throw resets that stream only. */
+  private guard(s: H2Stream, f: () => void): void {
+    try {
+      f();
+    } catch {
+      if (!s.closed) this.resetStream(s, ErrorCode.INTERNAL_ERROR, false);
+    }
+  }
+
+  private remoteEnded(s: H2Stream): void {
+    s.remoteOpen = false;
+    this.deliver(s, (e) => e.onEnd());
+    if (!s.localOpen && !s.closed) this.close(s);
+  }
+
+  /** @internal Our END_STREAM went out. */
+  localEnded(s: H2Stream): void {
+    s.localOpen = false;
+    if (s.closed) return;
+    // The response is complete: a client still sending is told to stop.
+    if (s.remoteOpen) this.rst(s.id, ErrorCode.NO_ERROR);
+    this.close(s);
+  }
+
+  /** @internal */
+  resetStream(s: H2Stream, code: number, notify: boolean): void {
+    if (s.closed) return;
+    this.rst(s.id, code);
+    this.close(s);
+    const events = s.events;
+    s.events = undefined;
+    if (notify && events) this.guard(s, () => events.onReset(code));
+  }
+
+  private close(s: H2Stream): void {
+    if (s.closed) return;
+    s.closed = true;
+    s.queue = [];
+    s.queuedBytes = 0;
+    this.blocked.delete(s);
+    this.streams.delete(s.id);
+    if (this.draining && this.streams.size === 0) this.closeSocket();
+  }
+
+  private streamError(id: number, code: number): void {
+    const s = this.streams.get(id);
+    if (s) this.resetStream(s, code, true);
+    else this.rst(id, code);
+  }
+
+  // --- sending --------------------------------------------------------------------
+
+  /** @internal Sends queued DATA the windows allow, then trailers once all is out. */
+  pump(s: H2Stream): void {
+    if (s.closed || this.dead) return;
+    while (s.queuedBytes > 0) {
+      const room = Math.min(s.sendWindow, this.sendWindow, this.peerMaxFrame);
+      if (room <= 0) {
+        this.blocked.add(s);
+        return;
+      }
+      const n = Math.min(room, s.queuedBytes);
+      this.frameHeader(n, FrameType.DATA, 0, s.id);
+      let left = n;
+      while (left > 0) {
+        const head = s.queue[0] as Buffer;
+        if (head.length <= left) {
+          s.queue.shift();
+          this.push(head);
+          left -= head.length;
+        } else {
+          this.push(head.subarray(0, left));
+          s.queue[0] = head.subarray(left);
+          left = 0;
+        }
+      }
+      s.queuedBytes -= n;
+      s.sendWindow -= n;
+      this.sendWindow -= n;
+    }
+    const trailers = s.trailers;
+    if (trailers) {
+      s.trailers = undefined;
+      this.sendHeaders(s.id, trailers, true);
+      this.localEnded(s);
+    }
+  }
+
+  /** @internal A header block as HEADERS (+ CONTINUATION beyond the peer's frame size). */
+  sendHeaders(id: number, block: Buffer, endStream: boolean): void {
+    const end = endStream ? Flag.END_STREAM : 0;
+    if (block.length <= this.peerMaxFrame) {
+      this.frame(FrameType.HEADERS, end | Flag.END_HEADERS, id, block);
+      return;
+    }
+    let at = 0;
+    let type: number = FrameType.HEADERS;
+    let flags: number = end;
+    while (at < block.length) {
+      const part = block.subarray(at, at + this.peerMaxFrame);
+      at += part.length;
+      this.frame(type, flags | (at === block.length ? Flag.END_HEADERS : 0), id, part);
+      type = FrameType.CONTINUATION;
+      flags = 0;
+    }
+  }
+
+  private rst(id: number, code: number): void {
+    const p = Buffer.allocUnsafe(4);
+    p.writeUInt32BE(code, 0);
+    this.frame(FrameType.RST_STREAM, 0, id, p);
+  }
+
+  private windowUpdate(id: number, inc: number): void {
+    const p = Buffer.allocUnsafe(4);
+    p.writeUInt32BE(inc, 0);
+    this.frame(FrameType.WINDOW_UPDATE, 0, id, p);
+  }
+
+  private sendGoaway(code: number, debug: string): void {
+    const d = Buffer.from(debug, 'utf8');
+    const p = Buffer.allocUnsafe(8 + d.length);
+    p.writeUInt32BE(this.lastStreamId, 0);
+    p.writeUInt32BE(code, 4);
+    d.copy(p, 8);
+    this.frame(FrameType.GOAWAY, 0, 0, p);
+  }
+
+  private frameHeader(len: number, type: number, flags: number, id: number): void {
+    const h = Buffer.allocUnsafe(FRAME_HEADER);
+    h[0] = len >>> 16;
+    h[1] = (len >>> 8) & 0xff;
+    h[2] = len & 0xff;
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(id, 5);
+    this.push(h);
+  }
+
+  private frame(type: number, flags: number, id: number, payload: Buffer): void {
+    this.frameHeader(payload.length, type, flags, id);
+    if (payload.length > 0) this.push(payload);
+  }
+
+  private push(b: Buffer): void {
+    if (this.dead) return;
+    this.out.push(b);
+    this.outBytes += b.length;
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      queueMicrotask(this.flushNow);
+    }
+  }
+
+  private flush(): void {
+    this.flushQueued = false;
+    const out = this.out;
+    if (out.length === 0 || this.dead) return;
+    const bytes = this.outBytes;
+    this.out = [];
+    this.outBytes = 0;
+    if (out.length === 1) {
+      this.socket.write(out[0]);
+    } else if (bytes <= COALESCE_BYTES) {
+      this.socket.write(Buffer.concat(out, bytes));
+    } else {
+      this.socket.cork();
+      for (const b of out) this.socket.write(b);
+      this.socket.uncork();
+    }
+  }
+
+  // --- ending -------------------------------------------------------------------
+
+  private connectionError(code: number, reason: string): void {
+    if (this.dead) return;
+    this.opts.onProtocolError?.(code, reason);
+    this.sendGoaway(code, reason);
+    this.flush();
+    this.socket.end();
+    this.lost();
+  }
+
+  private closeSocket(): void {
+    this.flush();
+    this.socket.end();
+  }
+
+  /** The socket is gone (or we gave up on it): every open stream is reset. */
+  private lost(): void {
+    if (this.dead) return;
+    this.dead = true;
+    this.pending = undefined;
+    this.out = [];
+    const open = [...this.streams.values()];
+    this.streams.clear();
+    this.blocked.clear();
+    for (const s of open) {
+      s.closed = true;
+      const events = s.events;
+      s.events = undefined;
+      if (events) this.guard(s, () => events.onReset(ErrorCode.CANCEL));
+    }
+    if (!this.socket.destroyed) {
+      // Let a final GOAWAY drain, but never keep a dead connection open.
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+    this.opts.onClose?.();
+  }
+}

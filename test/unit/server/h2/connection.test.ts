@@ -1,0 +1,335 @@
+/**
+ * H2Connection against a real HTTP/2 peer (Node's client, i.e. nghttp2: HPACK
+ * with Huffman and its dynamic table, CONTINUATION, flow control) and against
+ * hand-written frames for the protocol errors a client must not get away with.
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  ErrorCode,
+  H2Connection,
+  type H2Stream,
+  type H2StreamEvents,
+} from '../../../../src/server/h2/connection.js';
+import { encodeHeaders } from '../../../../src/server/h2/hpack.js';
+
+type Handler = (stream: H2Stream, headers: Record<string, string>) => H2StreamEvents;
+
+interface Harness {
+  port: number;
+  conns: H2Connection[];
+  errors: string[];
+  close(): Promise<void>;
+}
+
+const open: Harness[] = [];
+afterEach(async () => {
+  for (const h of open.splice(0)) await h.close();
+});
+
+async function serve(
+  handler: Handler,
+  windows = { stream: 1 << 20, conn: 4 << 20 },
+): Promise<Harness> {
+  const conns: H2Connection[] = [];
+  const errors: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    conns.push(
+      new H2Connection(socket, {
+        streamWindowBytes: windows.stream,
+        connectionWindowBytes: windows.conn,
+        open: (stream, flat) => {
+          const headers: Record<string, string> = {};
+          for (let i = 0; i < flat.length; i += 2)
+            headers[flat[i] as string] = flat[i + 1] as string;
+          return handler(stream, headers);
+        },
+        onProtocolError: (code, reason) => errors.push(`${code}:${reason}`),
+      }),
+    );
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const h: Harness = {
+    port: (server.address() as net.AddressInfo).port,
+    conns,
+    errors,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+  open.push(h);
+  return h;
+}
+
+/** Echoes the request body back with a header naming the path, then trailers. */
+const echo: Handler = (stream, headers) => {
+  const parts: Buffer[] = [];
+  return {
+    onData: (c) => parts.push(Buffer.from(c)),
+    onEnd: () => {
+      stream.respond(
+        encodeHeaders([
+          [':status', '200'],
+          ['x-path', headers[':path'] ?? ''],
+        ]),
+      );
+      stream.write(Buffer.concat(parts));
+      stream.end(encodeHeaders([['x-bytes', String(parts.reduce((n, p) => n + p.length, 0))]]));
+    },
+    onReset: () => {},
+  };
+};
+
+interface Reply {
+  headers: http2.IncomingHttpHeaders;
+  body: Buffer;
+  trailers: http2.IncomingHttpHeaders;
+}
+
+function request(
+  client: http2.ClientHttp2Session,
+  path: string,
+  body: Buffer,
+  extra: http2.OutgoingHttpHeaders = {},
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = client.request({ ':method': 'POST', ':path': path, ...extra });
+    const chunks: Buffer[] = [];
+    let headers: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    req.on('response', (h) => {
+      headers = h;
+    });
+    req.on('trailers', (t) => {
+      trailers = t;
+    });
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve({ headers, body: Buffer.concat(chunks), trailers }));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function connect(port: number, settings: http2.Settings = {}): http2.ClientHttp2Session {
+  const c = http2.connect(`http://127.0.0.1:${port}`, { settings });
+  c.on('error', () => {});
+  return c;
+}
+
+describe('H2Connection with a real HTTP/2 client', () => {
+  it('serves many streams over one connection (HPACK state kept in step)', async () => {
+    const h = await serve(echo);
+    const client = connect(h.port);
+    for (let round = 0; round < 3; round++) {
+      const replies = await Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          request(client, `/p/${round}/${i}`, Buffer.from(`body ${round} ${i}`), {
+            'x-custom': `value-${i % 7}`,
+          }),
+        ),
+      );
+      replies.forEach((r, i) => {
+        expect(r.headers[':status']).toBe(200);
+        expect(r.headers['x-path']).toBe(`/p/${round}/${i}`);
+        expect(r.body.toString()).toBe(`body ${round} ${i}`);
+        expect(r.trailers['x-bytes']).toBe(String(`body ${round} ${i}`.length));
+      });
+    }
+    client.close();
+  });
+
+  it('honours both directions of flow control on large bodies', async () => {
+    // Small receive windows on our side: the client must wait for our WINDOW_UPDATEs;
+    // small windows on the client's side: our answer must wait for its updates.
+    const h = await serve(echo, { stream: 65_535, conn: 65_535 });
+    const client = connect(h.port, { initialWindowSize: 16_384 });
+    const big = Buffer.alloc(3 * 1024 * 1024 + 17);
+    for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
+    const [a, b] = await Promise.all([
+      request(client, '/a', big),
+      request(client, '/b', big.subarray(0, 200_001)),
+    ]);
+    expect(a.body.equals(big)).toBe(true);
+    expect(b.body.equals(big.subarray(0, 200_001))).toBe(true);
+    client.close();
+  });
+
+  it('reads a header block split over CONTINUATION frames', async () => {
+    const h = await serve(echo);
+    const client = connect(h.port);
+    const r = await request(client, '/long', Buffer.from('x'), { 'x-big': 'v'.repeat(40_000) });
+    expect(r.headers['x-path']).toBe('/long');
+    client.close();
+  });
+
+  it('tells the handler about a client reset, and resets on request', async () => {
+    let reset = -1;
+    const h = await serve((stream, headers) => {
+      if (headers[':path'] === '/reset-me') {
+        stream.reset(ErrorCode.REFUSED_STREAM);
+        return { onData() {}, onEnd() {}, onReset() {} };
+      }
+      return {
+        onData() {},
+        onEnd() {},
+        onReset: (code) => {
+          reset = code;
+        },
+      };
+    });
+    const client = connect(h.port);
+    const req = client.request({ ':method': 'POST', ':path': '/wait' });
+    req.on('error', () => {});
+    req.write('partial');
+    await new Promise((r) => setTimeout(r, 50));
+    req.close(http2.constants.NGHTTP2_CANCEL);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(reset).toBe(ErrorCode.CANCEL);
+
+    const refused = client.request({ ':method': 'POST', ':path': '/reset-me' });
+    refused.on('error', () => {});
+    const code = await new Promise<number>((r) => refused.on('close', () => r(refused.rstCode)));
+    expect(code).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
+    client.close();
+  });
+
+  it('answers PING and drains on GOAWAY', async () => {
+    const h = await serve(echo);
+    const client = connect(h.port);
+    await new Promise((r) => client.once('connect', r));
+    await new Promise<void>((resolve, reject) =>
+      client.ping(Buffer.from('12345678'), (err) => (err ? reject(err) : resolve())),
+    );
+    const goaway = new Promise<number>((r) => client.on('goaway', (code) => r(code)));
+    const closed = new Promise<void>((r) => client.on('close', () => r()));
+    await request(client, '/before', Buffer.from('1'));
+    h.conns[0]?.goaway();
+    expect(await goaway).toBe(0);
+    await closed;
+  });
+});
+
+describe('H2Connection against protocol errors', () => {
+  const PREFACE = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
+  const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(payload.length, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(id, 5);
+    return Buffer.concat([h, payload]);
+  };
+  const SETTINGS = frame(4, 0, 0, Buffer.alloc(0));
+
+  /** Sends bytes after the preface; resolves with the GOAWAY error code we got back (or -1). */
+  async function goawayFor(h: Harness, bytes: Buffer): Promise<number> {
+    const sock = net.connect(h.port, '127.0.0.1');
+    const got: Buffer[] = [];
+    sock.on('data', (c) => got.push(c));
+    sock.on('error', () => {});
+    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, bytes]));
+    await new Promise<void>((r) => sock.on('close', () => r()));
+    const all = Buffer.concat(got);
+    for (let at = 0; at + 9 <= all.length; ) {
+      const len = all.readUIntBE(at, 3);
+      if (all[at + 3] === 7) return all.readUInt32BE(at + 9 + 4);
+      at += 9 + len;
+    }
+    return -1;
+  }
+
+  it('GOAWAY(PROTOCOL_ERROR) for DATA on an idle stream', async () => {
+    const h = await serve(echo);
+    expect(await goawayFor(h, frame(0, 0, 1, Buffer.from('x')))).toBe(ErrorCode.PROTOCOL_ERROR);
+    expect(h.errors[0]).toMatch(/idle stream/);
+  });
+
+  it('GOAWAY(FRAME_SIZE_ERROR) for a frame above 16 KiB', async () => {
+    const h = await serve(echo);
+    expect(await goawayFor(h, frame(0, 0, 1, Buffer.alloc(20_000)))).toBe(
+      ErrorCode.FRAME_SIZE_ERROR,
+    );
+  });
+
+  it('GOAWAY(COMPRESSION_ERROR) for an undecodable header block', async () => {
+    const h = await serve(echo);
+    expect(await goawayFor(h, frame(1, 0x4, 1, Buffer.from([0xff])))).toBe(
+      ErrorCode.COMPRESSION_ERROR,
+    );
+  });
+
+  it('RST_STREAM(FLOW_CONTROL_ERROR) for DATA beyond the stream window', async () => {
+    // Windows are replenished as DATA arrives, so only one frame larger than
+    // the whole window can overrun it.
+    const h = await serve(echo, { stream: 10_000, conn: 1 << 20 });
+    const sock = net.connect(h.port, '127.0.0.1');
+    const got: Buffer[] = [];
+    sock.on('data', (c) => got.push(c));
+    sock.on('error', () => {});
+    const headers = frame(
+      1,
+      0x4,
+      1,
+      encodeHeaders([
+        [':method', 'POST'],
+        [':path', '/x'],
+      ]),
+    );
+    sock.write(
+      Buffer.concat([
+        Buffer.from(PREFACE, 'latin1'),
+        SETTINGS,
+        headers,
+        frame(0, 0, 1, Buffer.alloc(16_384)),
+      ]),
+    );
+    const rst = await new Promise<number>((resolve) => {
+      const look = (): void => {
+        const all = Buffer.concat(got);
+        for (let at = 0; at + 9 <= all.length; ) {
+          const len = all.readUIntBE(at, 3);
+          if (all[at + 3] === 3 && at + 13 <= all.length) {
+            resolve(all.readUInt32BE(at + 9));
+            return;
+          }
+          at += 9 + len;
+        }
+        setTimeout(look, 10);
+      };
+      look();
+    });
+    expect(rst).toBe(ErrorCode.FLOW_CONTROL_ERROR);
+    sock.destroy();
+  });
+
+  it('closes a connection that does not start with the HTTP/2 preface', async () => {
+    const h = await serve(echo);
+    const sock = net.connect(h.port, '127.0.0.1');
+    sock.on('error', () => {});
+    sock.resume(); // read (and so see the end of) what we are sent
+    sock.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+    await new Promise<void>((r) => sock.on('close', () => r()));
+    expect(h.errors[0]).toMatch(/preface/);
+  });
+
+  it('a handler that throws resets its stream only', async () => {
+    const h = await serve((stream, headers) => {
+      if (headers[':path'] === '/throw') throw new Error('boom');
+      return echo(stream, headers);
+    });
+    const client = connect(h.port);
+    const bad = client.request({ ':method': 'POST', ':path': '/throw' });
+    bad.on('error', () => {});
+    const code = await new Promise<number>((r) => bad.on('close', () => r(bad.rstCode)));
+    expect(code).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    const ok = await request(client, '/fine', Buffer.from('still here'));
+    expect(ok.body.toString()).toBe('still here');
+    client.close();
+  });
+});
