@@ -67,6 +67,7 @@ const Flag = {
 
 const Setting = {
   HEADER_TABLE_SIZE: 0x1,
+  MAX_CONCURRENT_STREAMS: 0x3,
   INITIAL_WINDOW_SIZE: 0x4,
   MAX_FRAME_SIZE: 0x5,
   MAX_HEADER_LIST_SIZE: 0x6,
@@ -80,7 +81,7 @@ const MAX_WINDOW = 0x7fff_ffff;
 const MAX_FRAME_IN = 16_384;
 /** Header blocks (HEADERS + CONTINUATION) above this end the connection. */
 const MAX_HEADER_BLOCK = 1024 * 1024;
-/** Open streams per connection above which new ones are refused. */
+/** Open streams per connection (advertised; beyond it new ones are refused). */
 const MAX_STREAMS = 100_000;
 /** Below this many bytes a flush copies the frames into one buffer. */
 const COALESCE_BYTES = 16 * 1024;
@@ -217,13 +218,15 @@ export class H2Connection {
     socket.on('close', () => this.lost());
     socket.on('end', () => this.lost());
     // Server preface: our SETTINGS, then the larger connection window.
-    const settings = Buffer.allocUnsafe(18);
+    const settings = Buffer.allocUnsafe(24);
     settings.writeUInt16BE(Setting.INITIAL_WINDOW_SIZE, 0);
     settings.writeUInt32BE(opts.streamWindowBytes, 2);
     settings.writeUInt16BE(Setting.MAX_HEADER_LIST_SIZE, 6);
     settings.writeUInt32BE(opts.maxHeaderListBytes ?? 256 * 1024, 8);
     settings.writeUInt16BE(Setting.MAX_FRAME_SIZE, 12);
     settings.writeUInt32BE(MAX_FRAME_IN, 14);
+    settings.writeUInt16BE(Setting.MAX_CONCURRENT_STREAMS, 18);
+    settings.writeUInt32BE(MAX_STREAMS, 20);
     this.frame(FrameType.SETTINGS, 0, 0, settings);
     if (opts.connectionWindowBytes > DEFAULT_WINDOW) {
       this.windowUpdate(0, opts.connectionWindowBytes - DEFAULT_WINDOW);

@@ -199,6 +199,17 @@ describe('H2Connection with a real HTTP/2 client', () => {
     client.close();
   });
 
+  it('announces its windows and limits in SETTINGS', async () => {
+    const h = await serve(echo, { stream: 123_456, conn: 4 << 20 });
+    const client = connect(h.port);
+    const s = await new Promise<http2.Settings>((r) => client.once('remoteSettings', r));
+    expect(s.initialWindowSize).toBe(123_456);
+    expect(s.maxConcurrentStreams).toBe(100_000);
+    expect(s.maxHeaderListSize).toBe(256 * 1024);
+    expect(s.maxFrameSize).toBe(16_384);
+    client.close();
+  });
+
   it('answers PING and drains on GOAWAY', async () => {
     const h = await serve(echo);
     const client = connect(h.port);
