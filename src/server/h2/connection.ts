@@ -17,7 +17,12 @@
  *   stream the client has not ended, the stream is reset with NO_ERROR
  *   (RFC 9113 §8.1: the response is complete; the client stops sending).
  * - Everything written in one JavaScript task goes out in one socket write
- *   (flushed from a microtask).
+ *   (flushed from a microtask). Frames from one socket read are handled in
+ *   one task, so answers routed inline for them leave together (yielding
+ *   between them was measured: no throughput change, ~10 % more CPU).
+ * - A peer's lowered SETTINGS_HEADER_TABLE_SIZE is acknowledged with a table
+ *   size update at the start of our next header block (our encoder never
+ *   indexes, so that is all it needs).
  * - Receive windows: `streamWindowBytes` per stream and
  *   `connectionWindowBytes` per connection, replenished as DATA arrives
  *   (handlers take the bytes at once; message-size limits are the gRPC
@@ -30,7 +35,7 @@
  * process. Nothing here throws out of a socket event.
  */
 import type { Duplex } from 'node:stream';
-import { HpackDecoder, HpackError } from './hpack.js';
+import { encodeTableSizeUpdate, HpackDecoder, HpackError } from './hpack.js';
 
 export const ErrorCode = {
   NO_ERROR: 0x0,
@@ -193,6 +198,10 @@ export class H2Connection {
   /** The stream whose header block is being continued, and the block so far. */
   private continuing: { id: number; flags: number; parts: Buffer[]; bytes: number } | undefined;
   private peerMaxFrame = 16_384;
+  /** The largest table our encoder may assume (the peer's SETTINGS_HEADER_TABLE_SIZE). */
+  private encoderTableMax = 4096;
+  /** A lowered table size to announce at the start of our next header block (RFC 7541 §4.2). */
+  private tableSizeUpdate: number | undefined;
   private peerInitialWindow = DEFAULT_WINDOW;
   private sendWindow = DEFAULT_WINDOW;
   private recvWindow: number;
@@ -532,8 +541,12 @@ export class H2Connection {
           throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'invalid max frame size');
         }
         this.peerMaxFrame = value;
+      } else if (key === Setting.HEADER_TABLE_SIZE && value < this.encoderTableMax) {
+        // Our encoder never indexes, but a lowered limit must still be acknowledged in-band.
+        this.encoderTableMax = value;
+        this.tableSizeUpdate = value;
       }
-      // HEADER_TABLE_SIZE: our encoder never indexes. Others do not concern a server.
+      // The others do not concern a server.
     }
     this.frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(0));
     for (const s of [...this.streams.values()]) if (s.queue.length || s.trailers) this.pump(s);
@@ -670,6 +683,10 @@ export class H2Connection {
 
   /** @internal A header block as HEADERS (+ CONTINUATION beyond the peer's frame size). */
   sendHeaders(id: number, block: Buffer, endStream: boolean): void {
+    if (this.tableSizeUpdate !== undefined) {
+      block = Buffer.concat([encodeTableSizeUpdate(this.tableSizeUpdate), block]);
+      this.tableSizeUpdate = undefined;
+    }
     const end = endStream ? Flag.END_STREAM : 0;
     if (block.length <= this.peerMaxFrame) {
       this.frame(FrameType.HEADERS, end | Flag.END_HEADERS, id, block);

@@ -378,6 +378,13 @@ function pushString(out: number[], s: string): void {
   for (let i = 0; i < s.length; i++) out.push(s.charCodeAt(i) & 0xff);
 }
 
+/** A dynamic table size update (RFC 7541 §6.3), to start a header block with. */
+export function encodeTableSizeUpdate(size: number): Buffer {
+  const out: number[] = [];
+  pushInteger(out, 0x20, 5, size);
+  return Buffer.from(out);
+}
+
 /**
  * A header block of literals without indexing (latin1 names and values;
  * names must already be lowercase). `:status 200` uses its static entry.

@@ -199,6 +199,20 @@ describe('H2Connection with a real HTTP/2 client', () => {
     client.close();
   });
 
+  it('acknowledges a lowered header table size in its next header block', async () => {
+    // nghttp2 refuses a response block that does not start with the size update.
+    const h = await serve(echo);
+    const client = connect(h.port, { headerTableSize: 0 });
+    await new Promise((r) => client.once('connect', r));
+    await new Promise((r) => setTimeout(r, 20)); // our SETTINGS ACK round trip
+    for (const path of ['/one', '/two']) {
+      const r = await request(client, path, Buffer.from(path));
+      expect(r.headers['x-path']).toBe(path);
+      expect(r.trailers['x-bytes']).toBe(String(path.length));
+    }
+    client.close();
+  });
+
   it('announces its windows and limits in SETTINGS', async () => {
     const h = await serve(echo, { stream: 123_456, conn: 4 << 20 });
     const client = connect(h.port);

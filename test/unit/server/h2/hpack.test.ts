@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   encodeHeaders,
+  encodeTableSizeUpdate,
   HpackDecoder,
   HpackError,
   huffmanDecode,
@@ -189,6 +190,16 @@ describe('Huffman code table', () => {
 });
 
 describe('HPACK encoder', () => {
+  it('encodes table size updates a decoder applies', () => {
+    const d = new HpackDecoder();
+    d.decode(hex('4003 6b65 7903 7661 6c')); // key: val, indexed
+    expect(d.dynamicSize).toBe(38);
+    expect(encodeTableSizeUpdate(0).toString('hex')).toBe('20');
+    expect(encodeTableSizeUpdate(4096).toString('hex')).toBe('3fe11f');
+    d.decode(encodeTableSizeUpdate(0));
+    expect(d.dynamicSize).toBe(0);
+  });
+
   it('writes literals a decoder reads back, without touching its table', () => {
     const fields: [string, string][] = [
       [':status', '200'],
