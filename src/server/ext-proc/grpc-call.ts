@@ -63,6 +63,7 @@ const TIMEOUT_UNIT_MS: Record<string, number> = {
   n: 0.000_001,
 };
 const TIMEOUT_RE = /^(\d{1,8})\s*([HMSmun])$/;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** grpc-js's encoding of `grpc-message` (its clients decode it with decodeURI). */
 export function grpcMessage(text: string): string {
@@ -99,8 +100,13 @@ export class GrpcCall<Req, Res> {
   private readonly call: FastPathCall<Req>;
   private readonly prefix = Buffer.allocUnsafe(PREFIX);
   private prefixHave = 0;
-  /** The message being assembled across DATA chunks (its full length allocated up front). */
-  private partial: Buffer | undefined;
+  /**
+   * The message being assembled across DATA chunks: its length and the parts
+   * so far (views, copied once when complete, so memory follows the bytes
+   * that actually arrived, not the length a prefix claims).
+   */
+  private partialLength = -1;
+  private partialParts: Buffer[] = [];
   private partialHave = 0;
 
   /**
@@ -126,7 +132,8 @@ export class GrpcCall<Req, Res> {
     };
     this.call = opts.open(sink);
     const ms = timeoutMs(timeout);
-    if (ms === undefined) return;
+    // Node fires timers above 2^31-1 ms at once: a deadline that far out (24.8 days) is none.
+    if (ms === undefined || ms > MAX_TIMER_MS) return;
     if (Number.isNaN(ms)) {
       this.abort(GrpcStatus.INTERNAL, `Invalid grpc-timeout value "${timeout}"`);
       return;
@@ -147,15 +154,16 @@ export class GrpcCall<Req, Res> {
   onData(chunk: Buffer): void {
     let at = 0;
     while (this.open && at < chunk.length) {
-      const partial = this.partial;
-      if (partial) {
-        const n = Math.min(partial.length - this.partialHave, chunk.length - at);
-        chunk.copy(partial, this.partialHave, at, at + n);
+      if (this.partialLength >= 0) {
+        const n = Math.min(this.partialLength - this.partialHave, chunk.length - at);
+        this.partialParts.push(chunk.subarray(at, at + n));
         this.partialHave += n;
         at += n;
-        if (this.partialHave === partial.length) {
-          this.partial = undefined;
-          if (!this.deliver(partial)) return;
+        if (this.partialHave === this.partialLength) {
+          const whole = Buffer.concat(this.partialParts, this.partialLength);
+          this.partialLength = -1;
+          this.partialParts = [];
+          if (!this.deliver(whole)) return;
         }
         continue;
       }
@@ -179,7 +187,8 @@ export class GrpcCall<Req, Res> {
         at += len;
         if (!this.deliver(view)) return;
       } else {
-        this.partial = Buffer.allocUnsafe(len);
+        this.partialLength = len;
+        this.partialParts = [];
         this.partialHave = 0;
       }
     }
@@ -188,7 +197,7 @@ export class GrpcCall<Req, Res> {
   /** The client ended its side. */
   onEnd(): void {
     if (!this.open) return;
-    if (this.partial || this.prefixHave > 0) {
+    if (this.partialLength >= 0 || this.prefixHave > 0) {
       this.abort(GrpcStatus.INTERNAL, 'Stream ended in the middle of a message');
       return;
     }

@@ -35,7 +35,7 @@
  * process. Nothing here throws out of a socket event.
  */
 import type { Duplex } from 'node:stream';
-import { encodeTableSizeUpdate, HpackDecoder, HpackError } from './hpack.js';
+import { encodeHeaders, encodeTableSizeUpdate, HpackDecoder, HpackError } from './hpack.js';
 
 export const ErrorCode = {
   NO_ERROR: 0x0,
@@ -86,8 +86,18 @@ const MAX_WINDOW = 0x7fff_ffff;
 const MAX_FRAME_IN = 16_384;
 /** Header blocks (HEADERS + CONTINUATION) above this end the connection. */
 const MAX_HEADER_BLOCK = 1024 * 1024;
-/** Open streams per connection (advertised; beyond it new ones are refused). */
-const MAX_STREAMS = 100_000;
+/**
+ * Open streams per connection (advertised; beyond it new ones are refused).
+ * A gateway with more requests in flight opens another connection.
+ */
+const MAX_STREAMS = 10_000;
+/** Bytes queued in the socket beyond which we stop reading until it drains. */
+const MAX_UNSENT_BYTES = 64 * 1024 * 1024;
+/** How long a graceful close waits for the peer's PING ACK before the final GOAWAY. */
+const DRAIN_PING_MS = 1000;
+const DRAIN_PING = Buffer.from('kv-drain', 'latin1');
+/** `:status 431` (request header fields too large), a complete response. */
+const HEADERS_TOO_LARGE = encodeHeaders([[':status', '431']]);
 /** Below this many bytes a flush copies the frames into one buffer. */
 const COALESCE_BYTES = 16 * 1024;
 
@@ -107,6 +117,8 @@ export interface H2ConnectionOptions {
   connectionWindowBytes: number;
   /** Decoded request header list limit (SETTINGS_MAX_HEADER_LIST_SIZE). */
   maxHeaderListBytes?: number | undefined;
+  /** Socket bytes queued beyond which reading stops until they drain (default 64 MiB). */
+  maxUnsentBytes?: number | undefined;
   /** Called once when the socket is gone. */
   onClose?: (() => void) | undefined;
   /** A connection-level protocol error we answered with GOAWAY (logging). */
@@ -191,7 +203,11 @@ export class H2Connection {
   private readonly decoder: HpackDecoder;
   private readonly streams = new Map<number, H2Stream>();
   private readonly blocked = new Set<H2Stream>();
-  private pending: Buffer | undefined;
+  /** Unparsed bytes as received (concatenated once a whole frame is there). */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** Bytes `pending` must hold before parsing can make progress. */
+  private pendingNeed = 0;
   private prefaceSeen = false;
   private settingsSeen = false;
   private lastStreamId = 0;
@@ -209,7 +225,13 @@ export class H2Connection {
   private out: Buffer[] = [];
   private outBytes = 0;
   private flushQueued = false;
-  private draining = false;
+  /**
+   * Graceful close: 'announced' after GOAWAY(2^31-1) + PING (streams still
+   * accepted), 'final' after GOAWAY(last stream) (new streams refused).
+   */
+  private draining: false | 'announced' | 'final' = false;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private readingPaused = false;
   private dead = false;
   private readonly flushNow = (): void => this.flush();
 
@@ -247,10 +269,30 @@ export class H2Connection {
     return this.streams.size;
   }
 
-  /** Graceful close: GOAWAY now, the socket ends when the open streams have. */
+  /** Whether reading is paused because the peer does not read (tests). */
+  get paused(): boolean {
+    return this.readingPaused;
+  }
+
+  /**
+   * Graceful close (RFC 9113 §6.8): GOAWAY(2^31-1) and a PING; when the PING
+   * is answered (or after DRAIN_PING_MS) GOAWAY with the last stream we took,
+   * so streams the peer opened meanwhile still run. The socket ends when the
+   * open streams have.
+   */
   goaway(): void {
     if (this.dead || this.draining) return;
-    this.draining = true;
+    this.draining = 'announced';
+    this.sendGoaway(ErrorCode.NO_ERROR, '', MAX_WINDOW);
+    this.frame(FrameType.PING, 0, 0, DRAIN_PING);
+    this.drainTimer = setTimeout(() => this.finalGoaway(), DRAIN_PING_MS);
+    this.drainTimer.unref();
+  }
+
+  private finalGoaway(): void {
+    if (this.dead || this.draining === 'final') return;
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    this.draining = 'final';
     this.sendGoaway(ErrorCode.NO_ERROR, '');
     if (this.streams.size === 0) this.closeSocket();
   }
@@ -268,9 +310,14 @@ export class H2Connection {
   private onSocketData(chunk: Buffer): void {
     if (this.dead) return;
     let buf = chunk;
-    if (this.pending) {
-      buf = Buffer.concat([this.pending, chunk]);
-      this.pending = undefined;
+    if (this.pendingBytes > 0) {
+      this.pending.push(chunk);
+      this.pendingBytes += chunk.length;
+      // A frame arriving in many small reads is copied once, when it is whole.
+      if (this.pendingBytes < this.pendingNeed) return;
+      buf = Buffer.concat(this.pending, this.pendingBytes);
+      this.pending = [];
+      this.pendingBytes = 0;
     }
     let at = 0;
     try {
@@ -280,7 +327,7 @@ export class H2Connection {
           throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'not an HTTP/2 client preface');
         }
         if (buf.length < PREFACE.length) {
-          this.pending = buf;
+          this.keep(buf, PREFACE.length);
           return;
         }
         this.prefaceSeen = true;
@@ -308,7 +355,22 @@ export class H2Connection {
       this.connectionError(ErrorCode.INTERNAL_ERROR, String(e));
       return;
     }
-    if (at < buf.length && !this.dead) this.pending = buf.subarray(at);
+    if (at < buf.length && !this.dead) {
+      const rest = buf.subarray(at);
+      const need =
+        rest.length < FRAME_HEADER
+          ? FRAME_HEADER
+          : FRAME_HEADER +
+            (((rest[0] as number) << 16) | ((rest[1] as number) << 8) | (rest[2] as number));
+      this.keep(rest, need);
+    }
+  }
+
+  /** Holds unparsed bytes until `need` bytes are there. */
+  private keep(rest: Buffer, need: number): void {
+    this.pending = [rest];
+    this.pendingBytes = rest.length;
+    this.pendingNeed = need;
   }
 
   private onFrame(type: number, flags: number, id: number, payload: Buffer): void {
@@ -330,7 +392,7 @@ export class H2Connection {
         return;
       case FrameType.PRIORITY:
         if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PRIORITY on stream 0');
-        if (payload.length !== 5) this.streamError(id, ErrorCode.FRAME_SIZE_ERROR);
+        // Deprecated (RFC 9113 §5.3.2) and carries nothing we use: a malformed one is ignored too.
         return;
       case FrameType.RST_STREAM:
         this.onRstStream(id, payload);
@@ -345,11 +407,15 @@ export class H2Connection {
         if (payload.length !== 8)
           throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'PING size');
         if (!(flags & Flag.ACK)) this.frame(FrameType.PING, Flag.ACK, 0, Buffer.from(payload));
+        else if (this.draining === 'announced' && payload.equals(DRAIN_PING)) this.finalGoaway();
         return;
       case FrameType.GOAWAY:
         if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'GOAWAY on a stream');
+        if (payload.length < 8)
+          throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'GOAWAY size');
         // The peer opens no more streams; the open ones finish.
-        this.draining = true;
+        if (this.drainTimer) clearTimeout(this.drainTimer);
+        this.draining = 'final';
         if (this.streams.size === 0) this.closeSocket();
         return;
       case FrameType.WINDOW_UPDATE:
@@ -413,6 +479,9 @@ export class H2Connection {
         s.recvUnacked = 0;
       }
     }
+    // The client's side is closed before its last DATA is handled, so an
+    // answer given right there closes the stream without a reset.
+    if (end) s.remoteOpen = false;
     if (data.length > 0) this.deliver(s, (e) => e.onData(data));
     if (end) this.remoteEnded(s);
   }
@@ -437,11 +506,12 @@ export class H2Connection {
     if (!c || c.id !== id) {
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'unexpected CONTINUATION');
     }
-    c.bytes += payload.length;
+    // Frame headers count too, so empty CONTINUATIONs cannot pile up for free.
+    c.bytes += FRAME_HEADER + payload.length;
     if (c.bytes > MAX_HEADER_BLOCK) {
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'header block too large');
     }
-    c.parts.push(Buffer.from(payload));
+    if (payload.length > 0) c.parts.push(Buffer.from(payload));
     if (!(flags & Flag.END_HEADERS)) return;
     this.continuing = undefined;
     this.onHeaderBlock(c.flags, id, Buffer.concat(c.parts));
@@ -460,20 +530,35 @@ export class H2Connection {
     const existing = this.streams.get(id);
     if (existing) {
       // Trailers from the client: must end its side.
-      if (!existing.remoteOpen || !end) {
+      if (!existing.remoteOpen) {
+        this.resetStream(existing, ErrorCode.STREAM_CLOSED, true);
+        return;
+      }
+      if (!end || this.decoder.oversized) {
         this.resetStream(existing, ErrorCode.PROTOCOL_ERROR, true);
         return;
       }
+      existing.remoteOpen = false;
       this.remoteEnded(existing);
       return;
     }
     if (id % 2 === 0)
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on stream ${id}`);
-    // A stream we closed (its block is decoded above, keeping the table in step).
-    if (id <= this.lastStreamId) return;
+    if (id <= this.lastStreamId) {
+      // Trailers in flight on a stream we closed (the block is decoded above,
+      // keeping the table in step); anything else reuses a spent identifier.
+      if (end) return;
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on closed stream ${id}`);
+    }
     this.lastStreamId = id;
-    if (this.draining || this.streams.size >= MAX_STREAMS) {
+    if (this.draining === 'final' || this.streams.size >= MAX_STREAMS) {
       this.rst(id, ErrorCode.REFUSED_STREAM);
+      return;
+    }
+    if (this.decoder.oversized) {
+      // Too many header bytes (RFC 9113 §10.5.1): this stream only.
+      this.sendHeaders(id, HEADERS_TOO_LARGE, true);
+      if (!end) this.rst(id, ErrorCode.NO_ERROR);
       return;
     }
     for (let i = 0; i < headers.length; i += 2) {
@@ -486,6 +571,7 @@ export class H2Connection {
     }
     const s = new H2Stream(id, this, this.peerInitialWindow, this.opts.streamWindowBytes);
     this.streams.set(id, s);
+    if (end) s.remoteOpen = false;
     try {
       s.events = this.opts.open(s, headers);
     } catch {
@@ -602,8 +688,9 @@ export class H2Connection {
     }
   }
 
+  /** The client ended its side (`remoteOpen` already false). */
   private remoteEnded(s: H2Stream): void {
-    s.remoteOpen = false;
+    if (s.closed) return;
     this.deliver(s, (e) => e.onEnd());
     if (!s.localOpen && !s.closed) this.close(s);
   }
@@ -634,13 +721,7 @@ export class H2Connection {
     s.queuedBytes = 0;
     this.blocked.delete(s);
     this.streams.delete(s.id);
-    if (this.draining && this.streams.size === 0) this.closeSocket();
-  }
-
-  private streamError(id: number, code: number): void {
-    const s = this.streams.get(id);
-    if (s) this.resetStream(s, code, true);
-    else this.rst(id, code);
+    if (this.draining === 'final' && this.streams.size === 0) this.closeSocket();
   }
 
   // --- sending --------------------------------------------------------------------
@@ -716,10 +797,10 @@ export class H2Connection {
     this.frame(FrameType.WINDOW_UPDATE, 0, id, p);
   }
 
-  private sendGoaway(code: number, debug: string): void {
+  private sendGoaway(code: number, debug: string, lastStreamId = this.lastStreamId): void {
     const d = Buffer.from(debug, 'utf8');
     const p = Buffer.allocUnsafe(8 + d.length);
-    p.writeUInt32BE(this.lastStreamId, 0);
+    p.writeUInt32BE(lastStreamId, 0);
     p.writeUInt32BE(code, 4);
     d.copy(p, 8);
     this.frame(FrameType.GOAWAY, 0, 0, p);
@@ -767,6 +848,19 @@ export class H2Connection {
       for (const b of out) this.socket.write(b);
       this.socket.uncork();
     }
+    // A peer that does not read would have us queue its answers (PING and
+    // SETTINGS ACKs, resets, headers) without end: stop reading until it does.
+    if (
+      !this.readingPaused &&
+      this.socket.writableLength > (this.opts.maxUnsentBytes ?? MAX_UNSENT_BYTES)
+    ) {
+      this.readingPaused = true;
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        this.readingPaused = false;
+        if (!this.dead) this.socket.resume();
+      });
+    }
   }
 
   // --- ending -------------------------------------------------------------------
@@ -789,7 +883,8 @@ export class H2Connection {
   private lost(): void {
     if (this.dead) return;
     this.dead = true;
-    this.pending = undefined;
+    this.pending = [];
+    this.pendingBytes = 0;
     this.out = [];
     const open = [...this.streams.values()];
     this.streams.clear();

@@ -11,9 +11,11 @@
  * no Huffman), so the encoder has no state and a table-size change from the
  * peer needs no answer.
  *
- * Failure modes: a malformed block, an index outside both tables, a size
- * update above the limit we advertised, an invalid Huffman string or a header
- * list above `maxHeaderListBytes` throws HpackError. The caller must treat it
+ * Failure modes: a malformed block, an index outside both tables, an integer
+ * beyond 31 bits, a size update above the limit we advertised or an invalid
+ * Huffman string throws HpackError. A header list above `maxHeaderListBytes`
+ * is decoded to the end but flagged (`oversized`), for the caller to refuse
+ * that one stream. The caller must treat it
  * as a connection error (COMPRESSION_ERROR): after a failed block the dynamic
  * table no longer matches the peer's.
  */
@@ -229,6 +231,11 @@ export class HpackDecoder {
   private readonly maxTableBytes: number;
   private readonly maxHeaderListBytes: number;
   private pos = 0;
+  /**
+   * The last block's header list exceeded `maxHeaderListBytes`: the fields
+   * past the limit were dropped (a stream-level problem: RFC 9113 §10.5.1).
+   */
+  oversized = false;
 
   constructor(opts: HpackDecoderOptions = {}) {
     this.maxTableBytes = opts.maxTableBytes ?? 4096;
@@ -246,6 +253,7 @@ export class HpackDecoder {
    * in wire order.
    */
   decode(block: Buffer): string[] {
+    this.oversized = false;
     const out: string[] = [];
     let listBytes = 0;
     let fieldSeen = false;
@@ -278,10 +286,9 @@ export class HpackDecoder {
       }
       fieldSeen = true;
       listBytes += name.length + value.length + ENTRY_OVERHEAD;
-      if (listBytes > this.maxHeaderListBytes) {
-        throw new HpackError(`header list above ${this.maxHeaderListBytes} bytes`);
-      }
-      out.push(name, value);
+      // Past the limit the block is still decoded (the table must stay in step) but not kept.
+      if (listBytes > this.maxHeaderListBytes) this.oversized = true;
+      else out.push(name, value);
     }
     return out;
   }
@@ -296,7 +303,8 @@ export class HpackDecoder {
       const b = src[this.pos++] as number;
       v += (b & 0x7f) * 2 ** shift;
       shift += 7;
-      if (v > 0x7fff_ffff) throw new HpackError('integer too large');
+      // 31 bits need at most five continuation bytes (RFC 7541 §5.1: beyond our limit = error).
+      if (v > 0x7fff_ffff || shift > 35) throw new HpackError('integer too large');
       if ((b & 0x80) === 0) return v;
     }
   }

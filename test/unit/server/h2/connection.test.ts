@@ -31,6 +31,7 @@ afterEach(async () => {
 async function serve(
   handler: Handler,
   windows = { stream: 1 << 20, conn: 4 << 20 },
+  extra: { maxUnsentBytes?: number } = {},
 ): Promise<Harness> {
   const conns: H2Connection[] = [];
   const errors: string[] = [];
@@ -49,6 +50,7 @@ async function serve(
           return handler(stream, headers);
         },
         onProtocolError: (code, reason) => errors.push(`${code}:${reason}`),
+        ...extra,
       }),
     );
   });
@@ -218,7 +220,7 @@ describe('H2Connection with a real HTTP/2 client', () => {
     const client = connect(h.port);
     const s = await new Promise<http2.Settings>((r) => client.once('remoteSettings', r));
     expect(s.initialWindowSize).toBe(123_456);
-    expect(s.maxConcurrentStreams).toBe(100_000);
+    expect(s.maxConcurrentStreams).toBe(10_000);
     expect(s.maxHeaderListSize).toBe(256 * 1024);
     expect(s.maxFrameSize).toBe(16_384);
     client.close();
@@ -356,5 +358,131 @@ describe('H2Connection against protocol errors', () => {
     const ok = await request(client, '/fine', Buffer.from('still here'));
     expect(ok.body.toString()).toBe('still here');
     client.close();
+  });
+
+  /** A raw client: writes bytes, collects the frames it is sent. */
+  function rawClient(h: Harness) {
+    const sock = net.connect(h.port, '127.0.0.1');
+    const frames: { type: number; flags: number; id: number; payload: Buffer }[] = [];
+    let buf = Buffer.alloc(0);
+    let closed = false;
+    sock.on('data', (c: Buffer) => {
+      buf = Buffer.concat([buf, c]);
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + len) break;
+        frames.push({
+          type: buf[3] as number,
+          flags: buf[4] as number,
+          id: buf.readUInt32BE(5) & 0x7fffffff,
+          payload: buf.subarray(9, 9 + len),
+        });
+        buf = buf.subarray(9 + len);
+      }
+    });
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      closed = true;
+    });
+    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS]));
+    const until = async (f: () => boolean): Promise<void> => {
+      for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 5));
+      expect(f()).toBe(true);
+    };
+    return { sock, frames, until, closed: () => closed };
+  }
+  const POST = (path: string): Buffer =>
+    encodeHeaders([
+      [':method', 'POST'],
+      [':path', path],
+    ]);
+
+  it('drains in two steps: streams opened after the first GOAWAY still run', async () => {
+    const h = await serve(echo);
+    const c = rawClient(h);
+    await c.until(() => h.conns.length === 1 && c.frames.some((f) => f.type === 4));
+    h.conns[0]?.goaway();
+    await c.until(() => c.frames.some((f) => f.type === 6 && !(f.flags & 1)));
+    const first = c.frames.find((f) => f.type === 7);
+    expect(first?.payload.readUInt32BE(0)).toBe(0x7fffffff);
+    // A request the peer opened before it saw the final GOAWAY is served.
+    c.sock.write(
+      Buffer.concat([frame(1, 0x4, 1, POST('/late')), frame(0, 0x1, 1, Buffer.from('late'))]),
+    );
+    await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 1));
+    const ping = c.frames.find((f) => f.type === 6 && !(f.flags & 1));
+    c.sock.write(frame(6, 0x1, 0, Buffer.from(ping?.payload ?? Buffer.alloc(8))));
+    await c.until(() => c.frames.filter((f) => f.type === 7).length === 2);
+    const last = c.frames.filter((f) => f.type === 7)[1];
+    expect(last?.payload.readUInt32BE(0)).toBe(1);
+    await c.until(c.closed);
+  });
+
+  it('answers a unary call closed by the client without resetting it', async () => {
+    const h = await serve((stream) => ({
+      onData: () => {
+        stream.respond(encodeHeaders([[':status', '200']]));
+        stream.end(encodeHeaders([['grpc-status', '0']]));
+      },
+      onEnd: () => {},
+      onReset: () => {},
+    }));
+    const c = rawClient(h);
+    c.sock.write(Buffer.concat([frame(1, 0x4, 1, POST('/u')), frame(0, 0x1, 1, Buffer.from('x'))]));
+    await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1 && f.flags & 1));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(c.frames.filter((f) => f.type === 3)).toEqual([]);
+    c.sock.destroy();
+  });
+
+  it('answers 431 to one stream with too many header bytes; the connection goes on', async () => {
+    const h = await serve(echo);
+    const c = rawClient(h);
+    const big = encodeHeaders([
+      [':method', 'POST'],
+      [':path', '/big'],
+      ['x-big', 'v'.repeat(300 * 1024)],
+    ]);
+    // Split over HEADERS + CONTINUATIONs of 16 KiB.
+    const parts: Buffer[] = [];
+    for (let at = 0; at < big.length; at += 16_384) {
+      const piece = big.subarray(at, at + 16_384);
+      const endHeaders = at + 16_384 >= big.length ? 0x4 : 0;
+      parts.push(frame(at === 0 ? 1 : 9, (at === 0 ? 0x1 : 0) | endHeaders, 1, piece));
+    }
+    c.sock.write(Buffer.concat(parts));
+    await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1));
+    const hdr = c.frames.find((f) => f.type === 1 && f.id === 1);
+    expect(hdr?.payload.toString('hex')).toBe(encodeHeaders([[':status', '431']]).toString('hex'));
+    c.sock.write(
+      Buffer.concat([frame(1, 0x4, 3, POST('/ok')), frame(0, 0x1, 3, Buffer.from('ok'))]),
+    );
+    await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 3));
+    expect(h.errors).toEqual([]);
+    c.sock.destroy();
+  });
+
+  it('GOAWAY(PROTOCOL_ERROR) for a flood of empty CONTINUATION frames', async () => {
+    const h = await serve(echo);
+    const flood = Array.from({ length: 120_000 }, () => frame(9, 0, 1, Buffer.alloc(0)));
+    expect(await goawayFor(h, Buffer.concat([frame(1, 0, 1, POST('/x')), ...flood]))).toBe(
+      ErrorCode.PROTOCOL_ERROR,
+    );
+    expect(h.errors[0]).toMatch(/header block too large/);
+  });
+
+  it('stops reading from a peer that does not read its answers', async () => {
+    const h = await serve(echo, undefined, { maxUnsentBytes: 64 * 1024 });
+    const sock = net.connect(h.port, '127.0.0.1');
+    sock.on('error', () => {});
+    sock.pause(); // never read
+    const pings = Array.from({ length: 40_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
+    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
+    for (let i = 0; i < 400 && !h.conns[0]?.paused; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(h.conns[0]?.paused).toBe(true);
+    sock.resume(); // now read: the server drains and reads again
+    for (let i = 0; i < 400 && h.conns[0]?.paused; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(h.conns[0]?.paused).toBe(false);
+    sock.destroy();
   });
 });

@@ -164,10 +164,31 @@ describe('HPACK errors', () => {
     expect(() => huffmanDecode(hex('1fff'), 0, 2)).toThrow(/padding/);
     expect(() => huffmanDecode(hex('ffffffff'), 0, 4)).toThrow(/EOS|padding/);
   });
-  it('bounds the decoded header list', () => {
+  it('flags an oversized header list but keeps its table in step', () => {
     const d = new HpackDecoder({ maxHeaderListBytes: 100 });
-    const block = encodeHeaders([['x-big', 'v'.repeat(200)]]);
-    expect(() => d.decode(block)).toThrow(/header list/);
+    // x-big: 200 bytes, indexed (literal with incremental indexing), then a small field.
+    const big = Buffer.concat([
+      hex('4005'),
+      Buffer.from('x-big'),
+      hex('7f49'),
+      Buffer.alloc(200, 0x76),
+    ]);
+    expect(d.decode(Buffer.concat([big, encodeHeaders([['a', 'b']])]))).toEqual([]);
+    expect(d.oversized).toBe(true);
+    expect(d.dynamicSize).toBe(5 + 200 + 32);
+    expect(d.decode(encodeHeaders([['a', 'b']]))).toEqual(['a', 'b']);
+    expect(d.oversized).toBe(false);
+    // Index 62 is the entry the oversized block added (else: "outside the tables").
+    expect(d.decode(hex('be'))).toEqual([]);
+    expect(d.oversized).toBe(true);
+  });
+  it('rejects integers beyond 31 bits, however they are padded', () => {
+    // A size update whose integer never ends in range: 0x3f then 200 continuation bytes.
+    const long = Buffer.concat([hex('3f'), Buffer.alloc(200, 0x80), hex('00')]);
+    expect(() => new HpackDecoder().decode(long)).toThrow(/too large/);
+    // Zero-valued continuation bytes padding a small value are still bounded.
+    const padded = Buffer.concat([hex('3f'), Buffer.alloc(6, 0x80), hex('00')]);
+    expect(() => new HpackDecoder().decode(padded)).toThrow(/too large/);
   });
 });
 
