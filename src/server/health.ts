@@ -43,6 +43,41 @@ export function servingStatus(service: string, isReady: () => boolean): number |
   return undefined;
 }
 
+/** `isReady` that reads a throw as not ready. */
+export function guardReady(isReady: () => boolean): () => boolean {
+  return () => {
+    try {
+      return isReady();
+    } catch {
+      return false;
+    }
+  };
+}
+
+/**
+ * Watch semantics: `send` gets the status of `service` now, then again
+ * whenever it changes (checked every `intervalMs`); returns the stop function.
+ */
+export function watchServing(
+  service: string,
+  isReady: () => boolean,
+  intervalMs: number,
+  send: (status: number) => void,
+): () => void {
+  const current = () => servingStatus(service, isReady) ?? ServingStatus.SERVICE_UNKNOWN;
+  let last = current();
+  send(last);
+  const timer = setInterval(() => {
+    const now = current();
+    if (now !== last) {
+      last = now;
+      send(now);
+    }
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
 interface CheckRequest {
   service?: string;
 }
@@ -51,13 +86,7 @@ interface CheckResponse {
 }
 
 export function healthService(opts: HealthOptions): UntypedServiceImplementation {
-  const isReady = () => {
-    try {
-      return opts.isReady();
-    } catch {
-      return false;
-    }
-  };
+  const isReady = guardReady(opts.isReady);
   const interval = opts.watchIntervalMs ?? 1000;
 
   const Check: handleUnaryCall<CheckRequest, CheckResponse> = (call, callback) => {
@@ -83,19 +112,9 @@ export function healthService(opts: HealthOptions): UntypedServiceImplementation
 
   // The current status at once, then again whenever it changes, until the client leaves.
   const Watch: handleServerStreamingCall<CheckRequest, CheckResponse> = (call) => {
-    const service = call.request.service ?? '';
-    const current = () => servingStatus(service, isReady) ?? ServingStatus.SERVICE_UNKNOWN;
-    let last = current();
-    call.write({ status: last });
-    const timer = setInterval(() => {
-      const now = current();
-      if (now !== last) {
-        last = now;
-        call.write({ status: now });
-      }
-    }, interval);
-    timer.unref();
-    const stop = () => clearInterval(timer);
+    const stop = watchServing(call.request.service ?? '', isReady, interval, (status) =>
+      call.write({ status }),
+    );
     call.on('cancelled', stop);
     call.on('close', stop);
     call.on('error', stop);

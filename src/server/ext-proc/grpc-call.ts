@@ -70,6 +70,22 @@ export function grpcMessage(text: string): string {
   return encodeURI(text);
 }
 
+/** The response headers of a call, as grpc-js sends them (before the first message). */
+export const RESPONSE_FIELDS: readonly (readonly [string, string])[] = [
+  [':status', '200'],
+  ['content-type', 'application/grpc+proto'],
+  ['grpc-accept-encoding', 'identity'],
+  ['grpc-encoding', 'identity'],
+];
+
+/** The status fields of trailers (or of a trailers-only response). */
+export function statusFields(code: number, message: string): [string, string][] {
+  return [
+    ['grpc-status', String(code)],
+    ['grpc-message', grpcMessage(message)],
+  ];
+}
+
 /** The transport side of one call. */
 export interface GrpcWire {
   /** The response headers; called once, before the first message. */

@@ -39,20 +39,18 @@ import {
   GrpcCall,
   GrpcStatus,
   type GrpcWire,
-  grpcMessage,
+  RESPONSE_FIELDS,
+  statusFields,
 } from './grpc-call.js';
 
 export const PROCESS_PATH = '/envoy.service.ext_proc.v3.ExternalProcessor/Process';
 
 export type { FastPathCall, FastPathOptions, FastPathSink } from './grpc-call.js';
 
-const RESPONSE_HEADERS: OutgoingHttpHeaders = {
-  [constants.HTTP2_HEADER_STATUS]: 200,
-  [constants.HTTP2_HEADER_CONTENT_TYPE]: 'application/grpc+proto',
-  'grpc-accept-encoding': 'identity',
-  'grpc-encoding': 'identity',
-};
-const OK_TRAILERS: OutgoingHttpHeaders = { 'grpc-status': '0', 'grpc-message': '' };
+const RESPONSE_HEADERS: OutgoingHttpHeaders = Object.fromEntries(RESPONSE_FIELDS);
+const trailersOf = (code: number, message: string): OutgoingHttpHeaders =>
+  Object.fromEntries(statusFields(code, message));
+const OK_TRAILERS = trailersOf(GrpcStatus.OK, '');
 interface GrpcServerInternals {
   http2Servers?: Map<Http2Server, unknown>;
 }
@@ -145,10 +143,7 @@ function serveStream<Req, Res>(
     sendTrailersOnly: (code, message) => {
       // Answered trailers-only: no trailers wanted.
       stream.off('wantTrailers', onWantTrailers);
-      stream.respond(
-        { ...RESPONSE_HEADERS, 'grpc-status': String(code), 'grpc-message': grpcMessage(message) },
-        { endStream: true },
-      );
+      stream.respond({ ...RESPONSE_HEADERS, ...trailersOf(code, message) }, { endStream: true });
     },
     write: (f) => {
       if (Buffer.isBuffer(f)) {
@@ -160,10 +155,7 @@ function serveStream<Req, Res>(
       stream.uncork();
     },
     sendTrailers: (code, message) => {
-      trailers =
-        code === GrpcStatus.OK
-          ? OK_TRAILERS
-          : { 'grpc-status': String(code), 'grpc-message': grpcMessage(message) };
+      trailers = code === GrpcStatus.OK ? OK_TRAILERS : trailersOf(code, message);
       stream.end();
     },
     get gone() {

@@ -22,13 +22,20 @@ import { type TLSSocket, Server as TlsServer } from 'node:tls';
 import type { Server } from '@grpc/grpc-js';
 import { H2Connection, type H2Stream, type H2StreamEvents } from '../h2/connection.js';
 import { encodeHeaders } from '../h2/hpack.js';
-import { LIVENESS_SERVICE, READINESS_SERVICES, ServingStatus, servingStatus } from '../health.js';
+import {
+  guardReady,
+  LIVENESS_SERVICE,
+  READINESS_SERVICES,
+  servingStatus,
+  watchServing,
+} from '../health.js';
 import {
   type FastPathOptions,
   GrpcCall,
   GrpcStatus,
   type GrpcWire,
-  grpcMessage,
+  RESPONSE_FIELDS,
+  statusFields,
 } from './grpc-call.js';
 import { PROCESS_PATH } from './h2-transport.js';
 
@@ -54,27 +61,11 @@ interface GrpcServerInternals {
   http2Servers?: Map<NetServer, unknown>;
 }
 
-const RESPONSE_FIELDS: [string, string][] = [
-  [':status', '200'],
-  ['content-type', 'application/grpc+proto'],
-  ['grpc-accept-encoding', 'identity'],
-  ['grpc-encoding', 'identity'],
-];
 const RESPONSE_BLOCK = encodeHeaders(RESPONSE_FIELDS);
-const OK_TRAILERS_BLOCK = encodeHeaders([
-  ['grpc-status', '0'],
-  ['grpc-message', ''],
-]);
+const OK_TRAILERS_BLOCK = encodeHeaders(statusFields(GrpcStatus.OK, ''));
 const UNSUPPORTED_MEDIA_TYPE = encodeHeaders([[':status', '415']]);
 
 const HEALTH = '/grpc.health.v1.Health/';
-
-function statusFields(code: number, message: string): [string, string][] {
-  return [
-    ['grpc-status', String(code)],
-    ['grpc-message', grpcMessage(message)],
-  ];
-}
 
 /** The GrpcWire of one of our HTTP/2 streams. */
 function wireOf(stream: H2Stream): GrpcWire {
@@ -190,13 +181,7 @@ function healthEvents(
   watchIntervalMs: number,
   timeout: string | undefined,
 ): H2StreamEvents {
-  const ready = (): boolean => {
-    try {
-      return isReady();
-    } catch {
-      return false;
-    }
-  };
+  const ready = guardReady(isReady);
   const limit = 64 * 1024;
   if (method === 'Check') {
     return callEvents(
@@ -240,27 +225,16 @@ function healthEvents(
     );
   }
   // Watch: the current status at once, then again whenever it changes, until the client leaves.
-  let timer: NodeJS.Timeout | undefined;
+  let stop: (() => void) | undefined;
   return callEvents(
     stream,
     healthOptions(limit, healthFrame, (sink) => ({
       onMessage(service) {
-        if (timer) return;
-        const current = () => servingStatus(service, ready) ?? ServingStatus.SERVICE_UNKNOWN;
-        let last = current();
-        sink.send(last);
-        timer = setInterval(() => {
-          const now = current();
-          if (now !== last) {
-            last = now;
-            sink.send(now);
-          }
-        }, watchIntervalMs);
-        timer.unref();
+        stop ??= watchServing(service, ready, watchIntervalMs, (status) => sink.send(status));
       },
       onHalfClose() {},
       onCancel() {
-        clearInterval(timer);
+        stop?.();
       },
     })),
     timeout,

@@ -186,32 +186,6 @@ export function huffmanDecode(src: Buffer, start: number, end: number): string {
   return out.toString('latin1', 0, o);
 }
 
-/** Huffman-encodes a latin1 string (tests and peers that want it; our encoder sends raw octets). */
-export function huffmanEncode(s: string): Buffer {
-  const bytes: number[] = [];
-  let acc = 0;
-  let bits = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i) & 0xff;
-    let len = HUFFMAN_LENGTHS[c] as number;
-    const code = HUFFMAN_CODES[c] as number;
-    while (len > 0) {
-      const take = Math.min(len, 8 - bits);
-      const part = Math.floor(code / 2 ** (len - take)) & ((1 << take) - 1);
-      acc = (acc << take) | part;
-      bits += take;
-      len -= take;
-      if (bits === 8) {
-        bytes.push(acc);
-        acc = 0;
-        bits = 0;
-      }
-    }
-  }
-  if (bits > 0) bytes.push((acc << (8 - bits)) | ((1 << (8 - bits)) - 1));
-  return Buffer.from(bytes);
-}
-
 // --- Decoder ------------------------------------------------------------------
 
 export interface HpackDecoderOptions {

@@ -5,10 +5,35 @@ import {
   HpackDecoder,
   HpackError,
   huffmanDecode,
-  huffmanEncode,
   STATIC_TABLE,
 } from '../../../../src/server/h2/hpack.js';
 import { HUFFMAN_CODES, HUFFMAN_LENGTHS } from '../../../../src/server/h2/huffman-codes.js';
+
+/** Huffman-encodes a latin1 string (the encoder under test sends raw octets; peers use this). */
+function huffmanEncode(s: string): Buffer {
+  const bytes: number[] = [];
+  let acc = 0;
+  let bits = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i) & 0xff;
+    let len = HUFFMAN_LENGTHS[c] as number;
+    const code = HUFFMAN_CODES[c] as number;
+    while (len > 0) {
+      const take = Math.min(len, 8 - bits);
+      const part = Math.floor(code / 2 ** (len - take)) & ((1 << take) - 1);
+      acc = (acc << take) | part;
+      bits += take;
+      len -= take;
+      if (bits === 8) {
+        bytes.push(acc);
+        acc = 0;
+        bits = 0;
+      }
+    }
+  }
+  if (bits > 0) bytes.push((acc << (8 - bits)) | ((1 << (8 - bits)) - 1));
+  return Buffer.from(bytes);
+}
 
 const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const pairs = (flat: string[]): [string, string][] => {
