@@ -54,6 +54,8 @@ suite cargo-fmt step cargo fmt --manifest-path native/Cargo.toml --all --check
 suite cargo-clippy step cargo clippy --manifest-path native/Cargo.toml --workspace --all-targets \
   --release -- -D warnings
 suite cargo-core cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-core --release
+# The addon crate's own Rust modules (sched.rs); its napi surface is tested from vitest.
+suite cargo-napi cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-napi --release
 # Differential tests against dynamo-kv-router (hashing and index), and a
 # smoke run of the Rust bench so it cannot rot.
 suite cargo-oracle cargo cargo test --manifest-path native/Cargo.toml -p kv-epp-oracle --release

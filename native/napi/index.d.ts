@@ -227,6 +227,12 @@ export declare function prepareRoute(tokenizerHandle: number, indexHandle: numbe
 /** Writes the sequence hashes of `local[..count]` into `out` (must not alias `local`); returns the count. */
 export declare function sequenceHashesInto(local: BigUint64Array, count: number, out: BigUint64Array): number
 
+/**
+ * Moves thread `tid` of this process to `SCHED_IDLE` (Linux; see sched.rs).
+ * Throws `os_error: …` with the OS's reason and changes nothing then.
+ */
+export declare function setThreadIdlePriority(tid: number): void
+
 /** Frees a tokenizer. Later calls with the handle fail with `disposed`. */
 export declare function tokenizerDispose(handle: number): boolean
 

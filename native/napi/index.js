@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { approxExpire }
 export { approxForgetHolder }
 export { approxForgetWorker }
@@ -805,6 +805,7 @@ export { indexTreeSize }
 export { localHashesInto }
 export { prepareRoute }
 export { sequenceHashesInto }
+export { setThreadIdlePriority }
 export { tokenizerDispose }
 export { tokenizerEncode }
 export { tokenizerKind }

@@ -54,6 +54,7 @@ import { preparerOptionsFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
 import { accountExternalMemoryInGlobalLimit } from './gc-flags.js';
 import { startGcPacer } from './gc-pacer.js';
+import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
 
 /**
  * V8 flags the shipped launchers pass (Dockerfile, npm start, scripts/serve.sh):
@@ -76,7 +77,8 @@ export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-healt
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
                     [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]
-                    [--dynamo-discovery-dir DIR]`;
+                    [--dynamo-discovery-dir DIR] [--gc-pace-mb 48]
+                    [--v8-worker-priority idle|low|normal]`;
 
 export interface Serving {
   options: ServeOptions;
@@ -92,6 +94,18 @@ export interface Serving {
   /** Re-reads `--endpoints-file` now (it is also watched); true when the list changed. */
   reloadEndpoints(): Promise<boolean>;
   close(): Promise<void>;
+}
+
+/** The addon's SCHED_IDLE call, or undefined when the addon cannot load (then nice 19 serves). */
+async function addonIdlePolicy(): Promise<((tid: number) => void) | undefined> {
+  try {
+    const binding = await loadNativeBinding();
+    return typeof binding.setThreadIdlePriority === 'function'
+      ? (tid) => binding.setThreadIdlePriority(tid)
+      : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 async function readConfig(file: string | undefined): Promise<unknown> {
@@ -157,6 +171,7 @@ export async function startServing(
         'router-reset-states',
         'dynamo-discovery-dir',
         'gc-pace-mb',
+        'v8-worker-priority',
       ].map((k) => [k, { type: 'string' as const }]),
     ),
   });
@@ -260,6 +275,10 @@ export async function startServing(
   started.push({ close: async () => clearInterval(upkeep) });
   const gcPacer = options.gcPaceMb > 0 ? startGcPacer(options.gcPaceMb * 1024 * 1024) : undefined;
   if (gcPacer) started.push({ close: async () => gcPacer.stop() });
+  const v8WorkerPriority = lowerV8WorkerPriority(
+    options.v8WorkerPriority,
+    linuxThreadOps(await addonIdlePolicy()),
+  );
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));
     applier?.dispose();
@@ -383,6 +402,7 @@ export async function startServing(
       gcTuned: GC_FLAGS.every((f) => process.execArgv.some((a) => a.startsWith(f))),
       externalMemoryInGlobalLimit,
       gcPaceMb: gcPacer ? options.gcPaceMb : 0,
+      v8WorkerPriority,
     },
     'kv-epp serving',
   );

@@ -16,7 +16,7 @@ export interface ServeOptions {
   metricsPort: number;
   secureServing: boolean;
   certPath?: string | undefined;
-  /** How `Process` streams are served: `direct` (node:http2, default) or `grpc-js`. */
+  /** How `Process` streams are served: `raw-h2` (own HTTP/2 framing, default), `direct` (node:http2) or `grpc-js`. */
   extProcTransport: 'raw-h2' | 'direct' | 'grpc-js';
   endpointsFile?: string | undefined;
   /** Endpoints given inline in the config file. */
@@ -51,6 +51,8 @@ export interface ServeOptions {
   retryAfterSeconds: number;
   /** A mark-compact every this many MiB of old-space growth (src/cli/gc-pacer.ts); 0 = V8 alone. */
   gcPaceMb: number;
+  /** Scheduling priority of V8's background threads (src/cli/thread-priority.ts). */
+  v8WorkerPriority: 'idle' | 'low' | 'normal';
   /** KV event sources (used when `useKvEvents`). */
   events: EventOptions;
 }
@@ -169,6 +171,7 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'maxBodyBytes',
     'host',
     'gcPaceMb',
+    'v8WorkerPriority',
   ]),
 };
 
@@ -355,6 +358,16 @@ export function resolveServeOptions(
       [flags['gc-pace-mb'], '--gc-pace-mb'],
       [env.KV_EPP_GC_PACE_MB, 'KV_EPP_GC_PACE_MB'],
       file('server', 'gcPaceMb'),
+    ),
+    v8WorkerPriority: get(
+      (v, field) => {
+        if (v === 'idle' || v === 'low' || v === 'normal') return v;
+        return fail(field, `expected idle, low or normal, got ${JSON.stringify(v)}`);
+      },
+      'idle' as const,
+      [flags['v8-worker-priority'], '--v8-worker-priority'],
+      [env.KV_EPP_V8_WORKER_PRIORITY, 'KV_EPP_V8_WORKER_PRIORITY'],
+      file('server', 'v8WorkerPriority'),
     ),
     events,
   };

@@ -19,6 +19,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod sched;
+
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
@@ -849,4 +851,11 @@ pub fn decode_active_load(payload: Uint8Array) -> Option<NativeActiveLoad> {
         kv_used_blocks: l.kv_used_blocks.map(|v| v as f64),
         published_at_ms: l.published_at_ms.map(|v| v as f64),
     })
+}
+
+/// Moves thread `tid` of this process to `SCHED_IDLE` (Linux; see sched.rs).
+/// Throws `os_error: …` with the OS's reason and changes nothing then.
+#[napi]
+pub fn set_thread_idle_priority(tid: i32) -> Result<()> {
+    sched::set_idle(tid).map_err(|e| err("os_error", e))
 }

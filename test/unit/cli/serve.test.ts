@@ -38,8 +38,17 @@ afterAll(async () => {
 
 describe('kv-epp serve', () => {
   it('routes a chat request with the embedded default endpoints', async () => {
-    const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '0' }, new RecordingLogger());
+    const log = new RecordingLogger();
+    const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '0' }, log);
     running.push(s);
+    // V8's workers go to SCHED_IDLE by default where they can be found by name (Linux, Node ≥ 22).
+    const serving = log.records.find((r) => r.msg === 'kv-epp serving');
+    const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
+    expect(serving?.fields.v8WorkerPriority).toMatchObject({
+      requested: 'idle',
+      applied: named ? 'idle' : 'none',
+      failed: 0,
+    });
     const client = new ExtProcClient(s.extProc.port);
     const body = JSON.stringify({
       model: 'm',
@@ -86,6 +95,10 @@ describe('kv-epp serve', () => {
 
   it.each([
     [['--grpc-port=abc'], '--grpc-port: expected an integer'],
+    [
+      ['--v8-worker-priority=high'],
+      '--v8-worker-priority: expected idle, low or normal, got "high"',
+    ],
     [[], '--endpoints-file: required'],
     [['--endpoints-file', '/nonexistent.yaml'], '/nonexistent.yaml: cannot read'],
     [

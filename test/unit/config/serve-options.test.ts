@@ -79,6 +79,25 @@ describe('resolveServeOptions', () => {
     );
   });
 
+  it('reads the V8 worker priority (flag over env over file; idle by default; bad values name the field)', () => {
+    const p = (flags: Record<string, string>, env: Record<string, string>, doc?: unknown) =>
+      resolveServeOptions(flags, env, doc).v8WorkerPriority;
+    expect(p({}, {})).toBe('idle');
+    expect(p({}, {}, { server: { v8WorkerPriority: 'normal' } })).toBe('normal');
+    expect(
+      p({}, { KV_EPP_V8_WORKER_PRIORITY: 'low' }, { server: { v8WorkerPriority: 'normal' } }),
+    ).toBe('low');
+    expect(p({ 'v8-worker-priority': 'normal' }, { KV_EPP_V8_WORKER_PRIORITY: 'low' })).toBe(
+      'normal',
+    );
+    expect(() => p({}, { KV_EPP_V8_WORKER_PRIORITY: 'realtime' })).toThrow(
+      'KV_EPP_V8_WORKER_PRIORITY: expected idle, low or normal, got "realtime"',
+    );
+    expect(() => p({}, {}, { server: { v8WorkerPriority: 1 } })).toThrow(
+      /server\.v8WorkerPriority/,
+    );
+  });
+
   it('reads the recovery discovery directory and response host (Dynamo names) and the transport', () => {
     const d = resolveServeOptions({}, {});
     expect([d.events.discoveryDir, d.events.responseHost, d.extProcTransport]).toEqual([
