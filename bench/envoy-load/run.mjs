@@ -1231,7 +1231,11 @@ function machineInfo(envoy, kvepp, startLoad, endLoad) {
     loadavgStart: startLoad.map((x) => round(x, 2)),
     loadavgEnd: endLoad.map((x) => round(x, 2)),
     kvEppStartedWith: kvepp
-      ? { tokenizer: kvepp.info.tokenizer, backend: kvepp.info.tokenizerBackend }
+      ? {
+          tokenizer: kvepp.info.tokenizer,
+          backend: kvepp.info.tokenizerBackend,
+          v8WorkerPriority: kvepp.info.v8WorkerPriority,
+        }
       : undefined,
   };
 }
