@@ -35,7 +35,7 @@ import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
 import { createApproxTracker } from '../kv/factory.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
-import type { KvIndex } from '../kv/types.js';
+import type { Backend, KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
 import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
@@ -96,8 +96,15 @@ export interface Serving {
   close(): Promise<void>;
 }
 
-/** The addon's SCHED_IDLE call, or undefined when the addon cannot load (then nice 19 serves). */
-async function addonIdlePolicy(): Promise<((tid: number) => void) | undefined> {
+/**
+ * The addon's SCHED_IDLE call when the hot path already runs on the addon;
+ * undefined otherwise (then nice 19 serves). A JS hot path never loads the
+ * addon for this: `--backend js` may be how a host avoids an addon it cannot run.
+ */
+async function addonIdlePolicy(
+  hotPathBackend: Backend,
+): Promise<((tid: number) => void) | undefined> {
+  if (hotPathBackend !== 'native') return undefined;
   try {
     const binding = await loadNativeBinding();
     return typeof binding.setThreadIdlePriority === 'function'
@@ -277,7 +284,7 @@ export async function startServing(
   if (gcPacer) started.push({ close: async () => gcPacer.stop() });
   const v8WorkerPriority = lowerV8WorkerPriority(
     options.v8WorkerPriority,
-    linuxThreadOps(await addonIdlePolicy()),
+    linuxThreadOps(await addonIdlePolicy(path.tokenizer.backend)),
   );
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));

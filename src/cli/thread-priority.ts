@@ -12,7 +12,7 @@
  * any GC work they have not done on the main thread, so nothing is lost,
  * only moved to when the CPU is free.
  *
- * Modes: `idle` = SCHED_IDLE (needs the addon; without it, `low`), `low` =
+ * Modes: `idle` = SCHED_IDLE (needs the addon on the hot path; else `low`), `low` =
  * nice 19 (`os.setPriority` on the thread id), `normal` = untouched.
  * Contract: only threads named `V8Worker` in /proc/self/task/<tid>/comm
  * change; the event loop, libuv's pool and the Piscina workers keep their
@@ -103,7 +103,7 @@ export function lowerV8WorkerPriority(
   const changed = workers.length - failed;
   const reasons = [
     requested === 'idle' && !setIdle
-      ? 'native addon not loaded: nice 19 instead of SCHED_IDLE'
+      ? 'no SCHED_IDLE call (a JS hot path, or no addon): nice 19 instead'
       : '',
     failed > 0 ? `refused: ${lastError}` : '',
   ].filter(Boolean);

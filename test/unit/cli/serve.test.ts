@@ -93,6 +93,29 @@ describe('kv-epp serve', () => {
     expect(value('kv_epp_index_memberships')).toBeGreaterThanOrEqual(0);
   });
 
+  it('with the JS hot path, lowers V8 workers to nice 19 without loading the addon for it', async () => {
+    const log = new RecordingLogger();
+    const s = await startServing(
+      defaultArgs('--backend=js', '--v8-worker-priority=idle'),
+      { KV_EPP_POOL_SIZE: '0' },
+      log,
+    );
+    running.push(s);
+    const serving = log.records.find((r) => r.msg === 'kv-epp serving');
+    expect(serving?.fields.tokenizerBackend).toBe('js');
+    const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
+    expect(serving?.fields.v8WorkerPriority).toMatchObject(
+      named
+        ? {
+            requested: 'idle',
+            applied: 'low',
+            failed: 0,
+            reason: expect.stringMatching(/no SCHED_IDLE call.*nice 19 instead/),
+          }
+        : { requested: 'idle', applied: 'none' },
+    );
+  });
+
   it.each([
     [['--grpc-port=abc'], '--grpc-port: expected an integer'],
     [
