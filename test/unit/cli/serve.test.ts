@@ -19,6 +19,8 @@ import {
 
 const ROOT = join(import.meta.dirname, '../../..');
 const running: Serving[] = [];
+/** Where V8's worker threads carry the name serve looks for (Linux, Node ≥ 22). */
+const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
 /** The embedded default on ephemeral loopback ports; `extra` overrides. */
 function defaultArgs(...extra: string[]): string[] {
   return [
@@ -43,7 +45,6 @@ describe('kv-epp serve', () => {
     running.push(s);
     // V8's workers go to SCHED_IDLE by default where they can be found by name (Linux, Node ≥ 22).
     const serving = log.records.find((r) => r.msg === 'kv-epp serving');
-    const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
     expect(serving?.fields.v8WorkerPriority).toMatchObject({
       requested: 'idle',
       applied: named ? 'idle' : 'none',
@@ -103,7 +104,6 @@ describe('kv-epp serve', () => {
     running.push(s);
     const serving = log.records.find((r) => r.msg === 'kv-epp serving');
     expect(serving?.fields.tokenizerBackend).toBe('js');
-    const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
     expect(serving?.fields.v8WorkerPriority).toMatchObject(
       named
         ? {
