@@ -10,7 +10,8 @@
  *          dist/, plaintext, two static endpoints on the same upstream process)
  *
  * Scenarios (scenario-major: each scenario runs on the three set-ups back to
- * back, so background load on a shared machine hits them alike):
+ * back, in interleaved slices (--slices), so background load on a shared
+ * machine hits them alike):
  *
  *   small-rate  2 KB chat bodies at a fixed rate (default 500 req/s): p50/p99
  *   small-max   2 KB bodies, closed loop at --max-concurrency: max routed req/s
@@ -30,11 +31,17 @@
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
        [--raw-dir DIR] [--epp-window BYTES]
  *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
- *        [--rounds N]
+ *        [--rounds N] [--slices N]
  *
  *   --rounds N             run the whole plan N times (set-up order rotated each
  *                          round); targets are judged on the median of the
  *                          per-round ratios (each ratio from one round's points)
+ *   --slices N             split each small-rate and small-max point into N
+ *                          slices of duration/N seconds, run interleaved
+ *                          (plain, noop, kvepp, then rotated), and pool each
+ *                          set-up's slices into one point (default 5; 1 with
+ *                          --quick and for the big scenario): a slow phase of
+ *                          the machine then lands on every set-up alike
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
@@ -112,6 +119,7 @@ const { values: argv } = parseArgs({
     'epp-window': { type: 'string' },
     'envoy-log': { type: 'string' },
     rounds: { type: 'string', default: '1' },
+    slices: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -152,7 +160,10 @@ const opt = {
   nodeArgs: argv['node-args'],
   envoyComponentLog: argv['envoy-log'],
   rounds: num('rounds', argv.rounds),
+  slices: num('slices', argv.slices ?? (quick ? 1 : 5)),
 };
+if (!Number.isInteger(opt.slices) || opt.slices < 1)
+  throw new Error('--slices: a whole number ≥ 1');
 
 // --- small helpers ---
 
@@ -729,8 +740,42 @@ async function attack(targets, load, durationS, out) {
   await runToEnd(VEGETA, args);
 }
 
-async function vegetaReport(file) {
-  return JSON.parse(await runToEnd(VEGETA, ['report', '-type=json', file]));
+async function vegetaReport(files) {
+  return JSON.parse(await runToEnd(VEGETA, ['report', '-type=json', ...[files].flat()]));
+}
+
+/**
+ * Successful req/s over several slices' reports. vegeta's own throughput over
+ * several files would count the gaps between slices as attack time.
+ */
+function pooledThroughput(reps) {
+  const ok = reps.reduce((a, r) => a + r.requests * r.success, 0);
+  const ns = reps.reduce((a, r) => a + r.duration + r.wait, 0);
+  return ns > 0 ? ok / (ns / 1e9) : 0;
+}
+
+/**
+ * Adds `after − before` into `acc`, leaf by leaf (snapshots hold only numbers
+ * and objects of numbers). A leaf missing on either side (a process that
+ * exited, a counter not yet present) counts as 0 before / is skipped after.
+ */
+function addDelta(acc, before, after) {
+  for (const [k, b] of Object.entries(after)) {
+    if (b === undefined || b === null) continue;
+    const a = before?.[k];
+    if (typeof b === 'number') acc[k] = (acc[k] ?? 0) + (b - (typeof a === 'number' ? a : 0));
+    else if (typeof b === 'object') {
+      acc[k] ??= {};
+      addDelta(acc[k], a, b);
+    }
+  }
+  return acc;
+}
+
+/** The same shape as `x` with every number 0: the "before" of an accumulated delta. */
+function zeroLike(x) {
+  if (typeof x === 'number') return 0;
+  return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, zeroLike(v)]));
 }
 
 // --- the run ---
@@ -808,41 +853,76 @@ async function main() {
       for (const step of plan) await runStep(r, step, order);
     }
     async function runStep(r, step, order) {
-      for (const setup of order) {
-        const label = `${step.scenario} ${step.load.rate ? `${step.load.rate}/s` : `c=${step.load.concurrency}`} ${setup}${opt.rounds > 1 ? ` (round ${r}/${opt.rounds})` : ''}`;
-        log(`${label}: warm-up ${opt.warmupS}s, measure ${opt.durationS}s`);
-        const out = join(dir, `${setup}-${step.scenario}.bin`);
-        if (opt.warmupS > 0) await attack(targets[setup][step.kind], step.load, opt.warmupS, out);
-        await sleep(300);
-        const before = await snapshot(procs);
-        const attackDone = attack(targets[setup][step.kind], step.load, opt.durationS, out);
-        let probe;
-        if (step.probe) {
-          const delay = Math.min(1000, (opt.durationS * 1000) / 4);
-          await sleep(delay);
-          probe = runProbe(
-            setup,
-            procs,
-            envoy,
-            probeBody,
-            Math.max(1, opt.durationS - delay / 1000 - 1),
-          );
+      const loadName = step.load.rate ? `${step.load.rate}/s` : `c=${step.load.concurrency}`;
+      const roundName = opt.rounds > 1 ? ` (round ${r}/${opt.rounds})` : '';
+      // The probe runs beside one continuous attack, so the big scenario is never sliced.
+      const slices = step.probe ? 1 : opt.slices;
+      const sliceS = opt.durationS / slices;
+      const acc = Object.fromEntries(order.map((s) => [s, { files: [], reps: [], delta: {} }]));
+      if (slices > 1) {
+        for (const setup of order) {
+          log(`${step.scenario} ${loadName} ${setup}${roundName}: warm-up ${opt.warmupS}s`);
+          const out = join(dir, `${setup}-${step.scenario}-warmup.bin`);
+          if (opt.warmupS > 0) await attack(targets[setup][step.kind], step.load, opt.warmupS, out);
         }
-        await attackDone;
-        const probeResult = probe ? await probe : undefined;
-        const after = await snapshot(procs);
-        const rep = await vegetaReport(out);
+        log(
+          `${step.scenario} ${loadName}${roundName}: ${slices} interleaved slices of ${round(sliceS, 2)}s per set-up`,
+        );
+      }
+      for (let k = 0; k < slices; k++) {
+        // Rotated per slice as well, so no set-up always measures right after the same one.
+        const sliceOrder = order.map((_, i) => order[(i + k) % order.length]);
+        for (const setup of sliceOrder) {
+          const out = join(dir, `${setup}-${step.scenario}-s${k}.bin`);
+          if (slices === 1) {
+            log(
+              `${step.scenario} ${loadName} ${setup}${roundName}: warm-up ${opt.warmupS}s, measure ${opt.durationS}s`,
+            );
+            if (opt.warmupS > 0)
+              await attack(targets[setup][step.kind], step.load, opt.warmupS, out);
+          }
+          await sleep(300);
+          const before = await snapshot(procs);
+          const attackDone = attack(targets[setup][step.kind], step.load, sliceS, out);
+          if (step.probe) {
+            const delay = Math.min(1000, (opt.durationS * 1000) / 4);
+            await sleep(delay);
+            acc[setup].probe = runProbe(
+              setup,
+              procs,
+              envoy,
+              probeBody,
+              Math.max(1, opt.durationS - delay / 1000 - 1),
+            );
+          }
+          await attackDone;
+          if (acc[setup].probe) acc[setup].probe = await acc[setup].probe;
+          const after = await snapshot(procs);
+          addDelta(acc[setup].delta, before, after);
+          acc[setup].files.push(out);
+          if (slices > 1) acc[setup].reps.push(await vegetaReport([out]));
+        }
+      }
+      for (const setup of order) {
+        const a = acc[setup];
+        // One report over every slice: percentiles of all the requests together.
+        const rep = await vegetaReport(a.files);
+        if (slices > 1) rep.throughput = pooledThroughput(a.reps);
         if (opt.rawDir) {
           mkdirSync(opt.rawDir, { recursive: true });
           const load = step.load.rate ? `r${step.load.rate}` : `c${step.load.concurrency}`;
-          copyFileSync(out, join(opt.rawDir, `${setup}-${step.scenario}-${load}.bin`));
+          a.files.forEach((f, k) => {
+            const name = `${setup}-${step.scenario}-${load}${slices > 1 ? `-s${k}` : ''}`;
+            copyFileSync(f, join(opt.rawDir, `${r > 1 ? `round${r}-` : ''}${name}.bin`));
+          });
         }
         const bodyBytes = size(bodies[step.kind]);
-        const p = summarise(setup, step, rep, before, after, bodyBytes, probeResult);
+        const p = summarise(setup, step, rep, zeroLike(a.delta), a.delta, bodyBytes, a.probe);
         p.round = r;
+        if (slices > 1) p.slices = { count: slices, seconds: round(sliceS, 3) };
         points.push(p);
         log(
-          `  → ${p.throughput} req/s ok ${p.successPct}% p50 ${p.latencyMs.p50} p99 ${p.latencyMs.p99} ms` +
+          `  ${step.scenario} ${loadName} ${setup}${roundName} → ${p.throughput} req/s ok ${p.successPct}% p50 ${p.latencyMs.p50} p99 ${p.latencyMs.p99} ms` +
             (p.errors.length ? ` errors: ${p.errors.slice(0, 3).join(' | ')}` : ''),
         );
       }
