@@ -39,7 +39,7 @@
  *   --slices N             split each small-rate and small-max point into N
  *                          slices of duration/N seconds, run interleaved
  *                          (plain, noop, kvepp, then rotated), and pool each
- *                          set-up's slices into one point (default 5; 1 with
+ *                          set-up's slices into one point (default 10; 1 with
  *                          --quick and for the big scenario): a slow phase of
  *                          the machine then lands on every set-up alike
  *   --lift-h2-reset-limit  start kv-epp with h2-reset-limit.mjs preloaded (a
@@ -160,7 +160,7 @@ const opt = {
   nodeArgs: argv['node-args'],
   envoyComponentLog: argv['envoy-log'],
   rounds: num('rounds', argv.rounds),
-  slices: num('slices', argv.slices ?? (quick ? 1 : 5)),
+  slices: num('slices', argv.slices ?? (quick ? 1 : 10)),
 };
 if (!Number.isInteger(opt.slices) || opt.slices < 1)
   throw new Error('--slices: a whole number ≥ 1');
