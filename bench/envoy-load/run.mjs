@@ -76,6 +76,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { machineCpu, num, printHelpAndExit, statCpu, table } from '../lib/common.mjs';
+import { addDelta, pooledThroughput, sliceOrder, zeroLike } from './slices.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '..', '..');
@@ -744,40 +745,6 @@ async function vegetaReport(files) {
   return JSON.parse(await runToEnd(VEGETA, ['report', '-type=json', ...[files].flat()]));
 }
 
-/**
- * Successful req/s over several slices' reports. vegeta's own throughput over
- * several files would count the gaps between slices as attack time.
- */
-function pooledThroughput(reps) {
-  const ok = reps.reduce((a, r) => a + r.requests * r.success, 0);
-  const ns = reps.reduce((a, r) => a + r.duration + r.wait, 0);
-  return ns > 0 ? ok / (ns / 1e9) : 0;
-}
-
-/**
- * Adds `after − before` into `acc`, leaf by leaf (snapshots hold only numbers
- * and objects of numbers). A leaf missing on either side (a process that
- * exited, a counter not yet present) counts as 0 before / is skipped after.
- */
-function addDelta(acc, before, after) {
-  for (const [k, b] of Object.entries(after)) {
-    if (b === undefined || b === null) continue;
-    const a = before?.[k];
-    if (typeof b === 'number') acc[k] = (acc[k] ?? 0) + (b - (typeof a === 'number' ? a : 0));
-    else if (typeof b === 'object') {
-      acc[k] ??= {};
-      addDelta(acc[k], a, b);
-    }
-  }
-  return acc;
-}
-
-/** The same shape as `x` with every number 0: the "before" of an accumulated delta. */
-function zeroLike(x) {
-  if (typeof x === 'number') return 0;
-  return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, zeroLike(v)]));
-}
-
 // --- the run ---
 
 async function main() {
@@ -870,9 +837,7 @@ async function main() {
         );
       }
       for (let k = 0; k < slices; k++) {
-        // Rotated per slice as well, so no set-up always measures right after the same one.
-        const sliceOrder = order.map((_, i) => order[(i + k) % order.length]);
-        for (const setup of sliceOrder) {
+        for (const setup of sliceOrder(order, k)) {
           const out = join(dir, `${setup}-${step.scenario}-s${k}.bin`);
           if (slices === 1) {
             log(
