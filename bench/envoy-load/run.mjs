@@ -1280,6 +1280,7 @@ function machineInfo(envoy, kvepp, startLoad, endLoad) {
           tokenizer: kvepp.info.tokenizer,
           backend: kvepp.info.tokenizerBackend,
           v8WorkerPriority: kvepp.info.v8WorkerPriority,
+          poolNice: kvepp.info.poolNice,
         }
       : undefined,
   };

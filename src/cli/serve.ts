@@ -410,6 +410,7 @@ export async function startServing(
       externalMemoryInGlobalLimit,
       gcPaceMb: gcPacer ? options.gcPaceMb : 0,
       v8WorkerPriority,
+      poolNice: preparer.poolNice,
     },
     'kv-epp serving',
   );

@@ -29,12 +29,28 @@ export interface PreparerOptions {
   poolSize: number;
   /** Bodies of at least this many bytes go to the pool. */
   offloadBytes: number;
+  /**
+   * Nice increment of the pool's threads over the event loop's (0–19; 0 or
+   * absent = the same priority). Lowering needs no privilege. Applied by each
+   * worker to its own thread (Piscina's `niceIncrement`, through the optional
+   * `@napi-rs/nice`; per-thread on Linux). Without that package, or where nice
+   * is per-process, the workers keep the event loop's priority.
+   */
+  poolNice?: number | undefined;
   /** Chat template override the JS workers must load too. */
   chatTemplate?: string | undefined;
 }
 
+/** Only where nice is per-thread (Linux): elsewhere it would lower the event loop too. */
+function poolNiceApplied(options: PreparerOptions): number {
+  return process.platform === 'linux' ? (options.poolNice ?? 0) : 0;
+}
+
 /** Measured on the project's 2-core machine; see bench/README.md. */
 export const DEFAULT_OFFLOAD_BYTES = 8 * 1024;
+/** Measured with 220 KB prompts queueing (bench/README.md finding W). */
+export const DEFAULT_POOL_NICE = 10;
+export const MAX_POOL_NICE = 19;
 
 export class RoutePreparer {
   private constructor(
@@ -42,6 +58,8 @@ export class RoutePreparer {
     private readonly pool: Piscina | undefined,
     private readonly ref: TokenizerRef,
     private readonly offloadBytes: number,
+    /** The nice increment the pool's threads were started with (0 without a pool). */
+    readonly poolNice: number,
   ) {}
 
   static create(path: HotPath, options: PreparerOptions): RoutePreparer {
@@ -69,9 +87,17 @@ export class RoutePreparer {
             stricterFIFO: true,
             // kv-epp times tokenization itself (kv_epp_tokenization_seconds).
             recordTiming: false,
+            // Only where nice is per-thread: elsewhere it would lower the event loop too.
+            niceIncrement: poolNiceApplied(options),
           })
         : undefined;
-    return new RoutePreparer(path, pool, ref, options.offloadBytes);
+    return new RoutePreparer(
+      path,
+      pool,
+      ref,
+      options.offloadBytes,
+      pool ? poolNiceApplied(options) : 0,
+    );
   }
 
   /** Tasks waiting for a worker (a metric). */

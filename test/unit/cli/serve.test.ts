@@ -50,6 +50,8 @@ describe('kv-epp serve', () => {
       applied: named ? 'idle' : 'none',
       failed: 0,
     });
+    // No pool, so nothing to lower.
+    expect(serving?.fields.poolNice).toBe(0);
     const client = new ExtProcClient(s.extProc.port);
     const body = JSON.stringify({
       model: 'm',
@@ -114,6 +116,23 @@ describe('kv-epp serve', () => {
           }
         : { requested: 'idle', applied: 'none' },
     );
+  });
+
+  it('starts the pool below the event loop: nice 10 by default, KV_EPP_POOL_NICE otherwise', async () => {
+    const linux = process.platform === 'linux';
+    for (const [env, want] of [
+      [{}, linux ? 10 : 0],
+      [{ KV_EPP_POOL_NICE: '3' }, linux ? 3 : 0],
+    ] as const) {
+      const log = new RecordingLogger();
+      const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '1', ...env }, log);
+      running.push(s);
+      const serving = log.records.find((r) => r.msg === 'kv-epp serving');
+      expect(serving?.fields.poolNice).toBe(want);
+    }
+    await expect(
+      startServing(defaultArgs(), { KV_EPP_POOL_NICE: '20' }, new RecordingLogger()),
+    ).rejects.toThrow('KV_EPP_POOL_NICE: expected 0–19 (a nice increment), got 20');
   });
 
   it.each([
