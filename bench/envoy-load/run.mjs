@@ -1172,6 +1172,9 @@ function summariseTargets(points) {
       healthMaxMs: Math.max(...per.map((s) => s.big?.healthMaxMs ?? 0)),
       healthExtProcPortMaxMs: Math.max(...per.map((s) => s.big?.healthExtProcPortMaxMs ?? 0)),
       healthUnder10ms: per.every((s) => s.big?.healthUnder10ms),
+      healthSlowTicks: per.flatMap((s, i) =>
+        (s.big?.healthSlowTicks ?? []).map((t) => ({ round: i + 1, ...t })),
+      ),
     };
   }
   out.perRound = per;
@@ -1242,6 +1245,11 @@ function summariseRound(points) {
         bk.probe !== undefined &&
         (bk.probe['health-port']?.over10ms ?? 1) === 0 &&
         (bk.probe['health-extproc-port']?.over10ms ?? 1) === 0,
+      // Ticks with a health check ≥ 10 ms, with what every probe took in the same tick
+      // (the direct-upstream probe never passes through kv-epp: slow too = a machine stall).
+      healthSlowTicks: (bk.probe?.slowTicks ?? []).filter(
+        (t) => (t['health-port'] ?? 0) >= 10 || (t['health-extproc-port'] ?? 0) >= 10,
+      ),
     };
   }
   return out;
@@ -1424,6 +1432,7 @@ function printTables(result) {
     const probeRows = [];
     for (const p of bigs) {
       for (const [name, v] of Object.entries(p.probe ?? {})) {
+        if (name === 'slowTicks') continue;
         probeRows.push([
           pointLabel(p),
           p.setup,
@@ -1444,6 +1453,18 @@ function printTables(result) {
         probeRows,
       ),
     );
+    for (const p of bigs) {
+      for (const t of p.probe?.slowTicks ?? []) {
+        const { tick, ...ms } = t;
+        console.log(
+          `  ${pointLabel(p)} ${p.setup}: a probe ≥ 10 ms at ${(tick * conditions.probeIntervalMs) / 1000} s: ${Object.entries(
+            ms,
+          )
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', ')} ms`,
+        );
+      }
+    }
   }
   const kvs = points.filter((p) => p.kvepp);
   if (kvs.length) {

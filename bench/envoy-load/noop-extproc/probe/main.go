@@ -2,7 +2,10 @@
 // (in its own goroutine, so a slow answer never delays the next probe) one
 // grpc.health.v1 Check per --health target and one small HTTP POST per --http
 // target, until --duration passes; then prints one JSON object with, per
-// target, the count, errors, p50/p90/p99/max in ms and how many took ≥ 10 ms.
+// target, the count, errors, p50/p90/p99/max in ms and how many took ≥ 10 ms;
+// and, under "slowTicks", every tick in which some probe took ≥ 10 ms with what
+// each target took in that tick (a stall of the machine or of this process
+// slows every target of a tick at once; one of the server only its own).
 //
 //	--health name=host:port[/service]   (repeatable)
 //	--http   name=URL                   (repeatable; body from --body)
@@ -36,11 +39,14 @@ func (l *list) Set(v string) error { *l = append(*l, v); return nil }
 type sampler struct {
 	mu     sync.Mutex
 	ms     []float64
+	byTick map[int]float64
 	errors int
 	last   string
 }
 
-func (s *sampler) add(d time.Duration, err error) {
+const slowMs = 10
+
+func (s *sampler) add(tick int, d time.Duration, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
@@ -48,7 +54,12 @@ func (s *sampler) add(d time.Duration, err error) {
 		s.last = err.Error()
 		return
 	}
-	s.ms = append(s.ms, float64(d.Microseconds())/1000)
+	ms := float64(d.Microseconds()) / 1000
+	s.ms = append(s.ms, ms)
+	if s.byTick == nil {
+		s.byTick = map[int]float64{}
+	}
+	s.byTick[tick] = ms
 }
 
 func pct(sorted []float64, p float64) float64 {
@@ -67,7 +78,7 @@ func (s *sampler) summary() map[string]any {
 	sort.Float64s(v)
 	over := 0
 	for _, x := range v {
-		if x >= 10 {
+		if x >= slowMs {
 			over++
 		}
 	}
@@ -160,18 +171,20 @@ func main() {
 	var wg sync.WaitGroup
 	tick := time.NewTicker(*interval)
 	end := time.Now().Add(*duration)
+	ticks := 0
 	for now := time.Now(); now.Before(end); now = <-tick.C {
 		for _, p := range probes {
 			wg.Add(1)
-			go func() {
+			go func(n int) {
 				defer wg.Done()
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 				defer cancel()
 				t0 := time.Now()
 				err := p.run(ctx)
-				p.s.add(time.Since(t0), err)
-			}()
+				p.s.add(n, time.Since(t0), err)
+			}(ticks)
 		}
+		ticks++
 	}
 	tick.Stop()
 	wg.Wait()
@@ -179,6 +192,21 @@ func main() {
 	for _, p := range probes {
 		out[p.name] = p.s.summary()
 	}
+	slow := []map[string]any{}
+	for n := 0; n < ticks; n++ {
+		row := map[string]any{"tick": n}
+		hit := false
+		for _, p := range probes {
+			if ms, ok := p.s.byTick[n]; ok {
+				row[p.name] = ms
+				hit = hit || ms >= slowMs
+			}
+		}
+		if hit {
+			slow = append(slow, row)
+		}
+	}
+	out["slowTicks"] = slow
 	enc := json.NewEncoder(os.Stdout)
 	_ = enc.Encode(out)
 }
