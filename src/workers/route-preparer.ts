@@ -87,7 +87,6 @@ export class RoutePreparer {
             stricterFIFO: true,
             // kv-epp times tokenization itself (kv_epp_tokenization_seconds).
             recordTiming: false,
-            // Only where nice is per-thread: elsewhere it would lower the event loop too.
             niceIncrement: poolNiceApplied(options),
           })
         : undefined;

@@ -31,7 +31,10 @@ function threadNices(): Map<number, number> {
   return out;
 }
 
-/** Threads started while `p` ran, with their nice values. */
+/**
+ * Runs a pool of `poolSize` threads at `poolNice`: the nice values of the
+ * threads it started, and every older thread whose nice changed.
+ */
 async function newThreads(poolNice: number | undefined, poolSize: number) {
   const before = threadNices();
   const path = await createHotPath({ source: QWEN }, 'native');
