@@ -73,6 +73,7 @@ export class RoutePreparer {
         fusedNative && path.index instanceof NativeKvIndex ? path.index.handle : undefined,
       chatTemplate: options.chatTemplate,
     };
+    const nice = poolNiceApplied(options);
     const pool =
       options.poolSize > 0
         ? new Piscina({
@@ -87,16 +88,10 @@ export class RoutePreparer {
             stricterFIFO: true,
             // kv-epp times tokenization itself (kv_epp_tokenization_seconds).
             recordTiming: false,
-            niceIncrement: poolNiceApplied(options),
+            niceIncrement: nice,
           })
         : undefined;
-    return new RoutePreparer(
-      path,
-      pool,
-      ref,
-      options.offloadBytes,
-      pool ? poolNiceApplied(options) : 0,
-    );
+    return new RoutePreparer(path, pool, ref, options.offloadBytes, pool ? nice : 0);
   }
 
   /** Tasks waiting for a worker (a metric). */
