@@ -63,6 +63,10 @@ export function sniffDynamoCodec(payload: Uint8Array): EventCodec {
   return b === 0x7b || b === 0x5b ? 'dynamo-json' : 'dynamo';
 }
 
+/**
+ * Resolves once the server holds every subscription: an event published after
+ * that reaches the ingest. Rejects when the server cannot be reached at start.
+ */
 export async function startNatsEventSource(opts: NatsEventSourceOptions): Promise<NatsEventSource> {
   const servers = opts.servers
     .split(',')
@@ -116,6 +120,14 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
       }
     }
   })().catch(() => {});
+  // A round trip after the SUBs: the server has them once the PONG is back, so every event
+  // published after this resolves is delivered (core NATS never replays one sent earlier).
+  try {
+    await nc.flush();
+  } catch (e) {
+    await nc.close().catch(() => {});
+    throw e;
+  }
   opts.log.info(
     { servers: opts.servers, subjects: opts.subjects },
     'subscribed to KV events on NATS',

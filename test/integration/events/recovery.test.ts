@@ -79,6 +79,9 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
   const outcomes: Array<[RecoveryTrigger, RecoveryOutcome, number]> = [];
   let dropping = false;
   let droppedMessages = 0;
+  /** What a timed-out wait prints: the outcomes so far, kv-epp's log and the worker's output. */
+  const diagnostics = (): string =>
+    `\noutcomes: ${JSON.stringify(outcomes)}\nkv-epp log:\n${log.lines.join('\n')}\nworker:\n${worker.output}`;
 
   beforeAll(async () => {
     nats = await startNatsServer({ jetstream: false });
@@ -266,10 +269,15 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
     await publish(1, [
       { op: 'stored', token_ids: tokens(600, 1), block_hashes: [H(24)], parent_hash: H(23) },
     ]);
-    await poll('both ranks recovered', () =>
-      outcomes.filter(([t, o]) => t === 'discovered' && o === 'recovered').length === 2
-        ? true
-        : undefined,
+    await poll(
+      'both ranks recovered',
+      () =>
+        outcomes.filter(([t, o]) => t === 'discovered' && o === 'recovered').length === 2
+          ? true
+          : undefined,
+      30_000,
+      10,
+      diagnostics,
     );
     // Without recovery the late EPP knows only the last block of each rank, and not even
     // that one: its parent was never seen.
@@ -289,8 +297,15 @@ describe.skipIf(missing.length > 0)('worker recovery from the local indexer (Dyn
     await publish(0, [
       { op: 'stored', token_ids: tokens(400, 1), block_hashes: [H(10)], parent_hash: H(9) },
     ]);
-    await poll('the gap recovered', () =>
-      outcomes.slice(before).some(([t, o]) => t === 'gap' && o === 'recovered') ? true : undefined,
+    await poll(
+      'the gap recovered',
+      () =>
+        outcomes.slice(before).some(([t, o]) => t === 'gap' && o === 'recovered')
+          ? true
+          : undefined,
+      30_000,
+      10,
+      diagnostics,
     );
     // Rank 1 keeps going alongside, untouched.
     await publish(1, [
