@@ -27,6 +27,6 @@ COPY --from=builder /src/native/napi/*.node ./native/napi/
 COPY --from=builder /src/config ./config
 USER node
 EXPOSE 9002 9003 9090
-# GC flags: see README "Latency and GC" (p99 at 500 req/s 10 ms -> 2.6 ms in bench/envoy-load).
-ENTRYPOINT ["node", "--max-semi-space-size=4", "--initial-old-space-size=256", "dist/src/cli/main.js"]
+# V8 flags: see README "Latency and GC" and src/cli/gc-flags.ts (LAUNCHER_V8_FLAGS; a test holds this line to it).
+ENTRYPOINT ["node", "--max-semi-space-size=4", "--initial-old-space-size=256", "--single-threaded-gc", "dist/src/cli/main.js"]
 CMD ["serve", "--endpoints-file", "config/endpoints.default.yaml", "--secure-serving=false"]

@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 KV_EPP_SKIP_TEST_TOOLS=1 bash scripts/setup.sh >&2
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
-exec node --max-semi-space-size=4 --initial-old-space-size=256 dist/src/cli/main.js serve --endpoints-file config/endpoints.default.yaml \
+exec node --max-semi-space-size=4 --initial-old-space-size=256 --single-threaded-gc dist/src/cli/main.js serve --endpoints-file config/endpoints.default.yaml \
   --secure-serving=false --kv-events=false "$@"

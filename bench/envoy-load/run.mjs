@@ -89,7 +89,7 @@ const SETUPS = ['plain', 'noop', 'kvepp'];
 const SCENARIOS = ['small-rate', 'small-max', 'big'];
 
 /** The GC flags kv-epp ships with (Dockerfile, npm start, scripts/serve.sh); --node-args replaces them. */
-const GC_FLAGS = '--max-semi-space-size=4 --initial-old-space-size=256';
+const GC_FLAGS = '--max-semi-space-size=4 --initial-old-space-size=256 --single-threaded-gc';
 
 // --- options ---
 

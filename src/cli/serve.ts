@@ -52,18 +52,9 @@ import {
 import type { TlsOption } from '../server/tls.js';
 import { preparerOptionsFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
-import { accountExternalMemoryInGlobalLimit } from './gc-flags.js';
+import { accountExternalMemoryInGlobalLimit, launcherFlagsPresent } from './gc-flags.js';
 import { startGcPacer } from './gc-pacer.js';
 import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
-
-/**
- * V8 flags the shipped launchers pass (Dockerfile, npm start, scripts/serve.sh):
- * a small young generation keeps scavenges short; a large initial old-space
- * limit stops V8 from starting a mark-compact every ~0.6 s on a small heap
- * (p99 at 500 req/s through Envoy: ~10 ms without, ~2.6 ms with). Logged at
- * start, with the external-memory setting serve applies itself (gc-flags.ts).
- */
-const GC_FLAGS = ['--max-semi-space-size', '--initial-old-space-size'];
 
 export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-health-port 9003] [--metrics-port 9090]
                     [--secure-serving=true|false] [--cert-path DIR] [--config-file FILE.yaml]
@@ -406,7 +397,7 @@ export async function startServing(
       tokenizer: options.tokenizer,
       tokenizerBackend: path.tokenizer.backend,
       blockSize: options.blockSize,
-      gcTuned: GC_FLAGS.every((f) => process.execArgv.some((a) => a.startsWith(f))),
+      gcTuned: launcherFlagsPresent(),
       externalMemoryInGlobalLimit,
       gcPaceMb: gcPacer ? options.gcPaceMb : 0,
       v8WorkerPriority,
