@@ -337,6 +337,8 @@ export async function startServing(
       host: options.host,
       isReady,
       logger: log,
+      // grpc-js on the ext_proc port (the fallback) means grpc-js here too.
+      transport: options.extProcTransport === 'grpc-js' ? 'grpc-js' : 'raw-h2',
     });
     started.push(health);
     metricsServer = await startMetricsServer({

@@ -18,7 +18,11 @@ import { decodeRequest, encodeResponseFrameParts } from './ext-proc/codec.js';
 import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
 import { loadServices } from './ext-proc/proto.js';
-import { installRawTransport, type RawTransport } from './ext-proc/raw-transport.js';
+import {
+  installRawHealthTransport,
+  installRawTransport,
+  type RawTransport,
+} from './ext-proc/raw-transport.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
 import { healthService } from './health.js';
 import { DEFAULT_HTTP2_TUNING, tuneHttp2, tuneSessions } from './http2-tuning.js';
@@ -70,12 +74,20 @@ export interface HealthServerOptions {
   logger: Logger;
   /** How often open Watch calls re-check readiness (ms); default 1000. */
   watchIntervalMs?: number | undefined;
+  /**
+   * `raw-h2` (default): kv-epp's own HTTP/2 framing, as on the ext_proc port,
+   * a few times cheaper per check on the event loop than node:http2;
+   * `grpc-js`: grpc-js's own server (kept for `--ext-proc-transport grpc-js`).
+   */
+  transport?: 'raw-h2' | 'grpc-js' | undefined;
 }
 
 export interface RunningServer {
   port: number;
   /** The PEM certificate served, when TLS is on. */
   certificate?: string | undefined;
+  /** The HTTP/2 path in force: `raw-h2`, `direct` (node:http2, ext_proc only) or `grpc-js`. */
+  transport?: 'raw-h2' | 'direct' | 'grpc-js' | undefined;
   /** Stops accepting, lets open calls finish for up to `graceMs`, then cuts them. */
   close(graceMs?: number): Promise<void>;
 }
@@ -201,17 +213,19 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
         ),
     });
   }
-  if (
-    (transport === 'raw-h2' && !raw) ||
-    (transport === 'direct' && !installDirect(server, receive, streamOpts))
-  ) {
+  const direct = transport === 'direct' && installDirect(server, receive, streamOpts);
+  if ((transport === 'raw-h2' && !raw) || (transport === 'direct' && !direct)) {
     opts.logger.warn(
       { port, transport },
       'cannot serve ext_proc on the chosen HTTP/2 path (grpc-js internals changed): grpc-js serves it',
     );
   }
-  opts.logger.info({ port, tls: tlsMode(opts.tls), transport }, 'ext_proc server listening');
-  return { port, certificate, close: closer(server, raw) };
+  const inForce = raw ? 'raw-h2' : direct ? 'direct' : 'grpc-js';
+  opts.logger.info(
+    { port, tls: tlsMode(opts.tls), transport: inForce },
+    'ext_proc server listening',
+  );
+  return { port, certificate, transport: inForce, close: closer(server, raw) };
 }
 
 function installDirect(
@@ -243,6 +257,27 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
   );
   const { credentials } = await serverCredentials(undefined);
   const port = await bind(server, address(opts.host, opts.port), credentials);
-  opts.logger.info({ port }, 'health server listening');
-  return { port, close: closer(server) };
+  const raw =
+    (opts.transport ?? 'raw-h2') === 'raw-h2'
+      ? installRawHealthTransport(server, {
+          isReady: opts.isReady,
+          watchIntervalMs: opts.watchIntervalMs,
+          streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
+          connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
+          onProtocolError: (code, reason) =>
+            opts.logger.warn(
+              { port, code, reason },
+              'health connection closed: HTTP/2 protocol error',
+            ),
+        })
+      : undefined;
+  if (opts.transport !== 'grpc-js' && !raw) {
+    opts.logger.warn(
+      { port },
+      "cannot serve health on kv-epp's HTTP/2 framing (grpc-js internals changed): grpc-js serves it",
+    );
+  }
+  const transport = raw ? 'raw-h2' : 'grpc-js';
+  opts.logger.info({ port, transport }, 'health server listening');
+  return { port, transport, close: closer(server, raw) };
 }

@@ -6,7 +6,8 @@
  *
  * Contract:
  * - Serves `Process` (the caller's FastPathOptions, over GrpcCall exactly as
- *   h2-transport.ts does) and grpc.health.v1.Health `Check`/`Watch`/`List`
+ *   h2-transport.ts does; not on the health port, `installRawHealthTransport`)
+ *   and grpc.health.v1.Health `Check`/`Watch`/`List`
  *   with health.ts's statuses; any other method is UNIMPLEMENTED with
  *   grpc-js's message; a non-gRPC content-type gets HTTP 415; a compressed
  *   call (`grpc-encoding` other than identity) is UNIMPLEMENTED (gateways do
@@ -262,9 +263,35 @@ function pick(headers: string[]): {
   return out;
 }
 
+/** The options of a port that serves only grpc.health.v1 (no `Process`). */
+export type RawHealthTransportOptions = Omit<
+  RawTransportOptions<unknown, unknown>,
+  keyof FastPathOptions<unknown, unknown>
+>;
+
+/** The ext_proc port: `Process` and grpc.health.v1. */
 export function installRawTransport<Req, Res>(
   server: Server,
   opts: RawTransportOptions<Req, Res>,
+): RawTransport | undefined {
+  return install(server, opts, opts);
+}
+
+/**
+ * The health port: grpc.health.v1 only, every other method (`Process` too)
+ * UNIMPLEMENTED as grpc-js answers a method it does not serve.
+ */
+export function installRawHealthTransport(
+  server: Server,
+  opts: RawHealthTransportOptions,
+): RawTransport | undefined {
+  return install(server, opts, undefined);
+}
+
+function install<Req, Res>(
+  server: Server,
+  opts: RawHealthTransportOptions,
+  process: FastPathOptions<Req, Res> | undefined,
 ): RawTransport | undefined {
   const servers = (server as unknown as GrpcServerInternals).http2Servers;
   if (!(servers instanceof Map) || servers.size === 0) return undefined;
@@ -280,7 +307,9 @@ export function installRawTransport<Req, Res>(
     if (h.encoding !== undefined && h.encoding !== 'identity') {
       return refuse(stream, GrpcStatus.UNIMPLEMENTED, `Unsupported encoding "${h.encoding}"`);
     }
-    if (h.path === PROCESS_PATH) return callEvents(stream, opts, h.timeout);
+    if (process !== undefined && h.path === PROCESS_PATH) {
+      return callEvents(stream, process, h.timeout);
+    }
     if (h.path?.startsWith(HEALTH)) {
       const method = h.path.slice(HEALTH.length);
       if (method === 'Check' || method === 'Watch' || method === 'List') {

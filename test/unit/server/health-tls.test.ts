@@ -59,7 +59,7 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close(0)));
 });
 
-describe('health server', () => {
+describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport) => {
   it('reports readiness on "", readiness, ExternalProcessor and inference-extension; liveness always', async () => {
     let ready = false;
     const srv = await startHealthServer({
@@ -67,8 +67,10 @@ describe('health server', () => {
       host: '127.0.0.1',
       isReady: () => ready,
       logger: new RecordingLogger(),
+      transport,
     });
     servers.push(srv);
+    expect(srv.transport).toBe(transport);
     const c = healthClient(srv.port);
     clients.push(c);
     const readiness = [
@@ -104,6 +106,7 @@ describe('health server', () => {
       isReady: () => ready,
       logger: new RecordingLogger(),
       watchIntervalMs: 5,
+      transport,
     });
     servers.push(srv);
     const c = healthClient(srv.port);
@@ -133,6 +136,23 @@ describe('health server', () => {
     expect(first).toBe(SERVICE_UNKNOWN);
     unknown.cancel();
   });
+  it('does not serve ext_proc: Process is UNIMPLEMENTED', async () => {
+    const srv = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      isReady: () => true,
+      logger: new RecordingLogger(),
+      transport,
+    });
+    servers.push(srv);
+    const client = new ExtProcClient(srv.port);
+    clients.push(client);
+    const s = client.open();
+    s.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
+    const { status } = await s.drain();
+    expect(status.code).toBe(12); // UNIMPLEMENTED
+    expect(status.details).toContain('/envoy.service.ext_proc.v3.ExternalProcessor/Process');
+  });
 });
 
 describe('ext_proc server', () => {
@@ -147,6 +167,7 @@ describe('ext_proc server', () => {
       isReady: () => ready,
     });
     servers.push(srv);
+    expect(srv.transport).toBe('raw-h2');
     const c = healthClient(srv.port);
     clients.push(c);
     expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(SERVING);
