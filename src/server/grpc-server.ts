@@ -21,6 +21,7 @@ import { loadServices } from './ext-proc/proto.js';
 import {
   installRawHealthTransport,
   installRawTransport,
+  type RawHealthTransportOptions,
   type RawTransport,
 } from './ext-proc/raw-transport.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
@@ -204,13 +205,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       maxReceiveBytes: receive,
       open: (sink) => new ExtProcStream(sink, streamOpts),
       isReady: opts.isReady ?? (() => true),
-      streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
-      connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
-      onProtocolError: (code, reason) =>
-        opts.logger.warn(
-          { port, code, reason },
-          'ext_proc connection closed: HTTP/2 protocol error',
-        ),
+      ...rawConnections(opts.logger, port, 'ext_proc'),
     });
   }
   const direct = transport === 'direct' && installDirect(server, receive, streamOpts);
@@ -226,6 +221,23 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     'ext_proc server listening',
   );
   return { port, certificate, transport: inForce, close: closer(server, raw) };
+}
+
+/** The raw-h2 connections' windows and protocol-error log line, shared by both ports. */
+function rawConnections(
+  logger: Logger,
+  port: number,
+  what: 'ext_proc' | 'health',
+): Pick<
+  RawHealthTransportOptions,
+  'streamWindowBytes' | 'connectionWindowBytes' | 'onProtocolError'
+> {
+  return {
+    streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
+    connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
+    onProtocolError: (code, reason) =>
+      logger.warn({ port, code, reason }, `${what} connection closed: HTTP/2 protocol error`),
+  };
 }
 
 function installDirect(
@@ -262,13 +274,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
       ? installRawHealthTransport(server, {
           isReady: opts.isReady,
           watchIntervalMs: opts.watchIntervalMs,
-          streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
-          connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
-          onProtocolError: (code, reason) =>
-            opts.logger.warn(
-              { port, code, reason },
-              'health connection closed: HTTP/2 protocol error',
-            ),
+          ...rawConnections(opts.logger, port, 'health'),
         })
       : undefined;
   if (opts.transport !== 'grpc-js' && !raw) {
