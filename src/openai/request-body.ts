@@ -17,6 +17,26 @@ export function apiOfPath(path: string): OpenAiApi | undefined {
   return undefined;
 }
 
+/**
+ * The API of a request that carries no `:path` (NGINX Gateway Fabric's shim
+ * sends only the client's headers): `messages` → chat, `prompt` →
+ * completions, anything else (including a body that is not a JSON object)
+ * undefined, so the request is routed without tokens and its checks (400s)
+ * come from `readRequest`. Never throws.
+ */
+export function apiOfBody(body: Uint8Array): 'chat' | 'completions' | undefined {
+  const open = skipWs(body, 0);
+  if (body[open] !== 0x7b) return undefined;
+  try {
+    const keys = new Set(members(body, open).list.map((m) => m.key));
+    if (keys.has('messages')) return 'chat';
+    if (keys.has('prompt')) return 'completions';
+  } catch {
+    // Not valid JSON: readRequest reports it.
+  }
+  return undefined;
+}
+
 interface Member {
   key: string;
   /** Byte offsets of the value: [start, end). */

@@ -11,6 +11,7 @@
  * does all of it in one addon call with identical results. Pure: no I/O;
  * errors are KvEppErrors from the tokenizer (request problems) or the hasher.
  */
+import { KvEppError } from '../errors.js';
 import type { BlockHasher, KvIndex, OverlapScores } from '../kv/types.js';
 import {
   idsJsonBytes,
@@ -171,9 +172,26 @@ export function prepareRouteInline(
   return prep;
 }
 
+/**
+ * `unsupported_content` (content a text tokenizer cannot take) from a preparer
+ * that had the body transferred away (`BodyWork.transferBody`): carries the
+ * body's bytes back, so the caller can still forward the request untokenized.
+ */
+export class UntokenizableBody extends KvEppError {
+  constructor(
+    message: string,
+    readonly body: Uint8Array,
+  ) {
+    super('unsupported_content', message);
+  }
+}
+
 /** Anything that runs the hot path for a body (inline or on a worker pool). */
 export interface Preparer {
-  /** With `work`, `RoutePrep.request` is set (and the body's 400s are raised here). */
+  /**
+   * With `work`, `RoutePrep.request` is set (and the body's 400s are raised here).
+   * A KvEppError `unsupported_content` for a transferred body is an UntokenizableBody.
+   */
   prepare(body: Uint8Array, api: ApiKind, s: RouteSettings, work?: BodyWork): Promise<RoutePrep>;
   /** True when a body this size is prepared off the calling thread. */
   offloads?(bytes: number): boolean;

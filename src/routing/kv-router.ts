@@ -25,12 +25,14 @@ import {
 import type { BlockHasher, KvIndex } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
 import {
+  apiOfBody,
   apiOfPath,
+  type OpenAiApi,
   readRequest,
   rewriteTarget,
   spliceRequestBody,
 } from '../openai/request-body.js';
-import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
+import { type Preparer, type RoutePrep, UntokenizableBody } from '../pipeline/route-prep.js';
 import type {
   GatewayRequest,
   RequestRouter,
@@ -86,6 +88,17 @@ export interface RoutedRequest {
   endpoint: Endpoint;
   /** The body's model (before any rewrite). */
   model: string;
+}
+
+/**
+ * The OpenAI API a request is for: from `:path`, else from the path headers a
+ * proxy may pass instead, else (no path at all: NGINX Gateway Fabric's shim
+ * sends only the client's headers) from the body's fields.
+ */
+function apiOfRequest(req: GatewayRequest): OpenAiApi | undefined {
+  const path =
+    req.path || req.headers.get('x-original-path') || req.headers.get('x-forwarded-path') || '';
+  return apiOfPath(path) ?? (path === '' ? apiOfBody(req.body) : undefined);
 }
 
 const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
@@ -203,30 +216,42 @@ export class KvRouter implements RequestRouter {
   }
 
   async route(req: GatewayRequest): Promise<RouteDecision> {
-    const api = apiOfPath(req.path);
-    const tokenized = api === 'chat' || api === 'completions';
+    const api = apiOfRequest(req);
+    const tokenizable = api === 'chat' || api === 'completions';
     const rewrite = req.headers.get('x-gateway-model-name-rewrite');
     // Tokenized bodies are checked (400s) and spliced by the preparer, in the
     // same native call that tokenizes them (in the pool for large bodies, so a
     // large prompt is never parsed on the event loop). Their 400s therefore
     // come after the subset and shedding checks (503/429), which cost nothing
     // and so protect the tokenizer under overload.
-    let model = tokenized ? undefined : readRequest(req.body, api).model;
+    let model = tokenizable ? undefined : readRequest(req.body, api).model;
     this.available(this.candidates(req));
     let prep: RoutePrep | undefined;
-    if (tokenized) {
+    // The request's body, or the same bytes handed back by a worker it was transferred to.
+    let body = req.body;
+    if (tokenizable) {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
       const offloaded = this.deps.preparer.offloads?.(req.body.length) ?? false;
-      prep = await this.deps.preparer.prepare(
-        req.body,
-        api,
-        {
-          blockSize: this.settings.blockSize,
-          cacheNamespace: req.headers.get('x-tenant-id'),
-          earlyExit: this.settings.earlyExit,
-        },
-        { rewrite, transferBody: offloaded && req.bodyTransferable === true },
-      );
+      try {
+        prep = await this.deps.preparer.prepare(
+          req.body,
+          api,
+          {
+            blockSize: this.settings.blockSize,
+            cacheNamespace: req.headers.get('x-tenant-id'),
+            earlyExit: this.settings.earlyExit,
+          },
+          { rewrite, transferBody: offloaded && req.bodyTransferable === true },
+        );
+      } catch (e) {
+        // Content a text tokenizer cannot take (image or audio parts, prompt
+        // embeddings) may still be served by the pool's model (a multimodal
+        // one): route it by load alone, without token data, and let the
+        // worker accept or refuse it, as the reference EPP does.
+        if (!(e instanceof KvEppError && e.code === 'unsupported_content')) throw e;
+        if (e instanceof UntokenizableBody) body = e.body;
+        this.deps.log.info({ reason: e.message }, 'routed without tokens');
+      }
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.
     const endpoints = this.available(this.candidates(req));
@@ -235,22 +260,20 @@ export class KvRouter implements RequestRouter {
       1 + this.settings.fallbacks,
     );
     const chosen = ranked.map((c) => c.endpoint);
-    let body: Uint8Array;
     let target: string | undefined;
     if (prep?.request) {
       ({ model, target, body } = prep.request);
     } else {
-      // A preparer that ignored the body work, or an API that is not tokenized: edit here.
-      model ??= readRequest(req.body, api).model;
+      // A preparer that ignored the body work, or a body that is not tokenized: edit here.
+      model ??= readRequest(body, api).model;
       target = rewriteTarget(model, rewrite);
-      body =
-        prep || target !== undefined
-          ? spliceRequestBody(req.body, {
-              model: target,
-              tokenData: prep?.tokens,
-              tokenDataJson: prep?.tokenDataJson,
-            })
-          : req.body;
+      if (prep || target !== undefined) {
+        body = spliceRequestBody(body, {
+          model: target,
+          tokenData: prep?.tokens,
+          tokenDataJson: prep?.tokenDataJson,
+        });
+      }
     }
     const decision = this.decide(req, chosen, body, {
       client: target === undefined ? undefined : model,

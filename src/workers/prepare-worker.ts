@@ -78,6 +78,11 @@ export default async function prepare(task: PrepareTask): Promise<unknown> {
         ? { ok: false, code: e.code, message: e.message }
         : { ok: false, code: 'internal', message: (e as Error)?.stack ?? String(e) };
     buffers.length = 0;
+    // The caller forwards such a body untokenized and may have given it up.
+    if (result.code === 'unsupported_content') {
+      result.body = task.body;
+      buffers.push(task.body.buffer);
+    }
   }
   return move({
     get [transferableSymbol]() {

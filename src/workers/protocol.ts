@@ -41,4 +41,10 @@ export type PrepareResult =
       /** Present when the task asked for body work. */
       request?: PreparedRequest | undefined;
     }
-  | { ok: false; code: KvEppErrorCode; message: string };
+  | {
+      ok: false;
+      code: KvEppErrorCode;
+      message: string;
+      /** `unsupported_content` only: the task's body, transferred back. */
+      body?: Uint8Array | undefined;
+    };

@@ -19,6 +19,7 @@ import {
   prepareRouteInline,
   type RoutePrep,
   type RouteSettings,
+  UntokenizableBody,
 } from '../pipeline/route-prep.js';
 import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
 import type { ApiKind } from '../tokenize/types.js';
@@ -128,7 +129,11 @@ export class RoutePreparer {
       work,
     };
     const r = (await pool.run(task, { transferList: [copy.buffer] })) as PrepareResult;
-    if (!r.ok) throw new KvEppError(r.code, r.message);
+    if (!r.ok) {
+      throw r.body === undefined
+        ? new KvEppError(r.code, r.message)
+        : new UntokenizableBody(r.message, r.body);
+    }
     return {
       tokens: r.tokens,
       localHashes: r.localHashes,

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Backend } from '../../../src/kv/types.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
-import { prepareRouteInline } from '../../../src/pipeline/route-prep.js';
+import { prepareRouteInline, UntokenizableBody } from '../../../src/pipeline/route-prep.js';
 import { RoutePreparer } from '../../../src/workers/route-preparer.js';
 import { mulberry32 } from '../../support/random.js';
 
@@ -112,6 +112,22 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => 
       await expect(pooled.prepare(b, 'chat', s)).rejects.toMatchObject({ code: inlineCode });
       expect(inlineCode).toBe(code);
     }
+  });
+
+  it('hands a transferred body back with unsupported_content, so it can be forwarded untokenized', async () => {
+    const path = await createHotPath({ source: QWEN }, backend);
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    const text =
+      '{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}';
+    const body = new TextEncoder().encode(text);
+    const err = await pooled
+      .prepare(body, 'chat', { blockSize: 16 }, { transferBody: true })
+      .catch((e: unknown) => e);
+    expect(body.byteLength).toBe(0); // transferred to the worker
+    expect(err).toBeInstanceOf(UntokenizableBody);
+    expect((err as UntokenizableBody).code).toBe('unsupported_content');
+    expect(new TextDecoder().decode((err as UntokenizableBody).body)).toBe(text);
   });
 });
 

@@ -3,7 +3,11 @@ import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
-import { type Preparer, prepareRouteInline } from '../../../src/pipeline/route-prep.js';
+import {
+  type Preparer,
+  prepareRouteInline,
+  UntokenizableBody,
+} from '../../../src/pipeline/route-prep.js';
 import type { AdmissionSettings } from '../../../src/routing/admission.js';
 import { KvRouter } from '../../../src/routing/kv-router.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
@@ -160,16 +164,96 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     ['[1]', 'invalid_request'],
     [JSON.stringify({ messages: [] }), 'invalid_request'],
     [JSON.stringify({ model: 'm' }), 'invalid_request'],
-    [
-      JSON.stringify({
-        model: 'm',
-        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }],
-      }),
-      'unsupported_content',
-    ],
   ])('rejects %s with %s', async (body, code) => {
     const { r } = await router(backend);
     await expect(r.route(req(body))).rejects.toMatchObject({ code });
+  });
+
+  it.each([
+    ['inline', false],
+    ['offloaded', true],
+  ])(
+    'routes content a text tokenizer cannot take by load, without token data (%s)',
+    async (_name, offload) => {
+      const { r } = await router(backend, { offload });
+      const image = {
+        model: 'm',
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }],
+      };
+      const sent = req(image, { headers: new Map([['x-gateway-model-name-rewrite', 'vlm']]) });
+      const d = await r.route(sent);
+      expect(d.endpoints.length).toBeGreaterThan(0);
+      expect(d.setHeaders['x-dynamo-worker-instance-id']).toBeDefined();
+      const forwarded = JSON.parse(new TextDecoder().decode(d.body));
+      expect(forwarded).toEqual({ ...image, model: 'vlm' });
+      expect(forwarded.nvext).toBeUndefined();
+    },
+  );
+
+  it("gives a worker pool's transferred body back with unsupported_content", async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const original = new TextEncoder().encode(
+      JSON.stringify({
+        model: 'm',
+        messages: [{ role: 'user', content: [{ type: 'input_audio' }] }],
+      }),
+    );
+    const kept = original.slice();
+    const preparer: Preparer = {
+      // A pool that took the body: the caller's copy is gone, the error carries it back.
+      prepare: async () => {
+        throw new UntokenizableBody('audio parts are not supported', kept);
+      },
+      offloads: () => true,
+    };
+    const r = new KvRouter(
+      {
+        endpoints: () => endpoints,
+        preparer,
+        index: path.index,
+        hasher: path.hasher,
+        log: stderrLogger,
+      },
+      { blockSize: 16, fallbacks: 0, approximate: true },
+    );
+    const d = await r.route(req('', { body: new Uint8Array(0), bodyTransferable: true }));
+    expect(d.body).toBe(kept);
+  });
+
+  it.each([
+    ['x-original-path', '/v1/chat/completions'],
+    ['x-forwarded-path', '/v1/chat/completions?x=1'],
+  ])('takes the API from %s when :path is absent', async (name, value) => {
+    const { r } = await router(backend);
+    const d = await r.route(req(chat(long), { path: '', headers: new Map([[name, value]]) }));
+    expect(JSON.parse(new TextDecoder().decode(d.body)).nvext.token_data.length).toBeGreaterThan(0);
+  });
+
+  it.each([
+    ['chat', chat(long)],
+    ['completions', { model: 'm', prompt: long }],
+  ])(
+    'without any path (NGINX Gateway Fabric), tokenizes a %s body found by its fields',
+    async (_api, body) => {
+      const { r } = await router(backend);
+      const d = await r.route(req(body, { path: '' }));
+      const withPath = await (await router(backend)).r.route(
+        req(body, { path: _api === 'chat' ? '/v1/chat/completions' : '/v1/completions' }),
+      );
+      const ids = JSON.parse(new TextDecoder().decode(d.body)).nvext.token_data;
+      expect(ids.length).toBeGreaterThan(100);
+      expect(ids).toEqual(JSON.parse(new TextDecoder().decode(withPath.body)).nvext.token_data);
+    },
+  );
+
+  it('without any path, forwards a body that is neither chat nor completions untokenized', async () => {
+    const { r } = await router(backend);
+    const body = { model: 'm', input: 'embed me' };
+    const d = await r.route(req(body, { path: '' }));
+    expect(JSON.parse(new TextDecoder().decode(d.body))).toEqual(body);
+    await expect(r.route(req('{"model":', { path: '' }))).rejects.toMatchObject({
+      code: 'invalid_json',
+    });
   });
 
   it('answers 503-class errors when the subset matches nothing, and routes header-only requests', async () => {
