@@ -43,13 +43,19 @@ export interface EventCounts {
   resets: number;
 }
 
-/** GAIE's request latency buckets (0.005 s … 1 h). */
+/*
+ * GAIE's bucket lists, value for value (metrics.go): dashboards and recording
+ * rules written for the GAIE EPP see the same `le` labels. Do not "fix" them:
+ * 32778 (not 32768) is GAIE's own value.
+ */
+/** GAIE's `generalLatencyBuckets` (0.005 s … 1 h). */
 const DURATION_BUCKETS = [
   0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45,
   60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
 ];
+/** GAIE's `input_tokens` buckets. */
 const INPUT_TOKEN_BUCKETS = [
-  1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144,
+  1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072, 262144,
   524288, 1048576,
 ];
 const OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];

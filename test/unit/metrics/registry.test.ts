@@ -33,6 +33,32 @@ function typeOf(text: string, name: string): string | undefined {
 
 const ML = 'model_name="m",target_model_name="t"';
 
+/** The `le` bounds of the first series of histogram `name`, +Inf left out. */
+function bucketsOf(text: string, name: string): number[] {
+  const out: number[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}_bucket{`)) continue;
+    const le = /le="([^"]+)"/.exec(line)?.[1];
+    if (le === '+Inf') break;
+    out.push(Number(le));
+  }
+  return out;
+}
+
+/** GAIE's lists, copied from pkg/epp/metrics/metrics.go (32778 is GAIE's own value). */
+const GAIE_BUCKETS = {
+  latency: [
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30,
+    45, 60, 120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+  ],
+  inputTokens: [
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072, 262144,
+    524288, 1048576,
+  ],
+  outputTokens: [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+  scheduler: [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+};
+
 describe('EppMetrics', () => {
   it('renders GAIE names, types and labels after simulated events', async () => {
     const m = new EppMetrics({
@@ -90,6 +116,23 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_tokenization_seconds_count')).toBe(1);
     expect(sample(text, 'kv_epp_pool_queue_depth')).toBe(3);
     expect(sample(text, 'kv_epp_index_memberships')).toBe(42);
+  });
+
+  it("uses GAIE's bucket lists value for value", async () => {
+    const m = new EppMetrics();
+    m.requestFinished('m', 't', 1);
+    m.observeInputTokens('m', 't', 1);
+    m.observeOutputTokens('m', 't', 1);
+    m.observeSchedulerSeconds(0.001);
+    const text = await m.registry.metrics();
+    expect(bucketsOf(text, 'inference_objective_request_duration_seconds')).toEqual(
+      GAIE_BUCKETS.latency,
+    );
+    expect(bucketsOf(text, 'inference_objective_input_tokens')).toEqual(GAIE_BUCKETS.inputTokens);
+    expect(bucketsOf(text, 'inference_objective_output_tokens')).toEqual(GAIE_BUCKETS.outputTokens);
+    expect(bucketsOf(text, 'inference_extension_scheduler_e2e_duration_seconds')).toEqual(
+      GAIE_BUCKETS.scheduler,
+    );
   });
 
   it('keeps registries separate per instance', async () => {
