@@ -70,6 +70,31 @@ const BLOCK_BUCKETS = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 409
 
 const MODEL_LABELS = ['model_name', 'target_model_name'] as const;
 
+/** GAIE's error codes (pkg/common/error/error.go), the only `error_code` values GAIE emits. */
+const GAIE_ERROR_CODES: ReadonlySet<string> = new Set([
+  'Unknown',
+  'BadRequest',
+  'Unauthorized',
+  'Forbidden',
+  'NotFound',
+  'Internal',
+  'ServiceUnavailable',
+  'ModelServerError',
+  'ResourceExhausted',
+]);
+
+/**
+ * The `error_code` label for an error category. kv-epp answers an oversized
+ * body with 413 `PayloadTooLarge`, a code GAIE does not have: it is counted as
+ * GAIE's `BadRequest` (the client's request was refused as invalid). Any other
+ * category GAIE lacks is `Unknown`, as GAIE's CanonicalCode labels an error
+ * that carries no GAIE code.
+ */
+export function gaieErrorCode(category: string): string {
+  if (category === 'PayloadTooLarge') return 'BadRequest';
+  return GAIE_ERROR_CODES.has(category) ? category : 'Unknown';
+}
+
 /** Priority label value: kv-epp has no InferenceObjectives, so GAIE's default. */
 const DEFAULT_PRIORITY = '0';
 
@@ -318,9 +343,16 @@ export class EppMetrics {
     c.duration.observe(seconds);
   }
 
-  /** A request was answered with an error; `code` is the GAIE category (e.g. BadRequest). */
-  requestError(model: string, target: string, code: string): void {
-    this.errors.inc({ model_name: model, target_model_name: target, error_code: code });
+  /**
+   * A request was answered with an error; `category` is the ext_proc layer's
+   * (classifyError), recorded as GAIE's error code (gaieErrorCode).
+   */
+  requestError(model: string, target: string, category: string): void {
+    this.errors.inc({
+      model_name: model,
+      target_model_name: target,
+      error_code: gaieErrorCode(category),
+    });
   }
 
   observeInputTokens(model: string, target: string, tokens: number): void {

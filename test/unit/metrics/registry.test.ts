@@ -11,7 +11,7 @@ import {
   MetricsObserver,
   servedOutcome,
 } from '../../../src/metrics/observer.js';
-import { EppMetrics } from '../../../src/metrics/registry.js';
+import { EppMetrics, gaieErrorCode } from '../../../src/metrics/registry.js';
 import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type {
   GatewayRequest,
@@ -133,6 +133,32 @@ describe('EppMetrics', () => {
     expect(bucketsOf(text, 'inference_extension_scheduler_e2e_duration_seconds')).toEqual(
       GAIE_BUCKETS.scheduler,
     );
+  });
+
+  it("labels errors with GAIE's codes only: a 413 (PayloadTooLarge) is GAIE's BadRequest", async () => {
+    const m = new EppMetrics();
+    const obs = new MetricsObserver(m);
+    const router = obs.router({
+      route: async () => {
+        throw new KvEppError('body_too_large', 'too big');
+      },
+      routeHeaderOnly: () => {
+        throw new KvEppError('body_too_large', 'too big');
+      },
+    });
+    await expect(router.route(req({ model: 'm' }))).rejects.toThrow('too big');
+    m.requestError('', '', 'PayloadTooLarge'); // the ext_proc layer's own 413 (onLocalReject)
+    m.requestError('', '', 'SomethingNew');
+    const text = await m.registry.metrics();
+    const err = (labels: string) =>
+      sample(text, `inference_objective_request_error_total{${labels}}`);
+    expect(err('model_name="m",target_model_name="m",error_code="BadRequest"')).toBe(1);
+    expect(err('model_name="",target_model_name="",error_code="BadRequest"')).toBe(1);
+    expect(err('model_name="",target_model_name="",error_code="Unknown"')).toBe(1);
+    expect(text).not.toContain('PayloadTooLarge');
+    expect(gaieErrorCode('ResourceExhausted')).toBe('ResourceExhausted');
+    expect(gaieErrorCode('ServiceUnavailable')).toBe('ServiceUnavailable');
+    expect(gaieErrorCode('Internal')).toBe('Internal');
   });
 
   it('keeps registries separate per instance', async () => {
