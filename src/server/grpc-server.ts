@@ -35,7 +35,7 @@ export const DEFAULT_GRPC_PORT = 9002;
 export const DEFAULT_HEALTH_PORT = 9003;
 export const DEFAULT_RETRY_AFTER_SECONDS = 1;
 export const DEFAULT_MAX_RESPONSE_BUFFER_BYTES = 64 * 1024 * 1024;
-/** Slack over maxBodyBytes for one gRPC message (framing, headers, metadata). */
+/** Slack over a body's bytes for one gRPC message (framing, headers, metadata). */
 const MESSAGE_OVERHEAD_BYTES = 1024 * 1024;
 const MIN_RECEIVE_BYTES = 4 * 1024 * 1024;
 
@@ -176,14 +176,20 @@ function processHandler(streamOpts: ExtProcStreamOptions): (call: ProcessCall) =
 /** Starts the ext_proc server (and health on the same port). */
 export async function startExtProcServer(opts: ExtProcServerOptions): Promise<RunningServer> {
   const services = loadServices();
-  const receive = Math.max(MIN_RECEIVE_BYTES, opts.maxBodyBytes + MESSAGE_OVERHEAD_BYTES);
+  const streamOpts = streamOptions(opts);
+  // One message may carry a whole request body (BUFFERED, up to maxBodyBytes:
+  // beyond, the stream answers 413) or a whole response body to restore the
+  // model in (up to maxResponseBufferBytes): the limit covers both.
+  const receive = Math.max(
+    MIN_RECEIVE_BYTES,
+    Math.max(opts.maxBodyBytes, streamOpts.maxResponseBufferBytes) + MESSAGE_OVERHEAD_BYTES,
+  );
   const channelOptions: ChannelOptions = {
     'grpc.max_receive_message_length': receive,
     'grpc.max_send_message_length': -1,
   };
   const server = new Server(channelOptions);
   const tuned = tuneHttp2(server);
-  const streamOpts = streamOptions(opts);
   server.addService(services.extProc, {
     Process: processHandler(streamOpts),
   } as UntypedServiceImplementation);

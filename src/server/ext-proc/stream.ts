@@ -100,6 +100,10 @@ export class ExtProcStream {
   private reqBody: BodyBuffer | undefined;
   /** Request trailers, not a body EoS, ended the body: answer them after it. */
   private requestTrailers = false;
+  /** The request's content-length, 0 when absent. */
+  private declaredLength = 0;
+  /** request_body_mode BUFFERED_PARTIAL: a body message without EoS may be truncated. */
+  private partialBuffering = false;
 
   private decision: RouteDecision | undefined;
   private response: ResponsePath | undefined;
@@ -203,8 +207,10 @@ export class ExtProcStream {
     if (!pc) return;
     const req = pc.request_body_mode ?? BodySendMode.NONE;
     if (req === BodySendMode.FULL_DUPLEX_STREAMED) this.requestMode = 'duplex';
-    else if (req === BodySendMode.BUFFERED || req === BodySendMode.BUFFERED_PARTIAL)
+    else if (req === BodySendMode.BUFFERED || req === BodySendMode.BUFFERED_PARTIAL) {
       this.requestMode = 'buffered';
+      this.partialBuffering = req === BodySendMode.BUFFERED_PARTIAL;
+    }
     else if (req === BodySendMode.NONE) this.requestMode = 'no_body';
     else {
       throw new ProtocolViolation(
@@ -242,6 +248,7 @@ export class ExtProcStream {
       return undefined;
     }
     const declared = contentLength(this.headers.get(CONTENT_LENGTH));
+    this.declaredLength = declared;
     if (declared > this.opts.maxBodyBytes) {
       this.rejectLocally(this.tooLarge(declared));
       return undefined;
@@ -269,7 +276,24 @@ export class ExtProcStream {
       }
       buf.append(chunk);
     }
-    // BUFFERED sends the whole body in one message (BUFFERED_PARTIAL: all there is).
+    // BUFFERED_PARTIAL sends what fits in the gateway's buffer without
+    // end_of_stream when the body is larger: routing a truncated body would
+    // answer a misleading 400, so it is too large. (Without end_of_stream but
+    // complete per content-length, request trailers follow: route.)
+    if (
+      this.partialBuffering &&
+      !b?.end_of_stream &&
+      (this.declaredLength === 0 || buf.length < this.declaredLength)
+    ) {
+      this.rejectLocally(
+        new KvEppError(
+          'body_too_large',
+          `request body exceeds the gateway's buffer (BUFFERED_PARTIAL sent ${buf.length} bytes without end_of_stream)`,
+        ),
+      );
+      return undefined;
+    }
+    // BUFFERED sends the whole body in one message.
     if (b?.end_of_stream || this.requestMode === 'buffered') return this.routeBody();
     return undefined;
   }
@@ -494,6 +518,18 @@ export class ExtProcStream {
   }
 
   private finish(): void {
+    // A half-close while the request body is still open leaves nothing to
+    // route (the client sent no end_of_stream): say so rather than end OK with
+    // no answer, which a one-shot client would read as success.
+    if (this.phase === 'body') {
+      this.violation(
+        new ProtocolViolation(
+          GrpcCode.INVALID_ARGUMENT,
+          'the client half-closed before the request body ended (no end_of_stream)',
+        ),
+      );
+      return;
+    }
     this.closed = true;
     this.sink.end();
     this.settle();

@@ -156,6 +156,48 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
   });
 
+  describe('BUFFERED_PARTIAL', () => {
+    const PARTIAL = {
+      request_body_mode: BodySendMode.BUFFERED_PARTIAL,
+      response_body_mode: BodySendMode.BUFFERED,
+    };
+
+    it('answers 413 for a body cut at the gateway buffer (no end_of_stream, short of content-length)', async () => {
+      const s = fx.client.open();
+      s.send(reqHeaders({ 'content-length': '100000' }, { protocol: PARTIAL }));
+      await s.next();
+      s.send(reqBody(CHAT.slice(0, 40), false));
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses[0]?.immediate_response?.status.code).toBe(413);
+      expect(text(responses[0]?.immediate_response?.body)).toMatch(/exceeds the gateway's buffer/);
+      expect(fx.router.routed).toHaveLength(0);
+    });
+
+    it('routes a complete body that trailers end (no end_of_stream, all of content-length)', async () => {
+      fx.router.decide = (req) => aDecision({ body: req.body });
+      const s = fx.client.open();
+      s.send(reqHeaders({ 'content-length': String(CHAT.length) }, { protocol: PARTIAL }));
+      await s.next();
+      s.send(reqBody(CHAT, false));
+      const b = await s.next();
+      expect(text(fx.router.routed[0]?.body)).toBe(CHAT);
+      expect(destinationOf(b)).toBe('127.0.0.2:8000');
+      s.cancel();
+    });
+  });
+
+  it('fails a stream half-closed while the request body is open with INVALID_ARGUMENT', async () => {
+    const s = fx.client.open();
+    s.send(reqHeaders({ ':path': '/v1/chat/completions' }), reqBody(CHAT.slice(0, 10), false));
+    s.halfClose();
+    const { responses, status } = await s.drain();
+    expect(responses).toHaveLength(0);
+    expect(status.code).toBe(GrpcStatus.INVALID_ARGUMENT);
+    expect(status.details).toMatch(/half-closed before the request body ended/);
+    expect(fx.router.routed).toHaveLength(0);
+  });
+
   describe('NGINX Gateway Fabric one-shot client', () => {
     const ngfHeaders = {
       'Content-Type': 'application/json',
@@ -226,5 +268,34 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(responses).toHaveLength(2);
       await fx.router.completed(1);
     });
+  });
+});
+
+describe.each(TRANSPORTS)('%s transport, bodies above maxBodyBytes in one message', (transport) => {
+  const fx = ExtProcFixture.forSuite(transport, { maxBodyBytes: 200_000 });
+  const big = (n: number) => `{"model":"m","prompt":"${'x'.repeat(n)}"}`;
+
+  it('answers 413 (not RESOURCE_EXHAUSTED) for a BUFFERED body of 5 MB without content-length', async () => {
+    const s = fx.client.open();
+    s.send(reqHeaders({}, { protocol: BUFFERED }));
+    await s.next();
+    s.send(reqBody(big(5_000_000), true));
+    const { responses, status } = await s.drain();
+    expect(status.code).toBe(GrpcStatus.OK);
+    expect(responses[0]?.immediate_response?.status.code).toBe(413);
+    expect(fx.router.routed).toHaveLength(0);
+  });
+
+  it('passes a BUFFERED response body of 5 MB through', async () => {
+    fx.router.decide = (req) => aDecision({ body: req.body });
+    const s = fx.client.open();
+    s.send(reqHeaders({}, { protocol: BUFFERED }));
+    await s.next();
+    s.send(reqBody(CHAT, true));
+    await s.next();
+    s.send(respHeaders({ ':status': '200' }), respBody(big(5_000_000), true));
+    const [, r] = await s.take(2);
+    expect(r?.response_body).toEqual({ response: {} });
+    s.cancel();
   });
 });
