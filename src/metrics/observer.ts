@@ -1,18 +1,46 @@
 /**
- * Feeds EppMetrics from the routing seam without touching src/routing:
+ * Feeds EppMetrics from the routing seam without touching src/routing. What is
+ * recorded when follows the GAIE EPP (pkg/epp/handlers/server.go, response.go,
+ * pkg/epp/scheduling/scheduler.go):
  *
- *  - `onRouted` (KvRouter's hook): model names, prompt token count and the
- *    chosen endpoint's prefix overlap for each routed request;
+ *  - `router(r).route()` success: request total, running + 1, request size
+ *    (the client's body bytes), a successful scheduling attempt (target model
+ *    and primary endpoint), the scheduling span (below), kv-epp's prompt token
+ *    count (`kv_epp_prompt_tokens`) and route time (`kv_epp_route_seconds`).
+ *    A rejection counts an error under GAIE's code for the category the
+ *    ext_proc layer answers with (classifyError → gaieErrorCode: BadRequest, …),
+ *    and, if it came after the preparer had scored the request, a failed
+ *    scheduling attempt.
+ *  - `complete()` ends the request: running − 1; the model server's usage
+ *    (`usage.prompt_tokens` → input tokens, completion tokens → output tokens,
+ *    both only when > 0; cached prompt tokens when reported); and, when the
+ *    response reached its end: duration since the request headers arrived,
+ *    normalized time per output token, response size. Also where the gateway
+ *    says it was served (`x-gateway-destination-endpoint-served` against the
+ *    list sent: `kv_epp_served_endpoint_total{outcome}`).
  *  - `preparer(p)`: times each tokenize + hash + score call
- *    (`kv_epp_tokenization_seconds`);
- *  - `router(r)`: wraps a RequestRouter. `route()` success counts the request
- *    (total, running) and its wall time (`inference_extension_scheduler_e2e_duration_seconds`:
- *    body parse, tokenization, scoring and picking); a rejection counts an
- *    error under the GAIE category the ext_proc layer answers with
- *    (classifyError: BadRequest, ServiceUnavailable, …). `complete()` ends
- *    the request: running − 1, duration since route() started, output tokens,
- *    and where the gateway says it was served (`x-gateway-destination-endpoint-served`
- *    against the list sent: `kv_epp_served_endpoint_total{outcome}`).
+ *    (`kv_epp_tokenization_seconds`, pool wait included) and marks when the
+ *    request's scores were ready.
+ *  - `onRouted` (KvRouter's hook): model names, kv-epp's prompt token count,
+ *    the primary endpoint and its prefix overlap, and when the pick was made.
+ *
+ * Scheduling span (`inference_extension_scheduler_e2e_duration_seconds`):
+ * GAIE times its scheduler's run (filters, scorers with the prefix match,
+ * picker). kv-epp scores inside the preparer, in the same native call that
+ * tokenizes, so the span is taken from the preparer's result to the pick
+ * (onRouted): candidates, load filters, ranking and the decision. It leaves
+ * out the index lookup (fused with tokenizing) and includes no tokenization,
+ * pool wait or body reading. A request the preparer never saw (an API that is
+ * not tokenized) is timed from route() to the pick. When the router reports
+ * its own scheduling time (`RoutedRequest.scheduleMs`, optional, not yet
+ * provided), that is used instead.
+ *
+ * Facts the protocol layer does not provide yet are read as optional fields
+ * and recorded once present (absent: the metric is not recorded, or falls back
+ * as stated): `GatewayRequest.receivedAtMs` (when request_headers arrived, on
+ * this observer's clock, performance.now(); absent: route() start),
+ * `ResponseSummary.responseBytes`, `.promptCachedTokens`, `.responseComplete`
+ * (absent: every completed stream counts as a finished response).
  *
  * Errors the ext_proc layer raises before routing (an oversized body) are
  * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
@@ -28,16 +56,56 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../server/routing-types.js';
-import type { EppMetrics, ServedOutcome } from './registry.js';
+import type { EppMetrics, RequestSeries, ScheduledEndpoint, ServedOutcome } from './registry.js';
 
+/** Optional request fact from the protocol layer (see the module doc). */
+interface RequestTimes {
+  /** When the request headers arrived, on the observer's clock (ms). */
+  receivedAtMs?: number | undefined;
+}
+
+/** Optional response facts from the protocol layer (see the module doc). */
+export interface ResponseFacts {
+  /** Response body bytes received from the model server (before any rewrite). */
+  responseBytes?: number | undefined;
+  /** `usage.prompt_tokens_details.cached_tokens`, when the usage carried it (0 counts). */
+  promptCachedTokens?: number | undefined;
+  /** false when the stream ended before the response did (client gone, error). */
+  responseComplete?: boolean | undefined;
+}
+
+/** Optional router fact (see the module doc). */
+interface RouteTimes {
+  /** The router's own scheduling time (index scoring + picking), ms. */
+  scheduleMs?: number | undefined;
+}
+
+/** What onRouted saw of a decision, until route() resumes. */
 interface Routed {
   model: string;
   target: string;
-  inputTokens: number | undefined;
+  /** kv-epp's prompt token count (tokenized requests). */
+  promptTokens: number | undefined;
+  endpoint: ScheduledEndpoint;
+  /** When the pick was made (clock ms). */
+  pickedAt: number;
+  scheduleMs: number | undefined;
 }
 
-interface Live extends Routed {
+/** One request from route() to complete(). */
+interface Flight {
+  /** Request duration origin: headers' arrival when known, else route() start (clock ms). */
   startedAt: number;
+  /** When the preparer's scores for it were ready (clock ms); -1 until then. */
+  scoredAt: number;
+  /**
+   * Model labels from the preparer's body work, for an error after it: the
+   * body may be on a worker thread by then, unreadable here.
+   */
+  model: string | undefined;
+  target: string | undefined;
+  /** Its series, once routed. */
+  series: RequestSeries | undefined;
 }
 
 /** Model labels of a request that failed routing (parses the body: error path only). */
@@ -48,7 +116,7 @@ function labelsOf(req: GatewayRequest): { model: string; target: string } {
     const m = (v as { model?: unknown } | null)?.model;
     if (typeof m === 'string') model = m;
   } catch {
-    // not JSON: no model
+    // not JSON (or the body was handed to a worker thread): no model
   }
   const rewrite = req.headers.get('x-gateway-model-name-rewrite');
   return { model, target: rewrite !== undefined && rewrite !== '' ? rewrite : model };
@@ -56,7 +124,13 @@ function labelsOf(req: GatewayRequest): { model: string; target: string } {
 
 export class MetricsObserver {
   private readonly routed = new WeakMap<RouteDecision, Routed>();
-  private readonly live = new WeakMap<RouteDecision, Live>();
+  private readonly live = new WeakMap<RouteDecision, Flight>();
+  /**
+   * Requests inside route(), by body: KvRouter hands `req.body` itself to the
+   * preparer, which is how the preparer's timing finds its request. A router
+   * that copies the body first loses only the scoring mark (span from route()).
+   */
+  private readonly flights = new WeakMap<Uint8Array, Flight>();
 
   constructor(
     private readonly metrics: EppMetrics,
@@ -65,9 +139,14 @@ export class MetricsObserver {
 
   /** For KvRouterDeps.onRouted. */
   readonly onRouted = (r: RoutedRequest): void => {
-    const target = r.decision.targetModel ?? r.model;
-    const inputTokens = r.prep?.request?.tokenCount ?? r.prep?.tokens.length;
-    this.routed.set(r.decision, { model: r.model, target, inputTokens });
+    this.routed.set(r.decision, {
+      model: r.model,
+      target: r.decision.targetModel ?? r.model,
+      promptTokens: r.prep?.request?.tokenCount ?? r.prep?.tokens.length,
+      endpoint: r.endpoint,
+      pickedAt: this.clock(),
+      scheduleMs: (r as RoutedRequest & RouteTimes).scheduleMs,
+    });
     if (r.prep) this.metrics.observePrefixOverlapBlocks(overlapOf(r.prep, r.endpoint));
   };
 
@@ -76,11 +155,21 @@ export class MetricsObserver {
     return {
       offloads: (bytes) => p.offloads?.(bytes) ?? false,
       prepare: async (body, api, s, work) => {
+        const flight = this.flights.get(body);
         const t0 = this.clock();
+        let scored = false;
         try {
-          return await p.prepare(body, api, s, work);
+          const prep = await p.prepare(body, api, s, work);
+          scored = true;
+          if (flight !== undefined && prep.request !== undefined) {
+            flight.model = prep.request.model;
+            flight.target = prep.request.target ?? prep.request.model;
+          }
+          return prep;
         } finally {
-          this.metrics.observeTokenizationSeconds((this.clock() - t0) / 1000);
+          const t1 = this.clock();
+          this.metrics.observeTokenizationSeconds((t1 - t0) / 1000);
+          if (scored && flight !== undefined) flight.scoredAt = t1;
         }
       },
     };
@@ -92,24 +181,60 @@ export class MetricsObserver {
     return {
       route: async (req) => {
         const t0 = this.clock();
+        const received = (req as GatewayRequest & RequestTimes).receivedAtMs;
+        // Read before routing: the router may transfer the body to a worker (detaching it).
+        const body = req.body;
+        const bytes = body.byteLength;
+        const flight: Flight = {
+          startedAt: received ?? t0,
+          scoredAt: -1,
+          model: undefined,
+          target: undefined,
+          series: undefined,
+        };
+        this.flights.set(body, flight);
         let decision: RouteDecision;
         try {
           decision = await inner.route(req);
         } catch (err) {
-          const { model, target } = labelsOf(req);
+          const { model, target } =
+            flight.model !== undefined && flight.target !== undefined
+              ? { model: flight.model, target: flight.target }
+              : labelsOf(req);
           m.requestError(model, target, classifyError(err).category);
+          if (flight.scoredAt >= 0) {
+            m.observeSchedulerSeconds((this.clock() - flight.scoredAt) / 1000);
+            m.schedulerAttemptFailed(target);
+          }
           throw err;
+        } finally {
+          this.flights.delete(body);
         }
-        m.observeSchedulerSeconds((this.clock() - t0) / 1000);
-        const r = this.routed.get(decision) ?? {
-          model: decision.clientModel ?? decision.targetModel ?? '',
-          target: decision.targetModel ?? '',
-          inputTokens: undefined,
-        };
-        this.routed.delete(decision);
-        m.requestStarted(r.model, r.target);
-        if (r.inputTokens !== undefined) m.observeInputTokens(r.model, r.target, r.inputTokens);
-        this.live.set(decision, { ...r, startedAt: t0 });
+        const t1 = this.clock();
+        m.observeRouteSeconds((t1 - t0) / 1000);
+        const r = this.routed.get(decision);
+        let s: RequestSeries;
+        if (r !== undefined) {
+          this.routed.delete(decision);
+          s = m.requestSeries(r.model, r.target);
+          const from = flight.scoredAt >= 0 ? flight.scoredAt : t0;
+          m.observeSchedulerSeconds((r.scheduleMs ?? r.pickedAt - from) / 1000);
+          s.scheduled(r.endpoint);
+          if (r.promptTokens !== undefined) s.kvEppPromptTokens.observe(r.promptTokens);
+        } else {
+          // A router without onRouted: no pick time, no endpoint.
+          s = m.requestSeries(
+            decision.clientModel ?? decision.targetModel ?? '',
+            decision.targetModel ?? '',
+          );
+          m.observeSchedulerSeconds((t1 - t0) / 1000);
+          s.scheduled(undefined);
+        }
+        s.requests.inc();
+        s.running.inc();
+        s.requestSizes.observe(bytes);
+        flight.series = s;
+        this.live.set(decision, flight);
         return decision;
       },
       routeHeaderOnly: (req) => {
@@ -124,21 +249,34 @@ export class MetricsObserver {
         try {
           inner.complete?.(decision, summary);
         } finally {
-          const r = this.live.get(decision);
-          if (r !== undefined) {
+          const f = this.live.get(decision);
+          if (f?.series !== undefined) {
             this.live.delete(decision);
-            m.requestFinished(r.model, r.target, (this.clock() - r.startedAt) / 1000);
-            if (r.inputTokens === undefined && summary.promptTokens !== undefined) {
-              m.observeInputTokens(r.model, r.target, summary.promptTokens);
-            }
-            if (summary.completionTokens !== undefined) {
-              m.observeOutputTokens(r.model, r.target, summary.completionTokens);
-            }
+            this.finish(f.series, f.startedAt, summary);
             m.servedEndpoint(servedOutcome(decision.endpoints, summary.servedEndpoint));
           }
         }
       },
     };
+  }
+
+  /** GAIE's response-side records (HandleResponseBody and the stream's end). */
+  private finish(s: RequestSeries, startedAt: number, summary: ResponseSummary): void {
+    s.running.dec();
+    const facts = summary as ResponseSummary & ResponseFacts;
+    const prompt = summary.promptTokens;
+    if (prompt !== undefined && prompt > 0) s.inputTokens.observe(prompt);
+    const output = summary.completionTokens ?? 0;
+    if (output > 0) s.outputTokens.observe(output);
+    if (facts.promptCachedTokens !== undefined)
+      s.promptCachedTokens.observe(facts.promptCachedTokens);
+    if (facts.responseComplete === false) return;
+    const seconds = (this.clock() - startedAt) / 1000;
+    if (seconds > 0) {
+      s.duration.observe(seconds);
+      if (output > 0) s.timePerOutputToken.observe(seconds / output);
+    }
+    if (facts.responseBytes !== undefined) s.responseSizes.observe(facts.responseBytes);
   }
 }
 

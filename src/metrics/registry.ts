@@ -1,12 +1,19 @@
 /**
  * kv-epp's Prometheus metrics: one prom-client Registry per EppMetrics, the
- * GAIE EPP's metric names, types, labels and buckets (gaie-epp.md §3.3,
- * `pkg/epp/metrics/metrics.go`, help strings prefixed `[ALPHA]`) plus
- * kv-epp's own `kv_epp_*`. Callers see only the typed methods below; no
- * prom-client type leaves this module except through `MetricsRegistry`,
- * which only src/metrics/http.ts reads.
+ * GAIE EPP's metric names, types, labels, help texts and buckets (gaie-epp.md
+ * §3.3, `pkg/epp/metrics/metrics.go`, help strings prefixed `[ALPHA]`), Node's
+ * process metrics (prom-client's defaults, unprefixed: `process_*` as GAIE's Go
+ * collector names them, plus `nodejs_*`), and kv-epp's own `kv_epp_*`.
+ * Callers see only the typed methods below; no prom-client type leaves this
+ * module except through `MetricsRegistry`, which only src/metrics/http.ts reads.
+ *
+ * Which value feeds which GAIE metric, and when, is src/metrics/observer.ts's
+ * contract; this module only holds the series.
  */
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Where a finished request was served, relative to the endpoint list kv-epp sent. */
 export type ServedOutcome = 'primary' | 'fallback' | 'other' | 'unreported';
@@ -20,6 +27,23 @@ export interface MetricsRegistry {
 export interface MetricsSources {
   /** InferencePool name, the `name` label of `inference_pool_*` ('' without one). */
   poolName?: string | undefined;
+  /**
+   * Namespace of the pool's pods, the `namespace` label of successful
+   * `inference_extension_scheduler_attempts_total` ('' without one).
+   */
+  poolNamespace?: string | undefined;
+  /**
+   * `inference_extension_info{commit,build_ref}`; default: commit from
+   * `KV_EPP_COMMIT`, build_ref kv-epp's package.json version ('unknown' when absent).
+   */
+  build?: { commit: string; buildRef: string } | undefined;
+  /**
+   * Node's process metrics (prom-client's collectDefaultMetrics); default on.
+   * Costs nothing per request; it keeps an event-loop-delay monitor (a native
+   * 10 ms timer) and a GC observer (a JS callback per GC, ~15 µs measured),
+   * neither of which can be removed again, so keep it off for short-lived instances.
+   */
+  processMetrics?: boolean | undefined;
   /** Ready endpoints (`inference_pool_ready_pods`), read at scrape time. */
   readyPods?: (() => number) | undefined;
   /** Requests waiting for a tokenization worker (`kv_epp_pool_queue_depth`). */
@@ -59,8 +83,24 @@ const INPUT_TOKEN_BUCKETS = [
   524288, 1048576,
 ];
 const OUTPUT_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192];
+/** GAIE's `request_sizes` buckets (64 B … 1 GiB). */
+const REQUEST_SIZE_BUCKETS = [
+  64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576,
+  2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456, 536870912,
+  1073741824,
+];
+/** GAIE's `response_sizes` buckets. */
+const RESPONSE_SIZE_BUCKETS = [
+  1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536,
+];
+/** GAIE's `normalized_time_per_output_token_seconds` buckets. */
+const NTPOT_BUCKETS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 /** GAIE's scheduler buckets (0.1 ms … 100 ms). */
 const SCHEDULER_BUCKETS = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+/** kv-epp's route time: the scheduler's range, then up to 10 s (a saturated tokenizer pool). */
+const ROUTE_BUCKETS = [
+  0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
 /** Event lag buckets (1 ms … 30 s). */
 const LAG_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const TOKENIZATION_BUCKETS = [
@@ -98,26 +138,158 @@ export function gaieErrorCode(category: string): string {
 /** Priority label value: kv-epp has no InferenceObjectives, so GAIE's default. */
 const DEFAULT_PRIORITY = '0';
 
-interface ModelSeries {
-  requests: { inc(): void };
-  running: { inc(): void; dec(): void };
-  duration: { observe(v: number): void };
-  inputTokens: { observe(v: number): void };
-  outputTokens: { observe(v: number): void };
+interface Inc {
+  inc(): void;
+}
+interface Observe {
+  observe(v: number): void;
+}
+
+/** The endpoint a request was scheduled to, as scheduler attempts label it. */
+export interface ScheduledEndpoint {
+  /** `pod_name`: the endpoint's name (kv-epp's endpoints are not pods; default `address:port`). */
+  readonly name: string;
+  /** `port`. */
+  readonly port: number;
+}
+
+/**
+ * The series of one (model, target) pair, resolved once per pair and then per
+ * request only held: the GAIE per-request metrics plus kv-epp's prompt tokens.
+ * Values are recorded as given (the observer applies GAIE's conditions).
+ */
+export interface RequestSeries {
+  /** `inference_objective_request_total{…,priority}`. */
+  readonly requests: Inc;
+  /** `inference_objective_running_requests{model_name}`. */
+  readonly running: Inc & { dec(): void };
+  readonly duration: Observe;
+  /** `inference_objective_input_tokens`: the model server's `usage.prompt_tokens`. */
+  readonly inputTokens: Observe;
+  readonly outputTokens: Observe;
+  readonly promptCachedTokens: Observe;
+  readonly requestSizes: Observe;
+  readonly responseSizes: Observe;
+  readonly timePerOutputToken: Observe;
+  /** `kv_epp_prompt_tokens`: the prompt tokens kv-epp counted when tokenizing. */
+  readonly kvEppPromptTokens: Observe;
+  /** A successful scheduling attempt for this target, to `endpoint` (labels '' without one). */
+  scheduled(endpoint: ScheduledEndpoint | undefined): void;
 }
 
 const MAX_CACHED_SERIES = 1024;
+/** Attempt children kept per (model, target) pair (one per endpoint object). */
+const MAX_CACHED_ATTEMPTS = 256;
+
+type AttemptLabels = 'status' | 'target_model_name' | 'pod_name' | 'namespace' | 'port';
+
+class ModelSeries implements RequestSeries {
+  readonly requests: Inc;
+  readonly running: Inc & { dec(): void };
+  readonly duration: Observe;
+  readonly inputTokens: Observe;
+  readonly outputTokens: Observe;
+  readonly promptCachedTokens: Observe;
+  readonly requestSizes: Observe;
+  readonly responseSizes: Observe;
+  readonly timePerOutputToken: Observe;
+  readonly kvEppPromptTokens: Observe;
+  /** Keyed by endpoint object: endpoints live until the endpoint list changes. */
+  private readonly attempts = new Map<ScheduledEndpoint | undefined, Inc>();
+
+  constructor(
+    m: Metrics,
+    model: string,
+    private readonly target: string,
+    private readonly attemptCounter: Counter<AttemptLabels>,
+    private readonly namespace: string,
+  ) {
+    const pair = { model_name: model, target_model_name: target };
+    this.requests = m.requests.labels({ ...pair, priority: DEFAULT_PRIORITY });
+    this.running = m.running.labels({ model_name: model });
+    this.duration = m.duration.labels(pair);
+    this.inputTokens = m.inputTokens.labels(pair);
+    this.outputTokens = m.outputTokens.labels(pair);
+    this.promptCachedTokens = m.promptCachedTokens.labels(pair);
+    this.requestSizes = m.requestSizes.labels(pair);
+    this.responseSizes = m.responseSizes.labels(pair);
+    this.timePerOutputToken = m.timePerOutputToken.labels(pair);
+    this.kvEppPromptTokens = m.kvEppPromptTokens.labels(pair);
+  }
+
+  scheduled(endpoint: ScheduledEndpoint | undefined): void {
+    let c = this.attempts.get(endpoint);
+    if (c === undefined) {
+      if (this.attempts.size >= MAX_CACHED_ATTEMPTS) this.attempts.clear();
+      c = this.attemptCounter.labels({
+        status: 'success',
+        target_model_name: this.target,
+        pod_name: endpoint?.name ?? '',
+        namespace: endpoint === undefined ? '' : this.namespace,
+        port: endpoint === undefined ? '' : String(endpoint.port),
+      });
+      this.attempts.set(endpoint, c);
+    }
+    c.inc();
+  }
+}
+
+type ModelLabels = 'model_name' | 'target_model_name';
+
+/** The per-(model, target) metric families ModelSeries takes children of. */
+interface Metrics {
+  requests: Counter<ModelLabels | 'priority'>;
+  running: Gauge<'model_name'>;
+  duration: Histogram<ModelLabels>;
+  inputTokens: Histogram<ModelLabels>;
+  outputTokens: Histogram<ModelLabels>;
+  promptCachedTokens: Histogram<ModelLabels>;
+  requestSizes: Histogram<ModelLabels>;
+  responseSizes: Histogram<ModelLabels>;
+  timePerOutputToken: Histogram<ModelLabels>;
+  kvEppPromptTokens: Histogram<ModelLabels>;
+}
+
+/** kv-epp's package.json version: the nearest package.json named kv-epp above this module (src or dist). */
+function packageVersion(): string | undefined {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
+        name?: unknown;
+        version?: unknown;
+      };
+      if (pkg.name === 'kv-epp' && typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      // none here (or unreadable): look further up
+    }
+    const up = dirname(dir);
+    if (up === dir) return undefined;
+    dir = up;
+  }
+}
+
+/** The build labels of `inference_extension_info` when the caller gives none. */
+export function defaultBuildInfo(env: NodeJS.ProcessEnv = process.env): {
+  commit: string;
+  buildRef: string;
+} {
+  const commit = env.KV_EPP_COMMIT;
+  return {
+    commit: commit !== undefined && commit !== '' ? commit : 'unknown',
+    buildRef: packageVersion() ?? 'unknown',
+  };
+}
 
 export class EppMetrics {
   readonly registry: MetricsRegistry;
   private readonly series = new Map<string, ModelSeries>();
-  private readonly requests: Counter<'model_name' | 'target_model_name' | 'priority'>;
-  private readonly errors: Counter<'model_name' | 'target_model_name' | 'error_code'>;
-  private readonly duration: Histogram<'model_name' | 'target_model_name'>;
-  private readonly inputTokens: Histogram<'model_name' | 'target_model_name'>;
-  private readonly outputTokens: Histogram<'model_name' | 'target_model_name'>;
-  private readonly running: Gauge<'model_name'>;
+  private readonly perRequest: Metrics;
+  private readonly errors: Counter<ModelLabels | 'error_code'>;
   private readonly schedulerE2e: Histogram;
+  private readonly attempts: Counter<AttemptLabels>;
+  private readonly poolNamespace: string;
+  private readonly route: Histogram;
   private readonly overlapBlocks: Histogram;
   private readonly tokenization: Histogram;
   private readonly served: Counter<'outcome'>;
@@ -136,43 +308,67 @@ export class EppMetrics {
     const reg = new Registry();
     this.registry = reg;
     const registers = [reg];
-    this.requests = new Counter({
-      name: 'inference_objective_request_total',
-      help: '[ALPHA] Counter of inference objective requests broken out for each model and target model.',
-      labelNames: [...MODEL_LABELS, 'priority'],
-      registers,
-    });
+    this.poolNamespace = sources.poolNamespace ?? '';
+    const modelHistogram = (name: string, help: string, buckets: number[]) =>
+      new Histogram({ name, help, labelNames: MODEL_LABELS, buckets, registers });
+    this.perRequest = {
+      requests: new Counter({
+        name: 'inference_objective_request_total',
+        help: '[ALPHA] Counter of inference objective requests broken out for each model and target model.',
+        labelNames: [...MODEL_LABELS, 'priority'],
+        registers,
+      }),
+      running: new Gauge({
+        name: 'inference_objective_running_requests',
+        help: '[ALPHA] Inference objective number of running requests in each model.',
+        labelNames: ['model_name'],
+        registers,
+      }),
+      duration: modelHistogram(
+        'inference_objective_request_duration_seconds',
+        '[ALPHA] Inference objective response latency distribution in seconds for each model and target model.',
+        DURATION_BUCKETS,
+      ),
+      requestSizes: modelHistogram(
+        'inference_objective_request_sizes',
+        '[ALPHA] Inference objective requests size distribution in bytes for each model and target model.',
+        REQUEST_SIZE_BUCKETS,
+      ),
+      responseSizes: modelHistogram(
+        'inference_objective_response_sizes',
+        '[ALPHA] Inference objective responses size distribution in bytes for each model and target model.',
+        RESPONSE_SIZE_BUCKETS,
+      ),
+      inputTokens: modelHistogram(
+        'inference_objective_input_tokens',
+        '[ALPHA] Inference objective input token count distribution for requests in each model.',
+        INPUT_TOKEN_BUCKETS,
+      ),
+      outputTokens: modelHistogram(
+        'inference_objective_output_tokens',
+        '[ALPHA] Inference objective output token count distribution for requests in each model.',
+        OUTPUT_TOKEN_BUCKETS,
+      ),
+      promptCachedTokens: modelHistogram(
+        'inference_objective_prompt_cached_tokens',
+        '[ALPHA] Inference objective prompt cached token count distribution for requests in each model.',
+        INPUT_TOKEN_BUCKETS,
+      ),
+      timePerOutputToken: modelHistogram(
+        'inference_objective_normalized_time_per_output_token_seconds',
+        '[ALPHA] Inference objective latency divided by number of output tokens in seconds for each model and target model.',
+        NTPOT_BUCKETS,
+      ),
+      kvEppPromptTokens: modelHistogram(
+        'kv_epp_prompt_tokens',
+        "Prompt tokens kv-epp counted when tokenizing each routed request (GAIE's buckets); inference_objective_input_tokens is the model server's usage.prompt_tokens.",
+        INPUT_TOKEN_BUCKETS,
+      ),
+    };
     this.errors = new Counter({
       name: 'inference_objective_request_error_total',
       help: '[ALPHA] Counter of inference objective requests errors broken out for each model and target model.',
       labelNames: [...MODEL_LABELS, 'error_code'],
-      registers,
-    });
-    this.duration = new Histogram({
-      name: 'inference_objective_request_duration_seconds',
-      help: '[ALPHA] Inference objective response latency distribution in seconds for each model and target model.',
-      labelNames: MODEL_LABELS,
-      buckets: DURATION_BUCKETS,
-      registers,
-    });
-    this.inputTokens = new Histogram({
-      name: 'inference_objective_input_tokens',
-      help: '[ALPHA] Inference objective input token count distribution for requests in each model.',
-      labelNames: MODEL_LABELS,
-      buckets: INPUT_TOKEN_BUCKETS,
-      registers,
-    });
-    this.outputTokens = new Histogram({
-      name: 'inference_objective_output_tokens',
-      help: '[ALPHA] Inference objective output token count distribution for requests in each model.',
-      labelNames: MODEL_LABELS,
-      buckets: OUTPUT_TOKEN_BUCKETS,
-      registers,
-    });
-    this.running = new Gauge({
-      name: 'inference_objective_running_requests',
-      help: '[ALPHA] Inference objective number of running requests in each model.',
-      labelNames: ['model_name'],
       registers,
     });
     this.schedulerE2e = new Histogram({
@@ -181,6 +377,26 @@ export class EppMetrics {
       buckets: SCHEDULER_BUCKETS,
       registers,
     });
+    this.attempts = new Counter({
+      name: 'inference_extension_scheduler_attempts_total',
+      help: '[ALPHA] Total number of scheduling attempts.',
+      labelNames: ['status', 'target_model_name', 'pod_name', 'namespace', 'port'],
+      registers,
+    });
+    const build = sources.build ?? defaultBuildInfo();
+    new Gauge({
+      name: 'inference_extension_info',
+      help: '[ALPHA] General information of the current build of Inference Extension.',
+      labelNames: ['commit', 'build_ref'],
+      registers,
+    }).set({ commit: build.commit, build_ref: build.buildRef }, 1);
+    this.route = new Histogram({
+      name: 'kv_epp_route_seconds',
+      help: "Time from a complete request body to kv-epp's routing decision (body checks, admission, tokenization with any wait for the tokenizer pool, scoring, picking), in seconds.",
+      buckets: ROUTE_BUCKETS,
+      registers,
+    });
+    if (sources.processMetrics !== false) collectDefaultMetrics({ register: reg });
     const poolName = sources.poolName ?? '';
     const readyPods = sources.readyPods;
     new Gauge({
@@ -309,21 +525,18 @@ export class EppMetrics {
     });
   }
 
-  /** The label children of one (model, target) pair, made once (prom-client hashes label objects per call). */
-  private perModel(model: string, target: string): ModelSeries {
+  /**
+   * The label children of one (model, target) pair, made once (prom-client
+   * hashes label objects per call). A request resolves them once and holds them
+   * to its end; a child outlives a cache reset and still counts in its series.
+   */
+  requestSeries(model: string, target: string): RequestSeries {
     const key = `${model}\u0000${target}`;
     let c = this.series.get(key);
     if (c === undefined) {
       // Model names come from clients: bound the cache (prom-client keeps its own series).
       if (this.series.size >= MAX_CACHED_SERIES) this.series.clear();
-      const pair = { model_name: model, target_model_name: target };
-      c = {
-        requests: this.requests.labels({ ...pair, priority: DEFAULT_PRIORITY }),
-        running: this.running.labels({ model_name: model }),
-        duration: this.duration.labels(pair),
-        inputTokens: this.inputTokens.labels(pair),
-        outputTokens: this.outputTokens.labels(pair),
-      };
+      c = new ModelSeries(this.perRequest, model, target, this.attempts, this.poolNamespace);
       this.series.set(key, c);
     }
     return c;
@@ -331,14 +544,14 @@ export class EppMetrics {
 
   /** A request was routed (its body processed successfully). */
   requestStarted(model: string, target: string): void {
-    const c = this.perModel(model, target);
+    const c = this.requestSeries(model, target);
     c.requests.inc();
     c.running.inc();
   }
 
   /** A routed request's response finished (or the stream ended); `seconds` since it arrived. */
   requestFinished(model: string, target: string, seconds: number): void {
-    const c = this.perModel(model, target);
+    const c = this.requestSeries(model, target);
     c.running.dec();
     c.duration.observe(seconds);
   }
@@ -355,16 +568,34 @@ export class EppMetrics {
     });
   }
 
+  /** The model server's `usage.prompt_tokens` (kv-epp's own count: RequestSeries.kvEppPromptTokens). */
   observeInputTokens(model: string, target: string, tokens: number): void {
-    this.perModel(model, target).inputTokens.observe(tokens);
+    this.requestSeries(model, target).inputTokens.observe(tokens);
   }
 
   observeOutputTokens(model: string, target: string, tokens: number): void {
-    this.perModel(model, target).outputTokens.observe(tokens);
+    this.requestSeries(model, target).outputTokens.observe(tokens);
   }
 
+  /** One scheduling (scoring + picking) span, successful or not. */
   observeSchedulerSeconds(seconds: number): void {
     this.schedulerE2e.observe(seconds);
+  }
+
+  /** A scheduling attempt that found no endpoint (GAIE: `status="failure"`, no endpoint labels). */
+  schedulerAttemptFailed(target: string): void {
+    this.attempts.inc({
+      status: 'failure',
+      target_model_name: target,
+      pod_name: '',
+      namespace: '',
+      port: '',
+    });
+  }
+
+  /** kv-epp's whole route() call (`kv_epp_route_seconds`). */
+  observeRouteSeconds(seconds: number): void {
+    this.route.observe(seconds);
   }
 
   observeTokenizationSeconds(seconds: number): void {

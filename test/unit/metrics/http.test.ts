@@ -10,7 +10,7 @@ afterAll(async () => {
 
 describe('startMetricsServer', () => {
   it('serves /metrics in the Prometheus text format and 404 elsewhere', async () => {
-    const m = new EppMetrics({ readyPods: () => 2 });
+    const m = new EppMetrics({ readyPods: () => 2, processMetrics: false });
     m.requestStarted('m', 'm');
     const s = await startMetricsServer({ port: 0, host: '127.0.0.1', registry: m.registry });
     servers.push(s);
@@ -39,7 +39,7 @@ describe('startMetricsServer', () => {
     const s = await startMetricsServer({
       port: 0,
       host: '127.0.0.1',
-      registry: new EppMetrics().registry,
+      registry: new EppMetrics({ processMetrics: false }).registry,
     });
     await s.close();
     await expect(fetch(`http://127.0.0.1:${s.port}/metrics`)).rejects.toThrow();

@@ -3,6 +3,7 @@
  * kv-epp's own after simulated events; MetricsObserver turns router
  * outcomes into those events.
  */
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
@@ -11,7 +12,12 @@ import {
   MetricsObserver,
   servedOutcome,
 } from '../../../src/metrics/observer.js';
-import { EppMetrics, gaieErrorCode } from '../../../src/metrics/registry.js';
+import {
+  defaultBuildInfo,
+  EppMetrics,
+  gaieErrorCode,
+  type MetricsSources,
+} from '../../../src/metrics/registry.js';
 import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type {
   GatewayRequest,
@@ -32,6 +38,40 @@ function typeOf(text: string, name: string): string | undefined {
 }
 
 const ML = 'model_name="m",target_model_name="t"';
+
+/** An instance without process metrics (their monitors cannot be removed again). */
+function metrics(sources: MetricsSources = {}): EppMetrics {
+  return new EppMetrics({ processMetrics: false, ...sources });
+}
+
+/** GAIE's help texts (metrics.go, `[ALPHA] ` + text), for every GAIE metric kv-epp exports. */
+const GAIE_HELP: Record<string, string> = {
+  inference_objective_request_total:
+    'Counter of inference objective requests broken out for each model and target model.',
+  inference_objective_request_error_total:
+    'Counter of inference objective requests errors broken out for each model and target model.',
+  inference_objective_request_duration_seconds:
+    'Inference objective response latency distribution in seconds for each model and target model.',
+  inference_objective_request_sizes:
+    'Inference objective requests size distribution in bytes for each model and target model.',
+  inference_objective_response_sizes:
+    'Inference objective responses size distribution in bytes for each model and target model.',
+  inference_objective_input_tokens:
+    'Inference objective input token count distribution for requests in each model.',
+  inference_objective_output_tokens:
+    'Inference objective output token count distribution for requests in each model.',
+  inference_objective_prompt_cached_tokens:
+    'Inference objective prompt cached token count distribution for requests in each model.',
+  inference_objective_running_requests:
+    'Inference objective number of running requests in each model.',
+  inference_objective_normalized_time_per_output_token_seconds:
+    'Inference objective latency divided by number of output tokens in seconds for each model and target model.',
+  inference_pool_ready_pods: 'The number of ready pods in the inference server pool.',
+  inference_extension_scheduler_e2e_duration_seconds:
+    'End-to-end scheduling latency distribution in seconds.',
+  inference_extension_scheduler_attempts_total: 'Total number of scheduling attempts.',
+  inference_extension_info: 'General information of the current build of Inference Extension.',
+};
 
 /** The `le` bounds of the first series of histogram `name`, +Inf left out. */
 function bucketsOf(text: string, name: string): number[] {
@@ -57,11 +97,18 @@ const GAIE_BUCKETS = {
   ],
   outputTokens: [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
   scheduler: [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1],
+  requestSizes: [
+    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576,
+    2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456, 536870912,
+    1073741824,
+  ],
+  responseSizes: [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536],
+  ntpot: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
 };
 
 describe('EppMetrics', () => {
   it('renders GAIE names, types and labels after simulated events', async () => {
-    const m = new EppMetrics({
+    const m = metrics({
       poolName: 'pool',
       readyPods: () => 2,
       queueDepth: () => 3,
@@ -69,6 +116,15 @@ describe('EppMetrics', () => {
     });
     m.requestStarted('m', 't');
     m.requestStarted('m', 't');
+    const s = m.requestSeries('m', 't');
+    s.requestSizes.observe(100);
+    s.responseSizes.observe(50);
+    s.promptCachedTokens.observe(16);
+    s.timePerOutputToken.observe(0.01);
+    s.kvEppPromptTokens.observe(9);
+    s.scheduled({ name: 'a', port: 8001 });
+    m.schedulerAttemptFailed('t');
+    m.observeRouteSeconds(0.004);
     m.observeInputTokens('m', 't', 7);
     m.observeOutputTokens('m', 't', 5);
     m.requestFinished('m', 't', 0.25);
@@ -88,6 +144,14 @@ describe('EppMetrics', () => {
       ['inference_objective_running_requests', 'gauge'],
       ['inference_pool_ready_pods', 'gauge'],
       ['inference_extension_scheduler_e2e_duration_seconds', 'histogram'],
+      ['inference_objective_request_sizes', 'histogram'],
+      ['inference_objective_response_sizes', 'histogram'],
+      ['inference_objective_prompt_cached_tokens', 'histogram'],
+      ['inference_objective_normalized_time_per_output_token_seconds', 'histogram'],
+      ['inference_extension_scheduler_attempts_total', 'counter'],
+      ['inference_extension_info', 'gauge'],
+      ['kv_epp_prompt_tokens', 'histogram'],
+      ['kv_epp_route_seconds', 'histogram'],
       ['kv_epp_prefix_overlap_blocks', 'histogram'],
       ['kv_epp_tokenization_seconds', 'histogram'],
       ['kv_epp_pool_queue_depth', 'gauge'],
@@ -95,7 +159,29 @@ describe('EppMetrics', () => {
     ]) {
       expect(typeOf(text, name as string), name).toBe(type);
     }
-    expect(text).toMatch(/^# HELP inference_objective_request_total \[ALPHA\] /m);
+    for (const [name, help] of Object.entries(GAIE_HELP)) {
+      expect(text, name).toContain(`# HELP ${name} [ALPHA] ${help}\n`);
+    }
+    expect(sample(text, `inference_objective_request_sizes_sum{${ML}}`)).toBe(100);
+    expect(sample(text, `inference_objective_response_sizes_sum{${ML}}`)).toBe(50);
+    expect(sample(text, `inference_objective_prompt_cached_tokens_sum{${ML}}`)).toBe(16);
+    expect(
+      sample(text, `inference_objective_normalized_time_per_output_token_seconds_sum{${ML}}`),
+    ).toBe(0.01);
+    expect(sample(text, `kv_epp_prompt_tokens_sum{${ML}}`)).toBe(9);
+    expect(sample(text, 'kv_epp_route_seconds_sum')).toBe(0.004);
+    expect(
+      sample(
+        text,
+        'inference_extension_scheduler_attempts_total{status="success",target_model_name="t",pod_name="a",namespace="",port="8001"}',
+      ),
+    ).toBe(1);
+    expect(
+      sample(
+        text,
+        'inference_extension_scheduler_attempts_total{status="failure",target_model_name="t",pod_name="",namespace="",port=""}',
+      ),
+    ).toBe(1);
     expect(sample(text, `inference_objective_request_total{${ML},priority="0"}`)).toBe(2);
     expect(
       sample(text, `inference_objective_request_error_total{${ML},error_code="BadRequest"}`),
@@ -119,12 +205,34 @@ describe('EppMetrics', () => {
   });
 
   it("uses GAIE's bucket lists value for value", async () => {
-    const m = new EppMetrics();
+    const m = metrics();
     m.requestFinished('m', 't', 1);
     m.observeInputTokens('m', 't', 1);
     m.observeOutputTokens('m', 't', 1);
     m.observeSchedulerSeconds(0.001);
+    const s = m.requestSeries('m', 't');
+    for (const h of [
+      s.requestSizes,
+      s.responseSizes,
+      s.promptCachedTokens,
+      s.timePerOutputToken,
+      s.kvEppPromptTokens,
+    ]) {
+      h.observe(1);
+    }
     const text = await m.registry.metrics();
+    expect(bucketsOf(text, 'inference_objective_request_sizes')).toEqual(GAIE_BUCKETS.requestSizes);
+    expect(bucketsOf(text, 'inference_objective_response_sizes')).toEqual(
+      GAIE_BUCKETS.responseSizes,
+    );
+    expect(bucketsOf(text, 'inference_objective_prompt_cached_tokens')).toEqual(
+      GAIE_BUCKETS.inputTokens,
+    );
+    expect(bucketsOf(text, 'inference_objective_normalized_time_per_output_token_seconds')).toEqual(
+      GAIE_BUCKETS.ntpot,
+    );
+    // kv-epp's own count shares GAIE's input buckets, so the two compare bucket by bucket.
+    expect(bucketsOf(text, 'kv_epp_prompt_tokens')).toEqual(GAIE_BUCKETS.inputTokens);
     expect(bucketsOf(text, 'inference_objective_request_duration_seconds')).toEqual(
       GAIE_BUCKETS.latency,
     );
@@ -136,7 +244,7 @@ describe('EppMetrics', () => {
   });
 
   it("labels errors with GAIE's codes only: a 413 (PayloadTooLarge) is GAIE's BadRequest", async () => {
-    const m = new EppMetrics();
+    const m = metrics();
     const obs = new MetricsObserver(m);
     const router = obs.router({
       route: async () => {
@@ -161,9 +269,48 @@ describe('EppMetrics', () => {
     expect(gaieErrorCode('Internal')).toBe('Internal');
   });
 
+  it('reports the build: KV_EPP_COMMIT and the package.json version', async () => {
+    const pkg = JSON.parse(
+      readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'),
+    ) as { version: string };
+    expect(defaultBuildInfo({ KV_EPP_COMMIT: 'abc123' })).toEqual({
+      commit: 'abc123',
+      buildRef: pkg.version,
+    });
+    expect(defaultBuildInfo({}).commit).toBe('unknown');
+    expect(defaultBuildInfo({ KV_EPP_COMMIT: '' }).commit).toBe('unknown');
+    const text = await metrics({ build: { commit: 'c1', buildRef: 'r1' } }).registry.metrics();
+    expect(sample(text, 'inference_extension_info{commit="c1",build_ref="r1"}')).toBe(1);
+    const byDefault = await metrics().registry.metrics();
+    expect(
+      sample(
+        byDefault,
+        `inference_extension_info{commit="${defaultBuildInfo().commit}",build_ref="${pkg.version}"}`,
+      ),
+    ).toBe(1);
+  });
+
+  it("exports Node's process metrics unprefixed unless turned off", async () => {
+    const text = await new EppMetrics().registry.metrics();
+    // The names GAIE's Go process collector uses too.
+    for (const [name, type] of [
+      ['process_cpu_seconds_total', 'counter'],
+      ['process_start_time_seconds', 'gauge'],
+      ['process_resident_memory_bytes', 'gauge'],
+      ['process_virtual_memory_bytes', 'gauge'],
+      ['process_open_fds', 'gauge'],
+      ['process_max_fds', 'gauge'],
+      ['nodejs_eventloop_lag_seconds', 'gauge'],
+      ['nodejs_gc_duration_seconds', 'histogram'],
+    ]) {
+      expect(typeOf(text, name as string), name).toBe(type);
+    }
+    expect(await metrics().registry.metrics()).not.toContain('process_cpu_seconds_total');
+  });
+
   it('keeps registries separate per instance', async () => {
-    const a = new EppMetrics();
-    const b = new EppMetrics();
+    const a = metrics();
+    const b = metrics();
     a.requestStarted('m', 'm');
     expect(await b.registry.metrics()).not.toContain('model_name="m"');
   });
@@ -187,7 +334,7 @@ function req(body: unknown, headers: Record<string, string> = {}): GatewayReques
 describe('MetricsObserver', () => {
   it('counts routed requests, tokens, overlap, duration and errors', async () => {
     let now = 1000;
-    const m = new EppMetrics();
+    const m = metrics({ poolNamespace: 'ns' });
     const obs = new MetricsObserver(m, () => now);
     const prep: RoutePrep = {
       tokens: new Uint32Array(9),
@@ -222,18 +369,33 @@ describe('MetricsObserver', () => {
       },
     };
     const router = obs.router(inner);
-    const d = await router.route(req({ model: 'm' }));
+    const request = req({ model: 'm' });
+    const d = await router.route(request);
     let text = await m.registry.metrics();
     expect(sample(text, `inference_objective_request_total{${ML},priority="0"}`)).toBe(1);
     expect(sample(text, 'inference_objective_running_requests{model_name="m"}')).toBe(1);
-    expect(sample(text, `inference_objective_input_tokens_sum{${ML}}`)).toBe(9);
+    // kv-epp's own count; GAIE's input tokens wait for the model server's usage.
+    expect(sample(text, `kv_epp_prompt_tokens_sum{${ML}}`)).toBe(9);
+    expect(sample(text, `inference_objective_input_tokens_count{${ML}}`)).toBeUndefined();
+    expect(sample(text, `inference_objective_request_sizes_sum{${ML}}`)).toBe(
+      request.body.byteLength,
+    );
+    expect(
+      sample(
+        text,
+        'inference_extension_scheduler_attempts_total{status="success",target_model_name="t",pod_name="a",namespace="ns",port="8001"}',
+      ),
+    ).toBe(1);
     expect(sample(text, 'kv_epp_prefix_overlap_blocks_sum')).toBe(2);
+    // No preparer saw it: timed from route() to the pick.
     expect(sample(text, 'inference_extension_scheduler_e2e_duration_seconds_sum')).toBe(0.002);
+    expect(sample(text, 'kv_epp_route_seconds_sum')).toBe(0.002);
 
     now += 498;
     router.complete?.(d, {
       requestId: 'r',
-      completionTokens: 11,
+      promptTokens: 12,
+      completionTokens: 10,
       status: 200,
       servedEndpoint: ep?.hostPort,
     });
@@ -248,7 +410,11 @@ describe('MetricsObserver', () => {
     expect(sample(text, 'inference_objective_running_requests{model_name="m"}')).toBe(0);
     expect(sample(text, `inference_objective_request_duration_seconds_sum{${ML}}`)).toBe(0.5);
     expect(sample(text, `inference_objective_request_duration_seconds_count{${ML}}`)).toBe(1);
-    expect(sample(text, `inference_objective_output_tokens_sum{${ML}}`)).toBe(11);
+    expect(sample(text, `inference_objective_input_tokens_sum{${ML}}`)).toBe(12);
+    expect(sample(text, `inference_objective_output_tokens_sum{${ML}}`)).toBe(10);
+    expect(
+      sample(text, `inference_objective_normalized_time_per_output_token_seconds_sum{${ML}}`),
+    ).toBe(0.05);
     expect(sample(text, 'kv_epp_served_endpoint_total{outcome="primary"}')).toBe(1);
     expect(
       sample(
@@ -272,7 +438,7 @@ describe('MetricsObserver', () => {
 
   it('times the preparer', async () => {
     let now = 0;
-    const m = new EppMetrics();
+    const m = metrics();
     const obs = new MetricsObserver(m, () => now);
     const p = obs.preparer({
       prepare: async () => {
@@ -299,7 +465,7 @@ describe('servedOutcome', () => {
 
 describe('KV event metrics', () => {
   it('counts applied messages, kinds, blocks, rejections, gaps, resets, drops and lag', async () => {
-    const m = new EppMetrics({
+    const m = metrics({
       workerBlocks: () => [{ workerId: 18446744073709551615n, dpRank: 1, blocks: 7 }],
       eventsQueued: () => 3,
     });
