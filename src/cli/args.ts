@@ -65,3 +65,109 @@ export function parseIntOption(
   if (v < min || v > max) throw new UsageError(field, `must be in ${min}..=${max}, got ${v}`);
   return v;
 }
+
+/** How a command-line flag takes its value (Go pflag's two shapes). */
+export interface FlagSpec {
+  kind: 'string' | 'boolean';
+  /** One-letter alias (pflag's shorthand, e.g. `-v`). */
+  short?: string;
+}
+
+/** Go's strconv.ParseBool spellings, which pflag takes after `--flag=`. */
+const GO_BOOL = new Map<string, boolean>([
+  ['1', true],
+  ['t', true],
+  ['true', true],
+  ['0', false],
+  ['f', false],
+  ['false', false],
+]);
+
+/** A boolean's `=value` as pflag reads it (Go's spellings, any case); undefined when not one. */
+export function goBool(value: string): boolean | undefined {
+  return GO_BOOL.get(value.trim().toLowerCase());
+}
+
+/**
+ * Command-line flags read as Go's pflag (the parser of GAIE's EPP) reads them,
+ * so a Helm chart written for that EPP parses here too:
+ * - `--name=value`, and `--name value` for a non-boolean flag: the next
+ *   argument is its value whatever it looks like (empty, or dash-led);
+ * - a boolean flag alone is true and takes a value only after `=`
+ *   (`--secure-serving=false`); the argument after it is never its value;
+ * - a shorthand: `-v=3`, `-v3`, `-v 3`;
+ * - `--` ends the flags; the last occurrence of a flag wins.
+ * Values are returned as given (a bare boolean as `true`); the caller
+ * validates them. Unlike pflag, positional arguments are rejected: a `true` or
+ * `false` right after a bare boolean (`--secure-serving false`, which pflag
+ * reads as true plus a stray argument) fails naming the `=` form.
+ * @throws UsageError naming the offending argument.
+ */
+export function parseFlags(
+  argv: readonly string[],
+  specs: Readonly<Record<string, FlagSpec>>,
+): Record<string, string | boolean> {
+  const shorts = new Map<string, string>();
+  for (const [name, spec] of Object.entries(specs)) if (spec.short) shorts.set(spec.short, name);
+  const out: Record<string, string | boolean> = {};
+  let lastBareBoolean: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    const afterBareBoolean = lastBareBoolean;
+    lastBareBoolean = undefined;
+    if (arg === '--') {
+      if (i + 1 < argv.length) unexpected(argv[i + 1] as string, undefined);
+      break;
+    }
+    let name: string;
+    let inline: string | undefined;
+    let shown: string;
+    if (arg.startsWith('--') && arg.length > 2) {
+      const eq = arg.indexOf('=');
+      name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+      inline = eq < 0 ? undefined : arg.slice(eq + 1);
+      shown = `--${name}`;
+    } else if (arg.startsWith('-') && arg.length > 1 && arg[1] !== '-') {
+      const long = shorts.get(arg[1] as string);
+      if (long === undefined) {
+        // pflag reads `-pool-name` as shorthands p, o, o…; name the likely typo.
+        const asLong = arg.slice(1).split('=')[0] as string;
+        throw new UsageError(
+          arg,
+          Object.hasOwn(specs, asLong)
+            ? `unknown option (long options take two dashes: -${arg})`
+            : 'unknown option',
+        );
+      }
+      name = long;
+      shown = `-${arg[1]}`;
+      const rest = arg.slice(2);
+      inline = rest === '' ? undefined : rest.startsWith('=') ? rest.slice(1) : rest;
+    } else {
+      unexpected(arg, afterBareBoolean);
+    }
+    const spec = Object.hasOwn(specs, name) ? specs[name] : undefined;
+    if (spec === undefined) throw new UsageError(shown, 'unknown option');
+    if (spec.kind === 'boolean') {
+      out[name] = inline ?? true;
+      if (inline === undefined) lastBareBoolean = shown;
+    } else if (inline !== undefined) {
+      out[name] = inline;
+    } else if (i + 1 < argv.length) {
+      out[name] = argv[++i] as string;
+    } else {
+      throw new UsageError(shown, `needs a value (${shown}=VALUE or ${shown} VALUE)`);
+    }
+  }
+  return out;
+}
+
+function unexpected(arg: string, afterBareBoolean: string | undefined): never {
+  if (afterBareBoolean !== undefined && goBool(arg) !== undefined) {
+    throw new UsageError(
+      afterBareBoolean,
+      `a boolean flag takes its value after "=" (${afterBareBoolean}=${arg}); alone it means true, and ${JSON.stringify(arg)} after it is not its value`,
+    );
+  }
+  throw new UsageError(arg, 'unexpected argument (only options are accepted)');
+}
