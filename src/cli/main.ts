@@ -3,6 +3,7 @@
  * `kv-epp` entry: dispatches subcommands. Usage errors print one line naming
  * the field and exit 2; other failures print one line and exit 1.
  */
+import { serveLogEnv } from '../config/serve-options.js';
 import { KvEppError } from '../errors.js';
 import { pinoLogger } from '../log/pino.js';
 import { UsageError } from './args.js';
@@ -32,7 +33,11 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${await hashCommand(rest)}\n`);
         return 0;
       case 'serve': {
-        const serving = await startServing(rest, process.env, pinoLogger(process.env));
+        const serving = await startServing(
+          rest,
+          process.env,
+          pinoLogger(serveLogEnv(rest, process.env)),
+        );
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
           process.once('SIGINT', stop);

@@ -2,10 +2,14 @@
  * `kv-epp serve` options: command-line flags (the reference EPP's names and
  * defaults), Dynamo's `DYN_*` environment, and the YAML config file, merged
  * with precedence flags > environment > file > defaults. Pure. Every error
- * is a KvEppError('invalid_argument') whose message starts with the exact
- * field (`--grpc-port`, `DYN_KV_CACHE_BLOCK_SIZE`, `config.yaml: router.fallbacks`);
- * unknown config keys are rejected.
+ * is a KvEppError('invalid_argument') (a UsageError from `parseServeArgs`)
+ * whose message starts with the exact field (`--grpc-port`, `DYN_KV_CACHE_BLOCK_SIZE`, `config.yaml: router.fallbacks`);
+ * unknown config keys are rejected. An environment variable that is empty or
+ * only blanks counts as unset (as in Dynamo and Helm); values are trimmed.
+ * GAIE's EPP flags are accepted (`parseServeArgs`); those kv-epp cannot act on
+ * are reported for one start-up warning, never fatal.
  */
+import { type FlagSpec, goBool, parseFlags, UsageError } from '../cli/args.js';
 import { KvEppError } from '../errors.js';
 import type { BackendChoice } from '../kv/types.js';
 
@@ -24,8 +28,12 @@ export interface ServeOptions {
   poolName?: string | undefined;
   poolNamespace?: string | undefined;
   tokenizer: string;
+  /** The field that chose `tokenizer` (`--tokenizer`, the file key, `DYN_MODEL_PATH`); undefined when defaulted. */
+  tokenizerSetBy?: string | undefined;
   chatTemplateFile?: string | undefined;
   blockSize: number;
+  /** The field that set `blockSize`; undefined when 16 was assumed. */
+  blockSizeSetBy?: string | undefined;
   /**
    * KV events on/off as resolved from the options alone. The final value also
    * depends on the endpoints (a `kvEvents` publisher is a source): see
@@ -60,9 +68,15 @@ export interface ServeOptions {
 export interface EventOptions {
   /** Dynamo's event plane over NATS: `nats://host:port` (Dynamo's `NATS_SERVER`). */
   natsServer?: string | undefined;
-  /** Dynamo namespace (`DYN_NAMESPACE`), for the default subject and JetStream names. */
+  /**
+   * Dynamo namespace (`DYN_NAMESPACE_PREFIX`, else `DYN_NAMESPACE`, as Dynamo's
+   * EPP reads them), for the default subject and JetStream names. Matched
+   * exactly: a prefix does not reach `<prefix>-<suffix>` namespaces.
+   */
   namespace: string;
-  /** Dynamo component (JetStream stream and snapshot bucket names). */
+  /** The field that set `namespace`; undefined when defaulted. */
+  namespaceSetBy?: string | undefined;
+  /** Dynamo component (`DYN_COMPONENT_NAME`; JetStream stream and snapshot bucket names). */
   component: string;
   /** NATS subjects carrying KV events; default every component/endpoint of the namespace. */
   subjects: string[];
@@ -92,6 +106,20 @@ export interface EventOptions {
 type Env = Record<string, string | undefined>;
 export type Flags = Record<string, string | boolean | undefined>;
 
+/**
+ * The environment as kv-epp reads it: values trimmed, and a variable that is
+ * empty or only blanks dropped (unset), as Dynamo's EPP and Helm charts treat
+ * them (`value: ""` in a chart must not fail start-up or override a default).
+ */
+export function normalizeEnv(env: Readonly<Env>): Env {
+  const out: Env = {};
+  for (const [k, v] of Object.entries(env)) {
+    const t = v?.trim();
+    if (t !== undefined && t !== '') out[k] = t;
+  }
+  return out;
+}
+
 const fail = (field: string, msg: string): never => {
   throw new KvEppError('invalid_argument', `${field}: ${msg}`);
 };
@@ -118,8 +146,9 @@ function bool(v: unknown, field: string): boolean {
   if (typeof v === 'boolean') return v;
   if (typeof v === 'string') {
     const s = v.trim().toLowerCase();
-    if (['1', 'true', 'yes', 'on'].includes(s)) return true;
-    if (['0', 'false', 'no', 'off'].includes(s)) return false;
+    // Go's spellings (pflag `--x=t`) and the usual env ones.
+    if (['1', 't', 'true', 'yes', 'on'].includes(s)) return true;
+    if (['0', 'f', 'false', 'no', 'off'].includes(s)) return false;
   }
   return fail(field, `expected true or false, got ${JSON.stringify(v)}`);
 }
@@ -193,11 +222,19 @@ function checkFile(doc: unknown, source: string): Record<string, Record<string, 
 
 export function resolveServeOptions(
   flags: Flags,
-  env: Env,
+  rawEnv: Env,
   fileDoc?: unknown,
   fileName = 'config',
 ): ServeOptions {
+  const env = normalizeEnv(rawEnv);
   const f = checkFile(fileDoc, fileName);
+  // Two lists would be one too many: which one is meant cannot be guessed.
+  if (flags['endpoints-file'] !== undefined && f.endpoints !== undefined) {
+    fail(
+      '--endpoints-file',
+      `endpoints are given twice: --endpoints-file ${String(flags['endpoints-file'])} and endpoints: in ${fileName}; keep one`,
+    );
+  }
   const file = (sec: string, key: string): [unknown, string] => [
     f[sec]?.[key],
     `${fileName}: ${sec}.${key}`,
@@ -242,7 +279,21 @@ export function resolveServeOptions(
     [flags['kv-events'], '--kv-events'],
     [env.DYN_ROUTER_USE_KV_EVENTS, 'DYN_ROUTER_USE_KV_EVENTS'],
     [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
+    // Dynamo's earlier Go EPP plugin's name.
+    [env.DYNAMO_USE_KV_EVENTS, 'DYNAMO_USE_KV_EVENTS'],
     file('router', 'useKvEvents'),
+  );
+  // A local model directory (DYN_MODEL_PATH) serves as the tokenizer only when
+  // none is configured: an explicit --tokenizer or model.tokenizer wins.
+  const tokenizerHit = pick([flags.tokenizer, '--tokenizer'], file('model', 'tokenizer'), [
+    env.DYN_MODEL_PATH,
+    'DYN_MODEL_PATH',
+  ]);
+  const blockSizeHit = pick(
+    [flags['block-size'], '--block-size'],
+    [env.DYN_KV_CACHE_BLOCK_SIZE, 'DYN_KV_CACHE_BLOCK_SIZE'],
+    [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
+    file('model', 'blockSize'),
   );
   return {
     host: get(str, '0.0.0.0', [flags.host, '--host'], file('server', 'host')),
@@ -280,21 +331,16 @@ export function resolveServeOptions(
     endpoints: f.endpoints,
     poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),
     poolNamespace: get(str, undefined, [flags['pool-namespace'], '--pool-namespace']),
-    tokenizer: get(str, 'o200k_base', [flags.tokenizer, '--tokenizer'], file('model', 'tokenizer')),
+    tokenizer: tokenizerHit === undefined ? 'o200k_base' : str(...tokenizerHit),
+    tokenizerSetBy: tokenizerHit?.[1],
     chatTemplateFile: get(
       str,
       undefined,
       [flags['chat-template'], '--chat-template'],
       file('model', 'chatTemplateFile'),
     ),
-    blockSize: get(
-      (v, field) => int(v, field, 1, 1024),
-      16,
-      [flags['block-size'], '--block-size'],
-      [env.DYN_KV_CACHE_BLOCK_SIZE, 'DYN_KV_CACHE_BLOCK_SIZE'],
-      [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
-      file('model', 'blockSize'),
-    ),
+    blockSize: blockSizeHit === undefined ? 16 : int(blockSizeHit[0], blockSizeHit[1], 1, 1024),
+    blockSizeSetBy: blockSizeHit?.[1],
     useKvEvents,
     kvEventsSetBy,
     ttlSecs: get(
@@ -409,14 +455,18 @@ function eventOptions(
   file: (sec: string, key: string) => [unknown, string],
   get: Getter,
 ): EventOptions {
+  let namespaceSetBy: string | undefined;
+  // Dynamo's EPP: DYN_NAMESPACE_PREFIX wins over DYN_NAMESPACE.
   const namespace = get(
     (v, field) => {
       const s = str(v, field);
       if (!/^[A-Za-z0-9_-]+$/.test(s)) fail(field, `expected letters, digits, _ or -, got ${s}`);
+      namespaceSetBy = field;
       return s;
     },
     'dynamo',
     [flags.namespace, '--namespace'],
+    [env.DYN_NAMESPACE_PREFIX, 'DYN_NAMESPACE_PREFIX'],
     [env.DYN_NAMESPACE, 'DYN_NAMESPACE'],
     file('events', 'namespace'),
   );
@@ -450,7 +500,14 @@ function eventOptions(
       file('events', 'natsServer'),
     ),
     namespace,
-    component: get(str, 'backend', [flags.component, '--component'], file('events', 'component')),
+    namespaceSetBy,
+    component: get(
+      str,
+      'backend',
+      [flags.component, '--component'],
+      [env.DYN_COMPONENT_NAME, 'DYN_COMPONENT_NAME'],
+      file('events', 'component'),
+    ),
     subjects,
     durable: get(
       bool,
@@ -498,4 +555,378 @@ function eventOptions(
       file('events', 'responseHost'),
     ),
   };
+}
+
+/** kv-epp's own `serve` flags. Booleans follow pflag: bare = true, else `--x=true|false`. */
+export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntries([
+  ...[
+    'host',
+    'grpc-port',
+    'grpc-health-port',
+    'metrics-port',
+    'cert-path',
+    'config-file',
+    'endpoints-file',
+    'pool-name',
+    'pool-namespace',
+    'tokenizer',
+    'chat-template',
+    'block-size',
+    'fallbacks',
+    'backend',
+    'max-body-bytes',
+    'router-ttl-secs',
+    'router-max-tree-size',
+    'router-prune-target-ratio',
+    'max-queued-requests',
+    'max-requests-per-endpoint',
+    'retry-after-seconds',
+    'ext-proc-transport',
+    'nats-server',
+    'namespace',
+    'component',
+    'kv-events-subject',
+    'max-queued-events',
+    'consumer-name',
+    'dynamo-discovery-dir',
+    'gc-pace-mb',
+    'v8-worker-priority',
+  ].map((k) => [k, { kind: 'string' as const }]),
+  ...['secure-serving', 'kv-events', 'durable-kv-events', 'router-reset-states'].map((k) => [
+    k,
+    { kind: 'boolean' as const },
+  ]),
+]);
+
+/**
+ * A flag of GAIE's EPP that kv-epp only accepts. `same`: the value with which
+ * GAIE's EPP behaves as kv-epp always does (no warning for it); without
+ * `same`, any value is reported as having no effect.
+ */
+interface GaieFlag extends FlagSpec {
+  same?: string | boolean;
+}
+
+/**
+ * GAIE's EPP flag set (pflag, `cmd/epp/runner/runner.go` and
+ * `pkg/epp/server/options.go`, v1.0 to the last main commit before the EPP
+ * left the repository in 2026-06, plus controller-runtime's zap flags), less
+ * the flags kv-epp implements (ports, `--secure-serving`, `--cert-path`,
+ * `--config-file`, `--pool-name`, `--pool-namespace`). GAIE's Helm charts pass
+ * `--pool-group`, `--zap-encoder json`, `--tracing=…`, `--metrics-endpoint-auth=false`,
+ * `--ha-enable-leader-election`, the model-server metric flags, and
+ * `inferenceExtension.flags` as `--key=value` (before v1.4 as `--key value`).
+ * `-v` / `--zap-log-level` set the log level (`logLevel`), so they are not here.
+ */
+const GAIE_FLAGS: Readonly<Record<string, GaieFlag>> = {
+  'pool-group': { kind: 'string' },
+  'endpoint-selector': { kind: 'string' },
+  'endpoint-target-ports': { kind: 'string' },
+  // kv-epp always honours x-gateway-destination-endpoint-subset.
+  'disable-endpoint-subset-filter': { kind: 'boolean', same: false },
+  // Every kv-epp replica serves; there is no leader.
+  'ha-enable-leader-election': { kind: 'boolean', same: false },
+  // kv-epp does not scrape model servers (load comes from Dynamo's kv_metrics).
+  'model-server-metrics-scheme': { kind: 'string' },
+  'model-server-metrics-path': { kind: 'string' },
+  'model-server-metrics-port': { kind: 'string' },
+  'model-server-metrics-https-insecure-skip-verify': { kind: 'boolean' },
+  'refresh-metrics-interval': { kind: 'string' },
+  'refresh-prometheus-metrics-interval': { kind: 'string' },
+  'metrics-staleness-threshold': { kind: 'string' },
+  'total-queued-requests-metric': { kind: 'string' },
+  'total-running-requests-metric': { kind: 'string' },
+  'kv-cache-usage-percentage-metric': { kind: 'string' },
+  'lora-info-metric': { kind: 'string' },
+  'cache-info-metric': { kind: 'string' },
+  'enable-multi-engine': { kind: 'boolean', same: false },
+  'engine-label-key': { kind: 'string' },
+  // kv-epp emits no traces and serves no pprof.
+  tracing: { kind: 'boolean', same: false },
+  'enable-pprof': { kind: 'boolean', same: false },
+  // grpc.health.v1 is always served on the ext_proc port too.
+  'health-checking': { kind: 'boolean', same: true },
+  // --cert-path is always watched and reloaded.
+  'enable-cert-reload': { kind: 'boolean', same: true },
+  // The metrics port has no authentication.
+  'metrics-endpoint-auth': { kind: 'boolean', same: false },
+  // GAIE's EndpointPickerConfig (plugins, scheduling profiles) has no kv-epp meaning.
+  'config-text': { kind: 'string' },
+  // kv-epp logs JSON lines (pino), timestamps in epoch milliseconds.
+  'zap-encoder': { kind: 'string', same: 'json' },
+  'zap-devel': { kind: 'boolean', same: false },
+  'zap-stacktrace-level': { kind: 'string' },
+  'zap-time-encoding': { kind: 'string', same: 'millis' },
+};
+
+const LOG_FLAGS: Readonly<Record<string, FlagSpec>> = {
+  v: { kind: 'string', short: 'v' },
+  'zap-log-level': { kind: 'string' },
+};
+
+/** A GAIE EPP flag that was accepted but changes nothing. */
+export interface IgnoredFlag {
+  flag: string;
+  value: string | boolean;
+}
+
+export interface ServeArgs {
+  /** kv-epp's own options, for `resolveServeOptions`. */
+  flags: Flags;
+  /** GAIE EPP flags whose value kv-epp does not act on, for one start-up warning. */
+  ignored: IgnoredFlag[];
+  /**
+   * The pino level asked for by GAIE's `--zap-log-level` (debug, info, warn,
+   * error, fatal; an integer N as `-v N`) or `-v N` / `--v N` (N ≥ 5 trace,
+   * N ≥ 3 debug); undefined when neither asks for one. Lower `-v` values
+   * change nothing: at any `-v`, GAIE's EPP still logs info, warnings and errors.
+   */
+  logLevel?: string | undefined;
+}
+
+const ZAP_LEVELS: Readonly<Record<string, string>> = {
+  debug: 'debug',
+  info: 'info',
+  warn: 'warn',
+  error: 'error',
+  dpanic: 'fatal',
+  panic: 'fatal',
+  fatal: 'fatal',
+};
+
+function verbosityLevel(n: number): string | undefined {
+  return n >= 5 ? 'trace' : n >= 3 ? 'debug' : undefined;
+}
+
+/**
+ * `kv-epp serve` arguments, read as GAIE's EPP (pflag) reads them: kv-epp's
+ * flags plus GAIE's (`GAIE_FLAGS`, `-v`, `--zap-log-level`).
+ * @throws UsageError for an unknown flag, a missing value, a stray argument,
+ *   or a GAIE boolean / verbosity that pflag would reject too.
+ */
+export function parseServeArgs(argv: readonly string[]): ServeArgs {
+  const all = parseFlags(argv, { ...SERVE_FLAGS, ...GAIE_FLAGS, ...LOG_FLAGS });
+  const flags: Flags = {};
+  const ignored: IgnoredFlag[] = [];
+  for (const [name, value] of Object.entries(all)) {
+    const gaie = Object.hasOwn(GAIE_FLAGS, name) ? GAIE_FLAGS[name] : undefined;
+    if (Object.hasOwn(SERVE_FLAGS, name)) flags[name] = value;
+    else if (gaie !== undefined) {
+      let v = value;
+      if (gaie.kind === 'boolean' && typeof v === 'string') {
+        const b = goBool(v);
+        if (b === undefined)
+          throw new UsageError(`--${name}`, `expected true or false, got ${JSON.stringify(v)}`);
+        v = b;
+      }
+      if (gaie.same === undefined || v !== gaie.same) ignored.push({ flag: `--${name}`, value: v });
+    }
+  }
+  let logLevel: string | undefined;
+  const v = all.v;
+  if (v !== undefined) {
+    const s = String(v).trim();
+    if (!/^-?\d+$/.test(s))
+      throw new UsageError('-v', `expected an integer, got ${JSON.stringify(v)}`);
+    logLevel = verbosityLevel(Number(s));
+  }
+  const zap = all['zap-log-level'];
+  if (zap !== undefined) {
+    const s = String(zap).trim().toLowerCase();
+    if (/^\d+$/.test(s) && Number(s) > 0) logLevel = verbosityLevel(Number(s)) ?? 'info';
+    else if (Object.hasOwn(ZAP_LEVELS, s)) logLevel = ZAP_LEVELS[s];
+    else {
+      throw new UsageError(
+        '--zap-log-level',
+        `expected debug, info, warn, error, dpanic, panic, fatal or an integer > 0, got ${JSON.stringify(zap)}`,
+      );
+    }
+  }
+  return { flags, ignored, logLevel };
+}
+
+/**
+ * Whether a parsed `--config-file` is GAIE's EndpointPickerConfig (its chart
+ * mounts one) rather than kv-epp's file: such a file is skipped with a
+ * warning, since its plugins and scheduling profiles have no kv-epp meaning.
+ */
+export function isGaieEndpointPickerConfig(doc: unknown): boolean {
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) return false;
+  const { kind, apiVersion } = doc as Record<string, unknown>;
+  return (
+    kind === 'EndpointPickerConfig' ||
+    (typeof apiVersion === 'string' && apiVersion.startsWith('inference.networking.'))
+  );
+}
+
+/** A warning to log once at start-up: pino-style fields and message. */
+export interface StartupWarning {
+  fields: Record<string, unknown>;
+  msg: string;
+}
+
+/**
+ * Dynamo's router settings (DYN_* as its KV router reads them, and the
+ * DYNAMO_* names of its earlier Go EPP plugin) that kv-epp does not implement:
+ * its picker ranks by longest cached prefix, then load, without Dynamo's
+ * cost function, queue, replica sync or disaggregation policies.
+ */
+const DYNAMO_ROUTER_UNIMPLEMENTED: ReadonlySet<string> = new Set([
+  'DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT',
+  'DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT_DECAY',
+  'DYN_ROUTER_PREFILL_LOAD_SCALE',
+  'DYN_ROUTER_DECODE_ACTIVE_REQUEST_WEIGHT',
+  'DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT',
+  'DYN_OVERLAP_SCORE_WEIGHT',
+  'DYN_ROUTER_TEMPERATURE',
+  'DYN_ROUTER_REPLICA_SYNC',
+  'DYN_ROUTER_TRACK_ACTIVE_BLOCKS',
+  'DYN_ROUTER_TRACK_OUTPUT_BLOCKS',
+  'DYN_ROUTER_TRACK_PREFILL_TOKENS',
+  'DYN_ROUTER_ASSUME_KV_REUSE',
+  'DYN_ROUTER_TRACKING_HASH',
+  'DYN_ROUTER_TRACKING_KEY_FILE',
+  'DYN_ROUTER_TRACKING_KEY_ID',
+  'DYN_ROUTER_QUEUE_THRESHOLD',
+  'DYN_ROUTER_QUEUE_POLICY',
+  'DYN_ROUTER_POLICY_CONFIG',
+  'DYN_ROUTER_PREFILL_POLICY',
+  'DYN_ROUTER_DECODE_POLICY',
+  'DYN_ROUTER_CONDITIONAL_DISAGG',
+  'DYN_ROUTER_CONDITIONAL_DISAGG_POLICY',
+  'DYN_ROUTER_CONDITIONAL_DISAGG_EFF_ISL_THRESHOLD',
+  'DYN_ROUTER_CONDITIONAL_DISAGG_EFF_ISL_RATIO_THRESHOLD',
+  'DYN_ROUTER_CONDITIONAL_DISAGG_PREFILL_BUSY_THRESHOLD',
+  'DYN_ROUTER_CONDITIONAL_DISAGG_DECODE_BUSY_THRESHOLD',
+  'DYN_ROUTER_PREDICTED_TTL_SECS',
+  'DYN_ROUTER_APPROXIMATE_CACHE_POLICY',
+  'DYN_ROUTER_EVENT_THREADS',
+  'DYN_ROUTER_HOST_CACHE_HIT_WEIGHT',
+  'DYN_ROUTER_DISK_CACHE_HIT_WEIGHT',
+  'DYN_ROUTER_PREFILL_LOAD_MODEL',
+  'DYN_ROUTER_MIN_INITIAL_WORKERS',
+  'DYN_ROUTER_LOAD_AWARE',
+  'DYN_USE_REMOTE_INDEXER',
+  'DYN_SHARED_CACHE_MULTIPLIER',
+  'DYN_SHARED_CACHE_TYPE',
+  'DYNAMO_OVERLAP_SCORE_WEIGHT',
+  'DYNAMO_ROUTER_TEMPERATURE',
+]);
+
+/** DYN_ROUTER_* variables kv-epp reads (`resolveServeOptions`). */
+const DYN_ROUTER_READ: ReadonlySet<string> = new Set([
+  'DYN_ROUTER_USE_KV_EVENTS',
+  'DYN_ROUTER_DURABLE_KV_EVENTS',
+  'DYN_ROUTER_TTL_SECS',
+  'DYN_ROUTER_TTL',
+  'DYN_ROUTER_MAX_TREE_SIZE',
+  'DYN_ROUTER_PRUNE_TARGET_RATIO',
+  'DYN_ROUTER_RESET_STATES',
+]);
+
+/**
+ * The start-up warnings the options and environment alone call for, in a
+ * fixed order: GAIE flags without effect, Dynamo router variables without
+ * effect (or unknown), a model name without a tokenizer, and a namespace
+ * prefix matched exactly. Never throws: these configurations still serve.
+ */
+export function startupWarnings(
+  options: ServeOptions,
+  rawEnv: Env,
+  ignored: readonly IgnoredFlag[] = [],
+): StartupWarning[] {
+  const env = normalizeEnv(rawEnv);
+  const out: StartupWarning[] = [];
+  if (ignored.length > 0) {
+    out.push({
+      fields: { flags: ignored.map((f) => ({ flag: f.flag, value: f.value })) },
+      msg: "GAIE EPP flags accepted but without effect in kv-epp (their features are GAIE's: Kubernetes discovery, model-server metric scraping, tracing, leader election, zap logging)",
+    });
+  }
+  const names = Object.keys(env).sort();
+  const noEffect = names.filter(
+    (k) => DYNAMO_ROUTER_UNIMPLEMENTED.has(k) || (k === 'DYN_ROUTER_MODE' && env[k] !== 'kv'),
+  );
+  const unknown = names.filter(
+    (k) =>
+      k.startsWith('DYN_ROUTER_') &&
+      k !== 'DYN_ROUTER_MODE' &&
+      !DYN_ROUTER_READ.has(k) &&
+      !DYNAMO_ROUTER_UNIMPLEMENTED.has(k),
+  );
+  if (noEffect.length > 0 || unknown.length > 0) {
+    out.push({
+      fields: { noEffect, unknown },
+      msg: "Dynamo router variables have no effect in this version of kv-epp: its picker ranks endpoints by longest cached prefix, then load (Dynamo's cost function, temperature, queue and disaggregation settings are not implemented); `unknown` lists DYN_ROUTER_* variables kv-epp does not know",
+    });
+  }
+  if (env.DYN_MODEL_NAME !== undefined && options.tokenizerSetBy === undefined) {
+    out.push({
+      fields: { DYN_MODEL_NAME: env.DYN_MODEL_NAME, tokenizer: options.tokenizer },
+      msg: "DYN_MODEL_NAME is set but no tokenizer is: kv-epp tokenizes with the built-in o200k_base and cannot download the model's tokenizer, so its block hashes will not match the workers'; give a local directory with tokenizer.json via --tokenizer, model.tokenizer in --config-file, or DYN_MODEL_PATH",
+    });
+  }
+  if (options.events.namespaceSetBy === 'DYN_NAMESPACE_PREFIX' && options.events.natsServer) {
+    out.push({
+      fields: { namespace: options.events.namespace, subjects: options.events.subjects },
+      msg: 'DYN_NAMESPACE_PREFIX is matched as the exact Dynamo namespace: workers in namespaces that only start with it (<prefix>-<hash> during a rolling update) are not heard; list their subjects with --kv-events-subject',
+    });
+  }
+  return out;
+}
+
+/**
+ * The warning for KV events whose block size nobody set: Dynamo-format events
+ * (NATS, JetStream, Dynamo's ZMQ plane) carry block hashes only, so a worker
+ * block size other than the assumed 16 fails silently (no prefix ever
+ * matches). vLLM-format events carry the size and are checked per event.
+ */
+export function blockSizeWarning(
+  options: ServeOptions,
+  useKvEvents: boolean,
+  endpoints: ReadonlyArray<{ kvEvents?: { format: string } | undefined }>,
+): StartupWarning | undefined {
+  if (!useKvEvents || options.blockSizeSetBy !== undefined) return undefined;
+  const dynamoFormat =
+    options.events.natsServer !== undefined ||
+    endpoints.some((e) => e.kvEvents?.format === 'dynamo');
+  if (!dynamoFormat) return undefined;
+  return {
+    fields: { blockSize: options.blockSize },
+    msg: "KV block size not set (--block-size, DYN_KV_CACHE_BLOCK_SIZE or model.blockSize): 16 is assumed; it must equal the workers' block size, since Dynamo's KV events carry only block hashes and a mismatch is silent (no cached prefix is ever found)",
+  };
+}
+
+/**
+ * The warning for endpoints with a disaggregated role: kv-epp routes
+ * aggregated only, so prefill endpoints get no requests and decode endpoints
+ * are routed to as aggregated workers (prefill and decode on one worker).
+ */
+export function roleWarning(
+  endpoints: ReadonlyArray<{ name: string; role: string }>,
+): StartupWarning | undefined {
+  const prefill = endpoints.filter((e) => e.role === 'prefill').map((e) => e.name);
+  const decode = endpoints.filter((e) => e.role === 'decode').map((e) => e.name);
+  if (prefill.length === 0 && decode.length === 0) return undefined;
+  return {
+    fields: { prefill, decode },
+    msg: 'disaggregated routing is not implemented: prefill endpoints are not routed to, decode endpoints are routed to as aggregated workers',
+  };
+}
+
+/**
+ * The environment for the serve logger (`KV_EPP_LOG_LEVEL`): normalised, with
+ * the level GAIE's `-v` / `--zap-log-level` ask for put first (flags beat the
+ * environment). Arguments that do not parse leave it alone: `startServing`
+ * reports them.
+ */
+export function serveLogEnv(argv: readonly string[], rawEnv: Readonly<Env>): Env {
+  const env = normalizeEnv(rawEnv);
+  let level: string | undefined;
+  try {
+    level = parseServeArgs(argv).logLevel;
+  } catch {
+    level = undefined;
+  }
+  return level === undefined ? env : { ...env, KV_EPP_LOG_LEVEL: level };
 }
