@@ -22,7 +22,8 @@ export function apiOfPath(path: string): OpenAiApi | undefined {
  * sends only the client's headers): `messages` → chat, `prompt` →
  * completions, anything else (including a body that is not a JSON object)
  * undefined, so the request is routed without tokens and its checks (400s)
- * come from `readRequest`. Never throws.
+ * come from `readRequest`. A truncated body is classed by the keys before the
+ * cut (the tokenizer then answers its 400). Never throws.
  */
 export function apiOfBody(body: Uint8Array): 'chat' | 'completions' | undefined {
   const open = skipWs(body, 0);
@@ -100,6 +101,12 @@ function members(b: Uint8Array, open: number): { list: Member[]; close: number }
   }
 }
 
+/** The member a JSON reader keeps of a repeated key: the last. */
+function lastMember(list: readonly Member[], key: string): Member | undefined {
+  for (let i = list.length - 1; i >= 0; i--) if (list[i]?.key === key) return list[i];
+  return undefined;
+}
+
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let o = 0;
@@ -158,7 +165,9 @@ export function idsJsonBytes(ids: Uint32Array): Uint8Array {
 /**
  * Sets top-level `model` (when given) and `nvext.token_data` (when given) in a
  * body that is a valid JSON object (the caller parsed it already). Other
- * bytes are kept verbatim; an existing `nvext.token_data` is replaced.
+ * bytes are kept verbatim; an existing `nvext.token_data` is replaced. Of a
+ * repeated key the last member is edited: the one the worker's JSON reader
+ * keeps (as `JSON.parse`, Python's json and serde_json do).
  */
 export function spliceRequestBody(
   body: Uint8Array,
@@ -174,14 +183,14 @@ export function spliceRequestBody(
   type Edit = { start: number; end: number; text: string | Uint8Array };
   const out: Edit[] = [];
   if (edits.model !== undefined) {
-    const m = list.find((x) => x.key === 'model');
+    const m = lastMember(list, 'model');
     const text = JSON.stringify(edits.model);
     if (m) out.push({ start: m.start, end: m.end, text });
     else out.push({ start: close, end: close, text: `${list.length ? ',' : ''}"model":${text}` });
   }
   if (edits.tokenData !== undefined) {
     const ids = edits.tokenDataJson ?? idsJsonBytes(edits.tokenData);
-    const nv = list.find((x) => x.key === 'nvext');
+    const nv = lastMember(list, 'nvext');
     if (!nv || body[nv.start] !== 0x7b) {
       // No nvext (or a non-object one, which the worker would reject anyway): set it.
       const text = concat([enc.encode('{"token_data":'), ids, enc.encode('}')]);
@@ -192,7 +201,7 @@ export function spliceRequestBody(
       }
     } else {
       const inner = members(body, nv.start);
-      const td = inner.list.find((x) => x.key === 'token_data');
+      const td = lastMember(inner.list, 'token_data');
       if (td) out.push({ start: td.start, end: td.end, text: ids });
       else {
         const sep = inner.list.length ? ',' : '';

@@ -5,7 +5,8 @@
 //!
 //! Contract of the splice: every byte of the client's body outside the edited
 //! values is kept (key order, number forms, whitespace); edits apply to the
-//! first member of a given key (as the TypeScript twin does), an existing
+//! last member of a repeated key, the one the worker's JSON reader keeps (as
+//! the TypeScript twin does), an existing
 //! `nvext.token_data` is replaced, a non-object `nvext` is replaced by
 //! `{"token_data":…}`. The body must be a JSON object that parsed already: the
 //! scanner below does not validate.
@@ -129,8 +130,10 @@ fn key_is(b: &[u8], m: &Member, name: &str) -> bool {
     serde_json::from_slice::<String>(&b[m.key.0 - 1..m.key.1 + 1]).is_ok_and(|k| k == name)
 }
 
+/// The member a JSON reader sees for `name`: the last one (serde_json, Python's
+/// json and JavaScript's JSON.parse all keep the last of repeated keys).
 fn find<'m>(b: &[u8], list: &'m [Member], name: &str) -> Option<&'m Member> {
-    list.iter().find(|m| key_is(b, m, name))
+    list.iter().rev().find(|m| key_is(b, m, name))
 }
 
 struct Edit {
@@ -247,15 +250,23 @@ mod tests {
     }
 
     #[test]
-    fn rewrites_the_model_first_member_wins_escaped_keys_match() {
+    fn rewrites_the_model_last_member_wins_escaped_keys_match() {
         assert_eq!(
             splice(r#"{"model":"a","x":"\"model\""}"#, Some("b\"\n\u{1}é"), "[1]"),
             r#"{"model":"b\"\n\u0001é","x":"\"model\"","nvext":{"token_data":[1]}}"#
         );
         assert_eq!(splice("{}", Some("m"), "[1]"), r#"{"model":"m","nvext":{"token_data":[1]}}"#);
         assert_eq!(
-            splice(r#"{"mod\u0065l":"a","model":"z"}"#, Some("b"), "[]"),
-            r#"{"mod\u0065l":"b","model":"z","nvext":{"token_data":[]}}"#
+            splice(r#"{"model":"z","mod\u0065l":"a"}"#, Some("b"), "[]"),
+            r#"{"model":"z","mod\u0065l":"b","nvext":{"token_data":[]}}"#
+        );
+        assert_eq!(
+            splice(r#"{"model":"a","x":1,"model":"dup"}"#, Some("b"), "[1]"),
+            r#"{"model":"a","x":1,"model":"b","nvext":{"token_data":[1]}}"#
+        );
+        assert_eq!(
+            splice(r#"{"nvext":{"k":1},"nvext":{"token_data":[7],"token_data":[8]}}"#, None, "[1]"),
+            r#"{"nvext":{"k":1},"nvext":{"token_data":[7],"token_data":[1]}}"#
         );
     }
 

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { apiOfPath, idsJsonBytes, spliceRequestBody } from '../../../src/openai/request-body.js';
+import {
+  apiOfBody,
+  apiOfPath,
+  idsJsonBytes,
+  spliceRequestBody,
+} from '../../../src/openai/request-body.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
 const dec = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -13,6 +18,19 @@ describe('apiOfPath', () => {
     ['/v1/embeddings', 'embeddings'],
     ['/v1/models', undefined],
   ])('%s → %s', (p, api) => expect(apiOfPath(p)).toBe(api));
+});
+
+describe('apiOfBody', () => {
+  it.each([
+    ['{"model":"m","messages":[]}', 'chat'],
+    [' {"prompt":"x","model":"m"}', 'completions'],
+    ['{"model":"m","input":"x"}', undefined],
+    ['{"model":"m","messages":[', 'chat'], // the tokenizer answers its 400
+    ['{"model":', undefined],
+    ['[1]', undefined],
+    ['', undefined],
+    ['{"a":"\\"messages\\""}', undefined],
+  ])('%s → %s', (b, api) => expect(apiOfBody(enc(b))).toBe(api));
 });
 
 describe('spliceRequestBody', () => {
@@ -54,6 +72,18 @@ describe('spliceRequestBody', () => {
     expect(dec(spliceRequestBody(enc(' { } '), { tokenData: Uint32Array.of(7) }))).toBe(
       ' { "nvext":{"token_data":[7]}} ',
     );
+  });
+
+  it('edits the last of a repeated key, the one JSON.parse and the worker keep', () => {
+    const body =
+      '{"model":"a","nvext":{"k":1},"model":"dup","nvext":{"token_data":[7],"token_data":[8]}}';
+    const out = dec(spliceRequestBody(enc(body), { model: 'target', tokenData: ids }));
+    expect(out).toBe(
+      '{"model":"a","nvext":{"k":1},"model":"target","nvext":{"token_data":[7],"token_data":[1,2,4294967295]}}',
+    );
+    const seen = JSON.parse(out);
+    expect(seen.model).toBe('target');
+    expect(seen.nvext.token_data).toEqual([1, 2, 4294967295]);
   });
 
   it('always yields valid JSON for varied bodies', () => {

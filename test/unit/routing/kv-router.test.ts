@@ -220,6 +220,18 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(d.body).toBe(kept);
   });
 
+  it('applies the rewrite and token data to the last of a repeated key (what the worker reads)', async () => {
+    const { r } = await router(backend);
+    const body = `{"model":"m","nvext":{},"messages":[{"role":"user","content":"hi"}],"model":"m","nvext":{"k":1}}`;
+    const d = await r.route(
+      req(body, { headers: new Map([['x-gateway-model-name-rewrite', 'target-model']]) }),
+    );
+    const seen = JSON.parse(new TextDecoder().decode(d.body));
+    expect(seen.model).toBe('target-model');
+    expect(seen.nvext.k).toBe(1);
+    expect(seen.nvext.token_data.length).toBeGreaterThan(0);
+  });
+
   it.each([
     ['x-original-path', '/v1/chat/completions'],
     ['x-forwarded-path', '/v1/chat/completions?x=1'],
