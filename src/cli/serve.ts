@@ -3,17 +3,28 @@
  * hot path (addon loaded on the main thread before the pool) → router →
  * ext_proc server (9002), health server (9003) and Prometheus metrics (9090,
  * fed by src/metrics/observer.ts). Failures at start-up
- * (bad options, unreadable endpoints, unknown tokenizer) reject with a
- * KvEppError naming the field; the CLI prints one line and exits 1.
+ * (bad options, unreadable endpoints, unknown tokenizer, a port that cannot be
+ * bound) reject with a KvEppError naming the field (a UsageError for bad
+ * arguments); the CLI prints one line and exits 1 (2). Configurations that
+ * serve but not as asked (GAIE flags kv-epp ignores, Dynamo router variables
+ * it does not implement, an assumed block size, disaggregated roles) are
+ * logged as warnings at start-up, never fatal.
  */
 import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { parseArgs } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import {
+  blockSizeWarning,
+  type IgnoredFlag,
+  isGaieEndpointPickerConfig,
+  normalizeEnv,
+  parseServeArgs,
   resolveServeOptions,
   resolveUseKvEvents,
+  roleWarning,
   type ServeOptions,
+  type StartupWarning,
+  startupWarnings,
 } from '../config/serve-options.js';
 import { diffEndpoints } from '../discovery/endpoint-changes.js';
 import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
@@ -57,19 +68,21 @@ import { startGcPacer } from './gc-pacer.js';
 import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
 
 export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-health-port 9003] [--metrics-port 9090]
-                    [--secure-serving=true|false] [--cert-path DIR] [--config-file FILE.yaml]
+                    [--secure-serving[=true|false]] [--cert-path DIR] [--config-file FILE.yaml]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
-                    [--kv-events=true|false] [--fallbacks N] [--backend auto|native|js]
+                    [--kv-events[=true|false]] [--fallbacks N] [--backend auto|native|js]
                     [--router-ttl-secs 120] [--router-max-tree-size 1048576]
                     [--router-prune-target-ratio 0.8] [--max-queued-requests 1024]
                     [--max-requests-per-endpoint 0] [--retry-after-seconds 1]
                     [--ext-proc-transport raw-h2|direct|grpc-js]
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
-                    [--kv-events-subject S[,S…]] [--durable-kv-events=true|false]
-                    [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states=true]
+                    [--kv-events-subject S[,S…]] [--durable-kv-events[=true|false]]
+                    [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states[=true]]
                     [--dynamo-discovery-dir DIR] [--gc-pace-mb 48]
-                    [--v8-worker-priority idle|low|normal]`;
+                    [--v8-worker-priority idle|low|normal]
+                    (booleans: bare = true, else --flag=true|false; GAIE EPP flags such as
+                    --pool-group, --zap-encoder, -v are accepted, see README)`;
 
 export interface Serving {
   options: ServeOptions;
@@ -126,55 +139,29 @@ async function readConfig(file: string | undefined): Promise<unknown> {
 
 export async function startServing(
   argv: string[],
-  env: Record<string, string | undefined>,
+  rawEnv: Record<string, string | undefined>,
   log: Logger = stderrLogger,
 ): Promise<Serving> {
   const externalMemoryInGlobalLimit = accountExternalMemoryInGlobalLimit();
-  const { values } = parseArgs({
-    args: argv,
-    strict: true,
-    options: Object.fromEntries(
-      [
-        'host',
-        'grpc-port',
-        'grpc-health-port',
-        'metrics-port',
-        'secure-serving',
-        'cert-path',
-        'config-file',
-        'endpoints-file',
-        'pool-name',
-        'pool-namespace',
-        'tokenizer',
-        'chat-template',
-        'block-size',
-        'kv-events',
-        'fallbacks',
-        'backend',
-        'max-body-bytes',
-        'router-ttl-secs',
-        'router-max-tree-size',
-        'router-prune-target-ratio',
-        'max-queued-requests',
-        'max-requests-per-endpoint',
-        'retry-after-seconds',
-        'ext-proc-transport',
-        'nats-server',
-        'namespace',
-        'component',
-        'kv-events-subject',
-        'durable-kv-events',
-        'max-queued-events',
-        'consumer-name',
-        'router-reset-states',
-        'dynamo-discovery-dir',
-        'gc-pace-mb',
-        'v8-worker-priority',
-      ].map((k) => [k, { type: 'string' as const }]),
-    ),
-  });
-  const configFile = values['config-file'];
-  const options = resolveServeOptions(values, env, await readConfig(configFile), configFile);
+  // Empty variables are unset for every reader below (Dynamo's and Helm's convention).
+  const env = normalizeEnv(rawEnv);
+  const { flags, ignored } = parseServeArgs(argv);
+  const configFile = flags['config-file'] as string | undefined;
+  let configDoc = await readConfig(configFile);
+  const ignoredFlags: IgnoredFlag[] = [...ignored];
+  if (configFile !== undefined && isGaieEndpointPickerConfig(configDoc)) {
+    // GAIE's chart mounts its own EndpointPickerConfig here.
+    ignoredFlags.push({
+      flag: '--config-file',
+      value: `${configFile} (GAIE EndpointPickerConfig)`,
+    });
+    configDoc = undefined;
+  }
+  const options = resolveServeOptions(flags, env, configDoc, configFile);
+  const warn = (w: StartupWarning | undefined): void => {
+    if (w) log.warn(w.fields, w.msg);
+  };
+  for (const w of startupWarnings(options, env, ignoredFlags)) warn(w);
 
   let endpoints: Endpoint[];
   if (options.endpointsFile !== undefined)
@@ -194,6 +181,9 @@ export async function startServing(
   }
   // Endpoints with `kvEvents` are event sources too, so the switch is final only now.
   const useKvEvents = resolveUseKvEvents(options, endpoints);
+  warn(blockSizeWarning(options, useKvEvents, endpoints));
+  let roles = roleWarning(endpoints);
+  warn(roles);
 
   const chatTemplate =
     options.chatTemplateFile === undefined
@@ -201,6 +191,16 @@ export async function startServing(
       : await readFile(options.chatTemplateFile, 'utf8');
   const path = await createHotPath({ source: options.tokenizer, chatTemplate }, options.backend, {
     log,
+  }).catch((e: unknown) => {
+    // Name the setting that chose the tokenizer (DYN_MODEL_PATH is easy to miss).
+    const code = (e as { code?: unknown } | null)?.code;
+    if (
+      options.tokenizerSetBy !== undefined &&
+      (code === 'tokenizer_not_found' || code === 'tokenizer_invalid')
+    ) {
+      throw new KvEppError(code, `${options.tokenizerSetBy}: ${(e as Error).message}`);
+    }
+    throw e;
   });
   const preparer = RoutePreparer.create(path, {
     ...preparerOptionsFromEnv(env, availableParallelism()),
@@ -319,33 +319,39 @@ export async function startServing(
       eventSources = await startEventSources(options, endpoints, ingest, log, workerLoads);
       started.push(eventSources);
     }
-    extProc = await startExtProcServer({
-      port: options.grpcPort,
-      host: options.host,
-      router,
-      tls,
-      maxBodyBytes: options.maxBodyBytes,
-      logger: log,
-      isReady,
-      retryAfterSeconds: options.retryAfterSeconds,
-      transport: options.extProcTransport,
-      onLocalReject: (category) => metrics.requestError('', '', category),
-    });
+    extProc = await bindOrExplain('--grpc-port', options.grpcPort, options.host, () =>
+      startExtProcServer({
+        port: options.grpcPort,
+        host: options.host,
+        router,
+        tls,
+        maxBodyBytes: options.maxBodyBytes,
+        logger: log,
+        isReady,
+        retryAfterSeconds: options.retryAfterSeconds,
+        transport: options.extProcTransport,
+        onLocalReject: (category) => metrics.requestError('', '', category),
+      }),
+    );
     started.push(extProc);
-    health = await startHealthServer({
-      port: options.grpcHealthPort,
-      host: options.host,
-      isReady,
-      logger: log,
-      // grpc-js on the ext_proc port (the fallback) means grpc-js here too.
-      transport: options.extProcTransport === 'grpc-js' ? 'grpc-js' : 'raw-h2',
-    });
+    health = await bindOrExplain('--grpc-health-port', options.grpcHealthPort, options.host, () =>
+      startHealthServer({
+        port: options.grpcHealthPort,
+        host: options.host,
+        isReady,
+        logger: log,
+        // grpc-js on the ext_proc port (the fallback) means grpc-js here too.
+        transport: options.extProcTransport === 'grpc-js' ? 'grpc-js' : 'raw-h2',
+      }),
+    );
     started.push(health);
-    metricsServer = await startMetricsServer({
-      port: options.metricsPort,
-      host: options.host,
-      registry: metrics.registry,
-    });
+    metricsServer = await bindOrExplain('--metrics-port', options.metricsPort, options.host, () =>
+      startMetricsServer({
+        port: options.metricsPort,
+        host: options.host,
+        registry: metrics.registry,
+      }),
+    );
     started.push(metricsServer);
   } catch (e) {
     await releaseAll();
@@ -366,6 +372,10 @@ export async function startServing(
       kvRouter.forget(h);
     }
     await eventSources?.syncEndpoints(next);
+    // Re-warn only when the disaggregated endpoints change, not on every edit.
+    const nextRoles = roleWarning(next);
+    if (JSON.stringify(nextRoles?.fields) !== JSON.stringify(roles?.fields)) warn(nextRoles);
+    roles = nextRoles;
     log.info(
       {
         endpoints: next.length,
@@ -418,6 +428,35 @@ export async function startServing(
     reloadEndpoints: () => watcher?.reload() ?? Promise.resolve(false),
     close: releaseAll,
   };
+}
+
+/**
+ * Starts one listening server; a bind failure (port taken, not permitted,
+ * address not local) becomes one line naming the flag and port, e.g.
+ * `--grpc-health-port 9003: address already in use`. grpc-js reports it only
+ * in its message (`No address added … [listen EADDRINUSE: …]`), node:http in
+ * `code`. Other failures pass through unchanged.
+ */
+async function bindOrExplain<T>(
+  flag: string,
+  port: number,
+  host: string,
+  start: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await start();
+  } catch (e) {
+    const text = `${(e as { code?: unknown }).code ?? ''} ${(e as Error)?.message ?? ''}`;
+    const why = /\bEADDRINUSE\b/.test(text)
+      ? 'address already in use'
+      : /\bEACCES\b/.test(text)
+        ? 'permission denied (ports below 1024 need privileges)'
+        : /\bEADDRNOTAVAIL\b/.test(text)
+          ? `address not available (--host ${host} is not an address of this machine)`
+          : undefined;
+    if (why === undefined) throw e;
+    throw new KvEppError('invalid_argument', `${flag} ${port}: ${why}`);
+  }
 }
 
 /**
