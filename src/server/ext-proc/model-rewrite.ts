@@ -43,4 +43,48 @@ export class ModelRewriter {
     const out = text.replace(this.pattern, (_m, prefix: string) => prefix + this.replacement);
     return out === text ? body : encoder.encode(out);
   }
+
+  /**
+   * Where a match that `body` cuts off at its end begins: the first `"` in the
+   * last `window` bytes from which the rest of `body` is a proper prefix of
+   * `"model" : "<target>"` (any whitespace around the colon); `body.length`
+   * when none does. A streamed body held back from there and sent with the
+   * next chunk is restored as if it had come whole.
+   */
+  cutMatchStart(body: Uint8Array, window: number): number {
+    let p = body.indexOf(0x22, Math.max(0, body.length - window));
+    while (p !== -1) {
+      const r = this.matchFrom(body, p);
+      if (r === CUT) return p;
+      // A whole match is skipped: a cut inside it would split what rewrite() restores.
+      p = body.indexOf(0x22, r === NO_MATCH ? p + 1 : r);
+    }
+    return body.length;
+  }
+
+  /** body[p..] against the pattern: NO_MATCH, CUT (ends matching so far) or the match's end. */
+  private matchFrom(b: Uint8Array, p: number): number {
+    let i = p;
+    for (const c of MODEL_KEY) {
+      if (i === b.length) return CUT;
+      if (b[i++] !== c) return NO_MATCH;
+    }
+    while (i < b.length && isJsonWs(b[i] as number)) i++;
+    if (i === b.length) return CUT;
+    if (b[i++] !== 0x3a) return NO_MATCH;
+    while (i < b.length && isJsonWs(b[i] as number)) i++;
+    for (const c of this.needle) {
+      if (i === b.length) return CUT;
+      if (b[i++] !== c) return NO_MATCH;
+    }
+    return i;
+  }
+}
+
+const MODEL_KEY = encoder.encode('"model"');
+const NO_MATCH = -1;
+const CUT = 0;
+
+function isJsonWs(c: number): boolean {
+  return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }

@@ -25,6 +25,8 @@ import { SseUsageParser, type Usage, usageOfJsonBody } from './usage.js';
 export type ResponseMode = 'duplex' | 'buffered' | 'per_chunk' | 'passthrough';
 
 const EMPTY = new Uint8Array(0);
+/** How far back from a chunk's end a cut-off model name is looked for and held. */
+const SSE_HOLD_BYTES = 64 * 1024;
 const CONTENT_LENGTH = 'content-length';
 
 /** Sends `body` as `streamed_response` pieces of ≤62 000 bytes; EoS (if `eos`) on the last. */
@@ -53,6 +55,8 @@ export class ResponsePath {
   private sse = false;
   private hadContentLength = false;
   private sseParser: SseUsageParser | undefined;
+  /** SSE with a model restore: a model name the last chunk cut off, sent with the next one. */
+  private sseTail: Uint8Array | undefined;
   private held: BodyBuffer | undefined;
   /** The held-back body grew past the limit: the rest passes through. */
   private overflow = false;
@@ -110,6 +114,10 @@ export class ResponsePath {
       // The body ended without an EoS chunk: the trailers end it.
       this.flushHeld(false);
     }
+    if (!this.done && this.sseTail && this.rewriter) {
+      sendStreamed(this.sink, 'response_body', this.rewriter.rewrite(this.sseTail), false);
+      this.sseTail = undefined;
+    }
     this.sink.send({ response_trailers: {} });
     this.finish();
   }
@@ -117,8 +125,26 @@ export class ResponsePath {
   private streamSse(chunk: Uint8Array, eos: boolean): void {
     this.sseParser ??= new SseUsageParser();
     this.sseParser.push(chunk);
-    const out = this.rewriter ? this.rewriter.rewrite(chunk) : chunk;
-    sendStreamed(this.sink, 'response_body', out, eos);
+    if (!this.rewriter) {
+      sendStreamed(this.sink, 'response_body', chunk, eos);
+      if (eos) this.finish();
+      return;
+    }
+    // The model name may be cut by a chunk boundary: hold back a match the
+    // chunk ends inside of (at most SSE_HOLD_BYTES) until the rest arrives;
+    // every other chunk passes one for one, as it came.
+    let data = chunk;
+    if (this.sseTail) {
+      data = new Uint8Array(this.sseTail.length + chunk.length);
+      data.set(this.sseTail);
+      data.set(chunk, this.sseTail.length);
+      this.sseTail = undefined;
+    }
+    const cut = eos ? data.length : this.rewriter.cutMatchStart(data, SSE_HOLD_BYTES);
+    if (cut < data.length) this.sseTail = data.slice(cut);
+    if (cut > 0 || eos) {
+      sendStreamed(this.sink, 'response_body', this.rewriter.rewrite(data.subarray(0, cut)), eos);
+    }
     if (eos) this.finish();
   }
 

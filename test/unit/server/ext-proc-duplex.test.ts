@@ -423,6 +423,29 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(fx.router.completions).toHaveLength(1);
     });
 
+    it('restores the client model in SSE when a chunk cuts the name, holding back only the cut-off match', async () => {
+      const s = await routed(
+        aDecision({ body: utf8(CHAT), clientModel: 'my-model', targetModel: 'my-model-12345' }),
+      );
+      s.send(respHeaders({ ':status': '200', 'content-type': 'text/event-stream' }));
+      await s.next();
+      const first = 'data: {"model":"my-model-12345","n":1}\n\n';
+      const second = 'data: {"model":"my-model-1';
+      const rest = '2345","n":2}\n\ndata: [DONE]\n\n';
+      s.send(respBody(first + second, false));
+      // Everything before the cut-off name goes out at once, restored; the name waits.
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+        body: 'data: {"model":"my-model","n":1}\n\ndata: {',
+        eos: false,
+      });
+      s.send(respBody(rest, true));
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+        body: '"model":"my-model","n":2}\n\ndata: [DONE]\n\n',
+        eos: true,
+      });
+      s.cancel();
+    });
+
     it('restores the fx.client model in a non-streaming body, sent after EoS', async () => {
       const s = await routed(
         aDecision({ body: utf8(CHAT), clientModel: 'my-model', targetModel: 'my-model-12345' }),

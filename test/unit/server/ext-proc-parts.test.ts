@@ -229,6 +229,32 @@ describe('ModelRewriter', () => {
     expect(ModelRewriter.forDecision({ clientModel: 'a', targetModel: 'a' })).toBeUndefined();
     expect(ModelRewriter.forDecision({ clientModel: 'a', targetModel: 'b' })).toBeDefined();
   });
+
+  it('finds where a chunk cuts a match off, and nothing else', () => {
+    const r = new ModelRewriter('m-1', 'alias');
+    const cut = (s: string) => r.cutMatchStart(utf8(s), 64);
+    for (const tail of ['"', '"mo', '"model"', '"model" ', '"model" :', '"model": "m-']) {
+      expect(cut(`data: {"n":1} ${tail}`), tail).toBe(14);
+    }
+    // Complete matches, other keys and other values are not held.
+    expect(cut('{"model":"m-1"}')).toBe(15);
+    expect(cut('{"usage":{"prompt_tokens":1}}')).toBe(29);
+    expect(cut('{"model":"other')).toBe(15);
+    expect(cut('{"mode":"x')).toBe(10);
+    // Only the window is searched.
+    expect(r.cutMatchStart(utf8(`"mo${'x'.repeat(10)}`), 4)).toBe(13);
+    // Split at every byte, the restore equals the whole body's.
+    const body = 'data: {"model" : "m-1","x":"m-1"}\n\ndata: {"model":"m-1"}\n\n';
+    const whole = text(r.rewrite(utf8(body)));
+    for (let i = 0; i <= body.length; i++) {
+      const first = utf8(body.slice(0, i));
+      const at = r.cutMatchStart(first, 64);
+      const out =
+        text(r.rewrite(first.subarray(0, at))) +
+        text(r.rewrite(utf8(body.slice(0, i).slice(at) + body.slice(i))));
+      expect(out, `split at ${i}`).toBe(whole);
+    }
+  });
 });
 
 describe('error mapping', () => {
