@@ -210,8 +210,7 @@ export class ExtProcStream {
     else if (req === BodySendMode.BUFFERED || req === BodySendMode.BUFFERED_PARTIAL) {
       this.requestMode = 'buffered';
       this.partialBuffering = req === BodySendMode.BUFFERED_PARTIAL;
-    }
-    else if (req === BodySendMode.NONE) this.requestMode = 'no_body';
+    } else if (req === BodySendMode.NONE) this.requestMode = 'no_body';
     else {
       throw new ProtocolViolation(
         GrpcCode.UNIMPLEMENTED,
