@@ -1061,10 +1061,10 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
           .filter(([, v]) => v > 0),
       ),
       errors: d('inference_objective_request_error_total'),
-      meanInputTokens: round(mean('inference_objective_input_tokens'), 0),
+      meanInputTokens: round(mean('kv_epp_prompt_tokens'), 0),
       meanTokenizeMs: round((mean('kv_epp_tokenization_seconds') ?? Number.NaN) * 1000, 3),
       meanRouteMs: round(
-        (mean('inference_extension_scheduler_e2e_duration_seconds') ?? Number.NaN) * 1000,
+        (mean('kv_epp_route_seconds') ?? Number.NaN) * 1000,
         3,
       ),
       meanRequestMs: round(

@@ -210,6 +210,7 @@ export async function startServing(
   const workerLoads = new WorkerLoadTable();
   const metrics = new EppMetrics({
     poolName: options.poolName,
+    poolNamespace: options.poolNamespace,
     readyPods: () => endpoints.length,
     queueDepth: () => preparer.queueDepth,
     indexMemberships: () => path.index.stats().memberships,
@@ -254,7 +255,15 @@ export async function startServing(
     },
   );
   const router = observer.router(kvRouter);
-  const isReady = () => endpoints.length > 0;
+  // Ready once a routable endpoint has been known (GAIE's EPP: once the pool
+  // synced), and from then on: a pool that empties later (scale to zero, a
+  // rollout) gets kv-epp's own 503s rather than the gateway's error for an
+  // unhealthy ext_proc cluster. Prefill-only endpoints are never routed to.
+  let seenRoutable = false;
+  const isReady = () => {
+    seenRoutable ||= endpoints.some((e) => e.role !== 'prefill');
+    return seenRoutable;
+  };
   let tls: TlsOption;
   if (options.secureServing)
     tls = options.certPath ? await CertReloader.open(options.certPath, { log }) : 'self-signed';

@@ -35,12 +35,12 @@
  * its own scheduling time (`RoutedRequest.scheduleMs`, optional, not yet
  * provided), that is used instead.
  *
- * Facts the protocol layer does not provide yet are read as optional fields
- * and recorded once present (absent: the metric is not recorded, or falls back
- * as stated): `GatewayRequest.receivedAtMs` (when request_headers arrived, on
- * this observer's clock, performance.now(); absent: route() start),
- * `ResponseSummary.responseBytes`, `.promptCachedTokens`, `.responseComplete`
- * (absent: every completed stream counts as a finished response).
+ * Facts from the protocol layer, optional (absent: the metric is not
+ * recorded, or falls back as stated): `GatewayRequest.receivedAtMs` (when
+ * request_headers arrived, on this observer's clock, performance.now();
+ * absent: route() start), `ResponseSummary.responseBytes`,
+ * `.promptCachedTokens`, `.responseComplete` (absent: every completed stream
+ * counts as a finished response).
  *
  * Errors the ext_proc layer raises before routing (an oversized body) are
  * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
@@ -57,22 +57,6 @@ import type {
   RouteDecision,
 } from '../server/routing-types.js';
 import type { EppMetrics, RequestSeries, ScheduledEndpoint, ServedOutcome } from './registry.js';
-
-/** Optional request fact from the protocol layer (see the module doc). */
-interface RequestTimes {
-  /** When the request headers arrived, on the observer's clock (ms). */
-  receivedAtMs?: number | undefined;
-}
-
-/** Optional response facts from the protocol layer (see the module doc). */
-export interface ResponseFacts {
-  /** Response body bytes received from the model server (before any rewrite). */
-  responseBytes?: number | undefined;
-  /** `usage.prompt_tokens_details.cached_tokens`, when the usage carried it (0 counts). */
-  promptCachedTokens?: number | undefined;
-  /** false when the stream ended before the response did (client gone, error). */
-  responseComplete?: boolean | undefined;
-}
 
 /** Optional router fact (see the module doc). */
 interface RouteTimes {
@@ -181,7 +165,7 @@ export class MetricsObserver {
     return {
       route: async (req) => {
         const t0 = this.clock();
-        const received = (req as GatewayRequest & RequestTimes).receivedAtMs;
+        const received = req.receivedAtMs;
         // Read before routing: the router may transfer the body to a worker (detaching it).
         const body = req.body;
         const bytes = body.byteLength;
@@ -263,7 +247,7 @@ export class MetricsObserver {
   /** GAIE's response-side records (HandleResponseBody and the stream's end). */
   private finish(s: RequestSeries, startedAt: number, summary: ResponseSummary): void {
     s.running.dec();
-    const facts = summary as ResponseSummary & ResponseFacts;
+    const facts = summary;
     const prompt = summary.promptTokens;
     if (prompt !== undefined && prompt > 0) s.inputTokens.observe(prompt);
     const output = summary.completionTokens ?? 0;

@@ -28,6 +28,8 @@ export interface GatewayRequest {
   subset?: readonly string[] | undefined;
   /** `x-request-id`, generated when the client sent none. */
   requestId: string;
+  /** When the request headers arrived (`performance.now()`, ms). */
+  receivedAtMs?: number | undefined;
 }
 
 /** Where to send the request and how to change it. */
@@ -54,6 +56,12 @@ export interface ResponseSummary {
   status?: number | undefined;
   promptTokens?: number | undefined;
   completionTokens?: number | undefined;
+  /** The server's `cached_tokens` of the prompt, when its usage carried it. */
+  promptCachedTokens?: number | undefined;
+  /** Response body bytes from the model server (before any model restore). */
+  responseBytes?: number | undefined;
+  /** false when the stream ended before the response did (client gone, error, no response). */
+  responseComplete?: boolean | undefined;
 }
 
 export interface RequestRouter {

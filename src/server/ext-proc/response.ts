@@ -50,6 +50,8 @@ export class ResponsePath {
   usage: Usage | undefined;
   /** The response ended (body EoS, header EoS or trailers). */
   done = false;
+  /** Response body bytes the model server sent (before any model restore). */
+  bytes = 0;
   headersSeen = false;
 
   private sse = false;
@@ -92,6 +94,7 @@ export class ResponsePath {
   body(b: HttpBody | null | undefined): void {
     const chunk = b?.body ?? EMPTY;
     const eos = b?.end_of_stream === true;
+    if (!this.done) this.bytes += chunk.length;
     switch (this.mode) {
       case 'duplex':
         // A repeated EoS chunk is dropped: nothing may follow our EoS.

@@ -100,6 +100,8 @@ export class ExtProcStream {
   private reqBody: BodyBuffer | undefined;
   /** Request trailers, not a body EoS, ended the body: answer them after it. */
   private requestTrailers = false;
+  /** When request_headers arrived (`performance.now()`). */
+  private receivedAtMs: number | undefined;
   /** The request's content-length, 0 when absent. */
   private declaredLength = 0;
   /** request_body_mode BUFFERED_PARTIAL: a body message without EoS may be truncated. */
@@ -231,6 +233,7 @@ export class ExtProcStream {
     if (this.phase !== 'headers') {
       throw new ProtocolViolation(GrpcCode.INVALID_ARGUMENT, 'request_headers received twice');
     }
+    this.receivedAtMs = performance.now();
     this.mergeSubset(msg.metadata_context);
     const h = msg.request_headers;
     readHeaderMap(h?.headers, this.headers);
@@ -418,6 +421,7 @@ export class ExtProcStream {
       body,
       subset: this.subset,
       requestId: this.requestId,
+      receivedAtMs: this.receivedAtMs,
     };
   }
 
@@ -539,6 +543,7 @@ export class ExtProcStream {
     if (!this.decision || this.completed) return;
     this.completed = true;
     const r = this.response;
+    const responseComplete = r?.done === true;
     // Usage seen so far counts even if the response never ended.
     if (r && !r.done) r.finish();
     const complete = this.opts.router.complete;
@@ -550,6 +555,9 @@ export class ExtProcStream {
         status: r?.status,
         promptTokens: r?.usage?.promptTokens,
         completionTokens: r?.usage?.completionTokens,
+        promptCachedTokens: r?.usage?.cachedTokens,
+        responseBytes: r?.bytes,
+        responseComplete,
       });
     } catch (err) {
       this.opts.logger.error(

@@ -13,6 +13,13 @@
 export interface Usage {
   promptTokens?: number | undefined;
   completionTokens?: number | undefined;
+  /**
+   * Prompt tokens the server found in its prefix cache:
+   * `prompt_tokens_details.cached_tokens` (chat/completions) or
+   * `input_tokens_details.cached_tokens` (Responses API); GAIE's spelling
+   * `prompt_token_details` is read too.
+   */
+  cachedTokens?: number | undefined;
 }
 
 function num(v: unknown): number | undefined {
@@ -25,7 +32,14 @@ function fromUsageObject(u: unknown): Usage | undefined {
   const promptTokens = num(o.prompt_tokens) ?? num(o.input_tokens);
   const completionTokens = num(o.completion_tokens) ?? num(o.output_tokens);
   if (promptTokens === undefined && completionTokens === undefined) return undefined;
-  return { promptTokens, completionTokens };
+  const details = o.prompt_tokens_details ?? o.input_tokens_details ?? o.prompt_token_details;
+  const cachedTokens =
+    typeof details === 'object' && details !== null
+      ? num((details as Record<string, unknown>).cached_tokens)
+      : undefined;
+  return cachedTokens === undefined
+    ? { promptTokens, completionTokens }
+    : { promptTokens, completionTokens, cachedTokens };
 }
 
 /** Usage in one decoded JSON document (a whole body or one SSE event). */

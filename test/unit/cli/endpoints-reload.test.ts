@@ -10,6 +10,7 @@ import { type Serving, startServing } from '../../../src/cli/serve.js';
 import { diffEndpoints } from '../../../src/discovery/endpoint-changes.js';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
+import { check, healthClient, NOT_SERVING, SERVING } from '../../support/health.js';
 
 const running: Serving[] = [];
 const dirs: string[] = [];
@@ -87,5 +88,44 @@ describe('serve follows --endpoints-file', () => {
     expect(s.index.treeSize(a)).toBe(0);
     expect(s.index.treeSize(b)).toBe(2);
     expect(log.records.some((r) => r.msg === 'endpoints changed')).toBe(true);
+  });
+});
+
+describe('serve readiness', () => {
+  it('is NOT_SERVING until a routable endpoint is known, then stays SERVING', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-ready-'));
+    dirs.push(dir);
+    const file = join(dir, 'endpoints.json');
+    const prefill = { ...B, role: 'prefill' };
+    write(file, { endpoints: [prefill] });
+    const s = await startServing(
+      [
+        '--endpoints-file',
+        file,
+        '--secure-serving=false',
+        '--grpc-port=0',
+        '--grpc-health-port=0',
+        '--metrics-port=0',
+        '--host=127.0.0.1',
+      ],
+      { KV_EPP_POOL_SIZE: '0' },
+      new RecordingLogger(),
+    );
+    running.push(s);
+    const client = healthClient(s.health.port);
+    try {
+      // Prefill endpoints are never routed to: not ready.
+      expect(await check(client, 'readiness')).toBe(NOT_SERVING);
+      write(file, { endpoints: [prefill, A] });
+      expect(await s.reloadEndpoints()).toBe(true);
+      expect(await check(client, 'readiness')).toBe(SERVING);
+      // The pool shrinks to nothing routable: kv-epp stays ready and answers 503s itself.
+      write(file, { endpoints: [prefill] });
+      expect(await s.reloadEndpoints()).toBe(true);
+      expect(await check(client, 'readiness')).toBe(SERVING);
+      expect(await check(client, '')).toBe(SERVING);
+    } finally {
+      client.close();
+    }
   });
 });

@@ -417,6 +417,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         status: 200,
         promptTokens: 12,
         completionTokens: 3,
+        promptCachedTokens: undefined,
+        responseBytes: events.reduce((n, e) => n + utf8(e).length, 0),
+        responseComplete: true,
       });
       s.halfClose();
       expect((await s.drain()).status.code).toBe(GrpcStatus.OK);
@@ -517,6 +520,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         status: 200,
         promptTokens: undefined,
         completionTokens: undefined,
+        promptCachedTokens: undefined,
+        responseBytes: 0,
+        responseComplete: false,
       });
     });
 

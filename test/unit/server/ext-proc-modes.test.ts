@@ -231,6 +231,9 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         status: undefined,
         promptTokens: undefined,
         completionTokens: undefined,
+        promptCachedTokens: undefined,
+        responseBytes: 0,
+        responseComplete: false,
       });
     });
 

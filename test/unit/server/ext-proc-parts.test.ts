@@ -200,6 +200,22 @@ describe('usageOfJsonBody', () => {
     });
   });
 
+  it.each([
+    [
+      '{"usage":{"prompt_tokens":9,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":8}}}',
+    ],
+    ['{"usage":{"input_tokens":9,"output_tokens":1,"input_tokens_details":{"cached_tokens":8}}}'],
+    [
+      '{"usage":{"prompt_tokens":9,"completion_tokens":1,"prompt_token_details":{"cached_tokens":8}}}',
+    ],
+  ])('reads the cached prompt tokens of %s', (body) => {
+    expect(usageOfJsonBody(utf8(body))).toEqual({
+      promptTokens: 9,
+      completionTokens: 1,
+      cachedTokens: 8,
+    });
+  });
+
   it('is undefined for bodies without usage or not JSON', () => {
     expect(usageOfJsonBody(utf8('{"id":1}'))).toBeUndefined();
     expect(usageOfJsonBody(utf8('no healthy upstream'))).toBeUndefined();

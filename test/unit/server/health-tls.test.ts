@@ -1,13 +1,6 @@
 import { connect } from 'node:tls';
-import {
-  type Client,
-  type ClientReadableStream,
-  credentials,
-  makeClientConstructor,
-  type ServiceError,
-} from '@grpc/grpc-js';
+import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { loadServices } from '../../../src/server/ext-proc/proto.js';
 import {
   type RunningServer,
   startExtProcServer,
@@ -21,36 +14,13 @@ import {
   RecordingLogger,
   reqHeaders,
 } from '../../support/ext-proc.js';
-
-type HealthClient = Client & {
-  Check(
-    req: { service: string },
-    cb: (err: ServiceError | null, res?: { status?: number }) => void,
-  ): void;
-  List(
-    req: object,
-    cb: (
-      err: ServiceError | null,
-      res?: { statuses?: Record<string, { status?: number }> },
-    ) => void,
-  ): void;
-  Watch(req: { service: string }): ClientReadableStream<{ status?: number }>;
-};
-
-const SERVING = 1;
-const NOT_SERVING = 2;
-const SERVICE_UNKNOWN = 3;
-
-function healthClient(port: number): HealthClient {
-  const Ctor = makeClientConstructor(loadServices().health, 'Health');
-  return new Ctor(`127.0.0.1:${port}`, credentials.createInsecure()) as unknown as HealthClient;
-}
-
-function check(c: HealthClient, service: string): Promise<number | ServiceError> {
-  return new Promise((resolve) => {
-    c.Check({ service }, (err, res) => resolve(err ?? res?.status ?? 0));
-  });
-}
+import {
+  check,
+  healthClient,
+  NOT_SERVING,
+  SERVICE_UNKNOWN,
+  SERVING,
+} from '../../support/health.js';
 
 const servers: RunningServer[] = [];
 const clients: Array<{ close(): void }> = [];
