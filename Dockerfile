@@ -16,7 +16,9 @@ COPY . .
 RUN npm run build && npm prune --omit=dev
 
 FROM node:24-bookworm-slim
-ENV NODE_ENV=production
+# The `commit` label of inference_extension_info (docker build --build-arg KV_EPP_COMMIT=$(git rev-parse HEAD)).
+ARG KV_EPP_COMMIT=unknown
+ENV NODE_ENV=production KV_EPP_COMMIT=$KV_EPP_COMMIT
 WORKDIR /app
 COPY --from=builder /src/package.json ./
 COPY --from=builder /src/node_modules ./node_modules
