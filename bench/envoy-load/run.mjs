@@ -1063,10 +1063,7 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
       errors: d('inference_objective_request_error_total'),
       meanInputTokens: round(mean('kv_epp_prompt_tokens'), 0),
       meanTokenizeMs: round((mean('kv_epp_tokenization_seconds') ?? Number.NaN) * 1000, 3),
-      meanRouteMs: round(
-        (mean('kv_epp_route_seconds') ?? Number.NaN) * 1000,
-        3,
-      ),
+      meanRouteMs: round((mean('kv_epp_route_seconds') ?? Number.NaN) * 1000, 3),
       meanRequestMs: round(
         (mean('inference_objective_request_duration_seconds') ?? Number.NaN) * 1000,
         3,

@@ -85,9 +85,7 @@ describe('kv-epp serve', () => {
     const labels = 'model_name="m",target_model_name="m"';
     expect(value(`inference_objective_request_total{${labels},priority="0"}`)).toBe(1);
     expect(value(`kv_epp_prompt_tokens_count{${labels}}`)).toBe(1);
-    expect(value(`kv_epp_prompt_tokens_sum{${labels}}`)).toBe(
-      forwarded.nvext.token_data.length,
-    );
+    expect(value(`kv_epp_prompt_tokens_sum{${labels}}`)).toBe(forwarded.nvext.token_data.length);
     expect(value('inference_pool_ready_pods{name=""}')).toBe(2);
     expect(value('inference_extension_scheduler_e2e_duration_seconds_count')).toBe(1);
     expect(value('kv_epp_tokenization_seconds_count')).toBe(1);
