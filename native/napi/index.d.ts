@@ -228,6 +228,13 @@ export declare function prepareRoute(tokenizerHandle: number, indexHandle: numbe
 export declare function sequenceHashesInto(local: BigUint64Array, count: number, out: BigUint64Array): number
 
 /**
+ * Sets the budget of the process's segment caches (the ids of long text
+ * segments between special tokens, reused when a segment repeats: system
+ * prompts, earlier turns), in bytes; 0 turns them off. Default 64 MiB.
+ */
+export declare function setSegmentCacheBytes(bytes: number): void
+
+/**
  * Moves thread `tid` of this process to `SCHED_IDLE` (Linux; see sched.rs).
  * Throws `os_error: …` with the OS's reason and changes nothing then.
  */
@@ -251,6 +258,9 @@ export declare function tokenizerLoad(source: string, chatTemplate?: string | un
 
 /** The rendered chat prompt of a chat/completions body (UTF-8 JSON bytes). */
 export declare function tokenizerRenderChat(handle: number, body: Uint8Array, nowMs: number): string
+
+/** `[hits, misses]` of a tokenizer's segment cache (zeros where it has none). */
+export declare function tokenizerSegmentCacheStats(handle: number): Array<number>
 
 /**
  * Replaces a tokenizer's chat template (vLLM's `--chat-template`; HF tokenizers

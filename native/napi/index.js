@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { approxExpire }
 export { approxForgetHolder }
 export { approxForgetWorker }
@@ -805,12 +805,14 @@ export { indexTreeSize }
 export { localHashesInto }
 export { prepareRoute }
 export { sequenceHashesInto }
+export { setSegmentCacheBytes }
 export { setThreadIdlePriority }
 export { tokenizerDispose }
 export { tokenizerEncode }
 export { tokenizerKind }
 export { tokenizerLoad }
 export { tokenizerRenderChat }
+export { tokenizerSegmentCacheStats }
 export { tokenizerSetChatTemplate }
 export { tokenizerTokenizeRequest }
 export const __napiBindingTarget = __napiLoadedBindingTarget

@@ -61,7 +61,8 @@ import {
   startHealthServer,
 } from '../server/grpc-server.js';
 import type { TlsOption } from '../server/tls.js';
-import { preparerOptionsFromEnv } from '../workers/options.js';
+import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
+import { preparerOptionsFromEnv, segmentCacheBytesFromEnv } from '../workers/options.js';
 import { RoutePreparer } from '../workers/route-preparer.js';
 import { accountExternalMemoryInGlobalLimit, launcherFlagsPresent } from './gc-flags.js';
 import { startGcPacer } from './gc-pacer.js';
@@ -202,6 +203,11 @@ export async function startServing(
     }
     throw e;
   });
+  const segmentCacheBytes = segmentCacheBytesFromEnv(env);
+  const tokenizer = path.tokenizer;
+  if (tokenizer instanceof NativeTokenizer) {
+    NativeTokenizer.setSegmentCacheBytes(await loadNativeBinding(), segmentCacheBytes);
+  }
   const preparer = RoutePreparer.create(path, {
     ...preparerOptionsFromEnv(env, availableParallelism()),
     chatTemplate,
@@ -214,6 +220,8 @@ export async function startServing(
     readyPods: () => endpoints.length,
     queueDepth: () => preparer.queueDepth,
     indexMemberships: () => path.index.stats().memberships,
+    segmentCache:
+      tokenizer instanceof NativeTokenizer ? () => tokenizer.segmentCacheStats() : undefined,
     workerBlocks: () =>
       endpoints.map((e) => ({
         workerId: e.workerId,
@@ -417,6 +425,7 @@ export async function startServing(
       endpoints: endpoints.length,
       tokenizer: options.tokenizer,
       tokenizerBackend: path.tokenizer.backend,
+      segmentCacheMb: tokenizer instanceof NativeTokenizer ? segmentCacheBytes / 2 ** 20 : 0,
       blockSize: options.blockSize,
       gcTuned: launcherFlagsPresent(),
       externalMemoryInGlobalLimit,

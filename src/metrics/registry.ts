@@ -54,6 +54,8 @@ export interface MetricsSources {
   workerBlocks?: (() => Array<{ workerId: bigint; dpRank: number; blocks: number }>) | undefined;
   /** KV event messages waiting to be applied (`kv_epp_events_queued`). */
   eventsQueued?: (() => number) | undefined;
+  /** The tokenizer's segment cache lookups so far (`kv_epp_segment_cache_lookups_total`). */
+  segmentCache?: (() => { hits: number; misses: number }) | undefined;
 }
 
 /** What one applied KV-event message contributes to the event metrics. */
@@ -521,6 +523,22 @@ export class EppMetrics {
       registers,
       collect() {
         if (memberships) this.set(memberships());
+      },
+    });
+    const segments = sources.segmentCache;
+    // The tokenizer keeps the running totals; a scrape adds what is new.
+    let seen = { hits: 0, misses: 0 };
+    new Counter({
+      name: 'kv_epp_segment_cache_lookups_total',
+      help: 'Lookups of long prompt segments (text between special tokens) in the tokenizer segment cache, by outcome.',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        if (!segments) return;
+        const now = segments();
+        this.inc({ outcome: 'hit' }, Math.max(0, now.hits - seen.hits));
+        this.inc({ outcome: 'miss' }, Math.max(0, now.misses - seen.misses));
+        seen = now;
       },
     });
   }

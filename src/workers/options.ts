@@ -44,6 +44,21 @@ function poolNice(env: Record<string, string | undefined>): number {
   return n;
 }
 
+/**
+ * KV_EPP_SEGMENT_CACHE_MB: the native tokenizers' segment cache budget in MiB
+ * (default 64; 0 = off), in bytes.
+ */
+export function segmentCacheBytesFromEnv(env: Record<string, string | undefined>): number {
+  const mb = intVar(env, 'KV_EPP_SEGMENT_CACHE_MB', 64);
+  if (mb > 1 << 20) {
+    throw new KvEppError(
+      'invalid_argument',
+      `KV_EPP_SEGMENT_CACHE_MB: expected at most ${1 << 20}, got ${mb}`,
+    );
+  }
+  return mb * 1024 * 1024;
+}
+
 export function preparerOptionsFromEnv(
   env: Record<string, string | undefined>,
   cores: number,

@@ -131,3 +131,56 @@ describe('native vs JS tokenization', () => {
     native.dispose();
   });
 });
+
+describe('native (segment cache) vs JS on multi-turn conversations', () => {
+  // Each turn resends the whole history: the native encoder serves the earlier
+  // messages from its segment cache, which must not change a single id.
+  it.each(SOURCES.slice(0, 2))(
+    'agree turn by turn, and the cache serves the history: %s',
+    async (source) => {
+      const addon = await loadNativeBinding();
+      const native = NativeTokenizer.load(addon, source);
+      const js = await loadJsTokenizer(source);
+      const rand = mulberry32(7 + source.length);
+      for (let conversation = 0; conversation < 4; conversation++) {
+        const messages: Array<Record<string, unknown>> = [
+          {
+            role: 'system',
+            content: `System prompt ${'of some length. '.repeat(30)}${text(rand, 300)}`,
+          },
+        ];
+        for (let turn = 0; turn < 6; turn++) {
+          messages.push({ role: 'user', content: text(rand, 900) });
+          const bytes = new TextEncoder().encode(JSON.stringify({ model: 'm', messages }));
+          const before = native.segmentCacheStats();
+          const a = outcome(native, 'chat', bytes);
+          expect(outcome(js, 'chat', bytes), new TextDecoder().decode(bytes)).toEqual(a);
+          // The same request again: every long segment is a hit, the same ids.
+          expect(outcome(native, 'chat', bytes)).toEqual(a);
+          expect(native.segmentCacheStats().hits).toBeGreaterThan(before.hits);
+          messages.push({ role: 'assistant', content: text(rand, 600) });
+        }
+      }
+      native.dispose();
+    },
+  );
+
+  it('gives the same ids with the cache off, and then looks nothing up', async () => {
+    const addon = await loadNativeBinding();
+    const native = NativeTokenizer.load(addon, SOURCES[0] as string);
+    const rand = mulberry32(99);
+    const bytes = new TextEncoder().encode(
+      JSON.stringify({ model: 'm', messages: [{ role: 'user', content: text(rand, 3000) }] }),
+    );
+    const cached = outcome(native, 'chat', bytes);
+    NativeTokenizer.setSegmentCacheBytes(addon, 0);
+    try {
+      const before = native.segmentCacheStats();
+      expect(outcome(native, 'chat', bytes)).toEqual(cached);
+      expect(native.segmentCacheStats()).toEqual(before);
+    } finally {
+      NativeTokenizer.setSegmentCacheBytes(addon, 64 * 1024 * 1024);
+    }
+    native.dispose();
+  });
+});

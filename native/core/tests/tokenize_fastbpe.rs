@@ -193,6 +193,49 @@ fn qwen3_fast_path_is_exact_from_several_threads() {
     assert_eq!(failures, 0);
 }
 
+/// Long segments between special tokens, drawn from a small pool so that they
+/// repeat in other texts and in other places (as system prompts and earlier
+/// turns do): the segment cache serves most of them, and every encode still
+/// equals the crate's, from four threads at once.
+#[test]
+fn qwen3_segment_cache_is_exact_for_repeated_segments() {
+    let dir = repo().join("test/fixtures/tokenizers/qwen3");
+    let tok = HfTokenizer::load(dir.to_str().unwrap()).unwrap();
+    let mut rng = SmallRng::seed_from_u64(23);
+    // Pieces that cannot form an added token, so each segment stays whole.
+    let plain: Vec<&str> = PIECES.iter().copied().filter(|p| !p.contains(['<', '>'])).collect();
+    let pool: Vec<String> = (0..40)
+        .map(|_| {
+            let mut s = String::new();
+            while s.len() < 300 {
+                s.push_str(plain[rng.random_range(0..plain.len())]);
+            }
+            s
+        })
+        .collect();
+    let texts: Vec<String> = (0..300)
+        .map(|_| {
+            let mut s = String::new();
+            for _ in 0..rng.random_range(1..6) {
+                s.push_str(
+                    ["<|im_start|>", "<|im_end|>\n", "<|endoftext|>"][rng.random_range(0..3)],
+                );
+                s.push_str(&pool[rng.random_range(0..pool.len())]);
+            }
+            s
+        })
+        .collect();
+    let reference: Vec<Vec<u32>> =
+        texts.iter().map(|t| tok.encode_reference(t, false).unwrap()).collect();
+    let before = tok.segment_cache_stats().unwrap();
+    let failures = tokenize_support::mismatches_from_four_threads(&texts, &reference, |text| {
+        tok.encode(text, false).unwrap()
+    });
+    assert_eq!(failures, 0);
+    let after = tok.segment_cache_stats().unwrap();
+    assert!(after.hits - before.hits > 1000, "{before:?} -> {after:?}");
+}
+
 #[test]
 fn qwen3_fast_path_equals_tokenizers_crate() {
     check(&repo().join("test/fixtures/tokenizers/qwen3"), 1);

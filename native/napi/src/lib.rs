@@ -336,6 +336,25 @@ pub fn tokenizer_set_chat_template(handle: u32, chat_template: String) -> Result
     t.set_chat_template(&chat_template).map_err(tok_err)
 }
 
+/// Sets the budget of the process's segment caches (the ids of long text
+/// segments between special tokens, reused when a segment repeats: system
+/// prompts, earlier turns), in bytes; 0 turns them off. Default 64 MiB.
+#[napi]
+pub fn set_segment_cache_bytes(bytes: f64) -> Result<()> {
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes <= 2f64.powi(40)) {
+        return Err(err("invalid_argument", "segment cache bytes must be in 0..=2^40"));
+    }
+    kv_epp_core::tokenize::segment_cache::set_segment_cache_bytes(bytes as usize);
+    Ok(())
+}
+
+/// `[hits, misses]` of a tokenizer's segment cache (zeros where it has none).
+#[napi]
+pub fn tokenizer_segment_cache_stats(handle: u32) -> Result<Vec<f64>> {
+    let s = tokenizer(handle)?.segment_cache_stats();
+    Ok(vec![s.hits as f64, s.misses as f64])
+}
+
 /// Frees a tokenizer. Later calls with the handle fail with `disposed`.
 #[napi]
 pub fn tokenizer_dispose(handle: u32) -> bool {

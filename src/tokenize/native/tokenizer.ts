@@ -65,6 +65,22 @@ export class NativeTokenizer implements Tokenizer {
     return call(() => this.addon.tokenizerTokenizeRequest(this.handle, body, api, nowOf(options)));
   }
 
+  /**
+   * Lookups of this tokenizer's segment cache (the ids of long text segments
+   * between special tokens, reused when one repeats; HF fast path only, zeros
+   * otherwise). The cache is exact: it changes no id, only the time.
+   */
+  segmentCacheStats(): { hits: number; misses: number } {
+    this.live();
+    const [hits = 0, misses = 0] = call(() => this.addon.tokenizerSegmentCacheStats(this.handle));
+    return { hits, misses };
+  }
+
+  /** The budget of every segment cache in the process, in bytes (0: off; default 64 MiB). */
+  static setSegmentCacheBytes(addon: NativeBinding, bytes: number): void {
+    call(() => addon.setSegmentCacheBytes(bytes));
+  }
+
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;

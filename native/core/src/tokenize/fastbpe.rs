@@ -27,7 +27,9 @@
 //! a run of 2+ characters followed by more text gives up its last character.
 //!
 //! Concurrency: `encode` takes `&self` and runs on the calling thread. Results of
-//! the BPE merge loop are cached per split piece in a sharded, bounded cache.
+//! the BPE merge loop are cached per split piece in a sharded, bounded cache,
+//! and the ids of long segments between added tokens per segment
+//! (segment_cache.rs): both exact, both shared by the threads.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
@@ -38,6 +40,7 @@ use unicode_normalization_alignments::{IsNormalized, UnicodeNormalization, is_nf
 
 use super::piece_cache::PieceCache;
 use super::prefetch::run_ahead;
+use super::segment_cache::{SegmentCache, SegmentCacheStats};
 
 /// Llama 3 / GPT-4 (cl100k) split pattern.
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -113,6 +116,7 @@ pub struct FastBpe {
     prefix: Vec<u32>,
     suffix: Vec<u32>,
     cache: PieceCache,
+    segments: SegmentCache,
 }
 
 /// GPT-2's byte => char alphabet, inverted: char => byte.
@@ -270,6 +274,7 @@ impl FastBpe {
             prefix: Vec::new(),
             suffix: Vec::new(),
             cache: PieceCache::new(),
+            segments: SegmentCache::new(),
         };
         // The post-processor's fixed ids, from probes; they must be consistent.
         let mut affixes = None;
@@ -327,7 +332,28 @@ impl FastBpe {
         }
     }
 
+    /// One gap between added tokens: a pure function of its text, so a long
+    /// one seen before is taken from the segment cache.
     fn encode_segment(&self, segment: &str, out: &mut Vec<u32>) {
+        let bytes = segment.as_bytes();
+        if !SegmentCache::applies(bytes) {
+            return self.encode_gap(segment, out);
+        }
+        let key = SegmentCache::key(bytes);
+        if self.segments.get_into(key, bytes, out) {
+            return;
+        }
+        let start = out.len();
+        self.encode_gap(segment, out);
+        self.segments.insert(key, bytes, &out[start..]);
+    }
+
+    /// Segment cache lookups since this encoder was built.
+    pub fn segment_cache_stats(&self) -> SegmentCacheStats {
+        self.segments.stats()
+    }
+
+    fn encode_gap(&self, segment: &str, out: &mut Vec<u32>) {
         if self.nfc && is_nfc_quick(segment.chars()) != IsNormalized::Yes {
             let normalized: String = segment.nfc().map(|(c, _)| c).collect();
             self.split_and_merge(&normalized, out);

@@ -27,6 +27,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use super::chat::ChatTemplate;
 use super::error::TokenizeError;
 use super::fastbpe::FastBpe;
+use super::segment_cache::SegmentCacheStats;
 
 /// transformers' `SPECIAL_TOKENS_ATTRIBUTES`, in its order.
 const SPECIAL_TOKEN_NAMES: [&str; 7] =
@@ -193,6 +194,11 @@ impl HfTokenizer {
     /// Whether [`encode`](Self::encode) takes the fast path (fastbpe.rs).
     pub fn is_fast(&self) -> bool {
         self.fast.is_some()
+    }
+
+    /// The fast path's segment cache lookups (none without the fast path).
+    pub fn segment_cache_stats(&self) -> Option<SegmentCacheStats> {
+        self.fast.as_ref().map(FastBpe::segment_cache_stats)
     }
 
     /// `encode` through the `tokenizers` crate only (the fast path's reference).

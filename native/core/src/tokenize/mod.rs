@@ -30,6 +30,7 @@ pub mod pydantic;
 pub mod pyfmt;
 pub mod pystr;
 pub mod request;
+pub mod segment_cache;
 pub mod strftime;
 pub mod tiktoken;
 
@@ -60,6 +61,15 @@ pub enum Tokenizer {
 }
 
 impl Tokenizer {
+    /// Segment cache lookups of this tokenizer (zeros where it has none:
+    /// tiktoken encodings, tokenizers off the fast path).
+    pub fn segment_cache_stats(&self) -> segment_cache::SegmentCacheStats {
+        match self {
+            Tokenizer::Hf(t) => t.segment_cache_stats().unwrap_or_default(),
+            Tokenizer::Tiktoken(_) => segment_cache::SegmentCacheStats::default(),
+        }
+    }
+
     /// `o200k_base` / `cl100k_base` => tiktoken; an existing path => HF (a
     /// directory with tokenizer.json, or the tokenizer.json file); anything else
     /// => `tokenizer_not_found`.
