@@ -1,28 +1,23 @@
 /**
  * Restores the client's model name in response bodies when the router sent
  * the request to the worker under another name (RouteDecision.clientModel /
- * targetModel). Works on bytes: `"model":"<target>"` (any whitespace around
- * the colon) becomes `"model":"<client>"`; nothing else in the body changes,
- * and a body without the target name is returned as the same object.
+ * targetModel). Works on bytes, never decoding them: `"model":"<target>"`
+ * (any JSON whitespace around the colon) becomes `"model":"<client>"`; nothing
+ * else in the body changes, and a body without the target name is returned as
+ * the same object.
  */
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
-
-function escapeRegExp(s: string): string {
-  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-}
 
 export class ModelRewriter {
+  /** `"<target>"` as JSON text. */
   private readonly needle: Buffer;
-  private readonly pattern: RegExp;
-  private readonly replacement: string;
+  /** `"<client>"` as JSON text. */
+  private readonly replacement: Uint8Array;
 
   constructor(targetModel: string, clientModel: string) {
-    const target = JSON.stringify(targetModel);
-    this.needle = Buffer.from(target, 'utf8');
-    this.pattern = new RegExp(`("model"\\s*:\\s*)${escapeRegExp(target)}`, 'g');
-    this.replacement = JSON.stringify(clientModel);
+    this.needle = Buffer.from(JSON.stringify(targetModel), 'utf8');
+    this.replacement = encoder.encode(JSON.stringify(clientModel));
   }
 
   /** The rewriter a decision calls for, or undefined when names agree. */
@@ -35,13 +30,22 @@ export class ModelRewriter {
     return new ModelRewriter(d.targetModel, d.clientModel);
   }
 
+  /**
+   * `body` with every `"model" : "<target>"` restored, never decoded: a chunk
+   * that ends inside a multi-byte character passes byte for byte.
+   */
   rewrite(body: Uint8Array): Uint8Array {
-    if (!Buffer.from(body.buffer, body.byteOffset, body.byteLength).includes(this.needle)) {
-      return body;
+    const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    const parts: Uint8Array[] = [];
+    let from = 0;
+    for (let at = b.indexOf(this.needle); at !== -1; at = b.indexOf(this.needle, at + 1)) {
+      if (at < from || !isModelValueAt(b, at)) continue;
+      parts.push(body.subarray(from, at), this.replacement);
+      from = at + this.needle.length;
     }
-    const text = decoder.decode(body);
-    const out = text.replace(this.pattern, (_m, prefix: string) => prefix + this.replacement);
-    return out === text ? body : encoder.encode(out);
+    if (parts.length === 0) return body;
+    parts.push(body.subarray(from));
+    return Buffer.concat(parts);
   }
 
   /**
@@ -82,6 +86,19 @@ export class ModelRewriter {
 }
 
 const MODEL_KEY = encoder.encode('"model"');
+
+/** True when the JSON value at `at` is the value of a `"model"` member. */
+function isModelValueAt(b: Uint8Array, at: number): boolean {
+  let i = at - 1;
+  while (i >= 0 && isJsonWs(b[i] as number)) i--;
+  if (i < 0 || b[i] !== 0x3a) return false;
+  i--;
+  while (i >= 0 && isJsonWs(b[i] as number)) i--;
+  const start = i - MODEL_KEY.length + 1;
+  if (start < 0) return false;
+  for (let k = 0; k < MODEL_KEY.length; k++) if (b[start + k] !== MODEL_KEY[k]) return false;
+  return true;
+}
 const NO_MATCH = -1;
 const CUT = 0;
 

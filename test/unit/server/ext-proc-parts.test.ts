@@ -246,6 +246,17 @@ describe('ModelRewriter', () => {
     expect(ModelRewriter.forDecision({ clientModel: 'a', targetModel: 'b' })).toBeDefined();
   });
 
+  it('works on bytes: a chunk cut inside a multi-byte character keeps its bytes', () => {
+    const r = new ModelRewriter('tgt', 'client');
+    const whole = utf8('data: {"model":"tgt","c":"你好"}\n\n');
+    const cut = whole.length - 6; // inside 好
+    const out = Buffer.concat([r.rewrite(whole.subarray(0, cut)), r.rewrite(whole.subarray(cut))]);
+    expect(text(out)).toBe('data: {"model":"client","c":"你好"}\n\n');
+    expect(text(r.rewrite(utf8('{"model"\n :\t"tgt","x":"model:tgt","y":{"model": "tgt"}}')))).toBe(
+      '{"model"\n :\t"client","x":"model:tgt","y":{"model": "client"}}',
+    );
+  });
+
   it('finds where a chunk cuts a match off, and nothing else', () => {
     const r = new ModelRewriter('m-1', 'alias');
     const cut = (s: string) => r.cutMatchStart(utf8(s), 64);
