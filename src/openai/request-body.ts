@@ -57,9 +57,16 @@ function skipWs(b: Uint8Array, i: number): number {
 function valueEnd(b: Uint8Array, i: number): number {
   const c = b[i];
   if (c === 0x22) {
-    i++;
-    while (i < b.length && b[i] !== 0x22) i += b[i] === 0x5c ? 2 : 1;
-    return i + 1;
+    // The closing quote is the first one after an even run of backslashes;
+    // indexOf keeps a long string (a base64 image) off a byte-by-byte loop.
+    for (let from = i + 1; ; ) {
+      const q = b.indexOf(0x22, from);
+      if (q === -1) return b.length + 1;
+      let k = q - 1;
+      while (k > i && b[k] === 0x5c) k--;
+      if ((q - 1 - k) % 2 === 0) return q + 1;
+      from = q + 1;
+    }
   }
   if (c === 0x7b || c === 0x5b) {
     let depth = 0;
@@ -225,6 +232,30 @@ export function spliceRequestBody(
   }
   parts.push(body.subarray(at));
   return concat(parts);
+}
+
+/**
+ * The body's model (its last top-level `model` member) without parsing the
+ * rest: for a body the tokenizer already parsed and refused as
+ * `unsupported_content`, which may carry megabytes of image data.
+ * @throws KvEppError invalid_json / invalid_request
+ */
+export function modelOfBody(body: Uint8Array): string {
+  const open = skipWs(body, 0);
+  let model: unknown;
+  try {
+    if (body[open] !== 0x7b) throw new Error('not an object');
+    const m = lastMember(members(body, open).list, 'model');
+    model = m && JSON.parse(dec.decode(body.subarray(m.start, m.end)));
+  } catch (e) {
+    throw new KvEppError(
+      'invalid_json',
+      `the request body is not valid JSON: ${(e as Error).message}`,
+    );
+  }
+  if (typeof model !== 'string' || model === '')
+    throw badRequest('model not found in request body');
+  return model;
 }
 
 function badRequest(msg: string): KvEppError {

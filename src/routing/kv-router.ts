@@ -27,6 +27,7 @@ import type { Logger } from '../log/logger.js';
 import {
   apiOfBody,
   apiOfPath,
+  modelOfBody,
   type OpenAiApi,
   readRequest,
   rewriteTarget,
@@ -250,7 +251,8 @@ export class KvRouter implements RequestRouter {
         // worker accept or refuse it, as the reference EPP does.
         if (!(e instanceof KvEppError && e.code === 'unsupported_content')) throw e;
         if (e instanceof UntokenizableBody) body = e.body;
-        this.deps.log.info({ reason: e.message }, 'routed without tokens');
+        // Parsed already by the tokenizer: only the model is read, not the (large) rest.
+        model = modelOfBody(body);
       }
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.

@@ -3,6 +3,7 @@ import {
   apiOfBody,
   apiOfPath,
   idsJsonBytes,
+  modelOfBody,
   spliceRequestBody,
 } from '../../../src/openai/request-body.js';
 
@@ -31,6 +32,31 @@ describe('apiOfBody', () => {
     ['', undefined],
     ['{"a":"\\"messages\\""}', undefined],
   ])('%s → %s', (b, api) => expect(apiOfBody(enc(b))).toBe(api));
+});
+
+describe('modelOfBody', () => {
+  it('reads the last top-level model past strings with escapes and large values', () => {
+    const image = 'A'.repeat(200_000);
+    const body = JSON.stringify({
+      a: 'q\\"model\\":\\"no\\\\',
+      messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: image } }] }],
+      model: 'first',
+      b: { model: 'nested' },
+      model2: 'x',
+    }).replace('"model2"', '"model"');
+    expect(modelOfBody(enc(body))).toBe('x');
+    expect(modelOfBody(enc('{"model":"m","x":"\\\\"}'))).toBe('m');
+  });
+
+  it.each([
+    ['{"messages":[]}', 'invalid_request'],
+    ['{"model":""}', 'invalid_request'],
+    ['{"model":1}', 'invalid_request'],
+    ['[1]', 'invalid_json'],
+    ['{"model":"m', 'invalid_json'],
+  ])('%s → %s', (b, code) => {
+    expect(() => modelOfBody(enc(b))).toThrow(expect.objectContaining({ code }));
+  });
 });
 
 describe('spliceRequestBody', () => {
