@@ -71,6 +71,13 @@ export interface FlagSpec {
   kind: 'string' | 'boolean';
   /** One-letter alias (pflag's shorthand, e.g. `-v`). */
   short?: string;
+  /**
+   * A boolean that also takes a following `true`/`false` (any Go spelling) as
+   * its value: GAIE v1.1's chart renders `--tracing` and `false` as two
+   * arguments (that EPP parsed with Go's flag package). Anything else after it
+   * is left alone.
+   */
+  separateValue?: boolean;
 }
 
 /** Go's strconv.ParseBool spellings, which pflag takes after `--flag=`. */
@@ -149,8 +156,19 @@ export function parseFlags(
     const spec = Object.hasOwn(specs, name) ? specs[name] : undefined;
     if (spec === undefined) throw new UsageError(shown, 'unknown option');
     if (spec.kind === 'boolean') {
-      out[name] = inline ?? true;
-      if (inline === undefined) lastBareBoolean = shown;
+      const next = argv[i + 1];
+      if (
+        inline === undefined &&
+        spec.separateValue &&
+        next !== undefined &&
+        goBool(next) !== undefined
+      ) {
+        out[name] = next;
+        i++;
+      } else {
+        out[name] = inline ?? true;
+        if (inline === undefined) lastBareBoolean = shown;
+      }
     } else if (inline !== undefined) {
       out[name] = inline;
     } else if (i + 1 < argv.length) {

@@ -33,6 +33,10 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(`${await hashCommand(rest)}\n`);
         return 0;
       case 'serve': {
+        if (rest.includes('--help') || rest.includes('-h')) {
+          process.stdout.write(`${USAGE}\n`);
+          return 0;
+        }
         const serving = await startServing(
           rest,
           process.env,

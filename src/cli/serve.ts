@@ -464,7 +464,8 @@ async function bindOrExplain<T>(
   try {
     return await start();
   } catch (e) {
-    const text = `${(e as { code?: unknown }).code ?? ''} ${(e as Error)?.message ?? ''}`;
+    const err = (e ?? {}) as { code?: unknown; message?: unknown };
+    const text = `${String(err.code ?? '')} ${String(err.message ?? '')}`;
     const why = /\bEADDRINUSE\b/.test(text)
       ? 'address already in use'
       : /\bEACCES\b/.test(text)

@@ -330,7 +330,13 @@ export function resolveServeOptions(
     endpointsFile: get(str, undefined, [flags['endpoints-file'], '--endpoints-file']),
     endpoints: f.endpoints,
     poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),
-    poolNamespace: get(str, undefined, [flags['pool-namespace'], '--pool-namespace']),
+    // GAIE's runner falls back to NAMESPACE (its chart sets it from the pod's namespace).
+    poolNamespace: get(
+      str,
+      undefined,
+      [flags['pool-namespace'], '--pool-namespace'],
+      [env.NAMESPACE, 'NAMESPACE'],
+    ),
     tokenizer: tokenizerHit === undefined ? 'o200k_base' : str(...tokenizerHit),
     tokenizerSetBy: tokenizerHit?.[1],
     chatTemplateFile: get(
@@ -618,7 +624,7 @@ interface GaieFlag extends FlagSpec {
  * `inferenceExtension.flags` as `--key=value` (before v1.4 as `--key value`).
  * `-v` / `--zap-log-level` set the log level (`logLevel`), so they are not here.
  */
-const GAIE_FLAGS: Readonly<Record<string, GaieFlag>> = {
+const GAIE_FLAG_LIST: Readonly<Record<string, GaieFlag>> = {
   'pool-group': { kind: 'string' },
   'endpoint-selector': { kind: 'string' },
   'endpoint-target-ports': { kind: 'string' },
@@ -657,7 +663,17 @@ const GAIE_FLAGS: Readonly<Record<string, GaieFlag>> = {
   'zap-devel': { kind: 'boolean', same: false },
   'zap-stacktrace-level': { kind: 'string' },
   'zap-time-encoding': { kind: 'string', same: 'millis' },
+  // controller-runtime's flag (GAIE v1.0–v1.2); kv-epp reads no Kubernetes API yet.
+  kubeconfig: { kind: 'string' },
 };
+
+/** GAIE_FLAG_LIST, its booleans also taking a separate `true`/`false` (GAIE v1.1's chart). */
+const GAIE_FLAGS: Readonly<Record<string, GaieFlag>> = Object.fromEntries(
+  Object.entries(GAIE_FLAG_LIST).map(([name, f]) => [
+    name,
+    f.kind === 'boolean' ? { ...f, separateValue: true } : f,
+  ]),
+);
 
 const LOG_FLAGS: Readonly<Record<string, FlagSpec>> = {
   v: { kind: 'string', short: 'v' },

@@ -79,6 +79,29 @@ describe('parseServeArgs: GAIE chart compatibility', () => {
     ]);
   });
 
+  it("parses GAIE v1.1's chart, which renders a boolean and its value as two arguments", () => {
+    const a = parseServeArgs([
+      '--pool-name',
+      'p',
+      '--tracing',
+      'false',
+      '--ha-enable-leader-election',
+      'TRUE',
+      '--kubeconfig',
+      '',
+      '--grpc-port',
+      '9002',
+    ]);
+    expect(a.flags['pool-name']).toBe('p');
+    expect(a.flags['grpc-port']).toBe('9002');
+    expect(a.ignored).toEqual([
+      { flag: '--ha-enable-leader-election', value: true },
+      { flag: '--kubeconfig', value: '' },
+    ]);
+    // kv-epp's own booleans still never take the next argument.
+    expect(() => parseServeArgs(['--secure-serving', 'false'])).toThrow(/after "="/);
+  });
+
   it('reports a GAIE boolean only when its value differs from what kv-epp does', () => {
     // kv-epp always reloads --cert-path: only =false is without effect.
     expect(parseServeArgs(['--enable-cert-reload']).ignored).toEqual([]);

@@ -27,6 +27,14 @@ describe('resolveServeOptions', () => {
     });
   });
 
+  it("takes the pool namespace from NAMESPACE when --pool-namespace is absent (GAIE's runner)", () => {
+    expect(resolveServeOptions({}, { NAMESPACE: 'team-a' }).poolNamespace).toBe('team-a');
+    expect(
+      resolveServeOptions({ 'pool-namespace': 'flag' }, { NAMESPACE: 'team-a' }).poolNamespace,
+    ).toBe('flag');
+    expect(resolveServeOptions({}, { NAMESPACE: '  ' }).poolNamespace).toBeUndefined();
+  });
+
   it('turns KV events on when a NATS server is given (Dynamo names)', () => {
     const o = resolveServeOptions(
       {},
