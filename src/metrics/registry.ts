@@ -180,6 +180,13 @@ export interface RequestSeries {
 }
 
 const MAX_CACHED_SERIES = 1024;
+/**
+ * Distinct (model, target) label pairs exported; later new pairs count under
+ * OVERFLOW_MODEL. Model names come from clients, and prom-client never drops a
+ * series: without a bound, random names would grow /metrics without end.
+ */
+export const MAX_MODEL_LABEL_PAIRS = 512;
+export const OVERFLOW_MODEL = '__other__';
 /** Attempt children kept per (model, target) pair (one per endpoint object). */
 const MAX_CACHED_ATTEMPTS = 256;
 
@@ -286,6 +293,8 @@ export function defaultBuildInfo(env: NodeJS.ProcessEnv = process.env): {
 export class EppMetrics {
   readonly registry: MetricsRegistry;
   private readonly series = new Map<string, ModelSeries>();
+  /** The (model, target) pairs admitted as labels (at most MAX_MODEL_LABEL_PAIRS). */
+  private readonly labelPairs = new Set<string>();
   private readonly perRequest: Metrics;
   private readonly errors: Counter<ModelLabels | 'error_code'>;
   private readonly schedulerE2e: Histogram;
@@ -549,6 +558,7 @@ export class EppMetrics {
    * to its end; a child outlives a cache reset and still counts in its series.
    */
   requestSeries(model: string, target: string): RequestSeries {
+    [model, target] = this.labelPair(model, target);
     const key = `${model}\u0000${target}`;
     let c = this.series.get(key);
     if (c === undefined) {
@@ -578,7 +588,17 @@ export class EppMetrics {
    * A request was answered with an error; `category` is the ext_proc layer's
    * (classifyError), recorded as GAIE's error code (gaieErrorCode).
    */
+  /** The labels a (model, target) pair is exported under: itself, or OVERFLOW_MODEL past the bound. */
+  private labelPair(model: string, target: string): [string, string] {
+    const key = `${model}\u0000${target}`;
+    if (this.labelPairs.has(key)) return [model, target];
+    if (this.labelPairs.size >= MAX_MODEL_LABEL_PAIRS) return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+    this.labelPairs.add(key);
+    return [model, target];
+  }
+
   requestError(model: string, target: string, category: string): void {
+    [model, target] = this.labelPair(model, target);
     this.errors.inc({
       model_name: model,
       target_model_name: target,

@@ -16,7 +16,9 @@ import {
   defaultBuildInfo,
   EppMetrics,
   gaieErrorCode,
+  MAX_MODEL_LABEL_PAIRS,
   type MetricsSources,
+  OVERFLOW_MODEL,
 } from '../../../src/metrics/registry.js';
 import type { RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type {
@@ -267,6 +269,34 @@ describe('EppMetrics', () => {
     expect(gaieErrorCode('ResourceExhausted')).toBe('ResourceExhausted');
     expect(gaieErrorCode('ServiceUnavailable')).toBe('ServiceUnavailable');
     expect(gaieErrorCode('Internal')).toBe('Internal');
+  });
+
+  it('bounds the model label pairs clients can create, counting the rest under __other__', async () => {
+    const m = metrics();
+    for (let i = 0; i < MAX_MODEL_LABEL_PAIRS + 50; i++) {
+      m.requestSeries(`model-${i}`, `model-${i}`).requests.inc();
+      m.requestError(`bad-${i}`, `bad-${i}`, 'BadRequest');
+    }
+    // An admitted pair keeps its own labels.
+    m.requestSeries('model-0', 'model-0').requests.inc();
+    const text = await m.registry.metrics();
+    const requests = text
+      .split('\n')
+      .filter((l) => l.startsWith('inference_objective_request_total{'));
+    const errors = text
+      .split('\n')
+      .filter((l) => l.startsWith('inference_objective_request_error_total{'));
+    expect(requests.length + errors.length).toBe(MAX_MODEL_LABEL_PAIRS + 2);
+    const other = `model_name="${OVERFLOW_MODEL}",target_model_name="${OVERFLOW_MODEL}"`;
+    expect(sample(text, `inference_objective_request_total{${other},priority="0"}`)).toBe(
+      MAX_MODEL_LABEL_PAIRS / 2 + 50,
+    );
+    expect(
+      sample(
+        text,
+        'inference_objective_request_total{model_name="model-0",target_model_name="model-0",priority="0"}',
+      ),
+    ).toBe(2);
   });
 
   it('reports the build: KV_EPP_COMMIT and the package.json version', async () => {
