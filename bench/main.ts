@@ -13,7 +13,7 @@ import { loadNativeBinding } from '../src/kv/native/binding.js';
 import { NativeBlockHasher } from '../src/kv/native/block-hasher.js';
 import { NativeKvIndex } from '../src/kv/native/radix-index.js';
 import type { BlockHasher, KvIndex } from '../src/kv/types.js';
-import { benchPipeline, benchTokenizers, type Table } from './tokenize-bench.js';
+import { benchPipeline, benchSegmentCache, benchTokenizers, type Table } from './tokenize-bench.js';
 import { indexWorkload, tokens } from './workload.js';
 
 interface Row {
@@ -157,6 +157,7 @@ async function main(): Promise<void> {
   const tables: Table[] = [];
   if (scope === 'tokenize' || scope === 'all') tables.push(...(await benchTokenizers(quick)));
   if (scope === 'pipeline' || scope === 'all') tables.push(...(await benchPipeline(quick)));
+  if (scope === 'segments' || scope === 'all') tables.push(...(await benchSegmentCache(quick)));
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
   console.log(`kv-epp bench (${scope}${quick ? ', quick' : ''}) on ${machine}\n`);
   if (rows.length > 0) {

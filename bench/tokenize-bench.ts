@@ -12,8 +12,10 @@ import { encode as gptEncode } from 'gpt-tokenizer/encoding/o200k_base';
 const gptEncodeO200k = (text: string) => gptEncode(text, { disallowedSpecial: new Set() });
 
 import { Tokenizer as HfNpmTokenizer } from 'tokenizers';
+import { loadNativeBinding } from '../src/kv/native/binding.js';
 import { createHotPath } from '../src/pipeline/factory.js';
 import { createTokenizer } from '../src/tokenize/factory.js';
+import { NativeTokenizer } from '../src/tokenize/native/tokenizer.js';
 import type { Tokenizer } from '../src/tokenize/types.js';
 import { RoutePreparer } from '../src/workers/route-preparer.js';
 import { sample } from './corpus.js';
@@ -39,10 +41,31 @@ async function timeMs(f: () => unknown, minMs: number): Promise<number> {
   return (performance.now() - start) / n;
 }
 
+const DEFAULT_SEGMENT_CACHE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Runs `f` with the native tokenizers' segment cache off: these benchmarks
+ * encode the same texts again and again, which the cache would serve instead
+ * of the encoder being measured. benchSegmentCache measures the cache itself.
+ */
+async function withoutSegmentCache<T>(f: () => Promise<T>): Promise<T> {
+  const addon = await loadNativeBinding();
+  NativeTokenizer.setSegmentCacheBytes(addon, 0);
+  try {
+    return await f();
+  } finally {
+    NativeTokenizer.setSegmentCacheBytes(addon, DEFAULT_SEGMENT_CACHE_BYTES);
+  }
+}
+
 const same = (a: ArrayLike<number>, b: ArrayLike<number>) =>
   a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => v === b[i]);
 
-export async function benchTokenizers(quick: boolean): Promise<Table[]> {
+export function benchTokenizers(quick: boolean): Promise<Table[]> {
+  return withoutSegmentCache(() => tokenizerTables(quick));
+}
+
+async function tokenizerTables(quick: boolean): Promise<Table[]> {
   const minMs = quick ? 150 : 600;
   const sizes = quick ? [2048, 65536] : [2048, 65536, 1 << 20];
   const hf: Table = {
@@ -210,7 +233,86 @@ function loopProbe(): { stop(): Promise<{ max: number; p99: number }> } {
   };
 }
 
-export async function benchPipeline(quick: boolean): Promise<Table[]> {
+export function benchPipeline(quick: boolean): Promise<Table[]> {
+  return withoutSegmentCache(() => pipelineTables(quick));
+}
+
+/**
+ * Multi-turn chat (Qwen3 native): each turn resends the whole conversation, a
+ * 2 KB system prompt shared by every conversation plus ~1 KB user and ~1 KB
+ * assistant messages. µs per request body (render + encode) at a given turn,
+ * with the segment cache (which serves the earlier messages) and without,
+ * side by side; the ids are checked equal.
+ */
+export async function benchSegmentCache(quick: boolean): Promise<Table[]> {
+  const addon = await loadNativeBinding();
+  const out: Table = {
+    title:
+      'multi-turn chat, Qwen3 native: µs per request at turn N (whole history resent each turn)',
+    columns: ['history KB', 'cache off µs', 'cache on µs', 'off ÷ on', 'ids equal'],
+    unit: 'µs',
+    rows: [],
+  };
+  const turns = [1, 4, 8, 16];
+  const conversations = quick ? 8 : 32;
+  const prose = sample('prose', 400_000);
+  // A slice that never splits a surrogate pair (a lone surrogate is not valid JSON text).
+  const low = (i: number) => (prose.charCodeAt(i) & 0xfc00) === 0xdc00;
+  const slice = (a: number, b: number) => prose.slice(low(a) ? a + 1 : a, low(b) ? b + 1 : b);
+  const system = { role: 'system', content: slice(0, 2048) };
+  // Conversation c, turn t: the bodies every turn up to t sends, oldest first.
+  const bodies = (c: number): Uint8Array[] => {
+    const messages: Array<{ role: string; content: string }> = [system];
+    const list: Uint8Array[] = [];
+    for (let t = 1; t <= Math.max(...turns); t++) {
+      const at = 2048 + (((c * 40 + t * 2) * 1024) % (prose.length - 4096));
+      messages.push({ role: 'user', content: `[${c}.${t}] ${slice(at, at + 1024)}` });
+      list.push(new TextEncoder().encode(JSON.stringify({ model: 'm', messages })));
+      messages.push({ role: 'assistant', content: slice(at + 1024, at + 2048) });
+    }
+    return list;
+  };
+  const tok = NativeTokenizer.load(addon, QWEN);
+  const run = (cacheBytes: number) => {
+    NativeTokenizer.setSegmentCacheBytes(addon, cacheBytes);
+    const times = new Map<number, number[]>(turns.map((t) => [t, []]));
+    const ids = new Map<string, Uint32Array>();
+    for (let c = 0; c < conversations; c++) {
+      // The conversation's turns in order, as a gateway sees them.
+      bodies(c).forEach((b, i) => {
+        const t0 = performance.now();
+        const got = tok.tokenizeRequest(b, 'chat');
+        const us = (performance.now() - t0) * 1e3;
+        times.get(i + 1)?.push(us);
+        if (times.has(i + 1)) ids.set(`${c}.${i + 1}`, got);
+      });
+    }
+    return { times, ids };
+  };
+  run(0); // warm the encoder's own tables
+  const off = run(0);
+  const on = run(DEFAULT_SEGMENT_CACHE_BYTES);
+  const median = (v: number[]) => [...v].sort((a, b) => a - b)[v.length >> 1] as number;
+  for (const t of turns) {
+    const a = median(off.times.get(t) ?? []);
+    const b = median(on.times.get(t) ?? []);
+    let eq = true;
+    for (const [k, v] of off.ids)
+      if (k.endsWith(`.${t}`) && !same(v, on.ids.get(k) ?? [])) eq = false;
+    const kb = (bodies(0)[t - 1] as Uint8Array).length / 1024;
+    out.rows.push({ case: `turn ${t}`, values: [kb, a, b, a / b, eq ? 'yes' : 'NO'] });
+  }
+  const s = tok.segmentCacheStats();
+  out.rows.push({
+    case: 'cache lookups (hits / misses)',
+    values: ['', '', `${s.hits} / ${s.misses}`, '', ''],
+  });
+  tok.dispose();
+  NativeTokenizer.setSegmentCacheBytes(addon, DEFAULT_SEGMENT_CACHE_BYTES);
+  return [out];
+}
+
+async function pipelineTables(quick: boolean): Promise<Table[]> {
   const out: Table = {
     title: 'prepareRoute (tokenize + hash + score), Qwen3 chat prompt, block size 16',
     columns: ['p50 ms', 'p99 ms', 'req/s', 'max loop delay ms', 'loop p99 ms'],
