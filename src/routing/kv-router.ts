@@ -108,7 +108,15 @@ const PASSED_DYNAMO_HEADERS = new Set(['x-dynamo-request-id']);
 
 export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
-  private readonly byDecision = new WeakMap<RouteDecision, string>();
+  /**
+   * Per decision: its primary (`host:port`, charged one in-flight request) and,
+   * in approximate mode with fallbacks, the prompt's blocks, recorded again for
+   * a fallback the gateway reports it served from.
+   */
+  private readonly byDecision = new WeakMap<
+    RouteDecision,
+    { hostPort: string; localHashes?: BigUint64Array | undefined }
+  >();
   /** Approximate mode's block lifetimes; absent when KV events drive the index. */
   private readonly approx: ApproxTracker | undefined;
   private readonly now: () => number;
@@ -189,7 +197,7 @@ export class KvRouter implements RequestRouter {
       targetModel: models?.target,
     };
     this.inFlight.set(primary.hostPort, this.load(primary.hostPort) + 1);
-    this.byDecision.set(decision, primary.hostPort);
+    this.byDecision.set(decision, { hostPort: primary.hostPort });
     return decision;
   }
 
@@ -285,17 +293,35 @@ export class KvRouter implements RequestRouter {
     if (prep && this.approx && prep.localHashes.length > 0) {
       const worker = { workerId: primary.workerId, dpRank: primary.dpRank };
       this.approx.route(worker, prep.localHashes, prep.localHashes.length, this.now());
+      if (chosen.length > 1) {
+        const entry = this.byDecision.get(decision);
+        // A copy: the view may pin the pool's whole answer (body included).
+        if (entry) entry.localHashes = prep.localHashes.slice();
+      }
     }
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
     return decision;
   }
 
-  complete(decision: RouteDecision, _summary: ResponseSummary): void {
-    const hp = this.byDecision.get(decision);
-    if (hp === undefined) return;
+  complete(decision: RouteDecision, summary: ResponseSummary): void {
+    const entry = this.byDecision.get(decision);
+    if (entry === undefined) return;
     this.byDecision.delete(decision);
+    const hp = entry.hostPort;
     const n = this.load(hp) - 1;
     if (n > 0) this.inFlight.set(hp, n);
     else this.inFlight.delete(hp);
+    // The gateway fell back to another endpoint of the list: that worker now
+    // holds the prompt (approximate mode); the primary's guess expires by TTL.
+    const served = summary.servedEndpoint;
+    if (this.approx && entry.localHashes && served !== undefined && served !== hp) {
+      const e = decision.endpoints.includes(served)
+        ? this.deps.endpoints().find((x) => x.hostPort === served)
+        : undefined;
+      if (e) {
+        const worker = { workerId: e.workerId, dpRank: e.dpRank };
+        this.approx.route(worker, entry.localHashes, entry.localHashes.length, this.now());
+      }
+    }
   }
 }

@@ -220,6 +220,36 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(d.body).toBe(kept);
   });
 
+  it('records the prompt for the fallback the gateway served from (approximate mode)', async () => {
+    const { r, path } = await router(backend);
+    const body = chat(long);
+    const d = await r.route(req(body));
+    expect(d.endpoints).toHaveLength(2);
+    const { localHashes } = prepareRouteInline(
+      path,
+      new TextEncoder().encode(JSON.stringify(body)),
+      'chat',
+      { blockSize: 16 },
+    );
+    const holders = () =>
+      path.index
+        .findMatches(localHashes, false)
+        .workers.map((w) => `${w.workerId}/${w.dpRank}`)
+        .sort();
+    const [primary, fallback] = d.endpoints.map(
+      (hp) => endpoints.find((e) => e.hostPort === hp) as (typeof endpoints)[number],
+    );
+    expect(holders()).toEqual([`${primary?.workerId}/${primary?.dpRank}`]);
+    r.complete(d, { requestId: 'r1', servedEndpoint: fallback?.hostPort });
+    expect(holders()).toEqual(
+      [
+        `${primary?.workerId}/${primary?.dpRank}`,
+        `${fallback?.workerId}/${fallback?.dpRank}`,
+      ].sort(),
+    );
+    expect(r.load(primary?.hostPort as string)).toBe(0);
+  });
+
   it('applies the rewrite and token data to the last of a repeated key (what the worker reads)', async () => {
     const { r } = await router(backend);
     const body = `{"model":"m","nvext":{},"messages":[{"role":"user","content":"hi"}],"model":"m","nvext":{"k":1}}`;
