@@ -242,6 +242,8 @@ export async function startServing(
       pendingPrepare: () => preparer.queueDepth,
       reportedLoad: (e) => workerLoads.load(e.workerId, e.dpRank, Date.now()),
       approxTracker: (settings) => createApproxTracker(path.index, path.hasher, settings),
+      // The approximate-mode record runs after the decision is written out.
+      defer: (work) => setImmediate(work),
     },
     {
       blockSize: options.blockSize,

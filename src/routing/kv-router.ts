@@ -22,7 +22,7 @@ import {
   type PruneSettings,
   PruneTracker,
 } from '../kv/approx/prune-tracker.js';
-import type { BlockHasher, KvIndex } from '../kv/types.js';
+import type { BlockHasher, KvIndex, WorkerRank } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
 import {
   apiOfBody,
@@ -79,6 +79,13 @@ export interface KvRouterDeps {
    * puts it in the addon over a native index); default the TypeScript one.
    */
   approxTracker?: ((settings: PruneSettings) => ApproxTracker) | undefined;
+  /**
+   * Runs approximate mode's record of a decision later, once the decision has
+   * been answered (serve passes `setImmediate`: the ~2–50 µs record, longer when
+   * caches are cold, then leaves the request's critical path; a request for the
+   * same prompt in the same event-loop turn does not see it yet). Default: at once.
+   */
+  defer?: ((work: () => void) => void) | undefined;
 }
 
 /** What `onRouted` sees of a request routed by `route()`. */
@@ -291,8 +298,11 @@ export class KvRouter implements RequestRouter {
     });
     const primary = chosen[0] as Endpoint;
     if (prep && this.approx && prep.localHashes.length > 0) {
-      const worker = { workerId: primary.workerId, dpRank: primary.dpRank };
-      this.approx.route(worker, prep.localHashes, prep.localHashes.length, this.now());
+      this.recordRouted(
+        { workerId: primary.workerId, dpRank: primary.dpRank },
+        prep.localHashes,
+        this.now(),
+      );
       if (chosen.length > 1) {
         const entry = this.byDecision.get(decision);
         // A copy: the view may pin the pool's whole answer (body included).
@@ -301,6 +311,20 @@ export class KvRouter implements RequestRouter {
     }
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
     return decision;
+  }
+
+  /** Approximate mode: `worker` now holds `localHashes` (at once, or deferred by `deps.defer`). */
+  private recordRouted(worker: WorkerRank, localHashes: BigUint64Array, nowMs: number): void {
+    const record = (): void => {
+      try {
+        this.approx?.route(worker, localHashes, localHashes.length, nowMs);
+      } catch (e) {
+        // Deferred, nothing above would catch it: the prediction is lost, routing goes on.
+        this.deps.log.warn({ err: (e as Error).message }, 'approximate-mode record failed');
+      }
+    };
+    if (this.deps.defer) this.deps.defer(record);
+    else record();
   }
 
   complete(decision: RouteDecision, summary: ResponseSummary): void {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
+import { DEFAULT_PRUNE_SETTINGS, PruneTracker } from '../../../src/kv/approx/prune-tracker.js';
 import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
@@ -11,6 +12,7 @@ import {
 import type { AdmissionSettings } from '../../../src/routing/admission.js';
 import { KvRouter } from '../../../src/routing/kv-router.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
+import { RecordingLogger } from '../../support/ext-proc.js';
 
 const endpoints = parseEndpoints(
   {
@@ -218,6 +220,60 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     );
     const d = await r.route(req('', { body: new Uint8Array(0), bodyTransferable: true }));
     expect(d.body).toBe(kept);
+  });
+
+  it('defers the approximate-mode record to `defer`, after the decision is made', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const queued: Array<() => void> = [];
+    const log = new RecordingLogger();
+    const r = new KvRouter(
+      {
+        endpoints: () => endpoints,
+        preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
+        index: path.index,
+        hasher: path.hasher,
+        log,
+        defer: (work) => queued.push(work),
+      },
+      { blockSize: 16, fallbacks: 0, approximate: true },
+    );
+    const body = new TextEncoder().encode(JSON.stringify(chat(long)));
+    const d = await r.route(req(chat(long)));
+    const { localHashes } = prepareRouteInline(path, body, 'chat', { blockSize: 16 });
+    const holders = () => path.index.findMatches(localHashes, false).workers.length;
+    expect(holders()).toBe(0);
+    expect(queued).toHaveLength(1);
+    queued.shift()?.();
+    expect(holders()).toBe(1);
+    const primary = endpoints.find((e) => e.hostPort === d.endpoints[0]);
+    expect(path.index.findMatches(localHashes, false).workers[0]?.workerId).toBe(primary?.workerId);
+  });
+
+  it('logs a deferred record that fails instead of throwing into the event loop', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const queued: Array<() => void> = [];
+    const log = new RecordingLogger();
+    const tracker = new PruneTracker(path.index, DEFAULT_PRUNE_SETTINGS, path.hasher);
+    tracker.route = () => {
+      throw new Error('tracker gone');
+    };
+    const r = new KvRouter(
+      {
+        endpoints: () => endpoints,
+        preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
+        index: path.index,
+        hasher: path.hasher,
+        log,
+        defer: (work) => queued.push(work),
+        approxTracker: () => tracker,
+      },
+      { blockSize: 16, fallbacks: 0, approximate: true },
+    );
+    await r.route(req(chat(long)));
+    expect(() => queued.shift()?.()).not.toThrow();
+    expect(log.records.find((x) => x.msg === 'approximate-mode record failed')?.fields.err).toBe(
+      'tracker gone',
+    );
   });
 
   it('records the prompt for the fallback the gateway served from (approximate mode)', async () => {
