@@ -523,14 +523,16 @@ export class ExtProcStream {
   private finish(): void {
     // A half-close while the request body is still open leaves nothing to
     // route (the client sent no end_of_stream): say so rather than end OK with
-    // no answer, which a one-shot client would read as success.
+    // no answer, which a one-shot client would read as success. Not logged:
+    // Envoy half-closes this way when its downstream aborts an upload.
     if (this.phase === 'body') {
-      this.violation(
-        new ProtocolViolation(
-          GrpcCode.INVALID_ARGUMENT,
-          'the client half-closed before the request body ended (no end_of_stream)',
-        ),
+      this.closed = true;
+      this.queue = [];
+      this.sink.fail(
+        GrpcCode.INVALID_ARGUMENT,
+        'the client half-closed before the request body ended (no end_of_stream)',
       );
+      this.settle();
       return;
     }
     this.closed = true;
