@@ -27,13 +27,12 @@
  * Scheduling span (`inference_extension_scheduler_e2e_duration_seconds`):
  * GAIE times its scheduler's run (filters, scorers with the prefix match,
  * picker). kv-epp scores inside the preparer, in the same native call that
- * tokenizes, so the span is taken from the preparer's result to the pick
- * (onRouted): candidates, load filters, ranking and the decision. It leaves
- * out the index lookup (fused with tokenizing) and includes no tokenization,
- * pool wait or body reading. A request the preparer never saw (an API that is
- * not tokenized) is timed from route() to the pick. When the router reports
- * its own scheduling time (`RoutedRequest.scheduleMs`, optional, not yet
- * provided), that is used instead.
+ * tokenizes, so the router reports the rest (`RoutedRequest.scheduleMs`):
+ * candidates, load filters, ranking and the decision, for every request,
+ * tokenized or not. It leaves out the index lookup (fused with tokenizing)
+ * and includes no tokenization, pool wait or body reading. A router that
+ * does not report it is timed from the preparer's result (or route()) to
+ * the pick.
  *
  * Facts from the protocol layer, optional (absent: the metric is not
  * recorded, or falls back as stated): `GatewayRequest.receivedAtMs` (when
@@ -57,12 +56,6 @@ import type {
   RouteDecision,
 } from '../server/routing-types.js';
 import type { EppMetrics, RequestSeries, ScheduledEndpoint, ServedOutcome } from './registry.js';
-
-/** Optional router fact (see the module doc). */
-interface RouteTimes {
-  /** The router's own scheduling time (index scoring + picking), ms. */
-  scheduleMs?: number | undefined;
-}
 
 /** What onRouted saw of a decision, until route() resumes. */
 interface Routed {
@@ -129,7 +122,7 @@ export class MetricsObserver {
       promptTokens: r.prep?.request?.tokenCount ?? r.prep?.tokens.length,
       endpoint: r.endpoint,
       pickedAt: this.clock(),
-      scheduleMs: (r as RoutedRequest & RouteTimes).scheduleMs,
+      scheduleMs: r.scheduleMs,
     });
     if (r.prep) this.metrics.observePrefixOverlapBlocks(overlapOf(r.prep, r.endpoint));
   };

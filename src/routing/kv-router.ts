@@ -92,6 +92,12 @@ export interface KvRouterDeps {
 export interface RoutedRequest {
   decision: RouteDecision;
   prep: RoutePrep | undefined;
+  /**
+   * The scheduling itself, ms (GAIE's scheduler span): candidates, load
+   * filters, ranking by the prefix scores and the decision; not the body's
+   * parsing or tokenization (the index lookup rides in the tokenizing call).
+   */
+  scheduleMs?: number | undefined;
   /** The primary endpoint. */
   endpoint: Endpoint;
   /** The body's model (before any rewrite). */
@@ -271,6 +277,7 @@ export class KvRouter implements RequestRouter {
       }
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.
+    const scheduleStart = performance.now();
     const endpoints = this.available(this.candidates(req));
     const ranked = rank(
       candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort), this.deps.reportedLoad),
@@ -296,6 +303,7 @@ export class KvRouter implements RequestRouter {
       client: target === undefined ? undefined : model,
       target,
     });
+    const scheduleMs = performance.now() - scheduleStart;
     const primary = chosen[0] as Endpoint;
     if (prep && this.approx && prep.localHashes.length > 0) {
       this.recordRouted(
@@ -309,7 +317,7 @@ export class KvRouter implements RequestRouter {
         if (entry) entry.localHashes = prep.localHashes.slice();
       }
     }
-    this.deps.onRouted?.({ decision, prep, endpoint: primary, model });
+    this.deps.onRouted?.({ decision, prep, endpoint: primary, model, scheduleMs });
     return decision;
   }
 

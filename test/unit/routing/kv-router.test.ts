@@ -249,6 +249,35 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(path.index.findMatches(localHashes, false).workers[0]?.workerId).toBe(primary?.workerId);
   });
 
+  it('reports the scheduling time alone to onRouted, not the tokenizing before it', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const seen: Array<number | undefined> = [];
+    const r = new KvRouter(
+      {
+        endpoints: () => endpoints,
+        // A slow tokenizer (30 ms): none of it is scheduling.
+        preparer: {
+          prepare: async (b, api, st, w) => {
+            await new Promise((done) => setTimeout(done, 30));
+            return prepareRouteInline(path, b, api, st, w);
+          },
+        },
+        index: path.index,
+        hasher: path.hasher,
+        log: stderrLogger,
+        onRouted: (x) => seen.push(x.scheduleMs),
+      },
+      { blockSize: 16, fallbacks: 0, approximate: true },
+    );
+    await r.route(req(chat(long)));
+    await r.route(req({ model: 'm', input: 'embed me' }, { path: '/v1/embeddings' }));
+    expect(seen).toHaveLength(2);
+    for (const ms of seen) {
+      expect(ms).toBeGreaterThanOrEqual(0);
+      expect(ms).toBeLessThan(30);
+    }
+  });
+
   it('logs a deferred record that fails instead of throwing into the event loop', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const queued: Array<() => void> = [];
