@@ -94,6 +94,32 @@ describe('kv-epp serve', () => {
     expect(value('kv_epp_index_memberships')).toBeGreaterThanOrEqual(0);
   });
 
+  it("tokenizes an NGINX Gateway Fabric request (the client's headers only, no :path) by its body", async () => {
+    const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '0' }, new RecordingLogger());
+    running.push(s);
+    const client = new ExtProcClient(s.extProc.port);
+    const body = JSON.stringify({
+      model: 'm',
+      messages: [{ role: 'user', content: 'hello there' }],
+    });
+    // What NGF's shim sends: canonical-case keys, values in `value`, one body message, half-close.
+    const stream = client
+      .open()
+      .send(
+        reqHeaders(
+          { 'Content-Type': 'application/json', 'X-Request-Id': 'ngf' },
+          { plainValue: true },
+        ),
+        reqBody(body, true),
+      )
+      .halfClose();
+    const { responses } = await stream.drain();
+    const forwarded = JSON.parse(streamedOf(responses[1], 'request_body')?.body ?? '');
+    expect(forwarded.nvext.token_data.length).toBeGreaterThan(3);
+    expect(['127.0.0.2:8001', '127.0.0.3:8001']).toContain(destinationOf(responses[0]));
+    client.close();
+  });
+
   it('with the JS hot path, lowers V8 workers to nice 19 without loading the addon for it', async () => {
     const log = new RecordingLogger();
     const s = await startServing(
