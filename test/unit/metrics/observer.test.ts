@@ -17,13 +17,7 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../../../src/server/routing-types.js';
-
-function sample(text: string, series: string): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
-  }
-  return undefined;
-}
+import { sample } from '../../support/prom-text.js';
 
 const ML = 'model_name="m",target_model_name="m"';
 const [ep] = parseEndpoints(

@@ -26,14 +26,7 @@ import type {
   RequestRouter,
   RouteDecision,
 } from '../../../src/server/routing-types.js';
-
-/** The value of the sample `name{labels}` (labels in rendered order), or undefined. */
-function sample(text: string, series: string): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith(`${series} `)) return Number(line.slice(series.length + 1));
-  }
-  return undefined;
-}
+import { sample } from '../../support/prom-text.js';
 
 function typeOf(text: string, name: string): string | undefined {
   return new RegExp(`^# TYPE ${name} (\\w+)$`, 'm').exec(text)?.[1];
