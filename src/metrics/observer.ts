@@ -46,6 +46,7 @@
  */
 import type { EventObserver } from '../events/ingest.js';
 import type { EventApplyReport } from '../events/types.js';
+import { modelOfBody } from '../openai/request-body.js';
 import type { Preparer, RoutePrep } from '../pipeline/route-prep.js';
 import type { RoutedRequest } from '../routing/kv-router.js';
 import { classifyError } from '../server/ext-proc/immediate.js';
@@ -89,11 +90,11 @@ interface Flight {
 function labelsOf(req: GatewayRequest): { model: string; target: string } {
   let model = '';
   try {
-    const v: unknown = JSON.parse(new TextDecoder().decode(req.body));
-    const m = (v as { model?: unknown } | null)?.model;
-    if (typeof m === 'string') model = m;
+    // Only the model member is parsed: a failing request (shed under load, say)
+    // may carry megabytes of image data.
+    model = modelOfBody(req.body);
   } catch {
-    // not JSON (or the body was handed to a worker thread): no model
+    // not JSON, no model (or the body was handed to a worker thread)
   }
   const rewrite = req.headers.get('x-gateway-model-name-rewrite');
   return { model, target: rewrite !== undefined && rewrite !== '' ? rewrite : model };
@@ -181,7 +182,7 @@ export class MetricsObserver {
           m.requestError(model, target, classifyError(err).category);
           if (flight.scoredAt >= 0) {
             m.observeSchedulerSeconds((this.clock() - flight.scoredAt) / 1000);
-            m.schedulerAttemptFailed(target);
+            m.schedulerAttemptFailed(model, target);
           }
           throw err;
         } finally {

@@ -544,7 +544,12 @@ export class EppMetrics {
       registers,
       collect() {
         if (!segments) return;
-        const now = segments();
+        let now: { hits: number; misses: number };
+        try {
+          now = segments();
+        } catch {
+          return; // the tokenizer is gone (shutting down): nothing new to count
+        }
         this.inc({ outcome: 'hit' }, Math.max(0, now.hits - seen.hits));
         this.inc({ outcome: 'miss' }, Math.max(0, now.misses - seen.misses));
         seen = now;
@@ -620,8 +625,12 @@ export class EppMetrics {
     this.schedulerE2e.observe(seconds);
   }
 
-  /** A scheduling attempt that found no endpoint (GAIE: `status="failure"`, no endpoint labels). */
-  schedulerAttemptFailed(target: string): void {
+  /**
+   * A scheduling attempt that found no endpoint (GAIE: `status="failure"`, no
+   * endpoint labels). The target counts under the label-pair bound with `model`.
+   */
+  schedulerAttemptFailed(model: string, target: string): void {
+    [, target] = this.labelPair(model, target);
     this.attempts.inc({
       status: 'failure',
       target_model_name: target,

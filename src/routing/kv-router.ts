@@ -94,8 +94,8 @@ export interface RoutedRequest {
   prep: RoutePrep | undefined;
   /**
    * The scheduling itself, ms (GAIE's scheduler span): candidates, load
-   * filters, ranking by the prefix scores and the decision; not the body's
-   * parsing or tokenization (the index lookup rides in the tokenizing call).
+   * filters and ranking by the prefix scores; not the body's parsing, editing
+   * or tokenization (the index lookup rides in the tokenizing call).
    */
   scheduleMs?: number | undefined;
   /** The primary endpoint. */
@@ -133,6 +133,7 @@ export class KvRouter implements RequestRouter {
   /** Approximate mode's block lifetimes; absent when KV events drive the index. */
   private readonly approx: ApproxTracker | undefined;
   private readonly now: () => number;
+  private disposed = false;
 
   constructor(
     private readonly deps: KvRouterDeps,
@@ -147,6 +148,7 @@ export class KvRouter implements RequestRouter {
 
   /** Releases approximate mode's tracker (a native one holds an addon handle). */
   dispose(): void {
+    this.disposed = true;
     this.approx?.dispose();
   }
 
@@ -284,6 +286,8 @@ export class KvRouter implements RequestRouter {
       1 + this.settings.fallbacks,
     );
     const chosen = ranked.map((c) => c.endpoint);
+    // Scheduling ends at the pick; editing the body (below) is not part of it.
+    const scheduleMs = performance.now() - scheduleStart;
     let target: string | undefined;
     if (prep?.request) {
       ({ model, target, body } = prep.request);
@@ -303,7 +307,6 @@ export class KvRouter implements RequestRouter {
       client: target === undefined ? undefined : model,
       target,
     });
-    const scheduleMs = performance.now() - scheduleStart;
     const primary = chosen[0] as Endpoint;
     if (prep && this.approx && prep.localHashes.length > 0) {
       this.recordRouted(
@@ -324,6 +327,8 @@ export class KvRouter implements RequestRouter {
   /** Approximate mode: `worker` now holds `localHashes` (at once, or deferred by `deps.defer`). */
   private recordRouted(worker: WorkerRank, localHashes: BigUint64Array, nowMs: number): void {
     const record = (): void => {
+      // Records still deferred at shutdown have nowhere to go.
+      if (this.disposed) return;
       try {
         this.approx?.route(worker, localHashes, localHashes.length, nowMs);
       } catch (e) {
@@ -346,7 +351,8 @@ export class KvRouter implements RequestRouter {
     // The gateway fell back to another endpoint of the list: that worker now
     // holds the prompt (approximate mode); the primary's guess expires by TTL.
     const served = summary.servedEndpoint;
-    if (this.approx && entry.localHashes && served !== undefined && served !== hp) {
+    const answered = summary.status === undefined || summary.status < 400;
+    if (this.approx && entry.localHashes && served !== undefined && served !== hp && answered) {
       const e = decision.endpoints.includes(served)
         ? this.deps.endpoints().find((x) => x.hostPort === served)
         : undefined;

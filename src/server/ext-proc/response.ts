@@ -6,12 +6,16 @@
  *
  * - duplex (FULL_DUPLEX_STREAMED, the default): SSE (`text/event-stream`)
  *   chunks go straight back as `streamed_response` (≤62 000 bytes each) while
- *   a line-buffered parser reads usage; other bodies are held to end of stream
+ *   a line-buffered parser reads usage (a model name a chunk cuts off is held
+ *   back to the next chunk and restored); other bodies are held to end of stream
  *   (up to a limit, then passed through untouched), usage read from the JSON,
  *   the model restored, and sent back chunked with EoS on the last piece.
  * - buffered (BUFFERED / BUFFERED_PARTIAL): the one body message is answered
  *   with `body_mutation.body` (+ content-length) only if the model was restored.
- * - per_chunk (STREAMED / NONE): each chunk answered, rewritten in place.
+ * - per_chunk (STREAMED / NONE): each chunk answered, rewritten in place. A
+ *   model name cut by a chunk boundary stays unrestored: holding bytes back
+ *   here could lose them (trailers may end the body, and a trailers answer
+ *   carries no body).
  * - passthrough (GRPC): each message echoed as one `streamed_response`.
  */
 import { BodyBuffer, contentLength, splitBody } from './body.js';

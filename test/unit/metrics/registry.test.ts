@@ -118,7 +118,7 @@ describe('EppMetrics', () => {
     s.timePerOutputToken.observe(0.01);
     s.kvEppPromptTokens.observe(9);
     s.scheduled({ name: 'a', port: 8001 });
-    m.schedulerAttemptFailed('t');
+    m.schedulerAttemptFailed('m', 't');
     m.observeRouteSeconds(0.004);
     m.observeInputTokens('m', 't', 7);
     m.observeOutputTokens('m', 't', 5);
@@ -280,6 +280,15 @@ describe('EppMetrics', () => {
       .split('\n')
       .filter((l) => l.startsWith('inference_objective_request_error_total{'));
     expect(requests.length + errors.length).toBe(MAX_MODEL_LABEL_PAIRS + 2);
+    // Failed attempts carry clients' names too: none past the bound.
+    const shed = metrics();
+    for (let i = 0; i < MAX_MODEL_LABEL_PAIRS + 50; i++) {
+      shed.schedulerAttemptFailed(`shed-${i}`, `shed-${i}`);
+    }
+    const failures = (await shed.registry.metrics())
+      .split('\n')
+      .filter((l) => l.startsWith('inference_extension_scheduler_attempts_total{status="failure"'));
+    expect(failures).toHaveLength(MAX_MODEL_LABEL_PAIRS + 1);
     const other = `model_name="${OVERFLOW_MODEL}",target_model_name="${OVERFLOW_MODEL}"`;
     expect(sample(text, `inference_objective_request_total{${other},priority="0"}`)).toBe(
       MAX_MODEL_LABEL_PAIRS / 2 + 50,

@@ -325,6 +325,10 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       (hp) => endpoints.find((e) => e.hostPort === hp) as (typeof endpoints)[number],
     );
     expect(holders()).toEqual([`${primary?.workerId}/${primary?.dpRank}`]);
+    // A fallback that failed the request holds nothing new.
+    const failed = await r.route(req(body));
+    r.complete(failed, { requestId: 'r0', servedEndpoint: failed.endpoints[1], status: 503 });
+    expect(holders()).toEqual([`${primary?.workerId}/${primary?.dpRank}`]);
     r.complete(d, { requestId: 'r1', servedEndpoint: fallback?.hostPort });
     expect(holders()).toEqual(
       [

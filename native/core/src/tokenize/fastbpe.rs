@@ -336,6 +336,7 @@ impl FastBpe {
     /// one seen before is taken from the segment cache.
     fn encode_segment(&self, segment: &str, out: &mut Vec<u32>) {
         let bytes = segment.as_bytes();
+        self.segments.sync();
         if !SegmentCache::applies(bytes) {
             return self.encode_gap(segment, out);
         }

@@ -11,11 +11,11 @@
 //! Contract: [`SegmentCache::get_into`] appends exactly the ids last inserted
 //! for a segment whose bytes equal the asked ones (compared in full: a hash
 //! collision is a miss, never another segment's ids), or appends nothing and
-//! returns false. Memory: at most the budget set with
-//! [`set_segment_cache_bytes`] (bytes of segment text plus ids, over all
-//! tokenizers of the process; default [`DEFAULT_BUDGET_BYTES`], 0 turns the
-//! cache off), as two generations per shard: inserts go to the current one, a
-//! hit in the previous one moves the entry to the current one, and a full
+//! returns false. Memory: per tokenizer, at most the budget set with
+//! [`set_segment_cache_bytes`] (bytes of segment text plus ids, not counting
+//! the maps' own overhead; default [`DEFAULT_BUDGET_BYTES`], 0 turns the cache
+//! off and frees it at the next encode), as two generations per shard: inserts
+//! and hits in the previous generation go to the current one, and a full
 //! current generation becomes the previous one (dropping the older), so the
 //! segments in use stay while one-offs age out.
 
@@ -34,11 +34,16 @@ pub const DEFAULT_BUDGET_BYTES: usize = 64 << 20;
 const SHARDS: usize = 16;
 
 static BUDGET_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_BUDGET_BYTES);
+/// Bumped by every budget change: each cache empties itself at its next use
+/// after one (see `SegmentCache::sync`).
+static BUDGET_EPOCH: AtomicU64 = AtomicU64::new(0);
 
 /// Sets the budget of every segment cache of the process, in bytes (0: off).
-/// Takes effect at the next lookup; a smaller budget trims at the next insert.
+/// Each cache drops what it holds at its next encode and then keeps to the
+/// new budget.
 pub fn set_segment_cache_bytes(bytes: usize) {
     BUDGET_BYTES.store(bytes, Ordering::Relaxed);
+    BUDGET_EPOCH.fetch_add(1, Ordering::Release);
 }
 
 /// The budget in force, in bytes.
@@ -77,6 +82,13 @@ pub(crate) struct SegmentCache {
     shards: Box<[Mutex<Generations>]>,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// The budget epoch this cache's contents were made under.
+    epoch: AtomicU64,
+}
+
+/// Bytes one shard's generation may hold under the budget in force.
+fn generation_bytes() -> usize {
+    segment_cache_bytes() / SHARDS / 2
 }
 
 impl SegmentCache {
@@ -85,12 +97,29 @@ impl SegmentCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Generations::default())).collect(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            epoch: AtomicU64::new(BUDGET_EPOCH.load(Ordering::Acquire)),
         }
     }
 
-    /// Whether `segment` goes through the cache at all.
+    /// Empties the cache if the budget changed since its contents were made
+    /// (so a budget of 0 frees them); one atomic load otherwise. Call before
+    /// each encode, whether or not a segment goes through the cache.
+    pub(crate) fn sync(&self) {
+        let now = BUDGET_EPOCH.load(Ordering::Acquire);
+        if self.epoch.swap(now, Ordering::AcqRel) == now {
+            return;
+        }
+        for shard in &*self.shards {
+            if let Ok(mut g) = shard.lock() {
+                *g = Generations::default();
+            }
+        }
+    }
+
+    /// Whether `segment` goes through the cache at all (never when the budget
+    /// leaves a generation less than one smallest entry).
     pub(crate) fn applies(segment: &[u8]) -> bool {
-        segment.len() >= MIN_SEGMENT_BYTES && segment_cache_bytes() > 0
+        segment.len() >= MIN_SEGMENT_BYTES && generation_bytes() >= MIN_SEGMENT_BYTES
     }
 
     pub(crate) fn key(segment: &[u8]) -> u64 {
@@ -111,6 +140,12 @@ impl SegmentCache {
                 None => match g.previous.remove(&key) {
                     Some(e) if *e.text == *segment => {
                         let ids = e.ids.clone();
+                        // Promoted like an insert: the current generation stays
+                        // within its size, rotating first when full.
+                        if g.current_bytes + e.cost() > generation_bytes() {
+                            g.previous = std::mem::take(&mut g.current);
+                            g.current_bytes = 0;
+                        }
                         g.current_bytes += e.cost();
                         g.current.insert(key, e);
                         Some(ids)
@@ -135,7 +170,7 @@ impl SegmentCache {
     /// Keeps `ids` as the encoding of `segment` (its `key`), unless the entry
     /// alone is more than a shard's generation may hold.
     pub(crate) fn insert(&self, key: u64, segment: &[u8], ids: &[u32]) {
-        let generation = segment_cache_bytes() / SHARDS / 2;
+        let generation = generation_bytes();
         let entry = Entry { text: segment.into(), ids: ids.into() };
         let cost = entry.cost();
         if cost > generation {
@@ -211,6 +246,54 @@ mod tests {
         let g = c.shard(kh).lock().unwrap();
         let held: usize = g.current.values().chain(g.previous.values()).map(Entry::cost).sum();
         assert!(held <= 2 * generation + 2048, "{held} bytes held, generation {generation}");
+    }
+
+    /// Keys of distinct 1 KiB segments that all fall in one shard.
+    fn same_shard_segments(n: usize) -> Vec<(u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = 0u32;
+        while out.len() < n {
+            i += 1;
+            let t: Vec<u8> = format!("{i:0>1024}").into_bytes();
+            let k = SegmentCache::key(&t);
+            if k >> 60 == 3 {
+                out.push((k, t));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn hits_that_promote_keep_to_the_budget_too() {
+        // A conversation resent every turn: each turn adds a segment and hits all
+        // earlier ones, so nothing is ever a one-off.
+        let c = SegmentCache::new();
+        let generation = generation_bytes();
+        let segs = same_shard_segments(3 * generation / 1424 + 8);
+        for (t, (k, text)) in segs.iter().enumerate() {
+            c.insert(*k, text, &[1; 100]);
+            for (k2, text2) in &segs[..=t] {
+                c.get_into(*k2, text2, &mut Vec::new());
+            }
+            let g = c.shard(*k).lock().unwrap();
+            let held: usize = g.current.values().chain(g.previous.values()).map(Entry::cost).sum();
+            assert!(held <= 2 * generation, "turn {t}: {held} bytes held, generation {generation}");
+        }
+    }
+
+    #[test]
+    fn a_budget_change_empties_the_cache_at_its_next_use() {
+        let c = SegmentCache::new();
+        let [(k, text)] = same_shard_segments(1).try_into().unwrap();
+        c.insert(k, &text, &[5]);
+        assert!(c.get_into(k, &text, &mut Vec::new()));
+        // The same budget set again still counts as a change.
+        set_segment_cache_bytes(segment_cache_bytes());
+        c.sync();
+        assert!(!c.get_into(k, &text, &mut Vec::new()));
+        c.insert(k, &text, &[5]);
+        c.sync();
+        assert!(c.get_into(k, &text, &mut Vec::new()));
     }
 
     #[test]
