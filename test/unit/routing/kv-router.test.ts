@@ -5,12 +5,13 @@ import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
 import {
+  type HotPath,
   type Preparer,
   prepareRouteInline,
   UntokenizableBody,
 } from '../../../src/pipeline/route-prep.js';
 import type { AdmissionSettings } from '../../../src/routing/admission.js';
-import { KvRouter } from '../../../src/routing/kv-router.js';
+import { KvRouter, type KvRouterDeps } from '../../../src/routing/kv-router.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
 
@@ -72,6 +73,24 @@ async function router(
     { blockSize: 16, fallbacks: 1, approximate: true, admission: extra.admission },
   );
   return { r, path, prepared: () => prepared, works };
+}
+
+/**
+ * A router over `path` with an inline preparer, no fallbacks, approximate mode
+ * on, and `deps` overriding any of its dependencies.
+ */
+function inlineRouter(path: HotPath, deps: Partial<KvRouterDeps> = {}): KvRouter {
+  return new KvRouter(
+    {
+      endpoints: () => endpoints,
+      preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
+      index: path.index,
+      hasher: path.hasher,
+      log: stderrLogger,
+      ...deps,
+    },
+    { blockSize: 16, fallbacks: 0, approximate: true },
+  );
 }
 
 describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
@@ -208,16 +227,7 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       },
       offloads: () => true,
     };
-    const r = new KvRouter(
-      {
-        endpoints: () => endpoints,
-        preparer,
-        index: path.index,
-        hasher: path.hasher,
-        log: stderrLogger,
-      },
-      { blockSize: 16, fallbacks: 0, approximate: true },
-    );
+    const r = inlineRouter(path, { preparer });
     const d = await r.route(req('', { body: new Uint8Array(0), bodyTransferable: true }));
     expect(d.body).toBe(kept);
   });
@@ -226,17 +236,7 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const queued: Array<() => void> = [];
     const log = new RecordingLogger();
-    const r = new KvRouter(
-      {
-        endpoints: () => endpoints,
-        preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
-        index: path.index,
-        hasher: path.hasher,
-        log,
-        defer: (work) => queued.push(work),
-      },
-      { blockSize: 16, fallbacks: 0, approximate: true },
-    );
+    const r = inlineRouter(path, { log, defer: (work) => queued.push(work) });
     const body = new TextEncoder().encode(JSON.stringify(chat(long)));
     const d = await r.route(req(chat(long)));
     const { localHashes } = prepareRouteInline(path, body, 'chat', { blockSize: 16 });
@@ -252,23 +252,16 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
   it('reports the scheduling time alone to onRouted, not the tokenizing before it', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const seen: Array<number | undefined> = [];
-    const r = new KvRouter(
-      {
-        endpoints: () => endpoints,
-        // A slow tokenizer (30 ms): none of it is scheduling.
-        preparer: {
-          prepare: async (b, api, st, w) => {
-            await new Promise((done) => setTimeout(done, 30));
-            return prepareRouteInline(path, b, api, st, w);
-          },
+    const r = inlineRouter(path, {
+      // A slow tokenizer (30 ms): none of it is scheduling.
+      preparer: {
+        prepare: async (b, api, st, w) => {
+          await new Promise((done) => setTimeout(done, 30));
+          return prepareRouteInline(path, b, api, st, w);
         },
-        index: path.index,
-        hasher: path.hasher,
-        log: stderrLogger,
-        onRouted: (x) => seen.push(x.scheduleMs),
       },
-      { blockSize: 16, fallbacks: 0, approximate: true },
-    );
+      onRouted: (x) => seen.push(x.scheduleMs),
+    });
     await r.route(req(chat(long)));
     await r.route(req({ model: 'm', input: 'embed me' }, { path: '/v1/embeddings' }));
     expect(seen).toHaveLength(2);
@@ -286,18 +279,11 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     tracker.route = () => {
       throw new Error('tracker gone');
     };
-    const r = new KvRouter(
-      {
-        endpoints: () => endpoints,
-        preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
-        index: path.index,
-        hasher: path.hasher,
-        log,
-        defer: (work) => queued.push(work),
-        approxTracker: () => tracker,
-      },
-      { blockSize: 16, fallbacks: 0, approximate: true },
-    );
+    const r = inlineRouter(path, {
+      log,
+      defer: (work) => queued.push(work),
+      approxTracker: () => tracker,
+    });
     await r.route(req(chat(long)));
     expect(() => queued.shift()?.()).not.toThrow();
     expect(log.records.find((x) => x.msg === 'approximate-mode record failed')?.fields.err).toBe(
