@@ -13,7 +13,8 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { FastCounter, FastGauge, FastHistogram } from './fast-metrics.js';
 
 /** Where a finished request was served, relative to the endpoint list kv-epp sent. */
 export type ServedOutcome = 'primary' | 'fallback' | 'other' | 'unreported';
@@ -210,7 +211,7 @@ class ModelSeries implements RequestSeries {
     m: Metrics,
     model: string,
     private readonly target: string,
-    private readonly attemptCounter: Counter<AttemptLabels>,
+    private readonly attemptCounter: FastCounter<AttemptLabels>,
     private readonly namespace: string,
   ) {
     const pair = { model_name: model, target_model_name: target };
@@ -247,16 +248,16 @@ type ModelLabels = 'model_name' | 'target_model_name';
 
 /** The per-(model, target) metric families ModelSeries takes children of. */
 interface Metrics {
-  requests: Counter<ModelLabels | 'priority'>;
-  running: Gauge<'model_name'>;
-  duration: Histogram<ModelLabels>;
-  inputTokens: Histogram<ModelLabels>;
-  outputTokens: Histogram<ModelLabels>;
-  promptCachedTokens: Histogram<ModelLabels>;
-  requestSizes: Histogram<ModelLabels>;
-  responseSizes: Histogram<ModelLabels>;
-  timePerOutputToken: Histogram<ModelLabels>;
-  kvEppPromptTokens: Histogram<ModelLabels>;
+  requests: FastCounter<ModelLabels | 'priority'>;
+  running: FastGauge<'model_name'>;
+  duration: FastHistogram<ModelLabels>;
+  inputTokens: FastHistogram<ModelLabels>;
+  outputTokens: FastHistogram<ModelLabels>;
+  promptCachedTokens: FastHistogram<ModelLabels>;
+  requestSizes: FastHistogram<ModelLabels>;
+  responseSizes: FastHistogram<ModelLabels>;
+  timePerOutputToken: FastHistogram<ModelLabels>;
+  kvEppPromptTokens: FastHistogram<ModelLabels>;
 }
 
 /** kv-epp's package.json version: the nearest package.json named kv-epp above this module (src or dist). */
@@ -296,24 +297,24 @@ export class EppMetrics {
   /** The (model, target) pairs admitted as labels (at most MAX_MODEL_LABEL_PAIRS). */
   private readonly labelPairs = new Set<string>();
   private readonly perRequest: Metrics;
-  private readonly errors: Counter<ModelLabels | 'error_code'>;
-  private readonly schedulerE2e: Histogram;
-  private readonly attempts: Counter<AttemptLabels>;
+  private readonly errors: FastCounter<ModelLabels | 'error_code'>;
+  private readonly schedulerE2e: FastHistogram;
+  private readonly attempts: FastCounter<AttemptLabels>;
   private readonly poolNamespace: string;
-  private readonly route: Histogram;
-  private readonly overlapBlocks: Histogram;
-  private readonly tokenization: Histogram;
-  private readonly served: Counter<'outcome'>;
-  private readonly eventsApplied: Counter<'kind'>;
-  private readonly eventBlocks: Counter<'op'>;
-  private readonly eventsRejected: Counter<'reason'>;
-  private readonly eventGaps: Counter<'kind'>;
-  private readonly recoveries: Counter<'trigger' | 'outcome'>;
-  private readonly recoveredBlocks: Counter;
-  private readonly eventResets: Counter;
-  private readonly eventsDropped: Counter;
-  private readonly eventMessages: Counter;
-  private readonly eventLag: Histogram;
+  private readonly route: FastHistogram;
+  private readonly overlapBlocks: FastHistogram;
+  private readonly tokenization: FastHistogram;
+  private readonly served: FastCounter<'outcome'>;
+  private readonly eventsApplied: FastCounter<'kind'>;
+  private readonly eventBlocks: FastCounter<'op'>;
+  private readonly eventsRejected: FastCounter<'reason'>;
+  private readonly eventGaps: FastCounter<'kind'>;
+  private readonly recoveries: FastCounter<'trigger' | 'outcome'>;
+  private readonly recoveredBlocks: FastCounter;
+  private readonly eventResets: FastCounter;
+  private readonly eventsDropped: FastCounter;
+  private readonly eventMessages: FastCounter;
+  private readonly eventLag: FastHistogram;
 
   constructor(sources: MetricsSources = {}) {
     const reg = new Registry();
@@ -321,15 +322,15 @@ export class EppMetrics {
     const registers = [reg];
     this.poolNamespace = sources.poolNamespace ?? '';
     const modelHistogram = (name: string, help: string, buckets: number[]) =>
-      new Histogram({ name, help, labelNames: MODEL_LABELS, buckets, registers });
+      new FastHistogram({ name, help, labelNames: MODEL_LABELS, buckets, registers });
     this.perRequest = {
-      requests: new Counter({
+      requests: new FastCounter({
         name: 'inference_objective_request_total',
         help: '[ALPHA] Counter of inference objective requests broken out for each model and target model.',
         labelNames: [...MODEL_LABELS, 'priority'],
         registers,
       }),
-      running: new Gauge({
+      running: new FastGauge({
         name: 'inference_objective_running_requests',
         help: '[ALPHA] Inference objective number of running requests in each model.',
         labelNames: ['model_name'],
@@ -376,19 +377,19 @@ export class EppMetrics {
         INPUT_TOKEN_BUCKETS,
       ),
     };
-    this.errors = new Counter({
+    this.errors = new FastCounter({
       name: 'inference_objective_request_error_total',
       help: '[ALPHA] Counter of inference objective requests errors broken out for each model and target model.',
       labelNames: [...MODEL_LABELS, 'error_code'],
       registers,
     });
-    this.schedulerE2e = new Histogram({
+    this.schedulerE2e = new FastHistogram({
       name: 'inference_extension_scheduler_e2e_duration_seconds',
       help: '[ALPHA] End-to-end scheduling latency distribution in seconds.',
       buckets: SCHEDULER_BUCKETS,
       registers,
     });
-    this.attempts = new Counter({
+    this.attempts = new FastCounter({
       name: 'inference_extension_scheduler_attempts_total',
       help: '[ALPHA] Total number of scheduling attempts.',
       labelNames: ['status', 'target_model_name', 'pod_name', 'namespace', 'port'],
@@ -401,7 +402,7 @@ export class EppMetrics {
       labelNames: ['commit', 'build_ref'],
       registers,
     }).set({ commit: build.commit, build_ref: build.buildRef }, 1);
-    this.route = new Histogram({
+    this.route = new FastHistogram({
       name: 'kv_epp_route_seconds',
       help: "Time from a complete request body to kv-epp's routing decision (body checks, admission, tokenization with any wait for the tokenizer pool, scoring, picking), in seconds.",
       buckets: ROUTE_BUCKETS,
@@ -419,75 +420,75 @@ export class EppMetrics {
         if (readyPods) this.set({ name: poolName }, readyPods());
       },
     });
-    this.overlapBlocks = new Histogram({
+    this.overlapBlocks = new FastHistogram({
       name: 'kv_epp_prefix_overlap_blocks',
       help: 'Cached prefix blocks (index overlap) of the endpoint each request was routed to.',
       buckets: BLOCK_BUCKETS,
       registers,
     });
-    this.tokenization = new Histogram({
+    this.tokenization = new FastHistogram({
       name: 'kv_epp_tokenization_seconds',
       help: 'Time to tokenize, hash and score one request body against the prefix index, in seconds.',
       buckets: TOKENIZATION_BUCKETS,
       registers,
     });
-    this.served = new Counter({
+    this.served = new FastCounter({
       name: 'kv_epp_served_endpoint_total',
       help: 'Finished requests by the endpoint the gateway reported serving them (x-gateway-destination-endpoint-served): primary, fallback (a later entry of the list), other (not in the list) or unreported.',
       labelNames: ['outcome'],
       registers,
     });
-    this.eventMessages = new Counter({
+    this.eventMessages = new FastCounter({
       name: 'kv_epp_events_messages_total',
       help: 'KV event messages (NATS/ZMQ/JetStream) decoded and applied.',
       registers,
     });
-    this.eventsApplied = new Counter({
+    this.eventsApplied = new FastCounter({
       name: 'kv_epp_events_applied_total',
       help: 'KV events applied to the prefix index, by kind (stored, removed, cleared).',
       labelNames: ['kind'],
       registers,
     });
-    this.eventBlocks = new Counter({
+    this.eventBlocks = new FastCounter({
       name: 'kv_epp_events_blocks_total',
       help: 'Blocks carried by applied KV events, by operation (stored, removed).',
       labelNames: ['op'],
       registers,
     });
-    this.eventsRejected = new Counter({
+    this.eventsRejected = new FastCounter({
       name: 'kv_epp_events_rejected_total',
       help: 'KV events not applied, by reason (malformed, unknown_variant, block_size_mismatch, partial_block (blocks), parent_not_found, block_not_found, invalid_block_sequence, no_worker, duplicate).',
       labelNames: ['reason'],
       registers,
     });
-    this.eventGaps = new Counter({
+    this.eventGaps = new FastCounter({
       name: 'kv_epp_events_gaps_total',
       help: 'Lost KV events detected: event_id (a worker skipped ids) or publisher (an envelope sequence skipped).',
       labelNames: ['kind'],
       registers,
     });
-    this.eventResets = new Counter({
+    this.eventResets = new FastCounter({
       name: 'kv_epp_events_stream_resets_total',
       help: 'Worker event streams that restarted (ids back at the start); the worker was cleared.',
       registers,
     });
-    this.recoveries = new Counter({
+    this.recoveries = new FastCounter({
       name: 'kv_epp_events_recoveries_total',
       help: "Worker KV-state recoveries from the worker's local indexer, by trigger (gap, discovered) and outcome (recovered, failed, cancelled).",
       labelNames: ['trigger', 'outcome'],
       registers,
     });
-    this.recoveredBlocks = new Counter({
+    this.recoveredBlocks = new FastCounter({
       name: 'kv_epp_events_recovered_blocks_total',
       help: "Blocks stored from workers' local-indexer dumps.",
       registers,
     });
-    this.eventsDropped = new Counter({
+    this.eventsDropped = new FastCounter({
       name: 'kv_epp_events_dropped_total',
       help: 'KV event messages dropped because the apply queue was full.',
       registers,
     });
-    this.eventLag = new Histogram({
+    this.eventLag = new FastHistogram({
       name: 'kv_epp_events_lag_seconds',
       help: 'Time from a KV event message being published (envelope published_at) to it being applied.',
       buckets: LAG_BUCKETS,

@@ -51,13 +51,26 @@ export function sendStreamed(
 export class ResponsePath {
   status: number | undefined;
   served: string | undefined;
-  usage: Usage | undefined;
+  /** Usage seen so far (a held JSON body's is read on first access). */
+  get usage(): Usage | undefined {
+    if (this.usageBody !== undefined) {
+      this.readUsage = usageOfJsonBody(this.usageBody) ?? this.readUsage;
+      this.usageBody = undefined;
+    }
+    return this.readUsage;
+  }
   /** The response ended (body EoS, header EoS or trailers). */
   done = false;
   /** Response body bytes the model server sent (before any model restore). */
   bytes = 0;
   headersSeen = false;
 
+  private readUsage: Usage | undefined;
+  /**
+   * A complete JSON body whose usage is not read yet: reading it waits for the
+   * first `usage` access, after the answer carrying the body has been written.
+   */
+  private usageBody: Uint8Array | undefined;
   private sse = false;
   private hadContentLength = false;
   private sseParser: SseUsageParser | undefined;
@@ -177,7 +190,7 @@ export class ResponsePath {
   private flushHeld(eos: boolean): void {
     const body = this.held?.bytes() ?? EMPTY;
     this.held = undefined;
-    this.usage = usageOfJsonBody(body) ?? this.usage;
+    this.deferUsage(body);
     const out = this.rewriter ? this.rewriter.rewrite(body) : body;
     sendStreamed(this.sink, 'response_body', out, eos);
   }
@@ -213,9 +226,15 @@ export class ResponsePath {
       }
     }
     if (last && this.held) {
-      this.usage = usageOfJsonBody(this.held.bytes()) ?? this.usage;
+      this.deferUsage(this.held.bytes());
       this.held = undefined;
     }
+  }
+
+  /** Keeps `body` to read its usage later; a body not read yet is read now. */
+  private deferUsage(body: Uint8Array): void {
+    if (this.usageBody !== undefined) void this.usage;
+    if (body.length > 0) this.usageBody = body;
   }
 
   /** The response ended (or the stream did): usage finalised, onDone once. */
@@ -224,7 +243,7 @@ export class ResponsePath {
     this.done = true;
     if (this.sseParser) {
       this.sseParser.end();
-      this.usage = this.sseParser.usage ?? this.usage;
+      this.readUsage = this.sseParser.usage ?? this.readUsage;
     }
     this.onDone();
   }

@@ -384,7 +384,7 @@ export class ExtProcStream {
       this.responseMode,
       ModelRewriter.forDecision(decision),
       this.opts.maxResponseBufferBytes,
-      () => this.settle(),
+      this.settleAfterWrites,
     );
     this.phase = 'routed';
     return true;
@@ -450,7 +450,7 @@ export class ExtProcStream {
         this.responseMode,
         undefined,
         this.opts.maxResponseBufferBytes,
-        () => this.settle(),
+        this.settleAfterWrites,
       );
     }
     if (!this.response) {
@@ -539,6 +539,17 @@ export class ExtProcStream {
     this.sink.end();
     this.settle();
   }
+
+  /**
+   * The response ended: settle once the answer that ended it has been
+   * written. The transport flushes a task's writes from a microtask queued at
+   * its first write, which precedes this one, so the router's and the
+   * metrics' bookkeeping (and reading the usage of a held JSON body) no longer
+   * delays the client's response. The stream ending in between settles at once.
+   */
+  private readonly settleAfterWrites = (): void => {
+    queueMicrotask(() => this.settle());
+  };
 
   /** Runs router.complete once, if a decision was made. */
   private settle(): void {

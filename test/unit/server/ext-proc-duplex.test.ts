@@ -2,8 +2,10 @@
  * The ext_proc server as Envoy drives it in FULL_DUPLEX_STREAMED mode (the
  * default): a real gRPC client on an ephemeral port, a fake router.
  */
+
+import net from 'node:net';
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
 import {
@@ -472,6 +474,32 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(c?.summary).toMatchObject({ status: 200, promptTokens: 9, completionTokens: 2 });
       s.cancel();
     });
+
+    it.runIf(transport === 'raw-h2')(
+      'writes the answer that ends the response before the router completes',
+      async () => {
+        const s = await routed();
+        s.send(respHeaders({ ':status': '200', 'content-type': 'application/json' }));
+        await s.next();
+        // raw-h2 writes through net.Socket; the gRPC client's writes are nghttp2's (native).
+        const write = vi.spyOn(net.Socket.prototype, 'write');
+        const complete = vi.spyOn(fx.router, 'complete');
+        try {
+          s.send(respBody('{"usage":{"prompt_tokens":9,"completion_tokens":2}}', true));
+          await s.next();
+          const [c] = await fx.router.completed(1);
+          // The usage of the held body is still read, after the answer went out.
+          expect(c?.summary).toMatchObject({ promptTokens: 9, completionTokens: 2 });
+          const firstWrite = Math.min(...write.mock.invocationCallOrder);
+          expect(complete.mock.invocationCallOrder).toHaveLength(1);
+          expect(firstWrite).toBeLessThan(complete.mock.invocationCallOrder[0] as number);
+        } finally {
+          write.mockRestore();
+          complete.mockRestore();
+        }
+        s.cancel();
+      },
+    );
 
     it('answers response trailers, flushing a body that had no EoS', async () => {
       const s = await routed();
