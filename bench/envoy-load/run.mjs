@@ -355,8 +355,15 @@ function metricSums(text) {
     if (!line || line.startsWith('#')) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
     if (!m) continue;
-    const [, name, , value] = m;
-    if (name.endsWith('_bucket')) continue;
+    const [, name, labels, value] = m;
+    if (name.endsWith('_bucket')) {
+      // kv-epp's own route time, kept by bound for its tail (routeSlowPct).
+      const le = /le="([^"]+)"/.exec(labels ?? '')?.[1];
+      if (name === 'kv_epp_route_seconds_bucket' && le !== undefined) {
+        out[`${name}@${le}`] = (out[`${name}@${le}`] ?? 0) + Number(value);
+      }
+      continue;
+    }
     out[name] = (out[name] ?? 0) + Number(value);
   }
   return out;
@@ -1064,6 +1071,14 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
       meanInputTokens: round(mean('kv_epp_prompt_tokens'), 0),
       meanTokenizeMs: round((mean('kv_epp_tokenization_seconds') ?? Number.NaN) * 1000, 3),
       meanRouteMs: round((mean('kv_epp_route_seconds') ?? Number.NaN) * 1000, 3),
+      // Share of routes (%) slower than each bound: the route's own tail.
+      routeSlowPct: Object.fromEntries(
+        ['0.0002', '0.0005', '0.001', '0.002'].map((le) => {
+          const n = d('kv_epp_route_seconds_count');
+          const under = d(`kv_epp_route_seconds_bucket@${le}`);
+          return [`>${Number(le) * 1000}ms`, n > 0 ? round((100 * (n - under)) / n, 2) : undefined];
+        }),
+      ),
       meanRequestMs: round(
         (mean('inference_objective_request_duration_seconds') ?? Number.NaN) * 1000,
         3,
