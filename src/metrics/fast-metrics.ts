@@ -109,7 +109,11 @@ abstract class Family<L extends string, C extends Child> implements Publisher {
   /** The child for these label values, made on first use (exported once it records a value). */
   labels(labels: Labels<L>): C {
     let key = '';
-    for (const n of this.labelNames) key += `${labels[n] ?? ''}\u0000`;
+    // Length-prefixed: values are client-controlled (model names) and may hold any separator.
+    for (const n of this.labelNames) {
+      const v = String(labels[n] ?? '');
+      key += `${v.length}:${v}`;
+    }
     const hit = this.children.get(key);
     if (hit !== undefined) return hit;
     for (const n of Object.keys(labels)) {

@@ -181,6 +181,8 @@ export interface RequestSeries {
 }
 
 const MAX_CACHED_SERIES = 1024;
+/** A (model, target) pair as one key; length-prefixed, since names are client-controlled. */
+const pairKey = (model: string, target: string): string => `${model.length}:${model}${target}`;
 /**
  * Distinct (model, target) label pairs exported; later new pairs count under
  * OVERFLOW_MODEL. Model names come from clients, and prom-client never drops a
@@ -565,7 +567,7 @@ export class EppMetrics {
    */
   requestSeries(model: string, target: string): RequestSeries {
     [model, target] = this.labelPair(model, target);
-    const key = `${model}\u0000${target}`;
+    const key = pairKey(model, target);
     let c = this.series.get(key);
     if (c === undefined) {
       // Model names come from clients: bound the cache (prom-client keeps its own series).
@@ -596,7 +598,7 @@ export class EppMetrics {
    */
   /** The labels a (model, target) pair is exported under: itself, or OVERFLOW_MODEL past the bound. */
   private labelPair(model: string, target: string): [string, string] {
-    const key = `${model}\u0000${target}`;
+    const key = pairKey(model, target);
     if (this.labelPairs.has(key)) return [model, target];
     if (this.labelPairs.size >= MAX_MODEL_LABEL_PAIRS) return [OVERFLOW_MODEL, OVERFLOW_MODEL];
     this.labelPairs.add(key);

@@ -166,6 +166,26 @@ describe('fast metrics render exactly what prom-client renders', () => {
   });
 });
 
+describe('fast metrics keep label sets apart', () => {
+  it('label values holding a separator do not share a series', async () => {
+    const p = registries();
+    const cfg = { name: 'pairs', help: 'p', labelNames: ['model_name', 'target_model_name'] };
+    const rc = new Counter({ ...cfg, registers: [p.ref] });
+    const fc = new FastCounter({ ...cfg, registers: [p.fast] });
+    for (const [m, t] of [
+      ['a\u0000', 'b'],
+      ['a', '\u0000b'],
+      ['1:a', ''],
+      ['', 'a1:'],
+    ] as const) {
+      rc.inc({ model_name: m, target_model_name: t });
+      fc.inc({ model_name: m, target_model_name: t });
+    }
+    await expectSameExport(p);
+    expect(fc.get().values).toHaveLength(4);
+  });
+});
+
 describe('fast metrics refuse what prom-client refuses', () => {
   const reg = new Registry();
   const h = new FastHistogram({ name: 'bad_h', help: 'h', buckets: [1, 2], registers: [reg] });

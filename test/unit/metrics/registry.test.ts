@@ -301,6 +301,26 @@ describe('EppMetrics', () => {
     ).toBe(2);
   });
 
+  it('keeps (model, target) pairs apart whatever characters the names hold', async () => {
+    const m = metrics();
+    m.requestStarted('a\u0000', 'b');
+    m.requestStarted('a', '\u0000b');
+    m.requestStarted('a', '\u0000b');
+    const text = await m.registry.metrics();
+    expect(
+      sample(
+        text,
+        'inference_objective_request_total{model_name="a\u0000",target_model_name="b",priority="0"}',
+      ),
+    ).toBe(1);
+    expect(
+      sample(
+        text,
+        'inference_objective_request_total{model_name="a",target_model_name="\u0000b",priority="0"}',
+      ),
+    ).toBe(2);
+  });
+
   it('reports the build: KV_EPP_COMMIT and the package.json version', async () => {
     const pkg = JSON.parse(
       readFileSync(new URL('../../../package.json', import.meta.url), 'utf8'),
