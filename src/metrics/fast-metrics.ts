@@ -64,7 +64,8 @@ abstract class Child {
     private readonly family: Publisher,
     readonly labels: Record<string, string | number>,
   ) {}
-  protected touch(): void {
+  /** Marks the series recorded (exported from now on). */
+  touch(): void {
     if (!this.live) {
       this.live = true;
       this.family.publish(this);
@@ -146,38 +147,53 @@ abstract class Family<L extends string, C extends Child> implements Publisher {
 
   abstract getForPromString(): MetricExport;
 
-  /** A counter's or gauge's export: one value per series. */
-  protected scalarExport(this: Family<L, C & { value: number }>): MetricExport {
-    const values: ExportValue[] = [];
-    for (const c of this.exported) values.push({ value: c.value, labels: c.labels });
-    return { name: this.name, help: this.help, type: this.type, values, aggregator: 'sum' };
-  }
-
   get(): MetricExport {
     return this.getForPromString();
   }
 }
 
-export class CounterChild extends Child {
+/** One number per series: a counter's or a gauge's. */
+abstract class ScalarChild extends Child {
   value = 0;
-  inc(v = 1): void {
-    if (finite(v, 'Value') < 0) throw new Error('It is not possible to decrease a counter');
-    this.touch();
-    this.value += v;
-  }
   clear(): void {
     this.value = 0;
     this.live = false;
   }
 }
 
-export class FastCounter<L extends string = string> extends Family<L, CounterChild> {
-  readonly type = 'counter' as const;
-
+/** Counters and gauges: a family without labels exports its zero series from the start (and after reset). */
+abstract class ScalarFamily<L extends string, C extends ScalarChild> extends Family<L, C> {
   constructor(cfg: FamilyConfig<L>) {
     super(cfg);
-    if (this.labelNames.length === 0) this.unlabelled().inc(0);
+    this.zeroSeries();
   }
+
+  private zeroSeries(): void {
+    if (this.labelNames.length === 0) this.unlabelled().touch();
+  }
+
+  override reset(): void {
+    super.reset();
+    this.zeroSeries();
+  }
+
+  getForPromString(): MetricExport {
+    const values: ExportValue[] = [];
+    for (const c of this.exported) values.push({ value: c.value, labels: c.labels });
+    return { name: this.name, help: this.help, type: this.type, values, aggregator: 'sum' };
+  }
+}
+
+export class CounterChild extends ScalarChild {
+  inc(v = 1): void {
+    if (finite(v, 'Value') < 0) throw new Error('It is not possible to decrease a counter');
+    this.touch();
+    this.value += v;
+  }
+}
+
+export class FastCounter<L extends string = string> extends ScalarFamily<L, CounterChild> {
+  readonly type = 'counter' as const;
 
   protected makeChild(labels: Record<string, string | number>): CounterChild {
     return new CounterChild(this, labels);
@@ -188,59 +204,27 @@ export class FastCounter<L extends string = string> extends Family<L, CounterChi
     if (typeof labelsOrValue === 'object') this.labels(labelsOrValue).inc(value);
     else this.unlabelled().inc(labelsOrValue);
   }
-
-  override reset(): void {
-    super.reset();
-    if (this.labelNames.length === 0) this.unlabelled().inc(0);
-  }
-
-  getForPromString(): MetricExport {
-    return this.scalarExport();
-  }
 }
 
-export class GaugeChild extends Child {
-  value = 0;
+export class GaugeChild extends ScalarChild {
   inc(v = 1): void {
-    finite(v, 'Value');
-    this.touch();
-    this.value += v;
+    this.set(this.value + finite(v, 'Value'));
   }
   dec(v = 1): void {
-    finite(v, 'Value');
-    this.touch();
-    this.value -= v;
+    this.set(this.value - finite(v, 'Value'));
   }
   set(v: number): void {
     finite(v, 'Value');
     this.touch();
     this.value = v;
   }
-  clear(): void {
-    this.value = 0;
-    this.live = false;
-  }
 }
 
-export class FastGauge<L extends string = string> extends Family<L, GaugeChild> {
+export class FastGauge<L extends string = string> extends ScalarFamily<L, GaugeChild> {
   readonly type = 'gauge' as const;
-
-  constructor(cfg: FamilyConfig<L>) {
-    super(cfg);
-    if (this.labelNames.length === 0) this.unlabelled().set(0);
-  }
 
   protected makeChild(labels: Record<string, string | number>): GaugeChild {
     return new GaugeChild(this, labels);
-  }
-
-  override reset(): void {
-    super.reset();
-    if (this.labelNames.length === 0) this.unlabelled().set(0);
-  }
-
-  getForPromString(): MetricExport {
-    return this.scalarExport();
   }
 }
 
@@ -305,11 +289,7 @@ export class FastHistogram<L extends string = string> extends Family<L, Histogra
 
   /** prom-client's unlabelled histogram exports a zero series from its construction. */
   private zeroSeries(): void {
-    const c = this.unlabelled();
-    if (!c.live) {
-      c.live = true;
-      this.publish(c);
-    }
+    this.unlabelled().touch();
   }
 
   protected makeChild(labels: Record<string, string | number>): HistogramChild {

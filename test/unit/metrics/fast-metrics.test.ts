@@ -31,33 +31,17 @@ async function expectSameExport(p: Pair): Promise<void> {
 describe('fast metrics render exactly what prom-client renders', () => {
   it('histograms: random values on, between, below and above the bounds, labelled and not', async () => {
     const p = registries();
-    const labelNames = ['model_name', 'target_model_name'] as const;
-    const refL = new Histogram({
+    const labelled = {
       name: 'h_labelled',
       help: 'help with a \\ backslash\nand a newline',
-      labelNames,
+      labelNames: ['model_name', 'target_model_name'] as const,
       buckets: TOKEN_BUCKETS,
-      registers: [p.ref],
-    });
-    const fastL = new FastHistogram({
-      name: 'h_labelled',
-      help: 'help with a \\ backslash\nand a newline',
-      labelNames,
-      buckets: TOKEN_BUCKETS,
-      registers: [p.fast],
-    });
-    const refU = new Histogram({
-      name: 'h_plain',
-      help: 'plain',
-      buckets: SECOND_BUCKETS,
-      registers: [p.ref],
-    });
-    const fastU = new FastHistogram({
-      name: 'h_plain',
-      help: 'plain',
-      buckets: SECOND_BUCKETS,
-      registers: [p.fast],
-    });
+    };
+    const plain = { name: 'h_plain', help: 'plain', buckets: SECOND_BUCKETS };
+    const refL = new Histogram({ ...labelled, registers: [p.ref] });
+    const fastL = new FastHistogram({ ...labelled, registers: [p.fast] });
+    const refU = new Histogram({ ...plain, registers: [p.ref] });
+    const fastU = new FastHistogram({ ...plain, registers: [p.fast] });
     // Before any observation: the unlabelled one has its zero series, the labelled one none.
     await expectSameExport(p);
 
