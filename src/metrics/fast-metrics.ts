@@ -129,9 +129,11 @@ abstract class Family<L extends string, C extends Child> implements Publisher {
     return child;
   }
 
-  /** The only child of a family without labels. */
+  /** The only child of a family without labels (children outlive `reset`, so it is kept). */
+  private solo: C | undefined;
   protected unlabelled(): C {
-    return this.labels({});
+    if (this.solo === undefined) this.solo = this.labels({});
+    return this.solo;
   }
 
   /**
@@ -271,7 +273,6 @@ export class HistogramChild extends Child {
 export class FastHistogram<L extends string = string> extends Family<L, HistogramChild> {
   readonly type = 'histogram' as const;
   private readonly bounds: Float64Array;
-  private readonly upper: readonly number[];
 
   constructor(cfg: FamilyConfig<L> & { buckets: readonly number[] }) {
     super(cfg);
@@ -282,7 +283,6 @@ export class FastHistogram<L extends string = string> extends Family<L, Histogra
         throw new Error(`${cfg.name}: buckets must be strictly increasing`);
       }
     }
-    this.upper = [...cfg.buckets];
     this.bounds = Float64Array.from(cfg.buckets);
     if (this.labelNames.length === 0) this.zeroSeries();
   }
@@ -307,10 +307,10 @@ export class FastHistogram<L extends string = string> extends Family<L, Histogra
     for (const child of this.exported) {
       const labels = child.labels;
       let acc = 0;
-      for (let i = 0; i < this.upper.length; i++) {
+      for (let i = 0; i < this.bounds.length; i++) {
         acc += child.counts[i] as number;
         values.push({
-          labels: { le: this.upper[i] as number },
+          labels: { le: this.bounds[i] as number },
           sharedLabels: labels,
           value: acc,
           metricName: bucket,

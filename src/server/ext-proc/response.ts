@@ -53,10 +53,7 @@ export class ResponsePath {
   served: string | undefined;
   /** Usage seen so far (a held JSON body's is read on first access). */
   get usage(): Usage | undefined {
-    if (this.usageBody !== undefined) {
-      this.readUsage = usageOfJsonBody(this.usageBody) ?? this.readUsage;
-      this.usageBody = undefined;
-    }
+    this.readPendingUsage();
     return this.readUsage;
   }
   /** The response ended (body EoS, header EoS or trailers). */
@@ -233,8 +230,14 @@ export class ResponsePath {
 
   /** Keeps `body` to read its usage later; a body not read yet is read now. */
   private deferUsage(body: Uint8Array): void {
-    if (this.usageBody !== undefined) void this.usage;
+    this.readPendingUsage();
     if (body.length > 0) this.usageBody = body;
+  }
+
+  private readPendingUsage(): void {
+    if (this.usageBody === undefined) return;
+    this.readUsage = usageOfJsonBody(this.usageBody) ?? this.readUsage;
+    this.usageBody = undefined;
   }
 
   /** The response ended (or the stream did): usage finalised, onDone once. */
