@@ -30,7 +30,7 @@
  *        [--envoy-concurrency 1] [--small-bytes 2048] [--big-bytes 225280]
  *        [--out FILE] [--no-build] [--log-dir DIR] [--envoy-log ext_proc:debug]
        [--raw-dir DIR] [--epp-window BYTES]
- *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."]
+ *        [--lift-h2-reset-limit] [--profile DIR] [--node-args="--trace-gc ..."] [--gc-log]
  *        [--rounds N] [--slices N]
  *
  *   --rounds N             run the whole plan N times (set-up order rotated each
@@ -46,6 +46,10 @@
  *                          diagnostic for the GOAWAY bug it describes)
  *   --profile DIR          start kv-epp with --cpu-prof into DIR; the top
  *                          self-time functions per thread go into the JSON
+ *   --gc-log               preload gc-log.mjs into kv-epp and, for each kv-epp point,
+ *                          line its GC pauses up with vegeta's requests (gc-overlap.mjs):
+ *                          pauses by kind, the share of all and of the slowest 1 % of
+ *                          requests a pause overlapped, and the p99 without those
  *   --raw-dir DIR          keep vegeta's raw results per point (DIR/<setup>-<scenario>-<load>.bin;
                          \`vegeta encode --to csv\` gives each request's start and latency)
   --epp-window BYTES     HTTP/2 stream and connection windows of Envoy's EPP clusters
@@ -76,6 +80,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { machineCpu, num, printHelpAndExit, statCpu, table } from '../lib/common.mjs';
+import { gcOverlap, parseGcLog, parseVegetaCsv } from './gc-overlap.mjs';
 import { addDelta, pooledThroughput, sliceOrder, zeroLike } from './slices.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -114,6 +119,7 @@ const { values: argv } = parseArgs({
     'no-build': { type: 'boolean', default: false },
     'lift-h2-reset-limit': { type: 'boolean', default: false },
     profile: { type: 'string' },
+    'gc-log': { type: 'boolean', default: false },
     'node-args': { type: 'string' },
     'log-dir': { type: 'string' },
     'raw-dir': { type: 'string' },
@@ -158,6 +164,7 @@ const opt = {
   eppWindow: argv['epp-window'] === undefined ? undefined : num('epp-window', argv['epp-window']),
   liftH2ResetLimit: argv['lift-h2-reset-limit'],
   profileDir: argv.profile,
+  gcLog: argv['gc-log'],
   nodeArgs: argv['node-args'],
   envoyComponentLog: argv['envoy-log'],
   rounds: num('rounds', argv.rounds),
@@ -506,23 +513,33 @@ async function startKvEpp(upstreamAddrs, dir) {
     rmSync(opt.profileDir, { recursive: true, force: true });
     nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${opt.profileDir}`);
   }
-  const p = new Proc('kv-epp', nodeForEpp(), [
-    ...nodeArgs,
-    join(ROOT, 'dist', 'src', 'cli', 'main.js'),
-    'serve',
-    '--secure-serving=false',
-    '--kv-events=false',
-    '--host',
-    '127.0.0.1',
-    '--grpc-port',
-    '0',
-    '--grpc-health-port',
-    '0',
-    '--metrics-port',
-    '0',
-    '--endpoints-file',
-    file,
-  ]);
+  // Not in `own`: kv-epp would wake for each append there.
+  const gcLogFile = opt.gcLog ? join(dir, 'kv-epp-gc.log') : undefined;
+  if (gcLogFile) nodeArgs.push('--import', pathToFileURL(join(HERE, 'gc-log.mjs')).href);
+  const env = gcLogFile ? { ...process.env, KV_EPP_GC_LOG: gcLogFile } : process.env;
+  const p = new Proc(
+    'kv-epp',
+    nodeForEpp(),
+    [
+      ...nodeArgs,
+      join(ROOT, 'dist', 'src', 'cli', 'main.js'),
+      'serve',
+      '--secure-serving=false',
+      '--kv-events=false',
+      '--host',
+      '127.0.0.1',
+      '--grpc-port',
+      '0',
+      '--grpc-health-port',
+      '0',
+      '--metrics-port',
+      '0',
+      '--endpoints-file',
+      file,
+    ],
+    env,
+  );
+  p.gcLogFile = gcLogFile;
   const m = await p.waitFor(/"msg":"kv-epp serving".*$/, 60_000);
   const info = JSON.parse(m.input);
   p.ports = { grpc: info.grpcPort, health: info.healthPort, metrics: info.metricsPort };
@@ -748,6 +765,18 @@ async function attack(targets, load, durationS, out) {
   await runToEnd(VEGETA, args);
 }
 
+/** GC pauses (gc-log.mjs) against the requests of vegeta result files. */
+async function overlapOfGc(files, gcLogFile) {
+  await sleep(150); // gc-log.mjs writes every 100 ms
+  const requests = [];
+  for (const f of files) {
+    for (const r of parseVegetaCsv(await runToEnd(VEGETA, ['encode', '--to', 'csv', f])))
+      requests.push(r);
+  }
+  const pauses = existsSync(gcLogFile) ? parseGcLog(readFileSync(gcLogFile, 'utf8')) : [];
+  return gcOverlap(requests, pauses);
+}
+
 async function vegetaReport(files) {
   return JSON.parse(await runToEnd(VEGETA, ['report', '-type=json', ...[files].flat()]));
 }
@@ -892,6 +921,19 @@ async function main() {
         const p = summarise(setup, step, rep, zeroLike(a.delta), a.delta, bodyBytes, a.probe);
         p.round = r;
         if (slices > 1) p.slices = { count: slices, seconds: round(sliceS, 3) };
+        if (setup === 'kvepp' && procs.kvepp?.gcLogFile) {
+          p.kvepp.gcOverlap = await overlapOfGc(a.files, procs.kvepp.gcLogFile);
+          const g = p.kvepp.gcOverlap;
+          if (g) {
+            log(
+              `  kv-epp GC: ${Object.entries(g.pauses)
+                .map(([k, v]) => `${v.count} ${k} (p50 ${v.p50Ms} ms, max ${v.maxMs} ms)`)
+                .join(
+                  ', ',
+                )}; overlapped ${g.requestsOverlappingPct}% of requests, ${g.slowest1PctOverlappingPct}% of the slowest 1%; p99 ${g.p99Ms} ms, ${g.p99WithoutOverlapMs} ms without them`,
+            );
+          }
+        }
         points.push(p);
         log(
           `  ${step.scenario} ${loadName} ${setup}${roundName} → ${p.throughput} req/s ok ${p.successPct}% p50 ${p.latencyMs.p50} p99 ${p.latencyMs.p99} ms` +
