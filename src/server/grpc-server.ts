@@ -89,6 +89,11 @@ export interface RunningServer {
   certificate?: string | undefined;
   /** The HTTP/2 path in force: `raw-h2`, `direct` (node:http2, ext_proc only) or `grpc-js`. */
   transport?: 'raw-h2' | 'direct' | 'grpc-js' | undefined;
+  /**
+   * raw-h2: connections accepted so far that read into a reused buffer
+   * (h2/socket-reads.ts); the others read 'data' events. 0 on other transports.
+   */
+  readonly ownReadBufferConnections?: number;
   /** Stops accepting, lets open calls finish for up to `graceMs`, then cuts them. */
   close(graceMs?: number): Promise<void>;
 }
@@ -226,7 +231,15 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     { port, tls: tlsMode(opts.tls), transport: inForce },
     'ext_proc server listening',
   );
-  return { port, certificate, transport: inForce, close: closer(server, raw) };
+  return {
+    port,
+    certificate,
+    transport: inForce,
+    get ownReadBufferConnections() {
+      return raw?.ownReadBufferConnections ?? 0;
+    },
+    close: closer(server, raw),
+  };
 }
 
 /** The raw-h2 connections' windows and protocol-error log line, shared by both ports. */
@@ -291,5 +304,12 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
   }
   const transport = raw ? 'raw-h2' : 'grpc-js';
   opts.logger.info({ port, transport }, 'health server listening');
-  return { port, transport, close: closer(server, raw) };
+  return {
+    port,
+    transport,
+    get ownReadBufferConnections() {
+      return raw?.ownReadBufferConnections ?? 0;
+    },
+    close: closer(server, raw),
+  };
 }

@@ -23,6 +23,7 @@ import { type TLSSocket, Server as TlsServer } from 'node:tls';
 import type { Server } from '@grpc/grpc-js';
 import { H2Connection, type H2Stream, type H2StreamEvents } from '../h2/connection.js';
 import { encodeHeaders } from '../h2/hpack.js';
+import { readIntoOwnBuffer } from '../h2/socket-reads.js';
 import {
   guardReady,
   LIVENESS_SERVICE,
@@ -54,6 +55,8 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
 export interface RawTransport {
   /** Open connections. */
   readonly connections: number;
+  /** Connections accepted so far whose reads go into a reused buffer (h2/socket-reads.ts). */
+  readonly ownReadBufferConnections: number;
   drain(): void;
   destroy(): void;
 }
@@ -68,26 +71,34 @@ const UNSUPPORTED_MEDIA_TYPE = encodeHeaders([[':status', '415']]);
 
 const HEALTH = '/grpc.health.v1.Health/';
 
-/** The GrpcWire of one of our HTTP/2 streams. */
-function wireOf(stream: H2Stream): GrpcWire {
-  return {
-    sendHeaders: () => stream.respond(RESPONSE_BLOCK),
-    sendTrailersOnly: (code, message) =>
-      stream.respond(encodeHeaders([...RESPONSE_FIELDS, ...statusFields(code, message)]), true),
-    write: (frame) => stream.write(frame),
-    sendTrailers: (code, message) =>
-      stream.end(
-        code === GrpcStatus.OK ? OK_TRAILERS_BLOCK : encodeHeaders(statusFields(code, message)),
-      ),
-    get gone() {
-      return !stream.writable;
-    },
-  };
+/**
+ * The GrpcWire of one of our HTTP/2 streams. A class, not an object literal:
+ * a literal with a getter is built through a runtime call on every stream.
+ */
+class StreamWire implements GrpcWire {
+  constructor(private readonly stream: H2Stream) {}
+  sendHeaders(): void {
+    this.stream.respond(RESPONSE_BLOCK);
+  }
+  sendTrailersOnly(code: number, message: string): void {
+    this.stream.respond(encodeHeaders([...RESPONSE_FIELDS, ...statusFields(code, message)]), true);
+  }
+  write(frame: Buffer | readonly Buffer[]): void {
+    this.stream.write(frame);
+  }
+  sendTrailers(code: number, message: string): void {
+    this.stream.end(
+      code === GrpcStatus.OK ? OK_TRAILERS_BLOCK : encodeHeaders(statusFields(code, message)),
+    );
+  }
+  get gone(): boolean {
+    return !this.stream.writable;
+  }
 }
 
 /** A call answered with a status before any message. */
 function refuse(stream: H2Stream, code: number, message: string): H2StreamEvents {
-  wireOf(stream).sendTrailersOnly(code, message);
+  new StreamWire(stream).sendTrailersOnly(code, message);
   return IGNORE;
 }
 
@@ -98,7 +109,7 @@ function callEvents<Req, Res>(
   opts: FastPathOptions<Req, Res>,
   timeout: string | undefined,
 ): H2StreamEvents {
-  const call = new GrpcCall(wireOf(stream), opts, timeout);
+  const call = new GrpcCall(new StreamWire(stream), opts, timeout);
   return {
     onData: (chunk) => call.onData(chunk),
     onEnd: () => call.onEnd(),
@@ -296,6 +307,7 @@ function install<Req, Res>(
   const servers = (server as unknown as GrpcServerInternals).http2Servers;
   if (!(servers instanceof Map) || servers.size === 0) return undefined;
   const connections = new Set<H2Connection>();
+  let ownBufferConnections = 0;
   const watchMs = opts.watchIntervalMs ?? 1000;
 
   const open = (stream: H2Stream, headers: string[]): H2StreamEvents => {
@@ -331,8 +343,10 @@ function install<Req, Res>(
       connectionWindowBytes: opts.connectionWindowBytes,
       onClose: () => connections.delete(conn),
       onProtocolError: opts.onProtocolError,
+      readsFrom: (deliver) => readIntoOwnBuffer(socket, deliver),
     });
     connections.add(conn);
+    if (conn.readsIntoOwnBuffer) ownBufferConnections++;
   };
 
   for (const h2 of servers.keys()) {
@@ -359,6 +373,9 @@ function install<Req, Res>(
   return {
     get connections() {
       return connections.size;
+    },
+    get ownReadBufferConnections() {
+      return ownBufferConnections;
     },
     drain() {
       for (const c of connections) c.goaway();

@@ -121,6 +121,12 @@ export interface H2ConnectionOptions {
   maxUnsentBytes?: number | undefined;
   /** Called once when the socket is gone. */
   onClose?: (() => void) | undefined;
+  /**
+   * Sets up a reader that hands every byte read to `deliver`, in order, in
+   * buffers the connection may keep; false when it cannot (then the
+   * connection reads 'data' events). Default: 'data' events.
+   */
+  readsFrom?: ((deliver: (bytes: Buffer) => void) => boolean) | undefined;
   /** A connection-level protocol error we answered with GOAWAY (logging). */
   onProtocolError?: ((code: number, reason: string) => void) | undefined;
 }
@@ -234,6 +240,8 @@ export class H2Connection {
   private readingPaused = false;
   private dead = false;
   private readonly flushNow = (): void => this.flush();
+  /** Whether `opts.readsFrom` took over the reads. */
+  readonly readsIntoOwnBuffer: boolean;
 
   constructor(
     private readonly socket: Duplex,
@@ -244,7 +252,6 @@ export class H2Connection {
       maxHeaderListBytes: opts.maxHeaderListBytes ?? 256 * 1024,
     });
     this.recvWindow = opts.connectionWindowBytes;
-    socket.on('data', (chunk: Buffer) => this.onSocketData(chunk));
     socket.on('error', () => this.lost());
     socket.on('close', () => this.lost());
     socket.on('end', () => this.lost());
@@ -262,6 +269,11 @@ export class H2Connection {
     if (opts.connectionWindowBytes > DEFAULT_WINDOW) {
       this.windowUpdate(0, opts.connectionWindowBytes - DEFAULT_WINDOW);
     }
+    // Last: a reader may deliver bytes it already holds at once, and our
+    // preface must go out before any answer to them.
+    const deliver = (chunk: Buffer): void => this.onSocketData(chunk);
+    this.readsIntoOwnBuffer = opts.readsFrom?.(deliver) ?? false;
+    if (!this.readsIntoOwnBuffer) socket.on('data', deliver);
   }
 
   /** Open streams (tests, shutdown). */

@@ -66,6 +66,8 @@ describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport)
     );
     expect(list.liveness?.status).toBe(SERVING);
     expect(list.readiness?.status).toBe(NOT_SERVING);
+    // raw-h2 reads the one connection into a reused buffer (h2/socket-reads.ts).
+    expect(srv.ownReadBufferConnections).toBe(transport === 'raw-h2' ? 1 : 0);
   });
 
   it('Watch sends the current status, then each change', async () => {
@@ -144,6 +146,7 @@ describe('ext_proc server', () => {
     ready = false;
     expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(NOT_SERVING);
     expect(await check(c, 'liveness')).toBe(SERVING);
+    expect(srv.ownReadBufferConnections).toBe(1);
   });
 
   it.each(['self-signed', 'given'] as const)(
@@ -183,6 +186,8 @@ describe('ext_proc server', () => {
       s.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
       expect(destinationOf(await s.next())).toBe('127.0.0.2:8000');
       s.cancel();
+      // The ALPN probe's connection and the client's, both read into a reused buffer.
+      expect(srv.ownReadBufferConnections).toBe(2);
 
       // A plaintext client cannot talk to it.
       const plain = new ExtProcClient(srv.port);

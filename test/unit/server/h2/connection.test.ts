@@ -5,7 +5,7 @@
  */
 import http2 from 'node:http2';
 import net from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
   ErrorCode,
   H2Connection,
@@ -13,6 +13,14 @@ import {
   type H2StreamEvents,
 } from '../../../../src/server/h2/connection.js';
 import { encodeHeaders } from '../../../../src/server/h2/hpack.js';
+import { readIntoOwnBuffer } from '../../../../src/server/h2/socket-reads.js';
+
+/**
+ * Both ways the connection can read: 'data' events, and one reused buffer per
+ * socket (socket-reads.ts, what raw-transport.ts uses). The suites run once each.
+ */
+const READ_MODES = ['data events', 'own read buffer'] as const;
+let readMode: (typeof READ_MODES)[number] = 'data events';
 
 type Handler = (stream: H2Stream, headers: Record<string, string>) => H2StreamEvents;
 
@@ -50,6 +58,10 @@ async function serve(
           return handler(stream, headers);
         },
         onProtocolError: (code, reason) => errors.push(`${code}:${reason}`),
+        readsFrom:
+          readMode === 'own read buffer'
+            ? (deliver) => readIntoOwnBuffer(socket, deliver)
+            : undefined,
         ...extra,
       }),
     );
@@ -124,365 +136,387 @@ function connect(port: number, settings: http2.Settings = {}): http2.ClientHttp2
   return c;
 }
 
-describe('H2Connection with a real HTTP/2 client', () => {
-  it('serves many streams over one connection (HPACK state kept in step)', async () => {
-    const h = await serve(echo);
-    const client = connect(h.port);
-    for (let round = 0; round < 3; round++) {
-      const replies = await Promise.all(
-        Array.from({ length: 50 }, (_, i) =>
-          request(client, `/p/${round}/${i}`, Buffer.from(`body ${round} ${i}`), {
-            'x-custom': `value-${i % 7}`,
-          }),
-        ),
-      );
-      replies.forEach((r, i) => {
-        expect(r.headers[':status']).toBe(200);
-        expect(r.headers['x-path']).toBe(`/p/${round}/${i}`);
-        expect(r.body.toString()).toBe(`body ${round} ${i}`);
-        expect(r.trailers['x-bytes']).toBe(String(`body ${round} ${i}`.length));
-      });
-    }
-    client.close();
-  });
-
-  it('honours both directions of flow control on large bodies', async () => {
-    // Small receive windows on our side: the client must wait for our WINDOW_UPDATEs;
-    // small windows on the client's side: our answer must wait for its updates.
-    const h = await serve(echo, { stream: 65_535, conn: 65_535 });
-    const client = connect(h.port, { initialWindowSize: 16_384 });
-    const big = Buffer.alloc(3 * 1024 * 1024 + 17);
-    for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
-    const [a, b] = await Promise.all([
-      request(client, '/a', big),
-      request(client, '/b', big.subarray(0, 200_001)),
-    ]);
-    expect(a.body.equals(big)).toBe(true);
-    expect(b.body.equals(big.subarray(0, 200_001))).toBe(true);
-    client.close();
-  });
-
-  it('reads a header block split over CONTINUATION frames', async () => {
-    const h = await serve(echo);
-    const client = connect(h.port);
-    const r = await request(client, '/long', Buffer.from('x'), { 'x-big': 'v'.repeat(40_000) });
-    expect(r.headers['x-path']).toBe('/long');
-    client.close();
-  });
-
-  it('tells the handler about a client reset, and resets on request', async () => {
-    let reset = -1;
-    const h = await serve((stream, headers) => {
-      if (headers[':path'] === '/reset-me') {
-        stream.reset(ErrorCode.REFUSED_STREAM);
-        return { onData() {}, onEnd() {}, onReset() {} };
-      }
-      return {
-        onData() {},
-        onEnd() {},
-        onReset: (code) => {
-          reset = code;
-        },
-      };
+for (const mode of READ_MODES) {
+  describe(`H2Connection with a real HTTP/2 client (${mode})`, () => {
+    beforeAll(() => {
+      readMode = mode;
     });
-    const client = connect(h.port);
-    const req = client.request({ ':method': 'POST', ':path': '/wait' });
-    req.on('error', () => {});
-    req.write('partial');
-    await new Promise((r) => setTimeout(r, 50));
-    req.close(http2.constants.NGHTTP2_CANCEL);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(reset).toBe(ErrorCode.CANCEL);
+    it('reads the way it was asked to', async () => {
+      const h = await serve(echo);
+      const client = http2.connect(`http://127.0.0.1:${h.port}`);
+      await new Promise<void>((r) => client.once('remoteSettings', () => r()));
+      expect(h.conns.map((c) => c.readsIntoOwnBuffer)).toEqual([mode === 'own read buffer']);
+      client.close();
+    });
 
-    const refused = client.request({ ':method': 'POST', ':path': '/reset-me' });
-    refused.on('error', () => {});
-    const code = await new Promise<number>((r) => refused.on('close', () => r(refused.rstCode)));
-    expect(code).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
-    client.close();
+    it('serves many streams over one connection (HPACK state kept in step)', async () => {
+      const h = await serve(echo);
+      const client = connect(h.port);
+      for (let round = 0; round < 3; round++) {
+        const replies = await Promise.all(
+          Array.from({ length: 50 }, (_, i) =>
+            request(client, `/p/${round}/${i}`, Buffer.from(`body ${round} ${i}`), {
+              'x-custom': `value-${i % 7}`,
+            }),
+          ),
+        );
+        replies.forEach((r, i) => {
+          expect(r.headers[':status']).toBe(200);
+          expect(r.headers['x-path']).toBe(`/p/${round}/${i}`);
+          expect(r.body.toString()).toBe(`body ${round} ${i}`);
+          expect(r.trailers['x-bytes']).toBe(String(`body ${round} ${i}`.length));
+        });
+      }
+      client.close();
+    });
+
+    it('honours both directions of flow control on large bodies', async () => {
+      // Small receive windows on our side: the client must wait for our WINDOW_UPDATEs;
+      // small windows on the client's side: our answer must wait for its updates.
+      const h = await serve(echo, { stream: 65_535, conn: 65_535 });
+      const client = connect(h.port, { initialWindowSize: 16_384 });
+      const big = Buffer.alloc(3 * 1024 * 1024 + 17);
+      for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
+      const [a, b] = await Promise.all([
+        request(client, '/a', big),
+        request(client, '/b', big.subarray(0, 200_001)),
+      ]);
+      expect(a.body.equals(big)).toBe(true);
+      expect(b.body.equals(big.subarray(0, 200_001))).toBe(true);
+      client.close();
+    });
+
+    it('reads a header block split over CONTINUATION frames', async () => {
+      const h = await serve(echo);
+      const client = connect(h.port);
+      const r = await request(client, '/long', Buffer.from('x'), { 'x-big': 'v'.repeat(40_000) });
+      expect(r.headers['x-path']).toBe('/long');
+      client.close();
+    });
+
+    it('tells the handler about a client reset, and resets on request', async () => {
+      let reset = -1;
+      const h = await serve((stream, headers) => {
+        if (headers[':path'] === '/reset-me') {
+          stream.reset(ErrorCode.REFUSED_STREAM);
+          return { onData() {}, onEnd() {}, onReset() {} };
+        }
+        return {
+          onData() {},
+          onEnd() {},
+          onReset: (code) => {
+            reset = code;
+          },
+        };
+      });
+      const client = connect(h.port);
+      const req = client.request({ ':method': 'POST', ':path': '/wait' });
+      req.on('error', () => {});
+      req.write('partial');
+      await new Promise((r) => setTimeout(r, 50));
+      req.close(http2.constants.NGHTTP2_CANCEL);
+      await new Promise((r) => setTimeout(r, 50));
+      expect(reset).toBe(ErrorCode.CANCEL);
+
+      const refused = client.request({ ':method': 'POST', ':path': '/reset-me' });
+      refused.on('error', () => {});
+      const code = await new Promise<number>((r) => refused.on('close', () => r(refused.rstCode)));
+      expect(code).toBe(http2.constants.NGHTTP2_REFUSED_STREAM);
+      client.close();
+    });
+
+    it('acknowledges a lowered header table size in its next header block', async () => {
+      // nghttp2 refuses a response block that does not start with the size update.
+      const h = await serve(echo);
+      const client = connect(h.port, { headerTableSize: 0 });
+      await new Promise((r) => client.once('connect', r));
+      await new Promise((r) => setTimeout(r, 20)); // our SETTINGS ACK round trip
+      for (const path of ['/one', '/two']) {
+        const r = await request(client, path, Buffer.from(path));
+        expect(r.headers['x-path']).toBe(path);
+        expect(r.trailers['x-bytes']).toBe(String(path.length));
+      }
+      client.close();
+    });
+
+    it('announces its windows and limits in SETTINGS', async () => {
+      const h = await serve(echo, { stream: 123_456, conn: 4 << 20 });
+      const client = connect(h.port);
+      const s = await new Promise<http2.Settings>((r) => client.once('remoteSettings', r));
+      expect(s.initialWindowSize).toBe(123_456);
+      expect(s.maxConcurrentStreams).toBe(10_000);
+      expect(s.maxHeaderListSize).toBe(256 * 1024);
+      expect(s.maxFrameSize).toBe(16_384);
+      client.close();
+    });
+
+    it('answers PING and drains on GOAWAY', async () => {
+      const h = await serve(echo);
+      const client = connect(h.port);
+      await new Promise((r) => client.once('connect', r));
+      await new Promise<void>((resolve, reject) =>
+        client.ping(Buffer.from('12345678'), (err) => (err ? reject(err) : resolve())),
+      );
+      const goaway = new Promise<number>((r) => client.on('goaway', (code) => r(code)));
+      const closed = new Promise<void>((r) => client.on('close', () => r()));
+      await request(client, '/before', Buffer.from('1'));
+      h.conns[0]?.goaway();
+      expect(await goaway).toBe(0);
+      await closed;
+    });
   });
 
-  it('acknowledges a lowered header table size in its next header block', async () => {
-    // nghttp2 refuses a response block that does not start with the size update.
-    const h = await serve(echo);
-    const client = connect(h.port, { headerTableSize: 0 });
-    await new Promise((r) => client.once('connect', r));
-    await new Promise((r) => setTimeout(r, 20)); // our SETTINGS ACK round trip
-    for (const path of ['/one', '/two']) {
-      const r = await request(client, path, Buffer.from(path));
-      expect(r.headers['x-path']).toBe(path);
-      expect(r.trailers['x-bytes']).toBe(String(path.length));
+  describe(`H2Connection against protocol errors (${mode})`, () => {
+    beforeAll(() => {
+      readMode = mode;
+    });
+    const PREFACE = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
+    const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
+      const h = Buffer.alloc(9);
+      h.writeUIntBE(payload.length, 0, 3);
+      h[3] = type;
+      h[4] = flags;
+      h.writeUInt32BE(id, 5);
+      return Buffer.concat([h, payload]);
+    };
+    const SETTINGS = frame(4, 0, 0, Buffer.alloc(0));
+
+    /** Sends bytes after the preface; resolves with the GOAWAY error code we got back (or -1). */
+    async function goawayFor(h: Harness, bytes: Buffer): Promise<number> {
+      const sock = net.connect(h.port, '127.0.0.1');
+      const got: Buffer[] = [];
+      sock.on('data', (c) => got.push(c));
+      sock.on('error', () => {});
+      sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, bytes]));
+      await new Promise<void>((r) => sock.on('close', () => r()));
+      const all = Buffer.concat(got);
+      for (let at = 0; at + 9 <= all.length; ) {
+        const len = all.readUIntBE(at, 3);
+        if (all[at + 3] === 7) return all.readUInt32BE(at + 9 + 4);
+        at += 9 + len;
+      }
+      return -1;
     }
-    client.close();
-  });
 
-  it('announces its windows and limits in SETTINGS', async () => {
-    const h = await serve(echo, { stream: 123_456, conn: 4 << 20 });
-    const client = connect(h.port);
-    const s = await new Promise<http2.Settings>((r) => client.once('remoteSettings', r));
-    expect(s.initialWindowSize).toBe(123_456);
-    expect(s.maxConcurrentStreams).toBe(10_000);
-    expect(s.maxHeaderListSize).toBe(256 * 1024);
-    expect(s.maxFrameSize).toBe(16_384);
-    client.close();
-  });
+    it('GOAWAY(PROTOCOL_ERROR) for DATA on an idle stream', async () => {
+      const h = await serve(echo);
+      expect(await goawayFor(h, frame(0, 0, 1, Buffer.from('x')))).toBe(ErrorCode.PROTOCOL_ERROR);
+      expect(h.errors[0]).toMatch(/idle stream/);
+    });
 
-  it('answers PING and drains on GOAWAY', async () => {
-    const h = await serve(echo);
-    const client = connect(h.port);
-    await new Promise((r) => client.once('connect', r));
-    await new Promise<void>((resolve, reject) =>
-      client.ping(Buffer.from('12345678'), (err) => (err ? reject(err) : resolve())),
-    );
-    const goaway = new Promise<number>((r) => client.on('goaway', (code) => r(code)));
-    const closed = new Promise<void>((r) => client.on('close', () => r()));
-    await request(client, '/before', Buffer.from('1'));
-    h.conns[0]?.goaway();
-    expect(await goaway).toBe(0);
-    await closed;
-  });
-});
+    it('GOAWAY(FRAME_SIZE_ERROR) for a frame above 16 KiB', async () => {
+      const h = await serve(echo);
+      expect(await goawayFor(h, frame(0, 0, 1, Buffer.alloc(20_000)))).toBe(
+        ErrorCode.FRAME_SIZE_ERROR,
+      );
+    });
 
-describe('H2Connection against protocol errors', () => {
-  const PREFACE = 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n';
-  const frame = (type: number, flags: number, id: number, payload: Buffer): Buffer => {
-    const h = Buffer.alloc(9);
-    h.writeUIntBE(payload.length, 0, 3);
-    h[3] = type;
-    h[4] = flags;
-    h.writeUInt32BE(id, 5);
-    return Buffer.concat([h, payload]);
-  };
-  const SETTINGS = frame(4, 0, 0, Buffer.alloc(0));
+    it('GOAWAY(COMPRESSION_ERROR) for an undecodable header block', async () => {
+      const h = await serve(echo);
+      expect(await goawayFor(h, frame(1, 0x4, 1, Buffer.from([0xff])))).toBe(
+        ErrorCode.COMPRESSION_ERROR,
+      );
+    });
 
-  /** Sends bytes after the preface; resolves with the GOAWAY error code we got back (or -1). */
-  async function goawayFor(h: Harness, bytes: Buffer): Promise<number> {
-    const sock = net.connect(h.port, '127.0.0.1');
-    const got: Buffer[] = [];
-    sock.on('data', (c) => got.push(c));
-    sock.on('error', () => {});
-    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, bytes]));
-    await new Promise<void>((r) => sock.on('close', () => r()));
-    const all = Buffer.concat(got);
-    for (let at = 0; at + 9 <= all.length; ) {
-      const len = all.readUIntBE(at, 3);
-      if (all[at + 3] === 7) return all.readUInt32BE(at + 9 + 4);
-      at += 9 + len;
+    it('RST_STREAM(FLOW_CONTROL_ERROR) for DATA beyond the stream window', async () => {
+      // Windows are replenished as DATA arrives, so only one frame larger than
+      // the whole window can overrun it.
+      const h = await serve(echo, { stream: 10_000, conn: 1 << 20 });
+      const sock = net.connect(h.port, '127.0.0.1');
+      const got: Buffer[] = [];
+      sock.on('data', (c) => got.push(c));
+      sock.on('error', () => {});
+      const headers = frame(
+        1,
+        0x4,
+        1,
+        encodeHeaders([
+          [':method', 'POST'],
+          [':path', '/x'],
+        ]),
+      );
+      sock.write(
+        Buffer.concat([
+          Buffer.from(PREFACE, 'latin1'),
+          SETTINGS,
+          headers,
+          frame(0, 0, 1, Buffer.alloc(16_384)),
+        ]),
+      );
+      const rst = await new Promise<number>((resolve) => {
+        const look = (): void => {
+          const all = Buffer.concat(got);
+          for (let at = 0; at + 9 <= all.length; ) {
+            const len = all.readUIntBE(at, 3);
+            if (all[at + 3] === 3 && at + 13 <= all.length) {
+              resolve(all.readUInt32BE(at + 9));
+              return;
+            }
+            at += 9 + len;
+          }
+          setTimeout(look, 10);
+        };
+        look();
+      });
+      expect(rst).toBe(ErrorCode.FLOW_CONTROL_ERROR);
+      sock.destroy();
+    });
+
+    it('closes a connection that does not start with the HTTP/2 preface', async () => {
+      const h = await serve(echo);
+      const sock = net.connect(h.port, '127.0.0.1');
+      sock.on('error', () => {});
+      sock.resume(); // read (and so see the end of) what we are sent
+      sock.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
+      await new Promise<void>((r) => sock.on('close', () => r()));
+      expect(h.errors[0]).toMatch(/preface/);
+    });
+
+    it('a handler that throws resets its stream only', async () => {
+      const h = await serve((stream, headers) => {
+        if (headers[':path'] === '/throw') throw new Error('boom');
+        return echo(stream, headers);
+      });
+      const client = connect(h.port);
+      const bad = client.request({ ':method': 'POST', ':path': '/throw' });
+      bad.on('error', () => {});
+      const code = await new Promise<number>((r) => bad.on('close', () => r(bad.rstCode)));
+      expect(code).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
+      const ok = await request(client, '/fine', Buffer.from('still here'));
+      expect(ok.body.toString()).toBe('still here');
+      client.close();
+    });
+
+    /** A raw client: writes bytes, collects the frames it is sent. */
+    function rawClient(h: Harness) {
+      const sock = net.connect(h.port, '127.0.0.1');
+      const frames: { type: number; flags: number; id: number; payload: Buffer }[] = [];
+      let buf = Buffer.alloc(0);
+      let closed = false;
+      sock.on('data', (c: Buffer) => {
+        buf = Buffer.concat([buf, c]);
+        while (buf.length >= 9) {
+          const len = buf.readUIntBE(0, 3);
+          if (buf.length < 9 + len) break;
+          frames.push({
+            type: buf[3] as number,
+            flags: buf[4] as number,
+            id: buf.readUInt32BE(5) & 0x7fffffff,
+            payload: buf.subarray(9, 9 + len),
+          });
+          buf = buf.subarray(9 + len);
+        }
+      });
+      sock.on('error', () => {});
+      sock.on('close', () => {
+        closed = true;
+      });
+      sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS]));
+      const until = async (f: () => boolean): Promise<void> => {
+        for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 5));
+        expect(f()).toBe(true);
+      };
+      return { sock, frames, until, closed: () => closed };
     }
-    return -1;
-  }
-
-  it('GOAWAY(PROTOCOL_ERROR) for DATA on an idle stream', async () => {
-    const h = await serve(echo);
-    expect(await goawayFor(h, frame(0, 0, 1, Buffer.from('x')))).toBe(ErrorCode.PROTOCOL_ERROR);
-    expect(h.errors[0]).toMatch(/idle stream/);
-  });
-
-  it('GOAWAY(FRAME_SIZE_ERROR) for a frame above 16 KiB', async () => {
-    const h = await serve(echo);
-    expect(await goawayFor(h, frame(0, 0, 1, Buffer.alloc(20_000)))).toBe(
-      ErrorCode.FRAME_SIZE_ERROR,
-    );
-  });
-
-  it('GOAWAY(COMPRESSION_ERROR) for an undecodable header block', async () => {
-    const h = await serve(echo);
-    expect(await goawayFor(h, frame(1, 0x4, 1, Buffer.from([0xff])))).toBe(
-      ErrorCode.COMPRESSION_ERROR,
-    );
-  });
-
-  it('RST_STREAM(FLOW_CONTROL_ERROR) for DATA beyond the stream window', async () => {
-    // Windows are replenished as DATA arrives, so only one frame larger than
-    // the whole window can overrun it.
-    const h = await serve(echo, { stream: 10_000, conn: 1 << 20 });
-    const sock = net.connect(h.port, '127.0.0.1');
-    const got: Buffer[] = [];
-    sock.on('data', (c) => got.push(c));
-    sock.on('error', () => {});
-    const headers = frame(
-      1,
-      0x4,
-      1,
+    const POST = (path: string): Buffer =>
       encodeHeaders([
         [':method', 'POST'],
-        [':path', '/x'],
-      ]),
-    );
-    sock.write(
-      Buffer.concat([
-        Buffer.from(PREFACE, 'latin1'),
-        SETTINGS,
-        headers,
-        frame(0, 0, 1, Buffer.alloc(16_384)),
-      ]),
-    );
-    const rst = await new Promise<number>((resolve) => {
-      const look = (): void => {
-        const all = Buffer.concat(got);
-        for (let at = 0; at + 9 <= all.length; ) {
-          const len = all.readUIntBE(at, 3);
-          if (all[at + 3] === 3 && at + 13 <= all.length) {
-            resolve(all.readUInt32BE(at + 9));
-            return;
-          }
-          at += 9 + len;
-        }
-        setTimeout(look, 10);
-      };
-      look();
+        [':path', path],
+      ]);
+
+    it('drains in two steps: streams opened after the first GOAWAY still run', async () => {
+      const h = await serve(echo);
+      const c = rawClient(h);
+      await c.until(() => h.conns.length === 1 && c.frames.some((f) => f.type === 4));
+      h.conns[0]?.goaway();
+      await c.until(() => c.frames.some((f) => f.type === 6 && !(f.flags & 1)));
+      const first = c.frames.find((f) => f.type === 7);
+      expect(first?.payload.readUInt32BE(0)).toBe(0x7fffffff);
+      // A request the peer opened before it saw the final GOAWAY is served.
+      c.sock.write(
+        Buffer.concat([frame(1, 0x4, 1, POST('/late')), frame(0, 0x1, 1, Buffer.from('late'))]),
+      );
+      await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 1));
+      const ping = c.frames.find((f) => f.type === 6 && !(f.flags & 1));
+      c.sock.write(frame(6, 0x1, 0, Buffer.from(ping?.payload ?? Buffer.alloc(8))));
+      await c.until(() => c.frames.filter((f) => f.type === 7).length === 2);
+      const last = c.frames.filter((f) => f.type === 7)[1];
+      expect(last?.payload.readUInt32BE(0)).toBe(1);
+      await c.until(c.closed);
     });
-    expect(rst).toBe(ErrorCode.FLOW_CONTROL_ERROR);
-    sock.destroy();
-  });
 
-  it('closes a connection that does not start with the HTTP/2 preface', async () => {
-    const h = await serve(echo);
-    const sock = net.connect(h.port, '127.0.0.1');
-    sock.on('error', () => {});
-    sock.resume(); // read (and so see the end of) what we are sent
-    sock.write('GET / HTTP/1.1\r\nhost: x\r\n\r\n');
-    await new Promise<void>((r) => sock.on('close', () => r()));
-    expect(h.errors[0]).toMatch(/preface/);
-  });
-
-  it('a handler that throws resets its stream only', async () => {
-    const h = await serve((stream, headers) => {
-      if (headers[':path'] === '/throw') throw new Error('boom');
-      return echo(stream, headers);
+    it('answers a unary call closed by the client without resetting it', async () => {
+      const h = await serve((stream) => ({
+        onData: () => {
+          stream.respond(encodeHeaders([[':status', '200']]));
+          stream.end(encodeHeaders([['grpc-status', '0']]));
+        },
+        onEnd: () => {},
+        onReset: () => {},
+      }));
+      const c = rawClient(h);
+      c.sock.write(
+        Buffer.concat([frame(1, 0x4, 1, POST('/u')), frame(0, 0x1, 1, Buffer.from('x'))]),
+      );
+      await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1 && f.flags & 1));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(c.frames.filter((f) => f.type === 3)).toEqual([]);
+      c.sock.destroy();
     });
-    const client = connect(h.port);
-    const bad = client.request({ ':method': 'POST', ':path': '/throw' });
-    bad.on('error', () => {});
-    const code = await new Promise<number>((r) => bad.on('close', () => r(bad.rstCode)));
-    expect(code).toBe(http2.constants.NGHTTP2_INTERNAL_ERROR);
-    const ok = await request(client, '/fine', Buffer.from('still here'));
-    expect(ok.body.toString()).toBe('still here');
-    client.close();
-  });
 
-  /** A raw client: writes bytes, collects the frames it is sent. */
-  function rawClient(h: Harness) {
-    const sock = net.connect(h.port, '127.0.0.1');
-    const frames: { type: number; flags: number; id: number; payload: Buffer }[] = [];
-    let buf = Buffer.alloc(0);
-    let closed = false;
-    sock.on('data', (c: Buffer) => {
-      buf = Buffer.concat([buf, c]);
-      while (buf.length >= 9) {
-        const len = buf.readUIntBE(0, 3);
-        if (buf.length < 9 + len) break;
-        frames.push({
-          type: buf[3] as number,
-          flags: buf[4] as number,
-          id: buf.readUInt32BE(5) & 0x7fffffff,
-          payload: buf.subarray(9, 9 + len),
-        });
-        buf = buf.subarray(9 + len);
+    it('answers 431 to one stream with too many header bytes; the connection goes on', async () => {
+      const h = await serve(echo);
+      const c = rawClient(h);
+      const big = encodeHeaders([
+        [':method', 'POST'],
+        [':path', '/big'],
+        ['x-big', 'v'.repeat(300 * 1024)],
+      ]);
+      // Split over HEADERS + CONTINUATIONs of 16 KiB.
+      const parts: Buffer[] = [];
+      for (let at = 0; at < big.length; at += 16_384) {
+        const piece = big.subarray(at, at + 16_384);
+        const endHeaders = at + 16_384 >= big.length ? 0x4 : 0;
+        parts.push(frame(at === 0 ? 1 : 9, (at === 0 ? 0x1 : 0) | endHeaders, 1, piece));
       }
+      c.sock.write(Buffer.concat(parts));
+      await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1));
+      const hdr = c.frames.find((f) => f.type === 1 && f.id === 1);
+      expect(hdr?.payload.toString('hex')).toBe(
+        encodeHeaders([[':status', '431']]).toString('hex'),
+      );
+      c.sock.write(
+        Buffer.concat([frame(1, 0x4, 3, POST('/ok')), frame(0, 0x1, 3, Buffer.from('ok'))]),
+      );
+      await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 3));
+      expect(h.errors).toEqual([]);
+      c.sock.destroy();
     });
-    sock.on('error', () => {});
-    sock.on('close', () => {
-      closed = true;
+
+    it('GOAWAY(PROTOCOL_ERROR) for a flood of empty CONTINUATION frames', async () => {
+      const h = await serve(echo);
+      const flood = Array.from({ length: 120_000 }, () => frame(9, 0, 1, Buffer.alloc(0)));
+      expect(await goawayFor(h, Buffer.concat([frame(1, 0, 1, POST('/x')), ...flood]))).toBe(
+        ErrorCode.PROTOCOL_ERROR,
+      );
+      expect(h.errors[0]).toMatch(/header block too large/);
     });
-    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS]));
-    const until = async (f: () => boolean): Promise<void> => {
-      for (let i = 0; i < 500 && !f(); i++) await new Promise((r) => setTimeout(r, 5));
-      expect(f()).toBe(true);
-    };
-    return { sock, frames, until, closed: () => closed };
-  }
-  const POST = (path: string): Buffer =>
-    encodeHeaders([
-      [':method', 'POST'],
-      [':path', path],
-    ]);
 
-  it('drains in two steps: streams opened after the first GOAWAY still run', async () => {
-    const h = await serve(echo);
-    const c = rawClient(h);
-    await c.until(() => h.conns.length === 1 && c.frames.some((f) => f.type === 4));
-    h.conns[0]?.goaway();
-    await c.until(() => c.frames.some((f) => f.type === 6 && !(f.flags & 1)));
-    const first = c.frames.find((f) => f.type === 7);
-    expect(first?.payload.readUInt32BE(0)).toBe(0x7fffffff);
-    // A request the peer opened before it saw the final GOAWAY is served.
-    c.sock.write(
-      Buffer.concat([frame(1, 0x4, 1, POST('/late')), frame(0, 0x1, 1, Buffer.from('late'))]),
-    );
-    await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 1));
-    const ping = c.frames.find((f) => f.type === 6 && !(f.flags & 1));
-    c.sock.write(frame(6, 0x1, 0, Buffer.from(ping?.payload ?? Buffer.alloc(8))));
-    await c.until(() => c.frames.filter((f) => f.type === 7).length === 2);
-    const last = c.frames.filter((f) => f.type === 7)[1];
-    expect(last?.payload.readUInt32BE(0)).toBe(1);
-    await c.until(c.closed);
+    it('stops reading from a peer that does not read its answers', async () => {
+      const h = await serve(echo, undefined, { maxUnsentBytes: 64 * 1024 });
+      const sock = net.connect(h.port, '127.0.0.1');
+      sock.on('error', () => {});
+      sock.pause(); // never read
+      const pings = Array.from({ length: 40_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
+      sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
+      for (let i = 0; i < 400 && !h.conns[0]?.paused; i++)
+        await new Promise((r) => setTimeout(r, 5));
+      expect(h.conns[0]?.paused).toBe(true);
+      sock.resume(); // now read: the server drains and reads again
+      for (let i = 0; i < 400 && h.conns[0]?.paused; i++)
+        await new Promise((r) => setTimeout(r, 5));
+      expect(h.conns[0]?.paused).toBe(false);
+      sock.destroy();
+    });
   });
-
-  it('answers a unary call closed by the client without resetting it', async () => {
-    const h = await serve((stream) => ({
-      onData: () => {
-        stream.respond(encodeHeaders([[':status', '200']]));
-        stream.end(encodeHeaders([['grpc-status', '0']]));
-      },
-      onEnd: () => {},
-      onReset: () => {},
-    }));
-    const c = rawClient(h);
-    c.sock.write(Buffer.concat([frame(1, 0x4, 1, POST('/u')), frame(0, 0x1, 1, Buffer.from('x'))]));
-    await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1 && f.flags & 1));
-    await new Promise((r) => setTimeout(r, 20));
-    expect(c.frames.filter((f) => f.type === 3)).toEqual([]);
-    c.sock.destroy();
-  });
-
-  it('answers 431 to one stream with too many header bytes; the connection goes on', async () => {
-    const h = await serve(echo);
-    const c = rawClient(h);
-    const big = encodeHeaders([
-      [':method', 'POST'],
-      [':path', '/big'],
-      ['x-big', 'v'.repeat(300 * 1024)],
-    ]);
-    // Split over HEADERS + CONTINUATIONs of 16 KiB.
-    const parts: Buffer[] = [];
-    for (let at = 0; at < big.length; at += 16_384) {
-      const piece = big.subarray(at, at + 16_384);
-      const endHeaders = at + 16_384 >= big.length ? 0x4 : 0;
-      parts.push(frame(at === 0 ? 1 : 9, (at === 0 ? 0x1 : 0) | endHeaders, 1, piece));
-    }
-    c.sock.write(Buffer.concat(parts));
-    await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1));
-    const hdr = c.frames.find((f) => f.type === 1 && f.id === 1);
-    expect(hdr?.payload.toString('hex')).toBe(encodeHeaders([[':status', '431']]).toString('hex'));
-    c.sock.write(
-      Buffer.concat([frame(1, 0x4, 3, POST('/ok')), frame(0, 0x1, 3, Buffer.from('ok'))]),
-    );
-    await c.until(() => c.frames.some((f) => f.type === 0 && f.id === 3));
-    expect(h.errors).toEqual([]);
-    c.sock.destroy();
-  });
-
-  it('GOAWAY(PROTOCOL_ERROR) for a flood of empty CONTINUATION frames', async () => {
-    const h = await serve(echo);
-    const flood = Array.from({ length: 120_000 }, () => frame(9, 0, 1, Buffer.alloc(0)));
-    expect(await goawayFor(h, Buffer.concat([frame(1, 0, 1, POST('/x')), ...flood]))).toBe(
-      ErrorCode.PROTOCOL_ERROR,
-    );
-    expect(h.errors[0]).toMatch(/header block too large/);
-  });
-
-  it('stops reading from a peer that does not read its answers', async () => {
-    const h = await serve(echo, undefined, { maxUnsentBytes: 64 * 1024 });
-    const sock = net.connect(h.port, '127.0.0.1');
-    sock.on('error', () => {});
-    sock.pause(); // never read
-    const pings = Array.from({ length: 40_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
-    sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
-    for (let i = 0; i < 400 && !h.conns[0]?.paused; i++) await new Promise((r) => setTimeout(r, 5));
-    expect(h.conns[0]?.paused).toBe(true);
-    sock.resume(); // now read: the server drains and reads again
-    for (let i = 0; i < 400 && h.conns[0]?.paused; i++) await new Promise((r) => setTimeout(r, 5));
-    expect(h.conns[0]?.paused).toBe(false);
-    sock.destroy();
-  });
-});
+}
