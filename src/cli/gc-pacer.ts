@@ -15,8 +15,11 @@
  *
  * Contract: `tick` asks for at most one GC per step of growth; a drop in
  * old-space use (any mark-compact, ours or V8's) re-bases the step. The GC it
- * asks for is incremental (`execution: 'async'`): V8 marks alongside the
- * program and pauses only to finish.
+ * asks for is a full, atomic mark-compact: `execution: 'async'` only runs it
+ * from a task (empty stack), it does not make it incremental (`--trace-gc-nvp`:
+ * `incremental=0`, the whole live heap marked in the pause, ~21 ms for 26 MB).
+ * That is why `serve` turns it on only for the node:http2 transports, whose
+ * garbage made V8's own pauses far longer (bench/README.md, findings O, AJ).
  * Failure modes: if V8 refuses `--expose-gc` at run time, `startGcPacer`
  * returns undefined and nothing is paced.
  */

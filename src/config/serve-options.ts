@@ -57,7 +57,10 @@ export interface ServeOptions {
   maxRequestsPerEndpoint: number;
   /** `retry-after` on 429 answers, in seconds. */
   retryAfterSeconds: number;
-  /** A mark-compact every this many MiB of old-space growth (src/cli/gc-pacer.ts); 0 = V8 alone. */
+  /**
+   * A mark-compact every this many MiB of old-space growth (src/cli/gc-pacer.ts); 0 = V8 alone
+   * (the default on raw-h2; 48 on the node:http2 transports).
+   */
   gcPaceMb: number;
   /** Scheduling priority of V8's background threads (src/cli/thread-priority.ts). */
   v8WorkerPriority: 'idle' | 'low' | 'normal';
@@ -295,6 +298,15 @@ export function resolveServeOptions(
     [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
     file('model', 'blockSize'),
   );
+  const extProcTransport = get(
+    (v, field) => {
+      if (v === 'raw-h2' || v === 'direct' || v === 'grpc-js') return v;
+      return fail(field, `expected raw-h2, direct or grpc-js, got ${JSON.stringify(v)}`);
+    },
+    'raw-h2' as const,
+    [flags['ext-proc-transport'], '--ext-proc-transport'],
+    file('server', 'extProcTransport'),
+  );
   return {
     host: get(str, '0.0.0.0', [flags.host, '--host'], file('server', 'host')),
     grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
@@ -318,15 +330,7 @@ export function resolveServeOptions(
       file('server', 'secureServing'),
     ),
     certPath: get(str, undefined, [flags['cert-path'], '--cert-path'], file('server', 'certPath')),
-    extProcTransport: get(
-      (v, field) => {
-        if (v === 'raw-h2' || v === 'direct' || v === 'grpc-js') return v;
-        return fail(field, `expected raw-h2, direct or grpc-js, got ${JSON.stringify(v)}`);
-      },
-      'raw-h2' as const,
-      [flags['ext-proc-transport'], '--ext-proc-transport'],
-      file('server', 'extProcTransport'),
-    ),
+    extProcTransport,
     endpointsFile: get(str, undefined, [flags['endpoints-file'], '--endpoints-file']),
     endpoints: f.endpoints,
     poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),
@@ -406,7 +410,9 @@ export function resolveServeOptions(
     ),
     gcPaceMb: get(
       (v, field) => int(v, field, 0, 65536),
-      48,
+      // On for the node:http2 transports only (their per-stream objects pile up in old space);
+      // on raw-h2 its forced mark-compacts cost more than V8's own (bench/README.md, finding AJ).
+      extProcTransport === 'raw-h2' ? 0 : 48,
       [flags['gc-pace-mb'], '--gc-pace-mb'],
       [env.KV_EPP_GC_PACE_MB, 'KV_EPP_GC_PACE_MB'],
       file('server', 'gcPaceMb'),

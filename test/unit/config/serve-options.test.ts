@@ -73,7 +73,15 @@ describe('resolveServeOptions', () => {
   });
 
   it('reads the GC pacing step (flag over env over file; 0 turns it off; bad values name the field)', () => {
-    expect(resolveServeOptions({}, {}).gcPaceMb).toBe(48);
+    // Off on raw-h2 (the default transport), on for the node:http2 ones.
+    expect(resolveServeOptions({}, {}).gcPaceMb).toBe(0);
+    expect(resolveServeOptions({ 'ext-proc-transport': 'direct' }, {}).gcPaceMb).toBe(48);
+    expect(resolveServeOptions({}, {}, { server: { extProcTransport: 'grpc-js' } }).gcPaceMb).toBe(
+      48,
+    );
+    expect(
+      resolveServeOptions({ 'ext-proc-transport': 'direct', 'gc-pace-mb': '0' }, {}).gcPaceMb,
+    ).toBe(0);
     expect(resolveServeOptions({}, {}, { server: { gcPaceMb: 0 } }).gcPaceMb).toBe(0);
     expect(
       resolveServeOptions({}, { KV_EPP_GC_PACE_MB: '96' }, { server: { gcPaceMb: 0 } }).gcPaceMb,
