@@ -507,7 +507,10 @@ for (const mode of READ_MODES) {
       const sock = net.connect(h.port, '127.0.0.1');
       sock.on('error', () => {});
       sock.pause(); // never read
-      const pings = Array.from({ length: 40_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
+      // 5.1 MB of PING ACKs: more than the kernel can hold for a peer that does not read
+      // (our send buffer grows to tcp_wmem's 4 MiB at most; the peer's receive window stays
+      // small), so some must wait in the socket's writable queue, whatever the timing.
+      const pings = Array.from({ length: 300_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
       sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
       for (let i = 0; i < 400 && !h.conns[0]?.paused; i++)
         await new Promise((r) => setTimeout(r, 5));
