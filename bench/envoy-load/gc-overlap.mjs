@@ -22,10 +22,11 @@ export function quantile(sorted, q) {
 export function parseGcLog(text) {
   const out = [];
   for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
     const [a, b, c] = line.trim().split(/\s+/);
     const startMs = Number(a);
     const durationMs = Number(b);
-    if (!Number.isFinite(startMs) || !Number.isFinite(durationMs) || line.trim() === '') continue;
+    if (!Number.isFinite(startMs) || !Number.isFinite(durationMs)) continue;
     out.push({ startMs, durationMs, kind: Number(c) || 0 });
   }
   return out.sort((x, y) => x.startMs - y.startMs);
@@ -71,7 +72,6 @@ export function gcOverlap(requests, pauses) {
     to = Math.max(to, r.startMs + r.latencyMs);
   }
   const inWindow = pauses.filter((p) => p.startMs + p.durationMs >= from && p.startMs <= to);
-  const ends = inWindow.map((p) => p.startMs + p.durationMs);
   // Longest pause so far, for the backward scan's stop condition.
   const longest = inWindow.reduce((m, p) => Math.max(m, p.durationMs), 0);
   const overlaps = (r) => {
@@ -81,13 +81,13 @@ export function gcOverlap(requests, pauses) {
     let hi = inWindow.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if ((inWindow[mid]?.startMs ?? 0) <= end) lo = mid + 1;
+      if (inWindow[mid].startMs <= end) lo = mid + 1;
       else hi = mid;
     }
     for (let i = lo - 1; i >= 0; i--) {
       const p = inWindow[i];
-      if (p === undefined || p.startMs + longest < r.startMs) break;
-      if ((ends[i] ?? 0) >= r.startMs) return true;
+      if (p.startMs + longest < r.startMs) break;
+      if (p.startMs + p.durationMs >= r.startMs) return true;
     }
     return false;
   };

@@ -38,14 +38,19 @@ interface UserBufferHandle {
 
 type OnreadCallback = (nread: number, buffer: Buffer) => boolean;
 
+/** Node's module-level symbols: found on the first socket, the same on every other. */
+let symbols: OnreadSymbols | undefined;
+
 function onreadSymbols(socket: Socket): OnreadSymbols | undefined {
+  if (symbols !== undefined) return symbols;
   const find = (name: string): symbol | undefined =>
     Object.getOwnPropertySymbols(socket).find((s) => s.description === name);
   const buffer = find('kBuffer');
   const callback = find('kBufferCb');
   const generator = find('kBufferGen');
   if (buffer === undefined || callback === undefined || generator === undefined) return undefined;
-  return { buffer, callback, generator };
+  symbols = { buffer, callback, generator };
+  return symbols;
 }
 
 export function readIntoOwnBuffer(socket: Socket, deliver: (bytes: Buffer) => void): boolean {
