@@ -42,6 +42,7 @@ import type {
 } from '../server/routing-types.js';
 import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
+import { debugCompleted, debugRouted } from './route-debug.js';
 
 export interface KvRouterSettings {
   blockSize: number;
@@ -321,6 +322,7 @@ export class KvRouter implements RequestRouter {
       }
     }
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model, scheduleMs });
+    debugRouted(this.deps.log, req, decision, primary, prep, model);
     return decision;
   }
 
@@ -343,6 +345,7 @@ export class KvRouter implements RequestRouter {
   complete(decision: RouteDecision, summary: ResponseSummary): void {
     const entry = this.byDecision.get(decision);
     if (entry === undefined) return;
+    debugCompleted(this.deps.log, decision, summary);
     this.byDecision.delete(decision);
     const hp = entry.hostPort;
     const n = this.load(hp) - 1;

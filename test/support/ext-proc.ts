@@ -354,6 +354,9 @@ export class RouterSlot implements RequestRouter {
 
 export class RecordingLogger implements Logger {
   readonly records: Array<{ level: string; fields: Record<string, unknown>; msg: string }> = [];
+  debug(fields: Record<string, unknown>, msg: string): void {
+    this.records.push({ level: 'debug', fields, msg });
+  }
   info(fields: Record<string, unknown>, msg: string): void {
     this.records.push({ level: 'info', fields, msg });
   }

@@ -78,6 +78,9 @@ export class QuietLogger implements Logger {
       `${level} ${msg} ${JSON.stringify(fields, (_k, v) => (typeof v === 'bigint' ? `${v}` : v))}`,
     );
   }
+  debug(f: Record<string, unknown>, m: string): void {
+    this.put('debug', f, m);
+  }
   info(f: Record<string, unknown>, m: string): void {
     this.put('info', f, m);
   }

@@ -18,7 +18,12 @@ describe.each([
 ])('EventSink over the %s index', (_name, make) => {
   it('counts and logs a missing parent once per worker, drops the event, keeps going', () => {
     const warnings: Array<Record<string, unknown>> = [];
-    const log = { info() {}, error() {}, warn: (f: Record<string, unknown>) => warnings.push(f) };
+    const log = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (f: Record<string, unknown>) => warnings.push(f),
+    };
     const index = make();
     const sink = new EventSink(index, log);
     expect(sink.stored(W, 999n, blocks(1n))).toBe('parent_not_found');

@@ -11,6 +11,7 @@ const { createBlockHasher, createKvIndex } = await import('../../../src/kv/facto
 function recorder() {
   const warnings: string[] = [];
   const log = {
+    debug: () => {},
     info: () => {},
     error: () => {},
     warn: (_f: Record<string, unknown>, msg: string) => warnings.push(msg),

@@ -237,15 +237,41 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       fx.router.decide = () => {
         throw new TypeError('x is not a function');
       };
+      const logged = fx.logger.records.length;
       const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses } = await s.drain();
       const imm = responses[0]?.immediate_response;
       expect(imm?.status.code).toBe(500);
       expect(text(imm?.body)).toBe('inference error: Internal - TypeError: x is not a function');
-      expect(fx.logger.records.some((r) => r.level === 'error' && r.msg === 'request failed')).toBe(
-        true,
-      );
+      // The record names the request by the id the gateway gave.
+      const failed = fx.logger.records.slice(logged).filter((r) => r.msg === 'request failed');
+      expect(failed).toEqual([
+        {
+          level: 'error',
+          msg: 'request failed',
+          fields: {
+            requestId: 'req-1',
+            status: 500,
+            err: 'Internal - TypeError: x is not a function',
+          },
+        },
+      ]);
+    });
+
+    it('logs a failed request under the x-request-id it generated when the gateway sent none', async () => {
+      fx.router.decide = () => {
+        throw new TypeError('x is not a function');
+      };
+      const logged = fx.logger.records.length;
+      const s = fx.client.open();
+      const { 'x-request-id': _, ...noId } = baseHeaders;
+      s.send(reqHeaders(noId), reqBody(CHAT, true));
+      await s.drain();
+      const id = fx.router.routed[0]?.requestId ?? '';
+      expect(id).toMatch(/^[0-9a-f-]{36}$/);
+      const failed = fx.logger.records.slice(logged).filter((r) => r.msg === 'request failed');
+      expect(failed.map((r) => [r.level, r.fields.requestId])).toEqual([['error', id]]);
     });
 
     it('maps a KvEppError with a non-request code to 500 naming the code', async () => {
