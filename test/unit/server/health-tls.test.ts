@@ -2,6 +2,7 @@ import { connect } from 'node:tls';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  EXT_PROC_TRANSPORTS,
   type RunningServer,
   startExtProcServer,
   startHealthServer,
@@ -127,9 +128,18 @@ describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport)
   });
 });
 
-describe('ext_proc server', () => {
-  it('also answers health checks (Envoy checks the ext_proc port)', async () => {
-    let ready = true;
+/** The five services health.ts knows; all but `liveness` follow readiness. */
+const READINESS = [
+  '',
+  'readiness',
+  'envoy.service.ext_proc.v3.ExternalProcessor',
+  'inference-extension',
+];
+
+describe.each(EXT_PROC_TRANSPORTS)('ext_proc server on %s', (transport) => {
+  it('also answers health checks on every service (Envoy checks the ext_proc port)', async () => {
+    // Not ready until endpoints are known, as serve's isReady.
+    let ready = false;
     const srv = await startExtProcServer({
       port: 0,
       host: '127.0.0.1',
@@ -137,18 +147,50 @@ describe('ext_proc server', () => {
       maxBodyBytes: 1024,
       logger: new RecordingLogger(),
       isReady: () => ready,
+      transport,
     });
     servers.push(srv);
-    expect(srv.transport).toBe('raw-h2');
+    expect(srv.transport).toBe(transport);
     const c = healthClient(srv.port);
     clients.push(c);
-    expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(SERVING);
-    ready = false;
-    expect(await check(c, 'envoy.service.ext_proc.v3.ExternalProcessor')).toBe(NOT_SERVING);
-    expect(await check(c, 'liveness')).toBe(SERVING);
-    expect(srv.ownReadBufferConnections).toBe(1);
-  });
 
+    for (const s of READINESS) expect([s, await check(c, s)]).toEqual([s, NOT_SERVING]);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+    ready = true;
+    for (const s of READINESS) expect([s, await check(c, s)]).toEqual([s, SERVING]);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+    ready = false;
+    for (const s of READINESS) expect([s, await check(c, s)]).toEqual([s, NOT_SERVING]);
+    expect(await check(c, 'liveness')).toBe(SERVING);
+
+    const unknown = await check(c, 'nope');
+    expect((unknown as ServiceError).code).toBe(5); // NOT_FOUND
+
+    const list = await new Promise<Record<string, { status?: number }>>((resolve, reject) =>
+      c.List({}, (err, res) => (err ? reject(err) : resolve(res?.statuses ?? {}))),
+    );
+    expect(Object.fromEntries(Object.entries(list).map(([k, v]) => [k, v.status]))).toEqual({
+      '': NOT_SERVING,
+      readiness: NOT_SERVING,
+      'envoy.service.ext_proc.v3.ExternalProcessor': NOT_SERVING,
+      'inference-extension': NOT_SERVING,
+      liveness: SERVING,
+    });
+
+    // Watch: the current status first (later changes are polled every second here).
+    ready = true;
+    const watch = c.Watch({ service: 'inference-extension' });
+    watch.on('error', () => {});
+    const first = await new Promise<number>((r) => watch.once('data', (m) => r(m.status ?? 0)));
+    expect(first).toBe(SERVING);
+    watch.cancel();
+
+    // raw-h2 reads the one connection into a reused buffer (h2/socket-reads.ts).
+    expect(srv.ownReadBufferConnections).toBe(transport === 'raw-h2' ? 1 : 0);
+  });
+});
+
+describe('ext_proc server', () => {
   it.each(['self-signed', 'given'] as const)(
     'serves TLS (%s certificate) with ALPN h2',
     async (kind) => {
