@@ -3,8 +3,8 @@
  * hot path (addon loaded on the main thread before the pool) → router →
  * ext_proc server (9002), health server (9003) and Prometheus metrics (9090,
  * fed by src/metrics/observer.ts). Failures at start-up
- * (bad options, unreadable endpoints, unknown tokenizer, a port that cannot be
- * bound) reject with a KvEppError naming the field (a UsageError for bad
+ * (bad options, unreadable endpoints or chat template, unknown tokenizer, a
+ * port that cannot be bound) reject with a KvEppError naming the field (a UsageError for bad
  * arguments); the CLI prints one line and exits 1 (2). Configurations that
  * serve but not as asked (GAIE flags kv-epp ignores, Dynamo router variables
  * it does not implement, an assumed block size, disaggregated roles) are
@@ -68,8 +68,9 @@ import { accountExternalMemoryInGlobalLimit, launcherFlagsPresent } from './gc-f
 import { startGcPacer } from './gc-pacer.js';
 import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
 
-export const SERVE_USAGE = `usage: kv-epp serve [--grpc-port 9002] [--grpc-health-port 9003] [--metrics-port 9090]
-                    [--secure-serving[=true|false]] [--cert-path DIR] [--config-file FILE.yaml]
+export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 9002] [--grpc-health-port 9003]
+                    [--metrics-port 9090] [--secure-serving[=true|false]] [--cert-path DIR]
+                    [--config-file FILE.yaml] [--max-body-bytes 67108864]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
                     [--kv-events[=true|false]] [--fallbacks N] [--backend auto|native|js]
@@ -138,6 +139,30 @@ async function readConfig(file: string | undefined): Promise<unknown> {
   }
 }
 
+/** Endpoints requests can be routed to: all but prefill-only ones (disaggregation is not implemented). */
+export function countRoutable(endpoints: readonly Endpoint[]): number {
+  let n = 0;
+  for (const e of endpoints) if (e.role !== 'prefill') n++;
+  return n;
+}
+
+/**
+ * The `--chat-template` / `model.chatTemplateFile` text; an unreadable file
+ * fails start-up naming the setting (`--chat-template: cannot read …`).
+ */
+async function readChatTemplate(options: ServeOptions): Promise<string | undefined> {
+  const file = options.chatTemplateFile;
+  if (file === undefined) return undefined;
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    throw new KvEppError(
+      'invalid_argument',
+      `${options.chatTemplateSetBy ?? '--chat-template'}: cannot read ${file}: ${(e as Error).message}`,
+    );
+  }
+}
+
 export async function startServing(
   argv: string[],
   rawEnv: Record<string, string | undefined>,
@@ -186,20 +211,22 @@ export async function startServing(
   let roles = roleWarning(endpoints);
   warn(roles);
 
-  const chatTemplate =
-    options.chatTemplateFile === undefined
-      ? undefined
-      : await readFile(options.chatTemplateFile, 'utf8');
+  const chatTemplate = await readChatTemplate(options);
   const path = await createHotPath({ source: options.tokenizer, chatTemplate }, options.backend, {
     log,
   }).catch((e: unknown) => {
-    // Name the setting that chose the tokenizer (DYN_MODEL_PATH is easy to miss).
+    // Name the setting that chose the tokenizer (DYN_MODEL_PATH is easy to miss);
+    // with the built-in one, the chat template is what the user gave (the addon
+    // refuses a template for an encoding such as o200k_base).
     const code = (e as { code?: unknown } | null)?.code;
-    if (
-      options.tokenizerSetBy !== undefined &&
-      (code === 'tokenizer_not_found' || code === 'tokenizer_invalid')
-    ) {
-      throw new KvEppError(code, `${options.tokenizerSetBy}: ${(e as Error).message}`);
+    const setBy =
+      code === 'template_error'
+        ? options.chatTemplateSetBy
+        : code === 'tokenizer_not_found' || code === 'tokenizer_invalid'
+          ? (options.tokenizerSetBy ?? options.chatTemplateSetBy)
+          : undefined;
+    if (setBy !== undefined) {
+      throw new KvEppError(code as KvEppError['code'], `${setBy}: ${(e as Error).message}`);
     }
     throw e;
   });
@@ -217,7 +244,8 @@ export async function startServing(
   const metrics = new EppMetrics({
     poolName: options.poolName,
     poolNamespace: options.poolNamespace,
-    readyPods: () => endpoints.length,
+    // Routable endpoints only, as `isReady` counts them: prefill-only ones get no requests.
+    readyPods: () => countRoutable(endpoints),
     queueDepth: () => preparer.queueDepth,
     indexMemberships: () => path.index.stats().memberships,
     segmentCache:
@@ -271,7 +299,7 @@ export async function startServing(
   // unhealthy ext_proc cluster. Prefill-only endpoints are never routed to.
   let seenRoutable = false;
   const isReady = () => {
-    seenRoutable ||= endpoints.some((e) => e.role !== 'prefill');
+    seenRoutable ||= countRoutable(endpoints) > 0;
     return seenRoutable;
   };
   let tls: TlsOption;

@@ -26,11 +26,14 @@ export interface ServeOptions {
   /** Endpoints given inline in the config file. */
   endpoints?: unknown;
   poolName?: string | undefined;
-  poolNamespace?: string | undefined;
+  /** `--pool-namespace`, else `NAMESPACE`, else `default` (GAIE's runner). */
+  poolNamespace: string;
   tokenizer: string;
   /** The field that chose `tokenizer` (`--tokenizer`, the file key, `DYN_MODEL_PATH`); undefined when defaulted. */
   tokenizerSetBy?: string | undefined;
   chatTemplateFile?: string | undefined;
+  /** The field that set `chatTemplateFile` (`--chat-template`, `<file>: model.chatTemplateFile`), for errors. */
+  chatTemplateSetBy?: string | undefined;
   blockSize: number;
   /** The field that set `blockSize`; undefined when 16 was assumed. */
   blockSizeSetBy?: string | undefined;
@@ -298,6 +301,10 @@ export function resolveServeOptions(
     [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
     file('model', 'blockSize'),
   );
+  const chatTemplateHit = pick(
+    [flags['chat-template'], '--chat-template'],
+    file('model', 'chatTemplateFile'),
+  );
   const extProcTransport = get(
     (v, field) => {
       if (v === 'raw-h2' || v === 'direct' || v === 'grpc-js') return v;
@@ -334,21 +341,18 @@ export function resolveServeOptions(
     endpointsFile: get(str, undefined, [flags['endpoints-file'], '--endpoints-file']),
     endpoints: f.endpoints,
     poolName: get(str, undefined, [flags['pool-name'], '--pool-name']),
-    // GAIE's runner falls back to NAMESPACE (its chart sets it from the pod's namespace).
+    // GAIE's runner: the flag, else NAMESPACE (its chart sets it from the pod's
+    // namespace), else "default".
     poolNamespace: get(
       str,
-      undefined,
+      'default',
       [flags['pool-namespace'], '--pool-namespace'],
       [env.NAMESPACE, 'NAMESPACE'],
     ),
     tokenizer: tokenizerHit === undefined ? 'o200k_base' : str(...tokenizerHit),
     tokenizerSetBy: tokenizerHit?.[1],
-    chatTemplateFile: get(
-      str,
-      undefined,
-      [flags['chat-template'], '--chat-template'],
-      file('model', 'chatTemplateFile'),
-    ),
+    chatTemplateFile: chatTemplateHit === undefined ? undefined : str(...chatTemplateHit),
+    chatTemplateSetBy: chatTemplateHit?.[1],
     blockSize: blockSizeHit === undefined ? 16 : int(blockSizeHit[0], blockSizeHit[1], 1, 1024),
     blockSizeSetBy: blockSizeHit?.[1],
     useKvEvents,

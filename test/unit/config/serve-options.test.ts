@@ -27,12 +27,35 @@ describe('resolveServeOptions', () => {
     });
   });
 
-  it("takes the pool namespace from NAMESPACE when --pool-namespace is absent (GAIE's runner)", () => {
+  it("resolves the pool namespace as GAIE's runner: --pool-namespace, else NAMESPACE, else default", () => {
     expect(resolveServeOptions({}, { NAMESPACE: 'team-a' }).poolNamespace).toBe('team-a');
     expect(
       resolveServeOptions({ 'pool-namespace': 'flag' }, { NAMESPACE: 'team-a' }).poolNamespace,
     ).toBe('flag');
-    expect(resolveServeOptions({}, { NAMESPACE: '  ' }).poolNamespace).toBeUndefined();
+    expect(resolveServeOptions({}, {}).poolNamespace).toBe('default');
+    // An empty NAMESPACE (a chart's `value: ""`) is unset, so never an empty namespace.
+    expect(resolveServeOptions({}, { NAMESPACE: '  ' }).poolNamespace).toBe('default');
+    expect(() => resolveServeOptions({ 'pool-namespace': '' }, {})).toThrow(
+      '--pool-namespace: expected a non-empty string',
+    );
+  });
+
+  it('remembers which field named the chat template (flag over the config file)', () => {
+    const file = { model: { chatTemplateFile: '/cfg/t.jinja' } };
+    expect(resolveServeOptions({}, {}, file, 'cfg.yaml')).toMatchObject({
+      chatTemplateFile: '/cfg/t.jinja',
+      chatTemplateSetBy: 'cfg.yaml: model.chatTemplateFile',
+    });
+    expect(
+      resolveServeOptions({ 'chat-template': '/flag/t.jinja' }, {}, file, 'cfg.yaml'),
+    ).toMatchObject({ chatTemplateFile: '/flag/t.jinja', chatTemplateSetBy: '--chat-template' });
+    expect(resolveServeOptions({}, {})).toMatchObject({
+      chatTemplateFile: undefined,
+      chatTemplateSetBy: undefined,
+    });
+    expect(() =>
+      resolveServeOptions({}, {}, { model: { chatTemplateFile: 3 } }, 'cfg.yaml'),
+    ).toThrow('cfg.yaml: model.chatTemplateFile: expected a non-empty string');
   });
 
   it('turns KV events on when a NATS server is given (Dynamo names)', () => {
