@@ -76,13 +76,14 @@ export interface EventOptions {
   natsServer?: string | undefined;
   /**
    * Dynamo namespace (`DYN_NAMESPACE_PREFIX`, else `DYN_NAMESPACE`, as Dynamo's
-   * EPP reads them), for the default subject and JetStream names. Matched
-   * exactly: a prefix does not reach `<prefix>-<suffix>` namespaces.
+   * EPP reads them, else the Go plugin's `DYNAMO_NAMESPACE`), for the default
+   * subject and JetStream names. Matched exactly: a prefix does not reach
+   * `<prefix>-<suffix>` namespaces.
    */
   namespace: string;
   /** The field that set `namespace`; undefined when defaulted. */
   namespaceSetBy?: string | undefined;
-  /** Dynamo component (`DYN_COMPONENT_NAME`; JetStream stream and snapshot bucket names). */
+  /** Dynamo component (`DYN_COMPONENT_NAME`, else `DYNAMO_COMPONENT`; JetStream stream and snapshot bucket names). */
   component: string;
   /** NATS subjects carrying KV events; default every component/endpoint of the namespace. */
   subjects: string[];
@@ -287,6 +288,8 @@ export function resolveServeOptions(
     [env.DYN_USE_KV_EVENTS, 'DYN_USE_KV_EVENTS'],
     // Dynamo's earlier Go EPP plugin's name.
     [env.DYNAMO_USE_KV_EVENTS, 'DYNAMO_USE_KV_EVENTS'],
+    // The frontend's name before Dynamo 1.0 (LEGACY_NAMES).
+    [env.DYN_KV_EVENTS, 'DYN_KV_EVENTS'],
     file('router', 'useKvEvents'),
   );
   // A local model directory (DYN_MODEL_PATH) serves as the tokenizer only when
@@ -295,11 +298,16 @@ export function resolveServeOptions(
     env.DYN_MODEL_PATH,
     'DYN_MODEL_PATH',
   ]);
+  // DYN_ROUTER_BLOCK_SIZE is the standalone router's (`python -m dynamo.router
+  // --router-block-size`, the block size its KvRouter hashes with). It belongs to
+  // another Dynamo component and may come from an environment shared with it, so
+  // it counts last: the frontend/EPP name and the config file (kv-epp's own) win.
   const blockSizeHit = pick(
     [flags['block-size'], '--block-size'],
     [env.DYN_KV_CACHE_BLOCK_SIZE, 'DYN_KV_CACHE_BLOCK_SIZE'],
     [env.DYNAMO_KV_BLOCK_SIZE, 'DYNAMO_KV_BLOCK_SIZE'],
     file('model', 'blockSize'),
+    [env.DYN_ROUTER_BLOCK_SIZE, 'DYN_ROUTER_BLOCK_SIZE'],
   );
   const chatTemplateHit = pick(
     [flags['chat-template'], '--chat-template'],
@@ -484,6 +492,8 @@ function eventOptions(
     [flags.namespace, '--namespace'],
     [env.DYN_NAMESPACE_PREFIX, 'DYN_NAMESPACE_PREFIX'],
     [env.DYN_NAMESPACE, 'DYN_NAMESPACE'],
+    // Dynamo's Go EPP plugin's name (LEGACY_NAMES).
+    [env.DYNAMO_NAMESPACE, 'DYNAMO_NAMESPACE'],
     file('events', 'namespace'),
   );
   const subjects = get(
@@ -522,6 +532,7 @@ function eventOptions(
       'backend',
       [flags.component, '--component'],
       [env.DYN_COMPONENT_NAME, 'DYN_COMPONENT_NAME'],
+      [env.DYNAMO_COMPONENT, 'DYNAMO_COMPONENT'],
       file('events', 'component'),
     ),
     subjects,
@@ -530,6 +541,7 @@ function eventOptions(
       false,
       [flags['durable-kv-events'], '--durable-kv-events'],
       [env.DYN_ROUTER_DURABLE_KV_EVENTS, 'DYN_ROUTER_DURABLE_KV_EVENTS'],
+      [env.DYN_DURABLE_KV_EVENTS, 'DYN_DURABLE_KV_EVENTS'],
       file('events', 'durable'),
     ),
     maxQueuedMessages: get(
@@ -795,7 +807,10 @@ export interface StartupWarning {
  * Dynamo's router settings (DYN_* as its KV router reads them, and the
  * DYNAMO_* names of its earlier Go EPP plugin) that kv-epp does not implement:
  * its picker ranks by longest cached prefix, then load, without Dynamo's
- * cost function, queue, replica sync or disaggregation policies.
+ * cost function, queue, replica sync, snapshots or disaggregation policies.
+ * Sources (ai-dynamo/dynamo): components/src/dynamo/common/configuration/groups/kv_router_args.py,
+ * components/src/dynamo/frontend/frontend_args.py, lib/kv-router/src/scheduling/config.rs,
+ * deploy/inference-gateway/epp/pkg/plugins/dynamo_kv_scorer/plugin.go.
  */
 const DYNAMO_ROUTER_UNIMPLEMENTED: ReadonlySet<string> = new Set([
   'DYN_ROUTER_KV_OVERLAP_SCORE_CREDIT',
@@ -806,6 +821,7 @@ const DYNAMO_ROUTER_UNIMPLEMENTED: ReadonlySet<string> = new Set([
   'DYN_OVERLAP_SCORE_WEIGHT',
   'DYN_ROUTER_TEMPERATURE',
   'DYN_ROUTER_REPLICA_SYNC',
+  'DYN_ROUTER_SNAPSHOT_THRESHOLD',
   'DYN_ROUTER_TRACK_ACTIVE_BLOCKS',
   'DYN_ROUTER_TRACK_OUTPUT_BLOCKS',
   'DYN_ROUTER_TRACK_PREFILL_TOKENS',
@@ -818,6 +834,7 @@ const DYNAMO_ROUTER_UNIMPLEMENTED: ReadonlySet<string> = new Set([
   'DYN_ROUTER_POLICY_CONFIG',
   'DYN_ROUTER_PREFILL_POLICY',
   'DYN_ROUTER_DECODE_POLICY',
+  'DYN_ROUTER_WORKER_SELECTION_POLICY',
   'DYN_ROUTER_CONDITIONAL_DISAGG',
   'DYN_ROUTER_CONDITIONAL_DISAGG_POLICY',
   'DYN_ROUTER_CONDITIONAL_DISAGG_EFF_ISL_THRESHOLD',
@@ -835,9 +852,50 @@ const DYNAMO_ROUTER_UNIMPLEMENTED: ReadonlySet<string> = new Set([
   'DYN_USE_REMOTE_INDEXER',
   'DYN_SHARED_CACHE_MULTIPLIER',
   'DYN_SHARED_CACHE_TYPE',
+  // The frontend's names before Dynamo 1.0 (docs: "CLI Flag and Env Var Migration Table").
+  'DYN_KV_OVERLAP_SCORE_WEIGHT',
+  'DYN_TRACK_ACTIVE_BLOCKS',
+  'DYN_ASSUME_KV_REUSE',
+  // The Go EPP plugin's.
   'DYNAMO_OVERLAP_SCORE_WEIGHT',
   'DYNAMO_ROUTER_TEMPERATURE',
+  'DYNAMO_ROUTER_REPLICA_SYNC',
+  'DYNAMO_BUSY_THRESHOLD',
 ]);
+
+/**
+ * Dynamo switches with one value meaning what kv-epp always does (no warning
+ * then; any other value has no effect): KV routing (`DYN_ROUTER_MODE=kv`, the
+ * Go plugin's `DYNAMO_USE_KV_ROUTING=true`) and aggregated fallback when no
+ * prefill worker serves (`DYN_ENFORCE_DISAGG=false`).
+ */
+const DYNAMO_SWITCHES: Readonly<Record<string, (v: string) => boolean>> = {
+  DYN_ROUTER_MODE: (v) => v === 'kv',
+  DYNAMO_USE_KV_ROUTING: (v) => goEnvBool(v) === true,
+  DYN_ENFORCE_DISAGG: (v) => goEnvBool(v) === false,
+};
+
+function goEnvBool(v: string): boolean | undefined {
+  const s = v.toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(s)) return true;
+  if (['false', '0', 'no', 'off'].includes(s)) return false;
+  return undefined;
+}
+
+/**
+ * Earlier names kv-epp still reads, each below its current name: the
+ * frontend's before Dynamo 1.0 (Dynamo itself no longer reads them) and the Go
+ * EPP plugin's DYNAMO_* names. Set ones are listed in a start-up warning.
+ */
+export const LEGACY_NAMES: Readonly<Record<string, string>> = {
+  DYN_KV_EVENTS: 'DYN_ROUTER_USE_KV_EVENTS',
+  DYN_DURABLE_KV_EVENTS: 'DYN_ROUTER_DURABLE_KV_EVENTS',
+  DYN_ROUTER_TTL: 'DYN_ROUTER_TTL_SECS',
+  DYNAMO_USE_KV_EVENTS: 'DYN_ROUTER_USE_KV_EVENTS',
+  DYNAMO_KV_BLOCK_SIZE: 'DYN_KV_CACHE_BLOCK_SIZE',
+  DYNAMO_NAMESPACE: 'DYN_NAMESPACE',
+  DYNAMO_COMPONENT: 'DYN_COMPONENT_NAME',
+};
 
 /** DYN_ROUTER_* variables kv-epp reads (`resolveServeOptions`). */
 const DYN_ROUTER_READ: ReadonlySet<string> = new Set([
@@ -848,12 +906,14 @@ const DYN_ROUTER_READ: ReadonlySet<string> = new Set([
   'DYN_ROUTER_MAX_TREE_SIZE',
   'DYN_ROUTER_PRUNE_TARGET_RATIO',
   'DYN_ROUTER_RESET_STATES',
+  'DYN_ROUTER_BLOCK_SIZE',
 ]);
 
 /**
  * The start-up warnings the options and environment alone call for, in a
  * fixed order: GAIE flags without effect, Dynamo router variables without
- * effect (or unknown), a model name without a tokenizer, and a namespace
+ * effect (or unknown), legacy Dynamo names read, an overridden
+ * DYN_ROUTER_BLOCK_SIZE, a model name without a tokenizer, and a namespace
  * prefix matched exactly. Never throws: these configurations still serve.
  */
 export function startupWarnings(
@@ -870,13 +930,15 @@ export function startupWarnings(
     });
   }
   const names = Object.keys(env).sort();
-  const noEffect = names.filter(
-    (k) => DYNAMO_ROUTER_UNIMPLEMENTED.has(k) || (k === 'DYN_ROUTER_MODE' && env[k] !== 'kv'),
-  );
+  const noEffect = names.filter((k) => {
+    const same = Object.hasOwn(DYNAMO_SWITCHES, k) ? DYNAMO_SWITCHES[k] : undefined;
+    if (same !== undefined) return !same(env[k] as string);
+    return DYNAMO_ROUTER_UNIMPLEMENTED.has(k);
+  });
   const unknown = names.filter(
     (k) =>
       k.startsWith('DYN_ROUTER_') &&
-      k !== 'DYN_ROUTER_MODE' &&
+      !Object.hasOwn(DYNAMO_SWITCHES, k) &&
       !DYN_ROUTER_READ.has(k) &&
       !DYNAMO_ROUTER_UNIMPLEMENTED.has(k),
   );
@@ -884,6 +946,28 @@ export function startupWarnings(
     out.push({
       fields: { noEffect, unknown },
       msg: "Dynamo router variables have no effect in this version of kv-epp: its picker ranks endpoints by longest cached prefix, then load (Dynamo's cost function, temperature, queue and disaggregation settings are not implemented); `unknown` lists DYN_ROUTER_* variables kv-epp does not know",
+    });
+  }
+  const legacy = names.filter((k) => Object.hasOwn(LEGACY_NAMES, k));
+  if (legacy.length > 0) {
+    out.push({
+      fields: { legacy: Object.fromEntries(legacy.map((k) => [k, LEGACY_NAMES[k]])) },
+      msg: "legacy Dynamo variable names are read, each only when its current name is unset: Dynamo 1.0 renamed the frontend's (and no longer reads the old names), the DYNAMO_* ones are its Go EPP plugin's; `legacy` maps each to the name to use",
+    });
+  }
+  const routerBlockSize = env.DYN_ROUTER_BLOCK_SIZE;
+  if (
+    routerBlockSize !== undefined &&
+    options.blockSizeSetBy !== 'DYN_ROUTER_BLOCK_SIZE' &&
+    Number(routerBlockSize) !== options.blockSize
+  ) {
+    out.push({
+      fields: {
+        DYN_ROUTER_BLOCK_SIZE: routerBlockSize,
+        blockSize: options.blockSize,
+        blockSizeSetBy: options.blockSizeSetBy,
+      },
+      msg: "DYN_ROUTER_BLOCK_SIZE (the standalone Dynamo router's) is overridden: --block-size, DYN_KV_CACHE_BLOCK_SIZE, DYNAMO_KV_BLOCK_SIZE and model.blockSize come first; the block size must equal the workers'",
     });
   }
   if (env.DYN_MODEL_NAME !== undefined && options.tokenizerSetBy === undefined) {
@@ -919,7 +1003,7 @@ export function blockSizeWarning(
   if (!dynamoFormat) return undefined;
   return {
     fields: { blockSize: options.blockSize },
-    msg: "KV block size not set (--block-size, DYN_KV_CACHE_BLOCK_SIZE or model.blockSize): 16 is assumed; it must equal the workers' block size, since Dynamo's KV events carry only block hashes and a mismatch is silent (no cached prefix is ever found)",
+    msg: "KV block size not set (--block-size, DYN_KV_CACHE_BLOCK_SIZE, model.blockSize or DYN_ROUTER_BLOCK_SIZE): 16 is assumed; it must equal the workers' block size, since Dynamo's KV events carry only block hashes and a mismatch is silent (no cached prefix is ever found)",
   };
 }
 

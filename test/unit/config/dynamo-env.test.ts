@@ -24,6 +24,12 @@ describe('empty environment variables are unset', () => {
   it.each([
     'DYN_KV_CACHE_BLOCK_SIZE',
     'DYNAMO_KV_BLOCK_SIZE',
+    'DYN_ROUTER_BLOCK_SIZE',
+    'DYN_KV_EVENTS',
+    'DYN_DURABLE_KV_EVENTS',
+    'DYNAMO_NAMESPACE',
+    'DYNAMO_COMPONENT',
+    'NAMESPACE',
     'DYN_SECURE_SERVING',
     'DYN_ROUTER_USE_KV_EVENTS',
     'DYN_ROUTER_TTL_SECS',

@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { resolveServeOptions } from '../../../src/config/serve-options.js';
+import {
+  blockSizeWarning,
+  LEGACY_NAMES,
+  resolveServeOptions,
+  startupWarnings,
+} from '../../../src/config/serve-options.js';
 
 describe('resolveServeOptions', () => {
   it('uses the reference EPP defaults', () => {
@@ -225,5 +230,164 @@ describe('resolveServeOptions', () => {
     ],
   ])('names the field: %j %j %j', (flags, env, file, msg) => {
     expect(() => resolveServeOptions(flags, env, file, 'cfg.yaml')).toThrow(msg);
+  });
+});
+
+/** The one start-up warning about Dynamo router variables, or undefined. */
+function routerWarning(env: Record<string, string>) {
+  return startupWarnings(resolveServeOptions({}, env), env).find((w) => 'noEffect' in w.fields)
+    ?.fields;
+}
+
+describe("DYN_ROUTER_BLOCK_SIZE (the standalone Dynamo router's --router-block-size)", () => {
+  it('sets the block size when nothing else does, and is not reported as unknown', () => {
+    const env = { DYN_ROUTER_BLOCK_SIZE: '64' };
+    expect(resolveServeOptions({}, env)).toMatchObject({
+      blockSize: 64,
+      blockSizeSetBy: 'DYN_ROUTER_BLOCK_SIZE',
+    });
+    expect(startupWarnings(resolveServeOptions({}, env), env)).toEqual([]);
+    // Set, so no "16 is assumed" warning with Dynamo events.
+    const nats = { ...env, NATS_SERVER: 'nats://127.0.0.1:4222' };
+    expect(blockSizeWarning(resolveServeOptions({}, nats), true, [])).toBeUndefined();
+    expect(() => resolveServeOptions({}, { DYN_ROUTER_BLOCK_SIZE: 'big' })).toThrow(
+      'DYN_ROUTER_BLOCK_SIZE: expected an integer in 1..=1024',
+    );
+  });
+
+  it('comes after the flag, DYN_KV_CACHE_BLOCK_SIZE, DYNAMO_KV_BLOCK_SIZE and model.blockSize', () => {
+    const router = { DYN_ROUTER_BLOCK_SIZE: '128' };
+    const by = (flags: Record<string, string>, env: Record<string, string>, doc?: unknown) => {
+      const o = resolveServeOptions(flags, { ...router, ...env }, doc, 'cfg.yaml');
+      return [o.blockSize, o.blockSizeSetBy];
+    };
+    expect(by({ 'block-size': '8' }, {})).toEqual([8, '--block-size']);
+    expect(by({}, { DYN_KV_CACHE_BLOCK_SIZE: '32' })).toEqual([32, 'DYN_KV_CACHE_BLOCK_SIZE']);
+    expect(by({}, { DYNAMO_KV_BLOCK_SIZE: '32' })).toEqual([32, 'DYNAMO_KV_BLOCK_SIZE']);
+    expect(by({}, {}, { model: { blockSize: 32 } })).toEqual([32, 'cfg.yaml: model.blockSize']);
+  });
+
+  it('warns when it is overridden by a different size, not when the sizes agree', () => {
+    const env = { DYN_ROUTER_BLOCK_SIZE: '128', DYN_KV_CACHE_BLOCK_SIZE: '32' };
+    const ws = startupWarnings(resolveServeOptions({}, env), env);
+    expect(ws.map((w) => w.fields)).toEqual([
+      { DYN_ROUTER_BLOCK_SIZE: '128', blockSize: 32, blockSizeSetBy: 'DYN_KV_CACHE_BLOCK_SIZE' },
+    ]);
+    expect(ws[0]?.msg).toMatch(/^DYN_ROUTER_BLOCK_SIZE .* is overridden/);
+    const same = { DYN_ROUTER_BLOCK_SIZE: '32', DYN_KV_CACHE_BLOCK_SIZE: '32' };
+    expect(startupWarnings(resolveServeOptions({}, same), same)).toEqual([]);
+  });
+});
+
+describe('legacy Dynamo variable names', () => {
+  it("reads the frontend's pre-1.0 KV-event names, each below its current name", () => {
+    const nats = { NATS_SERVER: 'nats://127.0.0.1:4222' };
+    expect(resolveServeOptions({}, { ...nats, DYN_KV_EVENTS: 'false' })).toMatchObject({
+      useKvEvents: false,
+      kvEventsSetBy: 'DYN_KV_EVENTS',
+    });
+    expect(
+      resolveServeOptions({}, { ...nats, DYN_KV_EVENTS: 'false', DYN_ROUTER_USE_KV_EVENTS: 'true' })
+        .useKvEvents,
+    ).toBe(true);
+    expect(resolveServeOptions({}, { DYN_DURABLE_KV_EVENTS: 'true' }).events.durable).toBe(true);
+    expect(
+      resolveServeOptions(
+        {},
+        { DYN_DURABLE_KV_EVENTS: 'true', DYN_ROUTER_DURABLE_KV_EVENTS: 'false' },
+      ).events.durable,
+    ).toBe(false);
+  });
+
+  it("reads the Go EPP plugin's DYNAMO_NAMESPACE / DYNAMO_COMPONENT below the DYN_* names", () => {
+    const o = resolveServeOptions({}, { DYNAMO_NAMESPACE: 'vllm-agg', DYNAMO_COMPONENT: 'worker' });
+    expect(o.events).toMatchObject({
+      namespace: 'vllm-agg',
+      namespaceSetBy: 'DYNAMO_NAMESPACE',
+      component: 'worker',
+      subjects: ['namespace.vllm-agg.component.*.endpoint.*.kv-events'],
+    });
+    const both = resolveServeOptions(
+      {},
+      {
+        DYNAMO_NAMESPACE: 'old',
+        DYN_NAMESPACE: 'new',
+        DYNAMO_COMPONENT: 'a',
+        DYN_COMPONENT_NAME: 'b',
+      },
+      { events: { namespace: 'file' } },
+    );
+    expect([both.events.namespace, both.events.component]).toEqual(['new', 'b']);
+    // The environment beats the file, the legacy names too.
+    expect(
+      resolveServeOptions({}, { DYNAMO_NAMESPACE: 'old' }, { events: { namespace: 'file' } }).events
+        .namespace,
+    ).toBe('old');
+  });
+
+  it('lists every legacy name that is set, with the name to use, in one warning', () => {
+    const env = {
+      DYN_KV_EVENTS: 'false',
+      DYN_DURABLE_KV_EVENTS: 'false',
+      DYN_ROUTER_TTL: '60',
+      DYNAMO_NAMESPACE: 'ns',
+      DYNAMO_COMPONENT: 'backend',
+      DYNAMO_KV_BLOCK_SIZE: '16',
+      DYNAMO_USE_KV_EVENTS: 'false',
+    };
+    const ws = startupWarnings(resolveServeOptions({}, env), env);
+    expect(ws.map((w) => w.fields)).toEqual([
+      {
+        legacy: {
+          DYNAMO_COMPONENT: 'DYN_COMPONENT_NAME',
+          DYNAMO_KV_BLOCK_SIZE: 'DYN_KV_CACHE_BLOCK_SIZE',
+          DYNAMO_NAMESPACE: 'DYN_NAMESPACE',
+          DYNAMO_USE_KV_EVENTS: 'DYN_ROUTER_USE_KV_EVENTS',
+          DYN_DURABLE_KV_EVENTS: 'DYN_ROUTER_DURABLE_KV_EVENTS',
+          DYN_KV_EVENTS: 'DYN_ROUTER_USE_KV_EVENTS',
+          DYN_ROUTER_TTL: 'DYN_ROUTER_TTL_SECS',
+        },
+      },
+    ]);
+    expect(Object.keys(LEGACY_NAMES).sort()).toEqual(Object.keys(env).sort());
+    expect(ws[0]?.msg).toMatch(/only when its current name is unset/);
+  });
+});
+
+describe('Dynamo variables classified as without effect', () => {
+  it.each([
+    // Documented router settings kv-epp accepts but does not act on.
+    'DYN_ROUTER_SNAPSHOT_THRESHOLD',
+    'DYN_ROUTER_WORKER_SELECTION_POLICY',
+    // The frontend's pre-1.0 names of settings kv-epp does not implement.
+    'DYN_KV_OVERLAP_SCORE_WEIGHT',
+    'DYN_TRACK_ACTIVE_BLOCKS',
+    'DYN_ASSUME_KV_REUSE',
+    // The Go EPP plugin's.
+    'DYNAMO_ROUTER_REPLICA_SYNC',
+    'DYNAMO_BUSY_THRESHOLD',
+  ])('%s is noEffect, not unknown', (name) => {
+    expect(routerWarning({ [name]: '1' })).toEqual({ noEffect: [name], unknown: [] });
+  });
+
+  it('reports DYNAMO_USE_KV_ROUTING and DYN_ENFORCE_DISAGG only for the value kv-epp cannot honour', () => {
+    expect(routerWarning({ DYNAMO_USE_KV_ROUTING: 'false', DYN_ENFORCE_DISAGG: 'true' })).toEqual({
+      noEffect: ['DYNAMO_USE_KV_ROUTING', 'DYN_ENFORCE_DISAGG'],
+      unknown: [],
+    });
+    // KV routing and an aggregated fallback are what kv-epp always does.
+    expect(routerWarning({ DYNAMO_USE_KV_ROUTING: 'true', DYN_ENFORCE_DISAGG: 'false' })).toBe(
+      undefined,
+    );
+    expect(routerWarning({ DYN_ENFORCE_DISAGG: 'sometimes' })?.noEffect).toEqual([
+      'DYN_ENFORCE_DISAGG',
+    ]);
+  });
+
+  it("keeps DYN_ROUTER_* names not found in Dynamo's source as unknown", () => {
+    expect(routerWarning({ DYN_ROUTER_MAX_PENDING_PER_WORKER: '4' })).toEqual({
+      noEffect: [],
+      unknown: ['DYN_ROUTER_MAX_PENDING_PER_WORKER'],
+    });
   });
 });
