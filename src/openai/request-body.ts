@@ -6,6 +6,7 @@
 export type OpenAiApi = 'chat' | 'completions' | 'responses' | 'embeddings';
 
 import { KvEppError } from '../errors.js';
+import { goJsonUnmarshalError } from './go-json-error.js';
 
 /** The API by path suffix (query string ignored), as the GAIE EPP does. */
 export function apiOfPath(path: string): OpenAiApi | undefined {
@@ -248,10 +249,7 @@ export function modelOfBody(body: Uint8Array): string {
     const m = lastMember(members(body, open).list, 'model');
     model = m && JSON.parse(dec.decode(body.subarray(m.start, m.end)));
   } catch (e) {
-    throw new KvEppError(
-      'invalid_json',
-      `the request body is not valid JSON: ${(e as Error).message}`,
-    );
+    throw unparsable(body, e as Error);
   }
   if (typeof model !== 'string' || model === '')
     throw badRequest('model not found in request body');
@@ -263,26 +261,35 @@ function badRequest(msg: string): KvEppError {
 }
 
 /**
+ * A body that is not a JSON object, in the reference EPP's words (Go's
+ * `json.Unmarshal` into its body map); `cause` only if Go would take it.
+ */
+function unparsable(body: Uint8Array, cause: Error): KvEppError {
+  const go = goJsonUnmarshalError(body);
+  return new KvEppError(
+    'invalid_json',
+    go === undefined
+      ? `the request body is not valid JSON: ${cause.message}`
+      : `error unmarshaling request bodyMap: ${go}`,
+  );
+}
+
+/**
  * The request checks every routed body passes (400s): a JSON object with a
  * non-empty string `model`, and `messages` (chat), `prompt` (completions) or
  * `input` (responses, embeddings). Returns the body's model.
  * @throws KvEppError invalid_json / invalid_request
  */
 export function readRequest(body: Uint8Array, api: OpenAiApi | undefined): { model: string } {
-  let parsed: Record<string, unknown>;
+  let v: unknown;
   try {
-    const v: unknown = JSON.parse(dec.decode(body));
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-      throw badRequest('the request body must be a JSON object');
-    }
-    parsed = v as Record<string, unknown>;
+    v = JSON.parse(dec.decode(body));
   } catch (e) {
-    if (e instanceof KvEppError) throw e;
-    throw new KvEppError(
-      'invalid_json',
-      `the request body is not valid JSON: ${(e as Error).message}`,
-    );
+    throw unparsable(body, e as Error);
   }
+  // `null` unmarshals into Go's map as an empty one: no model.
+  if (typeof v !== 'object' || Array.isArray(v)) throw unparsable(body, new Error('not an object'));
+  const parsed = (v ?? {}) as Record<string, unknown>;
   const model = parsed.model;
   if (typeof model !== 'string' || model === '')
     throw badRequest('model not found in request body');

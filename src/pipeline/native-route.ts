@@ -93,9 +93,9 @@ export function unpackRoute(buf: ArrayBuffer, rewrite?: string): RoutePrep {
 }
 
 /**
- * One request through the addon. With `work`, the body's 400s carry
- * `readRequest`'s exact messages (its checks run natively; on a refusal the
- * TypeScript check is re-run for the text, e.g. V8's JSON error wording).
+ * One request through the addon. The body's 400s carry `readRequest`'s exact
+ * messages (its checks run natively; on a refusal the TypeScript check is
+ * re-run for the text: the reference EPP's wording, Go's JSON errors).
  */
 export function nativePrepare(
   addon: NativeBinding,
@@ -123,7 +123,6 @@ export function nativePrepare(
   } catch (e) {
     const mapped = mapNativeError(e);
     if (
-      work &&
       mapped instanceof KvEppError &&
       (mapped.code === 'invalid_json' || mapped.code === 'invalid_request')
     ) {

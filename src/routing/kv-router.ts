@@ -116,7 +116,14 @@ function apiOfRequest(req: GatewayRequest): OpenAiApi | undefined {
   return apiOfPath(path) ?? (path === '' ? apiOfBody(req.body) : undefined);
 }
 
-const ROUTING_HEADER = /^(x-dynamo-|x-gateway-destination-endpoint)/;
+/**
+ * Client headers that could pin a worker, never honoured: the gateway's
+ * destination headers, every `x-dynamo-*`, and the unprefixed names Dynamo's
+ * frontend also reads (`apply_header_routing_overrides`: worker and prefill
+ * instance ids, data-parallel ranks).
+ */
+const ROUTING_HEADER =
+  /^(x-dynamo-|x-gateway-destination-endpoint|(x-worker-instance-id|x-prefill-instance-id|x-dp-rank|x-data-parallel-rank|x-prefill-dp-rank)$)/;
 /** Client `x-dynamo-*` headers that do not route: Dynamo's request id (its response `id`, worker logs). */
 const PASSED_DYNAMO_HEADERS = new Set(['x-dynamo-request-id']);
 
@@ -176,11 +183,10 @@ export class KvRouter implements RequestRouter {
     const ready = this.deps.endpoints().filter((e) => e.role !== 'prefill');
     const allowed = filterBySubset(ready, req.subset);
     if (allowed.length === 0) {
+      // The reference EPP's text, subset hint or not (clients and its hermetic tests match on it).
       throw new KvEppError(
         'no_endpoint',
-        req.subset === undefined
-          ? 'no ready endpoints'
-          : `no ready endpoint within the subset hint [${req.subset.join(', ')}]`,
+        'failed to find endpoint candidates for serving the request',
       );
     }
     return allowed;
@@ -246,16 +252,32 @@ export class KvRouter implements RequestRouter {
     const rewrite = req.headers.get('x-gateway-model-name-rewrite');
     // Tokenized bodies are checked (400s) and spliced by the preparer, in the
     // same native call that tokenizes them (in the pool for large bodies, so a
-    // large prompt is never parsed on the event loop). Their 400s therefore
-    // come after the subset and shedding checks (503/429), which cost nothing
-    // and so protect the tokenizer under overload.
+    // large prompt is never parsed on the event loop). The subset and shedding
+    // checks (503/429) cost nothing and so come first, protecting the tokenizer
+    // under overload; but a body they refuse is checked first, as the
+    // reference EPP does (parse, then admission), unless it is one the pool
+    // would parse: a bad body is a 400 whenever checking it is cheap.
     let model = tokenizable ? undefined : readRequest(req.body, api).model;
-    this.available(this.candidates(req));
+    const bodyFirst = (e: unknown): never => {
+      if (tokenizable && !(this.deps.preparer.offloads?.(req.body.length) ?? false)) {
+        readRequest(req.body, api);
+      }
+      throw e;
+    };
+    try {
+      this.available(this.candidates(req));
+    } catch (e) {
+      bodyFirst(e);
+    }
     let prep: RoutePrep | undefined;
     // The request's body, or the same bytes handed back by a worker it was transferred to.
     let body = req.body;
     if (tokenizable) {
-      admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
+      try {
+        admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
+      } catch (e) {
+        bodyFirst(e);
+      }
       const offloaded = this.deps.preparer.offloads?.(req.body.length) ?? false;
       try {
         prep = await this.deps.preparer.prepare(

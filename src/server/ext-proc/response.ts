@@ -4,8 +4,9 @@
  * restore the client's model name, and answer every message the way the
  * response body mode requires.
  *
- * - duplex (FULL_DUPLEX_STREAMED, the default): SSE (`text/event-stream`)
- *   chunks go straight back as `streamed_response` (≤62 000 bytes each) while
+ * - duplex (FULL_DUPLEX_STREAMED, the default): SSE (`text/event-stream`, or,
+ *   when the response names no content type or its headers were skipped, a
+ *   body whose first bytes are an SSE field such as `data:`) chunks go straight back as `streamed_response` (≤62 000 bytes each) while
  *   a line-buffered parser reads usage (a model name a chunk cuts off is held
  *   back to the next chunk and restored); other bodies are held to end of stream
  *   (up to a limit, then passed through untouched), usage read from the JSON,
@@ -48,6 +49,20 @@ export function sendStreamed(
   }
 }
 
+/** SSE field names (WHATWG event stream) a stream's first line starts with; ':' is a comment. */
+const SSE_STARTS = ['data:', 'event:', 'id:', 'retry:', ':', 'data\n', 'data\r'].map((p) =>
+  new TextEncoder().encode(p),
+);
+
+/** Whether a body's first bytes (after blank lines) are an SSE field. */
+export function startsLikeSse(chunk: Uint8Array): boolean {
+  let i = 0;
+  while (i < chunk.length && (chunk[i] === 0x0a || chunk[i] === 0x0d)) i++;
+  return SSE_STARTS.some(
+    (p) => chunk.length - i >= p.length && p.every((b, k) => chunk[i + k] === b),
+  );
+}
+
 export class ResponsePath {
   status: number | undefined;
   served: string | undefined;
@@ -68,7 +83,8 @@ export class ResponsePath {
    * first `usage` access, after the answer carrying the body has been written.
    */
   private usageBody: Uint8Array | undefined;
-  private sse = false;
+  /** The body is SSE; undefined until its headers or first bytes tell. */
+  private sse: boolean | undefined;
   private hadContentLength = false;
   private sseParser: SseUsageParser | undefined;
   /** SSE with a model restore: a model name the last chunk cut off, sent with the next one. */
@@ -95,9 +111,14 @@ export class ResponsePath {
     const map = readHeaderMap(h?.headers);
     const status = Number(map.get(':status') ?? map.get('status'));
     if (Number.isInteger(status) && status > 0) this.status = status;
-    this.sse = (map.get('content-type') ?? '').toLowerCase().includes('text/event-stream');
+    const type = map.get('content-type');
     this.hadContentLength = map.has(CONTENT_LENGTH);
-    if (!this.sse) {
+    // No content type (and no length, which a stream never has): the first bytes tell.
+    this.sse =
+      type === undefined && !this.hadContentLength
+        ? undefined
+        : (type ?? '').toLowerCase().includes('text/event-stream');
+    if (this.sse === false) {
       const declared = contentLength(map.get(CONTENT_LENGTH));
       this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes));
     }
@@ -109,6 +130,7 @@ export class ResponsePath {
     const chunk = b?.body ?? EMPTY;
     const eos = b?.end_of_stream === true;
     if (!this.done) this.bytes += chunk.length;
+    if (this.sse === undefined && chunk.length > 0) this.sse = startsLikeSse(chunk);
     switch (this.mode) {
       case 'duplex':
         // A repeated EoS chunk is dropped: nothing may follow our EoS.

@@ -176,8 +176,12 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (ba
     const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
     preparers.push(pooled);
     const cases = [
-      ['{"messages": [', 'invalid_json', /not valid JSON/],
-      ['[1]', 'invalid_request', /must be a JSON object/],
+      [
+        '{"messages": [',
+        'invalid_json',
+        /^error unmarshaling request bodyMap: unexpected end of JSON input$/,
+      ],
+      ['[1]', 'invalid_json', /cannot unmarshal array into Go value of type map/],
       ['{"messages": []}', 'invalid_request', /model not found/],
       ['{"model": "m", "prompt": "x"}', 'invalid_request', /"messages" list/],
     ] as const;

@@ -108,17 +108,27 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       [{ rewrite: 'served', transferBody: false }],
       [{ rewrite: 'served', transferBody: false }],
     ]);
-    // The free 503 comes before the body check, inline and offloaded alike.
-    for (const offload of [true, false]) {
+    // With no endpoint, a body checked on the loop is a 400 first, as in the
+    // reference EPP; a body the pool would parse is not parsed for a 503.
+    for (const [offload, code] of [
+      [true, 'no_endpoint'],
+      [false, 'invalid_json'],
+    ] as const) {
       const none = await router(backend, { offload, endpoints: [] });
-      await expect(none.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'no_endpoint' });
+      await expect(none.r.route(req('{"bad'))).rejects.toMatchObject({ code });
+      await expect(none.r.route(req(chat('fine')))).rejects.toMatchObject({
+        code: 'no_endpoint',
+        message: 'failed to find endpoint candidates for serving the request',
+      });
       none.path.index.dispose();
     }
-    await expect(off.r.route(req('{"bad'))).rejects.toMatchObject({ code: 'invalid_json' });
-    await expect(inline.r.route(req('{"bad'))).rejects.toMatchObject({
-      code: 'invalid_json',
-      message: expect.stringMatching(/^the request body is not valid JSON: /),
-    });
+    // Go's encoding/json wording, as the reference EPP answers.
+    for (const x of [off, inline]) {
+      await expect(x.r.route(req('{"bad'))).rejects.toMatchObject({
+        code: 'invalid_json',
+        message: 'error unmarshaling request bodyMap: unexpected end of JSON input',
+      });
+    }
     for (const x of [inline, off]) x.path.index.dispose();
   });
 
@@ -147,6 +157,13 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       ['x-gateway-destination-endpoint', '127.0.0.99:1'],
       ['x-gateway-destination-endpoint-subset', 'x'],
       ['x-dynamo-request-id', 'req-7'],
+      // The unprefixed names Dynamo's frontend also reads.
+      ['x-worker-instance-id', '999'],
+      ['x-prefill-instance-id', '5'],
+      ['x-dp-rank', '3'],
+      ['x-data-parallel-rank', '3'],
+      ['x-prefill-dp-rank', '2'],
+      ['x-worker-instance-id-note', 'kept'],
       ['content-type', 'application/json'],
     ]);
     const d = await r.route(req(chat('hello'), { headers, subset: ['127.0.0.3'] }));
@@ -157,9 +174,14 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       'x-dynamo-routing-mode': 'aggregated',
     });
     expect(d.removeHeaders.sort()).toEqual([
+      'x-data-parallel-rank',
+      'x-dp-rank',
       'x-dynamo-prefill-instance-id',
       'x-gateway-destination-endpoint',
       'x-gateway-destination-endpoint-subset',
+      'x-prefill-dp-rank',
+      'x-prefill-instance-id',
+      'x-worker-instance-id',
     ]);
     const body = JSON.parse(new TextDecoder().decode(d.body));
     const expected = path.tokenizer.tokenizeRequest(
@@ -182,7 +204,8 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
 
   it.each([
     ['{"messages":[', 'invalid_json'],
-    ['[1]', 'invalid_request'],
+    ['[1]', 'invalid_json'],
+    ['null', 'invalid_request'],
     [JSON.stringify({ messages: [] }), 'invalid_request'],
     [JSON.stringify({ model: 'm' }), 'invalid_request'],
   ])('rejects %s with %s', async (body, code) => {
@@ -377,6 +400,11 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const { r } = await router(backend);
     await expect(r.route(req(chat('x'), { subset: ['127.0.0.9:1'] }))).rejects.toMatchObject({
       code: 'no_endpoint',
+      message: 'failed to find endpoint candidates for serving the request',
+    });
+    // A bad body is a 400 before the subset's 503 (the reference EPP parses first).
+    await expect(r.route(req('{"model":', { subset: ['127.0.0.9:1'] }))).rejects.toMatchObject({
+      code: 'invalid_json',
     });
     const busy = await r.route(req(chat('y')));
     const h = r.routeHeaderOnly(req('', { path: '/v1/models', method: 'GET' }));
@@ -399,6 +427,12 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       message: expect.stringContaining('all 2 candidate endpoints are busy'),
     });
     expect(prepared()).toBe(before); // shed before tokenizing
+    // A bad body is still a 400 when shedding (checked, not tokenized).
+    await expect(r.route(req('{"messages":[]}'))).rejects.toMatchObject({
+      code: 'invalid_request',
+      message: 'model not found in request body',
+    });
+    expect(prepared()).toBe(before);
     expect(() => r.routeHeaderOnly(req('', { path: '/v1/models', method: 'GET' }))).toThrow(/busy/);
     // An empty subset is still "no endpoint" (503), not overload.
     await expect(r.route(req(chat('x'), { subset: ['127.0.0.9:1'] }))).rejects.toMatchObject({

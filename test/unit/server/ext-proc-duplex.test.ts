@@ -454,6 +454,49 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(fx.router.completions).toHaveLength(1);
     });
 
+    it.each([
+      ['without a content type', { ':status': '200' }],
+      ['with its headers skipped', undefined],
+    ])('streams an SSE body %s chunk by chunk, known by its first bytes', async (_n, headers) => {
+      const s = await routed();
+      if (headers) {
+        s.send(respHeaders(headers));
+        expect((await s.next()).response_headers?.response).toEqual({});
+      }
+      const events = [
+        'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
+        'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
+      ];
+      s.send(respBody(events[0] as string, false));
+      // Back before the body ends: not held as a JSON body would be.
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+        body: events[0],
+        eos: false,
+      });
+      s.send(respBody(events[1] as string, true));
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({ eos: true });
+      const [c] = await fx.router.completed(1);
+      expect(c?.summary).toMatchObject({ promptTokens: 5, completionTokens: 2 });
+      s.cancel();
+    });
+
+    it('holds a JSON body without a content type to its end', async () => {
+      const s = await routed();
+      s.send(respHeaders({ ':status': '200' }));
+      await s.next();
+      const parts = ['{"usage":{"prompt_tokens":3,', '"completion_tokens":1}}'];
+      s.send(respBody(parts[0] as string, false));
+      s.send(respBody(parts[1] as string, true));
+      // One answer, the whole body, after the end.
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+        body: parts.join(''),
+        eos: true,
+      });
+      const [c] = await fx.router.completed(1);
+      expect(c?.summary).toMatchObject({ promptTokens: 3, completionTokens: 1 });
+      s.cancel();
+    });
+
     it('restores the client model in SSE when a chunk cuts the name, holding back only the cut-off match', async () => {
       const s = await routed(
         aDecision({ body: utf8(CHAT), clientModel: 'my-model', targetModel: 'my-model-12345' }),

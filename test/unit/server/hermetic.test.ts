@@ -9,18 +9,25 @@
  * GAIE's error messages. Differences from GAIE are listed at each case.
  */
 import { status as GrpcStatus } from '@grpc/grpc-js';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
+import { createHotPath } from '../../../src/pipeline/factory.js';
+import { prepareRouteInline } from '../../../src/pipeline/route-prep.js';
+import { KvRouter } from '../../../src/routing/kv-router.js';
 import type {
   ProcessingRequest,
   ProcessingResponse,
   ProtoStruct,
 } from '../../../src/server/ext-proc/messages.js';
+import { type RunningServer, startExtProcServer } from '../../../src/server/grpc-server.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
 import {
   aDecision,
   destinationOf,
+  ExtProcClient,
   ExtProcFixture,
+  RecordingLogger,
   reqBody,
   reqHeaders,
   respBody,
@@ -379,5 +386,95 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(c?.summary).toMatchObject({ status: 200, promptTokens: 7, completionTokens: 10 });
       s.cancel();
     });
+  });
+});
+
+/**
+ * The error scenarios again, with kv-epp's real router (tokenizer, index,
+ * request checks) behind the server instead of the fake: its own texts must be
+ * the reference EPP's.
+ */
+describe('GAIE hermetic error scenarios with the real router', () => {
+  let server: RunningServer;
+  let client: ExtProcClient;
+  let dispose: () => void;
+  beforeAll(async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, 'native');
+    const eps = parseEndpoints(
+      {
+        endpoints: [0, 1, 2].map((i) => ({
+          address: `127.0.0.${i + 2}`,
+          port: 8000,
+          name: `p${i}`,
+        })),
+      },
+      'test',
+    );
+    const router = new KvRouter(
+      {
+        endpoints: () => eps,
+        preparer: { prepare: async (b, api, st, w) => prepareRouteInline(path, b, api, st, w) },
+        index: path.index,
+        hasher: path.hasher,
+        log: new RecordingLogger(),
+      },
+      { blockSize: 16, fallbacks: 0, approximate: true },
+    );
+    server = await startExtProcServer({
+      port: 0,
+      host: '127.0.0.1',
+      router,
+      logger: new RecordingLogger(),
+      maxBodyBytes: 4 * 1024 * 1024,
+    });
+    client = new ExtProcClient(server.port);
+    dispose = () => {
+      router.dispose();
+      path.index.dispose();
+      path.tokenizer.dispose();
+    };
+  });
+  afterAll(async () => {
+    client.close();
+    await server.close(0);
+    dispose();
+  });
+
+  function drain(reqs: ProcessingRequest[]) {
+    const s = client.open();
+    s.send(...reqs);
+    return s.drain();
+  }
+
+  it("invalid json body → 400 with Go's JSON error", async () => {
+    await expectReject(
+      drain(reqRaw({ hi: 'mom' }, 'no healthy upstream')),
+      400,
+      "inference error: BadRequest - error unmarshaling request bodyMap: invalid character 'o' in literal null (expecting 'u')",
+    );
+  });
+
+  it('request missing model field → 400', async () => {
+    await expectReject(
+      drain(reqRaw({ 'content-type': 'application/json' }, '{"prompt":"hello world"}')),
+      400,
+      'inference error: BadRequest - model not found in request body',
+    );
+  });
+
+  it('subsetting: no pods match → 503', async () => {
+    await expectReject(
+      drain(reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', ['127.0.0.99:8000'])),
+      503,
+      'inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request',
+    );
+  });
+
+  it('subsetting: partial match routes inside the subset', async () => {
+    const s = client.open();
+    s.send(...reqLLM('test2', 'sql-lora', 'sql-lora-1fdg2', [pod(2)]));
+    const [h] = await s.take(2);
+    s.cancel();
+    expect(destinationOf(h)).toBe(pod(2));
   });
 });

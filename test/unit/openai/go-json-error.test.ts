@@ -1,0 +1,49 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { goJsonUnmarshalError, quoteByte } from '../../../src/openai/go-json-error.js';
+
+// Made by Go itself (test/fixtures/go-json/gen.go: json.Unmarshal into a
+// map[string]any, go1.26): hand-picked bodies plus seeded mutations of valid ones.
+const fixture = JSON.parse(
+  readFileSync(new URL('../../fixtures/go-json/vectors.json', import.meta.url), 'utf8'),
+) as { vectors: Array<{ body: string; error: string }> };
+
+describe('goJsonUnmarshalError: Go encoding/json error texts', () => {
+  it('the vectors cover valid bodies, syntax errors and type errors', () => {
+    const errors = fixture.vectors.map((v) => v.error);
+    expect(errors.filter((e) => e === '').length).toBeGreaterThan(50);
+    expect(errors.filter((e) => e.startsWith('invalid character')).length).toBeGreaterThan(150);
+    expect(errors).toContain('unexpected end of JSON input');
+    expect(errors).toContain("invalid character '[' exceeded max depth");
+    expect(errors.some((e) => e.startsWith('json: cannot unmarshal'))).toBe(true);
+  });
+
+  it('says what Go says for every vector', () => {
+    const mismatches: string[] = [];
+    for (const v of fixture.vectors) {
+      const body = Buffer.from(v.body, 'base64');
+      const got = goJsonUnmarshalError(body) ?? '';
+      if (got !== v.error) {
+        mismatches.push(
+          `${JSON.stringify(body.toString('latin1').slice(0, 80))}: ${got} ≠ ${v.error}`,
+        );
+      }
+    }
+    expect(mismatches).toEqual([]);
+  });
+
+  it("matches the reference EPP's hermetic test text", () => {
+    expect(goJsonUnmarshalError(Buffer.from('no healthy upstream'))).toBe(
+      "invalid character 'o' in literal null (expecting 'u')",
+    );
+  });
+
+  it("quotes bytes as Go's quoteChar does", () => {
+    expect(quoteByte(0x27)).toBe("'\\''");
+    expect(quoteByte(0x22)).toBe(`'"'`);
+    expect(quoteByte(0x0a)).toBe("'\\n'");
+    expect(quoteByte(0x01)).toBe("'\\x01'");
+    expect(quoteByte(0x85)).toBe("'\\u0085'");
+    expect(quoteByte(0xe9)).toBe("'é'");
+  });
+});
