@@ -62,6 +62,10 @@ export interface EnvoyOptions {
 const HCM =
   'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager';
 const EXT_PROC = 'type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor';
+const HEADER_TO_METADATA =
+  'type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config';
+/** A client header the test Envoy turns into the subset hint (comma-separated endpoints). */
+export const SUBSET_HINT_TEST_HEADER = 'x-test-subset-hint';
 const ROUTER = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router';
 const HTTP_OPTIONS = 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions';
 const UPSTREAM_TLS =
@@ -127,6 +131,27 @@ function listener(l: ListenerSpec, o: EnvoyOptions): unknown {
                 ],
               },
               http_filters: [
+                // The gateway's subset hint, as a test sets it: the request header
+                // SUBSET_HINT_TEST_HEADER becomes `envoy.lb.subset_hint` metadata,
+                // which the ext_proc filter forwards (a data plane's own way of
+                // narrowing the candidates; not in GAIE's reference config).
+                {
+                  name: 'envoy.filters.http.header_to_metadata',
+                  typed_config: {
+                    '@type': HEADER_TO_METADATA,
+                    request_rules: [
+                      {
+                        header: SUBSET_HINT_TEST_HEADER,
+                        on_header_present: {
+                          metadata_namespace: 'envoy.lb.subset_hint',
+                          key: 'x-gateway-destination-endpoint-subset',
+                          type: 'STRING',
+                        },
+                        remove: true,
+                      },
+                    ],
+                  },
+                },
                 {
                   name: 'envoy.filters.http.ext_proc',
                   typed_config: {
@@ -139,6 +164,9 @@ function listener(l: ListenerSpec, o: EnvoyOptions): unknown {
                       timeout: '10s',
                     },
                     failure_mode_allow: false,
+                    metadata_options: {
+                      forwarding_namespaces: { untyped: ['envoy.lb.subset_hint'] },
+                    },
                     processing_mode: processingMode(o.bodyMode),
                     message_timeout: '120s',
                   },

@@ -9,6 +9,7 @@ import type { Endpoint } from '../../src/discovery/endpoints.js';
 import { parseEndpoints } from '../../src/discovery/endpoints.js';
 import { createHotPath } from '../../src/pipeline/factory.js';
 import type { HotPath } from '../../src/pipeline/route-prep.js';
+import type { AdmissionSettings } from '../../src/routing/admission.js';
 import { KvRouter } from '../../src/routing/kv-router.js';
 import { type RunningServer, startExtProcServer } from '../../src/server/grpc-server.js';
 import type {
@@ -22,6 +23,8 @@ import { RecordingLogger } from './ext-proc.js';
 import type { FakeWorker } from './fake-openai.js';
 
 export const TEST_ID_HEADER = 'x-test-id';
+/** A request carrying this header makes the router throw a plain TypeError. */
+export const THROW_TEST_HEADER = 'x-test-throw';
 export const BLOCK_SIZE = 16;
 
 export interface Routed {
@@ -55,6 +58,8 @@ export class RecordingRouter implements RequestRouter {
 
   async route(req: GatewayRequest): Promise<RouteDecision> {
     try {
+      // A failure no router should have: the server's answer to the unexpected.
+      if (req.headers.has(THROW_TEST_HEADER)) throw new TypeError('test hook: unexpected failure');
       const decision = await this.inner.route(req);
       this.note(req, { decision });
       return decision;
@@ -110,7 +115,12 @@ export interface EppStack {
   path: HotPath;
   preparer: RoutePreparer;
   endpoints: Endpoint[];
-  start(o: { name: string; tls: boolean; maxBodyBytes: number }): Promise<EppInstance>;
+  start(o: {
+    name: string;
+    tls: boolean;
+    maxBodyBytes: number;
+    admission?: AdmissionSettings;
+  }): Promise<EppInstance>;
   close(): Promise<void>;
 }
 
@@ -153,7 +163,7 @@ export async function createEppStack(workers: readonly FakeWorker[]): Promise<Ep
           hasher: path.hasher,
           log: logger,
         },
-        { blockSize: BLOCK_SIZE, fallbacks: 0, approximate: true },
+        { blockSize: BLOCK_SIZE, fallbacks: 0, approximate: true, admission: o.admission },
       );
       const router = new RecordingRouter(kv);
       const server = await startExtProcServer({

@@ -14,13 +14,20 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint } from '../../../src/discovery/endpoints.js';
 import type { ApiKind } from '../../../src/tokenize/types.js';
-import { type BodyMode, type EnvoyProcess, findEnvoy, startEnvoy } from '../../support/envoy.js';
+import {
+  type BodyMode,
+  type EnvoyProcess,
+  findEnvoy,
+  SUBSET_HINT_TEST_HEADER,
+  startEnvoy,
+} from '../../support/envoy.js';
 import {
   createEppStack,
   type EppInstance,
   type EppStack,
   type Routed,
   TEST_ID_HEADER,
+  THROW_TEST_HEADER,
 } from '../../support/epp-stack.js';
 import {
   COMPLETION_TOKENS,
@@ -114,6 +121,16 @@ describe.skipIf(!ENVOY)(
       ] as const) {
         epps.set(name, await stack.start({ name, tls, maxBodyBytes }));
       }
+      // Sheds (429) once every worker has one request in flight.
+      epps.set(
+        'shed',
+        await stack.start({
+          name: 'shed',
+          tls: false,
+          maxBodyBytes: DEFAULT_LIMIT,
+          admission: { maxPendingPrepare: 0, maxInFlightPerEndpoint: 1 },
+        }),
+      );
       const listeners = [...epps.values()].map((e) => ({
         name: e.name,
         eppPort: e.server.port,
@@ -449,6 +466,83 @@ describe.skipIf(!ENVOY)(
       });
 
       it.each([
+        ['one endpoint', (w: FakeWorker) => w.hostPort],
+        ['a bare IP (all its ports)', (w: FakeWorker) => w.host],
+        ['a list with an unknown endpoint', (w: FakeWorker) => `127.0.0.99:1,${w.hostPort}`],
+      ] as const)('routes inside the subset hint (%s)', async (_name, hint) => {
+        for (const target of workers) {
+          const body = chat([{ role: 'user', content: `${nonce} subset ${randomUUID()}` }]);
+          const { id, res } = await send('/v1/chat/completions', body, {
+            headers: { [SUBSET_HINT_TEST_HEADER]: hint(target) },
+          });
+          expect(res.status, res.body).toBe(200);
+          const routed = await reachedChosenWorker(id);
+          expect(routed.worker.name).toBe(target.name);
+          expect(routed.routed.request.subset?.length).toBeGreaterThan(0);
+        }
+      });
+
+      it('answers 503 at the client when the subset hint matches no endpoint', async () => {
+        const body = chat([{ role: 'user', content: `${nonce} nowhere` }]);
+        const { id, res } = await send('/v1/chat/completions', body, {
+          headers: { [SUBSET_HINT_TEST_HEADER]: '127.0.0.99:8000' },
+        });
+        expect(res.status, res.body).toBe(503);
+        expect(res.body).toBe(
+          'inference error: ServiceUnavailable - failed to find endpoint candidates for serving the request',
+        );
+        expect(receivedBy(id)).toEqual([]);
+      });
+
+      it('answers 500 naming the error when routing fails unexpectedly', async () => {
+        const body = chat([{ role: 'user', content: `${nonce} boom` }]);
+        const { id, res } = await send('/v1/chat/completions', body, {
+          headers: { [THROW_TEST_HEADER]: '1' },
+        });
+        expect(res.status, res.body).toBe(500);
+        expect(res.body).toBe(
+          'inference error: Internal - TypeError: test hook: unexpected failure',
+        );
+        expect(receivedBy(id)).toEqual([]);
+      });
+
+      (v.tls ? it.skip : it)(
+        'sheds with 429 and Retry-After at the client when every worker is busy',
+        async () => {
+          const shed = epps.get('shed') as EppInstance;
+          const gate = `shed-${v.mode}-${randomUUID()}`;
+          // One streaming request held open on each worker (least-loaded spreads them).
+          const held = workers.map(() => {
+            const id = nextId();
+            const body = chat([{ role: 'user', content: `${nonce} hold ${id}` }], { stream: true });
+            return {
+              id,
+              done: send('/v1/chat/completions', body, {
+                id,
+                listener: 'shed',
+                headers: { 'x-test-gate': gate },
+              }),
+            };
+          });
+          for (const h of held) await shed.router.routed(h.id);
+          expect(workers.map((w) => shed.kv.load(w.hostPort))).toEqual(workers.map(() => 1));
+          const body = chat([{ role: 'user', content: `${nonce} one too many` }]);
+          const { id, res } = await send('/v1/chat/completions', body, { listener: 'shed' });
+          expect(res.status, res.body).toBe(429);
+          expect(res.body).toMatch(
+            /^inference error: ResourceExhausted - all 3 candidate endpoints are busy/,
+          );
+          expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
+          expect(receivedBy(id)).toEqual([]);
+          gates.open(gate);
+          for (const h of held) expect((await h.done).res.status).toBe(200);
+          // The in-flight counts are back to 0 before the next variant uses this EPP.
+          for (const h of held) await shed.router.completed(h.id);
+          expect(workers.map((w) => shed.kv.load(w.hostPort))).toEqual(workers.map(() => 0));
+        },
+      );
+
+      it.each([
         ['declared content-length', undefined],
         ['chunked', 1024],
       ] as const)('answers 413 for a body over maxBodyBytes (%s)', async (_name, chunkedBytes) => {
@@ -547,7 +641,11 @@ describe.skipIf(!ENVOY)(
     it('kv-epp logged no warnings or errors, and Envoy never failed an ext_proc stream', async () => {
       for (const e of epps.values()) {
         const bad = e.logger.records.filter(
-          (r) => r.level !== 'info' && !(e.name === 'tight' && r.fields.err === LOCAL_REPLY_BUG),
+          (r) =>
+            (r.level === 'warn' || r.level === 'error') &&
+            !(e.name === 'tight' && r.fields.err === LOCAL_REPLY_BUG) &&
+            // The one failure a test asks for (THROW_TEST_HEADER).
+            !String(r.fields.err).includes('test hook: unexpected failure'),
         );
         expect(bad, `${e.name}: ${JSON.stringify(bad)}`).toEqual([]);
       }
