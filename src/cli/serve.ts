@@ -81,7 +81,7 @@ export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 90
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events[=true|false]]
                     [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states[=true]]
-                    [--dynamo-discovery-dir DIR] [--gc-pace-mb 48]
+                    [--dynamo-discovery-dir DIR] [--gc-pace-mb MB]
                     [--v8-worker-priority idle|low|normal]
                     (booleans: bare = true, else --flag=true|false; GAIE EPP flags such as
                     --pool-group, --zap-encoder, -v are accepted, see README)`;
