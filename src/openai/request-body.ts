@@ -277,10 +277,13 @@ function unparsable(body: Uint8Array, cause: Error): KvEppError {
 /**
  * The request checks every routed body passes (400s): a JSON object with a
  * non-empty string `model`, and `messages` (chat), `prompt` (completions) or
- * `input` (responses, embeddings). Returns the body's model.
+ * `input` (responses, embeddings). Returns the body's model and the parsed body.
  * @throws KvEppError invalid_json / invalid_request
  */
-export function readRequest(body: Uint8Array, api: OpenAiApi | undefined): { model: string } {
+export function readRequest(
+  body: Uint8Array,
+  api: OpenAiApi | undefined,
+): { model: string; json: Record<string, unknown> } {
   let v: unknown;
   try {
     v = JSON.parse(dec.decode(body));
@@ -302,7 +305,7 @@ export function readRequest(body: Uint8Array, api: OpenAiApi | undefined): { mod
   if ((api === 'responses' || api === 'embeddings') && parsed.input === undefined) {
     throw badRequest(`${api} need an "input"`);
   }
-  return { model };
+  return { model, json: parsed };
 }
 
 /** The model the worker must see: the gateway's rewrite when it names another one. */

@@ -33,6 +33,7 @@ import {
   rewriteTarget,
   spliceRequestBody,
 } from '../openai/request-body.js';
+import { responsesAsChat } from '../openai/responses-chat.js';
 import { type Preparer, type RoutePrep, UntokenizableBody } from '../pipeline/route-prep.js';
 import type {
   GatewayRequest,
@@ -43,6 +44,8 @@ import type {
 import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
 import { debugCompleted, debugRouted } from './route-debug.js';
+
+const utf8 = new TextEncoder();
 
 export interface KvRouterSettings {
   blockSize: number;
@@ -257,7 +260,8 @@ export class KvRouter implements RequestRouter {
     // under overload; but a body they refuse is checked first, as the
     // reference EPP does (parse, then admission), unless it is one the pool
     // would parse: a bad body is a 400 whenever checking it is cheap.
-    let model = tokenizable ? undefined : readRequest(req.body, api).model;
+    const read = tokenizable ? undefined : readRequest(req.body, api);
+    let model = read?.model;
     const bodyFirst = (e: unknown): never => {
       if (tokenizable && !(this.deps.preparer.offloads?.(req.body.length) ?? false)) {
         readRequest(req.body, api);
@@ -300,6 +304,8 @@ export class KvRouter implements RequestRouter {
         // Parsed already by the tokenizer: only the model is read, not the (large) rest.
         model = modelOfBody(body);
       }
+    } else if (api === 'responses' && read) {
+      prep = await this.responsesPrep(read.json, req);
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.
     const scheduleStart = performance.now();
@@ -318,11 +324,14 @@ export class KvRouter implements RequestRouter {
       // A preparer that ignored the body work, or a body that is not tokenized: edit here.
       model ??= readRequest(body, api).model;
       target = rewriteTarget(model, rewrite);
-      if (prep || target !== undefined) {
+      // Token ids go only into the bodies they were made from (not a Responses
+      // request's, tokenized as the chat its server renders, for routing).
+      const ids = tokenizable ? prep : undefined;
+      if (ids || target !== undefined) {
         body = spliceRequestBody(body, {
           model: target,
-          tokenData: prep?.tokens,
-          tokenDataJson: prep?.tokenDataJson,
+          tokenData: ids?.tokens,
+          tokenDataJson: ids?.tokenDataJson,
         });
       }
     }
@@ -346,6 +355,31 @@ export class KvRouter implements RequestRouter {
     this.deps.onRouted?.({ decision, prep, endpoint: primary, model, scheduleMs });
     debugRouted(this.deps.log, req, decision, primary, prep, model);
     return decision;
+  }
+
+  /**
+   * A Responses API request tokenized as the chat conversation its server
+   * renders (responsesAsChat), for its prefix overlap; undefined (routed by
+   * load) when its input is not plain text messages, when the tokenization
+   * queue is full, or when the chat cannot be tokenized: routing it never fails.
+   */
+  private async responsesPrep(
+    json: Record<string, unknown>,
+    req: GatewayRequest,
+  ): Promise<RoutePrep | undefined> {
+    const chat = responsesAsChat(json);
+    if (!chat) return undefined;
+    try {
+      admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
+      return await this.deps.preparer.prepare(utf8.encode(JSON.stringify(chat)), 'chat', {
+        blockSize: this.settings.blockSize,
+        cacheNamespace: req.headers.get('x-tenant-id'),
+        earlyExit: this.settings.earlyExit,
+      });
+    } catch (e) {
+      if (e instanceof KvEppError) return undefined;
+      throw e;
+    }
   }
 
   /** Approximate mode: `worker` now holds `localHashes` (at once, or deferred by `deps.defer`). */

@@ -149,6 +149,41 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     path.index.dispose();
   });
 
+  it('routes a Responses request by the prefix of the chat it renders, leaving its body as sent', async () => {
+    const { r, path, prepared } = await router(backend);
+    const first = await r.route(req(chat(long)));
+    expect(first.endpoints[0]).toBe('127.0.0.2:8001');
+    const responses = (input: unknown, extra = {}) =>
+      req({ model: 'm', input, ...extra }, { path: '/v1/responses' });
+    // Same conversation as `first` plus a turn: `a` holds its prefix, busy or not.
+    const before = prepared();
+    const items = [
+      { role: 'user', content: [{ type: 'input_text', text: long }] },
+      { type: 'message', role: 'assistant', content: 'Sure.' },
+      { role: 'user', content: 'And then?' },
+    ];
+    const same = await r.route(responses(items));
+    expect(prepared()).toBe(before + 1);
+    expect(same.endpoints[0]).toBe('127.0.0.2:8001');
+    // No token ids in a Responses body (its server renders the chat itself).
+    expect(new TextDecoder().decode(same.body)).toBe(JSON.stringify({ model: 'm', input: items }));
+    // Input the chat translation cannot hold: routed by load (to idle `b`), untokenized.
+    const call = [{ type: 'function_call_output', call_id: 'c1', output: long }];
+    const byLoad = await r.route(responses(call));
+    expect(prepared()).toBe(before + 1);
+    expect(byLoad.endpoints[0]).toBe('127.0.0.3:8001');
+    // A rewrite edits only the model.
+    const rewritten = await r.route({
+      ...responses(long),
+      headers: new Map([['x-gateway-model-name-rewrite', 'served']]),
+    });
+    expect(JSON.parse(new TextDecoder().decode(rewritten.body))).toEqual({
+      model: 'served',
+      input: long,
+    });
+    path.index.dispose();
+  });
+
   it('sets Dynamo headers, splices nvext.token_data and strips client routing headers', async () => {
     const { r, path } = await router(backend);
     const headers = new Map([

@@ -1,0 +1,107 @@
+/**
+ * A Responses API request (`POST /v1/responses`) as the chat conversation its
+ * server renders, for routing by prefix overlap. Dynamo's frontend serves the
+ * Responses API as a translation to chat completions: `instructions` becomes a
+ * leading system message, a string `input` one user message, `input` items
+ * their messages (`developer` as system), and leading system messages merge
+ * into one joined by a blank line; function tools become chat tools.
+ *
+ * Contract: `responsesAsChat(json)` returns a chat completions body (model,
+ * messages, and tools when there are function tools) or `undefined` when the
+ * input holds anything but text messages (tool calls and their outputs,
+ * images, files, references to stored responses): such a request is routed by
+ * load alone. The conversion only steers routing; the request the worker gets
+ * is the client's (no token ids are injected), so an imperfect match with the
+ * server's own translation costs cache hits, never correctness. Pure.
+ */
+
+type Json = Record<string, unknown>;
+
+interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+const ROLES: Record<string, ChatMessage['role']> = {
+  system: 'system',
+  developer: 'system',
+  user: 'user',
+  assistant: 'assistant',
+};
+
+/** Text parts a message's content may hold (input and output text). */
+const TEXT_PARTS = new Set(['input_text', 'output_text', 'text']);
+
+/** The text of a message item's content; undefined for any non-text part. */
+function textOf(content: unknown): string | undefined {
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) return undefined;
+  let text = '';
+  for (const part of content) {
+    if (typeof part !== 'object' || part === null) return undefined;
+    const p = part as Json;
+    if (typeof p.type !== 'string' || !TEXT_PARTS.has(p.type) || typeof p.text !== 'string') {
+      return undefined;
+    }
+    text += p.text;
+  }
+  return text;
+}
+
+function messageOf(item: unknown): ChatMessage | undefined {
+  if (typeof item !== 'object' || item === null) return undefined;
+  const it = item as Json;
+  if (it.type !== undefined && it.type !== 'message') return undefined;
+  const role = typeof it.role === 'string' ? ROLES[it.role] : undefined;
+  const content = textOf(it.content);
+  return role && content !== undefined ? { role, content } : undefined;
+}
+
+/** Function tools in the chat shape; others (hosted tools) are left out, as the server does. */
+function chatTools(tools: unknown): Json[] | undefined {
+  if (!Array.isArray(tools)) return undefined;
+  const out: Json[] = [];
+  for (const t of tools) {
+    if (typeof t !== 'object' || t === null) continue;
+    const { type, name, description, parameters, strict } = t as Json;
+    if (type !== 'function' || typeof name !== 'string') continue;
+    const fn: Json = { name };
+    if (description !== undefined) fn.description = description;
+    if (parameters !== undefined) fn.parameters = parameters;
+    if (strict !== undefined) fn.strict = strict;
+    out.push({ type: 'function', function: fn });
+  }
+  return out.length > 0 ? out : undefined;
+}
+
+export function responsesAsChat(json: Json): Json | undefined {
+  const messages: ChatMessage[] = [];
+  if (typeof json.instructions === 'string') {
+    messages.push({ role: 'system', content: json.instructions });
+  }
+  const input = json.input;
+  if (typeof input === 'string') {
+    messages.push({ role: 'user', content: input });
+  } else if (Array.isArray(input)) {
+    for (const item of input) {
+      const m = messageOf(item);
+      if (!m) return undefined;
+      messages.push(m);
+    }
+  } else {
+    return undefined;
+  }
+  let lead = 0;
+  while (messages[lead]?.role === 'system') lead++;
+  if (lead > 1) {
+    const merged = messages
+      .slice(0, lead)
+      .map((m) => m.content)
+      .join('\n\n');
+    messages.splice(0, lead, { role: 'system', content: merged });
+  }
+  const chat: Json = { model: json.model, messages };
+  const tools = chatTools(json.tools);
+  if (tools) chat.tools = tools;
+  return chat;
+}

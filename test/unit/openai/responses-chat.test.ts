@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import { responsesAsChat } from '../../../src/openai/responses-chat.js';
+
+describe('responsesAsChat: a Responses request as the chat its server renders', () => {
+  it('a string input is one user message; instructions lead as the system message', () => {
+    expect(responsesAsChat({ model: 'm', input: 'Hi', instructions: 'Be brief.' })).toEqual({
+      model: 'm',
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'Hi' },
+      ],
+    });
+  });
+
+  it('message items keep their order; developer is system; leading system messages merge', () => {
+    const chat = responsesAsChat({
+      model: 'm',
+      instructions: 'Rules.',
+      input: [
+        { type: 'message', role: 'developer', content: 'More rules.' },
+        {
+          role: 'user',
+          content: [
+            { type: 'input_text', text: 'a' },
+            { type: 'input_text', text: 'b' },
+          ],
+        },
+        { role: 'assistant', content: [{ type: 'output_text', text: 'ok' }] },
+        { role: 'system', content: 'Late system.' },
+      ],
+    });
+    expect(chat?.messages).toEqual([
+      { role: 'system', content: 'Rules.\n\nMore rules.' },
+      { role: 'user', content: 'ab' },
+      { role: 'assistant', content: 'ok' },
+      { role: 'system', content: 'Late system.' },
+    ]);
+  });
+
+  it('function tools take the chat shape; hosted tools are left out', () => {
+    const params = { type: 'object', properties: {} };
+    const chat = responsesAsChat({
+      model: 'm',
+      input: 'x',
+      tools: [
+        { type: 'function', name: 'f', description: 'd', parameters: params },
+        { type: 'web_search' },
+      ],
+    });
+    expect(chat?.tools).toEqual([
+      { type: 'function', function: { name: 'f', description: 'd', parameters: params } },
+    ]);
+  });
+
+  it.each([
+    ['a function call output', [{ type: 'function_call_output', call_id: 'c', output: 'x' }]],
+    ['an image part', [{ role: 'user', content: [{ type: 'input_image', image_url: 'u' }] }]],
+    ['an unknown role', [{ role: 'tool', content: 'x' }]],
+    ['a non-object item', ['x']],
+    ['no input', undefined],
+  ])('is undefined for %s (routed by load)', (_name, input) => {
+    expect(responsesAsChat({ model: 'm', input })).toBeUndefined();
+  });
+});
