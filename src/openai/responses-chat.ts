@@ -3,8 +3,9 @@
  * server renders, for routing by prefix overlap. Dynamo's frontend serves the
  * Responses API as a translation to chat completions: `instructions` becomes a
  * leading system message, a string `input` one user message, `input` items
- * their messages (`developer` as system), and leading system messages merge
- * into one joined by a blank line; function tools become chat tools.
+ * their messages (`developer` as system; text parts stay parts, a system
+ * message's joined by newlines), and leading system messages merge into one
+ * joined by a blank line; function tools become chat tools.
  *
  * Contract: `responsesAsChat(json)` returns a chat completions body (model,
  * messages, and tools when there are function tools) or `undefined` when the
@@ -19,7 +20,8 @@ type Json = Record<string, unknown>;
 
 interface ChatMessage {
   role: 'system' | 'user' | 'assistant';
-  content: string;
+  /** A string, or text parts (tokenized as a chat request's parts are). */
+  content: string | Array<{ type: 'text'; text: string }>;
 }
 
 const ROLES: Record<string, ChatMessage['role']> = {
@@ -32,20 +34,25 @@ const ROLES: Record<string, ChatMessage['role']> = {
 /** Text parts a message's content may hold (input and output text). */
 const TEXT_PARTS = new Set(['input_text', 'output_text', 'text']);
 
-/** The text of a message item's content; undefined for any non-text part. */
-function textOf(content: unknown): string | undefined {
+/** A message item's content as chat content; undefined for any non-text part. */
+function contentOf(content: unknown): ChatMessage['content'] | undefined {
   if (typeof content === 'string') return content;
   if (!Array.isArray(content)) return undefined;
-  let text = '';
+  const parts: Array<{ type: 'text'; text: string }> = [];
   for (const part of content) {
     if (typeof part !== 'object' || part === null) return undefined;
     const p = part as Json;
     if (typeof p.type !== 'string' || !TEXT_PARTS.has(p.type) || typeof p.text !== 'string') {
       return undefined;
     }
-    text += p.text;
+    parts.push({ type: 'text', text: p.text });
   }
-  return text;
+  return parts;
+}
+
+/** System text: parts joined by newlines (a system message is one string in the translation). */
+function textOf(content: ChatMessage['content']): string {
+  return typeof content === 'string' ? content : content.map((p) => p.text).join('\n');
 }
 
 function messageOf(item: unknown): ChatMessage | undefined {
@@ -53,8 +60,9 @@ function messageOf(item: unknown): ChatMessage | undefined {
   const it = item as Json;
   if (it.type !== undefined && it.type !== 'message') return undefined;
   const role = typeof it.role === 'string' ? ROLES[it.role] : undefined;
-  const content = textOf(it.content);
-  return role && content !== undefined ? { role, content } : undefined;
+  const content = contentOf(it.content);
+  if (!role || content === undefined) return undefined;
+  return { role, content: role === 'system' ? textOf(content) : content };
 }
 
 /** Function tools in the chat shape; others (hosted tools) are left out, as the server does. */
@@ -96,7 +104,7 @@ export function responsesAsChat(json: Json): Json | undefined {
   if (lead > 1) {
     const merged = messages
       .slice(0, lead)
-      .map((m) => m.content)
+      .map((m) => textOf(m.content))
       .join('\n\n');
     messages.splice(0, lead, { role: 'system', content: merged });
   }

@@ -26,14 +26,26 @@ describe('responsesAsChat: a Responses request as the chat its server renders', 
           ],
         },
         { role: 'assistant', content: [{ type: 'output_text', text: 'ok' }] },
-        { role: 'system', content: 'Late system.' },
+        {
+          role: 'system',
+          content: [
+            { type: 'input_text', text: 'Late' },
+            { type: 'input_text', text: 'system.' },
+          ],
+        },
       ],
     });
     expect(chat?.messages).toEqual([
       { role: 'system', content: 'Rules.\n\nMore rules.' },
-      { role: 'user', content: 'ab' },
-      { role: 'assistant', content: 'ok' },
-      { role: 'system', content: 'Late system.' },
+      {
+        role: 'user',
+        content: [
+          { type: 'text', text: 'a' },
+          { type: 'text', text: 'b' },
+        ],
+      },
+      { role: 'assistant', content: [{ type: 'text', text: 'ok' }] },
+      { role: 'system', content: 'Late\nsystem.' },
     ]);
   });
 
