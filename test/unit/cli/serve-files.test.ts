@@ -4,46 +4,23 @@
  * flag or the config file's field), and `inference_pool_ready_pods` counts
  * the endpoints requests can go to (not prefill-only ones).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { countRoutable, type Serving, startServing } from '../../../src/cli/serve.js';
 import { KvEppError } from '../../../src/errors.js';
 import { loadNativeBinding } from '../../../src/kv/native/binding.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
+import { DEFAULT_ENDPOINTS, serveArgs, serveHarness } from '../../support/serve-harness.js';
 
-const ROOT = join(import.meta.dirname, '../../..');
-const DEFAULT_ENDPOINTS = join(ROOT, 'config/endpoints.default.yaml');
 const ENV = { KV_EPP_POOL_SIZE: '0' };
 const hasAddon = await loadNativeBinding().then(
   () => true,
   () => false,
 );
-const running: Serving[] = [];
-const cleanups: Array<() => void> = [];
-afterEach(async () => {
-  for (const s of running.splice(0)) await s.close();
-  for (const c of cleanups.splice(0)) c();
-});
+const { running, tmp } = serveHarness('files');
 
-function tmp(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kv-epp-files-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Loopback, ephemeral ports, plaintext; `extra` overrides. */
-function args(...extra: string[]): string[] {
-  return [
-    '--secure-serving=false',
-    '--grpc-port=0',
-    '--grpc-health-port=0',
-    '--metrics-port=0',
-    '--host=127.0.0.1',
-    ...extra,
-  ];
-}
+const args = serveArgs;
 
 async function failure(p: Promise<Serving>): Promise<Error> {
   try {

@@ -6,52 +6,29 @@
  * roles are warned about at start-up and when the endpoints file changes.
  */
 
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import { KvEppError } from '../../../src/errors.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
+import { DEFAULT_ENDPOINTS, serveArgs, serveHarness } from '../../support/serve-harness.js';
 
-const ROOT = join(import.meta.dirname, '../../..');
-const DEFAULT_ENDPOINTS = join(ROOT, 'config/endpoints.default.yaml');
 const ENV = { KV_EPP_POOL_SIZE: '0' };
-const running: Serving[] = [];
-const cleanups: Array<() => void> = [];
-afterEach(async () => {
-  for (const s of running.splice(0)) await s.close();
-  for (const c of cleanups.splice(0)) c();
-});
-
-function tmp(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kv-epp-startup-'));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+const { running, tmp, onCleanup } = serveHarness('startup');
 
 function write(file: string, text: string): void {
   writeFileSync(`${file}.tmp`, text);
   renameSync(`${file}.tmp`, file);
 }
 
-/** Loopback, ephemeral ports, plaintext; `extra` overrides. */
-function args(...extra: string[]): string[] {
-  return [
-    '--secure-serving=false',
-    '--grpc-port=0',
-    '--grpc-health-port=0',
-    '--metrics-port=0',
-    '--host=127.0.0.1',
-    ...extra,
-  ];
-}
+const args = serveArgs;
 
 async function occupied(): Promise<{ port: number; server: Server }> {
   const server = createServer();
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  cleanups.push(() => server.close());
+  onCleanup(() => server.close());
   return { port: (server.address() as { port: number }).port, server };
 }
 
