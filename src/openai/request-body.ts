@@ -47,7 +47,8 @@ interface Member {
 }
 
 const enc = new TextEncoder();
-const dec = new TextDecoder();
+// A leading BOM is kept, so JSON.parse refuses it as Go's encoding/json does.
+const dec = new TextDecoder('utf-8', { ignoreBOM: true });
 
 function skipWs(b: Uint8Array, i: number): number {
   while (i < b.length && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++;

@@ -10,8 +10,9 @@
  * Contract: `responsesAsChat(json)` returns a chat completions body (model,
  * messages, and tools when there are function tools) or `undefined` when the
  * input holds anything but text messages (tool calls and their outputs,
- * images, files, references to stored responses): such a request is routed by
- * load alone. The conversion only steers routing; the request the worker gets
+ * images, files) or continues a stored response or conversation
+ * (`previous_response_id`, `conversation`): such a request is routed by load
+ * alone. The cache salt (`cache_salt`, `nvext`) carries over. The conversion only steers routing; the request the worker gets
  * is the client's (no token ids are injected), so an imperfect match with the
  * server's own translation costs cache hits, never correctness. Pure.
  */
@@ -83,6 +84,9 @@ function chatTools(tools: unknown): Json[] | undefined {
 }
 
 export function responsesAsChat(json: Json): Json | undefined {
+  // Turns the server keeps (a stored response or conversation) come before
+  // this input: the rendered prefix is not known here.
+  if (json.previous_response_id != null || json.conversation != null) return undefined;
   const messages: ChatMessage[] = [];
   if (typeof json.instructions === 'string') {
     messages.push({ role: 'system', content: json.instructions });
@@ -111,5 +115,8 @@ export function responsesAsChat(json: Json): Json | undefined {
   const chat: Json = { model: json.model, messages };
   const tools = chatTools(json.tools);
   if (tools) chat.tools = tools;
+  // The cache salt the blocks are hashed under (top level or nvext's), as for chat.
+  if (json.cache_salt !== undefined) chat.cache_salt = json.cache_salt;
+  if (json.nvext !== undefined) chat.nvext = json.nvext;
   return chat;
 }

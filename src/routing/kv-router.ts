@@ -46,6 +46,16 @@ import { candidatesFor, filterBySubset, rank } from './picker.js';
 import { debugCompleted, debugRouted } from './route-debug.js';
 
 const utf8 = new TextEncoder();
+/** Largest body checked for a 400 before a 503/429 (see bodyFirst). */
+const BODY_FIRST_MAX_BYTES = 16 * 1024;
+/** Errors a Responses request's routing tokenization may end in, routed by load instead. */
+const ROUTE_BY_LOAD = new Set<string>([
+  'overloaded',
+  'unsupported_content',
+  'invalid_json',
+  'invalid_request',
+  'template_error',
+]);
 
 export interface KvRouterSettings {
   blockSize: number;
@@ -262,16 +272,10 @@ export class KvRouter implements RequestRouter {
     // would parse: a bad body is a 400 whenever checking it is cheap.
     const read = tokenizable ? undefined : readRequest(req.body, api);
     let model = read?.model;
-    const bodyFirst = (e: unknown): never => {
-      if (tokenizable && !(this.deps.preparer.offloads?.(req.body.length) ?? false)) {
-        readRequest(req.body, api);
-      }
-      throw e;
-    };
     try {
       this.available(this.candidates(req));
     } catch (e) {
-      bodyFirst(e);
+      this.bodyFirst(e, req, api, tokenizable);
     }
     let prep: RoutePrep | undefined;
     // The request's body, or the same bytes handed back by a worker it was transferred to.
@@ -280,7 +284,7 @@ export class KvRouter implements RequestRouter {
       try {
         admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
       } catch (e) {
-        bodyFirst(e);
+        this.bodyFirst(e, req, api, tokenizable);
       }
       const offloaded = this.deps.preparer.offloads?.(req.body.length) ?? false;
       try {
@@ -358,6 +362,27 @@ export class KvRouter implements RequestRouter {
   }
 
   /**
+   * Rethrows a 503/429 refusal, unless the body is bad: then its 400, as the
+   * reference EPP checks the body first. Only small bodies the loop would
+   * tokenize anyway are checked (shedding stays cheap).
+   */
+  private bodyFirst(
+    refusal: unknown,
+    req: GatewayRequest,
+    api: OpenAiApi | undefined,
+    tokenizable: boolean,
+  ): never {
+    if (
+      tokenizable &&
+      req.body.length <= BODY_FIRST_MAX_BYTES &&
+      !(this.deps.preparer.offloads?.(req.body.length) ?? false)
+    ) {
+      readRequest(req.body, api);
+    }
+    throw refusal;
+  }
+
+  /**
    * A Responses API request tokenized as the chat conversation its server
    * renders (responsesAsChat), for its prefix overlap; undefined (routed by
    * load) when its input is not plain text messages, when the tokenization
@@ -377,7 +402,8 @@ export class KvRouter implements RequestRouter {
         earlyExit: this.settings.earlyExit,
       });
     } catch (e) {
-      if (e instanceof KvEppError) return undefined;
+      // Shed, or a conversation the tokenizer refuses: routed by load. Faults propagate.
+      if (e instanceof KvEppError && ROUTE_BY_LOAD.has(e.code)) return undefined;
       throw e;
     }
   }

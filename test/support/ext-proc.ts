@@ -14,7 +14,7 @@ import {
   type StatusObject,
 } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach } from 'vitest';
-import type { Logger } from '../../src/log/logger.js';
+import type { Logger, LogLevel } from '../../src/log/logger.js';
 import type {
   HeaderValue,
   ProcessingRequest,
@@ -354,6 +354,11 @@ export class RouterSlot implements RequestRouter {
 
 export class RecordingLogger implements Logger {
   readonly records: Array<{ level: string; fields: Record<string, unknown>; msg: string }> = [];
+  /** Debug lines are off, as in a server at its default level, unless `debug` is set. */
+  constructor(private readonly withDebug = false) {}
+  isLevelEnabled(level: LogLevel): boolean {
+    return level !== 'debug' || this.withDebug;
+  }
   debug(fields: Record<string, unknown>, msg: string): void {
     this.records.push({ level: 'debug', fields, msg });
   }

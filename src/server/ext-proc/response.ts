@@ -50,17 +50,40 @@ export function sendStreamed(
 }
 
 /** SSE field names (WHATWG event stream) a stream's first line starts with; ':' is a comment. */
-const SSE_STARTS = ['data:', 'event:', 'id:', 'retry:', ':', 'data\n', 'data\r'].map((p) =>
-  new TextEncoder().encode(p),
-);
+const SSE_FIELDS = ['data', 'event', 'id', 'retry'].map((f) => new TextEncoder().encode(f));
 
-/** Whether a body's first bytes (after blank lines) are an SSE field. */
-export function startsLikeSse(chunk: Uint8Array): boolean {
+/**
+ * Whether a body's first bytes (after blank lines) are an SSE field line
+ * (`data:`, `data` alone on its line, `event:`, `id:`, `retry:`, or a `:`
+ * comment): true or false, or undefined while the bytes could still become
+ * one (only blank lines, or a field name cut short).
+ */
+export function startsLikeSse(bytes: Uint8Array): boolean | undefined {
   let i = 0;
-  while (i < chunk.length && (chunk[i] === 0x0a || chunk[i] === 0x0d)) i++;
-  return SSE_STARTS.some(
-    (p) => chunk.length - i >= p.length && p.every((b, k) => chunk[i + k] === b),
-  );
+  while (i < bytes.length && (bytes[i] === 0x0a || bytes[i] === 0x0d)) i++;
+  if (i === bytes.length) return undefined;
+  if (bytes[i] === 0x3a) return true;
+  for (const f of SSE_FIELDS) {
+    let k = 0;
+    while (k < f.length && i + k < bytes.length && bytes[i + k] === f[k]) k++;
+    if (i + k === bytes.length) {
+      if (k > 0) return undefined; // a cut-short field name
+      continue;
+    }
+    if (k < f.length) continue;
+    const next = bytes[i + k];
+    // `data:`, or a field name alone on its line (an empty value).
+    if (next === 0x3a || next === 0x0a || next === 0x0d) return true;
+  }
+  return false;
+}
+
+/** `a` then `b`, in one new array. */
+function joined(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 export class ResponsePath {
@@ -85,6 +108,8 @@ export class ResponsePath {
   private usageBody: Uint8Array | undefined;
   /** The body is SSE; undefined until its headers or first bytes tell. */
   private sse: boolean | undefined;
+  /** An untyped body's first bytes, while they cannot yet tell whether it is SSE. */
+  private sniffed: Uint8Array | undefined;
   private hadContentLength = false;
   private sseParser: SseUsageParser | undefined;
   /** SSE with a model restore: a model name the last chunk cut off, sent with the next one. */
@@ -127,10 +152,10 @@ export class ResponsePath {
   }
 
   body(b: HttpBody | null | undefined): void {
-    const chunk = b?.body ?? EMPTY;
+    let chunk = b?.body ?? EMPTY;
     const eos = b?.end_of_stream === true;
     if (!this.done) this.bytes += chunk.length;
-    if (this.sse === undefined && chunk.length > 0) this.sse = startsLikeSse(chunk);
+    if (this.sse === undefined && chunk.length > 0) chunk = this.sniff(chunk);
     switch (this.mode) {
       case 'duplex':
         // A repeated EoS chunk is dropped: nothing may follow our EoS.
@@ -146,6 +171,27 @@ export class ResponsePath {
       default:
         this.answerChunk(chunk, eos || this.mode === 'buffered');
     }
+  }
+
+  /**
+   * Decides whether an untyped body is SSE from its first bytes; until it can
+   * tell, chunks are held as a JSON body's would be. Returns the chunk to go
+   * on with: once the body turns out SSE, in duplex mode the held bytes come
+   * first (they were not sent); in the other modes they were answered already
+   * and only go to the usage parser.
+   */
+  private sniff(chunk: Uint8Array): Uint8Array {
+    this.sniffed = this.sniffed ? joined(this.sniffed, chunk) : chunk;
+    this.sse = startsLikeSse(this.sniffed);
+    if (this.sse === undefined) return chunk;
+    this.sniffed = undefined;
+    const prior = this.sse ? this.held?.bytes() : undefined;
+    if (!prior || prior.length === 0) return chunk;
+    this.held = undefined;
+    if (this.mode === 'duplex') return joined(prior, chunk);
+    this.sseParser ??= new SseUsageParser();
+    this.sseParser.push(prior);
+    return chunk;
   }
 
   trailers(): void {

@@ -220,7 +220,11 @@ describe.skipIf(!ENVOY)('what Envoy 1.40 demands of an ext_proc server (stub ser
         ['--mode', 'validate', '-c', join(dir, 'envoy.json'), '--disable-hot-restart'],
         { encoding: 'utf8', timeout: 60_000 },
       );
+      // Envoy ran and answered (not a spawn failure or a timeout).
+      expect(r.error).toBeUndefined();
+      expect(typeof r.status).toBe('number');
       expect(r.status === 0, `${r.stdout}\n${r.stderr}`).toBe(ok);
+      if (!ok) expect(`${r.stdout}${r.stderr}`).toMatch(/trailer|FULL_DUPLEX_STREAMED/i);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

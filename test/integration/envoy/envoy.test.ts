@@ -528,17 +528,21 @@ describe.skipIf(!ENVOY)(
               }),
             };
           });
-          for (const h of held) await shed.router.routed(h.id);
-          expect(workers.map((w) => shed.kv.load(w.hostPort))).toEqual(workers.map(() => 1));
-          const body = chat([{ role: 'user', content: `${nonce} one too many` }]);
-          const { id, res } = await send('/v1/chat/completions', body, { listener: 'shed' });
-          expect(res.status, res.body).toBe(429);
-          expect(res.body).toMatch(
-            /^inference error: ResourceExhausted - all 3 candidate endpoints are busy/,
-          );
-          expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
-          expect(receivedBy(id)).toEqual([]);
-          gates.open(gate);
+          try {
+            for (const h of held) await shed.router.routed(h.id);
+            expect(workers.map((w) => shed.kv.load(w.hostPort))).toEqual(workers.map(() => 1));
+            const body = chat([{ role: 'user', content: `${nonce} one too many` }]);
+            const { id, res } = await send('/v1/chat/completions', body, { listener: 'shed' });
+            expect(res.status, res.body).toBe(429);
+            expect(res.body).toMatch(
+              /^inference error: ResourceExhausted - all 3 candidate endpoints are busy/,
+            );
+            expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
+            expect(receivedBy(id)).toEqual([]);
+          } finally {
+            // Released even when an assertion fails, so the next variant finds idle workers.
+            gates.open(gate);
+          }
           for (const h of held) expect((await h.done).res.status).toBe(200);
           // The in-flight counts are back to 0 before the next variant uses this EPP.
           for (const h of held) await shed.router.completed(h.id);

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { goJsonUnmarshalError, quoteByte } from '../../../src/openai/go-json-error.js';
+import { readRequest } from '../../../src/openai/request-body.js';
 
 // Made by Go itself (test/fixtures/go-json/gen.go: json.Unmarshal into a
 // map[string]any, go1.26): hand-picked bodies plus seeded mutations of valid ones.
@@ -36,6 +37,23 @@ describe('goJsonUnmarshalError: Go encoding/json error texts', () => {
     expect(goJsonUnmarshalError(Buffer.from('no healthy upstream'))).toBe(
       "invalid character 'o' in literal null (expecting 'u')",
     );
+  });
+
+  it("readRequest answers in Go's words, a leading BOM included (JSON.parse must not drop it)", () => {
+    const bom = Buffer.from('\ufeff{"model":"m","input":"x"}');
+    expect(() => readRequest(bom, 'responses')).toThrow(
+      "error unmarshaling request bodyMap: invalid character 'ï' looking for beginning of value",
+    );
+    expect(() => readRequest(Buffer.from('[1]'), 'chat')).toThrow(
+      'error unmarshaling request bodyMap: json: cannot unmarshal array into Go value of type map[string]interface {}',
+    );
+  });
+
+  it('scans a large body whose error is at its end', () => {
+    const big = Buffer.from(`{"model":"m","input":"${'x'.repeat(4 * 1024 * 1024)}"`);
+    expect(goJsonUnmarshalError(big)).toBe('unexpected end of JSON input');
+    const bad = Buffer.from(`{"model":"m","input":"${'x'.repeat(1024 * 1024)}\u0001"}`);
+    expect(goJsonUnmarshalError(bad)).toBe("invalid character '\\x01' in string literal");
   });
 
   it("quotes bytes as Go's quoteChar does", () => {

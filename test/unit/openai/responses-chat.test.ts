@@ -64,6 +64,22 @@ describe('responsesAsChat: a Responses request as the chat its server renders', 
     ]);
   });
 
+  it('carries the cache salt over (top level or in nvext)', () => {
+    expect(responsesAsChat({ model: 'm', input: 'x', cache_salt: 's1' })?.cache_salt).toBe('s1');
+    expect(responsesAsChat({ model: 'm', input: 'x', nvext: { cache_salt: 's2' } })?.nvext).toEqual(
+      {
+        cache_salt: 's2',
+      },
+    );
+  });
+
+  it.each([
+    ['previous_response_id', { previous_response_id: 'resp_1' }],
+    ['conversation', { conversation: 'conv_1' }],
+  ])('is undefined when the server prepends stored turns (%s)', (_n, extra) => {
+    expect(responsesAsChat({ model: 'm', input: 'x', ...extra })).toBeUndefined();
+  });
+
   it.each([
     ['a function call output', [{ type: 'function_call_output', call_id: 'c', output: 'x' }]],
     ['an image part', [{ role: 'user', content: [{ type: 'input_image', image_url: 'u' }] }]],

@@ -8,6 +8,7 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
+import { startsLikeSse } from '../../../src/server/ext-proc/response.js';
 import {
   aDecision,
   destinationOf,
@@ -480,6 +481,23 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    it('waits for a field name cut by the first chunk, then streams what it held first', async () => {
+      const s = await routed();
+      s.send(respHeaders({ ':status': '200' }));
+      await s.next();
+      s.send(respBody('\nda', false));
+      const rest = 'ta: {"n":1}\n\n';
+      s.send(respBody(rest, false));
+      // One answer with both chunks, before the end.
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+        body: `\nda${rest}`,
+        eos: false,
+      });
+      s.send(respBody('data: [DONE]\n\n', true));
+      expect(streamedOf(await s.next(), 'response_body')).toMatchObject({ eos: true });
+      s.cancel();
+    });
+
     it('holds a JSON body without a content type to its end', async () => {
       const s = await routed();
       s.send(respHeaders({ ':status': '200' }));
@@ -641,5 +659,29 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
     });
+  });
+});
+
+describe('startsLikeSse', () => {
+  const enc = new TextEncoder();
+  it.each([
+    ['data: {}', true],
+    ['data:{}', true],
+    ['data\n', true],
+    ['\r\nevent: x', true],
+    ['id: 1', true],
+    ['retry: 5', true],
+    [': comment', true],
+    ['{"a":1}', false],
+    ['datum: 1', false],
+    ['dx', false],
+    ['  data: x', false],
+    ['', undefined],
+    ['\n\n', undefined],
+    ['da', undefined],
+    ['retry', undefined],
+    ['\nev', undefined],
+  ])('%j → %s', (text, want) => {
+    expect(startsLikeSse(enc.encode(text))).toBe(want);
   });
 });
