@@ -532,54 +532,86 @@ describe.skipIf(!ready)(
       }
     });
 
-    it("a Responses request goes to the worker holding its chat prefix and hits that worker's KV cache (the frontend renders it; no token ids in its body)", async () => {
-      const content = prose('Romeo');
-      const viaChat = await viaKvEpp('/v1/chat/completions', {
-        model: model(),
-        messages: [{ role: 'user', content }],
-        max_tokens: 4,
-        nvext: { extra_fields: ['worker_id'] },
-      });
-      await expectServedByChosen(viaChat);
-      const n = tokenDataOf(viaChat.rec).length;
-      expect(n).toBeGreaterThan(3 * BLOCK);
-
-      // The chat's worker is kept busy (a request held at its tap), so routing
-      // by load alone would pick the other one.
-      const gate = `hold-${randomUUID()}`;
-      const pending = httpCall({
-        port: (envoy as EnvoyProcess).port('dynamo'),
-        path: '/v1/chat/completions',
-        headers: { 'content-type': 'application/json', [TEST_ID]: randomUUID(), [GATE]: gate },
-        body: JSON.stringify({
-          model: model(),
-          messages: [{ role: 'user', content: `${content} And once more.` }],
-          max_tokens: 4,
+    // Each case: a Responses request and the chat Dynamo's translation should render it as.
+    const responsesCases: Array<
+      [string, (c: string) => Record<string, unknown>, (c: string) => unknown[]]
+    > = [
+      ['a string input', (c) => ({ input: c }), (c) => [{ role: 'user', content: c }]],
+      [
+        'instructions, a developer item and earlier turns',
+        (c) => ({
+          instructions: 'Answer briefly.',
+          input: [
+            { role: 'developer', content: 'Use plain words.' },
+            { role: 'user', content: c },
+            { type: 'message', role: 'assistant', content: 'Noted.' },
+            { role: 'user', content: 'Go on.' },
+          ],
         }),
-      });
-      const heldAt = await Promise.race(taps.map((t, i) => t.arrived(gate).then(() => i)));
-      expect(heldAt).toBe(viaChat.tapIndex);
+        (c) => [
+          { role: 'system', content: 'Answer briefly.\n\nUse plain words.' },
+          { role: 'user', content: c },
+          { role: 'assistant', content: 'Noted.' },
+          { role: 'user', content: 'Go on.' },
+        ],
+      ],
+    ];
+    it.each(responsesCases)(
+      "a Responses request (%s) goes to the worker holding its chat prefix and hits that worker's KV cache (the frontend renders it; no token ids in its body)",
+      async (name, asResponses, asChat) => {
+        const content = prose(`Romeo ${name}`);
+        const viaChat = await viaKvEpp('/v1/chat/completions', {
+          model: model(),
+          messages: asChat(content),
+          max_tokens: 4,
+          nvext: { extra_fields: ['worker_id'] },
+        });
+        await expectServedByChosen(viaChat);
+        const n = tokenDataOf(viaChat.rec).length;
+        expect(n).toBeGreaterThan(3 * BLOCK);
 
-      const body = { model: model(), input: content, max_output_tokens: 4, stream: false };
-      const r = await viaKvEpp('/v1/responses', body);
-      for (const t of taps) t.open(gate);
-      expect((await pending).status).toBe(200);
-      expect(r.res.status, r.res.body.slice(0, 400)).toBe(200);
-      // kv-epp tokenized the chat Dynamo translates this into: same prefix, same worker.
-      expect(r.chosen.name).toBe(viaChat.chosen.name);
-      expect(header(r.rec, 'x-dynamo-worker-instance-id')).toBe(r.chosen.instanceId);
-      // The body went on as the client sent it.
-      expect(JSON.parse(r.rec.body.toString('utf8'))).toEqual(body);
-      // The worker found the chat's blocks: Dynamo's rendering of the Responses
-      // request shares them, as kv-epp's translation assumed.
-      const usage = (
-        JSON.parse(r.res.body) as {
-          usage?: { input_tokens: number; input_tokens_details?: { cached_tokens?: number } };
-        }
-      ).usage;
-      expect(usage?.input_tokens).toBe(n);
-      expect(fullBlocks(n)).toContain(usage?.input_tokens_details?.cached_tokens);
-    });
+        // The chat's worker is kept busy (a request held at its tap), so routing
+        // by load alone would pick the other one.
+        const gate = `hold-${randomUUID()}`;
+        const pending = httpCall({
+          port: (envoy as EnvoyProcess).port('dynamo'),
+          path: '/v1/chat/completions',
+          headers: { 'content-type': 'application/json', [TEST_ID]: randomUUID(), [GATE]: gate },
+          body: JSON.stringify({
+            model: model(),
+            messages: [...asChat(content), { role: 'user', content: 'And once more.' }],
+            max_tokens: 4,
+          }),
+        });
+        const heldAt = await Promise.race(taps.map((t, i) => t.arrived(gate).then(() => i)));
+        expect(heldAt).toBe(viaChat.tapIndex);
+
+        const body = {
+          model: model(),
+          ...asResponses(content),
+          max_output_tokens: 4,
+          stream: false,
+        };
+        const r = await viaKvEpp('/v1/responses', body);
+        for (const t of taps) t.open(gate);
+        expect((await pending).status).toBe(200);
+        expect(r.res.status, r.res.body.slice(0, 400)).toBe(200);
+        // kv-epp tokenized the chat Dynamo translates this into: same prefix, same worker.
+        expect(r.chosen.name).toBe(viaChat.chosen.name);
+        expect(header(r.rec, 'x-dynamo-worker-instance-id')).toBe(r.chosen.instanceId);
+        // The body went on as the client sent it.
+        expect(JSON.parse(r.rec.body.toString('utf8'))).toEqual(body);
+        // The worker found the chat's blocks: Dynamo's rendering of the Responses
+        // request shares them, as kv-epp's translation assumed.
+        const usage = (
+          JSON.parse(r.res.body) as {
+            usage?: { input_tokens: number; input_tokens_details?: { cached_tokens?: number } };
+          }
+        ).usage;
+        expect(usage?.input_tokens).toBe(n);
+        expect(fullBlocks(n)).toContain(usage?.input_tokens_details?.cached_tokens);
+      },
+    );
 
     it("a repeated prompt goes back to the worker kv-epp chose and hits that worker's KV cache; a concurrent new prompt goes to the other worker", async () => {
       const chat = (content: string) => ({
