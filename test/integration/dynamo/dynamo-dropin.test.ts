@@ -555,6 +555,29 @@ describe.skipIf(!ready)(
           { role: 'user', content: 'Go on.' },
         ],
       ],
+      [
+        'a user message of text parts',
+        (c) => ({
+          input: [
+            {
+              role: 'user',
+              content: [
+                { type: 'input_text', text: c },
+                { type: 'input_text', text: 'Second part.' },
+              ],
+            },
+          ],
+        }),
+        (c) => [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: c },
+              { type: 'text', text: 'Second part.' },
+            ],
+          },
+        ],
+      ],
     ];
     it.each(responsesCases)(
       "a Responses request (%s) goes to the worker holding its chat prefix and hits that worker's KV cache (the frontend renders it; no token ids in its body)",
