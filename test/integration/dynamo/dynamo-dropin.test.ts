@@ -534,9 +534,13 @@ describe.skipIf(!ready)(
 
     // Each case: a Responses request and the chat Dynamo's translation should render it as.
     const responsesCases: Array<
-      [string, (c: string) => Record<string, unknown>, (c: string) => unknown[]]
+      [string, (c: string) => Record<string, unknown>, (c: string) => Record<string, unknown>]
     > = [
-      ['a string input', (c) => ({ input: c }), (c) => [{ role: 'user', content: c }]],
+      [
+        'a string input',
+        (c) => ({ input: c }),
+        (c) => ({ messages: [{ role: 'user', content: c }] }),
+      ],
       [
         'instructions, a developer item and earlier turns',
         (c) => ({
@@ -548,12 +552,53 @@ describe.skipIf(!ready)(
             { role: 'user', content: 'Go on.' },
           ],
         }),
-        (c) => [
-          { role: 'system', content: 'Answer briefly.\n\nUse plain words.' },
-          { role: 'user', content: c },
-          { role: 'assistant', content: 'Noted.' },
-          { role: 'user', content: 'Go on.' },
-        ],
+        (c) => ({
+          messages: [
+            { role: 'system', content: 'Answer briefly.\n\nUse plain words.' },
+            { role: 'user', content: c },
+            { role: 'assistant', content: 'Noted.' },
+            { role: 'user', content: 'Go on.' },
+          ],
+        }),
+      ],
+      [
+        'function tools',
+        (c) => ({
+          instructions: 'Use tools when useful.',
+          input: c,
+          tools: [
+            {
+              type: 'function',
+              name: 'get_weather',
+              description: 'The weather in a city.',
+              parameters: {
+                type: 'object',
+                properties: { city: { type: 'string' } },
+                required: ['city'],
+              },
+            },
+          ],
+        }),
+        (c) => ({
+          messages: [
+            { role: 'system', content: 'Use tools when useful.' },
+            { role: 'user', content: c },
+          ],
+          tools: [
+            {
+              type: 'function',
+              function: {
+                name: 'get_weather',
+                description: 'The weather in a city.',
+                parameters: {
+                  type: 'object',
+                  properties: { city: { type: 'string' } },
+                  required: ['city'],
+                },
+              },
+            },
+          ],
+        }),
       ],
       [
         'a user message of text parts',
@@ -568,15 +613,17 @@ describe.skipIf(!ready)(
             },
           ],
         }),
-        (c) => [
-          {
-            role: 'user',
-            content: [
-              { type: 'text', text: c },
-              { type: 'text', text: 'Second part.' },
-            ],
-          },
-        ],
+        (c) => ({
+          messages: [
+            {
+              role: 'user',
+              content: [
+                { type: 'text', text: c },
+                { type: 'text', text: 'Second part.' },
+              ],
+            },
+          ],
+        }),
       ],
     ];
     it.each(responsesCases)(
@@ -585,7 +632,7 @@ describe.skipIf(!ready)(
         const content = prose(`Romeo ${name}`);
         const viaChat = await viaKvEpp('/v1/chat/completions', {
           model: model(),
-          messages: asChat(content),
+          ...asChat(content),
           max_tokens: 4,
           nvext: { extra_fields: ['worker_id'] },
         });
@@ -602,7 +649,11 @@ describe.skipIf(!ready)(
           headers: { 'content-type': 'application/json', [TEST_ID]: randomUUID(), [GATE]: gate },
           body: JSON.stringify({
             model: model(),
-            messages: [...asChat(content), { role: 'user', content: 'And once more.' }],
+            ...asChat(content),
+            messages: [
+              ...(asChat(content).messages as unknown[]),
+              { role: 'user', content: 'And once more.' },
+            ],
             max_tokens: 4,
           }),
         });
