@@ -62,11 +62,12 @@ pub enum Tokenizer {
 
 impl Tokenizer {
     /// Segment cache lookups of this tokenizer (zeros where it has none:
-    /// tiktoken encodings, tokenizers off the fast path).
+    /// HF tokenizers off the fast path; a tiktoken encoding's are shared by
+    /// all its tokenizers).
     pub fn segment_cache_stats(&self) -> segment_cache::SegmentCacheStats {
         match self {
             Tokenizer::Hf(t) => t.segment_cache_stats().unwrap_or_default(),
-            Tokenizer::Tiktoken(_) => segment_cache::SegmentCacheStats::default(),
+            Tokenizer::Tiktoken(t) => t.segment_cache_stats(),
         }
     }
 
@@ -156,7 +157,11 @@ impl Tokenizer {
                 let req = request::chat_request(body)?;
                 let add_special_tokens = req.add_special_tokens;
                 let rendered = self.render(req, now_ms)?;
-                self.encode(&rendered, add_special_tokens)
+                match self {
+                    // Whole messages from the segment cache (HF encoders cut at added tokens).
+                    Tokenizer::Tiktoken(t) => Ok(t.encode_chat(&rendered)),
+                    Tokenizer::Hf(_) => self.encode(&rendered, add_special_tokens),
+                }
             }
             ApiKind::Completions => {
                 let req = request::completion_request(body)?;

@@ -32,6 +32,7 @@ use tiktoken_rs::CoreBPE;
 use super::error::TokenizeError;
 use super::fasttiktoken::FastTiktoken;
 use super::request::ChatRequest;
+use super::segment_cache::{SegmentCache, SegmentCacheStats};
 
 /// The encodings this module knows.
 pub const ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
@@ -41,6 +42,8 @@ pub const ENCODINGS: [&str; 2] = ["o200k_base", "cl100k_base"];
 struct Encoding {
     bpe: CoreBPE,
     fast: Option<FastTiktoken>,
+    /// Ids of whole messages of rendered chat prompts (see `encode_chat`).
+    segments: SegmentCache,
 }
 
 pub struct TiktokenTokenizer {
@@ -68,7 +71,7 @@ impl TiktokenTokenizer {
         let enc = cell.get_or_init(|| {
             build().map(|bpe| {
                 let fast = FastTiktoken::build(name, &bpe);
-                Arc::new(Encoding { bpe, fast })
+                Arc::new(Encoding { bpe, fast, segments: SegmentCache::new() })
             })
         });
         Some(match enc {
@@ -87,6 +90,63 @@ impl TiktokenTokenizer {
             Some(fast) => fast.encode(text),
             None => self.encode_reference(text),
         }
+    }
+
+    /// [`encode`](Self::encode) of a prompt [`render_chat`](Self::render_chat)
+    /// made, with each whole message (`"<|im_start|>" … "<|im_end|>\n"`, at
+    /// least `MIN_SEGMENT_BYTES`) taken from the segment cache when seen before:
+    /// a system prompt, the earlier turns of a conversation.
+    ///
+    /// Exact: every cut falls right after an `"<|im_end|>\n"` that a `'<'`
+    /// follows (or that ends the prompt), which is a boundary of both
+    /// encodings' split. The piece holding that `'\n'` is the punctuation run
+    /// `"|>"` with the line breaks after it (`[^\s\p{L}\p{N}]+[\r\n/]*` in
+    /// o200k_base, `[^\s\p{L}\p{N}]++[\r\n]*+` in cl100k_base: no other branch
+    /// matches at `'|'`), a `'<'` ends it, and no branch looks behind. (cl100k's
+    /// end-of-text `\s++$` cannot start inside that piece.) BPE merges never
+    /// cross a split boundary, so the ids of the parts are the ids of the whole;
+    /// tests/tokenize_tiktoken_segments.rs checks this on random conversations.
+    pub fn encode_chat(&self, prompt: &str) -> Vec<u32> {
+        const END: &[u8] = b"<|im_end|>\n";
+        let bytes = prompt.as_bytes();
+        let mut out = Vec::with_capacity(prompt.len() / 4 + 4);
+        let mut start = 0;
+        for at in memchr::memmem::find_iter(bytes, END) {
+            let cut = at + END.len();
+            if cut < bytes.len() && bytes[cut] != b'<' {
+                continue;
+            }
+            // ASCII on both sides of the cut: char boundaries.
+            self.encode_segment(prompt.get(start..cut).unwrap_or_default(), &mut out);
+            start = cut;
+        }
+        if start < bytes.len() {
+            self.encode_segment(prompt.get(start..).unwrap_or_default(), &mut out);
+        }
+        out
+    }
+
+    /// Appends `encode(segment)`, from the segment cache when it applies.
+    fn encode_segment(&self, segment: &str, out: &mut Vec<u32>) {
+        let cache = &self.enc.segments;
+        cache.sync();
+        let bytes = segment.as_bytes();
+        if !SegmentCache::applies(bytes) {
+            out.extend_from_slice(&self.encode(segment));
+            return;
+        }
+        let key = SegmentCache::key(bytes);
+        if cache.get_into(key, bytes, out) {
+            return;
+        }
+        let ids = self.encode(segment);
+        cache.insert(key, bytes, &ids);
+        out.extend_from_slice(&ids);
+    }
+
+    /// Segment cache lookups of this encoding (all its tokenizers) since the process started.
+    pub fn segment_cache_stats(&self) -> SegmentCacheStats {
+        self.enc.segments.stats()
     }
 
     /// Whether [`encode`](Self::encode) takes the fast path (fasttiktoken.rs).
