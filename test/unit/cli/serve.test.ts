@@ -16,23 +16,14 @@ import {
   setHeadersOf,
   streamedOf,
 } from '../../support/ext-proc.js';
+import { DEFAULT_ENDPOINTS, ROOT, serveArgs } from '../../support/serve-harness.js';
 
-const ROOT = join(import.meta.dirname, '../../..');
 const running: Serving[] = [];
 /** Where V8's worker threads carry the name serve looks for (Linux, Node ≥ 22). */
 const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
 /** The embedded default on ephemeral loopback ports; `extra` overrides. */
 function defaultArgs(...extra: string[]): string[] {
-  return [
-    '--endpoints-file',
-    join(ROOT, 'config/endpoints.default.yaml'),
-    '--secure-serving=false',
-    '--grpc-port=0',
-    '--grpc-health-port=0',
-    '--metrics-port=0',
-    '--host=127.0.0.1',
-    ...extra,
-  ];
+  return serveArgs('--endpoints-file', DEFAULT_ENDPOINTS, ...extra);
 }
 afterAll(async () => {
   await Promise.all(running.map((s) => s.close()));
