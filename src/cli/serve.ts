@@ -4,8 +4,8 @@
  * ext_proc server (9002), health server (9003) and Prometheus metrics (9090,
  * fed by src/metrics/observer.ts). Failures at start-up
  * (bad options, unreadable endpoints or chat template, unknown tokenizer, a
- * port that cannot be bound) reject with a KvEppError naming the field (a UsageError for bad
- * arguments); the CLI prints one line and exits 1 (2). Configurations that
+ * port that cannot be bound) reject with a KvEppError naming the field (a
+ * UsageError for bad arguments); the CLI prints one line and exits 1 (2). Configurations that
  * serve but not as asked (GAIE flags kv-epp ignores, Dynamo router variables
  * it does not implement, an assumed block size, disaggregated roles) are
  * logged as warnings at start-up, never fatal.
@@ -139,7 +139,7 @@ async function readConfig(file: string | undefined): Promise<unknown> {
   }
 }
 
-/** Endpoints requests can be routed to: all but prefill-only ones (disaggregation is not implemented). */
+/** Endpoints requests are routed to: all but prefill-only ones (kv-epp routes aggregated requests only). */
 export function countRoutable(endpoints: readonly Endpoint[]): number {
   let n = 0;
   for (const e of endpoints) if (e.role !== 'prefill') n++;

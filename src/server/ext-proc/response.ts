@@ -6,8 +6,9 @@
  *
  * - duplex (FULL_DUPLEX_STREAMED, the default): SSE (`text/event-stream`, or,
  *   when the response names no content type or its headers were skipped, a
- *   body whose first bytes are an SSE field such as `data:`) chunks go straight back as `streamed_response` (≤62 000 bytes each) while
- *   a line-buffered parser reads usage (a model name a chunk cuts off is held
+ *   body whose first bytes are an SSE field such as `data:`) chunks go
+ *   straight back as `streamed_response` (≤62 000 bytes each) while a
+ *   line-buffered parser reads usage (a model name a chunk cuts off is held
  *   back to the next chunk and restored); other bodies are held to end of stream
  *   (up to a limit, then passed through untouched), usage read from the JSON,
  *   the model restored, and sent back chunked with EoS on the last piece.
@@ -220,9 +221,7 @@ export class ResponsePath {
     // every other chunk passes one for one, as it came.
     let data = chunk;
     if (this.sseTail) {
-      data = new Uint8Array(this.sseTail.length + chunk.length);
-      data.set(this.sseTail);
-      data.set(chunk, this.sseTail.length);
+      data = joined(this.sseTail, chunk);
       this.sseTail = undefined;
     }
     const cut = eos ? data.length : this.rewriter.cutMatchStart(data, SSE_HOLD_BYTES);
