@@ -266,13 +266,41 @@ function badRequest(msg: string): KvEppError {
  * `json.Unmarshal` into its body map); `cause` only if Go would take it.
  */
 function unparsable(body: Uint8Array, cause: Error): KvEppError {
-  const go = goJsonUnmarshalError(body);
-  return new KvEppError(
-    'invalid_json',
-    go === undefined
-      ? `the request body is not valid JSON: ${cause.message}`
-      : `error unmarshaling request bodyMap: ${go}`,
+  return (
+    refusedByGo(body) ??
+    new KvEppError('invalid_json', `the request body is not valid JSON: ${cause.message}`)
   );
+}
+
+/** Go's `encoding/json` refuses JSON nested deeper than this; JSON.parse takes it. */
+const GO_MAX_DEPTH = 10_000;
+
+/**
+ * False when `body` cannot nest deeper than Go takes: it holds at most
+ * GO_MAX_DEPTH brackets. Cheap (a native byte search per bracket) next to the
+ * scan it saves for ordinary bodies; true only hands the body to that scan.
+ */
+function mayNestBeyondGo(body: Uint8Array): boolean {
+  if (body.length <= 2 * GO_MAX_DEPTH) return false;
+  let n = 0;
+  for (const bracket of [0x5b, 0x7b]) {
+    for (let i = body.indexOf(bracket); i !== -1; i = body.indexOf(bracket, i + 1)) {
+      if (++n > GO_MAX_DEPTH) return true;
+    }
+  }
+  return false;
+}
+
+/**
+ * The reference EPP's 400 for a body Go's `encoding/json` will not unmarshal
+ * into its body map (e.g. nested deeper than 10 000 levels, which JSON.parse
+ * takes), or undefined when Go takes it. Costs a scan of the body.
+ */
+export function refusedByGo(body: Uint8Array): KvEppError | undefined {
+  const go = goJsonUnmarshalError(body);
+  return go === undefined
+    ? undefined
+    : new KvEppError('invalid_json', `error unmarshaling request bodyMap: ${go}`);
 }
 
 /**
@@ -290,6 +318,10 @@ export function readRequest(
     v = JSON.parse(dec.decode(body));
   } catch (e) {
     throw unparsable(body, e as Error);
+  }
+  if (mayNestBeyondGo(body)) {
+    const refused = refusedByGo(body);
+    if (refused) throw refused;
   }
   // `null` unmarshals into Go's map as an empty one: no model.
   if (typeof v !== 'object' || Array.isArray(v)) throw unparsable(body, new Error('not an object'));

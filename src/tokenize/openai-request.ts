@@ -33,11 +33,13 @@ import {
   type PyDict,
   PyFloat,
   PyJsonError,
+  PyJsonTooDeep,
   type PyValue,
   parsePyJson,
   parsePyJsonBytes,
   pyTypeName,
 } from './pyjson.js';
+import { NESTED_TOO_DEEP } from './types.js';
 
 /** A chat request after vLLM's normalisation, ready for `apply_chat_template`. */
 export interface ChatRequest {
@@ -74,6 +76,7 @@ export function parseRequestBody(body: Uint8Array): PyDict {
   try {
     v = parsePyJsonBytes(body);
   } catch (e) {
+    if (e instanceof PyJsonTooDeep) throw new KvEppError('unsupported_content', NESTED_TOO_DEEP);
     if (e instanceof PyJsonError)
       throw new KvEppError('invalid_json', `request body: ${e.message}`);
     throw e;

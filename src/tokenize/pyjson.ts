@@ -59,7 +59,15 @@ export function pyTypeName(v: PyValue | undefined): string {
 // Parsing (Python json.loads)
 // ---------------------------------------------------------------------------------------------
 
-const MAX_DEPTH = 512;
+/**
+ * Containers nested deepest (the body object counts): serde_json's recursion
+ * limit, so the native twin and this one refuse the same bodies
+ * (`MAX_JSON_DEPTH` in native/core/src/tokenize/request.rs).
+ */
+export const MAX_JSON_DEPTH = 127;
+
+/** Valid so far, but nested deeper than {@link MAX_JSON_DEPTH}. */
+export class PyJsonTooDeep extends PyJsonError {}
 
 /**
  * Parses JSON text like Python's `json.loads(text)` (strict mode: raw control characters in
@@ -96,8 +104,8 @@ class Parser {
     this.i = i;
   }
 
+  /** `depth`: containers open around this value. */
   value(depth: number): PyValue {
-    if (depth > MAX_DEPTH) this.fail('Nesting too deep');
     const s = this.s;
     const c = s.charCodeAt(this.i);
     switch (c) {
@@ -215,6 +223,12 @@ class Parser {
   }
 
   object(depth: number): PyDict {
+    if (depth >= MAX_JSON_DEPTH) {
+      throw new PyJsonTooDeep(
+        `nested deeper than ${MAX_JSON_DEPTH} levels at position ${this.i}`,
+        this.i,
+      );
+    }
     const s = this.s;
     const m: PyDict = new Map();
     this.i++;
@@ -247,6 +261,12 @@ class Parser {
   }
 
   array(depth: number): PyValue[] {
+    if (depth >= MAX_JSON_DEPTH) {
+      throw new PyJsonTooDeep(
+        `nested deeper than ${MAX_JSON_DEPTH} levels at position ${this.i}`,
+        this.i,
+      );
+    }
     const s = this.s;
     const a: PyValue[] = [];
     this.i++;

@@ -41,6 +41,15 @@ export interface Tokenizer {
   dispose(): void;
 }
 
+/**
+ * The `unsupported_content` message, in both twins, for a body nested deeper
+ * than the tokenizer parses (127 levels, serde_json's limit; `NESTED_TOO_DEEP`
+ * in native/core/src/tokenize/request.rs). Still JSON: the router sends it on
+ * by load unless Go's parser (10 000 levels) would refuse it too.
+ */
+export const NESTED_TOO_DEEP =
+  'the request body nests JSON deeper than 127 levels: it is routed without token data';
+
 /** The KvEppError codes tokenization throws (src/errors.ts); request ones map to HTTP 400. */
 export type TokenizeErrorCode =
   | 'invalid_json'

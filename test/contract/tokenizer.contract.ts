@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KvEppError } from '../../src/errors.js';
-import type { ApiKind, Tokenizer } from '../../src/tokenize/types.js';
+import { type ApiKind, NESTED_TOO_DEEP, type Tokenizer } from '../../src/tokenize/types.js';
 
 /**
  * Tokenizer contract: every backend must pass it unchanged. Expected values are vLLM's (the
@@ -205,6 +205,43 @@ export function describeTokenizerGoldens(
           );
         });
       });
+    }
+  });
+
+  describe(`Tokenizer request nesting: ${name}`, () => {
+    const enc = new TextEncoder();
+    /** `levels` containers in all: the body object, then an array chain in `key`'s value. */
+    const nested = (levels: number, head: string) =>
+      enc.encode(`{${head},"x":${'['.repeat(levels - 1)}1${']'.repeat(levels - 1)}}`);
+    const heads: [ApiKind, string][] = [
+      ['chat', '"model":"m","messages":[{"role":"user","content":"hi"}]'],
+      ['completions', '"model":"m","prompt":"hi"'],
+    ];
+
+    for (const source of ['o200k_base', join(ROOT, 'test/fixtures/tokenizers/qwen3')]) {
+      it.each(heads)(
+        `takes 127 levels and refuses 128 as unsupported_content, not invalid_json (%s, ${source.split('/').pop()})`,
+        async (api, head) => {
+          const tok = await load(source);
+          try {
+            expect(tok.tokenizeRequest(nested(127, head), api).length).toBeGreaterThan(0);
+            for (const levels of [128, 20_000]) {
+              let thrown: unknown;
+              try {
+                tok.tokenizeRequest(nested(levels, head), api);
+              } catch (e) {
+                thrown = e;
+              }
+              expect(thrown).toMatchObject({
+                code: 'unsupported_content',
+                message: NESTED_TOO_DEEP,
+              });
+            }
+          } finally {
+            tok.dispose();
+          }
+        },
+      );
     }
   });
 

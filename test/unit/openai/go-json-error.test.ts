@@ -49,6 +49,24 @@ describe('goJsonUnmarshalError: Go encoding/json error texts', () => {
     );
   });
 
+  it('readRequest refuses exactly the vectors Go refuses, in its words (JSON.parse takes 10 001 levels)', () => {
+    const mismatches: string[] = [];
+    for (const v of fixture.vectors) {
+      const body = Buffer.from(v.body, 'base64');
+      let got = '';
+      try {
+        readRequest(body, undefined);
+      } catch (e) {
+        const err = e as { code: string; message: string };
+        if (err.code === 'invalid_json') got = err.message;
+      }
+      const want = v.error === '' ? '' : `error unmarshaling request bodyMap: ${v.error}`;
+      if (got !== want)
+        mismatches.push(`${body.toString('latin1').slice(0, 60)}: ${got} ≠ ${want}`);
+    }
+    expect(mismatches).toEqual([]);
+  });
+
   it('scans a large body whose error is at its end', () => {
     const big = Buffer.from(`{"model":"m","input":"${'x'.repeat(4 * 1024 * 1024)}"`);
     expect(goJsonUnmarshalError(big)).toBe('unexpected end of JSON input');

@@ -269,6 +269,45 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     },
   );
 
+  /** A chat body with `levels` nested containers in all (the body object counts). */
+  const nested = (levels: number) =>
+    `{"model":"m","messages":[{"role":"user","content":"hi"}],"x":${'['.repeat(levels - 1)}1${']'.repeat(levels - 1)}}`;
+
+  it.each([
+    ['inline', false],
+    ['offloaded', true],
+  ])(
+    "routes JSON nested deeper than the tokenizer parses by load, as is, up to Go's 10 000 levels (%s)",
+    async (_name, offload) => {
+      const { r } = await router(backend, { offload });
+      // 127 levels: tokenized as usual.
+      const ok = await r.route(req(nested(127)));
+      expect(JSON.parse(new TextDecoder().decode(ok.body)).nvext.token_data.length).toBeGreaterThan(
+        0,
+      );
+      for (const levels of [128, 10_000]) {
+        const body = nested(levels);
+        const d = await r.route(req(body));
+        expect(d.setHeaders['x-dynamo-worker-instance-id']).toBeDefined();
+        expect(new TextDecoder().decode(d.body)).toBe(body);
+      }
+      // Beyond Go's limit: the reference EPP's 400, in Go's words.
+      await expect(r.route(req(nested(10_001)))).rejects.toMatchObject({
+        code: 'invalid_json',
+        message: "error unmarshaling request bodyMap: invalid character '[' exceeded max depth",
+      });
+    },
+  );
+
+  it('splices a model rewrite into a body too deep to tokenize', async () => {
+    const { r } = await router(backend);
+    const body = nested(9_000);
+    const d = await r.route(
+      req(body, { headers: new Map([['x-gateway-model-name-rewrite', 'n']]) }),
+    );
+    expect(new TextDecoder().decode(d.body)).toBe(body.replace('"model":"m"', '"model":"n"'));
+  });
+
   it("gives a worker pool's transferred body back with unsupported_content", async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const original = new TextEncoder().encode(

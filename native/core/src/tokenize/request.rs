@@ -36,15 +36,38 @@ use super::chat::ChatInput;
 use super::error::TokenizeError;
 use super::pydantic::{lax_bool, validate_message};
 
+/// Containers nested deepest in a body the tokenizer parses: serde_json's
+/// recursion limit (128 levels refused), which Dynamo's frontend parses with
+/// too. The JS twin's parser stops at the same depth.
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// The `unsupported_content` message for a body nested deeper than
+/// [`MAX_JSON_DEPTH`] (mirrored as `NESTED_TOO_DEEP` in TypeScript, which tells
+/// it apart from the other `unsupported_content` refusals by this text).
+pub const NESTED_TOO_DEEP: &str =
+    "the request body nests JSON deeper than 127 levels: it is routed without token data";
+
 /// The parsed body (a JSON object, key order kept).
+///
+/// A body nested deeper than [`MAX_JSON_DEPTH`] is `unsupported_content`, not
+/// `invalid_json`: it is still JSON (the reference EPP forwards it up to Go's
+/// 10 000 levels), so the router sends it on by load and lets the worker decide.
 pub fn parse_body(body: &[u8]) -> Result<Map<String, Json>, TokenizeError> {
     match serde_json::from_slice::<Json>(body) {
         Ok(Json::Object(m)) => Ok(m),
         Ok(_) => Err(TokenizeError::invalid_request("the request body must be a JSON object")),
+        Err(e) if is_recursion_limit(&e) => {
+            Err(TokenizeError::unsupported_content(NESTED_TOO_DEEP))
+        }
         Err(e) => {
             Err(TokenizeError::invalid_json(format!("the request body is not valid JSON: {e}")))
         }
     }
+}
+
+/// serde_json has no accessor for this error; its text is pinned by a test.
+fn is_recursion_limit(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
 }
 
 /// The request's cache namespace: `nvext.cache_salt`, else the top-level
@@ -681,5 +704,26 @@ mod tests {
         ] {
             assert_eq!(p(bad).unwrap_err().code(), "invalid_request", "{bad}");
         }
+    }
+
+    /// `levels` nested containers in all: the body object holding an array chain.
+    fn nested(levels: usize) -> String {
+        let n = levels - 1;
+        format!(r#"{{"model":"m","x":{}1{}}}"#, "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn nesting_beyond_serde_limit_is_unsupported_content_not_invalid_json() {
+        assert!(parse_body(nested(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        for levels in [MAX_JSON_DEPTH + 1, 10_001] {
+            let e = parse_body(nested(levels).as_bytes()).unwrap_err();
+            assert_eq!((e.code(), e.message.as_str()), ("unsupported_content", NESTED_TOO_DEEP));
+        }
+        // Other syntax errors stay invalid_json, deep or not.
+        let e = parse_body(format!("{}x", &nested(3)[..20]).as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "invalid_json");
+        // A syntax error before the depth is reached is reported as such.
+        let e = parse_body(format!(r#"{{"a":x,"b":{}"#, "[".repeat(200)).as_bytes()).unwrap_err();
+        assert_eq!(e.code(), "invalid_json");
     }
 }
