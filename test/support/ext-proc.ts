@@ -394,7 +394,11 @@ export class ExtProcFixture {
 
   static forSuite(
     transport: ExtProcTransport,
-    options: { maxBodyBytes: number; onLocalReject?: (category: string) => void },
+    options: {
+      maxBodyBytes: number;
+      maxResponseBufferBytes?: number;
+      onLocalReject?: (category: string) => void;
+    },
   ): ExtProcFixture {
     const fx = new ExtProcFixture();
     beforeAll(async () => {

@@ -9,7 +9,8 @@
  *   `grpc-status`/`grpc-message` (percent-encoded as grpc-js does), or a
  *   trailers-only response when it fails before any message;
  * - INTERNAL for a message that cannot be decoded or carries the compressed
- *   flag, RESOURCE_EXHAUSTED for one above the receive limit,
+ *   flag, RESOURCE_EXHAUSTED for one above the receive limit (unless the
+ *   handler answers it itself: `onOversizedMessage`),
  *   DEADLINE_EXCEEDED when a `grpc-timeout` runs out, INTERNAL for a stream
  *   that ends inside a message or an invalid `grpc-timeout`;
  * - the handler (`FastPathCall`) sees messages in order, then exactly one of
@@ -21,6 +22,13 @@ export interface FastPathCall<Req> {
   onMessage(msg: Req): void;
   onHalfClose(): void;
   onCancel(): void;
+  /**
+   * A message above the receive limit is arriving: `length` bytes, of which
+   * the first is `firstByte` (a protobuf message's first field tag). True when
+   * the handler answered it (the call then drops its bytes as they arrive and
+   * goes on); false, or absent, fails the call with RESOURCE_EXHAUSTED.
+   */
+  onOversizedMessage?(length: number, firstByte: number): boolean;
 }
 
 /** Where a handler answers; same shape as ext-proc/sink.ts's StreamSink. */
@@ -124,6 +132,11 @@ export class GrpcCall<Req, Res> {
   private partialLength = -1;
   private partialParts: Buffer[] = [];
   private partialHave = 0;
+  /** An oversized message the handler took: its length, and the bytes still to drop (-1: none). */
+  private oversizedLength = 0;
+  private skipLeft = -1;
+  /** Whether the handler has been asked about the oversized message (it needs its first byte). */
+  private skipAsked = false;
 
   /**
    * Starts the handler. `timeout` is the request's `grpc-timeout`; an invalid
@@ -170,6 +183,24 @@ export class GrpcCall<Req, Res> {
   onData(chunk: Buffer): void {
     let at = 0;
     while (this.open && at < chunk.length) {
+      if (this.skipLeft >= 0) {
+        if (!this.skipAsked) {
+          this.skipAsked = true;
+          const taken = this.call.onOversizedMessage?.(this.oversizedLength, chunk[at] as number);
+          if (!taken) {
+            this.abort(
+              GrpcStatus.RESOURCE_EXHAUSTED,
+              `Received message larger than max (${this.oversizedLength} vs. ${this.opts.maxReceiveBytes})`,
+            );
+            return;
+          }
+        }
+        const n = Math.min(this.skipLeft, chunk.length - at);
+        this.skipLeft -= n;
+        at += n;
+        if (this.skipLeft === 0) this.skipLeft = -1;
+        continue;
+      }
       if (this.partialLength >= 0) {
         const n = Math.min(this.partialLength - this.partialHave, chunk.length - at);
         this.partialParts.push(chunk.subarray(at, at + n));
@@ -196,7 +227,10 @@ export class GrpcCall<Req, Res> {
         this.prefixHave = 0;
         len = this.readPrefix(this.prefix, 0);
       }
-      if (len < 0) return;
+      if (len < 0) {
+        if (this.skipLeft >= 0) continue;
+        return;
+      }
       if (chunk.length - at >= len) {
         // The whole message is in this chunk: decode in place, no copy.
         const view = chunk.subarray(at, at + len);
@@ -213,7 +247,7 @@ export class GrpcCall<Req, Res> {
   /** The client ended its side. */
   onEnd(): void {
     if (!this.open) return;
-    if (this.partialLength >= 0 || this.prefixHave > 0) {
+    if (this.partialLength >= 0 || this.prefixHave > 0 || this.skipLeft >= 0) {
       this.abort(GrpcStatus.INTERNAL, 'Stream ended in the middle of a message');
       return;
     }
@@ -263,7 +297,7 @@ export class GrpcCall<Req, Res> {
     return this.open;
   }
 
-  /** Validates a complete prefix; the message length, or -1 after failing the call. */
+  /** Validates a complete prefix; the message length, or -1 after failing the call or to skip it. */
   private readPrefix(p: Buffer, at: number): number {
     if (p[at] !== 0) {
       this.abort(
@@ -273,6 +307,13 @@ export class GrpcCall<Req, Res> {
       return -1;
     }
     const len = p.readUInt32BE(at + 1);
+    if (len > this.opts.maxReceiveBytes && this.call.onOversizedMessage) {
+      // The handler decides once the first byte arrives.
+      this.oversizedLength = len;
+      this.skipLeft = len;
+      this.skipAsked = false;
+      return -1;
+    }
     if (len > this.opts.maxReceiveBytes) {
       this.abort(
         GrpcStatus.RESOURCE_EXHAUSTED,

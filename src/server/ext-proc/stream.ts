@@ -87,6 +87,9 @@ function modeName(m: number): string {
   return Object.entries(BodySendMode).find(([, v]) => v === m)?.[0] ?? String(m);
 }
 
+/** `ProcessingRequest.request_body` (field 4, length-delimited): the tag that starts such a message. */
+const REQUEST_BODY_TAG = 0x22;
+
 export class ExtProcStream {
   private phase: Phase = 'headers';
   private first = true;
@@ -130,6 +133,25 @@ export class ExtProcStream {
       return;
     }
     this.dispatch(msg);
+  }
+
+  /**
+   * A message above the transport's receive limit: a whole request body
+   * (BUFFERED; the first field of a `request_body` message, tag 0x22) is
+   * answered 413 here, as a body over the limit is in the other modes, and its
+   * bytes are dropped unread. Anything else fails the call (RESOURCE_EXHAUSTED).
+   */
+  onOversizedMessage(length: number, firstByte: number): boolean {
+    if (this.closed || this.busy || firstByte !== REQUEST_BODY_TAG || this.phase !== 'body') {
+      return false;
+    }
+    this.rejectLocally(
+      new KvEppError(
+        'body_too_large',
+        `request body message of ${length} bytes exceeds the limit of ${this.opts.maxBodyBytes} bytes`,
+      ),
+    );
+    return true;
   }
 
   /** The client half-closed: answer what is pending, then end the stream. */

@@ -305,3 +305,45 @@ describe.each(TRANSPORTS)('%s transport, bodies above maxBodyBytes in one messag
     s.cancel();
   });
 });
+
+// The receive limit is max(maxBodyBytes, maxResponseBufferBytes) + 1 MiB, at least 4 MiB: a
+// BUFFERED body above it reaches the transport as one message too large to take.
+describe.each(TRANSPORTS)('%s transport, a BUFFERED body above the receive limit', (transport) => {
+  const fx = ExtProcFixture.forSuite(transport, {
+    maxBodyBytes: 200_000,
+    maxResponseBufferBytes: 100_000,
+  });
+  const big = (n: number) => `{"model":"m","prompt":"${'x'.repeat(n)}"}`;
+
+  it(
+    transport === 'grpc-js'
+      ? 'fails the call with RESOURCE_EXHAUSTED (grpc-js enforces the limit itself)'
+      : 'answers 413, drops the bytes unread, and the connection goes on',
+    async () => {
+      const s = fx.client.open();
+      s.send(reqHeaders({}, { protocol: BUFFERED }));
+      await s.next();
+      s.send(reqBody(big(6_000_000), true));
+      const { responses, status } = await s.drain();
+      if (transport === 'grpc-js') {
+        expect(status.code).toBe(GrpcStatus.RESOURCE_EXHAUSTED);
+      } else {
+        expect(status.code).toBe(GrpcStatus.OK);
+        expect(responses).toHaveLength(1);
+        expect(responses[0]?.immediate_response?.status.code).toBe(413);
+        expect(responses[0]?.immediate_response?.body?.toString()).toContain(
+          'exceeds the limit of 200000 bytes',
+        );
+      }
+      expect(fx.router.routed).toHaveLength(0);
+      // The same connection still routes.
+      const t = fx.client.open();
+      t.send(reqHeaders({}, { protocol: BUFFERED }));
+      await t.next();
+      t.send(reqBody(CHAT, true));
+      const [r] = await t.take(1);
+      expect(r?.request_body?.response?.header_mutation).toBeDefined();
+      t.cancel();
+    },
+  );
+});

@@ -69,6 +69,47 @@ describe('GrpcCall', () => {
     expect(big.sent[0]).toMatch(/^trailers-only 8 Received message larger than max \(11 vs\. 10\)/);
   });
 
+  it('lets the handler take an oversized message: its bytes are dropped, split anywhere, and the call goes on', () => {
+    for (const step of [1, 3, 7, 1000]) {
+      const h = harness(10);
+      const asked: [number, number][] = [];
+      const open = h.opts.open;
+      h.opts.open = (sink) => ({
+        ...open(sink),
+        onOversizedMessage: (length, firstByte) => {
+          asked.push([length, firstByte]);
+          return true;
+        },
+      });
+      const call = new GrpcCall(h.wire, h.opts, undefined);
+      const all = Buffer.concat([frameOf('ok'), frameOf(`Z${'x'.repeat(40)}`), frameOf('after')]);
+      for (let at = 0; at < all.length; at += step) call.onData(all.subarray(at, at + step));
+      call.onEnd();
+      expect(asked).toEqual([[41, 0x5a]]);
+      expect(h.got).toEqual(['ok', 'after']);
+      expect(h.sent.at(-1)).toBe('trailers 0 ');
+    }
+  });
+
+  it('fails the call when the handler declines an oversized message, or the stream ends inside one', () => {
+    const declined = harness(10);
+    const open = declined.opts.open;
+    declined.opts.open = (sink) => ({ ...open(sink), onOversizedMessage: () => false });
+    new GrpcCall(declined.wire, declined.opts, undefined).onData(frameOf('x'.repeat(11)));
+    expect(declined.sent).toEqual([
+      `trailers-only ${GrpcStatus.RESOURCE_EXHAUSTED} Received message larger than max (11 vs. 10)`,
+    ]);
+    const cut = harness(10);
+    const open2 = cut.opts.open;
+    cut.opts.open = (sink) => ({ ...open2(sink), onOversizedMessage: () => true });
+    const call = new GrpcCall(cut.wire, cut.opts, undefined);
+    call.onData(frameOf('x'.repeat(30)).subarray(0, 20));
+    call.onEnd();
+    expect(cut.sent).toEqual([
+      `trailers-only ${GrpcStatus.INTERNAL} Stream ended in the middle of a message`,
+    ]);
+  });
+
   it('treats a deadline beyond what a timer can hold as none', async () => {
     expect(timeoutMs('2592000S')).toBe(2_592_000_000);
     const h = harness();
