@@ -51,11 +51,16 @@
  *                          pauses by kind, the share of all and of the slowest 1 % of
  *                          requests a pause overlapped, and the p99 without those
  *   --raw-dir DIR          keep vegeta's raw results per point (DIR/<setup>-<scenario>-<load>.bin;
-                         \`vegeta encode --to csv\` gives each request's start and latency)
-  --epp-window BYTES     HTTP/2 stream and connection windows of Envoy's EPP clusters
-                         (the reference config has 64 KiB / 1 MiB; a departure from it)
-  --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
+ *                          `vegeta encode --to csv` gives each request's start and latency)
+ *   --epp-window BYTES     HTTP/2 stream and connection windows of Envoy's EPP clusters
+ *                          (the reference config has 64 KiB / 1 MiB; a departure from it)
+ *   --node-args ARGS       Node/V8 flags for kv-epp (space-separated), instead of
  *                          the shipped GC flags (--node-args= runs without them)
+ *   --setups …,kvnull      also kv-epp's ext_proc server with a router that does nothing
+ *                          (null-epp.mjs; KV_EPP_NULL_PAD_IDS=N pads bodies as token data
+ *                          would, KV_EPP_NULL_SPIN_US=N spends N µs per route)
+ *   --setups …,kveppb --b-node-args ARGS
+ *                          also a second kv-epp under ARGS: an A/B of Node/V8 flags in one run
  *
  * Needs: `npm run build:ts` (dist/), Envoy in .venv-tools
  * (`bash scripts/install-test-tools.sh`), Go on PATH (builds .bin/noop-extproc,
@@ -91,6 +96,12 @@ const VEGETA_VERSION = 'v12.13.0';
 const VEGETA = join(BIN, 'vegeta');
 const EXT_PROC_SERVICE = 'envoy.service.ext_proc.v3.ExternalProcessor';
 const SETUPS = ['plain', 'noop', 'kvepp'];
+/**
+ * Diagnostic set-ups, run only when named in --setups: `kvnull` = kv-epp's
+ * ext_proc server with a router that does nothing (null-epp.mjs); `kveppb` =
+ * a second kv-epp under --b-node-args, for an A/B inside one run.
+ */
+const EXTRA_SETUPS = ['kvnull', 'kveppb'];
 const SCENARIOS = ['small-rate', 'small-max', 'big'];
 
 /** The GC flags kv-epp ships with (Dockerfile, npm start, scripts/serve.sh); --node-args replaces them. */
@@ -121,6 +132,7 @@ const { values: argv } = parseArgs({
     profile: { type: 'string' },
     'gc-log': { type: 'boolean', default: false },
     'node-args': { type: 'string' },
+    'b-node-args': { type: 'string' },
     'log-dir': { type: 'string' },
     'raw-dir': { type: 'string' },
     'epp-window': { type: 'string' },
@@ -151,7 +163,7 @@ const opt = {
   maxConcurrency: (argv['max-concurrency'] ?? (quick ? '64' : '32,128'))
     .split(',')
     .map((s) => num('max-concurrency', s)),
-  setups: list('setups', argv.setups, SETUPS),
+  setups: list('setups', argv.setups, [...SETUPS, ...EXTRA_SETUPS]),
   scenarios: list('scenarios', argv.scenarios, SCENARIOS),
   envoyConcurrency: num('envoy-concurrency', argv['envoy-concurrency']),
   smallBytes: num('small-bytes', argv['small-bytes']),
@@ -166,6 +178,7 @@ const opt = {
   profileDir: argv.profile,
   gcLog: argv['gc-log'],
   nodeArgs: argv['node-args'],
+  bNodeArgs: argv['b-node-args'],
   envoyComponentLog: argv['envoy-log'],
   rounds: num('rounds', argv.rounds),
   slices: num('slices', argv.slices ?? (quick ? 1 : 10)),
@@ -495,10 +508,28 @@ async function startNoop(destination) {
   return p;
 }
 
-async function startKvEpp(upstreamAddrs, dir) {
+/** kv-epp's ext_proc server with a router that does nothing (null-epp.mjs), under kv-epp's flags. */
+async function startNullEpp(destination) {
+  const nodeArgs = (opt.nodeArgs ?? GC_FLAGS).split(/\s+/).filter(Boolean);
+  const p = new Proc('null-epp', nodeForEpp(), [
+    ...nodeArgs,
+    join(HERE, 'null-epp.mjs'),
+    '-listen',
+    '127.0.0.1:0',
+    '-destination',
+    destination,
+    ...(process.env.KV_EPP_NULL_PAD_IDS ? ['-pad-ids', process.env.KV_EPP_NULL_PAD_IDS] : []),
+    ...(process.env.KV_EPP_NULL_SPIN_US ? ['-spin-us', process.env.KV_EPP_NULL_SPIN_US] : []),
+  ]);
+  const m = await p.waitFor(/^listening 127\.0\.0\.1:(\d+)$/, 60_000);
+  p.port = Number(m[1]);
+  return p;
+}
+
+async function startKvEpp(upstreamAddrs, dir, variant = '') {
   // A directory of its own: kv-epp watches the endpoints file's directory, and
   // vegeta's results in `dir` change with every request (an inotify wake-up each).
-  const own = join(dir, 'kv-epp');
+  const own = join(dir, `kv-epp${variant}`);
   mkdirSync(own, { recursive: true });
   const file = join(own, 'endpoints.yaml');
   const eps = upstreamAddrs.map((a, i) => {
@@ -506,19 +537,21 @@ async function startKvEpp(upstreamAddrs, dir) {
     return `  - { name: worker-${String.fromCharCode(97 + i)}, address: ${host}, port: ${port}, dpRank: 0, role: aggregated }`;
   });
   writeFileSync(file, `endpoints:\n${eps.join('\n')}\n`);
-  const nodeArgs = (opt.nodeArgs ?? GC_FLAGS).split(/\s+/).filter(Boolean);
+  const nodeArgs = ((variant ? opt.bNodeArgs : opt.nodeArgs) ?? GC_FLAGS)
+    .split(/\s+/)
+    .filter(Boolean);
   if (opt.liftH2ResetLimit)
     nodeArgs.push('--import', pathToFileURL(join(HERE, 'h2-reset-limit.mjs')).href);
-  if (opt.profileDir) {
+  if (opt.profileDir && !variant) {
     rmSync(opt.profileDir, { recursive: true, force: true });
     nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${opt.profileDir}`);
   }
   // Not in `own`: kv-epp would wake for each append there.
-  const gcLogFile = opt.gcLog ? join(dir, 'kv-epp-gc.log') : undefined;
+  const gcLogFile = opt.gcLog ? join(dir, `kv-epp${variant}-gc.log`) : undefined;
   if (gcLogFile) nodeArgs.push('--import', pathToFileURL(join(HERE, 'gc-log.mjs')).href);
   const env = gcLogFile ? { ...process.env, KV_EPP_GC_LOG: gcLogFile } : process.env;
   const p = new Proc(
-    'kv-epp',
+    `kv-epp${variant}`,
     nodeForEpp(),
     [
       ...nodeArgs,
@@ -806,9 +839,17 @@ async function main() {
       procs.noop = await startNoop(upstream.addrs[0]);
       eppPorts.noop = procs.noop.port;
     }
+    if (opt.setups.includes('kvnull')) {
+      procs.kvnull = await startNullEpp(upstream.addrs[0]);
+      eppPorts.kvnull = procs.kvnull.port;
+    }
     if (opt.setups.includes('kvepp')) {
       procs.kvepp = await startKvEpp(upstream.addrs, dir);
       eppPorts.kvepp = procs.kvepp.ports.grpc;
+    }
+    if (opt.setups.includes('kveppb')) {
+      procs.kveppb = await startKvEpp(upstream.addrs, dir, '-b');
+      eppPorts.kveppb = procs.kveppb.ports.grpc;
     }
     const envoy = await startEnvoy(await envoyConfig(eppPorts, upstream.addrs[0]), dir);
     procs.envoy = envoy;
@@ -921,12 +962,13 @@ async function main() {
         const p = summarise(setup, step, rep, zeroLike(a.delta), a.delta, bodyBytes, a.probe);
         p.round = r;
         if (slices > 1) p.slices = { count: slices, seconds: round(sliceS, 3) };
-        if (setup === 'kvepp' && procs.kvepp?.gcLogFile) {
-          p.kvepp.gcOverlap = await overlapOfGc(a.files, procs.kvepp.gcLogFile);
-          const g = p.kvepp.gcOverlap;
+        if ((setup === 'kvepp' || setup === 'kveppb') && procs[setup]?.gcLogFile) {
+          const g = await overlapOfGc(a.files, procs[setup].gcLogFile);
+          if (p.kvepp) p.kvepp.gcOverlap = g;
+          else p.gcOverlap = g;
           if (g) {
             log(
-              `  kv-epp GC: ${Object.entries(g.pauses)
+              `  ${setup} GC: ${Object.entries(g.pauses)
                 .map(([k, v]) => `${v.count} ${k} (p50 ${v.p50Ms} ms, max ${v.maxMs} ms)`)
                 .join(
                   ', ',
