@@ -296,7 +296,7 @@ function mayNestBeyondGo(body: Uint8Array): boolean {
  * into its body map (e.g. nested deeper than 10 000 levels, which JSON.parse
  * takes), or undefined when Go takes it. Costs a scan of the body.
  */
-export function refusedByGo(body: Uint8Array): KvEppError | undefined {
+function refusedByGo(body: Uint8Array): KvEppError | undefined {
   const go = goJsonUnmarshalError(body);
   return go === undefined
     ? undefined

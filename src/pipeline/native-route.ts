@@ -13,7 +13,7 @@ import { NativeKvIndex } from '../kv/native/radix-index.js';
 import type { OverlapScores } from '../kv/types.js';
 import { readRequest } from '../openai/request-body.js';
 import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
-import type { ApiKind } from '../tokenize/types.js';
+import { type ApiKind, NESTED_TOO_DEEP } from '../tokenize/types.js';
 import type { BodyWork, FusedPrepare, HotPath, RoutePrep, RouteSettings } from './route-prep.js';
 
 export interface NativeRouteHandles {
@@ -95,7 +95,10 @@ export function unpackRoute(buf: ArrayBuffer, rewrite?: string): RoutePrep {
 /**
  * One request through the addon. The body's 400s carry `readRequest`'s exact
  * messages (its checks run natively; on a refusal the TypeScript check is
- * re-run for the text: the reference EPP's wording, Go's JSON errors).
+ * re-run for the text: the reference EPP's wording, Go's JSON errors). A body
+ * too deep to tokenize is checked the same way, so it stays forwardable only
+ * when the reference EPP would take it (Go's 10 000 levels, valid JSON, a model),
+ * as the JS twin, which runs `readRequest` first, decides.
  */
 export function nativePrepare(
   addon: NativeBinding,
@@ -124,7 +127,9 @@ export function nativePrepare(
     const mapped = mapNativeError(e);
     if (
       mapped instanceof KvEppError &&
-      (mapped.code === 'invalid_json' || mapped.code === 'invalid_request')
+      (mapped.code === 'invalid_json' ||
+        mapped.code === 'invalid_request' ||
+        mapped.message === NESTED_TOO_DEEP)
     ) {
       readRequest(body, api);
     }

@@ -30,7 +30,6 @@ import {
   modelOfBody,
   type OpenAiApi,
   readRequest,
-  refusedByGo,
   rewriteTarget,
   spliceRequestBody,
 } from '../openai/request-body.js';
@@ -42,7 +41,6 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../server/routing-types.js';
-import { NESTED_TOO_DEEP } from '../tokenize/types.js';
 import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
 import { debugCompleted, debugRouted } from './route-debug.js';
@@ -307,12 +305,6 @@ export class KvRouter implements RequestRouter {
         // worker accept or refuse it, as the reference EPP does.
         if (!(e instanceof KvEppError && e.code === 'unsupported_content')) throw e;
         if (e instanceof UntokenizableBody) body = e.body;
-        // Too deep for the tokenizer, but the reference EPP forwards JSON up
-        // to Go's 10 000 levels: refuse only what Go refuses, in its words.
-        if (e.message === NESTED_TOO_DEEP) {
-          const refused = refusedByGo(body);
-          if (refused) throw refused;
-        }
         // Parsed already by the tokenizer: only the model is read, not the (large) rest.
         model = modelOfBody(body);
       }

@@ -104,6 +104,16 @@ class Parser {
     this.i = i;
   }
 
+  /** Opens a container inside `depth` others. */
+  enter(depth: number): void {
+    if (depth >= MAX_JSON_DEPTH) {
+      throw new PyJsonTooDeep(
+        `nested deeper than ${MAX_JSON_DEPTH} levels at position ${this.i}`,
+        this.i,
+      );
+    }
+  }
+
   /** `depth`: containers open around this value. */
   value(depth: number): PyValue {
     const s = this.s;
@@ -223,12 +233,7 @@ class Parser {
   }
 
   object(depth: number): PyDict {
-    if (depth >= MAX_JSON_DEPTH) {
-      throw new PyJsonTooDeep(
-        `nested deeper than ${MAX_JSON_DEPTH} levels at position ${this.i}`,
-        this.i,
-      );
-    }
+    this.enter(depth);
     const s = this.s;
     const m: PyDict = new Map();
     this.i++;
@@ -261,12 +266,7 @@ class Parser {
   }
 
   array(depth: number): PyValue[] {
-    if (depth >= MAX_JSON_DEPTH) {
-      throw new PyJsonTooDeep(
-        `nested deeper than ${MAX_JSON_DEPTH} levels at position ${this.i}`,
-        this.i,
-      );
-    }
+    this.enter(depth);
     const s = this.s;
     const a: PyValue[] = [];
     this.i++;
