@@ -17,7 +17,10 @@
  *   small-max   2 KB bodies, closed loop at --max-concurrency: max routed req/s
  *   big         220 KB chat bodies, closed loop at concurrency 150, with a probe
  *               (gRPC health checks + small requests every 50 ms, fired
- *               independently) measuring what stays responsive while they queue
+ *               independently) measuring what stays responsive while they queue;
+ *               --big-bodies (512) distinct prompts, more than the tokenizer's
+ *               segment cache holds, so each is tokenized (segmentCacheHitPct
+ *               in the point says so)
  *
  * Per point: vegeta's latency/throughput, CPU of every process (/proc; kv-epp
  * per thread kind), machine CPU not ours, kv-epp /metrics deltas, Envoy
@@ -124,7 +127,9 @@ const { values: argv } = parseArgs({
     'small-bytes': { type: 'string', default: '2048' },
     'big-bytes': { type: 'string', default: String(220 * 1024) },
     'small-bodies': { type: 'string', default: '64' },
-    'big-bodies': { type: 'string', default: '16' },
+    // Enough distinct 220 KB bodies that the tokenizer's segment cache (64 MiB,
+    // ~150 such prompts) cannot hold them: the point measures tokenization.
+    'big-bodies': { type: 'string', default: '512' },
     'probe-interval-ms': { type: 'string', default: '50' },
     out: { type: 'string' },
     'no-build': { type: 'boolean', default: false },
@@ -376,6 +381,11 @@ function metricSums(text) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
     if (!m) continue;
     const [, name, labels, value] = m;
+    if (name === 'kv_epp_segment_cache_lookups_total') {
+      // By outcome: the big point must miss (it measures tokenization).
+      const outcome = /outcome="([^"]+)"/.exec(labels ?? '')?.[1] ?? 'all';
+      out[`${name}@${outcome}`] = (out[`${name}@${outcome}`] ?? 0) + Number(value);
+    }
     if (name.endsWith('_bucket')) {
       // kv-epp's own route time, kept by bound for its tail (routeSlowPct).
       const le = /le="([^"]+)"/.exec(labels ?? '')?.[1];
@@ -1155,6 +1165,12 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
       meanInputTokens: round(mean('kv_epp_prompt_tokens'), 0),
       meanTokenizeMs: round((mean('kv_epp_tokenization_seconds') ?? Number.NaN) * 1000, 3),
       meanRouteMs: round((mean('kv_epp_route_seconds') ?? Number.NaN) * 1000, 3),
+      // Long prompt segments answered from the tokenizer's segment cache (%).
+      segmentCacheHitPct: (() => {
+        const hits = d('kv_epp_segment_cache_lookups_total@hit');
+        const all = hits + d('kv_epp_segment_cache_lookups_total@miss');
+        return all > 0 ? round((100 * hits) / all, 1) : undefined;
+      })(),
       // Share of routes (%) slower than each bound: the route's own tail.
       routeSlowPct: Object.fromEntries(
         ['0.0002', '0.0005', '0.001', '0.002'].map((le) => {
@@ -1265,6 +1281,7 @@ function summariseTargets(points) {
       kveppP99Ms: round(med('big', 'kveppP99Ms'), 1),
       kveppReqPerS: round(med('big', 'kveppReqPerS'), 1),
       promptMBpsPerKvEppCore: round(med('big', 'promptMBpsPerKvEppCore'), 2),
+      segmentCacheHitPct: round(med('big', 'segmentCacheHitPct'), 1),
       healthMaxMs: Math.max(...per.map((s) => s.big?.healthMaxMs ?? 0)),
       healthExtProcPortMaxMs: Math.max(...per.map((s) => s.big?.healthExtProcPortMaxMs ?? 0)),
       healthUnder10ms: per.every((s) => s.big?.healthUnder10ms),
@@ -1334,6 +1351,7 @@ function summariseRound(points) {
       kveppSuccessPct: bk.successPct,
       promptMBps: bk.promptMBps,
       promptMBpsPerKvEppCore: bk.kvepp?.promptMBpsPerKvEppCore,
+      segmentCacheHitPct: bk.kvepp?.segmentCacheHitPct,
       healthMaxMs: worst('health-port'),
       healthExtProcPortMaxMs: worst('health-extproc-port'),
       smallViaEnvoyP99Ms: bk.probe?.['small-via-envoy']?.p99,
@@ -1582,6 +1600,7 @@ function printTables(result) {
           'route ms',
           'upstream B',
           'MB/s/core',
+          'seg hit %',
         ],
         kvs.map((p) => {
           const t = p.kvepp.threadsCores;
@@ -1598,6 +1617,7 @@ function printTables(result) {
             p.kvepp.meanRouteMs,
             p.upstreamBodyMeanBytes,
             p.kvepp.promptMBpsPerKvEppCore,
+            p.kvepp.segmentCacheHitPct,
           ];
         }),
       ),

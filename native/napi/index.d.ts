@@ -9,6 +9,9 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** Whether removals are left over for another `approx_maintain` (see `PruneTracker::backlog`). */
+export declare function approxBacklog(handle: number, nowMs: number): boolean
+
 export declare function approxExpire(handle: number, nowMs: number): number
 
 export declare function approxForgetHolder(handle: number, workerId: bigint, dpRank: number): void
@@ -36,7 +39,7 @@ export declare function approxStats(handle: number): NativePruneStats
  * Approximate mode's TTL + size-cap tracker bound to an index
  * (`kv_epp_core::approx`); settings are validated as the TypeScript twin does.
  */
-export declare function approxTrackerCreate(indexHandle: number, ttlMs: number, maxTreeSize: number, pruneTargetRatio: number, refreshGranularityMs: number): number
+export declare function approxTrackerCreate(indexHandle: number, ttlMs: number, maxTreeSize: number, pruneTargetRatio: number, refreshGranularityMs: number, removalStep: number): number
 
 export declare function approxTrackerDispose(handle: number): boolean
 

@@ -773,7 +773,8 @@ if (
   }
 }
 
-const { approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxBacklog, approxExpire, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxRecord, approxRoute, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+export { approxBacklog }
 export { approxExpire }
 export { approxForgetHolder }
 export { approxForgetWorker }

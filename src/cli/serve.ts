@@ -308,16 +308,29 @@ export async function startServing(
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
   const started: Array<{ close(): Promise<void> }> = [];
-  // Approximate mode: expire routed blocks without waiting for traffic.
-  const upkeep = setInterval(() => {
+  // Approximate mode: expire routed blocks without waiting for traffic. Each
+  // call does a bounded amount; a backlog is worked off in further calls, each
+  // its own macrotask, so requests and health checks interleave with it.
+  let upkeepChain: NodeJS.Immediate | undefined;
+  const maintain = (): void => {
+    upkeepChain = undefined;
     try {
       kvRouter.maintain();
+      if (kvRouter.maintenanceBacklog()) upkeepChain = setImmediate(maintain);
     } catch (e) {
       log.warn({ err: (e as Error).message }, 'approximate-mode expiry failed');
     }
+  };
+  const upkeep = setInterval(() => {
+    if (upkeepChain === undefined) maintain();
   }, 1000);
   upkeep.unref();
-  started.push({ close: async () => clearInterval(upkeep) });
+  started.push({
+    close: async () => {
+      clearInterval(upkeep);
+      if (upkeepChain !== undefined) clearImmediate(upkeepChain);
+    },
+  });
   const gcPacer = options.gcPaceMb > 0 ? startGcPacer(options.gcPaceMb * 1024 * 1024) : undefined;
   if (gcPacer) started.push({ close: async () => gcPacer.stop() });
   const v8WorkerPriority = lowerV8WorkerPriority(

@@ -181,6 +181,14 @@ export class KvRouter implements RequestRouter {
     return this.approx?.maintain(nowMs) ?? { expired: 0, pruned: 0 };
   }
 
+  /**
+   * Whether upkeep is left over (each call removes a bounded number of blocks,
+   * see PruneTracker): the server then calls `maintain` again soon, not in a second.
+   */
+  maintenanceBacklog(nowMs: number = this.now()): boolean {
+    return this.approx?.backlog(nowMs) ?? false;
+  }
+
   /** A holder or a whole worker left discovery: drop approximate-mode timers (not the index). */
   forget(worker: { workerId: bigint; dpRank?: number | undefined }): void {
     if (worker.dpRank === undefined) this.approx?.forgetWorker(worker.workerId);

@@ -12,6 +12,12 @@
 //! parents). Removals go to the index grouped per holder, each holder's
 //! hashes in reverse pop order (every decision's run root to leaf); the
 //! index's errors for already-detached blocks are ignored, as Dynamo does.
+//!
+//! Bounded work per call: `route`, `record` and `maintain` remove at most
+//! `max(removal_step, 2 × the decision's blocks)` memberships each (the
+//! TypeScript header says why). Work left over (a prune not yet at its target,
+//! an expiry due) stays queued in the same order for the next call;
+//! [`PruneTracker::backlog`] tells the caller to call `maintain` again soon.
 
 use rustc_hash::FxHashMap;
 
@@ -24,7 +30,13 @@ pub struct PruneSettings {
     pub prune_target_ratio: f64,
     /// A refresh moving a block's expiry by less than this is skipped.
     pub refresh_granularity_ms: f64,
+    /// Removals per call before the rest waits for the next one (at least the
+    /// decision's blocks twice over, so a prune always catches up).
+    pub removal_step: usize,
 }
+
+/// Removals per call by default: ~1 ms of index work (bench/README.md, finding AS).
+pub const DEFAULT_REMOVAL_STEP: usize = 8192;
 
 impl PruneSettings {
     /// The twin's RangeError messages, for the same out-of-range values.
@@ -41,6 +53,9 @@ impl PruneSettings {
         let g = self.refresh_granularity_ms;
         if !(g.is_finite() && g >= 0.0 && g < self.ttl_ms) {
             return Err("refreshGranularityMs must be in [0, ttlMs)");
+        }
+        if self.removal_step == 0 || self.removal_step > (1usize << 53) {
+            return Err("removalStep must be a positive integer");
         }
         Ok(())
     }
@@ -64,6 +79,9 @@ pub struct PruneTracker {
     max_tree_size: usize,
     target_size: usize,
     refresh_ms: f64,
+    removal_step: usize,
+    /// Above the cap once and not yet back at the target: pruning goes on.
+    pruning: bool,
     holders: Vec<Holder>,
     holder_slot: FxHashMap<WorkerKey, u32>,
     live_count: usize,
@@ -114,6 +132,8 @@ impl PruneTracker {
             target_size: (settings.max_tree_size as f64 * settings.prune_target_ratio).floor()
                 as usize,
             refresh_ms: settings.refresh_granularity_ms,
+            removal_step: settings.removal_step,
+            pruning: false,
             holders: Vec::new(),
             holder_slot: FxHashMap::default(),
             live_count: 0,
@@ -150,10 +170,16 @@ impl PruneTracker {
         self.holders[s as usize].live.get(&hash) == Some(&slot)
     }
 
+    /// Removals one call may make for a decision of `blocks` blocks.
+    fn budget(&self, blocks: usize) -> usize {
+        self.removal_step.max(blocks.saturating_mul(2))
+    }
+
     /// What the router does after a decision in approximate mode: expire what
     /// is due, store the decision's blocks for `worker` (parent none, the
     /// sequence hashes of `local` as external hashes), and when the index
-    /// took them, track them and prune above the cap. Returns the removals.
+    /// took them, track them and prune above the cap. Returns the removals
+    /// (at most `budget(local.len())`; the rest is [`Self::backlog`]).
     pub fn route(
         &mut self,
         index: &mut RadixIndex,
@@ -161,7 +187,8 @@ impl PruneTracker {
         local: &[u64],
         now_ms: f64,
     ) -> PruneResult {
-        let expired = self.expire(index, now_ms);
+        let budget = self.budget(local.len());
+        let expired = self.expire_up_to(index, now_ms, budget);
         let seq = crate::hash::sequence_hashes(local);
         let blocks: Vec<StoredBlock> = local
             .iter()
@@ -169,7 +196,10 @@ impl PruneTracker {
             .map(|(&l, &e)| StoredBlock { local_hash: l, external_hash: e })
             .collect();
         let pruned = match index.apply_stored(worker, None, &blocks) {
-            Ok(()) => self.record(index, worker, &seq, now_ms),
+            Ok(()) => {
+                self.track(worker, &seq, now_ms);
+                self.prune_to_cap(index, budget - expired)
+            }
             Err(_) => 0,
         };
         PruneResult { expired, pruned }
@@ -177,7 +207,8 @@ impl PruneTracker {
 
     /// `worker` now holds `sequence` (the index applied the matching store):
     /// each block expires at `now + ttl`, refreshing tracked ones; then prunes
-    /// oldest first to the target if above the cap. Returns how many it pruned.
+    /// oldest first toward the target if above the cap. Returns how many it
+    /// pruned (at most `budget(sequence.len())`).
     pub fn record(
         &mut self,
         index: &mut RadixIndex,
@@ -185,6 +216,11 @@ impl PruneTracker {
         sequence: &[u64],
         now_ms: f64,
     ) -> usize {
+        self.track(worker, sequence, now_ms);
+        self.prune_to_cap(index, self.budget(sequence.len()))
+    }
+
+    fn track(&mut self, worker: WorkerKey, sequence: &[u64], now_ms: f64) {
         let s = self.slot_for(worker);
         let expiry = (now_ms + self.ttl_ms).max(self.last_expiry);
         self.last_expiry = expiry;
@@ -204,22 +240,34 @@ impl PruneTracker {
             self.holders[s as usize].live.insert(h, next);
             next += 1;
         }
-        self.prune_to_cap(index)
     }
 
     /// Removes every membership whose expiry is `<= now_ms` from the index.
     pub fn expire(&mut self, index: &mut RadixIndex, now_ms: f64) -> usize {
+        self.expire_up_to(index, now_ms, usize::MAX)
+    }
+
+    /// [`Self::expire`], stopping after `budget` removals.
+    fn expire_up_to(&mut self, index: &mut RadixIndex, now_ms: f64, budget: usize) -> usize {
         let mut batch = RemovalBatch::default();
-        while self.queue.front().is_some_and(|e| e.1 <= now_ms) {
+        while batch.count < budget && self.queue.front().is_some_and(|e| e.1 <= now_ms) {
             self.take_head(&mut batch);
         }
         batch.apply(index, &self.holders)
     }
 
-    /// Periodic upkeep without traffic: expiry, then the size cap.
+    /// Periodic upkeep: expiry, then the size cap, `removal_step` removals at
+    /// most; call again while [`Self::backlog`] says so.
     pub fn maintain(&mut self, index: &mut RadixIndex, now_ms: f64) -> PruneResult {
-        let expired = self.expire(index, now_ms);
-        PruneResult { expired, pruned: self.prune_to_cap(index) }
+        let budget = self.removal_step;
+        let expired = self.expire_up_to(index, now_ms, budget);
+        PruneResult { expired, pruned: self.prune_to_cap(index, budget - expired) }
+    }
+
+    /// Work the budget left over: a prune short of its target, or an expiry
+    /// due at `now_ms`.
+    pub fn backlog(&mut self, now_ms: f64) -> bool {
+        self.pruning || self.next_expiry().is_some_and(|e| e <= now_ms)
     }
 
     /// The earliest pending expiry, if anything is queued.
@@ -255,18 +303,26 @@ impl PruneTracker {
         self.compact_if_sparse();
     }
 
-    fn prune_to_cap(&mut self, index: &mut RadixIndex) -> usize {
+    /// Above the cap, prunes oldest first toward `target_size`, at most
+    /// `budget` removals now; an unfinished prune continues at the next call.
+    fn prune_to_cap(&mut self, index: &mut RadixIndex, budget: usize) -> usize {
         let size = self.live_count.max(index.membership_count());
-        if size > self.max_tree_size {
-            let want = size - self.target_size;
-            let mut batch = RemovalBatch::default();
-            while batch.count < want && !self.queue.is_empty() {
-                self.take_head(&mut batch);
-            }
-            return batch.apply(index, &self.holders);
+        self.pruning |= size > self.max_tree_size;
+        if !self.pruning || size <= self.target_size {
+            self.pruning = false;
+            self.compact_if_sparse();
+            return 0;
         }
-        self.compact_if_sparse();
-        0
+        let want = size - self.target_size;
+        let mut batch = RemovalBatch::default();
+        while batch.count < want.min(budget) && !self.queue.is_empty() {
+            self.take_head(&mut batch);
+        }
+        // Done when the whole difference went (cascades may have taken more) or nothing is left.
+        if batch.count >= want || self.queue.is_empty() {
+            self.pruning = false;
+        }
+        batch.apply(index, &self.holders)
     }
 
     /// Pops the head slot; a live entry is untracked and added to `batch`.
@@ -322,6 +378,7 @@ mod tests {
             max_tree_size: max,
             prune_target_ratio: 0.8,
             refresh_granularity_ms: refresh,
+            removal_step: DEFAULT_REMOVAL_STEP,
         })
         .unwrap()
     }
@@ -359,6 +416,38 @@ mod tests {
     }
 
     #[test]
+    fn prunes_and_expires_in_bounded_steps() {
+        let mut index = RadixIndex::new();
+        let mut t = PruneTracker::new(PruneSettings {
+            ttl_ms: 1000.0,
+            max_tree_size: 20,
+            prune_target_ratio: 0.5,
+            refresh_granularity_ms: 0.0,
+            removal_step: 4,
+        })
+        .unwrap();
+        for i in 0..10u64 {
+            t.route(&mut index, W1, &[100 + 2 * i, 101 + 2 * i], i as f64);
+        }
+        // 22 > 20: 12 to prune, 4 per call; the prune goes on below the cap, to the target.
+        assert_eq!(t.route(&mut index, W1, &[200, 201], 10.0).pruned, 4);
+        assert!(t.backlog(10.0));
+        assert_eq!(t.maintain(&mut index, 10.0), PruneResult { expired: 0, pruned: 4 });
+        assert_eq!(t.maintain(&mut index, 10.0), PruneResult { expired: 0, pruned: 4 });
+        assert!(!t.backlog(10.0));
+        assert_eq!(index.membership_count(), 10);
+        assert_eq!(depth(&index, &[110, 111], W1), 0); // decision 5 went
+        assert_eq!(depth(&index, &[112, 113], W1), 2); // decision 6 stays
+        // Expiry: 10 due, 4 per maintain call.
+        assert!(t.backlog(1010.0));
+        assert_eq!(t.maintain(&mut index, 2000.0).expired, 4);
+        assert_eq!(t.maintain(&mut index, 2000.0).expired, 4);
+        assert_eq!(t.maintain(&mut index, 2000.0).expired, 2);
+        assert!(!t.backlog(2000.0));
+        assert_eq!((t.size(), index.membership_count()), (0, 0));
+    }
+
+    #[test]
     fn refresh_granularity_skips_near_refreshes() {
         let mut index = RadixIndex::new();
         let mut t = tracker(1 << 20, 100.0);
@@ -389,7 +478,8 @@ mod tests {
                 ttl_ms: 0.0,
                 max_tree_size: 1,
                 prune_target_ratio: 0.5,
-                refresh_granularity_ms: 0.0
+                refresh_granularity_ms: 0.0,
+                removal_step: 1,
             })
             .is_err()
         );

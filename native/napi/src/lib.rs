@@ -524,18 +524,20 @@ pub fn approx_tracker_create(
     max_tree_size: f64,
     prune_target_ratio: f64,
     refresh_granularity_ms: f64,
+    removal_step: f64,
 ) -> Result<u32> {
     index(index_handle)?;
-    let max = if max_tree_size.fract() == 0.0
-        && max_tree_size > 0.0
-        && max_tree_size <= 9.007_199_254_740_991e15
-    {
-        max_tree_size as usize
-    } else {
-        0
+    // A count outside 1..=2^53 becomes 0, which validation refuses.
+    let count = |x: f64| {
+        if x.fract() == 0.0 && x > 0.0 && x <= 9.007_199_254_740_991e15 { x as usize } else { 0 }
     };
-    let settings =
-        PruneSettings { ttl_ms, max_tree_size: max, prune_target_ratio, refresh_granularity_ms };
+    let settings = PruneSettings {
+        ttl_ms,
+        max_tree_size: count(max_tree_size),
+        prune_target_ratio,
+        refresh_granularity_ms,
+        removal_step: count(removal_step),
+    };
     let t = PruneTracker::new(settings).map_err(|m| err("invalid_argument", m))?;
     Ok(register(&TRACKERS, index_handle, t))
 }
@@ -624,6 +626,14 @@ pub fn approx_stats(handle: u32) -> Result<NativePruneStats> {
     let t = tracker(handle)?;
     let t = t.lock();
     Ok(NativePruneStats { size: t.inner.size() as f64, queued: t.inner.queued() as f64 })
+}
+
+/// Whether removals are left over for another `approx_maintain` (see `PruneTracker::backlog`).
+#[napi]
+pub fn approx_backlog(handle: u32, now_ms: f64) -> Result<bool> {
+    let t = tracker(handle)?;
+    let mut t = t.lock();
+    Ok(t.inner.backlog(now_ms))
 }
 
 /// The earliest pending expiry (drops stale entries at the head first).

@@ -79,6 +79,17 @@
  *   even after cascades dropped tracked blocks from the index.
  * - Removals are batched per holder as in 1.6.1, each decision's run root to
  *   leaf (see `RemovalBatch`).
+ * - Bounded work per call. Dynamo prunes on its indexer's own task, off the
+ *   routing path; here `route` / `record` / `maintain` run on the event loop,
+ *   and one prune from 2^20 to 0.8 × 2^20 (210 k removals) took ~30 ms
+ *   there, stalling health checks with unique 220 KB prompts (bench/README.md,
+ *   finding AS). So each call removes at most `max(removalStep, 2 × the
+ *   decision's blocks)` memberships (expired and pruned together); the rest
+ *   stays queued in the same order, an unfinished prune goes on toward the
+ *   target at the next call, and `backlog(now)` says when the owner should
+ *   call `maintain` again soon. The same memberships go in the same order as
+ *   an unbounded prune; only later, as with Dynamo's asynchronous pruner.
+ *   A decision removes at least twice what it adds, so pruning catches up.
  * - `forgetHolder` / `forgetWorker` drop a holder's timers when it leaves,
  *   like 1.6.1's `remove_worker` / `remove_worker_dp_rank`.
  *
@@ -103,7 +114,15 @@ export interface PruneSettings {
    * 100 ms buckets, late instead of early).
    */
   refreshGranularityMs?: number | undefined;
+  /**
+   * Removals per call at most (more when the decision is larger: twice its
+   * blocks). Default `DEFAULT_REMOVAL_STEP`.
+   */
+  removalStep?: number | undefined;
 }
+
+/** ~1 ms of index work per call (bench/README.md, finding AS). */
+export const DEFAULT_REMOVAL_STEP = 8192;
 
 /** Dynamo's `PruneConfig::default()`. */
 export const DEFAULT_PRUNE_SETTINGS: Readonly<PruneSettings> = Object.freeze({
@@ -136,7 +155,13 @@ export interface ApproxTracker {
   /** Tracks blocks the index already stored (see `PruneTracker.record`); returns the pruned count. */
   record(worker: WorkerRank, sequenceHashes: BigUint64Array, nowMs: number, count?: number): number;
   expire(nowMs: number): number;
+  /** Expiry, then the size cap, at most `removalStep` removals. */
   maintain(nowMs: number): PruneResult;
+  /**
+   * Removals a call's budget left over: a prune short of its target, or an
+   * expiry due at `nowMs`. The owner then calls `maintain` again soon.
+   */
+  backlog(nowMs: number): boolean;
   forgetHolder(worker: WorkerRank): void;
   forgetWorker(workerId: bigint): void;
   readonly size: number;
@@ -152,7 +177,7 @@ export interface ApproxTracker {
  */
 export function validatePruneSettings(
   settings: PruneSettings,
-): PruneSettings & { refreshGranularityMs: number } {
+): PruneSettings & { refreshGranularityMs: number; removalStep: number } {
   const { ttlMs, maxTreeSize, pruneTargetRatio } = settings;
   if (!(Number.isFinite(ttlMs) && ttlMs > 0)) throw new RangeError('ttlMs must be > 0');
   if (!(Number.isSafeInteger(maxTreeSize) && maxTreeSize > 0))
@@ -162,7 +187,10 @@ export function validatePruneSettings(
   const g = settings.refreshGranularityMs ?? 0;
   if (!(Number.isFinite(g) && g >= 0 && g < ttlMs))
     throw new RangeError('refreshGranularityMs must be in [0, ttlMs)');
-  return { ttlMs, maxTreeSize, pruneTargetRatio, refreshGranularityMs: g };
+  const removalStep = settings.removalStep ?? DEFAULT_REMOVAL_STEP;
+  if (!(Number.isSafeInteger(removalStep) && removalStep > 0))
+    throw new RangeError('removalStep must be a positive integer');
+  return { ttlMs, maxTreeSize, pruneTargetRatio, refreshGranularityMs: g, removalStep };
 }
 
 interface Holder {
@@ -194,6 +222,9 @@ export class PruneTracker implements ApproxTracker {
   private readonly maxTreeSize: number;
   private readonly targetSize: number;
   private readonly refreshMs: number;
+  private readonly removalStep: number;
+  /** Above the cap once and not yet back at the target: pruning goes on. */
+  private pruning = false;
 
   private readonly holders: Holder[] = [];
   private readonly holderSlot = new Map<string, number>();
@@ -220,6 +251,7 @@ export class PruneTracker implements ApproxTracker {
     this.maxTreeSize = v.maxTreeSize;
     this.targetSize = Math.floor(v.maxTreeSize * v.pruneTargetRatio);
     this.refreshMs = v.refreshGranularityMs;
+    this.removalStep = v.removalStep;
   }
 
   /** Live tracked memberships. */
@@ -242,8 +274,8 @@ export class PruneTracker implements ApproxTracker {
    * Records that `worker` now holds `sequenceHashes[0..count)` (call after the
    * index applied the matching `Stored` event): every block expires at
    * `nowMs + ttl`, refreshing blocks already tracked. Then prunes oldest first
-   * down to `floor(maxTreeSize × ratio)` if the size went above the cap;
-   * returns how many memberships that pruned.
+   * toward `floor(maxTreeSize × ratio)` if the size went above the cap (at
+   * most the call's budget); returns how many memberships that pruned.
    */
   record(
     worker: WorkerRank,
@@ -251,6 +283,21 @@ export class PruneTracker implements ApproxTracker {
     nowMs: number,
     count = sequenceHashes.length,
   ): number {
+    this.track(worker, sequenceHashes, nowMs, count);
+    return this.pruneToCap(this.budget(count));
+  }
+
+  /** Removals one call may make for a decision of `blocks` blocks. */
+  private budget(blocks: number): number {
+    return Math.max(this.removalStep, 2 * blocks);
+  }
+
+  private track(
+    worker: WorkerRank,
+    sequenceHashes: BigUint64Array,
+    nowMs: number,
+    count: number,
+  ): void {
     const s = this.slotFor(worker);
     const live = (this.holders[s] as Holder).live;
     const expiry = Math.max(nowMs + this.ttlMs, this.lastExpiry);
@@ -286,13 +333,13 @@ export class PruneTracker implements ApproxTracker {
         holder.overflow.set(h, slot);
       }
     }
-    return this.pruneToCap();
   }
 
   route(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): number {
     if (!this.hasher) throw new Error('PruneTracker.route needs the hasher');
     // Expire first, so a block due now and routed again is stored and tracked afresh.
-    const expired = this.expire(nowMs);
+    const budget = this.budget(count);
+    const expired = this.expireUpTo(nowMs, budget);
     const local = count === localHashes.length ? localHashes : localHashes.subarray(0, count);
     const sequence = new BigUint64Array(count);
     this.hasher.sequenceHashesInto(local, count, sequence);
@@ -301,24 +348,40 @@ export class PruneTracker implements ApproxTracker {
       externalHashes: sequence,
     });
     // Dynamo tracks the blocks only when the Stored event applied; then prunes above the cap.
-    return expired + (outcome === 'ok' ? this.record(worker, sequence, nowMs, count) : 0);
+    if (outcome !== 'ok') return expired;
+    this.track(worker, sequence, nowMs, count);
+    return expired + this.pruneToCap(budget - expired);
   }
 
   dispose(): void {}
 
   /** Removes every membership whose expiry is `<= nowMs` from the index. */
   expire(nowMs: number): number {
+    return this.expireUpTo(nowMs, Number.POSITIVE_INFINITY);
+  }
+
+  private expireUpTo(nowMs: number, budget: number): number {
     const batch = new RemovalBatch();
-    while (this.head < this.tail && (this.qExpiry[this.head] as number) <= nowMs) {
+    while (
+      batch.count < budget &&
+      this.head < this.tail &&
+      (this.qExpiry[this.head] as number) <= nowMs
+    ) {
       this.takeHead(batch);
     }
     return batch.apply(this.index, this.holders);
   }
 
-  /** Periodic upkeep without traffic: expiry, then the size cap. */
+  /** Periodic upkeep: expiry, then the size cap, `removalStep` removals at most. */
   maintain(nowMs: number): PruneResult {
-    const expired = this.expire(nowMs);
-    return { expired, pruned: this.pruneToCap() };
+    const expired = this.expireUpTo(nowMs, this.removalStep);
+    return { expired, pruned: this.pruneToCap(this.removalStep - expired) };
+  }
+
+  backlog(nowMs: number): boolean {
+    if (this.pruning) return true;
+    const next = this.nextExpiry();
+    return next !== undefined && next <= nowMs;
   }
 
   /** Forgets one holder's timers (it was cleared or left); the index is not touched. */
@@ -336,12 +399,23 @@ export class PruneTracker implements ApproxTracker {
 
   // ---- internals -------------------------------------------------------------
 
-  private pruneToCap(): number {
+  /**
+   * Above the cap, prunes oldest first toward the target, at most `budget`
+   * removals now; an unfinished prune continues at the next call.
+   */
+  private pruneToCap(budget: number): number {
     const size = Math.max(this.liveCount, this.index.memberships());
-    if (size <= this.maxTreeSize) return 0;
+    if (size > this.maxTreeSize) this.pruning = true;
+    if (!this.pruning || size <= this.targetSize) {
+      this.pruning = false;
+      return 0;
+    }
     const want = size - this.targetSize;
     const batch = new RemovalBatch();
-    while (batch.count < want && this.head < this.tail) this.takeHead(batch);
+    const n = Math.min(want, budget);
+    while (batch.count < n && this.head < this.tail) this.takeHead(batch);
+    // Done when the whole difference went (cascades may take more) or nothing is left.
+    if (batch.count >= want || this.head >= this.tail) this.pruning = false;
     return batch.apply(this.index, this.holders);
   }
 

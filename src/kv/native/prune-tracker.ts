@@ -34,6 +34,7 @@ export class NativePruneTracker implements ApproxTracker {
         v.maxTreeSize,
         v.pruneTargetRatio,
         v.refreshGranularityMs,
+        v.removalStep,
       ),
     );
     return new NativePruneTracker(addon, handle);
@@ -92,6 +93,10 @@ export class NativePruneTracker implements ApproxTracker {
 
   get queued(): number {
     return call(() => this.addon.approxStats(this.handle)).queued;
+  }
+
+  backlog(nowMs: number): boolean {
+    return call(() => this.addon.approxBacklog(this.handle, nowMs));
   }
 
   nextExpiry(): number | undefined {

@@ -283,6 +283,52 @@ describe.each([
     ]);
   });
 
+  it('prunes in bounded steps that remove what one unbounded prune would, in order', async () => {
+    // Cap 20, target 10, 4 removals per call: one decision of 2 blocks over the
+    // cap leaves a prune of 11 that the next calls finish.
+    const { tracker, route, depths, memberships } = await setup({
+      ttlMs: 60_000,
+      maxTreeSize: 20,
+      pruneTargetRatio: 0.5,
+      removalStep: 4,
+    });
+    for (let i = 0; i < 10; i++) route(W1, [BigInt(100 + 2 * i), BigInt(101 + 2 * i)], i);
+    expect([memberships(), tracker.backlog(10)]).toEqual([20, false]);
+    expect(route(W1, [200n, 201n], 10)).toBe(4); // 22 > 20: 12 to go, 4 now
+    expect([memberships(), tracker.backlog(10)]).toEqual([18, true]);
+    // Between the cap and the target the prune goes on (Dynamo prunes to the target).
+    expect(tracker.maintain(10)).toEqual({ expired: 0, pruned: 4 });
+    expect(tracker.maintain(10)).toEqual({ expired: 0, pruned: 4 });
+    expect([memberships(), tracker.backlog(10)]).toEqual([10, false]);
+    expect(tracker.maintain(10)).toEqual({ expired: 0, pruned: 0 });
+    // The oldest six decisions went, each deepest block first; the newest five stay.
+    for (let i = 0; i < 10; i++) {
+      expect(depths([BigInt(100 + 2 * i), BigInt(101 + 2 * i)])).toEqual(i < 6 ? {} : { 1: 2 });
+    }
+    expect(depths([200n, 201n])).toEqual({ 1: 2 });
+    // A decision larger than the step removes twice its own blocks: pruning catches up.
+    const big = Array.from({ length: 12 }, (_, i) => BigInt(300 + i));
+    expect(route(W2, big, 11)).toBe(12); // 22 > 20 → down to 10 in one call (budget 24)
+    expect([memberships(), tracker.backlog(11)]).toEqual([10, false]);
+    expect(index.stats().counters.blockNotFound).toBe(0);
+  });
+
+  it('expires in bounded steps too, and reports the backlog until it is done', async () => {
+    const { tracker, route, memberships } = await setup({ ttlMs: 100, removalStep: 5 });
+    for (let i = 0; i < 4; i++)
+      route(W1, [BigInt(10 * i + 1), BigInt(10 * i + 2), BigInt(10 * i + 3)], i);
+    expect(tracker.backlog(99)).toBe(false); // nothing due yet
+    expect(tracker.backlog(100)).toBe(true); // the first decision's blocks
+    expect(tracker.maintain(200)).toEqual({ expired: 5, pruned: 0 });
+    expect([memberships(), tracker.backlog(200)]).toEqual([7, true]);
+    expect(tracker.maintain(200)).toEqual({ expired: 5, pruned: 0 });
+    expect(tracker.maintain(200)).toEqual({ expired: 2, pruned: 0 });
+    expect([memberships(), tracker.size, tracker.backlog(200)]).toEqual([0, 0, false]);
+    // expire() itself is not bounded: it removes everything due.
+    for (let i = 0; i < 4; i++) route(W1, [BigInt(i + 1), BigInt(i + 50)], 300);
+    expect(tracker.expire(400)).toBe(8);
+  });
+
   it('tracks hashes whose low 52 bits collide as distinct blocks', async () => {
     const { tracker, memberships } = await setup();
     // Two external hashes equal in their low 52 bits, different above.
@@ -319,6 +365,8 @@ describe.each([
     expect(() => make({ ...ok, maxTreeSize: 1.5 })).toThrow(RangeError);
     expect(() => make({ ...ok, pruneTargetRatio: 0 })).toThrow(RangeError);
     expect(() => make({ ...ok, pruneTargetRatio: 1.01 })).toThrow(RangeError);
+    expect(() => make({ ...ok, removalStep: 0 })).toThrow(RangeError);
+    expect(() => make({ ...ok, removalStep: 2.5 })).toThrow(RangeError);
   });
 
   it('route() stores, tracks and expires first, as the router did step by step', async () => {
@@ -338,7 +386,10 @@ describe.each([
 });
 
 describe('the addon tracker against the TypeScript one', () => {
-  it('removes the same memberships on random traffic', async () => {
+  it.each([
+    ['unbounded steps', undefined],
+    ['steps of 7 removals', 7],
+  ])('removes the same memberships on random traffic (%s)', async (_, removalStep) => {
     const rand = mulberry32(11);
     const pick = (n: number) => Math.floor(rand() * n);
     const settings = {
@@ -346,6 +397,7 @@ describe('the addon tracker against the TypeScript one', () => {
       maxTreeSize: 300,
       pruneTargetRatio: 0.7,
       refreshGranularityMs: 30,
+      removalStep,
     };
     const tsIndex = await createKvIndex('js');
     const tsTracker = new PruneTracker(tsIndex, settings, await createBlockHasher('js'));
@@ -372,6 +424,7 @@ describe('the addon tracker against the TypeScript one', () => {
         expect([step, b]).toEqual([step, a]);
       } else if (op < 0.97) {
         expect(nTracker.maintain(now)).toEqual(tsTracker.maintain(now));
+        expect(nTracker.backlog(now)).toBe(tsTracker.backlog(now));
       } else {
         const w = workers[pick(3)] as WorkerRank;
         tsTracker.forgetHolder(w);

@@ -36,7 +36,7 @@ const req = (text: string): GatewayRequest => ({
 const long = 'The quick brown fox jumps over the lazy dog. '.repeat(40);
 const TTL = 120_000;
 
-async function setup(backend: Backend, approximate = true) {
+async function setup(backend: Backend, approximate = true, removalStep?: number) {
   const path = await createHotPath({ source: 'o200k_base' }, backend);
   const preparer: Preparer = {
     prepare: async (body, api, settings) => prepareRouteInline(path, body, api, settings),
@@ -57,7 +57,7 @@ async function setup(backend: Backend, approximate = true) {
       blockSize: 16,
       fallbacks: 0,
       approximate,
-      approx: { ttlMs: TTL, maxTreeSize: 2 ** 20, pruneTargetRatio: 0.8 },
+      approx: { ttlMs: TTL, maxTreeSize: 2 ** 20, pruneTargetRatio: 0.8, removalStep },
     },
   );
   /** Overlap (blocks) the last routed request saw on endpoint `a`. */
@@ -103,12 +103,33 @@ describe.each(['native', 'js'] as Backend[])('KvRouter approximate TTL (%s)', (b
     path.index.dispose();
   });
 
+  it('works off a large expiry in bounded steps, reporting the backlog until done', async () => {
+    const { r, path, clock } = await setup(backend, true, 8);
+    await r.route(req(long));
+    await r.route(req(`${long} and once more, differently: ${long}`));
+    const blocks = path.index.stats().memberships;
+    expect(blocks).toBeGreaterThan(24);
+    clock.t = TTL - 1;
+    expect(r.maintenanceBacklog()).toBe(false);
+    clock.t = 2 * TTL;
+    expect(r.maintenanceBacklog()).toBe(true);
+    let calls = 0;
+    do {
+      expect(r.maintain().expired).toBeLessThanOrEqual(8);
+      calls++;
+    } while (r.maintenanceBacklog());
+    expect(calls).toBe(Math.ceil(blocks / 8));
+    expect(path.index.stats().memberships).toBe(0);
+    path.index.dispose();
+  });
+
   it('records nothing to expire when KV events drive the index', async () => {
     const { r, path, clock } = await setup(backend, false);
     await r.route(req(long));
     expect(path.index.stats().memberships).toBe(0);
     clock.t = 10 * TTL;
     expect(r.maintain()).toEqual({ expired: 0, pruned: 0 });
+    expect(r.maintenanceBacklog()).toBe(false);
     path.index.dispose();
   });
 });
