@@ -365,7 +365,9 @@ function threadCpu(pid) {
     }
     const c = statCpu(`/proc/${pid}/task/${tid}/stat`);
     if (!c) continue;
-    const kind = /^(MainThread|WorkerThread|V8Worker|libuv-worker)$/.test(comm) ? comm : 'other';
+    const kind = /^(MainThread|WorkerThread|V8Worker|libuv-worker|kv-epp-approx)$/.test(comm)
+      ? comm
+      : 'other';
     out[kind] = (out[kind] ?? 0) + c.self;
   }
   return out;
@@ -1593,6 +1595,7 @@ function printTables(result) {
           'pool',
           'V8 bg',
           'libuv',
+          'approx',
           'other',
           'CPU ms/req',
           'tokens',
@@ -1610,6 +1613,7 @@ function printTables(result) {
             t.WorkerThread,
             t.V8Worker,
             t['libuv-worker'],
+            t['kv-epp-approx'],
             t.other,
             p.kvepp.cpuMsPerRequest,
             p.kvepp.meanInputTokens,

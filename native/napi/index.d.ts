@@ -14,6 +14,9 @@ export declare function approxBacklog(handle: number, nowMs: number): boolean
 
 export declare function approxExpire(handle: number, nowMs: number): number
 
+/** Returns once every decision queued before it was recorded. */
+export declare function approxFlush(): void
+
 export declare function approxForgetHolder(handle: number, workerId: bigint, dpRank: number): void
 
 export declare function approxForgetWorker(handle: number, workerId: bigint): void
@@ -23,7 +26,9 @@ export declare function approxMaintain(handle: number, nowMs: number): NativePru
 /** The earliest pending expiry (drops stale entries at the head first). */
 export declare function approxNextExpiry(handle: number): number | null
 
-/** Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count. */
+/** Queued decisions dropped because their tracker was disposed first. */
+export declare function approxQueueDropped(): number
+
 export declare function approxRecord(handle: number, workerId: bigint, dpRank: number, sequence: BigUint64Array, count: number, nowMs: number): number
 
 /**
@@ -32,6 +37,13 @@ export declare function approxRecord(handle: number, workerId: bigint, dpRank: n
  * track them, pruning above the cap. Returns the memberships removed.
  */
 export declare function approxRoute(handle: number, workerId: bigint, dpRank: number, local: BigUint64Array, count: number, nowMs: number): number
+
+/**
+ * `approx_route`, run later on kv-epp's approximate-mode thread in queue
+ * order (native/napi/src/recorder.rs): the caller's thread pays a copy of
+ * the hashes. Blocks only while 1 024 decisions are already queued.
+ */
+export declare function approxRouteQueued(handle: number, workerId: bigint, dpRank: number, local: BigUint64Array, count: number, nowMs: number): void
 
 export declare function approxStats(handle: number): NativePruneStats
 

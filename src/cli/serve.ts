@@ -68,6 +68,13 @@ import { accountExternalMemoryInGlobalLimit, launcherFlagsPresent } from './gc-f
 import { startGcPacer } from './gc-pacer.js';
 import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
 
+/**
+ * Approximate mode: decisions of this many blocks (4 096 tokens at block size
+ * 16) or more are recorded off the event loop (KvRouterDeps.recordSoonBlocks);
+ * smaller ones cost less on the event loop than a thread hand-off.
+ */
+const RECORD_SOON_BLOCKS = 256;
+
 export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 9002] [--grpc-health-port 9003]
                     [--metrics-port 9090] [--secure-serving[=true|false]] [--cert-path DIR]
                     [--config-file FILE.yaml] [--max-body-bytes 67108864]
@@ -272,6 +279,7 @@ export async function startServing(
       approxTracker: (settings) => createApproxTracker(path.index, path.hasher, settings),
       // The approximate-mode record runs after the decision is written out.
       defer: (work) => setImmediate(work),
+      recordSoonBlocks: RECORD_SOON_BLOCKS,
     },
     {
       blockSize: options.blockSize,

@@ -100,6 +100,13 @@ export interface KvRouterDeps {
    * same prompt in the same event-loop turn does not see it yet). Default: at once.
    */
   defer?: ((work: () => void) => void) | undefined;
+  /**
+   * Decisions of at least this many blocks are recorded with the tracker's
+   * `routeSoon` instead (native: on kv-epp's approximate-mode thread, so a
+   * 50 k-token prompt's ~0.2–1.5 ms of index work leaves the event loop;
+   * bench/README.md, finding AS). Default: never.
+   */
+  recordSoonBlocks?: number | undefined;
 }
 
 /** What `onRouted` sees of a request routed by `route()`. */
@@ -418,6 +425,16 @@ export class KvRouter implements RequestRouter {
 
   /** Approximate mode: `worker` now holds `localHashes` (at once, or deferred by `deps.defer`). */
   private recordRouted(worker: WorkerRank, localHashes: BigUint64Array, nowMs: number): void {
+    const soon = this.deps.recordSoonBlocks;
+    if (this.approx && soon !== undefined && localHashes.length >= soon) {
+      try {
+        this.approx.routeSoon(worker, localHashes, localHashes.length, nowMs);
+        return;
+      } catch (e) {
+        // No approximate-mode thread: record on this one, as below.
+        this.deps.log.warn({ err: (e as Error).message }, 'approximate-mode queue failed');
+      }
+    }
     const record = (): void => {
       // Records still deferred at shutdown have nowhere to go.
       if (this.disposed) return;

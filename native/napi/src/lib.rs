@@ -19,6 +19,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod recorder;
 mod sched;
 
 use std::collections::HashMap;
@@ -568,6 +569,45 @@ pub fn approx_route(
 }
 
 /// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
+/// The recorder thread's job: `approx_route` on a tracker; false when it is gone.
+fn route_now(handle: u32, worker: WorkerKey, local: &[u64], now_ms: f64) -> bool {
+    with_tracker(handle, |t, idx| {
+        t.route(idx, worker, local, now_ms);
+    })
+    .is_ok()
+}
+
+/// `approx_route`, run later on kv-epp's approximate-mode thread in queue
+/// order (native/napi/src/recorder.rs): the caller's thread pays a copy of
+/// the hashes. Blocks only while 1 024 decisions are already queued.
+#[napi]
+pub fn approx_route_queued(
+    handle: u32,
+    worker_id: BigInt,
+    dp_rank: u32,
+    local: &[u64],
+    count: u32,
+    now_ms: f64,
+) -> Result<()> {
+    tracker(handle)?;
+    let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
+    let local = local[..(count as usize).min(local.len())].to_vec();
+    let job = recorder::Job::Route { run: route_now, tracker: handle, worker, local, now_ms };
+    recorder::queue(job).map_err(|e| err("internal", e))
+}
+
+/// Returns once every decision queued before it was recorded.
+#[napi]
+pub fn approx_flush() -> Result<()> {
+    recorder::flush().map_err(|e| err("internal", e))
+}
+
+/// Queued decisions dropped because their tracker was disposed first.
+#[napi]
+pub fn approx_queue_dropped() -> f64 {
+    recorder::DROPPED.load(std::sync::atomic::Ordering::Relaxed) as f64
+}
+
 #[napi]
 pub fn approx_record(
     handle: u32,

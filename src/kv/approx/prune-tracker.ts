@@ -152,6 +152,14 @@ export interface ApproxTracker {
    * prune above the cap. Returns the memberships removed.
    */
   route(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): number;
+  /**
+   * `route`, later and off the calling thread where the implementation can
+   * (native: kv-epp's approximate-mode thread, in queue order; TypeScript: at
+   * once). The hashes are copied; the caller may reuse them.
+   */
+  routeSoon(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): void;
+  /** Returns once every `routeSoon` before it has been recorded. */
+  settle(): void;
   /** Tracks blocks the index already stored (see `PruneTracker.record`); returns the pruned count. */
   record(worker: WorkerRank, sequenceHashes: BigUint64Array, nowMs: number, count?: number): number;
   expire(nowMs: number): number;
@@ -352,6 +360,12 @@ export class PruneTracker implements ApproxTracker {
     this.track(worker, sequence, nowMs, count);
     return expired + this.pruneToCap(budget - expired);
   }
+
+  routeSoon(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): void {
+    this.route(worker, localHashes, count, nowMs);
+  }
+
+  settle(): void {}
 
   dispose(): void {}
 

@@ -53,6 +53,23 @@ export class NativePruneTracker implements ApproxTracker {
     );
   }
 
+  routeSoon(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): void {
+    call(() =>
+      this.addon.approxRouteQueued(
+        this.handle,
+        worker.workerId,
+        worker.dpRank,
+        localHashes,
+        count,
+        nowMs,
+      ),
+    );
+  }
+
+  settle(): void {
+    call(() => this.addon.approxFlush());
+  }
+
   record(
     worker: WorkerRank,
     sequenceHashes: BigUint64Array,

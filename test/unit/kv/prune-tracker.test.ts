@@ -329,6 +329,18 @@ describe.each([
     expect(tracker.expire(400)).toBe(8);
   });
 
+  it('routeSoon + settle leave what route leaves, in queue order', async () => {
+    const { tracker, depths, memberships } = await setup({ maxTreeSize: 5, pruneTargetRatio: 0.8 });
+    const hashes = u64s([1n, 2n, 3n]);
+    tracker.routeSoon(W1, hashes, 3, 0);
+    hashes.fill(0n); // the caller may reuse its array at once
+    tracker.routeSoon(W2, u64s([1n, 2n, 4n]), 3, 10);
+    tracker.settle();
+    // As route() twice: 6 > 5 → down to 4, the oldest decision's deepest blocks first.
+    expect(depths([1n, 2n, 3n])).toEqual({ 1: 1, 2: 2 });
+    expect([memberships(), tracker.size]).toEqual([4, 4]);
+  });
+
   it('tracks hashes whose low 52 bits collide as distinct blocks', async () => {
     const { tracker, memberships } = await setup();
     // Two external hashes equal in their low 52 bits, different above.

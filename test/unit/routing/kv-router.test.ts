@@ -1,6 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
-import { DEFAULT_PRUNE_SETTINGS, PruneTracker } from '../../../src/kv/approx/prune-tracker.js';
+import {
+  type ApproxTracker,
+  DEFAULT_PRUNE_SETTINGS,
+  PruneTracker,
+} from '../../../src/kv/approx/prune-tracker.js';
+import { createApproxTracker } from '../../../src/kv/factory.js';
 import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
@@ -366,6 +371,49 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       expect(ms).toBeGreaterThanOrEqual(0);
       expect(ms).toBeLessThan(30);
     }
+  });
+
+  it('records a decision of `recordSoonBlocks` or more with routeSoon (native: off-thread)', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const queued: Array<() => void> = [];
+    let tracker: ApproxTracker | undefined;
+    const r = inlineRouter(path, {
+      defer: (work) => queued.push(work),
+      recordSoonBlocks: 8,
+      approxTracker: (settings) => {
+        tracker = createApproxTracker(path.index, path.hasher, settings);
+        return tracker;
+      },
+    });
+    const body = new TextEncoder().encode(JSON.stringify(chat(long)));
+    const { localHashes } = prepareRouteInline(path, body, 'chat', { blockSize: 16 });
+    expect(localHashes.length).toBeGreaterThanOrEqual(8);
+    await r.route(req(chat(long)));
+    // A short prompt stays on `defer`.
+    await r.route(req(chat('hi')));
+    expect(queued).toHaveLength(1);
+    tracker?.settle();
+    expect(path.index.findMatches(localHashes, false).workers).toHaveLength(1);
+    expect(tracker?.size).toBe(localHashes.length);
+    // A tracker that cannot queue: logged, recorded through `defer` instead.
+    const log = new RecordingLogger();
+    const failing = new PruneTracker(path.index, DEFAULT_PRUNE_SETTINGS, path.hasher);
+    failing.routeSoon = () => {
+      throw new Error('no thread');
+    };
+    const r2 = inlineRouter(path, {
+      log,
+      defer: (work) => queued.push(work),
+      recordSoonBlocks: 8,
+      approxTracker: () => failing,
+    });
+    await r2.route(req(chat(long)));
+    expect(log.records.find((x) => x.msg === 'approximate-mode queue failed')?.fields.err).toBe(
+      'no thread',
+    );
+    expect(queued).toHaveLength(2);
+    queued.pop()?.();
+    expect(failing.size).toBe(localHashes.length);
   });
 
   it('logs a deferred record that fails instead of throwing into the event loop', async () => {
