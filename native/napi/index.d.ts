@@ -23,6 +23,12 @@ export declare function approxForgetWorker(handle: number, workerId: bigint): vo
 
 export declare function approxMaintain(handle: number, nowMs: number): NativePruneResult
 
+/**
+ * `approx_maintain` on the approximate-mode thread, repeated in chunks until
+ * no backlog is left.
+ */
+export declare function approxMaintainQueued(handle: number, nowMs: number): void
+
 /** The earliest pending expiry (drops stale entries at the head first). */
 export declare function approxNextExpiry(handle: number): number | null
 
@@ -40,8 +46,9 @@ export declare function approxRoute(handle: number, workerId: bigint, dpRank: nu
 
 /**
  * `approx_route`, run later on kv-epp's approximate-mode thread in queue
- * order (native/napi/src/recorder.rs): the caller's thread pays a copy of
- * the hashes. Blocks only while 1 024 decisions are already queued.
+ * order (native/napi/src/recorder.rs), its removals in chunks of 1 024 with
+ * the locks released fairly between them: the caller's thread pays a copy
+ * of the hashes. Blocks only while 1 024 jobs are already queued.
  */
 export declare function approxRouteQueued(handle: number, workerId: bigint, dpRank: number, local: BigUint64Array, count: number, nowMs: number): void
 

@@ -773,13 +773,14 @@ if (
   }
 }
 
-const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxNextExpiry, approxQueueDropped, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueDropped, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { approxBacklog }
 export { approxExpire }
 export { approxFlush }
 export { approxForgetHolder }
 export { approxForgetWorker }
 export { approxMaintain }
+export { approxMaintainQueued }
 export { approxNextExpiry }
 export { approxQueueDropped }
 export { approxRecord }

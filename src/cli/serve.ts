@@ -316,13 +316,15 @@ export async function startServing(
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
   const started: Array<{ close(): Promise<void> }> = [];
-  // Approximate mode: expire routed blocks without waiting for traffic. Each
-  // call does a bounded amount; a backlog is worked off in further calls, each
-  // its own macrotask, so requests and health checks interleave with it.
+  // Approximate mode: expire routed blocks without waiting for traffic. A
+  // native tracker does it on its own thread; otherwise each call does a
+  // bounded amount and a backlog is worked off in further calls, each its own
+  // macrotask, so requests and health checks interleave with it.
   let upkeepChain: NodeJS.Immediate | undefined;
   const maintain = (): void => {
     upkeepChain = undefined;
     try {
+      if (kvRouter.maintainOffThread()) return;
       kvRouter.maintain();
       if (kvRouter.maintenanceBacklog()) upkeepChain = setImmediate(maintain);
     } catch (e) {

@@ -196,6 +196,17 @@ export class KvRouter implements RequestRouter {
     return this.approx?.backlog(nowMs) ?? false;
   }
 
+  /**
+   * Hands the upkeep to the tracker's own thread when it has one (native):
+   * it then works the whole backlog off there. False: the caller runs
+   * `maintain` (and repeats it while `maintenanceBacklog`) itself.
+   */
+  maintainOffThread(nowMs: number = this.now()): boolean {
+    if (!this.approx?.offThread) return false;
+    this.approx.maintainSoon(nowMs);
+    return true;
+  }
+
   /** A holder or a whole worker left discovery: drop approximate-mode timers (not the index). */
   forget(worker: { workerId: bigint; dpRank?: number | undefined }): void {
     if (worker.dpRank === undefined) this.approx?.forgetWorker(worker.workerId);

@@ -35,8 +35,8 @@ pub struct PruneSettings {
     pub removal_step: usize,
 }
 
-/// Removals per call by default: ~1 ms of index work (bench/README.md, finding AS).
-pub const DEFAULT_REMOVAL_STEP: usize = 8192;
+/// Removals per call by default: ~0.25 ms of index work (bench/README.md, finding AS).
+pub const DEFAULT_REMOVAL_STEP: usize = 1024;
 
 impl PruneSettings {
     /// The twin's RangeError messages, for the same out-of-range values.
@@ -171,8 +171,13 @@ impl PruneTracker {
     }
 
     /// Removals one call may make for a decision of `blocks` blocks.
-    fn budget(&self, blocks: usize) -> usize {
+    pub fn budget(&self, blocks: usize) -> usize {
         self.removal_step.max(blocks.saturating_mul(2))
+    }
+
+    /// The removals per call of `maintain`.
+    pub fn removal_step(&self) -> usize {
+        self.removal_step
     }
 
     /// What the router does after a decision in approximate mode: expire what
@@ -187,7 +192,19 @@ impl PruneTracker {
         local: &[u64],
         now_ms: f64,
     ) -> PruneResult {
-        let budget = self.budget(local.len());
+        self.route_within(index, worker, local, now_ms, self.budget(local.len()))
+    }
+
+    /// [`Self::route`] with at most `budget` removals (a caller that goes on
+    /// with [`Self::maintain_within`] in further calls).
+    pub fn route_within(
+        &mut self,
+        index: &mut RadixIndex,
+        worker: WorkerKey,
+        local: &[u64],
+        now_ms: f64,
+        budget: usize,
+    ) -> PruneResult {
         let expired = self.expire_up_to(index, now_ms, budget);
         let seq = crate::hash::sequence_hashes(local);
         let blocks: Vec<StoredBlock> = local
@@ -259,7 +276,16 @@ impl PruneTracker {
     /// Periodic upkeep: expiry, then the size cap, `removal_step` removals at
     /// most; call again while [`Self::backlog`] says so.
     pub fn maintain(&mut self, index: &mut RadixIndex, now_ms: f64) -> PruneResult {
-        let budget = self.removal_step;
+        self.maintain_within(index, now_ms, self.removal_step)
+    }
+
+    /// [`Self::maintain`] with at most `budget` removals.
+    pub fn maintain_within(
+        &mut self,
+        index: &mut RadixIndex,
+        now_ms: f64,
+        budget: usize,
+    ) -> PruneResult {
         let expired = self.expire_up_to(index, now_ms, budget);
         PruneResult { expired, pruned: self.prune_to_cap(index, budget - expired) }
     }

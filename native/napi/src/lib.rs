@@ -569,17 +569,66 @@ pub fn approx_route(
 }
 
 /// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
-/// The recorder thread's job: `approx_route` on a tracker; false when it is gone.
-fn route_now(handle: u32, worker: WorkerKey, local: &[u64], now_ms: f64) -> bool {
-    with_tracker(handle, |t, idx| {
-        t.route(idx, worker, local, now_ms);
-    })
-    .is_ok()
+/// Removals per lock hold on the approximate-mode thread (~0.25 ms).
+const RECORD_CHUNK: usize = 1024;
+
+/// [`with_tracker`], releasing both locks fairly: a thread waiting for them
+/// (the event loop scoring a request) goes next, not this one again.
+fn with_tracker_fair<T>(
+    handle: u32,
+    f: impl FnOnce(&mut PruneTracker, &mut RadixIndex) -> T,
+) -> Result<T> {
+    let t = tracker(handle)?;
+    let mut t = t.lock();
+    let idx = index(t.index_handle)?;
+    let mut g = idx.write();
+    let r = f(&mut t.inner, &mut g);
+    parking_lot::RwLockWriteGuard::unlock_fair(g);
+    parking_lot::MutexGuard::unlock_fair(t);
+    Ok(r)
+}
+
+/// `approx_route` in chunks of `RECORD_CHUNK` removals, each under its own
+/// lock hold, up to the decision's budget. False when the tracker is gone.
+fn route_in_chunks(handle: u32, worker: WorkerKey, local: &[u64], now_ms: f64) -> bool {
+    let first = with_tracker_fair(handle, |t, idx| {
+        let budget = t.budget(local.len());
+        let r = t.route_within(idx, worker, local, now_ms, RECORD_CHUNK.min(budget));
+        (budget - (r.expired + r.pruned), t.backlog(now_ms))
+    });
+    let Ok((mut left, mut more)) = first else { return false };
+    while more && left > 0 {
+        let Ok((n, m)) = with_tracker_fair(handle, |t, idx| {
+            let r = t.maintain_within(idx, now_ms, RECORD_CHUNK.min(left));
+            (r.expired + r.pruned, t.backlog(now_ms))
+        }) else {
+            return false;
+        };
+        left = left.saturating_sub(n);
+        more = m && n > 0;
+    }
+    true
+}
+
+/// `approx_maintain` until no backlog is left, in chunks. False when the tracker is gone.
+fn maintain_in_chunks(handle: u32, now_ms: f64) -> bool {
+    loop {
+        let Ok((n, more)) = with_tracker_fair(handle, |t, idx| {
+            let r = t.maintain_within(idx, now_ms, RECORD_CHUNK);
+            (r.expired + r.pruned, t.backlog(now_ms))
+        }) else {
+            return false;
+        };
+        if !more || n == 0 {
+            return true;
+        }
+    }
 }
 
 /// `approx_route`, run later on kv-epp's approximate-mode thread in queue
-/// order (native/napi/src/recorder.rs): the caller's thread pays a copy of
-/// the hashes. Blocks only while 1 024 decisions are already queued.
+/// order (native/napi/src/recorder.rs), its removals in chunks of 1 024 with
+/// the locks released fairly between them: the caller's thread pays a copy
+/// of the hashes. Blocks only while 1 024 jobs are already queued.
 #[napi]
 pub fn approx_route_queued(
     handle: u32,
@@ -592,8 +641,17 @@ pub fn approx_route_queued(
     tracker(handle)?;
     let worker = WorkerKey::new(u64_of(&worker_id, "workerId")?, dp_rank);
     let local = local[..(count as usize).min(local.len())].to_vec();
-    let job = recorder::Job::Route { run: route_now, tracker: handle, worker, local, now_ms };
-    recorder::queue(job).map_err(|e| err("internal", e))
+    recorder::queue(Box::new(move || route_in_chunks(handle, worker, &local, now_ms)))
+        .map_err(|e| err("internal", e))
+}
+
+/// `approx_maintain` on the approximate-mode thread, repeated in chunks until
+/// no backlog is left.
+#[napi]
+pub fn approx_maintain_queued(handle: u32, now_ms: f64) -> Result<()> {
+    tracker(handle)?;
+    recorder::queue(Box::new(move || maintain_in_chunks(handle, now_ms)))
+        .map_err(|e| err("internal", e))
 }
 
 /// Returns once every decision queued before it was recorded.

@@ -121,8 +121,8 @@ export interface PruneSettings {
   removalStep?: number | undefined;
 }
 
-/** ~1 ms of index work per call (bench/README.md, finding AS). */
-export const DEFAULT_REMOVAL_STEP = 8192;
+/** ~0.25 ms of index work per call (bench/README.md, finding AS). */
+export const DEFAULT_REMOVAL_STEP = 1024;
 
 /** Dynamo's `PruneConfig::default()`. */
 export const DEFAULT_PRUNE_SETTINGS: Readonly<PruneSettings> = Object.freeze({
@@ -158,8 +158,16 @@ export interface ApproxTracker {
    * once). The hashes are copied; the caller may reuse them.
    */
   routeSoon(worker: WorkerRank, localHashes: BigUint64Array, count: number, nowMs: number): void;
-  /** Returns once every `routeSoon` before it has been recorded. */
+  /** Returns once every `routeSoon` / `maintainSoon` before it has run. */
   settle(): void;
+  /**
+   * Whether `routeSoon` / `maintainSoon` run on another thread (native). Then
+   * `maintainSoon` also works off the whole backlog there, so the owner's
+   * upkeep need not repeat it on its own thread.
+   */
+  readonly offThread: boolean;
+  /** `maintain`, later on the tracker's thread until no backlog is left (native); at once otherwise. */
+  maintainSoon(nowMs: number): void;
   /** Tracks blocks the index already stored (see `PruneTracker.record`); returns the pruned count. */
   record(worker: WorkerRank, sequenceHashes: BigUint64Array, nowMs: number, count?: number): number;
   expire(nowMs: number): number;
@@ -366,6 +374,12 @@ export class PruneTracker implements ApproxTracker {
   }
 
   settle(): void {}
+
+  readonly offThread = false;
+
+  maintainSoon(nowMs: number): void {
+    this.maintain(nowMs);
+  }
 
   dispose(): void {}
 

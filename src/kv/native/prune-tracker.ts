@@ -70,6 +70,12 @@ export class NativePruneTracker implements ApproxTracker {
     call(() => this.addon.approxFlush());
   }
 
+  readonly offThread = true;
+
+  maintainSoon(nowMs: number): void {
+    call(() => this.addon.approxMaintainQueued(this.handle, nowMs));
+  }
+
   record(
     worker: WorkerRank,
     sequenceHashes: BigUint64Array,

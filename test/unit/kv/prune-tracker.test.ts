@@ -341,6 +341,20 @@ describe.each([
     expect([memberships(), tracker.size]).toEqual([4, 4]);
   });
 
+  it('maintainSoon works off the whole backlog on the tracker’s thread (native), one step otherwise', async () => {
+    const { tracker, route, memberships } = await setup({ ttlMs: 100, removalStep: 4 });
+    for (let i = 0; i < 4; i++)
+      route(W1, [BigInt(10 * i + 1), BigInt(10 * i + 2), BigInt(10 * i + 3)], i);
+    tracker.maintainSoon(500);
+    tracker.settle();
+    expect(tracker.offThread).toBe(kind === 'native');
+    if (tracker.offThread) {
+      expect([memberships(), tracker.size, tracker.backlog(500)]).toEqual([0, 0, false]);
+    } else {
+      expect([memberships(), tracker.backlog(500)]).toEqual([8, true]);
+    }
+  });
+
   it('tracks hashes whose low 52 bits collide as distinct blocks', async () => {
     const { tracker, memberships } = await setup();
     // Two external hashes equal in their low 52 bits, different above.
@@ -394,6 +408,32 @@ describe.each([
     expect(depths([1n, 2n, 4n])).toEqual({ 1: 1, 2: 3 });
     expect(tracker.expire(1010)).toBe(3);
     expect(depths([1n, 2n, 4n])).toEqual({ 1: 1 });
+  });
+});
+
+describe('the addon tracker’s thread', () => {
+  it('routeSoon, in chunks of 1 024 removals, leaves what route leaves', async () => {
+    const settings = { ttlMs: 1e6, maxTreeSize: 5000, pruneTargetRatio: 0.6 };
+    const a = (await createKvIndex('native')) as NativeKvIndex;
+    const b = (await createKvIndex('native')) as NativeKvIndex;
+    const ta = NativePruneTracker.create(a, settings);
+    const tb = NativePruneTracker.create(b, settings);
+    const rand = mulberry32(5);
+    const decisions = Array.from({ length: 12 }, (_, d) =>
+      BigUint64Array.from({ length: 1500 + Math.floor(rand() * 1500) }, (_, i) =>
+        BigInt(d % 5 === 4 ? i + 1 : d * 100_000 + i + 1),
+      ),
+    );
+    for (const [d, h] of decisions.entries()) {
+      const w = d % 2 ? W2 : W1;
+      ta.route(w, h, h.length, d);
+      tb.routeSoon(w, h, h.length, d);
+      tb.settle();
+      expect([d, tb.size, tb.backlog(d)]).toEqual([d, ta.size, ta.backlog(d)]);
+    }
+    expect(b.stats().memberships).toBe(a.stats().memberships);
+    for (const h of decisions) expect(b.findMatches(h, false)).toEqual(a.findMatches(h, false));
+    for (const x of [ta, tb, a, b]) x.dispose();
   });
 });
 

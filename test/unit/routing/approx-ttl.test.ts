@@ -5,6 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
+import type { ApproxTracker } from '../../../src/kv/approx/prune-tracker.js';
+import { createApproxTracker } from '../../../src/kv/factory.js';
 import type { Backend } from '../../../src/kv/types.js';
 import { stderrLogger } from '../../../src/log/logger.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
@@ -36,7 +38,12 @@ const req = (text: string): GatewayRequest => ({
 const long = 'The quick brown fox jumps over the lazy dog. '.repeat(40);
 const TTL = 120_000;
 
-async function setup(backend: Backend, approximate = true, removalStep?: number) {
+async function setup(
+  backend: Backend,
+  approximate = true,
+  removalStep?: number,
+  onTracker?: (t: ApproxTracker) => void,
+) {
   const path = await createHotPath({ source: 'o200k_base' }, backend);
   const preparer: Preparer = {
     prepare: async (body, api, settings) => prepareRouteInline(path, body, api, settings),
@@ -52,6 +59,11 @@ async function setup(backend: Backend, approximate = true, removalStep?: number)
       log: stderrLogger,
       now: () => clock.t,
       onRouted: (x) => routed.push(x),
+      approxTracker: (settings) => {
+        const t = createApproxTracker(path.index, path.hasher, settings);
+        onTracker?.(t);
+        return t;
+      },
     },
     {
       blockSize: 16,
@@ -120,6 +132,21 @@ describe.each(['native', 'js'] as Backend[])('KvRouter approximate TTL (%s)', (b
     } while (r.maintenanceBacklog());
     expect(calls).toBe(Math.ceil(blocks / 8));
     expect(path.index.stats().memberships).toBe(0);
+    path.index.dispose();
+  });
+
+  it('hands the upkeep to the tracker’s thread when it has one (native)', async () => {
+    let tracker: ApproxTracker | undefined;
+    const { r, path, clock } = await setup(backend, true, 8, (t) => {
+      tracker = t;
+    });
+    await r.route(req(long));
+    const blocks = path.index.stats().memberships;
+    clock.t = 2 * TTL;
+    expect(r.maintainOffThread()).toBe(backend === 'native');
+    tracker?.settle();
+    expect(path.index.stats().memberships).toBe(backend === 'native' ? 0 : blocks);
+    expect(r.maintenanceBacklog()).toBe(backend !== 'native');
     path.index.dispose();
   });
 
