@@ -509,11 +509,26 @@ fn with_tracker<T>(
     handle: u32,
     f: impl FnOnce(&mut PruneTracker, &mut RadixIndex) -> T,
 ) -> Result<T> {
+    with_tracker_locked(handle, false, f)
+}
+
+/// [`with_tracker`]; `fair` releases both locks fairly: a thread waiting for
+/// them (the event loop scoring a request) goes next, not this one again.
+fn with_tracker_locked<T>(
+    handle: u32,
+    fair: bool,
+    f: impl FnOnce(&mut PruneTracker, &mut RadixIndex) -> T,
+) -> Result<T> {
     let t = tracker(handle)?;
     let mut t = t.lock();
     let idx = index(t.index_handle)?;
     let mut g = idx.write();
-    Ok(f(&mut t.inner, &mut g))
+    let r = f(&mut t.inner, &mut g);
+    if fair {
+        parking_lot::RwLockWriteGuard::unlock_fair(g);
+        parking_lot::MutexGuard::unlock_fair(t);
+    }
+    Ok(r)
 }
 
 /// Approximate mode's TTL + size-cap tracker bound to an index
@@ -568,24 +583,14 @@ pub fn approx_route(
     })
 }
 
-/// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
 /// Removals per lock hold on the approximate-mode thread (~0.25 ms).
 const RECORD_CHUNK: usize = 1024;
 
-/// [`with_tracker`], releasing both locks fairly: a thread waiting for them
-/// (the event loop scoring a request) goes next, not this one again.
 fn with_tracker_fair<T>(
     handle: u32,
     f: impl FnOnce(&mut PruneTracker, &mut RadixIndex) -> T,
 ) -> Result<T> {
-    let t = tracker(handle)?;
-    let mut t = t.lock();
-    let idx = index(t.index_handle)?;
-    let mut g = idx.write();
-    let r = f(&mut t.inner, &mut g);
-    parking_lot::RwLockWriteGuard::unlock_fair(g);
-    parking_lot::MutexGuard::unlock_fair(t);
-    Ok(r)
+    with_tracker_locked(handle, true, f)
 }
 
 /// `approx_route` in chunks of `RECORD_CHUNK` removals, each under its own
@@ -666,6 +671,7 @@ pub fn approx_queue_dropped() -> f64 {
     recorder::DROPPED.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
+/// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
 #[napi]
 pub fn approx_record(
     handle: u32,
