@@ -431,15 +431,16 @@ export async function startServing(
   const applyEndpoints = async (next: Endpoint[]): Promise<void> => {
     const changes = diffEndpoints(endpoints, next);
     endpoints = next;
+    // kvRouter.forget first: it waits for queued approximate-mode records.
     for (const w of changes.removedWorkers) {
+      kvRouter.forget({ workerId: w });
       path.index.removeWorker(w);
       ingest?.forgetWorker(w);
       workerLoads.forgetWorker(w);
-      kvRouter.forget({ workerId: w });
     }
     for (const h of changes.removedHolders) {
-      path.index.removeHolder(h);
       kvRouter.forget(h);
+      path.index.removeHolder(h);
     }
     await eventSources?.syncEndpoints(next);
     // Re-warn only when the disaggregated endpoints change, not on every edit.

@@ -203,12 +203,24 @@ export class KvRouter implements RequestRouter {
    */
   maintainOffThread(nowMs: number = this.now()): boolean {
     if (!this.approx?.offThread) return false;
-    this.approx.maintainSoon(nowMs);
-    return true;
+    try {
+      this.approx.maintainSoon(nowMs);
+      return true;
+    } catch (e) {
+      // No approximate-mode thread: the caller maintains on its own.
+      this.deps.log.warn({ err: (e as Error).message }, 'approximate-mode queue failed');
+      return false;
+    }
   }
 
-  /** A holder or a whole worker left discovery: drop approximate-mode timers (not the index). */
+  /**
+   * A holder or a whole worker left discovery: drop approximate-mode timers
+   * (not the index). Call it before removing the worker from the index: it
+   * first waits for the decisions queued on the tracker's thread, which would
+   * otherwise store the departed worker's blocks again afterwards.
+   */
   forget(worker: { workerId: bigint; dpRank?: number | undefined }): void {
+    if (this.approx?.offThread) this.approx.settle();
     if (worker.dpRank === undefined) this.approx?.forgetWorker(worker.workerId);
     else this.approx?.forgetHolder({ workerId: worker.workerId, dpRank: worker.dpRank });
   }
@@ -437,7 +449,7 @@ export class KvRouter implements RequestRouter {
   /** Approximate mode: `worker` now holds `localHashes` (at once, or deferred by `deps.defer`). */
   private recordRouted(worker: WorkerRank, localHashes: BigUint64Array, nowMs: number): void {
     const soon = this.deps.recordSoonBlocks;
-    if (this.approx && soon !== undefined && localHashes.length >= soon) {
+    if (this.approx?.offThread && soon !== undefined && localHashes.length >= soon) {
       try {
         this.approx.routeSoon(worker, localHashes, localHashes.length, nowMs);
         return;

@@ -265,7 +265,7 @@ impl PruneTracker {
     }
 
     /// [`Self::expire`], stopping after `budget` removals.
-    fn expire_up_to(&mut self, index: &mut RadixIndex, now_ms: f64, budget: usize) -> usize {
+    pub fn expire_up_to(&mut self, index: &mut RadixIndex, now_ms: f64, budget: usize) -> usize {
         let mut batch = RemovalBatch::default();
         while batch.count < budget && self.queue.front().is_some_and(|e| e.1 <= now_ms) {
             self.take_head(&mut batch);

@@ -594,14 +594,29 @@ fn with_tracker_fair<T>(
 }
 
 /// `approx_route` in chunks of `RECORD_CHUNK` removals, each under its own
-/// lock hold, up to the decision's budget. False when the tracker is gone.
+/// lock hold, up to the decision's budget, in `route`'s order: what is due
+/// expires first (so the cap is checked after it, as `route` checks it), then
+/// the store, then the prune. False when the tracker is gone.
 fn route_in_chunks(handle: u32, worker: WorkerKey, local: &[u64], now_ms: f64) -> bool {
+    let Ok(mut left) = with_tracker_fair(handle, |t, _| t.budget(local.len())) else {
+        return false;
+    };
+    while left > 0 {
+        let want = RECORD_CHUNK.min(left);
+        let Ok(n) = with_tracker_fair(handle, |t, idx| t.expire_up_to(idx, now_ms, want)) else {
+            return false;
+        };
+        left -= n;
+        if n < want {
+            break; // nothing more is due
+        }
+    }
     let first = with_tracker_fair(handle, |t, idx| {
-        let budget = t.budget(local.len());
-        let r = t.route_within(idx, worker, local, now_ms, RECORD_CHUNK.min(budget));
-        (budget - (r.expired + r.pruned), t.backlog(now_ms))
+        let r = t.route_within(idx, worker, local, now_ms, RECORD_CHUNK.min(left));
+        (r.expired + r.pruned, t.backlog(now_ms))
     });
-    let Ok((mut left, mut more)) = first else { return false };
+    let Ok((n, mut more)) = first else { return false };
+    left -= n;
     while more && left > 0 {
         let Ok((n, m)) = with_tracker_fair(handle, |t, idx| {
             let r = t.maintain_within(idx, now_ms, RECORD_CHUNK.min(left));

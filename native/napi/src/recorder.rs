@@ -11,7 +11,12 @@
 //! order they were queued. The queue holds at most `CAPACITY` jobs; `queue`
 //! blocks the caller while it is full (backpressure, never unbounded memory).
 //! A job returns false when its tracker was disposed meanwhile (counted in
-//! `DROPPED`). `flush` returns once every job queued before it has run.
+//! `DROPPED`, as is a job that panicked, which the thread survives).
+//! Ordering: only among queued jobs. The router queues large decisions at
+//! decision time and records small ones later on its own thread, so a small
+//! decision may be recorded before a large one made earlier (expiries are
+//! clamped, so the tracker's queue stays ordered), and a repeat of a large
+//! prompt may not see its own blocks while the queue is backed up. `flush` returns once every job queued before it has run.
 //! Failure modes: the thread cannot be spawned → `queue` returns an error and
 //! the caller does the work itself.
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +48,9 @@ fn sender() -> std::io::Result<SyncSender<Job>> {
         for job in rx {
             match job {
                 Job::Run(work) => {
-                    if !work() {
+                    // A panicking job (a bug) is dropped; the thread lives on for the rest.
+                    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+                    if !matches!(ok, Ok(true)) {
                         DROPPED.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -58,9 +65,11 @@ fn sender() -> std::io::Result<SyncSender<Job>> {
 }
 
 fn send(job: Job) -> std::io::Result<()> {
-    sender()?
-        .send(job)
-        .map_err(|_| std::io::Error::other("the approximate-mode thread has stopped"))
+    sender()?.send(job).map_err(|_| {
+        // The thread is gone: forget it, so the next call starts another.
+        *QUEUE.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        std::io::Error::other("the approximate-mode thread has stopped")
+    })
 }
 
 /// Queues one unit of work.
@@ -94,5 +103,15 @@ mod tests {
         flush().unwrap();
         assert_eq!(*SEEN.lock().unwrap(), (0..3000).collect::<Vec<_>>());
         assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 1);
+        // A job that panics is dropped and counted; the thread goes on.
+        queue(Box::new(|| panic!("a bug in a job"))).unwrap();
+        queue(Box::new(|| {
+            SEEN.lock().unwrap().push(9999);
+            true
+        }))
+        .unwrap();
+        flush().unwrap();
+        assert_eq!(SEEN.lock().unwrap().last(), Some(&9999));
+        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 2);
     }
 }

@@ -412,29 +412,47 @@ describe.each([
 });
 
 describe('the addon tracker’s thread', () => {
-  it('routeSoon, in chunks of 1 024 removals, leaves what route leaves', async () => {
-    const settings = { ttlMs: 1e6, maxTreeSize: 5000, pruneTargetRatio: 0.6 };
-    const a = (await createKvIndex('native')) as NativeKvIndex;
-    const b = (await createKvIndex('native')) as NativeKvIndex;
-    const ta = NativePruneTracker.create(a, settings);
-    const tb = NativePruneTracker.create(b, settings);
-    const rand = mulberry32(5);
-    const decisions = Array.from({ length: 12 }, (_, d) =>
-      BigUint64Array.from({ length: 1500 + Math.floor(rand() * 1500) }, (_, i) =>
-        BigInt(d % 5 === 4 ? i + 1 : d * 100_000 + i + 1),
-      ),
-    );
-    for (const [d, h] of decisions.entries()) {
-      const w = d % 2 ? W2 : W1;
-      ta.route(w, h, h.length, d);
-      tb.routeSoon(w, h, h.length, d);
-      tb.settle();
-      expect([d, tb.size, tb.backlog(d)]).toEqual([d, ta.size, ta.backlog(d)]);
-    }
-    expect(b.stats().memberships).toBe(a.stats().memberships);
-    for (const h of decisions) expect(b.findMatches(h, false)).toEqual(a.findMatches(h, false));
-    for (const x of [ta, tb, a, b]) x.dispose();
-  });
+  const rand = mulberry32(5);
+  it.each([
+    // Random sizes, shared prefixes, pruning to the cap's target over and over.
+    [
+      'prunes, no expiry',
+      { ttlMs: 1e6, maxTreeSize: 5000, pruneTargetRatio: 0.6 },
+      Array.from({ length: 12 }, (_, d): [number, boolean] => [
+        1500 + Math.floor(rand() * 1500),
+        d % 5 === 4,
+      ]),
+    ],
+    // Four decisions of 2 400 sit under the cap (9 600 ≤ 10 000); from the fifth on, the
+    // oldest expires (2 400 > one chunk) before the new one is stored: no prune at all,
+    // as long as the whole expiry runs before the cap is checked.
+    [
+      'expiries of more than a chunk before the store',
+      { ttlMs: 3.5, maxTreeSize: 10_000, pruneTargetRatio: 0.6 },
+      Array.from({ length: 8 }, (): [number, boolean] => [2400, false]),
+    ],
+  ] as Array<[string, PruneSettings, Array<[number, boolean]>]>)(
+    'routeSoon, in chunks of 1 024 removals, leaves what route leaves (%s)',
+    async (_, settings, shapes) => {
+      const a = (await createKvIndex('native')) as NativeKvIndex;
+      const b = (await createKvIndex('native')) as NativeKvIndex;
+      const ta = NativePruneTracker.create(a, settings);
+      const tb = NativePruneTracker.create(b, settings);
+      const decisions = shapes.map(([n, shared], d) =>
+        BigUint64Array.from({ length: n }, (_, i) => BigInt(shared ? i + 1 : d * 100_000 + i + 1)),
+      );
+      for (const [d, h] of decisions.entries()) {
+        const w = d % 2 ? W2 : W1;
+        ta.route(w, h, h.length, d);
+        tb.routeSoon(w, h, h.length, d);
+        tb.settle();
+        expect([d, tb.size, tb.backlog(d)]).toEqual([d, ta.size, ta.backlog(d)]);
+      }
+      expect(b.stats().memberships).toBe(a.stats().memberships);
+      for (const h of decisions) expect(b.findMatches(h, false)).toEqual(a.findMatches(h, false));
+      for (const x of [ta, tb, a, b]) x.dispose();
+    },
+  );
 });
 
 describe('the addon tracker against the TypeScript one', () => {

@@ -373,7 +373,7 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     }
   });
 
-  it('records a decision of `recordSoonBlocks` or more with routeSoon (native: off-thread)', async () => {
+  it('records a decision of `recordSoonBlocks` or more off-thread (native), the rest on `defer`', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const queued: Array<() => void> = [];
     let tracker: ApproxTracker | undefined;
@@ -389,31 +389,64 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     const { localHashes } = prepareRouteInline(path, body, 'chat', { blockSize: 16 });
     expect(localHashes.length).toBeGreaterThanOrEqual(8);
     await r.route(req(chat(long)));
-    // A short prompt stays on `defer`.
+    // A short prompt stays on `defer`; so does a long one without a tracker thread (JS),
+    // which would otherwise run before the decision is answered.
     await r.route(req(chat('hi')));
-    expect(queued).toHaveLength(1);
+    expect(queued).toHaveLength(backend === 'native' ? 1 : 2);
+    if (backend === 'js') expect(tracker?.size).toBe(0); // nothing recorded before `defer` runs
+    for (const work of queued.splice(0)) work();
     tracker?.settle();
     expect(path.index.findMatches(localHashes, false).workers).toHaveLength(1);
-    expect(tracker?.size).toBe(localHashes.length);
-    // A tracker that cannot queue: logged, recorded through `defer` instead.
+    expect(tracker?.size).toBeGreaterThanOrEqual(localHashes.length);
+  });
+
+  it('falls back to `defer` and to upkeep on its own thread when the tracker thread fails', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const queued: Array<() => void> = [];
     const log = new RecordingLogger();
     const failing = new PruneTracker(path.index, DEFAULT_PRUNE_SETTINGS, path.hasher);
+    (failing as { offThread: boolean }).offThread = true;
     failing.routeSoon = () => {
       throw new Error('no thread');
     };
-    const r2 = inlineRouter(path, {
+    failing.maintainSoon = () => {
+      throw new Error('no thread either');
+    };
+    const r = inlineRouter(path, {
       log,
       defer: (work) => queued.push(work),
       recordSoonBlocks: 8,
       approxTracker: () => failing,
     });
-    await r2.route(req(chat(long)));
-    expect(log.records.find((x) => x.msg === 'approximate-mode queue failed')?.fields.err).toBe(
-      'no thread',
-    );
-    expect(queued).toHaveLength(2);
+    await r.route(req(chat(long)));
+    const warned = log.records.filter((x) => x.msg === 'approximate-mode queue failed');
+    expect(warned.map((x) => x.fields.err)).toEqual(['no thread']);
+    expect(queued).toHaveLength(1);
     queued.pop()?.();
-    expect(failing.size).toBe(localHashes.length);
+    expect(failing.size).toBeGreaterThan(8);
+    expect(r.maintainOffThread()).toBe(false);
+    expect(log.records.at(-1)?.fields.err).toBe('no thread either');
+  });
+
+  it('forget waits for queued records, so a departed worker is not stored again', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    let tracker: ApproxTracker | undefined;
+    const r = inlineRouter(path, {
+      approxTracker: (settings) => {
+        tracker = createApproxTracker(path.index, path.hasher, settings);
+        return tracker;
+      },
+    });
+    await r.route(req(chat('warm up')));
+    const w = { workerId: 11n, dpRank: 0 };
+    for (let i = 0; i < 300; i++) {
+      const h = BigUint64Array.from({ length: 512 }, (_, k) => BigInt(i * 1000 + k + 1));
+      tracker?.routeSoon(w, h, h.length, 0);
+    }
+    r.forget({ workerId: 11n });
+    path.index.removeWorker(11n);
+    tracker?.settle();
+    expect(path.index.treeSize(w)).toBe(0);
   });
 
   it('logs a deferred record that fails instead of throwing into the event loop', async () => {
