@@ -32,9 +32,6 @@ export declare function approxMaintainQueued(handle: number, nowMs: number): voi
 /** The earliest pending expiry (drops stale entries at the head first). */
 export declare function approxNextExpiry(handle: number): number | null
 
-/** Queued decisions dropped because their tracker was disposed first. */
-export declare function approxQueueDropped(): number
-
 /** Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count. */
 export declare function approxRecord(handle: number, workerId: bigint, dpRank: number, sequence: BigUint64Array, count: number, nowMs: number): number
 

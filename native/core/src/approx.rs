@@ -175,11 +175,6 @@ impl PruneTracker {
         self.removal_step.max(blocks.saturating_mul(2))
     }
 
-    /// The removals per call of `maintain`.
-    pub fn removal_step(&self) -> usize {
-        self.removal_step
-    }
-
     /// What the router does after a decision in approximate mode: expire what
     /// is due, store the decision's blocks for `worker` (parent none, the
     /// sequence hashes of `local` as external hashes), and when the index

@@ -598,9 +598,9 @@ fn with_tracker_fair<T>(
 /// expires first (so the cap is checked after it, as `route` checks it), then
 /// the store, then the prune. False when the tracker is gone.
 fn route_in_chunks(handle: u32, worker: WorkerKey, local: &[u64], now_ms: f64) -> bool {
-    let Ok(mut left) = with_tracker_fair(handle, |t, _| t.budget(local.len())) else {
-        return false;
-    };
+    // The budget needs the tracker's settings only, not the index lock.
+    let Ok(t) = tracker(handle) else { return false };
+    let mut left = t.lock().inner.budget(local.len());
     while left > 0 {
         let want = RECORD_CHUNK.min(left);
         let Ok(n) = with_tracker_fair(handle, |t, idx| t.expire_up_to(idx, now_ms, want)) else {
@@ -678,12 +678,6 @@ pub fn approx_maintain_queued(handle: u32, now_ms: f64) -> Result<()> {
 #[napi]
 pub fn approx_flush() -> Result<()> {
     recorder::flush().map_err(|e| err("internal", e))
-}
-
-/// Queued decisions dropped because their tracker was disposed first.
-#[napi]
-pub fn approx_queue_dropped() -> f64 {
-    recorder::DROPPED.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
 /// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.

@@ -34,7 +34,7 @@ enum Job {
 }
 
 /// Jobs whose tracker was gone when they ran.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 static QUEUE: LazyLock<Mutex<Option<SyncSender<Job>>>> = LazyLock::new(|| Mutex::new(None));
 
