@@ -7,7 +7,7 @@
  * (parse, tokenize, hash, score, splice; a bigger body for Envoy) costs.
  *
  * Usage (run.mjs starts it under kv-epp's Node flags):
- *   node null-epp.mjs -listen 127.0.0.1:0 -destination 127.0.0.2:PORT [-pad-ids N] [-spin-us N]
+ *   node null-epp.mjs -listen 127.0.0.1:0 -destination 127.0.0.2:PORT[,127.0.0.3:PORT] [-pad-ids N] [-spin-us N]
  * Prints `listening 127.0.0.1:<port>` once serving, like the Go no-op.
  */
 import { dirname, join } from 'node:path';
@@ -26,7 +26,16 @@ const arg = (name) => {
   return args[i + 1];
 };
 const [host, port] = arg('-listen').split(':');
-const destination = arg('-destination');
+// -destination a,b: several send each body to one of them by a hash of its
+// first 256 bytes (the system prompt), so a conversation keeps its host.
+const destinations = arg('-destination').split(',');
+const destinationOf = (body) => {
+  if (destinations.length === 1) return destinations[0];
+  let h = 0x811c9dc5;
+  for (let i = 0, n = Math.min(body.length, 256); i < n; i++)
+    h = Math.imul(h ^ body[i], 0x01000193) >>> 0;
+  return destinations[h % destinations.length];
+};
 
 const quiet = { info() {}, warn() {}, debug() {}, isLevelEnabled: () => false };
 const logger = { ...quiet, error: (o, m) => console.error(m, o) };
@@ -58,10 +67,15 @@ const spin = () => {
 const router = {
   route: async (req) => {
     spin();
-    return { endpoints: [destination], setHeaders: {}, removeHeaders: [], body: bodyOf(req.body) };
+    return {
+      endpoints: [destinationOf(req.body)],
+      setHeaders: {},
+      removeHeaders: [],
+      body: bodyOf(req.body),
+    };
   },
   routeHeaderOnly: (req) => ({
-    endpoints: [destination],
+    endpoints: [destinations[0]],
     setHeaders: {},
     removeHeaders: [],
     body: req.body,

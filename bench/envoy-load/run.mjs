@@ -521,7 +521,11 @@ async function startNoop(destination) {
 }
 
 /** kv-epp's ext_proc server with a router that does nothing (null-epp.mjs), under kv-epp's flags. */
-async function startNullEpp(destination) {
+async function startNullEpp(upstreamAddrs) {
+  // KV_EPP_NULL_HOSTS=2: spread requests over both upstream addresses, as
+  // kv-epp's two endpoints are (Envoy then keeps a connection pool per host).
+  const hosts = Number(process.env.KV_EPP_NULL_HOSTS ?? 1);
+  const destination = upstreamAddrs.slice(0, Math.max(1, hosts)).join(',');
   const nodeArgs = (opt.nodeArgs ?? GC_FLAGS).split(/\s+/).filter(Boolean);
   const p = new Proc('null-epp', nodeForEpp(), [
     ...nodeArgs,
@@ -762,7 +766,7 @@ async function startEnvoy(bootstrap, dir) {
  */
 async function envoyCounters(envoy) {
   const r = await envoy.adminGet(
-    '/stats?format=json&filter=^(http\\.(plain|noop|kvepp)\\.|cluster\\.epp_(noop|kvepp)\\.)',
+    '/stats?format=json&filter=^(http\\.(plain|noop|kvepp)\\.|cluster\\.(epp_(noop|kvepp)|original_destination_cluster|upstream_fixed)\\.)',
   );
   const out = {};
   for (const s of JSON.parse(r.body).stats ?? []) {
@@ -772,7 +776,13 @@ async function envoyCounters(envoy) {
       /^cluster\.epp_[a-z]+\.(upstream_cx_(rx|tx)_bytes_total|upstream_rq_total|http2\.)/.test(
         s.name,
       );
-    if (listener || cluster) out[s.name] = s.value;
+    // Connections Envoy opened to the upstream while the point ran (a new one is
+    // a connect on some request's path), and the ORIGINAL_DST hosts it added.
+    const upstream =
+      /^cluster\.(original_destination_cluster|upstream_fixed)\.(upstream_cx_total|upstream_cx_connect_fail|upstream_cx_destroy|membership_change|original_dst_host_invalid)$/.test(
+        s.name,
+      );
+    if (listener || cluster || upstream) out[s.name] = s.value;
   }
   return out;
 }
@@ -852,7 +862,7 @@ async function main() {
       eppPorts.noop = procs.noop.port;
     }
     if (opt.setups.includes('kvnull')) {
-      procs.kvnull = await startNullEpp(upstream.addrs[0]);
+      procs.kvnull = await startNullEpp(upstream.addrs);
       eppPorts.kvnull = procs.kvnull.port;
     }
     if (opt.setups.includes('kvepp')) {
@@ -1145,6 +1155,12 @@ function summarise(setup, step, rep, before, after, bodyBytes, probe) {
     envoy: diff(before.envoy, after.envoy, `http.${setup}.`),
     /** The gRPC connection to the ext_proc server (bytes, HTTP/2 frames); absent for plain. */
     envoyExtProcCluster: diff(before.envoy, after.envoy, `cluster.epp_${setup}.`),
+    /** The upstream cluster this set-up routes through: connections opened, hosts added. */
+    envoyUpstreamCluster: diff(
+      before.envoy,
+      after.envoy,
+      setup === 'plain' ? 'cluster.upstream_fixed.' : 'cluster.original_destination_cluster.',
+    ),
   };
   if (setup === 'kvepp' && after.kvMetrics) {
     const d = (n) => (after.kvMetrics[n] ?? 0) - (before.kvMetrics[n] ?? 0);
