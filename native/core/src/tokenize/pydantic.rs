@@ -211,33 +211,83 @@ static CUSTOM_MESSAGE: Td = Td {
 static MESSAGE_MEMBERS: [&Td; 7] =
     [&DEVELOPER, &SYSTEM, &USER, &ASSISTANT, &TOOL, &FUNCTION_MESSAGE, &CUSTOM_MESSAGE];
 
+/// A validated value, borrowing from the input whatever validation keeps
+/// unchanged: the union tries up to seven members per message, and only the
+/// winner is turned into JSON (`into_json`), so losing members copy nothing.
+enum Out<'a> {
+    /// The input value itself.
+    Same(&'a Json),
+    /// A value validation made (a lax bool, a null, an iterated string).
+    Made(Json),
+    Array(Vec<Out<'a>>),
+    /// A TypedDict's fields in declaration order.
+    Object(Vec<(&'static str, Out<'a>)>),
+}
+
+impl Out<'_> {
+    fn into_json(self) -> Json {
+        match self {
+            Out::Same(v) => v.clone(),
+            Out::Made(v) => v,
+            Out::Array(items) => Json::Array(items.into_iter().map(Out::into_json).collect()),
+            Out::Object(fields) => Json::Object(object_of(fields)),
+        }
+    }
+}
+
+fn object_of(fields: Vec<(&'static str, Out<'_>)>) -> Map<String, Json> {
+    let mut m = Map::with_capacity(fields.len());
+    for (k, v) in fields {
+        m.insert(k.to_string(), v.into_json());
+    }
+    m
+}
+
 /// A validated value and pydantic's `fields_set` count for it: the fields set in
 /// every TypedDict validated on the way, nested ones included (lazily validated
 /// `Iterable` elements count nothing).
-type Scored = (Json, usize);
+type Scored<'a> = (Out<'a>, usize);
+
+/// One element of a Python iteration over a JSON value.
+enum Item<'a> {
+    /// A list's item.
+    Of(&'a Json),
+    /// A dict's key or a string's character.
+    Made(Json),
+}
 
 /// Iterating a JSON value as Python does: a list's items, a dict's keys, a
 /// string's characters.
-fn py_iter(v: &Json) -> Option<Vec<Json>> {
+fn py_iter(v: &Json) -> Option<Vec<Item<'_>>> {
     match v {
-        Json::Array(a) => Some(a.clone()),
-        Json::Object(m) => Some(m.keys().map(|k| Json::String(k.clone())).collect()),
-        Json::String(s) => Some(s.chars().map(|c| Json::String(c.to_string())).collect()),
+        Json::Array(a) => Some(a.iter().map(Item::Of).collect()),
+        Json::Object(m) => Some(m.keys().map(|k| Item::Made(Json::String(k.clone()))).collect()),
+        Json::String(s) => {
+            Some(s.chars().map(|c| Item::Made(Json::String(c.to_string()))).collect())
+        }
         _ => None,
     }
 }
 
+/// `validate` over one iterated element (a made one is owned by the result).
+fn validate_item<'a>(ty: &Ty, item: &Item<'a>) -> Option<Scored<'a>> {
+    match item {
+        Item::Of(v) => validate(ty, v),
+        Item::Made(v) => validate(ty, v).map(|(x, s)| (Out::Made(x.into_json()), s)),
+    }
+}
+
 /// Eager validation (pydantic lax mode over `json.loads` output).
-fn validate(ty: &Ty, v: &Json) -> Option<Scored> {
+fn validate<'a>(ty: &Ty, v: &'a Json) -> Option<Scored<'a>> {
     match ty {
-        Ty::Str => v.is_string().then(|| (v.clone(), 0)),
-        Ty::Bool => lax_bool(v).map(|b| (Json::Bool(b), 0)),
-        Ty::Any => Some((v.clone(), 0)),
-        Ty::Dict => v.is_object().then(|| (v.clone(), 0)),
-        Ty::Lit(options) => v.as_str().filter(|s| options.contains(s)).map(|_| (v.clone(), 0)),
+        Ty::Str => v.is_string().then_some((Out::Same(v), 0)),
+        Ty::Bool => lax_bool(v).map(|b| (Out::Made(Json::Bool(b)), 0)),
+        Ty::Any => Some((Out::Same(v), 0)),
+        Ty::Dict => v.is_object().then_some((Out::Same(v), 0)),
+        Ty::Lit(options) => v.as_str().filter(|s| options.contains(s)).map(|_| (Out::Same(v), 0)),
         Ty::Opt(inner) => {
             if v.is_null() {
-                Some((Json::Null, 0))
+                Some((Out::Made(Json::Null), 0))
             } else {
                 validate(inner, v)
             }
@@ -245,7 +295,7 @@ fn validate(ty: &Ty, v: &Json) -> Option<Scored> {
         Ty::Union(members) => {
             // smart mode: an exact non-TypedDict match wins at once; among
             // TypedDicts the most fields set wins, ties go to the first.
-            let mut best: Option<Scored> = None;
+            let mut best: Option<Scored<'a>> = None;
             for m in members.iter() {
                 if let Some(r) = validate(m, v) {
                     if !matches!(m, Ty::Td(_)) {
@@ -267,45 +317,50 @@ fn validate(ty: &Ty, v: &Json) -> Option<Scored> {
                 out.push(x);
                 score += s;
             }
-            Some((Json::Array(out), score))
+            Some((Out::Array(out), score))
         }
         Ty::Iter(inner) => {
             let mut out = Vec::new();
             let mut score = 0;
             for item in py_iter(v)? {
-                let (x, s) = validate(inner, &item)?;
+                let (x, s) = validate_item(inner, &item)?;
                 out.push(x);
                 score += s;
             }
-            Some((Json::Array(out), score))
+            Some((Out::Array(out), score))
         }
-        Ty::Td(td) => {
-            validate_td(td, v.as_object()?, false).map(|c| (Json::Object(c.out), c.score))
-        }
+        Ty::Td(td) => validate_td(td, v.as_object()?, false).map(|c| (Out::Object(c.out), c.score)),
     }
 }
 
+/// A top-level `Iterable` field still to validate: (field, element type, items).
+type Lazy<'a> = (&'static str, &'static Ty, Vec<Item<'a>>);
+
 /// A union member that accepted a message.
-struct Candidate {
-    out: Map<String, Json>,
+struct Candidate<'a> {
+    out: Vec<(&'static str, Out<'a>)>,
     score: usize,
-    /// Top-level `Iterable` fields still to validate: (field, element type, items).
-    lazy: Vec<(&'static str, &'static Ty, Vec<Json>)>,
+    /// Top-level `Iterable` fields still to validate; `out` holds a null for each.
+    lazy: Vec<Lazy<'a>>,
 }
 
 /// A field value at the top of a message: `Iterable`s (also inside
 /// `Optional`/unions) are only checked for iterability.
-fn validate_top(ty: &'static Ty, v: &Json) -> Option<Result<Scored, (&'static Ty, Vec<Json>)>> {
+fn validate_top<'a>(ty: &'static Ty, v: &'a Json) -> Option<Result<Scored<'a>, Lazy<'a>>> {
     match ty {
-        Ty::Iter(inner) => py_iter(v).map(|items| Err((*inner, items))),
+        Ty::Iter(inner) => py_iter(v).map(|items| Err(("", *inner, items))),
         Ty::Opt(inner) if !v.is_null() => validate_top(inner, v),
         Ty::Union(members) => members.iter().find_map(|m| validate_top(m, v)),
         _ => validate(ty, v).map(Ok),
     }
 }
 
-fn validate_td(td: &'static Td, m: &Map<String, Json>, lazy_top: bool) -> Option<Candidate> {
-    let mut c = Candidate { out: Map::new(), score: 0, lazy: Vec::new() };
+fn validate_td<'a>(
+    td: &'static Td,
+    m: &'a Map<String, Json>,
+    lazy_top: bool,
+) -> Option<Candidate<'a>> {
+    let mut c = Candidate { out: Vec::with_capacity(td.fields.len()), score: 0, lazy: Vec::new() };
     for f in td.fields {
         let Some(v) = m.get(f.name) else {
             if f.required {
@@ -317,11 +372,11 @@ fn validate_td(td: &'static Td, m: &Map<String, Json>, lazy_top: bool) -> Option
         let r = if lazy_top { validate_top(&f.ty, v)? } else { Ok(validate(&f.ty, v)?) };
         match r {
             Ok((x, s)) => {
-                c.out.insert(f.name.to_string(), x);
+                c.out.push((f.name, x));
                 c.score += s;
             }
-            Err((inner, items)) => {
-                c.out.insert(f.name.to_string(), Json::Null);
+            Err((_, inner, items)) => {
+                c.out.push((f.name, Out::Made(Json::Null)));
                 c.lazy.push((f.name, inner, items));
             }
         }
@@ -335,32 +390,35 @@ fn validate_td(td: &'static Td, m: &Map<String, Json>, lazy_top: bool) -> Option
 /// materialised, and a bad element there fails the request even if another member
 /// would have taken the message.
 pub fn validate_message(i: usize, msg: &Json) -> Result<Map<String, Json>, TokenizeError> {
-    let mut msg = match msg {
-        Json::Object(m) => m.clone(),
-        _ => {
-            return Err(TokenizeError::invalid_request(format!("messages[{i}] must be an object")));
-        }
+    let Json::Object(m) = msg else {
+        return Err(TokenizeError::invalid_request(format!("messages[{i}] must be an object")));
     };
-    // vLLM renames reasoning_content to reasoning first.
-    if let Some(rc) = msg.shift_remove("reasoning_content")
-        && !rc.is_null()
-        && msg.get("reasoning").is_none_or(Json::is_null)
-    {
-        msg.insert("reasoning".into(), rc);
-    }
-    let mut best: Option<Candidate> = None;
+    // vLLM renames reasoning_content to reasoning first (no member has a
+    // `reasoning_content` field, so only the rename can change the outcome).
+    let renamed;
+    let msg = match m.get("reasoning_content") {
+        Some(rc) if !rc.is_null() && m.get("reasoning").is_none_or(Json::is_null) => {
+            let mut r = m.clone();
+            r.shift_remove("reasoning_content");
+            r.insert("reasoning".into(), rc.clone());
+            renamed = r;
+            &renamed
+        }
+        _ => m,
+    };
+    let mut best: Option<Candidate<'_>> = None;
     for td in MESSAGE_MEMBERS {
-        if let Some(c) = validate_td(td, &msg, true)
+        if let Some(c) = validate_td(td, msg, true)
             && best.as_ref().is_none_or(|b| c.score > b.score)
         {
             best = Some(c);
         }
     }
-    let Some(mut c) = best else { return Err(no_member_error(i, &msg)) };
-    for (field, inner, items) in c.lazy {
+    let Some(mut c) = best else { return Err(no_member_error(i, msg)) };
+    for (field, inner, items) in std::mem::take(&mut c.lazy) {
         let mut out = Vec::with_capacity(items.len());
         for (j, item) in items.iter().enumerate() {
-            match validate(inner, item) {
+            match validate_item(inner, item) {
                 Some((x, _)) => out.push(x),
                 None => {
                     let what = if field == "tool_calls" { "tool call" } else { "content part" };
@@ -371,9 +429,11 @@ pub fn validate_message(i: usize, msg: &Json) -> Result<Map<String, Json>, Token
                 }
             }
         }
-        c.out.insert(field.to_string(), Json::Array(out));
+        if let Some(slot) = c.out.iter_mut().find(|(k, _)| *k == field) {
+            slot.1 = Out::Array(out);
+        }
     }
-    Ok(c.out)
+    Ok(object_of(c.out))
 }
 
 /// The most likely reason no member accepted message `i`.
