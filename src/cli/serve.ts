@@ -44,7 +44,7 @@ import {
 import { createWorkerRecovery } from '../events/recovery-wiring.js';
 import type { EventApplier } from '../events/types.js';
 import { startZmqEventSources } from '../events/zmq-source.js';
-import { createApproxTracker } from '../kv/factory.js';
+import { approxQueueReader, createApproxTracker } from '../kv/factory.js';
 import { loadNativeBinding } from '../kv/native/binding.js';
 import type { Backend, KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
@@ -264,6 +264,7 @@ export async function startServing(
         blocks: path.index.treeSize(e),
       })),
     eventsQueued: () => ingest?.stats().queued ?? 0,
+    approxQueue: approxQueueReader(path.index),
   });
   const observer = new MetricsObserver(metrics);
   const kvRouter = new KvRouter(

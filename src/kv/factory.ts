@@ -16,7 +16,11 @@ import { JsBlockHasher } from './js/block-hasher.js';
 import { JsKvIndex } from './js/radix-index.js';
 import { loadNativeBinding, type NativeBinding } from './native/binding.js';
 import { NativeBlockHasher } from './native/block-hasher.js';
-import { NativePruneTracker } from './native/prune-tracker.js';
+import {
+  type ApproxQueueStats,
+  approxQueueStats,
+  NativePruneTracker,
+} from './native/prune-tracker.js';
 import { NativeKvIndex } from './native/radix-index.js';
 import type { Backend, BackendChoice, BlockHasher, KvIndex } from './types.js';
 
@@ -74,4 +78,14 @@ export function createApproxTracker(
   return index instanceof NativeKvIndex
     ? NativePruneTracker.create(index, settings)
     : new PruneTracker(index, settings, hasher);
+}
+
+/**
+ * A reader of the approximate-mode thread's queue when `index` is native (its
+ * trackers use that thread); undefined for the JS twin, which has none.
+ */
+export function approxQueueReader(index: KvIndex): (() => ApproxQueueStats) | undefined {
+  if (!(index instanceof NativeKvIndex)) return undefined;
+  const addon = index.binding;
+  return () => approxQueueStats(addon);
 }

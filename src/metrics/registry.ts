@@ -57,6 +57,11 @@ export interface MetricsSources {
   eventsQueued?: (() => number) | undefined;
   /** The tokenizer's segment cache lookups so far (`kv_epp_segment_cache_lookups_total`). */
   segmentCache?: (() => { hits: number; misses: number }) | undefined;
+  /**
+   * The approximate-mode thread's queue: jobs waiting (`kv_epp_approx_queue_depth`)
+   * and running totals of jobs lost (`kv_epp_approx_jobs_lost_total`).
+   */
+  approxQueue?: (() => { queued: number; disposed: number; panicked: number }) | undefined;
 }
 
 /** What one applied KV-event message contributes to the event metrics. */
@@ -556,6 +561,39 @@ export class EppMetrics {
         this.inc({ outcome: 'hit' }, Math.max(0, now.hits - seen.hits));
         this.inc({ outcome: 'miss' }, Math.max(0, now.misses - seen.misses));
         seen = now;
+      },
+    });
+    const approxQueue = sources.approxQueue;
+    // The addon keeps the running totals; a scrape adds what is new.
+    let approxSeen = { disposed: 0, panicked: 0 };
+    const readApprox = () => {
+      if (!approxQueue) return undefined;
+      try {
+        return approxQueue();
+      } catch {
+        return undefined; // the addon is shutting down: nothing to report
+      }
+    };
+    new Gauge({
+      name: 'kv_epp_approx_queue_depth',
+      help: 'Approximate-mode decisions and upkeep waiting for the kv-epp-approx thread.',
+      registers,
+      collect() {
+        const now = readApprox();
+        if (now) this.set(now.queued);
+      },
+    });
+    new Counter({
+      name: 'kv_epp_approx_jobs_lost_total',
+      help: 'Approximate-mode jobs the kv-epp-approx thread dropped, by reason: tracker_disposed (the tracker went first), panicked (a bug).',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        const now = readApprox();
+        if (!now) return;
+        this.inc({ reason: 'tracker_disposed' }, Math.max(0, now.disposed - approxSeen.disposed));
+        this.inc({ reason: 'panicked' }, Math.max(0, now.panicked - approxSeen.panicked));
+        approxSeen = now;
       },
     });
   }

@@ -680,6 +680,27 @@ pub fn approx_flush() -> Result<()> {
     recorder::flush().map_err(|e| err("internal", e))
 }
 
+/// The approximate-mode thread's queue (process-wide, every tracker's jobs).
+#[napi(object)]
+pub struct ApproxQueueStats {
+    /// Jobs waiting for the thread.
+    pub queued: f64,
+    /// Jobs dropped because their tracker had been disposed.
+    pub disposed: f64,
+    /// Jobs that panicked (a bug; their work was lost, the thread went on).
+    pub panicked: f64,
+}
+
+#[napi]
+pub fn approx_queue_stats() -> ApproxQueueStats {
+    let s = recorder::stats();
+    ApproxQueueStats {
+        queued: s.queued as f64,
+        disposed: s.disposed as f64,
+        panicked: s.panicked as f64,
+    }
+}
+
 /// Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count.
 #[napi]
 pub fn approx_record(

@@ -11,7 +11,8 @@
 //! order they were queued. The queue holds at most `CAPACITY` jobs; `queue`
 //! blocks the caller while it is full (backpressure, never unbounded memory).
 //! A job returns false when its tracker was disposed meanwhile (counted in
-//! `DROPPED`, as is a job that panicked, which the thread survives).
+//! `DISPOSED`); a job that panics is counted in `PANICKED`, and the thread
+//! survives it. `stats` reads the queue depth and both counts (metrics).
 //! Ordering: only among queued jobs. The router queues large decisions at
 //! decision time and records small ones later on its own thread, so a small
 //! decision may be recorded before a large one made earlier (expiries are
@@ -34,7 +35,28 @@ enum Job {
 }
 
 /// Jobs whose tracker was gone when they ran.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+static DISPOSED: AtomicU64 = AtomicU64::new(0);
+/// Jobs that panicked (a bug; their work is lost).
+static PANICKED: AtomicU64 = AtomicU64::new(0);
+/// Work jobs queued and not yet taken by the thread.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// The queue's state for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs waiting (a blocked `queue` call's job is not counted until it is in).
+    pub queued: u64,
+    pub disposed: u64,
+    pub panicked: u64,
+}
+
+pub fn stats() -> Stats {
+    Stats {
+        queued: QUEUED.load(Ordering::Relaxed),
+        disposed: DISPOSED.load(Ordering::Relaxed),
+        panicked: PANICKED.load(Ordering::Relaxed),
+    }
+}
 
 static QUEUE: LazyLock<Mutex<Option<SyncSender<Job>>>> = LazyLock::new(|| Mutex::new(None));
 
@@ -48,10 +70,16 @@ fn sender() -> std::io::Result<SyncSender<Job>> {
         for job in rx {
             match job {
                 Job::Run(work) => {
+                    QUEUED.fetch_sub(1, Ordering::Relaxed);
                     // A panicking job (a bug) is dropped; the thread lives on for the rest.
-                    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-                    if !matches!(ok, Ok(true)) {
-                        DROPPED.fetch_add(1, Ordering::Relaxed);
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            DISPOSED.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            PANICKED.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Job::Flush(done) => {
@@ -74,7 +102,11 @@ fn send(job: Job) -> std::io::Result<()> {
 
 /// Queues one unit of work.
 pub fn queue(work: Work) -> std::io::Result<()> {
-    send(Job::Run(work))
+    // Counted before the send: the thread may take the job before `send` returns.
+    QUEUED.fetch_add(1, Ordering::Relaxed);
+    send(Job::Run(work)).inspect_err(|_| {
+        QUEUED.fetch_sub(1, Ordering::Relaxed);
+    })
 }
 
 /// Waits until every job queued before this call has run.
@@ -91,7 +123,7 @@ mod tests {
     #[test]
     fn runs_jobs_in_queue_order_and_flush_waits_for_them() {
         static SEEN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-        let dropped = DROPPED.load(Ordering::Relaxed);
+        let before = stats();
         for i in 0..3000u32 {
             // More than the queue holds: `queue` blocks until there is room, nothing is lost.
             queue(Box::new(move || {
@@ -102,7 +134,8 @@ mod tests {
         }
         flush().unwrap();
         assert_eq!(*SEEN.lock().unwrap(), (0..3000).collect::<Vec<_>>());
-        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 1);
+        assert_eq!(stats().disposed, before.disposed + 1);
+        assert_eq!(stats().queued, 0);
         // A job that panics is dropped and counted; the thread goes on.
         queue(Box::new(|| panic!("a bug in a job"))).unwrap();
         queue(Box::new(|| {
@@ -112,6 +145,24 @@ mod tests {
         .unwrap();
         flush().unwrap();
         assert_eq!(SEEN.lock().unwrap().last(), Some(&9999));
-        assert_eq!(DROPPED.load(Ordering::Relaxed), dropped + 2);
+        assert_eq!(stats().panicked, before.panicked + 1);
+        assert_eq!(stats().disposed, before.disposed + 1);
+        assert_eq!(stats().queued, 0);
+        // Jobs waiting behind a busy one are counted until the thread takes them.
+        let (go_tx, go_rx) = sync_channel::<()>(0);
+        queue(Box::new(move || {
+            go_rx.recv().unwrap();
+            true
+        }))
+        .unwrap();
+        for _ in 0..5 {
+            queue(Box::new(|| true)).unwrap();
+        }
+        // The first job may or may not have been taken yet.
+        let waiting = stats().queued;
+        assert!((5..=6).contains(&waiting), "{waiting}");
+        go_tx.send(()).unwrap();
+        flush().unwrap();
+        assert_eq!(stats().queued, 0);
     }
 }

@@ -133,6 +133,20 @@ export class NativePruneTracker implements ApproxTracker {
   }
 }
 
+/** The approximate-mode thread's queue, shared by every native tracker in the process. */
+export interface ApproxQueueStats {
+  /** Jobs waiting for the thread. */
+  queued: number;
+  /** Jobs dropped because their tracker had been disposed meanwhile (running totals). */
+  disposed: number;
+  /** Jobs that panicked: a bug; their work was lost and the thread went on (running totals). */
+  panicked: number;
+}
+
+export function approxQueueStats(addon: NativeBinding): ApproxQueueStats {
+  return call(() => addon.approxQueueStats());
+}
+
 function call<T>(f: () => T): T {
   try {
     return f();

@@ -83,6 +83,8 @@ describe('kv-epp serve', () => {
     expect(value('kv_epp_prefix_overlap_blocks_count')).toBe(1);
     expect(value('kv_epp_pool_queue_depth')).toBe(0);
     expect(value('kv_epp_index_memberships')).toBeGreaterThanOrEqual(0);
+    expect(value('kv_epp_approx_queue_depth')).toBeGreaterThanOrEqual(0);
+    expect(value('kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(0);
   });
 
   it("tokenizes an NGINX Gateway Fabric request (the client's headers only, no :path) by its body", async () => {

@@ -13,7 +13,7 @@ import {
   type PruneSettings,
   PruneTracker,
 } from '../../../src/kv/approx/prune-tracker.js';
-import { createBlockHasher, createKvIndex } from '../../../src/kv/factory.js';
+import { approxQueueReader, createBlockHasher, createKvIndex } from '../../../src/kv/factory.js';
 import { NativePruneTracker } from '../../../src/kv/native/prune-tracker.js';
 import type { NativeKvIndex } from '../../../src/kv/native/radix-index.js';
 import type { Backend, BlockHasher, KvIndex, WorkerRank } from '../../../src/kv/types.js';
@@ -453,6 +453,37 @@ describe('the addon tracker’s thread', () => {
       for (const x of [ta, tb, a, b]) x.dispose();
     },
   );
+});
+
+describe("the approximate-mode thread's queue", () => {
+  it('is read through a native index only, and is empty once settled', async () => {
+    const js = await createKvIndex('js');
+    expect(approxQueueReader(js)).toBeUndefined();
+    js.dispose();
+    const index = (await createKvIndex('native')) as NativeKvIndex;
+    const read = approxQueueReader(index);
+    expect(read).toBeDefined();
+    const before = read?.();
+    const t = NativePruneTracker.create(index, {
+      ttlMs: 1000,
+      maxTreeSize: 100,
+      pruneTargetRatio: 0.8,
+    });
+    for (let d = 0; d < 50; d++) {
+      t.routeSoon(
+        W1,
+        BigUint64Array.from({ length: 20 }, (_, i) => BigInt(d * 100 + i + 1)),
+        20,
+        d,
+      );
+    }
+    t.settle();
+    // Every job ran against a live tracker: none lost, none waiting.
+    expect(read?.()).toEqual({ ...before, queued: 0 });
+    expect(t.size).toBeLessThanOrEqual(100);
+    t.dispose();
+    index.dispose();
+  });
 });
 
 describe('the addon tracker against the TypeScript one', () => {

@@ -360,6 +360,29 @@ describe('EppMetrics', () => {
     expect(await metrics().registry.metrics()).not.toContain('process_cpu_seconds_total');
   });
 
+  it("reports the approximate-mode thread's queue depth and adds each scrape's new lost jobs", async () => {
+    let stats = { queued: 3, disposed: 2, panicked: 0 };
+    const m = metrics({ approxQueue: () => stats });
+    let text = await m.registry.metrics();
+    expect(typeOf(text, 'kv_epp_approx_queue_depth')).toBe('gauge');
+    expect(typeOf(text, 'kv_epp_approx_jobs_lost_total')).toBe('counter');
+    expect(sample(text, 'kv_epp_approx_queue_depth')).toBe(3);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="tracker_disposed"}')).toBe(2);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(0);
+    stats = { queued: 0, disposed: 5, panicked: 1 };
+    text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_approx_queue_depth')).toBe(0);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="tracker_disposed"}')).toBe(5);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
+    // A failing read (the addon shutting down) leaves the totals as they were.
+    const failing = metrics({
+      approxQueue: () => {
+        throw new Error('disposed');
+      },
+    });
+    expect(sample(await failing.registry.metrics(), 'kv_epp_approx_queue_depth')).toBe(0);
+  });
+
   it('keeps registries separate per instance', async () => {
     const a = metrics();
     const b = metrics();
