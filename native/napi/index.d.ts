@@ -32,6 +32,18 @@ export declare function approxMaintainQueued(handle: number, nowMs: number): voi
 /** The earliest pending expiry (drops stale entries at the head first). */
 export declare function approxNextExpiry(handle: number): number | null
 
+export declare function approxQueueStats(): ApproxQueueStats
+
+/** The approximate-mode thread's queue (process-wide, every tracker's jobs). */
+export interface ApproxQueueStats {
+  /** Jobs waiting for the thread. */
+  queued: number
+  /** Jobs dropped because their tracker had been disposed. */
+  disposed: number
+  /** Jobs that panicked (a bug; their work was lost, the thread went on). */
+  panicked: number
+}
+
 /** Tracks `sequence[..count]` for the holder (the index already stored them); returns the pruned count. */
 export declare function approxRecord(handle: number, workerId: bigint, dpRank: number, sequence: BigUint64Array, count: number, nowMs: number): number
 

@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueStats, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { approxBacklog }
 export { approxExpire }
 export { approxFlush }
@@ -782,6 +782,7 @@ export { approxForgetWorker }
 export { approxMaintain }
 export { approxMaintainQueued }
 export { approxNextExpiry }
+export { approxQueueStats }
 export { approxRecord }
 export { approxRoute }
 export { approxRouteQueued }
