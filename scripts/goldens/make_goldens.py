@@ -18,6 +18,8 @@ and writes
 
   test/fixtures/chat/goldens/<tokenizer>/<request>.json   one per (tokenizer x request)
   test/fixtures/chat/goldens/tiktoken/<encoding>.json      plain-text encodes
+  test/fixtures/chat/goldens/random/requests.json          seeded random chat requests, and
+  test/fixtures/chat/goldens/random/<tokenizer>.json       their ids (or error) per tokenizer
   test/fixtures/chat/goldens/manifest.json                 versions, sources, hashes, clock
 
 What a golden means: the prompt token ids vLLM's OpenAI server would compute for that request
@@ -76,6 +78,7 @@ import importlib.metadata as md
 import inspect
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -503,6 +506,103 @@ TIKTOKEN_BLOBS = {
                     "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"),
 }
 
+# --------------------------------------------------------------------------------------------
+# Random conversations: many more shapes than the hand-written requests, per tokenizer
+# --------------------------------------------------------------------------------------------
+
+RANDOM_SEED = 5
+RANDOM_REQUESTS = 150
+# Text pieces chosen to stress templates and tokenizers: whitespace a template may trim,
+# other models' special tokens and Jinja syntax as plain text, non-ASCII, reasoning tags.
+RANDOM_WORDS = ["hello", "world", "  spaced  ", "line\nbreak", "tab\tchar", "ünïcödé",
+                "emoji 🎉", "<|im_end|>", "</s>", "[INST]", "{{x}}", "a\"quote", "", " ",
+                "\n\n", "123", "<think>x</think>"]
+
+
+def random_requests(n: int, seed: int) -> list[dict]:
+    rnd = random.Random(seed)
+
+    def text() -> str:
+        return "".join(rnd.choice(RANDOM_WORDS) for _ in range(rnd.randint(0, 5)))
+
+    def content() -> Any:
+        r = rnd.random()
+        if r < 0.6:
+            return text()
+        if r < 0.7:
+            return None
+        return [{"type": "text", "text": text()} for _ in range(rnd.randint(1, 3))]
+
+    def tool_call(i: int) -> dict:
+        args = json.dumps({"q": text(), "n": rnd.randint(0, 9)})
+        return {"id": f"call_{i}", "type": "function",
+                "function": {"name": rnd.choice(["get_weather", "search"]), "arguments": args}}
+
+    def message() -> dict:
+        role = rnd.choices(["system", "user", "assistant", "tool", "developer"],
+                           [1, 4, 3, 1, 0.3])[0]
+        m: dict[str, Any] = {"role": role, "content": content()}
+        if role == "assistant" and rnd.random() < 0.3:
+            m["tool_calls"] = [tool_call(j) for j in range(rnd.randint(1, 2))]
+            if rnd.random() < 0.5:
+                m["content"] = None
+        if role == "tool":
+            m["tool_call_id"] = "call_0"
+        if role == "assistant" and rnd.random() < 0.2:
+            m["reasoning_content"] = text()
+        if rnd.random() < 0.05:
+            m["name"] = "bob"
+        return m
+
+    out = []
+    for _ in range(n):
+        msgs = [message() for _ in range(rnd.randint(1, 6))]
+        if rnd.random() < 0.3:
+            msgs.insert(0, {"role": "system", "content": text()})
+        body: dict[str, Any] = {"model": "m", "messages": msgs}
+        if rnd.random() < 0.2:
+            body["tools"] = [{"type": "function", "function": {
+                "name": "get_weather", "description": "Weather",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                               "required": ["q"]}}}]
+        if rnd.random() < 0.15:
+            body["add_generation_prompt"] = False
+        if rnd.random() < 0.1:
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        if rnd.random() < 0.1:
+            body["chat_template_kwargs"] = {"enable_thinking": rnd.random() < 0.5}
+        out.append(body)
+    return out
+
+
+def random_goldens(out_dir: Path, toks: dict[str, tuple[Any, tokenizers.Tokenizer]],
+                   sources: dict) -> dict:
+    """One file of requests, one of results per tokenizer (bundled template, frozen clock)."""
+    requests = random_requests(RANDOM_REQUESTS, RANDOM_SEED)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    write_json(out_dir / "requests.json", {"seed": RANDOM_SEED, "requests": requests})
+    counts = {}
+    for name, (tok, raw) in toks.items():
+        results = []
+        for body in requests:
+            try:
+                with frozen_clock():
+                    g = render(tok, raw, body, None)
+                results.append({"ids": g["ids"]})
+            except GoldenError as e:
+                results.append({"error": str(e), "error_stage": e.stage})
+        write_json(out_dir / f"{name}.json", {"tokenizer": name,
+                                              "tokenizer_dir": sources[name]["dir"],
+                                              "clock": CLOCK_ISO, "results": results})
+        counts[name] = {"rendered": sum("ids" in r for r in results),
+                        "errors": sum("error" in r for r in results)}
+        print(f"random/{name}: {counts[name]['rendered']} rendered, "
+              f"{counts[name]['errors']} errors")
+    return {"seed": RANDOM_SEED, "requests": len(requests), "goldens": counts}
+
+
 TIKTOKEN_CASES = [
     ("english", "The quick brown fox jumps over the lazy dog. It's 3:45pm -- isn't it?"),
     ("code", 'def fib(n: int) -> int:\n    """Return F(n)."""\n    return n if n < 2 else '
@@ -642,6 +742,12 @@ def main() -> None:
         print(f"{golden_dir}: {n_ok} rendered, {n_err} errors")
 
     tiktoken_info = tiktoken_goldens(GOLDENS_DIR / "tiktoken")
+    random_info = random_goldens(
+        GOLDENS_DIR / "random",
+        {"qwen3": (qwen3, raw["qwen3"]), "llama3_1": (llama, raw["llama3_1"]),
+         **{name: (tok, raw[name]) for name, tok in extra.items()}},
+        sources,
+    )
 
     versions = {p: md.version(p) for p in
                 ("transformers", "tokenizers", "jinja2", "pydantic", "openai", "tiktoken")}
@@ -654,6 +760,7 @@ def main() -> None:
         "requests": len(requests),
         "goldens": counts,
         "tiktoken": tiktoken_info,
+        "random": random_info,
     })
     print(f"done in {time.monotonic() - t0:.1f}s (transformers {transformers.__version__})")
 

@@ -41,13 +41,21 @@ interface Golden {
   error_stage?: 'request-validation' | 'message-parsing' | 'chat-template';
 }
 
+/** goldens/random/<tokenizer>.json: results for goldens/random/requests.json, in order. */
+interface RandomGolden {
+  tokenizer: string;
+  tokenizer_dir: string;
+  clock: string;
+  results: Array<Pick<Golden, 'ids' | 'error' | 'error_stage'>>;
+}
+
 interface TiktokenGolden {
   encoding: string;
   cases: { name: string; text: string; ids: number[] }[];
 }
 
 /** The codes a golden's error stage allows. */
-function allowedCodes(g: Golden): string[] {
+function allowedCodes(g: Pick<Golden, 'error' | 'error_stage'>): string[] {
   switch (g.error_stage) {
     case 'request-validation':
       return ['invalid_request', 'invalid_json'];
@@ -91,7 +99,7 @@ export function describeTokenizerGoldens(
   load: (source: string) => Promise<Tokenizer>,
 ): void {
   const variants = readdirSync(GOLDENS, { withFileTypes: true })
-    .filter((d) => d.isDirectory() && d.name !== 'tiktoken')
+    .filter((d) => d.isDirectory() && d.name !== 'tiktoken' && d.name !== 'random')
     .map((d) => d.name)
     .sort();
 
@@ -137,6 +145,44 @@ export function describeTokenizerGoldens(
           if (api === 'chat') expect(tok.renderChat(body, options)).toBe(g.rendered);
           expect([...tok.tokenizeRequest(body, api, options)]).toEqual(g.ids);
         });
+      });
+    }
+  });
+
+  describe(`Tokenizer random-conversation goldens: ${name}`, () => {
+    const RANDOM = join(GOLDENS, 'random');
+    const { requests } = readJson<{ requests: Record<string, unknown>[] }>(
+      join(RANDOM, 'requests.json'),
+    );
+    const files = readdirSync(RANDOM)
+      .filter((f) => f.endsWith('.json') && f !== 'requests.json')
+      .sort();
+    it('has a result per request in every file', () => {
+      expect(requests.length).toBeGreaterThan(100);
+      for (const f of files) {
+        expect(readJson<RandomGolden>(join(RANDOM, f)).results).toHaveLength(requests.length);
+      }
+    });
+    for (const file of files) {
+      const g = readJson<RandomGolden>(join(RANDOM, file));
+      it(`${g.tokenizer}: ${requests.length} requests as HF transformers renders and encodes them`, async () => {
+        const tok = await load(join(ROOT, g.tokenizer_dir));
+        try {
+          const options = { nowMs: Date.parse(g.clock) };
+          for (const [i, request] of requests.entries()) {
+            const r = g.results[i] as Pick<Golden, 'ids' | 'error' | 'error_stage'>;
+            const body = new TextEncoder().encode(JSON.stringify(request));
+            if (r.error !== undefined) {
+              expectError(() => tok.tokenizeRequest(body, 'chat', options), allowedCodes(r));
+            } else {
+              expect([...tok.tokenizeRequest(body, 'chat', options)], `request ${i}`).toEqual(
+                r.ids,
+              );
+            }
+          }
+        } finally {
+          tok.dispose();
+        }
       });
     }
   });

@@ -15,6 +15,9 @@
  * - values come in with Python's types: dict key order (integer-like keys too), int vs float,
  *   exact big ints.
  * - globals: raise_exception, strftime_now (injected clock), range, dict, namespace.
+ * - `selectattr` / `rejectattr`: the test sees a missing attribute as undefined (the library
+ *   treats it as failing every test, so Mistral's `selectattr("tool_calls", "undefined")`
+ *   selected nothing); dotted attribute paths; items that are not dicts have no attributes.
  *
  * Known gaps (Python Jinja2 behaviour NOT reproduced): string length/indexing count UTF-16 units
  * rather than code points; `+` on a string and a number concatenates instead of raising;
@@ -53,6 +56,7 @@ const NullValue = ctorOf(null, 'NullValue');
 const ArrayValue = ctorOf([], 'ArrayValue');
 const ObjectValue = ctorOf({}, 'ObjectValue');
 const FunctionValue = ctorOf(() => 0, 'FunctionValue');
+const UndefinedValue = ctorOf(undefined, 'UndefinedValue');
 
 /** Exact decimal text of integers beyond 2^53 (the engine holds them as doubles). */
 const exactInts = new WeakMap<object, string>();
@@ -301,6 +305,14 @@ function patch(interp: Interpreter): void {
       name = (filter.callee as Node).value as string;
       call = true;
     }
+    if (call && (name === 'selectattr' || name === 'rejectattr') && operand.type === 'ArrayValue') {
+      return selectAttr(
+        operand,
+        name === 'selectattr',
+        self.evaluateArguments(filter.args as Node[], env)[0],
+        env,
+      );
+    }
     if (name === 'tojson' || name === 'trim' || (name === 'string' && !call)) {
       const [args, kwargs] = call
         ? self.evaluateArguments(filter.args as Node[], env)
@@ -338,6 +350,50 @@ function patch(interp: Interpreter): void {
     }
     return proto.evaluateBinaryExpression.call(self, node, env);
   };
+}
+
+/**
+ * Jinja2's `select_or_reject` over attributes: `attr` is a dotted path looked up item by
+ * item (a missing key, or an item that is not a dict, gives undefined; a path going on
+ * from an undefined raises); no test means the value's truth, else the named test with the
+ * remaining arguments.
+ */
+function selectAttr(operand: RV, select: boolean, args: RV[], env: Environment): RV {
+  const [attr, testName, ...testArgs] = args;
+  if (attr?.type !== 'StringValue')
+    throw new TypeError('selectattr: the attribute must be a string');
+  let test: ((...xs: RV[]) => boolean) | undefined;
+  if (testName !== undefined) {
+    if (testName.type !== 'StringValue') throw new TypeError('selectattr: the test must be a name');
+    test = (env as unknown as { tests: Map<string, (...xs: RV[]) => boolean> }).tests.get(
+      testName.value as string,
+    );
+    if (test === undefined) throw new Error(`No test named '${testName.value as string}'.`);
+  }
+  const parts = (attr.value as string).split('.');
+  const items = operand.value as RV[];
+  return new ArrayValue(
+    items.filter((item) => {
+      let v: RV = item;
+      for (const part of parts) {
+        // Jinja2 indexes the undefined a missing parent gives: an UndefinedError.
+        if (v.type === 'UndefinedValue')
+          throw new Error(`selectattr: no attribute '${part}' on an undefined value`);
+        if (v.type === 'ObjectValue' && !/^\d+$/.test(part)) {
+          // A digit part is an int key to Jinja2, which no JSON object has.
+          v = (v.value as Map<string, RV>).get(part) ?? new UndefinedValue(undefined);
+        } else if (v.type === 'ArrayValue' && /^\d+$/.test(part)) {
+          v = (v.value as RV[])[Number(part)] ?? new UndefinedValue(undefined);
+        } else {
+          v = new UndefinedValue(undefined);
+        }
+      }
+      const ok = test
+        ? test(v, ...testArgs)
+        : (v as unknown as { __bool__(): RV }).__bool__().value;
+      return select ? ok : !ok;
+    }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------

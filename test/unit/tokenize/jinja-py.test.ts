@@ -107,6 +107,38 @@ describe('PyTemplate renders like transformers Jinja2', () => {
   });
 });
 
+describe('selectattr / rejectattr as Jinja2 (transformers 5.24.0) filters', () => {
+  const context = parsePyJson(
+    '{"m": [{"role": "user", "c": {"k": 1, "0": 2}}, {"role": "tool", "tool_calls": null}, {"role": "assistant", "tool_calls": [1]}, {"role": "user", "c": {"k": 0}}, {"role": "system"}]}',
+  );
+  if (!isDict(context)) throw new Error('context must be an object');
+  const loop = (filters: string) => `{% for x in m | ${filters} %}{{ x.role }},{% endfor %}`;
+  it.each([
+    // Mistral's templates: a missing attribute is undefined to the test.
+    [loop('selectattr("tool_calls", "undefined")'), 'user,user,system,'],
+    [loop('rejectattr("tool_calls", "undefined")'), 'tool,assistant,'],
+    [loop('selectattr("tool_calls", "defined") | rejectattr("tool_calls", "none")'), 'assistant,'],
+    [
+      loop('rejectattr("role", "equalto", "tool") | rejectattr("role", "equalto", "system")'),
+      'user,assistant,user,',
+    ],
+    [loop('selectattr("tool_calls")'), 'assistant,'],
+    ['{% for x in (m[:1] + m[3:4]) | selectattr("c.k") %}{{ x.role }},{% endfor %}', 'user,'],
+    // A string has no attribute; a digit part is an int key, which no JSON object has.
+    [loop('selectattr("role.x", "undefined")'), 'user,tool,assistant,user,system,'],
+    ['{% for x in m[:1] | selectattr("c.0", "defined") %}{{ x.role }},{% endfor %}', ''],
+    ['{{ m | selectattr("role", "equalto", "user") | list | length }}', '2'],
+  ])('%s', (template, expected) => {
+    expect(new PyTemplate(template).render(context, NOW)).toBe(expected);
+  });
+
+  it('raises when a dotted path goes on from a missing attribute (UndefinedError)', () => {
+    expect(() =>
+      new PyTemplate(loop('selectattr("tool_calls.0", "defined")')).render(context, NOW),
+    ).toThrow();
+  });
+});
+
 describe('pyStrftime', () => {
   it.each([
     ['%d %b %Y', '25 Nov 2026'],
