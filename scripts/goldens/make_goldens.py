@@ -533,8 +533,20 @@ def random_requests(n: int, seed: int) -> list[dict]:
             return None
         return [{"type": "text", "text": text()} for _ in range(rnd.randint(1, 3))]
 
+    def value(depth: int = 0) -> Any:
+        # JSON values whose spelling templates must keep: 1.0, 1e-05, ints beyond 2^53.
+        r = rnd.random()
+        if depth < 2 and r < 0.2:
+            return {text() or "k": value(depth + 1) for _ in range(rnd.randint(0, 3))}
+        if depth < 2 and r < 0.35:
+            return [value(depth + 1) for _ in range(rnd.randint(0, 3))]
+        return rnd.choice([text(), 1, 0, -3, 1.5, 1.0, 1e-5, 12345678901234567890, True, False,
+                           None, "ünï", "\u2028"])
+
     def tool_call(i: int) -> dict:
-        args = json.dumps({"q": text(), "n": rnd.randint(0, 9)})
+        args = json.dumps({"q": text(), "n": value()}, ensure_ascii=rnd.random() < 0.5)
+        if rnd.random() < 0.1:
+            args = "not json {"
         return {"id": f"call_{i}", "type": "function",
                 "function": {"name": rnd.choice(["get_weather", "search"]), "arguments": args}}
 
@@ -560,11 +572,18 @@ def random_requests(n: int, seed: int) -> list[dict]:
         if rnd.random() < 0.3:
             msgs.insert(0, {"role": "system", "content": text()})
         body: dict[str, Any] = {"model": "m", "messages": msgs}
-        if rnd.random() < 0.2:
+        if rnd.random() < 0.4:
             body["tools"] = [{"type": "function", "function": {
-                "name": "get_weather", "description": "Weather",
-                "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
-                               "required": ["q"]}}}]
+                "name": rnd.choice(["get_weather", "search", "ünï"]),
+                "description": rnd.choice(["Weather", text(), None]),
+                "parameters": {"type": "object", "properties": {
+                    "q": {"type": "string", "enum": [text(), "x"]},
+                    "n": {"type": "number", "default": value()}}, "required": ["q"]}}}
+                for _ in range(rnd.randint(1, 3))]
+            if rnd.random() < 0.2:
+                body["tools"][0]["function"]["strict"] = True
+            if rnd.random() < 0.1:
+                del body["tools"][0]["function"]["parameters"]
         if rnd.random() < 0.15:
             body["add_generation_prompt"] = False
         if rnd.random() < 0.1:
@@ -582,14 +601,17 @@ def random_goldens(out_dir: Path, toks: dict[str, tuple[Any, tokenizers.Tokenize
     requests = random_requests(RANDOM_REQUESTS, RANDOM_SEED)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    write_json(out_dir / "requests.json", {"seed": RANDOM_SEED, "requests": requests})
+    # Each body as the exact JSON text rendered (number spelling, key order): a reader that
+    # parsed and re-serialised it could change both.
+    texts = [json.dumps(body, ensure_ascii=False) for body in requests]
+    write_json(out_dir / "requests.json", {"seed": RANDOM_SEED, "requests": texts})
     counts = {}
     for name, (tok, raw) in toks.items():
         results = []
-        for body in requests:
+        for text in texts:
             try:
                 with frozen_clock():
-                    g = render(tok, raw, body, None)
+                    g = render(tok, raw, json.loads(text), None)
                 results.append({"ids": g["ids"]})
             except GoldenError as e:
                 results.append({"error": str(e), "error_stage": e.stage})
