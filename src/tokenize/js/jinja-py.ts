@@ -17,7 +17,8 @@
  * - globals: raise_exception, strftime_now (injected clock), range, dict, namespace.
  * - `selectattr` / `rejectattr`: the test sees a missing attribute as undefined (the library
  *   treats it as failing every test, so Mistral's `selectattr("tool_calls", "undefined")`
- *   selected nothing); dotted attribute paths; items that are not dicts have no attributes.
+ *   selected nothing); dotted attribute paths with int parts. Still eager (Jinja2 yields
+ *   lazily), and methods (`x.items`) are not attributes here.
  *
  * Known gaps (Python Jinja2 behaviour NOT reproduced): string length/indexing count UTF-16 units
  * rather than code points; `+` on a string and a number concatenates instead of raising;
@@ -305,7 +306,7 @@ function patch(interp: Interpreter): void {
       name = (filter.callee as Node).value as string;
       call = true;
     }
-    if (call && (name === 'selectattr' || name === 'rejectattr') && operand.type === 'ArrayValue') {
+    if (call && (name === 'selectattr' || name === 'rejectattr') && SEQUENCES.has(operand.type)) {
       return selectAttr(
         operand,
         name === 'selectattr',
@@ -359,6 +360,9 @@ function patch(interp: Interpreter): void {
  * remaining arguments.
  */
 function selectAttr(operand: RV, select: boolean, args: RV[], env: Environment): RV {
+  const items = operand.value as RV[];
+  // Jinja2 prepares the filter only for a non-empty sequence: bad arguments pass on [].
+  if (items.length === 0) return new ArrayValue([]);
   const [attr, testName, ...testArgs] = args;
   if (attr?.type !== 'StringValue')
     throw new TypeError('selectattr: the attribute must be a string');
@@ -371,7 +375,6 @@ function selectAttr(operand: RV, select: boolean, args: RV[], env: Environment):
     if (test === undefined) throw new Error(`No test named '${testName.value as string}'.`);
   }
   const parts = (attr.value as string).split('.');
-  const items = operand.value as RV[];
   return new ArrayValue(
     items.filter((item) => {
       let v: RV = item;
@@ -379,14 +382,7 @@ function selectAttr(operand: RV, select: boolean, args: RV[], env: Environment):
         // Jinja2 indexes the undefined a missing parent gives: an UndefinedError.
         if (v.type === 'UndefinedValue')
           throw new Error(`selectattr: no attribute '${part}' on an undefined value`);
-        if (v.type === 'ObjectValue' && !/^\d+$/.test(part)) {
-          // A digit part is an int key to Jinja2, which no JSON object has.
-          v = (v.value as Map<string, RV>).get(part) ?? new UndefinedValue(undefined);
-        } else if (v.type === 'ArrayValue' && /^\d+$/.test(part)) {
-          v = (v.value as RV[])[Number(part)] ?? new UndefinedValue(undefined);
-        } else {
-          v = new UndefinedValue(undefined);
-        }
+        v = itemOf(v, part) ?? new UndefinedValue(undefined);
       }
       const ok = test
         ? test(v, ...testArgs)
@@ -394,6 +390,28 @@ function selectAttr(operand: RV, select: boolean, args: RV[], env: Environment):
       return select ? ok : !ok;
     }),
   );
+}
+
+/** Value types whose `.value` is a JS array / a Map of attributes. */
+const SEQUENCES = new Set(['ArrayValue', 'TupleValue']);
+const MAPPINGS = new Set(['ObjectValue', 'KeywordArgumentsValue', 'NamespaceValue']);
+
+/**
+ * Jinja2's `environment.getitem(v, part)` for one attribute-path part: a digit
+ * part is an int (an index into a list, tuple or string; no JSON object has an
+ * int key), any other part a key. Undefined when there is none.
+ */
+function itemOf(v: RV, part: string): RV | undefined {
+  const index = /^\d+$/.test(part) ? Number(part) : undefined;
+  if (index === undefined) {
+    return MAPPINGS.has(v.type) ? (v.value as Map<string, RV>).get(part) : undefined;
+  }
+  if (SEQUENCES.has(v.type)) return (v.value as RV[])[index];
+  if (v.type === 'StringValue') {
+    const ch = [...(v.value as string)][index];
+    return ch === undefined ? undefined : str(ch);
+  }
+  return undefined;
 }
 
 // ---------------------------------------------------------------------------------------------

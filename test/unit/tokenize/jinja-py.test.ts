@@ -128,6 +128,10 @@ describe('selectattr / rejectattr as Jinja2 (transformers 5.24.0) filters', () =
     [loop('selectattr("role.x", "undefined")'), 'user,tool,assistant,user,system,'],
     ['{% for x in m[:1] | selectattr("c.0", "defined") %}{{ x.role }},{% endfor %}', ''],
     ['{{ m | selectattr("role", "equalto", "user") | list | length }}', '2'],
+    // A digit part indexes a string too; an empty sequence is never tested.
+    [loop('selectattr("role.0", "equalto", "u")'), 'user,user,'],
+    [loop('selectattr("role.9", "defined")') + '|', '|'],
+    ['{% for x in [] | selectattr("role", "no_such_test") %}{{ x.role }},{% endfor %}|', '|'],
   ])('%s', (template, expected) => {
     expect(new PyTemplate(template).render(context, NOW)).toBe(expected);
   });
