@@ -525,11 +525,11 @@ def random_requests(n: int, seed: int) -> list[dict]:
     def text() -> str:
         return "".join(rnd.choice(RANDOM_WORDS) for _ in range(rnd.randint(0, 5)))
 
-    def content() -> Any:
+    def content(nullable: bool) -> Any:
         r = rnd.random()
         if r < 0.6:
             return text()
-        if r < 0.7:
+        if r < 0.7 and nullable:
             return None
         return [{"type": "text", "text": text()} for _ in range(rnd.randint(1, 3))]
 
@@ -547,13 +547,17 @@ def random_requests(n: int, seed: int) -> list[dict]:
         args = json.dumps({"q": text(), "n": value()}, ensure_ascii=rnd.random() < 0.5)
         if rnd.random() < 0.1:
             args = "not json {"
-        return {"id": f"call_{i}", "type": "function",
+        # Mistral's templates want 9 alphanumeric characters.
+        call_id = f"call{i}ABcd" if rnd.random() < 0.5 else f"call_{i}"
+        return {"id": call_id, "type": "function",
                 "function": {"name": rnd.choice(["get_weather", "search"]), "arguments": args}}
 
-    def message() -> dict:
-        role = rnd.choices(["system", "user", "assistant", "tool", "developer"],
-                           [1, 4, 3, 1, 0.3])[0]
-        m: dict[str, Any] = {"role": role, "content": content()}
+    def message(role: str | None = None) -> dict:
+        role = role or rnd.choices(["system", "user", "assistant", "tool", "developer"],
+                                   [1, 4, 3, 1, 0.3])[0]
+        # A null content is a 400 for every role but the assistant's (pydantic): now and then.
+        nullable = role == "assistant" or rnd.random() < 0.05
+        m: dict[str, Any] = {"role": role, "content": content(nullable)}
         if role == "assistant" and rnd.random() < 0.3:
             m["tool_calls"] = [tool_call(j) for j in range(rnd.randint(1, 2))]
             if rnd.random() < 0.5:
@@ -568,7 +572,12 @@ def random_requests(n: int, seed: int) -> list[dict]:
 
     out = []
     for _ in range(n):
-        msgs = [message() for _ in range(rnd.randint(1, 6))]
+        n = rnd.randint(1, 6)
+        if rnd.random() < 0.4:
+            # Strictly alternating, as stricter templates (Mistral's) demand.
+            msgs = [message("user" if k % 2 == 0 else "assistant") for k in range(n)]
+        else:
+            msgs = [message() for _ in range(n)]
         if rnd.random() < 0.3:
             msgs.insert(0, {"role": "system", "content": text()})
         body: dict[str, Any] = {"model": "m", "messages": msgs}

@@ -83,6 +83,17 @@ function bodyOf(file: string, g: Golden): Uint8Array {
     : new TextEncoder().encode(JSON.stringify(g.request));
 }
 
+/** The KvEppError `fn` throws (fails the test when it throws none, or another kind). */
+function errorOf(fn: () => unknown): KvEppError {
+  try {
+    fn();
+  } catch (e) {
+    expect(e, 'expected a KvEppError').toBeInstanceOf(KvEppError);
+    return e as KvEppError;
+  }
+  throw new Error('expected a KvEppError, nothing was thrown');
+}
+
 function expectError(fn: () => unknown, codes: string[]): void {
   let thrown: unknown;
   try {
@@ -172,7 +183,14 @@ export function describeTokenizerGoldens(
             const r = g.results[i] as Pick<Golden, 'ids' | 'error' | 'error_stage'>;
             const body = new TextEncoder().encode(request);
             if (r.error !== undefined) {
-              expectError(() => tok.tokenizeRequest(body, 'chat', options), allowedCodes(r));
+              const e = errorOf(() => tok.tokenizeRequest(body, 'chat', options));
+              expect(allowedCodes(r), `request ${i}: ${e.message}`).toContain(e.code);
+              // A template's raise_exception: its own text (which check refused the request).
+              if (r.error_stage === 'chat-template' && r.error.startsWith('TemplateError: ')) {
+                expect(e.message, `request ${i}`).toContain(
+                  r.error.slice('TemplateError: '.length),
+                );
+              }
             } else {
               expect([...tok.tokenizeRequest(body, 'chat', options)], `request ${i}`).toEqual(
                 r.ids,
