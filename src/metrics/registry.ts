@@ -576,11 +576,11 @@ export class EppMetrics {
     };
     new Gauge({
       name: 'kv_epp_approx_queue_depth',
-      help: 'Approximate-mode decisions and upkeep waiting for the kv-epp-approx thread.',
+      help: 'Approximate-mode decisions and upkeep waiting for the kv-epp-approx thread (callers blocked on its full queue included).',
       registers,
       collect() {
-        const now = readApprox();
-        if (now) this.set(now.queued);
+        // Unreadable (the addon shutting down): nothing is known to be waiting.
+        this.set(readApprox()?.queued ?? 0);
       },
     });
     new Counter({

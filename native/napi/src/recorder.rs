@@ -44,7 +44,8 @@ static QUEUED: AtomicU64 = AtomicU64::new(0);
 /// The queue's state for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Jobs waiting (a blocked `queue` call's job is not counted until it is in).
+    /// Jobs waiting, counting those whose `queue` call is blocked on a full queue
+    /// (so it may exceed `CAPACITY` by the number of blocked callers).
     pub queued: u64,
     pub disposed: u64,
     pub panicked: u64,

@@ -374,13 +374,27 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_approx_queue_depth')).toBe(0);
     expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="tracker_disposed"}')).toBe(5);
     expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
-    // A failing read (the addon shutting down) leaves the totals as they were.
-    const failing = metrics({
+    // A failing read (the addon shutting down) reports nothing waiting and keeps the totals;
+    // the next good read adds only what is new since the last good one.
+    let failing = false;
+    stats = { queued: 4, disposed: 5, panicked: 1 };
+    const m2 = metrics({
       approxQueue: () => {
-        throw new Error('disposed');
+        if (failing) throw new Error('disposed');
+        return stats;
       },
     });
-    expect(sample(await failing.registry.metrics(), 'kv_epp_approx_queue_depth')).toBe(0);
+    text = await m2.registry.metrics();
+    expect(sample(text, 'kv_epp_approx_queue_depth')).toBe(4);
+    failing = true;
+    text = await m2.registry.metrics();
+    expect(sample(text, 'kv_epp_approx_queue_depth')).toBe(0);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="tracker_disposed"}')).toBe(5);
+    failing = false;
+    stats = { queued: 0, disposed: 7, panicked: 1 };
+    text = await m2.registry.metrics();
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="tracker_disposed"}')).toBe(7);
+    expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
   });
 
   it('keeps registries separate per instance', async () => {
