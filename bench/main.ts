@@ -1,7 +1,7 @@
 /**
  * kv-epp benchmark CLI. Every case runs the native and JS backends side by
  * side in one process and prints a table (and JSON with --json FILE).
- *   node --expose-gc dist/bench/main.js [hash|index|tokenize|pipeline|all] [--quick] [--json FILE]
+ *   node --expose-gc dist/bench/main.js [hash|index|tokenize|pipeline|segments|cold|all] [--quick] [--json FILE]
  * Numbers are reported, never asserted: targets live in bench/README.md.
  */
 import { writeFileSync } from 'node:fs';
@@ -13,7 +13,13 @@ import { loadNativeBinding } from '../src/kv/native/binding.js';
 import { NativeBlockHasher } from '../src/kv/native/block-hasher.js';
 import { NativeKvIndex } from '../src/kv/native/radix-index.js';
 import type { BlockHasher, KvIndex } from '../src/kv/types.js';
-import { benchPipeline, benchSegmentCache, benchTokenizers, type Table } from './tokenize-bench.js';
+import {
+  benchColdPrepare,
+  benchPipeline,
+  benchSegmentCache,
+  benchTokenizers,
+  type Table,
+} from './tokenize-bench.js';
 import { indexWorkload, tokens } from './workload.js';
 
 interface Row {
@@ -158,6 +164,7 @@ async function main(): Promise<void> {
   if (scope === 'tokenize' || scope === 'all') tables.push(...(await benchTokenizers(quick)));
   if (scope === 'pipeline' || scope === 'all') tables.push(...(await benchPipeline(quick)));
   if (scope === 'segments' || scope === 'all') tables.push(...(await benchSegmentCache(quick)));
+  if (scope === 'cold' || scope === 'all') tables.push(await benchColdPrepare(quick));
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
   console.log(`kv-epp bench (${scope}${quick ? ', quick' : ''}) on ${machine}\n`);
   if (rows.length > 0) {

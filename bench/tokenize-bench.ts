@@ -162,6 +162,64 @@ async function coldCache(quick: boolean): Promise<Table> {
   return out;
 }
 
+/**
+ * One 2 KB chat request's route preparation (the addon's fused parse, checks,
+ * render, tokenize, hash, score and splice; the JS twin's pipeline), as at
+ * 500 req/s through Envoy: the caches are evicted between two requests there
+ * (bench/README.md, finding AX). 64 bodies over 4 system prompts, o200k_base,
+ * the segment cache on as in `kv-epp serve`; µs per request (p50) with nothing,
+ * 8 MB (within the L3) and 64 MB (beyond it) written between requests.
+ */
+export async function benchColdPrepare(quick: boolean): Promise<Table> {
+  const out: Table = {
+    title: '2 KB chat route preparation, µs per request (p50) by what is written between requests',
+    columns: ['nothing', '8 MB', '64 MB'],
+    unit: 'µs',
+    rows: [],
+  };
+  const systems = Array.from(
+    { length: 4 },
+    (_, i) => `System prompt ${i}. ${sample('prose', 400)}`,
+  );
+  const bodies = Array.from({ length: 64 }, (_, i) =>
+    new TextEncoder().encode(
+      JSON.stringify({
+        model: 'bench',
+        messages: [
+          { role: 'system', content: systems[i % 4] },
+          { role: 'user', content: sample('prose', 1500 + 97 * i).slice(97 * i) },
+        ],
+      }),
+    ),
+  );
+  const evict = new Uint8Array(64 << 20);
+  for (const backend of ['native', 'js'] as const) {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const preparer = RoutePreparer.create(path, { poolSize: 0, offloadBytes: 1 << 30 });
+    const s = { blockSize: 16 };
+    const work = { rewrite: undefined };
+    const p50 = async (bytes: number): Promise<number> => {
+      const t: number[] = [];
+      for (let r = 0; r < (quick ? 200 : 800); r++) {
+        for (let j = 0; j < bytes; j += 64) evict[j] = (evict[j] as number) + 1;
+        const body = bodies[r % bodies.length] as Uint8Array;
+        const t0 = performance.now();
+        await preparer.prepare(body, 'chat', s, work);
+        t.push((performance.now() - t0) * 1e3);
+      }
+      t.sort((a, b) => a - b);
+      return t[t.length >> 1] as number;
+    };
+    await p50(0);
+    const values = [await p50(0), await p50(8 << 20), await p50(64 << 20)];
+    out.rows.push({ case: `${backend} o200k_base`, values });
+    await preparer.close();
+    path.tokenizer.dispose();
+    path.index.dispose();
+  }
+  return out;
+}
+
 function chatBody(tokenizer: Tokenizer, targetTokens: number, salt: number): Uint8Array {
   // ~4 bytes per token for English prose with Qwen3.
   let text = sample('prose', targetTokens * 4);
