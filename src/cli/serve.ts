@@ -27,7 +27,7 @@ import {
   startupWarnings,
 } from '../config/serve-options.js';
 import { diffEndpoints } from '../discovery/endpoint-changes.js';
-import { type Endpoint, parseEndpoints } from '../discovery/endpoints.js';
+import { type Endpoint, hostPortOf, parseEndpoints } from '../discovery/endpoints.js';
 import { loadEndpointsFile } from '../discovery/endpoints-file.js';
 import { type EndpointsWatch, watchEndpointsFile } from '../discovery/endpoints-watch.js';
 import { KvEppError } from '../errors.js';
@@ -49,6 +49,8 @@ import { loadNativeBinding } from '../kv/native/binding.js';
 import type { Backend, KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
+import { engineOf } from '../metrics/model-server-metrics.js';
+import { ModelServerScraper } from '../metrics/model-server-scraper.js';
 import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
 import { EppMetrics } from '../metrics/registry.js';
 import { createHotPath } from '../pipeline/factory.js';
@@ -248,7 +250,24 @@ export async function startServing(
   });
   let ingest: EventIngest | undefined;
   const workerLoads = new WorkerLoadTable();
+  // The model servers' own load figures, for the pool gauges (off unless an interval is set).
+  const ms = options.modelServerMetrics;
+  const scraper =
+    ms.intervalMs > 0
+      ? new ModelServerScraper({
+          intervalMs: ms.intervalMs,
+          insecureSkipVerify: ms.insecureSkipVerify,
+          log,
+          targets: () =>
+            endpoints.map((e) => ({
+              pod: e.name,
+              url: `${ms.scheme}://${hostPortOf(e.address, ms.port || e.port)}${ms.path}`,
+              engine: engineOf(e.labels),
+            })),
+        })
+      : undefined;
   const metrics = new EppMetrics({
+    modelServers: scraper ? () => scraper.fresh(Date.now(), ms.stalenessMs) : undefined,
     poolName: options.poolName,
     poolNamespace: options.poolNamespace,
     // Routable endpoints only, as `isReady` counts them: prefill-only ones get no requests.
@@ -342,6 +361,10 @@ export async function startServing(
       if (upkeepChain !== undefined) clearImmediate(upkeepChain);
     },
   });
+  if (scraper) {
+    scraper.start();
+    started.push({ close: async () => scraper.stop() });
+  }
   const gcPacer = options.gcPaceMb > 0 ? startGcPacer(options.gcPaceMb * 1024 * 1024) : undefined;
   if (gcPacer) started.push({ close: async () => gcPacer.stop() });
   const v8WorkerPriority = lowerV8WorkerPriority(

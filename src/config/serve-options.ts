@@ -69,6 +69,25 @@ export interface ServeOptions {
   v8WorkerPriority: 'idle' | 'low' | 'normal';
   /** KV event sources (used when `useKvEvents`). */
   events: EventOptions;
+  /** Model-server metrics scraping, for the pool gauges only (routing does not read them). */
+  modelServerMetrics: ModelServerMetricsOptions;
+}
+
+/**
+ * GAIE's model-server metric flags. Unlike GAIE's EPP (50 ms), kv-epp scrapes
+ * only when `--refresh-metrics-interval` is given: its load signals come from the
+ * requests it routes and Dynamo's events, so the gauges are all the scrape feeds.
+ */
+export interface ModelServerMetricsOptions {
+  /** 0 = off. */
+  intervalMs: number;
+  /** Figures older than this leave the averages (`--metrics-staleness-threshold`, 2s). */
+  stalenessMs: number;
+  /** 0 = each endpoint's own port. */
+  port: number;
+  path: string;
+  scheme: 'http' | 'https';
+  insecureSkipVerify: boolean;
 }
 
 export interface EventOptions {
@@ -158,6 +177,34 @@ function bool(v: unknown, field: string): boolean {
     if (['0', 'f', 'false', 'no', 'off'].includes(s)) return false;
   }
   return fail(field, `expected true or false, got ${JSON.stringify(v)}`);
+}
+
+/** A Go duration (`50ms`, `1.5s`, `1m30s`, `0`) in milliseconds. */
+function goDurationMs(v: unknown, field: string): number {
+  const text = str(v, field);
+  if (text === '0') return 0;
+  const unitMs: Record<string, number> = {
+    ns: 1e-6,
+    us: 1e-3,
+    µs: 1e-3,
+    ms: 1,
+    s: 1e3,
+    m: 6e4,
+    h: 36e5,
+  };
+  const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/y;
+  let ms = 0;
+  let at = 0;
+  while (at < text.length) {
+    re.lastIndex = at;
+    const m = re.exec(text);
+    if (m === null)
+      return fail(field, `expected a duration such as 50ms, 1s or 1m30s, got ${text}`);
+    ms += Number(m[1]) * (unitMs[m[2] as string] as number);
+    at = re.lastIndex;
+  }
+  if (text.length === 0) fail(field, 'expected a duration such as 50ms, 1s or 1m30s');
+  return ms;
 }
 
 function str(v: unknown, field: string): string {
@@ -420,6 +467,40 @@ export function resolveServeOptions(
       [flags['retry-after-seconds'], '--retry-after-seconds'],
       file('router', 'retryAfterSeconds'),
     ),
+    modelServerMetrics: {
+      intervalMs: get(goDurationMs, 0, [
+        flags['refresh-metrics-interval'],
+        '--refresh-metrics-interval',
+      ]),
+      stalenessMs: get(goDurationMs, 2000, [
+        flags['metrics-staleness-threshold'],
+        '--metrics-staleness-threshold',
+      ]),
+      port: get(port, 0, [flags['model-server-metrics-port'], '--model-server-metrics-port']),
+      path: get(
+        (v, field) => {
+          // GAIE's charts may render the value with its quotes.
+          const p = str(v, field).replace(/^"(.*)"$/, '$1');
+          if (!p.startsWith('/')) fail(field, `expected a path starting with /, got ${p}`);
+          return p;
+        },
+        '/metrics',
+        [flags['model-server-metrics-path'], '--model-server-metrics-path'],
+      ),
+      scheme: get(
+        (v, field) => {
+          const x = str(v, field);
+          if (x !== 'http' && x !== 'https') fail(field, `expected http or https, got ${x}`);
+          return x as 'http' | 'https';
+        },
+        'http' as 'http' | 'https',
+        [flags['model-server-metrics-scheme'], '--model-server-metrics-scheme'],
+      ),
+      insecureSkipVerify: get(bool, true, [
+        flags['model-server-metrics-https-insecure-skip-verify'],
+        '--model-server-metrics-https-insecure-skip-verify',
+      ]),
+    },
     gcPaceMb: get(
       (v, field) => int(v, field, 0, 65536),
       // On for the node:http2 transports only (their per-stream objects pile up in old space);
@@ -619,11 +700,22 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'dynamo-discovery-dir',
     'gc-pace-mb',
     'v8-worker-priority',
+    // GAIE's model-server metric flags (ModelServerMetricsOptions).
+    'refresh-metrics-interval',
+    'metrics-staleness-threshold',
+    'model-server-metrics-port',
+    'model-server-metrics-path',
+    'model-server-metrics-scheme',
   ].map((k) => [k, { kind: 'string' as const }]),
   ...['secure-serving', 'kv-events', 'durable-kv-events', 'router-reset-states'].map((k) => [
     k,
     { kind: 'boolean' as const },
   ]),
+  // A GAIE boolean: its charts may pass the value as a separate argument.
+  [
+    'model-server-metrics-https-insecure-skip-verify',
+    { kind: 'boolean' as const, separateValue: true },
+  ],
 ]);
 
 /**
@@ -654,14 +746,9 @@ const GAIE_FLAG_LIST: Readonly<Record<string, GaieFlag>> = {
   'disable-endpoint-subset-filter': { kind: 'boolean', same: false },
   // Every kv-epp replica serves; there is no leader.
   'ha-enable-leader-election': { kind: 'boolean', same: false },
-  // kv-epp does not scrape model servers (load comes from Dynamo's kv_metrics).
-  'model-server-metrics-scheme': { kind: 'string' },
-  'model-server-metrics-path': { kind: 'string' },
-  'model-server-metrics-port': { kind: 'string' },
-  'model-server-metrics-https-insecure-skip-verify': { kind: 'boolean' },
-  'refresh-metrics-interval': { kind: 'string' },
+  // The pool gauges are computed at each scrape of kv-epp's /metrics.
   'refresh-prometheus-metrics-interval': { kind: 'string' },
-  'metrics-staleness-threshold': { kind: 'string' },
+  // Metric names come from the engine (ENGINES in src/metrics/model-server-metrics.ts).
   'total-queued-requests-metric': { kind: 'string' },
   'total-running-requests-metric': { kind: 'string' },
   'kv-cache-usage-percentage-metric': { kind: 'string' },

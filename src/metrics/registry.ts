@@ -47,6 +47,18 @@ export interface MetricsSources {
   processMetrics?: boolean | undefined;
   /** Ready endpoints (`inference_pool_ready_pods`), read at scrape time. */
   readyPods?: (() => number) | undefined;
+  /**
+   * The model servers' own load figures, fresh ones only (model-server-scraper.ts):
+   * `inference_pool_average_*` and `inference_pool_per_pod_queue_size`. Absent: not exported.
+   */
+  modelServers?:
+    | (() => Array<{
+        pod: string;
+        waiting?: number | undefined;
+        running?: number | undefined;
+        kvUsage?: number | undefined;
+      }>)
+    | undefined;
   /** Requests waiting for a tokenization worker (`kv_epp_pool_queue_depth`). */
   queueDepth?: (() => number) | undefined;
   /** Worker-block memberships in the prefix index (`kv_epp_index_memberships`). */
@@ -62,6 +74,14 @@ export interface MetricsSources {
    * and running totals of jobs lost (`kv_epp_approx_jobs_lost_total`).
    */
   approxQueue?: (() => { queued: number; disposed: number; panicked: number }) | undefined;
+}
+
+/** One model server's own load figures (absent: its metrics lack the family). */
+export interface ModelServerLoad {
+  pod: string;
+  waiting?: number | undefined;
+  running?: number | undefined;
+  kvUsage?: number | undefined;
 }
 
 /** What one applied KV-event message contributes to the event metrics. */
@@ -427,6 +447,59 @@ export class EppMetrics {
         if (readyPods) this.set({ name: poolName }, readyPods());
       },
     });
+    const modelServers = sources.modelServers;
+    if (modelServers) {
+      // Averages over the endpoints whose figure was read recently; no sample while none was.
+      const average = (
+        name: string,
+        help: string,
+        figure: (p: ModelServerLoad) => number | undefined,
+      ) =>
+        new Gauge({
+          name,
+          help,
+          labelNames: ['name'],
+          registers,
+          collect() {
+            this.reset();
+            const values = modelServers()
+              .map(figure)
+              .filter((v): v is number => v !== undefined);
+            if (values.length > 0) {
+              this.set({ name: poolName }, values.reduce((a, b) => a + b, 0) / values.length);
+            }
+          },
+        });
+      average(
+        'inference_pool_average_kv_cache_utilization',
+        '[ALPHA] The average kv cache utilization for an inference server pool.',
+        (p) => p.kvUsage,
+      );
+      average(
+        'inference_pool_average_queue_size',
+        '[ALPHA] The average number of requests pending in the model server queue.',
+        (p) => p.waiting,
+      );
+      average(
+        'inference_pool_average_running_requests',
+        '[ALPHA] The average number of running requests across model servers in the pool.',
+        (p) => p.running,
+      );
+      new Gauge({
+        name: 'inference_pool_per_pod_queue_size',
+        help: '[ALPHA] The total number of requests pending in the model server queue for each underlying pod.',
+        labelNames: ['name', 'model_server_pod'],
+        registers,
+        collect() {
+          this.reset();
+          for (const p of modelServers()) {
+            if (p.waiting !== undefined) {
+              this.set({ name: poolName, model_server_pod: p.pod }, p.waiting);
+            }
+          }
+        },
+      });
+    }
     this.overlapBlocks = new FastHistogram({
       name: 'kv_epp_prefix_overlap_blocks',
       help: 'Cached prefix blocks (index overlap) of the endpoint each request was routed to.',

@@ -71,12 +71,13 @@ describe('parseServeArgs: GAIE chart compatibility', () => {
         value: 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=fraction}',
       },
       { flag: '--lora-info-metric', value: '' },
-      { flag: '--model-server-metrics-path', value: '"/prometheus/metrics"' },
       { flag: '--ha-enable-leader-election', value: true },
       { flag: '--endpoint-selector', value: 'app=vllm' },
       { flag: '--endpoint-target-ports', value: '8000,8001' },
-      { flag: '--refresh-metrics-interval', value: '50ms' },
     ]);
+    // The model-server scrape flags are kv-epp's own now (ModelServerMetricsOptions).
+    expect(a.flags['model-server-metrics-path']).toBe('"/prometheus/metrics"');
+    expect(a.flags['refresh-metrics-interval']).toBe('50ms');
   });
 
   it("parses GAIE v1.1's chart, which renders a boolean and its value as two arguments", () => {

@@ -100,6 +100,56 @@ describe('resolveServeOptions', () => {
     expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
   });
 
+  it("reads GAIE's model-server metric flags: off by default, Go durations, bad values name the flag", () => {
+    expect(resolveServeOptions({}, {}).modelServerMetrics).toEqual({
+      intervalMs: 0,
+      stalenessMs: 2000,
+      port: 0,
+      path: '/metrics',
+      scheme: 'http',
+      insecureSkipVerify: true,
+    });
+    const o = resolveServeOptions(
+      {
+        'refresh-metrics-interval': '1m30.5s',
+        'metrics-staleness-threshold': '200ms',
+        'model-server-metrics-port': '9100',
+        'model-server-metrics-path': '"/prometheus/metrics"',
+        'model-server-metrics-scheme': 'https',
+        'model-server-metrics-https-insecure-skip-verify': 'false',
+      },
+      {},
+    );
+    expect(o.modelServerMetrics).toEqual({
+      intervalMs: 90_500,
+      stalenessMs: 200,
+      port: 9100,
+      path: '/prometheus/metrics',
+      scheme: 'https',
+      insecureSkipVerify: false,
+    });
+    expect(
+      resolveServeOptions({ 'refresh-metrics-interval': '0' }, {}).modelServerMetrics.intervalMs,
+    ).toBe(0);
+    expect(
+      resolveServeOptions({ 'refresh-metrics-interval': '1.5h' }, {}).modelServerMetrics.intervalMs,
+    ).toBe(5_400_000);
+    for (const [flag, value, message] of [
+      ['refresh-metrics-interval', '50', '--refresh-metrics-interval: expected a duration'],
+      ['refresh-metrics-interval', '5 s', '--refresh-metrics-interval: expected a duration'],
+      ['metrics-staleness-threshold', 'soon', '--metrics-staleness-threshold: expected a duration'],
+      [
+        'model-server-metrics-scheme',
+        'ftp',
+        '--model-server-metrics-scheme: expected http or https',
+      ],
+      ['model-server-metrics-path', 'metrics', '--model-server-metrics-path: expected a path'],
+      ['model-server-metrics-port', '70000', '--model-server-metrics-port'],
+    ] as const) {
+      expect(() => resolveServeOptions({ [flag]: value }, {}), flag).toThrow(message);
+    }
+  });
+
   it('reads the GC pacing step (flag over env over file; 0 turns it off; bad values name the field)', () => {
     // Off on raw-h2 (the default transport), on for the node:http2 ones.
     expect(resolveServeOptions({}, {}).gcPaceMb).toBe(0);

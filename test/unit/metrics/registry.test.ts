@@ -397,6 +397,54 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
   });
 
+  it("averages the model servers' fresh figures into GAIE's pool gauges, per pod for the queue", async () => {
+    let pods: Array<{ pod: string; waiting?: number; running?: number; kvUsage?: number }> = [
+      { pod: 'a', waiting: 3, running: 2, kvUsage: 0.5 },
+      { pod: 'b', waiting: 0, running: 5 },
+    ];
+    const m = metrics({ poolName: 'pool', modelServers: () => pods });
+    let text = await m.registry.metrics();
+    for (const [name, help] of [
+      [
+        'inference_pool_average_kv_cache_utilization',
+        'The average kv cache utilization for an inference server pool.',
+      ],
+      [
+        'inference_pool_average_queue_size',
+        'The average number of requests pending in the model server queue.',
+      ],
+      [
+        'inference_pool_average_running_requests',
+        'The average number of running requests across model servers in the pool.',
+      ],
+      [
+        'inference_pool_per_pod_queue_size',
+        'The total number of requests pending in the model server queue for each underlying pod.',
+      ],
+    ] as const) {
+      expect(text).toContain(`# HELP ${name} [ALPHA] ${help}\n`);
+      expect(typeOf(text, name)).toBe('gauge');
+    }
+    // The KV figure only where a server reported one; the queue as a true mean (GAIE truncates).
+    expect(sample(text, 'inference_pool_average_kv_cache_utilization{name="pool"}')).toBe(0.5);
+    expect(sample(text, 'inference_pool_average_queue_size{name="pool"}')).toBe(1.5);
+    expect(sample(text, 'inference_pool_average_running_requests{name="pool"}')).toBe(3.5);
+    expect(
+      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="a"}'),
+    ).toBe(3);
+    expect(
+      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="b"}'),
+    ).toBe(0);
+    // A pod gone stale leaves the averages and its per-pod series.
+    pods = [{ pod: 'b', waiting: 1 }];
+    text = await m.registry.metrics();
+    expect(sample(text, 'inference_pool_average_queue_size{name="pool"}')).toBe(1);
+    expect(text).not.toContain('model_server_pod="a"');
+    expect(text).not.toMatch(/^inference_pool_average_kv_cache_utilization\{/m);
+    // Without a source the gauges are not exported at all.
+    expect(await metrics().registry.metrics()).not.toContain('inference_pool_average_queue_size');
+  });
+
   it('keeps registries separate per instance', async () => {
     const a = metrics();
     const b = metrics();

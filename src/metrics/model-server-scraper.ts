@@ -1,0 +1,163 @@
+/**
+ * Polls each endpoint's model-server metrics (`GET <scheme>://<address>:<port><path>`,
+ * GAIE's `metrics-data-source`) and keeps the latest load figures per endpoint,
+ * for the pool gauges (`inference_pool_average_*`, `_per_pod_queue_size`).
+ * Adapter module: node:http(s) lives here, the reading in model-server-metrics.ts.
+ *
+ * Contract: at most one request per endpoint in flight; a tick skips an endpoint
+ * whose previous scrape has not finished. `fresh(now, staleness)` returns only
+ * figures read within `staleness`, so an endpoint that stops answering drops out
+ * of the averages instead of holding its last value (GAIE's staleness threshold).
+ * Endpoints that leave the target list are forgotten at the next tick.
+ * Failure modes: a refused connection, a timeout (the interval, at least 1 s), a
+ * non-200 status or a body over `maxBytes` fail that scrape only; the first
+ * failure of a run of them is logged as a warning, the rest at debug, and the
+ * recovery at info. Nothing here throws into the event loop.
+ */
+import { Agent as HttpAgent, get as httpGet, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
+import type { Logger } from '../log/logger.js';
+import { type EngineMetrics, type LoadFigures, readLoadFigures } from './model-server-metrics.js';
+
+export interface ScrapeTarget {
+  /** The endpoint's name (`model_server_pod`). */
+  pod: string;
+  url: string;
+  engine: EngineMetrics;
+}
+
+export interface ScraperOptions {
+  targets: () => readonly ScrapeTarget[];
+  intervalMs: number;
+  /** https only: accept any certificate (GAIE's default, true). */
+  insecureSkipVerify?: boolean | undefined;
+  log: Logger;
+  /** Largest body read (default 16 MiB). */
+  maxBytes?: number | undefined;
+  now?: (() => number) | undefined;
+}
+
+export interface PodLoad extends LoadFigures {
+  pod: string;
+}
+
+interface Reading {
+  figures: LoadFigures;
+  atMs: number;
+}
+
+export class ModelServerScraper {
+  private readonly latest = new Map<string, Reading>();
+  private readonly inFlight = new Set<string>();
+  private readonly failing = new Set<string>();
+  /** The pods of the last tick's targets: a scrape finishing for another is dropped. */
+  private live = new Set<string>();
+  private readonly http = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  private readonly https: HttpsAgent;
+  private readonly now: () => number;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly opts: ScraperOptions) {
+    this.https = new HttpsAgent({
+      keepAlive: true,
+      maxSockets: 1,
+      rejectUnauthorized: !(opts.insecureSkipVerify ?? true),
+    });
+    this.now = opts.now ?? Date.now;
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.tick();
+    this.timer = setInterval(() => this.tick(), this.opts.intervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.http.destroy();
+    this.https.destroy();
+  }
+
+  /** The figures read within `stalenessMs` of `nowMs`, one entry per endpoint. */
+  fresh(nowMs: number, stalenessMs: number): PodLoad[] {
+    const out: PodLoad[] = [];
+    for (const [pod, r] of this.latest) {
+      if (nowMs - r.atMs <= stalenessMs) out.push({ pod, ...r.figures });
+    }
+    return out;
+  }
+
+  /** One round: a scrape of every target not still being scraped. */
+  tick(): void {
+    const targets = this.opts.targets();
+    const live = new Set(targets.map((t) => t.pod));
+    this.live = live;
+    for (const pod of this.latest.keys()) if (!live.has(pod)) this.latest.delete(pod);
+    for (const pod of this.failing) if (!live.has(pod)) this.failing.delete(pod);
+    for (const t of targets) {
+      if (this.inFlight.has(t.pod)) continue;
+      this.inFlight.add(t.pod);
+      this.scrape(t);
+    }
+  }
+
+  private scrape(t: ScrapeTarget): void {
+    let finished = false;
+    const done = (err: string | undefined, body?: string) => {
+      if (finished) return;
+      finished = true;
+      this.inFlight.delete(t.pod);
+      if (!this.live.has(t.pod)) return;
+      if (err !== undefined) {
+        const first = !this.failing.has(t.pod);
+        this.failing.add(t.pod);
+        const fields = { pod: t.pod, url: t.url, err };
+        if (first) this.opts.log.warn(fields, 'model-server metrics scrape failed');
+        else this.opts.log.debug(fields, 'model-server metrics scrape failed');
+        return;
+      }
+      if (this.failing.delete(t.pod)) {
+        this.opts.log.info({ pod: t.pod, url: t.url }, 'model-server metrics scrape recovered');
+      }
+      this.latest.set(t.pod, { figures: readLoadFigures(body ?? '', t.engine), atMs: this.now() });
+    };
+    const maxBytes = this.opts.maxBytes ?? 16 * 1024 * 1024;
+    const onResponse = (res: IncomingMessage) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        done(`HTTP ${res.statusCode}`);
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let bytes = 0;
+      res.on('data', (c: Buffer) => {
+        bytes += c.length;
+        if (bytes > maxBytes) {
+          res.destroy(new Error(`body over ${maxBytes} bytes`));
+          return;
+        }
+        chunks.push(c);
+      });
+      res.on('end', () => done(undefined, Buffer.concat(chunks).toString('utf8')));
+      res.on('error', (e) => done(e.message));
+    };
+    try {
+      const https = t.url.startsWith('https:');
+      const req = (https ? httpsGet : httpGet)(
+        t.url,
+        {
+          agent: https ? this.https : this.http,
+          timeout: Math.max(1000, this.opts.intervalMs),
+          headers: { accept: 'text/plain' },
+        },
+        onResponse,
+      );
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', (e) => done(e.message));
+    } catch (e) {
+      done((e as Error).message);
+    }
+  }
+}

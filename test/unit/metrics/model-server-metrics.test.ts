@@ -1,0 +1,155 @@
+/**
+ * Reading model servers' load figures from their Prometheus text, and the
+ * scraper that polls them: a real HTTP server on loopback, a 404 and a closed
+ * port. The exposition texts follow the engines' metric names (gaie-epp.md §5.7).
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  ENGINE_LABEL,
+  ENGINES,
+  engineOf,
+  readLoadFigures,
+  samples,
+} from '../../../src/metrics/model-server-metrics.js';
+import { ModelServerScraper } from '../../../src/metrics/model-server-scraper.js';
+import { RecordingLogger } from '../../support/ext-proc.js';
+
+const VLLM = `# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 4.0
+vllm:num_requests_waiting{engine="1",model_name="m"} NaN
+vllm:num_requests_waiting_by_reason{engine="0",reason="capacity"} 99
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5
+vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.25
+vllm:e2e_request_latency_seconds_bucket{le="0.3",model_name="m"} 7.0
+`;
+
+describe('readLoadFigures', () => {
+  it('reads vLLM: request counts added over engines, KV usage averaged, NaN and longer names ignored', () => {
+    expect(readLoadFigures(VLLM, ENGINES.vllm as never)).toEqual({
+      waiting: 4,
+      running: 5,
+      kvUsage: 0.375,
+    });
+  });
+
+  it("falls back to vLLM's older gpu_cache_usage_perc, and leaves absent families undefined", () => {
+    const text = 'vllm:gpu_cache_usage_perc{model_name="m"} 0.8\nvllm:num_requests_running 1\n';
+    expect(readLoadFigures(text, engineOf({}))).toEqual({
+      waiting: undefined,
+      running: 1,
+      kvUsage: 0.8,
+    });
+  });
+
+  it('picks the engine from the GAIE engine-type label; unknown names are vLLM', () => {
+    const sglang =
+      'sglang:num_queue_reqs{model_name="m"} 6\nsglang:num_running_reqs 2\nsglang:token_usage 0.1\n';
+    expect(readLoadFigures(sglang, engineOf({ [ENGINE_LABEL]: 'sglang' }))).toEqual({
+      waiting: 6,
+      running: 2,
+      kvUsage: 0.1,
+    });
+    expect(engineOf({ [ENGINE_LABEL]: 'other' })).toBe(ENGINES.vllm);
+  });
+
+  it("selects Triton's series by label, with quotes, escapes and braces in label values", () => {
+    const text = [
+      'nv_trt_llm_request_metrics{model="a \\"}\\" b",request_type="waiting",version="1"} 7',
+      'nv_trt_llm_request_metrics{model="x",request_type="scheduled",version="1"} 3',
+      'nv_trt_llm_request_metrics{model="x",request_type="max",version="1"} 64',
+      'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction",model="x"} 0.9 1700000000000',
+      'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="x"} 900',
+    ].join('\n');
+    expect(readLoadFigures(text, engineOf({ [ENGINE_LABEL]: 'triton-tensorrt-llm' }))).toEqual({
+      waiting: 7,
+      running: 3,
+      kvUsage: 0.9,
+    });
+  });
+
+  it('matches only at the start of a line and the whole name', () => {
+    expect(
+      samples('xvllm:a 1\nvllm:ab 2\nvllm:a 3\n# vllm:a 4\nvllm:a\t5', { name: 'vllm:a' }),
+    ).toEqual([3, 5]);
+  });
+});
+
+describe('ModelServerScraper', () => {
+  const servers: Server[] = [];
+  let scraper: ModelServerScraper | undefined;
+  afterEach(async () => {
+    scraper?.stop();
+    await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+  });
+
+  async function serve(status: number, body: string): Promise<number> {
+    const s = createServer((req, res) => {
+      res.writeHead(req.url === '/metrics' ? status : 404, { 'content-type': 'text/plain' });
+      res.end(body);
+    });
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return (s.address() as AddressInfo).port;
+  }
+
+  async function until(ok: () => boolean): Promise<void> {
+    for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(ok()).toBe(true);
+  }
+
+  it('keeps the latest figures of each endpoint that answers; failures are logged once per run', async () => {
+    const good = await serve(200, VLLM);
+    const missing = await serve(404, 'no');
+    const closed = await serve(200, '');
+    await new Promise((r) => (servers.pop() as Server).close(r));
+    const log = new RecordingLogger();
+    let clock = 1000;
+    let targets = [
+      { pod: 'a', url: `http://127.0.0.1:${good}/metrics`, engine: engineOf({}) },
+      { pod: 'b', url: `http://127.0.0.1:${missing}/metrics`, engine: engineOf({}) },
+      { pod: 'c', url: `http://127.0.0.1:${closed}/metrics`, engine: engineOf({}) },
+    ];
+    scraper = new ModelServerScraper({
+      intervalMs: 1000,
+      log,
+      targets: () => targets,
+      now: () => clock,
+    });
+    const failures = () =>
+      log.records.filter((r) => r.msg === 'model-server metrics scrape failed');
+    scraper.tick();
+    await until(() => scraper?.fresh(clock, 0).length === 1 && failures().length === 2);
+    expect(scraper.fresh(clock, 0)).toEqual([{ pod: 'a', waiting: 4, running: 5, kvUsage: 0.375 }]);
+    expect(
+      failures()
+        .map((r) => [r.level, r.fields.pod])
+        .sort(),
+    ).toEqual([
+      ['warn', 'b'],
+      ['warn', 'c'],
+    ]);
+    expect(failures().find((r) => r.fields.pod === 'b')?.fields.err).toBe('HTTP 404');
+    // Again: no new warnings for the same failures; figures older than the threshold drop out.
+    clock = 5000;
+    scraper.tick();
+    await until(() => failures().length === 4 && scraper?.fresh(clock, 0).length === 1);
+    expect(
+      failures()
+        .slice(2)
+        .map((r) => r.level),
+    ).toEqual(['debug', 'debug']);
+    expect(scraper.fresh(clock + 2001, 2000)).toEqual([]);
+    // An endpoint that leaves the list is forgotten.
+    targets = [];
+    scraper.tick();
+    expect(scraper.fresh(clock, 1e9)).toEqual([]);
+  });
+});
