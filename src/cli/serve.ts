@@ -261,7 +261,8 @@ export async function startServing(
           targets: () =>
             endpoints.map((e) => ({
               pod: e.name,
-              url: `${ms.scheme}://${hostPortOf(e.address, ms.port || e.port)}${ms.path}`,
+              // An IPv6 zone (`fe80::1%eth0`) is `%25` in a URL.
+              url: `${ms.scheme}://${hostPortOf(e.address.replaceAll('%', '%25'), ms.port || e.port)}${ms.path}`,
               engine: engineOf(e.labels),
             })),
         })

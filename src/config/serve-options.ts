@@ -181,29 +181,35 @@ function bool(v: unknown, field: string): boolean {
 
 /** A Go duration (`50ms`, `1.5s`, `1m30s`, `0`) in milliseconds. */
 function goDurationMs(v: unknown, field: string): number {
-  const text = str(v, field);
+  // Go's time.ParseDuration: an optional sign, then number-unit pairs; a bare 0.
+  const signed = str(v, field);
+  const text = signed.replace(/^[+-]/, '');
   if (text === '0') return 0;
+  if (signed.startsWith('-'))
+    fail(field, `expected a duration that is not negative, got ${signed}`);
   const unitMs: Record<string, number> = {
     ns: 1e-6,
     us: 1e-3,
     µs: 1e-3,
+    μs: 1e-3,
     ms: 1,
     s: 1e3,
     m: 6e4,
     h: 36e5,
   };
-  const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)/y;
+  const re = /(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)/y;
   let ms = 0;
   let at = 0;
+  if (text.length === 0)
+    fail(field, `expected a duration such as 50ms, 1s or 1m30s, got ${signed}`);
   while (at < text.length) {
     re.lastIndex = at;
     const m = re.exec(text);
     if (m === null)
-      return fail(field, `expected a duration such as 50ms, 1s or 1m30s, got ${text}`);
+      return fail(field, `expected a duration such as 50ms, 1s or 1m30s, got ${signed}`);
     ms += Number(m[1]) * (unitMs[m[2] as string] as number);
     at = re.lastIndex;
   }
-  if (text.length === 0) fail(field, 'expected a duration such as 50ms, 1s or 1m30s');
   return ms;
 }
 
@@ -315,6 +321,17 @@ export function resolveServeOptions(
     file('router', 'backend'),
   );
   const events = eventOptions(flags, env, file, get);
+  const scrapeIntervalMs = get(
+    (v, field) => {
+      const ms = goDurationMs(v, field);
+      // Each scrape reads every endpoint's text on the event loop; a timer cannot go past 2^31 ms.
+      if (ms !== 0 && (ms < 10 || ms > 24 * 36e5))
+        fail(field, `expected 0 (off) or a duration from 10ms to 24h, got ${String(v)}`);
+      return ms;
+    },
+    0,
+    [flags['refresh-metrics-interval'], '--refresh-metrics-interval'],
+  );
   // KV events by default when a source is configured (Dynamo's default is
   // events on; without a source that would be an index nothing ever fills).
   // Endpoints with `kvEvents` (ZMQ publishers) are sources too, but they are
@@ -468,11 +485,9 @@ export function resolveServeOptions(
       file('router', 'retryAfterSeconds'),
     ),
     modelServerMetrics: {
-      intervalMs: get(goDurationMs, 0, [
-        flags['refresh-metrics-interval'],
-        '--refresh-metrics-interval',
-      ]),
-      stalenessMs: get(goDurationMs, 2000, [
+      intervalMs: scrapeIntervalMs,
+      // GAIE's 2 s, but never shorter than two intervals: a reading must outlive the next one.
+      stalenessMs: get(goDurationMs, Math.max(2000, 2 * scrapeIntervalMs), [
         flags['metrics-staleness-threshold'],
         '--metrics-staleness-threshold',
       ]),

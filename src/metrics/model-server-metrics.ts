@@ -114,7 +114,9 @@ export function samples(text: string, s: SeriesSelector): number[] {
     } else if (s.labels && Object.keys(s.labels).length > 0) {
       continue;
     }
-    const value = Number(rest.trim().split(/[ \t]+/)[0]);
+    const token = rest.trim().split(/[ \t]+/)[0];
+    // An empty token is no sample (Number('') would be 0).
+    const value = token ? Number(token) : Number.NaN;
     if (Number.isFinite(value)) out.push(value);
   }
 }

@@ -12,9 +12,16 @@
  * Failure modes: a refused connection, a timeout (the interval, at least 1 s), a
  * non-200 status or a body over `maxBytes` fail that scrape only; the first
  * failure of a run of them is logged as a warning, the rest at debug, and the
- * recovery at info. Nothing here throws into the event loop.
+ * recovery at info; an answer holding none of the engine's families is logged
+ * once. `stop()` abandons requests in flight silently. Nothing here throws
+ * into the event loop.
  */
-import { Agent as HttpAgent, get as httpGet, type IncomingMessage } from 'node:http';
+import {
+  type ClientRequest,
+  Agent as HttpAgent,
+  get as httpGet,
+  type IncomingMessage,
+} from 'node:http';
 import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
 import type { Logger } from '../log/logger.js';
 import { type EngineMetrics, type LoadFigures, readLoadFigures } from './model-server-metrics.js';
@@ -52,14 +59,20 @@ export class ModelServerScraper {
   private readonly failing = new Set<string>();
   /** The pods of the last tick's targets: a scrape finishing for another is dropped. */
   private live = new Set<string>();
-  private readonly http = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+  /** Pods whose last good answer held none of the engine's families (logged once). */
+  private readonly empty = new Set<string>();
+  /** Requests in flight, destroyed by `stop()`. */
+  private readonly requests = new Set<ClientRequest>();
+  private stopped = false;
+  // No keep-alive: a server's idle timeout (uvicorn: 5 s) would reset reused sockets.
+  private readonly http = new HttpAgent({ keepAlive: false, maxSockets: 1 });
   private readonly https: HttpsAgent;
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ScraperOptions) {
     this.https = new HttpsAgent({
-      keepAlive: true,
+      keepAlive: false,
       maxSockets: 1,
       rejectUnauthorized: !(opts.insecureSkipVerify ?? true),
     });
@@ -73,9 +86,14 @@ export class ModelServerScraper {
     this.timer.unref();
   }
 
+  /** Stops polling; requests in flight are abandoned without a log line. */
   stop(): void {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    this.live = new Set();
+    for (const r of this.requests) r.destroy();
+    this.requests.clear();
     this.http.destroy();
     this.https.destroy();
   }
@@ -91,11 +109,13 @@ export class ModelServerScraper {
 
   /** One round: a scrape of every target not still being scraped. */
   tick(): void {
+    if (this.stopped) return;
     const targets = this.opts.targets();
     const live = new Set(targets.map((t) => t.pod));
     this.live = live;
     for (const pod of this.latest.keys()) if (!live.has(pod)) this.latest.delete(pod);
     for (const pod of this.failing) if (!live.has(pod)) this.failing.delete(pod);
+    for (const pod of this.empty) if (!live.has(pod)) this.empty.delete(pod);
     for (const t of targets) {
       if (this.inFlight.has(t.pod)) continue;
       this.inFlight.add(t.pod);
@@ -121,7 +141,21 @@ export class ModelServerScraper {
       if (this.failing.delete(t.pod)) {
         this.opts.log.info({ pod: t.pod, url: t.url }, 'model-server metrics scrape recovered');
       }
-      this.latest.set(t.pod, { figures: readLoadFigures(body ?? '', t.engine), atMs: this.now() });
+      const figures = readLoadFigures(body ?? '', t.engine);
+      const none =
+        figures.waiting === undefined &&
+        figures.running === undefined &&
+        figures.kvUsage === undefined;
+      if (none && !this.empty.has(t.pod)) {
+        this.empty.add(t.pod);
+        this.opts.log.warn(
+          { pod: t.pod, url: t.url },
+          "model-server metrics hold none of the engine's families (wrong port, or engine-type label?)",
+        );
+      } else if (!none) {
+        this.empty.delete(t.pod);
+      }
+      this.latest.set(t.pod, { figures, atMs: this.now() });
     };
     const maxBytes = this.opts.maxBytes ?? 16 * 1024 * 1024;
     const onResponse = (res: IncomingMessage) => {
@@ -154,6 +188,8 @@ export class ModelServerScraper {
         },
         onResponse,
       );
+      this.requests.add(req);
+      req.on('close', () => this.requests.delete(req));
       req.on('timeout', () => req.destroy(new Error('timed out')));
       req.on('error', (e) => done(e.message));
     } catch (e) {

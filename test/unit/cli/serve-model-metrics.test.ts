@@ -73,8 +73,9 @@ describe('kv-epp serve: model-server metrics', () => {
     let text = '';
     for (let i = 0; i < 500; i++) {
       text = await metricsText(s.metrics.port);
+      // Both endpoints read: the averages are over both.
       if (
-        sample(text, 'inference_pool_average_queue_size{name="pool"}') !== undefined &&
+        text.includes('model_server_pod="worker-0"') &&
         text.includes('model_server_pod="worker-1"')
       )
         break;

@@ -128,15 +128,33 @@ describe('resolveServeOptions', () => {
       scheme: 'https',
       insecureSkipVerify: false,
     });
-    expect(
-      resolveServeOptions({ 'refresh-metrics-interval': '0' }, {}).modelServerMetrics.intervalMs,
-    ).toBe(0);
-    expect(
-      resolveServeOptions({ 'refresh-metrics-interval': '1.5h' }, {}).modelServerMetrics.intervalMs,
-    ).toBe(5_400_000);
+    const interval = (v: string) =>
+      resolveServeOptions({ 'refresh-metrics-interval': v }, {}).modelServerMetrics;
+    expect(interval('0').intervalMs).toBe(0);
+    expect(interval('1.5h').intervalMs).toBe(5_400_000);
+    expect(interval('+.5s').intervalMs).toBe(500);
+    expect(interval('10000μs').intervalMs).toBe(10);
+    // The staleness threshold outlives two intervals unless set.
+    expect(interval('50ms').stalenessMs).toBe(2000);
+    expect(interval('5s').stalenessMs).toBe(10_000);
     for (const [flag, value, message] of [
       ['refresh-metrics-interval', '50', '--refresh-metrics-interval: expected a duration'],
       ['refresh-metrics-interval', '5 s', '--refresh-metrics-interval: expected a duration'],
+      [
+        'refresh-metrics-interval',
+        '-1s',
+        '--refresh-metrics-interval: expected a duration that is not negative',
+      ],
+      [
+        'refresh-metrics-interval',
+        '5ms',
+        '--refresh-metrics-interval: expected 0 (off) or a duration from 10ms to 24h',
+      ],
+      [
+        'refresh-metrics-interval',
+        '25h',
+        '--refresh-metrics-interval: expected 0 (off) or a duration from 10ms to 24h',
+      ],
       ['metrics-staleness-threshold', 'soon', '--metrics-staleness-threshold: expected a duration'],
       [
         'model-server-metrics-scheme',

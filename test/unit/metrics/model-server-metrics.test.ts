@@ -75,6 +75,10 @@ describe('readLoadFigures', () => {
     });
   });
 
+  it('skips a line without a value (no sample, not a 0)', () => {
+    expect(samples('vllm:a{x="1"}\nvllm:a \nvllm:a 2\r\n', { name: 'vllm:a' })).toEqual([2]);
+  });
+
   it('matches only at the start of a line and the whole name', () => {
     expect(
       samples('xvllm:a 1\nvllm:ab 2\nvllm:a 3\n# vllm:a 4\nvllm:a\t5', { name: 'vllm:a' }),
@@ -108,8 +112,12 @@ describe('ModelServerScraper', () => {
   it('keeps the latest figures of each endpoint that answers; failures are logged once per run', async () => {
     const good = await serve(200, VLLM);
     const missing = await serve(404, 'no');
-    const closed = await serve(200, '');
-    await new Promise((r) => (servers.pop() as Server).close(r));
+    // Accepts, then drops every connection (a crashed server; a closed port could be reused).
+    const dropper = createServer();
+    dropper.on('connection', (socket) => socket.destroy());
+    servers.push(dropper);
+    await new Promise<void>((r) => dropper.listen(0, '127.0.0.1', r));
+    const closed = (dropper.address() as AddressInfo).port;
     const log = new RecordingLogger();
     let clock = 1000;
     let targets = [
@@ -151,5 +159,51 @@ describe('ModelServerScraper', () => {
     targets = [];
     scraper.tick();
     expect(scraper.fresh(clock, 1e9)).toEqual([]);
+  });
+
+  it("warns once when an answer holds none of the engine's families", async () => {
+    const wrong = await serve(200, '{"object":"list"}');
+    const log = new RecordingLogger();
+    const targets = [{ pod: 'a', url: `http://127.0.0.1:${wrong}/metrics`, engine: engineOf({}) }];
+    let clock = 1;
+    scraper = new ModelServerScraper({
+      intervalMs: 1000,
+      log,
+      targets: () => targets,
+      now: () => clock,
+    });
+    const warned = () =>
+      log.records.filter((r) => r.msg.startsWith('model-server metrics hold none'));
+    scraper.tick();
+    await until(() => warned().length === 1);
+    // A second answer, read at clock 2 (staleness 0: only a reading made then counts).
+    clock = 2;
+    scraper.tick();
+    await until(() => scraper?.fresh(2, 0).length === 1);
+    expect(warned()).toHaveLength(1);
+  });
+
+  it('abandons requests in flight on stop, without logging', async () => {
+    // Holds every request open until the test ends.
+    const held: Array<() => void> = [];
+    const s = createServer((_req, res) => held.push(() => res.end()));
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as AddressInfo).port;
+    let arrived = 0;
+    s.on('request', () => arrived++);
+    const log = new RecordingLogger(true);
+    const targets = [{ pod: 'a', url: `http://127.0.0.1:${port}/metrics`, engine: engineOf({}) }];
+    scraper = new ModelServerScraper({ intervalMs: 1000, log, targets: () => targets });
+    scraper.tick();
+    await until(() => arrived === 1);
+    scraper.stop();
+    for (const h of held) h();
+    // Let the destroyed request's events run: still nothing logged, nothing kept.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(log.records).toEqual([]);
+    expect(scraper.fresh(Date.now(), 1e9)).toEqual([]);
+    scraper.tick();
+    expect(arrived).toBe(1);
   });
 });
