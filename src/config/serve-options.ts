@@ -1028,7 +1028,7 @@ export function startupWarnings(
   if (ignored.length > 0) {
     out.push({
       fields: { flags: ignored.map((f) => ({ flag: f.flag, value: f.value })) },
-      msg: "GAIE EPP flags accepted but without effect in kv-epp (their features are GAIE's: Kubernetes discovery, model-server metric scraping, tracing, leader election, zap logging)",
+      msg: "GAIE EPP flags accepted but without effect in kv-epp (their features are GAIE's: Kubernetes discovery, configurable model-server metric names, tracing, leader election, zap logging)",
     });
   }
   const names = Object.keys(env).sort();
