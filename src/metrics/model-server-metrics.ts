@@ -69,6 +69,11 @@ export interface LoadFigures {
   kvUsage?: number | undefined;
 }
 
+/** One endpoint's figures. */
+export interface PodLoad extends LoadFigures {
+  pod: string;
+}
+
 export function readLoadFigures(text: string, engine: EngineMetrics): LoadFigures {
   return {
     waiting: first(text, engine.waiting, 'sum'),

@@ -16,15 +16,15 @@
  * once. `stop()` abandons requests in flight silently. Nothing here throws
  * into the event loop.
  */
-import {
-  type ClientRequest,
-  Agent as HttpAgent,
-  get as httpGet,
-  type IncomingMessage,
-} from 'node:http';
-import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
+import { type ClientRequest, get as httpGet, type IncomingMessage } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import type { Logger } from '../log/logger.js';
-import { type EngineMetrics, type LoadFigures, readLoadFigures } from './model-server-metrics.js';
+import {
+  type EngineMetrics,
+  type LoadFigures,
+  type PodLoad,
+  readLoadFigures,
+} from './model-server-metrics.js';
 
 export interface ScrapeTarget {
   /** The endpoint's name (`model_server_pod`). */
@@ -44,10 +44,6 @@ export interface ScraperOptions {
   now?: (() => number) | undefined;
 }
 
-export interface PodLoad extends LoadFigures {
-  pod: string;
-}
-
 interface Reading {
   figures: LoadFigures;
   atMs: number;
@@ -55,27 +51,18 @@ interface Reading {
 
 export class ModelServerScraper {
   private readonly latest = new Map<string, Reading>();
-  private readonly inFlight = new Set<string>();
+  /** The request in flight per pod (undefined while it is being made). */
+  private readonly inFlight = new Map<string, ClientRequest | undefined>();
   private readonly failing = new Set<string>();
   /** The pods of the last tick's targets: a scrape finishing for another is dropped. */
   private live = new Set<string>();
   /** Pods whose last good answer held none of the engine's families (logged once). */
   private readonly empty = new Set<string>();
-  /** Requests in flight, destroyed by `stop()`. */
-  private readonly requests = new Set<ClientRequest>();
   private stopped = false;
-  // No keep-alive: a server's idle timeout (uvicorn: 5 s) would reset reused sockets.
-  private readonly http = new HttpAgent({ keepAlive: false, maxSockets: 1 });
-  private readonly https: HttpsAgent;
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ScraperOptions) {
-    this.https = new HttpsAgent({
-      keepAlive: false,
-      maxSockets: 1,
-      rejectUnauthorized: !(opts.insecureSkipVerify ?? true),
-    });
     this.now = opts.now ?? Date.now;
   }
 
@@ -92,10 +79,8 @@ export class ModelServerScraper {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.live = new Set();
-    for (const r of this.requests) r.destroy();
-    this.requests.clear();
-    this.http.destroy();
-    this.https.destroy();
+    for (const r of this.inFlight.values()) r?.destroy();
+    this.inFlight.clear();
   }
 
   /** The figures read within `stalenessMs` of `nowMs`, one entry per endpoint. */
@@ -118,7 +103,7 @@ export class ModelServerScraper {
     for (const pod of this.empty) if (!live.has(pod)) this.empty.delete(pod);
     for (const t of targets) {
       if (this.inFlight.has(t.pod)) continue;
-      this.inFlight.add(t.pod);
+      this.inFlight.set(t.pod, undefined);
       this.scrape(t);
     }
   }
@@ -179,17 +164,19 @@ export class ModelServerScraper {
     };
     try {
       const https = t.url.startsWith('https:');
+      // A connection per scrape (`agent: false`): a server's idle timeout (uvicorn: 5 s)
+      // would reset a kept-alive socket.
       const req = (https ? httpsGet : httpGet)(
         t.url,
         {
-          agent: https ? this.https : this.http,
+          agent: false,
+          rejectUnauthorized: !(this.opts.insecureSkipVerify ?? true),
           timeout: Math.max(1000, this.opts.intervalMs),
           headers: { accept: 'text/plain' },
         },
         onResponse,
       );
-      this.requests.add(req);
-      req.on('close', () => this.requests.delete(req));
+      this.inFlight.set(t.pod, req);
       req.on('timeout', () => req.destroy(new Error('timed out')));
       req.on('error', (e) => done(e.message));
     } catch (e) {

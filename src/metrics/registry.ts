@@ -15,6 +15,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { FastCounter, FastGauge, FastHistogram } from './fast-metrics.js';
+import type { PodLoad } from './model-server-metrics.js';
 
 /** Where a finished request was served, relative to the endpoint list kv-epp sent. */
 export type ServedOutcome = 'primary' | 'fallback' | 'other' | 'unreported';
@@ -74,14 +75,6 @@ export interface MetricsSources {
    * and running totals of jobs lost (`kv_epp_approx_jobs_lost_total`).
    */
   approxQueue?: (() => { queued: number; disposed: number; panicked: number }) | undefined;
-}
-
-/** One model server's own load figures (absent: its metrics lack the family). */
-export interface ModelServerLoad {
-  pod: string;
-  waiting?: number | undefined;
-  running?: number | undefined;
-  kvUsage?: number | undefined;
 }
 
 /** What one applied KV-event message contributes to the event metrics. */
@@ -450,11 +443,7 @@ export class EppMetrics {
     const modelServers = sources.modelServers;
     if (modelServers) {
       // Averages over the endpoints whose figure was read recently; no sample while none was.
-      const average = (
-        name: string,
-        help: string,
-        figure: (p: ModelServerLoad) => number | undefined,
-      ) =>
+      const average = (name: string, help: string, figure: (p: PodLoad) => number | undefined) =>
         new Gauge({
           name,
           help,

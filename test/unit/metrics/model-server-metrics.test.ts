@@ -104,6 +104,23 @@ describe('ModelServerScraper', () => {
     return (s.address() as AddressInfo).port;
   }
 
+  /** A vLLM endpoint `pod` on a loopback port. */
+  const target = (pod: string, port: number) => ({
+    pod,
+    url: `http://127.0.0.1:${port}/metrics`,
+    engine: engineOf({}),
+  });
+
+  /** A scraper over `targets` on a clock the test moves. */
+  function scraperOver(
+    targets: () => ReturnType<typeof target>[],
+    log: RecordingLogger,
+    now: () => number = Date.now,
+  ): ModelServerScraper {
+    scraper = new ModelServerScraper({ intervalMs: 1000, log, targets, now });
+    return scraper;
+  }
+
   async function until(ok: () => boolean): Promise<void> {
     for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
     expect(ok()).toBe(true);
@@ -120,22 +137,17 @@ describe('ModelServerScraper', () => {
     const closed = (dropper.address() as AddressInfo).port;
     const log = new RecordingLogger();
     let clock = 1000;
-    let targets = [
-      { pod: 'a', url: `http://127.0.0.1:${good}/metrics`, engine: engineOf({}) },
-      { pod: 'b', url: `http://127.0.0.1:${missing}/metrics`, engine: engineOf({}) },
-      { pod: 'c', url: `http://127.0.0.1:${closed}/metrics`, engine: engineOf({}) },
-    ];
-    scraper = new ModelServerScraper({
-      intervalMs: 1000,
+    let targets = [target('a', good), target('b', missing), target('c', closed)];
+    const sc = scraperOver(
+      () => targets,
       log,
-      targets: () => targets,
-      now: () => clock,
-    });
+      () => clock,
+    );
     const failures = () =>
       log.records.filter((r) => r.msg === 'model-server metrics scrape failed');
-    scraper.tick();
-    await until(() => scraper?.fresh(clock, 0).length === 1 && failures().length === 2);
-    expect(scraper.fresh(clock, 0)).toEqual([{ pod: 'a', waiting: 4, running: 5, kvUsage: 0.375 }]);
+    sc.tick();
+    await until(() => sc.fresh(clock, 0).length === 1 && failures().length === 2);
+    expect(sc.fresh(clock, 0)).toEqual([{ pod: 'a', waiting: 4, running: 5, kvUsage: 0.375 }]);
     expect(
       failures()
         .map((r) => [r.level, r.fields.pod])
@@ -147,39 +159,38 @@ describe('ModelServerScraper', () => {
     expect(failures().find((r) => r.fields.pod === 'b')?.fields.err).toBe('HTTP 404');
     // Again: no new warnings for the same failures; figures older than the threshold drop out.
     clock = 5000;
-    scraper.tick();
-    await until(() => failures().length === 4 && scraper?.fresh(clock, 0).length === 1);
+    sc.tick();
+    await until(() => failures().length === 4 && sc.fresh(clock, 0).length === 1);
     expect(
       failures()
         .slice(2)
         .map((r) => r.level),
     ).toEqual(['debug', 'debug']);
-    expect(scraper.fresh(clock + 2001, 2000)).toEqual([]);
+    expect(sc.fresh(clock + 2001, 2000)).toEqual([]);
     // An endpoint that leaves the list is forgotten.
     targets = [];
-    scraper.tick();
-    expect(scraper.fresh(clock, 1e9)).toEqual([]);
+    sc.tick();
+    expect(sc.fresh(clock, 1e9)).toEqual([]);
   });
 
   it("warns once when an answer holds none of the engine's families", async () => {
     const wrong = await serve(200, '{"object":"list"}');
     const log = new RecordingLogger();
-    const targets = [{ pod: 'a', url: `http://127.0.0.1:${wrong}/metrics`, engine: engineOf({}) }];
+    const targets = [target('a', wrong)];
     let clock = 1;
-    scraper = new ModelServerScraper({
-      intervalMs: 1000,
+    const sc = scraperOver(
+      () => targets,
       log,
-      targets: () => targets,
-      now: () => clock,
-    });
+      () => clock,
+    );
     const warned = () =>
       log.records.filter((r) => r.msg.startsWith('model-server metrics hold none'));
-    scraper.tick();
+    sc.tick();
     await until(() => warned().length === 1);
     // A second answer, read at clock 2 (staleness 0: only a reading made then counts).
     clock = 2;
-    scraper.tick();
-    await until(() => scraper?.fresh(2, 0).length === 1);
+    sc.tick();
+    await until(() => sc.fresh(2, 0).length === 1);
     expect(warned()).toHaveLength(1);
   });
 
@@ -193,17 +204,17 @@ describe('ModelServerScraper', () => {
     let arrived = 0;
     s.on('request', () => arrived++);
     const log = new RecordingLogger(true);
-    const targets = [{ pod: 'a', url: `http://127.0.0.1:${port}/metrics`, engine: engineOf({}) }];
-    scraper = new ModelServerScraper({ intervalMs: 1000, log, targets: () => targets });
-    scraper.tick();
+    const targets = [target('a', port)];
+    const sc = scraperOver(() => targets, log);
+    sc.tick();
     await until(() => arrived === 1);
-    scraper.stop();
+    sc.stop();
     for (const h of held) h();
     // Let the destroyed request's events run: still nothing logged, nothing kept.
     await new Promise((r) => setTimeout(r, 50));
     expect(log.records).toEqual([]);
-    expect(scraper.fresh(Date.now(), 1e9)).toEqual([]);
-    scraper.tick();
+    expect(sc.fresh(Date.now(), 1e9)).toEqual([]);
+    sc.tick();
     expect(arrived).toBe(1);
   });
 });

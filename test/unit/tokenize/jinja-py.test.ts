@@ -130,7 +130,7 @@ describe('selectattr / rejectattr as Jinja2 (transformers 5.24.0) filters', () =
     ['{{ m | selectattr("role", "equalto", "user") | list | length }}', '2'],
     // A digit part indexes a string too; an empty sequence is never tested.
     [loop('selectattr("role.0", "equalto", "u")'), 'user,user,'],
-    [loop('selectattr("role.9", "defined")') + '|', '|'],
+    [`${loop('selectattr("role.9", "defined")')}|`, '|'],
     ['{% for x in [] | selectattr("role", "no_such_test") %}{{ x.role }},{% endfor %}|', '|'],
   ])('%s', (template, expected) => {
     expect(new PyTemplate(template).render(context, NOW)).toBe(expected);

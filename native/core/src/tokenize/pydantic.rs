@@ -336,6 +336,9 @@ fn validate<'a>(ty: &Ty, v: &'a Json) -> Option<Scored<'a>> {
 /// A top-level `Iterable` field still to validate: (field, element type, items).
 type Lazy<'a> = (&'static str, &'static Ty, Vec<Item<'a>>);
 
+/// An `Iterable` accepted for now: its element type and items.
+type Deferred<'a> = (&'static Ty, Vec<Item<'a>>);
+
 /// A union member that accepted a message.
 struct Candidate<'a> {
     out: Vec<(&'static str, Out<'a>)>,
@@ -346,9 +349,9 @@ struct Candidate<'a> {
 
 /// A field value at the top of a message: `Iterable`s (also inside
 /// `Optional`/unions) are only checked for iterability.
-fn validate_top<'a>(ty: &'static Ty, v: &'a Json) -> Option<Result<Scored<'a>, Lazy<'a>>> {
+fn validate_top<'a>(ty: &'static Ty, v: &'a Json) -> Option<Result<Scored<'a>, Deferred<'a>>> {
     match ty {
-        Ty::Iter(inner) => py_iter(v).map(|items| Err(("", *inner, items))),
+        Ty::Iter(inner) => py_iter(v).map(|items| Err((*inner, items))),
         Ty::Opt(inner) if !v.is_null() => validate_top(inner, v),
         Ty::Union(members) => members.iter().find_map(|m| validate_top(m, v)),
         _ => validate(ty, v).map(Ok),
@@ -375,7 +378,7 @@ fn validate_td<'a>(
                 c.out.push((f.name, x));
                 c.score += s;
             }
-            Err((_, inner, items)) => {
+            Err((inner, items)) => {
                 c.out.push((f.name, Out::Made(Json::Null)));
                 c.lazy.push((f.name, inner, items));
             }
