@@ -75,6 +75,9 @@ export declare function approxTrackerDispose(handle: number): boolean
 /** The local-hash seed for a LoRA name and cache namespace (empty = absent). */
 export declare function blockHashSeed(loraName?: string | undefined | null, cacheNamespace?: string | undefined | null): bigint
 
+/** vLLM's content format for a chat template's text: `string` or `openai`. */
+export declare function chatTemplateContentFormat(source: string): string
+
 /**
  * Decodes one `kv_metrics` message (Dynamo envelope, bare msgpack or JSON
  * `ActiveLoad`); `null` when it is not one.

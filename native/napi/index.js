@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueStats, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueStats, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, chatTemplateContentFormat, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
 export { approxBacklog }
 export { approxExpire }
 export { approxFlush }
@@ -790,6 +790,7 @@ export { approxStats }
 export { approxTrackerCreate }
 export { approxTrackerDispose }
 export { blockHashSeed }
+export { chatTemplateContentFormat }
 export { decodeActiveLoad }
 export { eventApplierApply }
 export { eventApplierCreate }

@@ -22,32 +22,28 @@ and writes
   test/fixtures/chat/goldens/random/<tokenizer>.json       their ids (or error) per tokenizer
   test/fixtures/chat/goldens/manifest.json                 versions, sources, hashes, clock
 
-What a golden means: the prompt token ids vLLM's OpenAI server would compute for that request
-body.  The script does not call vLLM (its wheel needs torch); it re-implements the small part of
-vLLM's chat path that runs before `tokenizer.apply_chat_template`, written from a reading of
-vLLM's source (vllm/entrypoints/chat_utils.py, vllm/renderers/hf.py, the ChatCompletionRequest
-and CompletionRequest models), and then calls transformers exactly as vLLM does:
+What a golden means: the prompt token ids vLLM's OpenAI server (0.33.0) would compute for that
+request body.  vLLM's wheel needs torch, so the script runs vLLM's own source where it can (from
+the pinned sdist that make-goldens.sh fetches: vllm/renderers/chat_utils/types.py and
+chat_message.py, and functions of vllm/renderers/hf.py), re-implements the rest from a reading of
+it (the ChatCompletionRequest and CompletionRequest models, the kwargs), and then calls
+transformers as vLLM does:
 
- 1. Request validation.  `messages` must validate against the union of the OpenAI SDK's message
-    TypedDicts and vLLM's CustomChatCompletionMessageParam (pydantic, lax).  Notably a
-    `"name": null` fails every member (OpenAI types `name` as str), so vLLM answers 400, while
-    nulls in keys typed Optional (`tool_calls`, `refusal`, `reasoning`, `tool_call_id`, ...)
-    pass.  `continue_final_message` together with an explicit `add_generation_prompt: true` is
-    rejected up front.  `reasoning_content` is renamed to `reasoning`.
- 2. Message parsing, "string" content format (what vLLM picks for templates that never loop over
-    `message.content`; the script checks that each template qualifies).  Each message becomes a
-    fresh dict {role, content, ...}:
-      - content: a string stays as is; a list of parts is FLATTENED: the text of each
-        text/input_text/output_text/refusal/thinking part (parts whose text is null are skipped)
-        joined with "\\n" -- no separator is added after the last part; `null`/missing content
-        becomes "" (so a user message without content is NOT an error in vLLM);
-      - image/audio/video parts are an error for a text-only model; unknown part types too;
-      - assistant: `tool_calls` copied when not null, `reasoning` copied as both `reasoning`
-        and `reasoning_content`; tool: `tool_call_id`; any role: `name` only when a string;
-      - every other key (refusal, audio, function_call, unknown keys) is dropped;
-      - then assistant tool-call `arguments` strings are parsed with json.loads (invalid JSON
-        becomes {}), so templates re-serialise them (Qwen3: `tojson` => ", " / ": " spacing),
-        and an empty `tool_calls` list is removed.
+ 1. Request validation.  `messages` must validate against vLLM's own message union (the OpenAI
+    SDK's TypedDicts, vLLM's CustomChatCompletionMessageParam with its typed content parts,
+    openai-harmony's Message), as a field of a model with extra="allow" (vLLM's request model):
+    pydantic's smart union picks the member, no key is dropped.  Notably a `"name": null` fails
+    every member, so vLLM answers 400, while nulls in keys typed Optional (`tool_calls`,
+    `refusal`, `reasoning`, `tool_call_id`, ...) pass.  `continue_final_message` together with
+    an explicit `add_generation_prompt: true` is rejected up front.  `reasoning_content` is
+    renamed to `reasoning`.
+ 2. Message parsing: vLLM's `parse_chat_message_content` and `_postprocess_messages`, run as
+    released with a text-only multimodal tracker (media parts are refused), in the content
+    format vLLM's `_detect_content_format` picks for the template ("openai" when it loops over a
+    message's content: content stays a list of {"type": "text", "text": ...} parts; else
+    "string": the non-empty texts joined with "\n").  Then vLLM's developer-role handling: for
+    a template that never names "developer", developer messages become system messages, merged
+    into one first system message when needed.
  3. Tools: each tool goes through vLLM's pydantic models and `model_dump()`, which reorders keys
     to {"type", "function": {"name", "description", "parameters", <extra keys>}} and fills a
     missing description with null -- the order the template's `tojson` prints.
@@ -71,14 +67,21 @@ transformers.utils.chat_template_utils) at CLOCK, checks that the freeze works, 
 
 from __future__ import annotations
 
+import __future__
+import ast as pyast
+import collections
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib.util
 import importlib.metadata as md
+import functools
 import inspect
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -96,12 +99,8 @@ import jinja2.nodes  # noqa: E402
 import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 import transformers.utils.chat_template_utils as hf_ctu  # noqa: E402
-from openai.types.chat import ChatCompletionFunctionToolParam  # noqa: E402
-from openai.types.chat import ChatCompletionMessageParam as OpenAIMessageParam  # noqa: E402
-from openai.types.chat import ChatCompletionMessageToolCallParam  # noqa: E402
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, model_serializer  # noqa: E402
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_serializer  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
-from typing_extensions import Required, TypedDict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS_DIR = ROOT / "test/fixtures/chat/requests"
@@ -170,7 +169,7 @@ def npm_tokenizer_dir(name: str) -> Path:
 # More tokenizers, each with its bundled template (all "string" content format), from the npm
 # package @lenml/tokenizer-<name>: other chat-template dialects (DeepSeek-V3's, Mistral's) and
 # tokenizer families (Llama 3.2, Qwen2.5) than the two above.
-EXTRA_MODELS = ("deepseek_v3", "llama3_2", "mistral_nemo", "qwen2_5")
+EXTRA_MODELS = ("deepseek_v3", "gemma3", "llama3_2", "mistral_nemo", "qwen2_5")
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,22 +177,35 @@ EXTRA_MODELS = ("deepseek_v3", "llama3_2", "mistral_nemo", "qwen2_5")
 # --------------------------------------------------------------------------------------------
 
 
-class CustomChatCompletionMessageParam(TypedDict, total=False):
-    """vLLM's extra member of the message union (enables custom roles)."""
-
-    role: Required[str]
-    content: str | list[Any]
-    name: str
-    tool_call_id: str | None
-    tool_calls: list[ChatCompletionMessageToolCallParam] | None
-    reasoning: str | None
-    tools: list[ChatCompletionFunctionToolParam] | None
-    task: str | None
+def load_vllm_types() -> Any:
+    """vLLM's chat_utils/types.py (the message union: the OpenAI SDK's TypedDicts, vLLM's
+    `CustomChatCompletionMessageParam` with its typed content parts, openai-harmony's Message),
+    imported from the pinned sdist."""
+    path = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/renderers/chat_utils/types.py"
+    spec = importlib.util.spec_from_file_location("vllm_chat_types", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-# vLLM's union also has openai_harmony.Message; for these fixtures it accepts nothing the other
-# two reject (checked by hand), so the script does not depend on openai-harmony.
-MESSAGE_ADAPTER = TypeAdapter(OpenAIMessageParam | CustomChatCompletionMessageParam)
+class _MessagesOf(BaseModel):
+    """vLLM validates `messages` as a field of ChatCompletionRequest, whose `extra="allow"`
+    reaches the TypedDicts: every key of a message (and of a content part) survives, declared
+    fields first in schema order, then the others in input order."""
+
+    model_config = ConfigDict(extra="allow")
+    messages: list[Any]
+
+
+_MESSAGE_MODEL: list[type[BaseModel]] = []
+
+
+def validate_message(msg: Any) -> Any:
+    if not _MESSAGE_MODEL:
+        union = load_vllm_types().ChatCompletionMessageParam
+        _MESSAGE_MODEL.append(create_model(
+            "MessagesOf", __base__=_MessagesOf, messages=(list[union], ...)))
+    return _MESSAGE_MODEL[0].model_validate({"messages": [msg]}).messages[0]
 
 
 class _OpenAIBaseModel(BaseModel):
@@ -233,7 +245,42 @@ def _materialize(value: Any) -> Any:
     return value
 
 
+def load_vllm_check_tool_usage() -> Any:
+    """`ChatCompletionRequest.check_tool_usage` (vLLM's before-validator of `tools` and
+    `tool_choice`), taken from vllm/entrypoints/openai/chat_completion/protocol.py."""
+    path = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/entrypoints/openai/chat_completion/protocol.py"
+    tree = pyast.parse(path.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body
+               if isinstance(n, pyast.ClassDef) and n.name == "ChatCompletionRequest")
+    fn = next(n for n in cls.body
+              if isinstance(n, pyast.FunctionDef) and n.name == "check_tool_usage")
+    fn.decorator_list = []
+    code = compile(pyast.Module(body=[fn], type_ignores=[]), str(path), "exec",
+                   flags=__future__.annotations.compiler_flag)
+
+    class VLLMValidationError(ValueError):
+        def __init__(self, message: str, parameter: str | None = None, value: Any = None):
+            super().__init__(message)
+
+    ns: dict[str, Any] = {"VLLMValidationError": VLLMValidationError}
+    exec(code, ns)  # noqa: S102 -- pinned source
+    return lambda data: ns["check_tool_usage"](None, data)
+
+
+# vLLM's ReasoningEffort (vllm/renderers/params.py).
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
 def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
+    try:
+        VLLM["check_tool_usage"](json.loads(json.dumps(body)))
+    except ValueError as e:
+        raise GoldenError("request-validation", f"VLLMValidationError: {e}") from None
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise GoldenError("request-validation",
+                          "ValidationError: reasoning_effort must be one of "
+                          + ", ".join(REASONING_EFFORTS))
     if body.get("continue_final_message") and body.get("add_generation_prompt"):
         raise GoldenError(
             "request-validation",
@@ -251,7 +298,7 @@ def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
             if rc is not None and msg.get("reasoning") is None:
                 msg["reasoning"] = rc
         try:
-            messages.append(_materialize(MESSAGE_ADAPTER.validate_python(msg)))
+            messages.append(_materialize(validate_message(msg)))
         except ValidationError:
             raise GoldenError(
                 "request-validation",
@@ -269,90 +316,149 @@ def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
 
 
 # --------------------------------------------------------------------------------------------
-# Step 2: message parsing ("string" content format)
+# Step 2: message parsing, by vLLM's own code (vllm/renderers/chat_utils/chat_message.py)
 # --------------------------------------------------------------------------------------------
 
-TEXT_PART_TYPES = {"text": "text", "input_text": "text", "output_text": "text",
-                   "refusal": "refusal", "thinking": "thinking"}
-MEDIA_PART_TYPES = {"image_url", "input_image", "image_embeds", "image_pil", "audio_url",
-                    "input_audio", "audio_embeds", "video_url", "prompt_embeds"}
+class _TextOnlyParser:
+    """vLLM's multimodal content parser for a text-only model: every media part is refused."""
+
+    def __init__(self, model_config: Any):
+        self.model_config = model_config
+
+    def mm_placeholder_storage(self) -> dict:
+        return {}
+
+    def __getattr__(self, name: str):
+        def refuse(*_args, **_kwargs):
+            kind = name.removeprefix("parse_")
+            raise GoldenError(
+                "message-parsing",
+                f"ValueError: content part of kind {kind!r} needs a multimodal model; "
+                "vLLM rejects it for a text-only model",
+            )
+        return refuse
 
 
-def _part_text(part: Any) -> str | None:
-    if isinstance(part, str):
-        return part
-    ptype = part.get("type")
-    if ptype in TEXT_PART_TYPES:
-        return part.get(TEXT_PART_TYPES[ptype])  # None => part skipped
-    if ptype in MEDIA_PART_TYPES or (ptype is None and any(k in part for k in MEDIA_PART_TYPES)):
-        raise GoldenError(
-            "message-parsing",
-            f"ValueError: content part of type {ptype or 'image_url'!r} needs a multimodal model; "
-            "vLLM rejects it for a text-only model",
-        )
-    raise GoldenError("message-parsing", f"VLLMValidationError: Unsupported chat content part "
-                                         f"type: {ptype!r}")
+class _TextOnlyTracker:
+    class _ModelConfig:
+        enable_prompt_embeds = False
+
+    def create_parser(self, mm_processor_kwargs=None):
+        return _TextOnlyParser(self._ModelConfig())
+
+    def get_num_items(self, _modality: str) -> int:
+        return 0
 
 
-def flatten_content(content: Any) -> str:
-    """vLLM's "string" content format: the text parts joined with "\\n"; None => ""."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts = [t for t in (_part_text(p) for p in content) if t is not None]
-    return "\n".join(texts)
+def load_vllm_chat_message() -> dict[str, Any]:
+    """vLLM's chat_message.py (with its types.py), executed from the pinned sdist. Its imports of
+    other vLLM modules (configs, the multimodal machinery, the logger) are replaced by the
+    text-only stand-ins above; everything that turns a validated message into the conversation
+    is vLLM's code as released."""
+    root = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/renderers/chat_utils"
+    spec = importlib.util.spec_from_file_location("vllm_chat_types", root / "types.py")
+    types_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(types_mod)
+    src = (root / "chat_message.py").read_text(encoding="utf-8")
+    src = re.sub(r"^from (vllm|\.)[\w.]* import \([^)]*\)\n", "", src, flags=re.M)
+    src = re.sub(r"^from (vllm|\.)[\w.]* import [^\n(]*\n", "", src, flags=re.M)
+
+    class VLLMValidationError(ValueError):
+        def __init__(self, message: str, parameter: str | None = None, value: Any = None):
+            super().__init__(message)
+
+    ns: dict[str, Any] = {
+        "__name__": "vllm_chat_message",
+        "ModelConfig": object, "VLLMValidationError": VLLMValidationError,
+        "MultiModalDataDict": dict, "MultiModalUUIDDict": dict,
+        "init_logger": _quiet_logger, "MODALITY_PLACEHOLDERS_MAP": {},
+        "PROMPT_EMBEDS_PLACEHOLDER_TOKEN": "<|prompt_embeds|>",
+        "BaseMultiModalContentParser": object, "make_prompt_embeds_placeholder": str,
+        "AsyncMultiModalItemTracker": object, "BaseMultiModalItemTracker": object,
+        "MultiModalItemTracker": object,
+        **{name: getattr(types_mod, name) for name in types_mod.__all__},
+    }
+    exec(compile(src, str(root / "chat_message.py"), "exec"), ns)  # noqa: S102 -- pinned source
+    ns["VLLMValidationErrorType"] = VLLMValidationError
+    return ns
 
 
-def parse_messages(messages: list[dict]) -> list[dict]:
-    conversation = []
-    for msg in messages:
-        role = msg["role"]
-        out: dict[str, Any] = {"role": role, "content": flatten_content(msg.get("content"))}
-        if role == "assistant":
-            if msg.get("tool_calls") is not None:
-                out["tool_calls"] = json.loads(json.dumps(list(msg["tool_calls"])))
-            if msg.get("reasoning") is not None:
-                out["reasoning"] = msg["reasoning"]
-                out["reasoning_content"] = msg["reasoning"]
-        elif role == "tool" and "tool_call_id" in msg:
-            out["tool_call_id"] = msg["tool_call_id"]
-        if isinstance(msg.get("name"), str):
-            out["name"] = msg["name"]
-        if isinstance(msg.get("task"), str):
-            out["task"] = msg["task"]
-        if role == "developer":
-            out["tools"] = msg.get("tools")
-        conversation.append(out)
-    for out in conversation:
-        if out["role"] == "assistant" and isinstance(out.get("tool_calls"), list):
-            if not out["tool_calls"]:
-                del out["tool_calls"]
-                continue
-            for call in out["tool_calls"]:
-                args = call["function"].get("arguments")
-                if isinstance(args, str):
-                    try:
-                        call["function"]["arguments"] = json.loads(args)
-                    except json.JSONDecodeError:
-                        call["function"]["arguments"] = {}
-                elif not isinstance(args, (dict, list)):
-                    call["function"]["arguments"] = {}
+VLLM_CHAT: dict[str, Any] = {}
+
+
+def _quiet_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.CRITICAL)  # vLLM logs coerced tool-call arguments and AST failures
+    return logger
+
+
+def parse_messages(messages: list[dict], content_format: str) -> list[dict]:
+    """vLLM's `parse_chat_messages` for a text-only model, then its developer-role handling
+    (`apply_hf_chat_template`: developer messages become system messages merged into the first
+    when the template never names the role)."""
+    messages = json.loads(json.dumps(messages))
+    conversation: list[dict] = []
+    try:
+        for msg in messages:
+            conversation.extend(VLLM_CHAT["parse_chat_message_content"](
+                msg, _TextOnlyTracker(), content_format, interleave_strings=False))
+        VLLM_CHAT["_postprocess_messages"](conversation)
+    except VLLM_CHAT["VLLMValidationErrorType"] as e:
+        raise GoldenError("message-parsing", f"VLLMValidationError: {e}") from None
     return conversation
 
 
-def assert_string_content_format(template: str) -> None:
-    """vLLM switches to the "openai" content format (content kept as a list of parts) when a
-    template loops over a message's content; this script only emulates the "string" format."""
-    ast = hf_ctu._compile_jinja_template(template).environment.parse(template)
-    for loop in ast.find_all(jinja2.nodes.For):
-        for node in [loop.iter, *loop.iter.find_all(jinja2.nodes.Node)]:
-            if (isinstance(node, jinja2.nodes.Getattr) and node.attr == "content") or (
-                isinstance(node, jinja2.nodes.Getitem)
-                and isinstance(node.arg, jinja2.nodes.Const)
-                and node.arg.value == "content"
-            ):
-                raise NotImplementedError("template loops over message content ('openai' format)")
+def developer_to_system(conversation: list[dict], template: str) -> list[dict]:
+    if any(m["role"] == "developer" for m in conversation) and not VLLM[
+            "_detect_developer_role_support"](template):
+        try:
+            conversation = VLLM["_convert_developer_to_system"](conversation)
+            conversation = VLLM["_consolidate_system_messages"](conversation)
+        except TypeError as e:  # a None text in a system message's parts: vLLM answers 400
+            raise GoldenError("message-parsing", f"TypeError: {e}") from None
+    return conversation
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM's own code: content-format detection and the developer role (vllm/renderers/hf.py)
+# --------------------------------------------------------------------------------------------
+
+VLLM_FUNCTIONS = (
+    "_is_var_access", "_is_attr_access", "_is_var_or_elems_access", "_attr_dotted_name",
+    "_iter_nodes_assign_var_or_elems", "_iter_nodes_assign_messages_item",
+    "_iter_nodes_assign_content_item", "_try_extract_ast", "_detect_content_format",
+    "_detect_developer_role_support", "_convert_developer_to_system",
+    "_consolidate_system_messages",
+)
+
+
+def load_vllm_functions() -> dict[str, Any]:
+    """The functions above, taken from vLLM's source file (make-goldens.sh fetches the pinned
+    sdist; KV_EPP_VLLM_SRC names its root) and executed as they are, so the goldens follow
+    vLLM's code rather than a reading of it."""
+    root = os.environ.get("KV_EPP_VLLM_SRC")
+    if not root:
+        sys.exit("KV_EPP_VLLM_SRC is not set: run scripts/goldens/make-goldens.sh")
+    path = Path(root) / "vllm/renderers/hf.py"
+    tree = pyast.parse(path.read_text(encoding="utf-8"))
+    defs = [n for n in tree.body if isinstance(n, pyast.FunctionDef) and n.name in VLLM_FUNCTIONS]
+    missing = set(VLLM_FUNCTIONS) - {n.name for n in defs}
+    if missing:
+        sys.exit(f"{path} lacks {sorted(missing)} (another vLLM version?)")
+    module = pyast.Module(body=defs, type_ignores=[])
+    code = compile(module, str(path), "exec", flags=__future__.annotations.compiler_flag)
+    ns: dict[str, Any] = {"jinja2": jinja2, "deque": collections.deque,
+                          "lru_cache": functools.lru_cache,
+                          "logger": _quiet_logger("vllm")}
+    exec(code, ns)  # noqa: S102 -- vLLM's source, pinned by sha256 in make-goldens.sh
+    return {name: ns[name] for name in VLLM_FUNCTIONS}
+
+
+VLLM: dict[str, Any] = {}
+
+
+def vllm_content_format(template: str) -> str:
+    return VLLM["_detect_content_format"](template, default="string")
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,9 +544,9 @@ def render(tok, raw_tok: tokenizers.Tokenizer, body: dict, template_override: st
 
     template = template_override if template_override is not None else tok.chat_template
     assert isinstance(template, str), "tokenizer has no single chat template"
-    assert_string_content_format(template)
     messages, tools = validate_chat_request(body)
-    conversation = parse_messages(messages)
+    content_format = vllm_content_format(template)
+    conversation = developer_to_system(parse_messages(messages, content_format), template)
     kwargs = template_kwargs(tok, template, body)
     call = {"tools": tools, "chat_template": template, **kwargs}
     try:
@@ -456,6 +562,7 @@ def render(tok, raw_tok: tokenizers.Tokenizer, body: dict, template_override: st
     assert ids == raw_ids, "transformers and tokenizers disagree"
     return {
         "endpoint": "chat",
+        "content_format": content_format,
         "conversation": conversation,
         "tools": tools,
         "template_kwargs": kwargs,
@@ -511,7 +618,7 @@ TIKTOKEN_BLOBS = {
 # --------------------------------------------------------------------------------------------
 
 RANDOM_SEED = 5
-RANDOM_REQUESTS = 150
+RANDOM_REQUESTS = 200
 # Text pieces chosen to stress templates and tokenizers: whitespace a template may trim,
 # other models' special tokens and Jinja syntax as plain text, non-ASCII, reasoning tags.
 RANDOM_WORDS = ["hello", "world", "  spaced  ", "line\nbreak", "tab\tchar", "ünïcödé",
@@ -525,13 +632,42 @@ def random_requests(n: int, seed: int) -> list[dict]:
     def text() -> str:
         return "".join(rnd.choice(RANDOM_WORDS) for _ in range(rnd.randint(0, 5)))
 
+    def part() -> Any:
+        # Every part kind vLLM's parser treats as text, in both content formats.
+        kind = rnd.choices(["text", "str", "input_text", "refusal", "thinking", "null",
+                            "extra", "tool_reference"], [60, 8, 5, 3, 3, 3, 5, 3])[0]
+        if kind == "str":
+            return text()
+        if kind in ("input_text", "null"):
+            return {"type": "input_text" if kind == "input_text" else "text",
+                    "text": None if kind == "null" else text()}
+        if kind in ("refusal", "thinking"):
+            return {"type": kind, kind: text()}
+        if kind == "extra":
+            return {"type": "text", "text": text(), "cache_control": {"type": "ephemeral"}}
+        if kind == "tool_reference":
+            return {"type": "tool_reference", "name": rnd.choice(["search", ""])}
+        return {"type": "text", "text": text()}
+
     def content(nullable: bool) -> Any:
         r = rnd.random()
         if r < 0.6:
             return text()
         if r < 0.7 and nullable:
             return None
-        return [{"type": "text", "text": text()} for _ in range(rnd.randint(1, 3))]
+        return [part() for _ in range(rnd.randint(1, 3))]
+
+    def system_content() -> Any:
+        # Some gateways put a billing line first; vLLM drops it from system messages.
+        c = content(False)
+        if rnd.random() < 0.15:
+            header = "x-anthropic-billing-header: cch=" + str(rnd.randint(1, 99))
+            rest = rnd.choice(["", "\n" + text()])
+            if isinstance(c, list):
+                c.insert(0, {"type": "text", "text": header + rest})
+            else:
+                c = header + rest
+        return c
 
     def value(depth: int = 0) -> Any:
         # JSON values whose spelling templates must keep: 1.0, 1e-05, ints beyond 2^53.
@@ -545,8 +681,13 @@ def random_requests(n: int, seed: int) -> list[dict]:
 
     def tool_call(i: int) -> dict:
         args = json.dumps({"q": text(), "n": value()}, ensure_ascii=rnd.random() < 0.5)
-        if rnd.random() < 0.1:
+        r = rnd.random()
+        if r < 0.1:
             args = "not json {"
+        elif r < 0.2:
+            args = rnd.choice(["[1, 2]", "42", "true", "", "null", '"s"'])
+        elif r < 0.25:
+            args = {"q": text()}
         # Mistral's templates want 9 alphanumeric characters.
         call_id = f"call{i}ABcd" if rnd.random() < 0.5 else f"call_{i}"
         return {"id": call_id, "type": "function",
@@ -554,10 +695,11 @@ def random_requests(n: int, seed: int) -> list[dict]:
 
     def message(role: str | None = None) -> dict:
         role = role or rnd.choices(["system", "user", "assistant", "tool", "developer"],
-                                   [1, 4, 3, 1, 0.3])[0]
+                                   [1, 4, 3, 1, 0.6])[0]
         # A null content is a 400 for every role but the assistant's (pydantic): now and then.
         nullable = role == "assistant" or rnd.random() < 0.05
-        m: dict[str, Any] = {"role": role, "content": content(nullable)}
+        m: dict[str, Any] = {"role": role, "content": system_content() if role == "system"
+                             else content(nullable)}
         if role == "assistant" and rnd.random() < 0.3:
             m["tool_calls"] = [tool_call(j) for j in range(rnd.randint(1, 2))]
             if rnd.random() < 0.5:
@@ -579,7 +721,8 @@ def random_requests(n: int, seed: int) -> list[dict]:
         else:
             msgs = [message() for _ in range(n)]
         if rnd.random() < 0.3:
-            msgs.insert(0, {"role": "system", "content": text()})
+            msgs.insert(0, {"role": rnd.choice(["system", "system", "developer"]),
+                            "content": system_content()})
         body: dict[str, Any] = {"model": "m", "messages": msgs}
         if rnd.random() < 0.4:
             body["tools"] = [{"type": "function", "function": {
@@ -701,12 +844,44 @@ def tiktoken_goldens(out_dir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Content-format goldens: vLLM's detection over a corpus of templates
+# --------------------------------------------------------------------------------------------
+
+CONTENT_FORMAT_DIR = TEMPLATES_DIR / "content-format"
+
+
+def content_format_goldens(path: Path, tokenizer_dirs: dict[str, Path]) -> dict:
+    """vLLM's content format and developer-role support of each corpus template (edge cases
+    written for its detector) and of each tokenizer's bundled template."""
+    entries: dict[str, dict] = {}
+    sources = {rel(f): f.read_text(encoding="utf-8")
+               for f in sorted(CONTENT_FORMAT_DIR.glob("*.jinja"))}
+    sources[rel(TEMPLATES_DIR / "llama31-dated.jinja")] = (
+        TEMPLATES_DIR / "llama31-dated.jinja").read_text(encoding="utf-8")
+    for name, d in tokenizer_dirs.items():
+        template = json.loads((d / "tokenizer_config.json").read_text())["chat_template"]
+        assert isinstance(template, str), f"{name}: not a single chat template"
+        sources[f"{rel(d)}/tokenizer_config.json#chat_template"] = template
+    for key, source in sources.items():
+        entries[key] = {"content_format": vllm_content_format(source),
+                        "developer_role": VLLM["_detect_developer_role_support"](source)}
+    write_json(path, {"generator": "vLLM 0.33.0 vllm/renderers/hf.py, run by make_goldens.py",
+                      "templates": entries})
+    formats = collections.Counter(e["content_format"] for e in entries.values())
+    print(f"content-format: {dict(formats)} over {len(entries)} templates")
+    return {"templates": len(entries), **formats}
+
+
+# --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     t0 = time.monotonic()
+    VLLM.update(load_vllm_functions())
+    VLLM["check_tool_usage"] = load_vllm_check_tool_usage()
+    VLLM_CHAT.update(load_vllm_chat_message())
     q_dir, l_dir = qwen3_dir(), llama3_1_dir()
     qwen3 = AutoTokenizer.from_pretrained(str(q_dir))
     llama = AutoTokenizer.from_pretrained(str(l_dir))
@@ -772,6 +947,9 @@ def main() -> None:
         counts[golden_dir] = {"rendered": n_ok, "errors": n_err}
         print(f"{golden_dir}: {n_ok} rendered, {n_err} errors")
 
+    content_format_info = content_format_goldens(
+        GOLDENS_DIR / "content-format.json",
+        {"qwen3": q_dir, "llama3_1": l_dir, **extra_dirs})
     tiktoken_info = tiktoken_goldens(GOLDENS_DIR / "tiktoken")
     random_info = random_goldens(
         GOLDENS_DIR / "random",
@@ -792,6 +970,10 @@ def main() -> None:
         "goldens": counts,
         "tiktoken": tiktoken_info,
         "random": random_info,
+        "content_format": content_format_info,
+        "vllm": {"version": "0.33.0", "files": [
+            "vllm/renderers/hf.py", "vllm/renderers/chat_utils/chat_message.py",
+            "vllm/renderers/chat_utils/types.py"]},
     })
     print(f"done in {time.monotonic() - t0:.1f}s (transformers {transformers.__version__})")
 

@@ -6,7 +6,8 @@
  *     TypedDicts and vLLM's CustomChatCompletionMessageParam, as pydantic-core does it (smart
  *     union: the member with the most fields set wins, ties go to the earlier member; the count
  *     adds up the fields of every TypedDict validated on the way, e.g. each tool call of the custom
- *     member's eager `list[...]` adds 5; extra keys are dropped; output keys in schema order;
+ *     member's eager `list[...]` adds 5; vLLM's request model has extra="allow", so no key is
+ *     dropped: output keys are the winner's own in schema order, then the others in input order;
  *     `Iterable[...]` fields are validated lazily, i.e. after the member was chosen, against that
  *     member's item type). `reasoning_content` is renamed to `reasoning` first.
  *  2. message parsing ("string" content format): content flattened to one string, unknown keys
@@ -43,8 +44,10 @@ import { NESTED_TOO_DEEP } from './types.js';
 
 /** A chat request after vLLM's normalisation, ready for `apply_chat_template`. */
 export interface ChatRequest {
-  /** The messages handed to the template (the goldens' `conversation`). */
+  /** The messages handed to the template in vLLM's "string" content format. */
   conversation: PyDict[];
+  /** Each message's content in the "openai" content format (toOpenAiFormat). */
+  openaiContents: OpenAiContent[];
   /** The tools handed to the template (vLLM's pydantic dump), or null. */
   tools: PyValue[] | null;
   /**
@@ -130,6 +133,9 @@ type Schema =
   | { t: 'bool' }
   | { t: 'any' }
   | { t: 'dict' }
+  | { t: 'dictof'; s: Schema }
+  | { t: 'never'; what: string }
+  | { t: 'num' }
   | { t: 'opt'; s: Schema }
   | { t: 'union'; m: readonly Schema[] }
   | { t: 'list'; s: Schema }
@@ -153,7 +159,6 @@ type Result =
   | { ok: false; err: string };
 
 const STR: Schema = { t: 'str' };
-const ANY: Schema = { t: 'any' };
 const lit = (...v: string[]): Schema => ({ t: 'lit', v });
 const opt = (s: Schema): Schema => ({ t: 'opt', s });
 const td = (name: string, ...f: Field[]): Schema => ({ t: 'td', name, f });
@@ -228,6 +233,81 @@ const FUNCTION_TOOL = td(
 );
 const textContent: Schema = { t: 'union', m: [STR, { t: 'iter', s: TEXT_PART }] };
 
+// vLLM's content parts (vllm/renderers/chat_utils/types.py, 0.33.0).
+const URL = td('URL', req('url', STR));
+const OPT_STR = opt(STR);
+/** `str | dict[str, str | list[int | float]] | None` */
+const EMBEDS = opt({
+  t: 'union',
+  m: [STR, { t: 'dictof', s: { t: 'union', m: [STR, { t: 'list', s: { t: 'num' } }] } }],
+});
+const PROMPT_EMBEDS_PART = td(
+  'ChatCompletionContentPartPromptEmbedsParam',
+  req('data', STR),
+  req('type', lit('prompt_embeds')),
+);
+/** vLLM's ChatCompletionContentPartParam, in its union order. */
+const CUSTOM_PART: Schema = {
+  t: 'union',
+  m: [
+    TEXT_PART,
+    IMAGE_PART,
+    AUDIO_PART,
+    FILE_PART,
+    td('ChatCompletionContentPartAudioParam', req('audio_url', URL), req('type', lit('audio_url'))),
+    td('ChatCompletionContentPartVideoParam', req('video_url', URL), req('type', lit('video_url'))),
+    REFUSAL_PART,
+    td(
+      'CustomChatCompletionContentPILImageParam',
+      optional('image_pil', opt({ t: 'never', what: 'a PIL image' })),
+      optional('uuid', OPT_STR),
+    ),
+    td(
+      'CustomChatCompletionContentSimpleImageParam',
+      optional('image_url', OPT_STR),
+      optional('uuid', OPT_STR),
+    ),
+    td(
+      'ChatCompletionContentPartImageEmbedsParam',
+      optional('image_embeds', EMBEDS),
+      req('type', lit('image_embeds')),
+      optional('uuid', OPT_STR),
+    ),
+    td(
+      'ChatCompletionContentPartAudioEmbedsParam',
+      optional('audio_embeds', EMBEDS),
+      req('type', lit('audio_embeds')),
+      optional('uuid', OPT_STR),
+    ),
+    td(
+      'ChatCompletionContentPartVideoEmbedsParam',
+      optional('video_embeds', EMBEDS),
+      optional('audio_embeds', EMBEDS),
+      req('type', lit('video_embeds')),
+      optional('uuid', OPT_STR),
+    ),
+    PROMPT_EMBEDS_PART,
+    td('CustomChatCompletionContentSimpleAudioParam', optional('audio_url', OPT_STR)),
+    td(
+      'CustomChatCompletionContentSimpleVideoParam',
+      optional('video_url', OPT_STR),
+      optional('uuid', OPT_STR),
+    ),
+    td(
+      'CustomChatCompletionContentToolReferenceParam',
+      optional('name', STR),
+      optional('type', lit('tool_reference')),
+    ),
+    STR,
+    td(
+      'CustomThinkCompletionContentParam',
+      req('thinking', STR),
+      optional('closed', { t: 'bool' }),
+      req('type', lit('thinking')),
+    ),
+  ],
+};
+
 /** The message union, in pydantic's order: the OpenAI SDK's six members, then vLLM's custom one. */
 const MESSAGE_MEMBERS: readonly Schema[] = [
   td(
@@ -282,11 +362,11 @@ const MESSAGE_MEMBERS: readonly Schema[] = [
   td(
     'CustomChatCompletionMessageParam',
     req('role', STR),
-    optional('content', { t: 'union', m: [STR, { t: 'list', s: ANY }] }),
+    optional('content', { t: 'union', m: [STR, { t: 'list', s: CUSTOM_PART }] }),
     optional('name', STR),
     optional('tool_call_id', opt(STR)),
     optional('tool_calls', opt({ t: 'list', s: FUNCTION_TOOL_CALL })),
-    optional('reasoning', opt(STR)),
+    optional('reasoning', opt({ t: 'union', m: [STR, PROMPT_EMBEDS_PART] })),
     optional('tools', opt({ t: 'list', s: FUNCTION_TOOL })),
     optional('task', opt(STR)),
   ),
@@ -312,6 +392,12 @@ function describe(s: Schema): string {
       return 'any value';
     case 'dict':
       return 'an object';
+    case 'dictof':
+      return `an object of ${describe(s.s)}`;
+    case 'never':
+      return s.what;
+    case 'num':
+      return 'a number';
     case 'opt':
       return `${describe(s.s)} or null`;
     case 'union':
@@ -352,6 +438,25 @@ function validate(s: Schema, v: PyValue, path: string): Result {
     }
     case 'dict':
       return isDict(v) ? ok(v) : fail(`${path}: must be an object, got ${pyTypeName(v)}`);
+    case 'dictof': {
+      if (!isDict(v)) return fail(`${path}: must be an object, got ${pyTypeName(v)}`);
+      const out: OutDict = new Map();
+      let exact = true;
+      for (const [k, x] of v) {
+        const r = validate(s.s, x, `${path}.${k}`);
+        if (!r.ok) return r;
+        exact &&= r.exact;
+        out.set(k, r.value);
+      }
+      return ok(out, exact);
+    }
+    case 'never':
+      return fail(`${path}: must be ${s.what}`);
+    case 'num':
+      return (typeof v === 'number' || typeof v === 'bigint' || v instanceof PyFloat) &&
+        typeof v !== 'boolean'
+        ? ok(v)
+        : fail(`${path}: must be a number, got ${pyTypeName(v)}`);
     case 'opt':
       return v === null ? ok(null) : validate(s.s, v, path);
     case 'list': {
@@ -374,12 +479,11 @@ function validate(s: Schema, v: PyValue, path: string): Result {
         ? fail(`${path}: must be an array, got ${pyTypeName(v)}`)
         : ok(new Lazy(items, s.s, path));
     }
-    case 'union': {
-      // A nested union restores the fields-set count it started with: the chosen member's
-      // count does not add up into the enclosing TypedDict's.
-      const r = smartUnion(s.m, v, path);
-      return r.ok ? { ...r, fields: null } : r;
-    }
+    case 'union':
+      // The chosen member's fields-set count adds up into the enclosing TypedDict's (checked
+      // with pydantic 2.14.4: a union-typed `content` whose list items set fields outscores an
+      // `Iterable` one).
+      return smartUnion(s.m, v, path);
     case 'td': {
       if (!isDict(v)) return fail(`${path}: must be an object, got ${pyTypeName(v)}`);
       const out: OutDict = new Map();
@@ -398,6 +502,9 @@ function validate(s: Schema, v: PyValue, path: string): Result {
         fields += 1 + (r.fields ?? 0);
         out.set(name, r.value);
       }
+      // vLLM's request model has `extra="allow"`, which its TypedDicts inherit: the keys a
+      // TypedDict does not declare are kept after its own, unvalidated and not counted.
+      for (const [k, x] of v) if (!s.f.some(([name]) => name === k)) out.set(k, x);
       return ok(out, exact, fields);
     }
   }
@@ -533,92 +640,210 @@ function validateMessage(raw: PyValue, path: string): PyDict {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 2: message parsing ("string" content format)
+// Step 2: message parsing (vLLM's parse_chat_message_content, both content formats)
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * Part types vLLM parses as media (a refusal for a text-only model), in the order it looks for
+ * their keys in a part without a `type` (or with a `uuid`).
+ */
+const MEDIA_KEYS = [
+  'image_url',
+  'image_pil',
+  'image_embeds',
+  'audio_embeds',
+  'video_embeds',
+  'prompt_embeds',
+  'audio_url',
+  'input_audio',
+  'video_url',
+] as const;
 const TEXT_PART_KEYS: ReadonlyMap<string, string> = new Map([
   ['text', 'text'],
   ['input_text', 'text'],
   ['output_text', 'text'],
   ['refusal', 'refusal'],
   ['thinking', 'thinking'],
+  ['tool_reference', 'name'],
 ]);
-const MEDIA_PART_TYPES: ReadonlySet<string> = new Set([
-  'image_url',
-  'input_image',
+/** vLLM's _KNOWN_CONTENT_PART_FIELDS: a text part's other keys are copied onto its "openai" part. */
+const KNOWN_PART_FIELDS: ReadonlySet<string> = new Set([
+  'audio_embeds',
+  'audio_url',
+  'closed',
+  'data',
+  'file',
   'image_embeds',
   'image_pil',
-  'audio_url',
+  'image_url',
   'input_audio',
-  'audio_embeds',
+  'name',
+  'prompt_cache_breakpoint',
+  'refusal',
+  'text',
+  'thinking',
+  'type',
+  'uuid',
+  'video_embeds',
   'video_url',
-  'prompt_embeds',
 ]);
+/** The billing line some gateways put first in a system message's text. */
+const BILLING_HEADER = 'x-anthropic-billing-header';
 
-function partText(part: PyValue, path: string): string | null {
-  if (typeof part === 'string') return part;
-  if (!isDict(part)) throw invalid(`${path}: a content part must be an object or a string`);
-  const ptype = part.get('type');
-  const key = typeof ptype === 'string' ? TEXT_PART_KEYS.get(ptype) : undefined;
-  if (key !== undefined) {
-    const text = part.get(key);
-    if (text === undefined || text === null) return null; // vLLM skips the part
-    if (typeof text !== 'string') throw invalid(`${path}.${key}: must be a string`);
-    return text;
-  }
-  let media: string | undefined;
-  if (typeof ptype === 'string' && MEDIA_PART_TYPES.has(ptype)) media = ptype;
-  else if (ptype === undefined || ptype === null) {
-    media = [...MEDIA_PART_TYPES].find((k) => part.has(k));
-  }
-  if (media !== undefined) {
-    throw new KvEppError(
-      'unsupported_content',
-      `${path}: ${media} parts are not supported by a text-only model`,
-    );
-  }
-  throw invalid(
-    `${path}: unsupported content part type ${typeof ptype === 'string' ? `'${ptype}'` : pyTypeName(ptype)}`,
+/**
+ * One content part after vLLM's parse_chat_message_content_part: null = skipped; `text` is a
+ * string, or null for the text types vLLM does not skip.
+ */
+type Part =
+  | { kind: 'text'; text: string | null; source?: PyDict }
+  | { kind: 'tool_reference'; name: string | null };
+
+const mediaRefusal = (path: string, kind: string) =>
+  new KvEppError(
+    'unsupported_content',
+    `${path}: ${kind} parts are not supported by a text-only model`,
   );
+
+function parsePart(part: PyValue, path: string): Part | null {
+  if (typeof part === 'string') return { kind: 'text', text: part };
+  if (!isDict(part)) throw invalid(`${path}: a content part must be an object or a string`);
+  const rawType = part.get('type');
+  const ptype = rawType === undefined ? null : rawType;
+  const rawUuid = part.get('uuid');
+  const hasUuid = rawUuid !== undefined && rawUuid !== null;
+  let kind: string;
+  let value: PyValue;
+  if (typeof ptype === 'string' && !hasUuid) {
+    const key = TEXT_PART_KEYS.get(ptype);
+    if (key === undefined) {
+      if (ptype === 'input_image' || (MEDIA_KEYS as readonly string[]).includes(ptype)) {
+        throw mediaRefusal(path, ptype);
+      }
+      throw invalid(`${path}: unsupported content part type '${ptype}'`);
+    }
+    kind = ptype;
+    value = part.get(key) ?? null;
+  } else if (ptype === null || hasUuid) {
+    const video = ptype === 'video_embeds';
+    const media = MEDIA_KEYS.find((k) => part.has(k) && !(video && k === 'audio_embeds'));
+    if (media !== undefined) throw mediaRefusal(path, media);
+    if (!part.has('tool_reference'))
+      throw invalid(`${path}: Missing 'type' field in multimodal part.`);
+    kind = 'tool_reference';
+    value = part.get('name') ?? null;
+  } else {
+    throw invalid(`${path}: Invalid 'type' field in multimodal part.`);
+  }
+  if ((kind === 'text' || kind === 'refusal') && value === null) return null;
+  if (value !== null && typeof value !== 'string')
+    throw invalid(`${path}.${kind}: must be a string`);
+  return kind === 'tool_reference'
+    ? { kind, name: value }
+    : { kind: 'text', text: value, source: part };
+}
+
+/** A system message's parts without the billing line (a text left empty drops its part). */
+function stripBillingHeader(parts: PyValue[]): PyValue[] {
+  const out: PyValue[] = [];
+  for (const part of parts) {
+    let text: PyValue | undefined;
+    if (typeof part === 'string') text = part;
+    else if (isDict(part) && part.get('type') === 'text') text = part.get('text');
+    if (typeof text !== 'string' || !text.startsWith(BILLING_HEADER)) {
+      out.push(part);
+      continue;
+    }
+    const nl = text.indexOf('\n');
+    const rest = nl < 0 ? '' : text.slice(nl + 1);
+    if (rest === '') continue;
+    if (typeof part === 'string') out.push(rest);
+    else out.push(new Map([...(part as PyDict), ['text', rest]]));
+  }
+  return out;
 }
 
 /**
- * vLLM's "string" content format: a string stays as is; the text of the text-like parts
- * joined with "\n"; null/missing => "".
+ * A message's content in the "openai" format: 'empty' = [] (null content, or a system text the
+ * billing line emptied); 'text' = one text part holding the "string" format content (a string
+ * content); else the list content's parts.
  */
-export function flattenContent(content: PyValue | undefined, path: string): string {
-  if (content === undefined || content === null) return '';
-  if (typeof content === 'string') return content;
-  if (!Array.isArray(content)) throw invalid(`${path}: must be a string or an array`);
-  const texts: string[] = [];
-  for (let i = 0; i < content.length; i++) {
-    const t = partText(content[i] as PyValue, `${path}[${i}]`);
-    if (t !== null) texts.push(t);
+export type OpenAiContent = 'empty' | 'text' | PyDict[];
+
+/** The content in the "string" format (non-empty texts joined with "\n") and the "openai" one. */
+function parseContent(
+  role: string,
+  content: PyValue | undefined,
+  path: string,
+): { flat: string; openai: OpenAiContent } {
+  if (content === undefined || content === null) return { flat: '', openai: 'empty' };
+  const fromString = typeof content === 'string';
+  if (typeof content === 'string' && (role !== 'system' || !content.startsWith(BILLING_HEADER))) {
+    return { flat: content, openai: 'text' };
   }
-  return texts.join('\n');
+  let parts: PyValue[];
+  if (typeof content === 'string') {
+    parts = [
+      new Map<string, PyValue>([
+        ['type', 'text'],
+        ['text', content],
+      ]),
+    ];
+  } else if (Array.isArray(content)) parts = content;
+  else throw invalid(`${path}: must be a string or an array`);
+  if (role === 'system') parts = stripBillingHeader(parts);
+  const texts: string[] = [];
+  const wrapped: PyDict[] = [];
+  parts.forEach((p, i) => {
+    const part = parsePart(p, `${path}[${i}]`);
+    if (part === null) return;
+    if (part.kind === 'tool_reference') {
+      if (part.name) texts.push(part.name);
+      wrapped.push(
+        new Map<string, PyValue>([
+          ['type', 'tool_reference'],
+          ['name', part.name],
+        ]),
+      );
+      return;
+    }
+    if (part.text) texts.push(part.text);
+    const out = new Map<string, PyValue>([
+      ['type', 'text'],
+      ['text', part.text],
+    ]);
+    for (const [k, x] of part.source ?? []) if (!KNOWN_PART_FIELDS.has(k)) out.set(k, clonePy(x));
+    wrapped.push(out);
+  });
+  const openai: OpenAiContent = fromString ? (wrapped.length === 0 ? 'empty' : 'text') : wrapped;
+  return { flat: texts.join('\n'), openai };
 }
 
-/** Python json.loads of a tool call's `arguments`; invalid JSON becomes {} (as vLLM does). */
+/** vLLM's _postprocess_messages for one tool call's `arguments`: always an object. */
 function parseArguments(args: PyValue | undefined): PyValue {
+  let parsed: PyValue | undefined = args;
   if (typeof args === 'string') {
     try {
-      return parsePyJson(args);
+      parsed = parsePyJson(args);
     } catch {
-      return new Map();
+      parsed = undefined;
     }
   }
-  if (Array.isArray(args) || isDict(args)) return args;
-  return new Map();
+  return isDict(parsed) ? parsed : new Map();
 }
 
-function parseMessages(messages: PyDict[]): PyDict[] {
+function parseMessages(messages: PyDict[]): {
+  conversation: PyDict[];
+  openaiContents: OpenAiContent[];
+} {
   const conversation: PyDict[] = [];
+  const openaiContents: OpenAiContent[] = [];
   messages.forEach((msg, i) => {
     const path = `messages[${i}]`;
     const role = msg.get('role') as string;
+    const { flat, openai } = parseContent(role, msg.get('content'), `${path}.content`);
     const out: PyDict = new Map<string, PyValue>([
       ['role', role],
-      ['content', flattenContent(msg.get('content'), `${path}.content`)],
+      ['content', flat],
     ]);
     if (role === 'assistant') {
       const calls = msg.get('tool_calls');
@@ -637,6 +862,7 @@ function parseMessages(messages: PyDict[]): PyDict[] {
     if (typeof task === 'string') out.set('task', task);
     if (role === 'developer') out.set('tools', msg.get('tools') ?? null);
     conversation.push(out);
+    openaiContents.push(openai);
   });
   conversation.forEach((out, i) => {
     const calls = out.get('tool_calls');
@@ -646,17 +872,104 @@ function parseMessages(messages: PyDict[]): PyDict[] {
       return;
     }
     calls.forEach((call, j) => {
-      const fn = isDict(call) ? call.get('function') : undefined;
-      if (!isDict(fn)) {
-        throw new KvEppError(
-          'unsupported_content',
-          `messages[${i}].tool_calls[${j}]: only function tool calls are supported`,
+      if (!isDict(call)) {
+        throw invalid(
+          `messages[${i}].tool_calls[${j}]: assistant tool_calls entries must be objects.`,
         );
+      }
+      const type = call.has('type') ? call.get('type') : 'function';
+      const fn = call.get('function');
+      if (type !== 'function' || !isDict(fn)) {
+        throw invalid(`messages[${i}].tool_calls[${j}]: only function tool calls are supported`);
       }
       fn.set('arguments', parseArguments(fn.get('arguments')));
     });
   });
-  return conversation;
+  return { conversation, openaiContents };
+}
+
+/**
+ * The conversation in the "openai" content format: each message's content replaced by its parts
+ * (a tool message whose parts are all text gets them joined back into one string).
+ */
+export function toOpenAiFormat(
+  conversation: readonly PyDict[],
+  contents: readonly OpenAiContent[],
+): PyDict[] {
+  return conversation.map((msg, i) => {
+    const content = contents[i] as OpenAiContent;
+    let parts: PyDict[];
+    if (content === 'empty') parts = [];
+    else if (content === 'text') {
+      parts = [
+        new Map<string, PyValue>([
+          ['type', 'text'],
+          ['text', msg.get('content') ?? null],
+        ]),
+      ];
+    } else parts = content.map((p) => new Map(p));
+    const out = new Map(msg);
+    if (msg.get('role') === 'tool' && parts.every((p) => p.get('type') === 'text')) {
+      const texts = parts.map((p) => p.get('text'));
+      if (texts.some((t) => typeof t !== 'string')) {
+        throw invalid(`messages[${i}]: a tool message's text part has no text`);
+      }
+      out.set('content', texts.join('\n'));
+    } else out.set('content', parts);
+    return out;
+  });
+}
+
+/**
+ * vLLM's _convert_developer_to_system + _consolidate_system_messages, for a template that never
+ * names the developer role: developer messages become system messages (without `tools`); when a
+ * system message is not first or there are several, their non-empty texts are merged ("\n\n")
+ * into one system message put first, the other messages keeping their order.
+ */
+export function developerToSystem(conversation: PyDict[]): PyDict[] {
+  if (!conversation.some((m) => m.get('role') === 'developer')) return conversation;
+  const converted = conversation.map((m) => {
+    if (m.get('role') !== 'developer') return m;
+    const out = new Map(m);
+    out.set('role', 'system');
+    out.delete('tools');
+    return out;
+  });
+  const texts: string[] = [];
+  const others: PyDict[] = [];
+  let merge = false;
+  converted.forEach((m, i) => {
+    if (m.get('role') !== 'system') {
+      others.push(m);
+      return;
+    }
+    merge ||= i > 0 || texts.length > 0;
+    const content = m.get('content');
+    let text = '';
+    if (typeof content === 'string') text = content;
+    else if (Array.isArray(content)) {
+      const joined: string[] = [];
+      for (const p of content) {
+        if (typeof p === 'string') joined.push(p);
+        else if (isDict(p) && p.has('text')) {
+          const t = p.get('text');
+          if (typeof t !== 'string')
+            throw invalid(`messages[${i}]: a system message's text part has no text`);
+          joined.push(t);
+        }
+      }
+      text = joined.join('\n');
+    }
+    if (text !== '') texts.push(text);
+  });
+  if (!merge) return converted;
+  return [
+    new Map<string, PyValue>([
+      ['role', 'system'],
+      ['content', texts.join('\n\n')],
+    ]),
+    ...others,
+  ];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,7 +1033,7 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
     tools = rawTools.map((t, i) => normaliseTool(t, `tools[${i}]`));
   }
 
-  const conversation = parseMessages(messages);
+  const { conversation, openaiContents } = parseMessages(messages);
 
   const userKw = body.get('chat_template_kwargs');
   if (userKw !== undefined && userKw !== null && !isDict(userKw)) {
@@ -756,6 +1069,7 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
 
   return {
     conversation,
+    openaiContents,
     tools,
     kwargs,
     addGenerationPrompt,

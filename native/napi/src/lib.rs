@@ -385,6 +385,12 @@ pub fn tokenizer_render_chat(handle: u32, body: &[u8], now_ms: f64) -> Result<St
     tokenizer(handle)?.render_chat(body, now_ms_of(now_ms)?).map_err(tok_err)
 }
 
+/// vLLM's content format for a chat template's text: `string` or `openai`.
+#[napi(catch_unwind)]
+pub fn chat_template_content_format(source: String) -> String {
+    kv_epp_core::tokenize::chat::content_format_of(&source).as_str().to_string()
+}
+
 /// The prompt token ids of a request body; `api` is `chat` or `completions`.
 #[napi(catch_unwind)]
 pub fn tokenizer_tokenize_request(

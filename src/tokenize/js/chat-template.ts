@@ -22,8 +22,13 @@
  */
 import { KvEppError } from '../../errors.js';
 import type { ChatRequest } from '../openai-request.js';
-import { pyTruthy } from '../openai-request.js';
+import { developerToSystem, pyTruthy, toOpenAiFormat } from '../openai-request.js';
 import { isDict, type PyDict, type PyValue } from '../pyjson.js';
+import {
+  type ContentFormat,
+  detectContentFormat,
+  supportsDeveloperRole,
+} from './content-format.js';
 import { PyTemplate, pyStrip } from './jinja-py.js';
 
 const CONTINUE_TAG = 'CONTINUE_FINAL_MESSAGE_TAG ';
@@ -82,6 +87,10 @@ function aliasReasoning(message: PyDict): PyDict {
 
 export class ChatTemplate {
   private readonly tpl: PyTemplate;
+  /** The content format vLLM hands this template (content-format.ts). */
+  readonly contentFormat: ContentFormat;
+  /** Whether vLLM passes `developer` messages on unchanged (else they become system messages). */
+  readonly developerRole: boolean;
 
   /** @throws KvEppError('template_error') when the template does not parse */
   constructor(readonly source: string) {
@@ -90,6 +99,16 @@ export class ChatTemplate {
     } catch (e) {
       throw templateError(`chat template does not parse: ${(e as Error).message}`);
     }
+    this.contentFormat = detectContentFormat(source);
+    this.developerRole = supportsDeveloperRole(source);
+  }
+
+  /** vLLM's conversation for this template: its content format, then the developer role. */
+  private conversationOf(req: ChatRequest): PyDict[] {
+    let conversation = req.conversation;
+    if (this.contentFormat === 'openai')
+      conversation = toOpenAiFormat(conversation, req.openaiContents);
+    return this.developerRole ? conversation : developerToSystem(conversation);
   }
 
   /**
@@ -118,12 +137,13 @@ export class ChatTemplate {
     for (const p of INERT_PARAMS) kw.delete(p);
     for (const g of JINJA_GLOBALS) kw.delete(g);
 
-    if (req.conversation.length === 0) {
+    const conversation = this.conversationOf(req);
+    if (conversation.length === 0) {
       throw templateError(
         'Cannot apply chat template to an empty conversation. Provide at least one message.',
       );
     }
-    let chat: PyDict[] = req.conversation.map((m) => {
+    let chat: PyDict[] = conversation.map((m) => {
       const out: PyDict = new Map();
       for (const [k, x] of m) if (x !== null) out.set(k, x);
       return out;
@@ -172,12 +192,33 @@ export class ChatTemplate {
           'continue_final_message is set to "content" but this is not an accepted field in the chat_template',
         );
       }
-      if (typeof content !== 'string') {
-        throw templateError('continue_final_message: the final message content must be a string');
-      }
-      finalMessage = content;
       const copy = new Map(last);
-      copy.set('content', content + CONTINUE_TAG);
+      if (typeof content === 'string') {
+        finalMessage = content;
+        copy.set('content', content + CONTINUE_TAG);
+      } else {
+        // The "openai" content format: the last part with a text is continued.
+        const parts = Array.isArray(content)
+          ? content.map((p) => (isDict(p) ? new Map(p) : p))
+          : [];
+        let at = parts.length - 1;
+        while (at >= 0 && !(isDict(parts[at]) && (parts[at] as PyDict).has('text'))) at--;
+        if (at < 0) {
+          throw templateError(
+            'continue_final_message is set but we could not find any text to continue in the final message!',
+          );
+        }
+        const block = parts[at] as PyDict;
+        const text = block.get('text');
+        if (typeof text !== 'string') {
+          throw templateError(
+            "continue_final_message: the final message's last text part has no text",
+          );
+        }
+        finalMessage = text;
+        block.set('text', text + CONTINUE_TAG);
+        copy.set('content', parts);
+      }
       chat[chat.length - 1] = copy;
     }
 

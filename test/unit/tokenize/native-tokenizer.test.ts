@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { loadNativeBinding } from '../../../src/kv/native/binding.js';
 import { NativeTokenizer } from '../../../src/tokenize/native/tokenizer.js';
+import { describeContentFormatGoldens } from '../../contract/content-format.contract.js';
 import { describeTokenizerGoldens } from '../../contract/tokenizer.contract.js';
 
 const addon = await loadNativeBinding();
 describeTokenizerGoldens('native', async (source) => NativeTokenizer.load(addon, source));
+describeContentFormatGoldens('native', (source) => addon.chatTemplateContentFormat(source));
 
 describe('NativeTokenizer', () => {
   it('is shared process-wide through its handle', () => {

@@ -123,31 +123,41 @@ describe('normaliseChatRequest: messages (steps 1-2)', () => {
         ],
       }),
     );
-    // 4th message: content null is accepted by the OpenAI assistant member only, which has no
-    // `reasoning` field: the reasoning is dropped. Tool-call keys come out in schema order.
+    // vLLM validates inside its request model (extra="allow"): whichever member wins, keys it
+    // does not declare survive (`reasoning` on the OpenAI assistant member, `index` on a tool
+    // call, `zz` on a function), after its own keys in schema order. Expected: make_goldens.py's
+    // validation + vLLM 0.33.0's own parse_chat_message_content on this body.
     expect(dumps(r)).toBe(
-      '[{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}, ' +
+      '[{"role": "user", "content": "q"}, ' +
+        '{"role": "assistant", "content": "x", "reasoning": "r", "reasoning_content": "r"}, ' +
         '{"role": "assistant", "content": "y", "reasoning": "rc", "reasoning_content": "rc"}, ' +
         '{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "function": {"arguments": ' +
-        '{"b": 1.0, "a": 2, "1": [1e-07, 12345678901234567890]}, "name": "f"}, "type": "function"}, ' +
-        '{"id": "c2", "function": {"arguments": {}, "name": "g"}, "type": "function"}], "name": "bot"}, ' +
+        '{"b": 1.0, "a": 2, "1": [1e-07, 12345678901234567890]}, "name": "f"}, "type": "function", "index": 0}, ' +
+        '{"id": "c2", "function": {"arguments": {}, "name": "g"}, "type": "function"}], ' +
+        '"reasoning": "r2", "reasoning_content": "r2", "name": "bot"}, ' +
         '{"role": "tool", "content": "ok", "tool_call_id": "c1", "name": "f"}, ' +
         '{"role": "assistant", "content": "z"}, ' +
-        '{"role": "developer", "content": "d", "tools": [{"function": {"name": "t", "strict": true}, "type": "function"}]}]',
+        '{"role": "developer", "content": "d", "tools": [{"function": {"name": "t", "strict": true, "zz": 1}, "type": "function"}]}]',
     );
   });
 
   it('validates the chosen member lazily: an input_text part fails a user message, not a custom one', () => {
+    // vLLM's custom member types its parts: a text part sets 2 fields, so with one the custom
+    // member outscores the user member (whose parts are a lazily validated Iterable) ...
     const parts = [
       { type: 'text', text: 'a' },
       { type: 'input_text', text: 'b' },
     ];
-    const e = codeOf(() => chat(JSON.stringify({ messages: [{ role: 'user', content: parts }] })));
+    const r = chat(JSON.stringify({ messages: [{ role: 'user', content: parts }] }));
+    expect(dumps(r)).toBe('[{"role": "user", "content": "a\\nb"}]');
+    // ... without one it ties, the user member (first) wins, and input_text fails its parts.
+    const only = [{ type: 'input_text', text: 'b' }];
+    const e = codeOf(() => chat(JSON.stringify({ messages: [{ role: 'user', content: only }] })));
     expect(e.code).toBe('invalid_request');
     expect(e.message).toMatch(/^messages\[0\]/);
-    // With `task` (a custom-member key) the custom member has more fields and accepts any parts.
-    const r = chat(JSON.stringify({ messages: [{ role: 'user', content: parts, task: 't' }] }));
-    expect(dumps(r)).toBe('[{"role": "user", "content": "a\\nb", "task": "t"}]');
+    // With `task` (a custom-member key) the custom member has more fields and accepts them.
+    const t = chat(JSON.stringify({ messages: [{ role: 'user', content: only, task: 't' }] }));
+    expect(dumps(t)).toBe('[{"role": "user", "content": "b", "task": "t"}]');
   });
 
   it.each([

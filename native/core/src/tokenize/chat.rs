@@ -34,6 +34,7 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Map, Value as Json};
 
+use super::content_format::{self, ContentFormat};
 use super::error::TokenizeError;
 use super::filters;
 use super::pyfmt::to_py_str;
@@ -64,6 +65,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
     variables: HashSet<String>,
+    content_format: ContentFormat,
+    developer_role: bool,
 }
 
 /// What `apply_chat_template` is called with (after vLLM's request handling).
@@ -86,13 +89,32 @@ impl ChatTemplate {
     /// that completions still work (as the JS backend does).
     pub fn compile(source: &str) -> Result<ChatTemplate, TokenizeError> {
         let mut env = environment();
-        env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source))
+        let stripped = strip_generation_tags(source);
+        let content_format = content_format::detect(&stripped);
+        env.add_template_owned(TEMPLATE_NAME, stripped)
             .map_err(|e| TokenizeError::template(format!("chat template does not compile: {e}")))?;
         let variables = env
             .get_template(TEMPLATE_NAME)
             .map(|t| t.undeclared_variables(false))
             .unwrap_or_default();
-        Ok(ChatTemplate { env, source: source.to_string(), variables })
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            variables,
+            content_format,
+            developer_role: content_format::supports_developer_role(source),
+        })
+    }
+
+    /// The content format vLLM hands this template (content_format.rs).
+    pub fn content_format(&self) -> ContentFormat {
+        self.content_format
+    }
+
+    /// Whether vLLM passes `developer` messages to this template unchanged
+    /// (else they become `system` messages, merged into the first).
+    pub fn supports_developer_role(&self) -> bool {
+        self.developer_role
     }
 
     /// Names the template reads from its context (jinja2's
@@ -147,21 +169,39 @@ impl ChatTemplate {
         // continue_final_message: tag the final content, render, cut at the tag.
         let mut final_message = None;
         if let Some(last) = messages.last_mut().filter(|_| input.continue_final_message) {
-            let Some(content) = last.get("content") else {
+            if !last.contains_key("content") {
                 return Err(TokenizeError::template(
                     "continue_final_message is set but the final message has no \"content\" to continue!",
                 ));
-            };
+            }
             if !self.source.contains("content") {
                 return Err(TokenizeError::template(
                     "continue_final_message is set to \"content\" but this is not an accepted field in the chat_template",
                 ));
             }
-            match content {
-                Json::String(s) => {
+            match last.get_mut("content") {
+                Some(Json::String(s)) => {
                     final_message = Some(s.clone());
-                    let tagged = format!("{s}{CONTINUE_TAG}");
-                    last.insert("content".into(), Json::String(tagged));
+                    s.push_str(CONTINUE_TAG);
+                }
+                // The "openai" content format: the last part with a text is continued.
+                Some(Json::Array(parts))
+                    if parts
+                        .iter()
+                        .any(|b| b.as_object().is_some_and(|b| b.contains_key("text"))) =>
+                {
+                    let block = parts
+                        .iter_mut()
+                        .rev()
+                        .filter_map(Json::as_object_mut)
+                        .find(|b| b.contains_key("text"));
+                    let Some(Json::String(text)) = block.and_then(|b| b.get_mut("text")) else {
+                        return Err(TokenizeError::template(
+                            "continue_final_message: the final message's last text part has no text",
+                        ));
+                    };
+                    final_message = Some(text.clone());
+                    text.push_str(CONTINUE_TAG);
                 }
                 _ => {
                     return Err(TokenizeError::template(
@@ -195,6 +235,12 @@ impl ChatTemplate {
             Some(final_message) => cut_at_continue_tag(rendered, &final_message),
         }
     }
+}
+
+/// The content format vLLM hands the template `source` (as compiled here:
+/// `{% generation %}` tags rewritten first).
+pub fn content_format_of(source: &str) -> ContentFormat {
+    content_format::detect(&strip_generation_tags(source))
 }
 
 /// transformers' `AssistantTracker` extension adds `{% generation %}` ...

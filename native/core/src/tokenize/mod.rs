@@ -18,6 +18,7 @@
 //! on the calling thread (no rayon), and a `Tokenizer` is `Send + Sync`.
 
 pub mod chat;
+pub mod content_format;
 pub mod error;
 pub mod fastbpe;
 pub mod fasttiktoken;
@@ -128,7 +129,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Hf(t) => {
                 let template = t.chat_template(req.tools.is_some())?;
-                let input = request::chat_input(req, template.variables())?;
+                let input = request::chat_input(req, template)?;
                 template.apply(input, t.special_tokens(), now_ms)
             }
             Tokenizer::Tiktoken(t) => t.render_chat(&req),

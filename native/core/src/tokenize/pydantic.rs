@@ -1,9 +1,10 @@
 //! Step 1 of vLLM's request handling for `messages`: validation against the
 //! union of the OpenAI SDK's message TypedDicts and vLLM's
 //! `CustomChatCompletionMessageParam`, as pydantic-core (2.x, smart mode) does it
-//! over `json.loads` output. It matters beyond accept/reject: the member that
-//! wins decides which keys survive (`reasoning` and `task` exist only in vLLM's
-//! member, extra keys are dropped, output keys follow the schema order).
+//! over `json.loads` output, inside vLLM's request model (`extra="allow"`, which
+//! the TypedDicts inherit). The member that wins decides the output's key order
+//! (its declared fields in schema order, then the other keys in input order) and
+//! which fields are coerced; no key is dropped.
 //!
 //! Rules re-implemented (and checked against pydantic by the unit tests of
 //! request.rs): lax mode (`str` only from strings, pydantic's lax `bool`); the
@@ -41,10 +42,15 @@ pub fn lax_bool(v: &Json) -> Option<bool> {
 enum Ty {
     Str,
     Bool,
-    Any,
     /// `dict[str, object]`
     Dict,
     Lit(&'static [&'static str]),
+    /// Accepts nothing from JSON (a Python object type, e.g. `PIL.Image`).
+    Never,
+    /// `int | float` (not a bool).
+    Num,
+    /// `dict[str, T]`
+    DictOf(&'static Ty),
     Opt(&'static Ty),
     Union(&'static [Ty]),
     /// `list[T]`: validated eagerly.
@@ -194,17 +200,89 @@ static FUNCTION_MESSAGE: Td = Td {
         req("role", Ty::Lit(&["function"])),
     ],
 };
+// vLLM's content parts (vllm/renderers/chat_utils/types.py, 0.33.0).
+static URL: Td = Td { fields: &[req("url", Ty::Str)] };
+static AUDIO_URL_PART: Td =
+    Td { fields: &[req("audio_url", Ty::Td(&URL)), req("type", Ty::Lit(&["audio_url"]))] };
+static VIDEO_URL_PART: Td =
+    Td { fields: &[req("video_url", Ty::Td(&URL)), req("type", Ty::Lit(&["video_url"]))] };
+static OPT_STR: Ty = Ty::Opt(&Ty::Str);
+static PIL_PART: Td = Td { fields: &[opt("image_pil", Ty::Opt(&Ty::Never)), opt("uuid", OPT_STR)] };
+static SIMPLE_IMAGE_PART: Td =
+    Td { fields: &[opt("image_url", OPT_STR), opt("uuid", OPT_STR)] };
+/// `str | dict[str, str | list[int | float]] | None`
+static EMBEDS: Ty = Ty::Opt(&Ty::Union(&[
+    Ty::Str,
+    Ty::DictOf(&Ty::Union(&[Ty::Str, Ty::List(&Ty::Num)])),
+]));
+static IMAGE_EMBEDS_PART: Td = Td {
+    fields: &[
+        opt("image_embeds", EMBEDS),
+        req("type", Ty::Lit(&["image_embeds"])),
+        opt("uuid", OPT_STR),
+    ],
+};
+static AUDIO_EMBEDS_PART: Td = Td {
+    fields: &[
+        opt("audio_embeds", EMBEDS),
+        req("type", Ty::Lit(&["audio_embeds"])),
+        opt("uuid", OPT_STR),
+    ],
+};
+static VIDEO_EMBEDS_PART: Td = Td {
+    fields: &[
+        opt("video_embeds", EMBEDS),
+        opt("audio_embeds", EMBEDS),
+        req("type", Ty::Lit(&["video_embeds"])),
+        opt("uuid", OPT_STR),
+    ],
+};
+static PROMPT_EMBEDS_PART: Td =
+    Td { fields: &[req("data", Ty::Str), req("type", Ty::Lit(&["prompt_embeds"]))] };
+static SIMPLE_AUDIO_PART: Td = Td { fields: &[opt("audio_url", OPT_STR)] };
+static SIMPLE_VIDEO_PART: Td =
+    Td { fields: &[opt("video_url", OPT_STR), opt("uuid", OPT_STR)] };
+static TOOL_REFERENCE_PART: Td =
+    Td { fields: &[opt("name", Ty::Str), opt("type", Ty::Lit(&["tool_reference"]))] };
+static THINK_PART: Td = Td {
+    fields: &[
+        req("thinking", Ty::Str),
+        opt("closed", Ty::Bool),
+        req("type", Ty::Lit(&["thinking"])),
+    ],
+};
+/// vLLM's `ChatCompletionContentPartParam`, in its union order.
+static CUSTOM_PART: Ty = Ty::Union(&[
+    Ty::Td(&TEXT_PART),
+    Ty::Td(&IMAGE_PART),
+    Ty::Td(&AUDIO_PART),
+    Ty::Td(&FILE_PART),
+    Ty::Td(&AUDIO_URL_PART),
+    Ty::Td(&VIDEO_URL_PART),
+    Ty::Td(&REFUSAL_PART),
+    Ty::Td(&PIL_PART),
+    Ty::Td(&SIMPLE_IMAGE_PART),
+    Ty::Td(&IMAGE_EMBEDS_PART),
+    Ty::Td(&AUDIO_EMBEDS_PART),
+    Ty::Td(&VIDEO_EMBEDS_PART),
+    Ty::Td(&PROMPT_EMBEDS_PART),
+    Ty::Td(&SIMPLE_AUDIO_PART),
+    Ty::Td(&SIMPLE_VIDEO_PART),
+    Ty::Td(&TOOL_REFERENCE_PART),
+    Ty::Str,
+    Ty::Td(&THINK_PART),
+]);
 /// vLLM's `CustomChatCompletionMessageParam` (any role).
 static CUSTOM_MESSAGE: Td = Td {
     fields: &[
         req("role", Ty::Str),
-        opt("content", Ty::Union(&[Ty::Str, Ty::List(&Ty::Any)])),
+        opt("content", Ty::Union(&[Ty::Str, Ty::List(&CUSTOM_PART)])),
         opt("name", Ty::Str),
-        opt("tool_call_id", Ty::Opt(&Ty::Str)),
+        opt("tool_call_id", OPT_STR),
         opt("tool_calls", Ty::Opt(&Ty::List(&Ty::Td(&FUNCTION_TOOL_CALL)))),
-        opt("reasoning", Ty::Opt(&Ty::Str)),
+        opt("reasoning", Ty::Opt(&Ty::Union(&[Ty::Str, Ty::Td(&PROMPT_EMBEDS_PART)]))),
         opt("tools", Ty::Opt(&Ty::List(&Ty::Td(&FUNCTION_TOOL)))),
-        opt("task", Ty::Opt(&Ty::Str)),
+        opt("task", OPT_STR),
     ],
 };
 /// The union's members, in pydantic's order (ties go to the earlier one).
@@ -220,8 +298,9 @@ enum Out<'a> {
     /// A value validation made (a lax bool, a null, an iterated string).
     Made(Json),
     Array(Vec<Out<'a>>),
-    /// A TypedDict's fields in declaration order.
-    Object(Vec<(&'static str, Out<'a>)>),
+    /// A TypedDict's fields in declaration order, then the keys it does not
+    /// declare in input order (`extra="allow"`); or a `dict[str, T]`'s items.
+    Object(Vec<(&'a str, Out<'a>)>),
 }
 
 impl Out<'_> {
@@ -235,7 +314,7 @@ impl Out<'_> {
     }
 }
 
-fn object_of(fields: Vec<(&'static str, Out<'_>)>) -> Map<String, Json> {
+fn object_of(fields: Vec<(&str, Out<'_>)>) -> Map<String, Json> {
     let mut m = Map::with_capacity(fields.len());
     for (k, v) in fields {
         m.insert(k.to_string(), v.into_json());
@@ -282,9 +361,21 @@ fn validate<'a>(ty: &Ty, v: &'a Json) -> Option<Scored<'a>> {
     match ty {
         Ty::Str => v.is_string().then_some((Out::Same(v), 0)),
         Ty::Bool => lax_bool(v).map(|b| (Out::Made(Json::Bool(b)), 0)),
-        Ty::Any => Some((Out::Same(v), 0)),
         Ty::Dict => v.is_object().then_some((Out::Same(v), 0)),
         Ty::Lit(options) => v.as_str().filter(|s| options.contains(s)).map(|_| (Out::Same(v), 0)),
+        Ty::Never => None,
+        Ty::Num => v.is_number().then_some((Out::Same(v), 0)),
+        Ty::DictOf(inner) => {
+            let m = v.as_object()?;
+            let mut out = Vec::with_capacity(m.len());
+            let mut score = 0;
+            for (k, x) in m {
+                let (x, s) = validate(inner, x)?;
+                out.push((k.as_str(), x));
+                score += s;
+            }
+            Some((Out::Object(out), score))
+        }
         Ty::Opt(inner) => {
             if v.is_null() {
                 Some((Out::Made(Json::Null), 0))
@@ -341,7 +432,7 @@ type Deferred<'a> = (&'static Ty, Vec<Item<'a>>);
 
 /// A union member that accepted a message.
 struct Candidate<'a> {
-    out: Vec<(&'static str, Out<'a>)>,
+    out: Vec<(&'a str, Out<'a>)>,
     score: usize,
     /// Top-level `Iterable` fields still to validate; `out` holds a null for each.
     lazy: Vec<Lazy<'a>>,
@@ -382,6 +473,13 @@ fn validate_td<'a>(
                 c.out.push((f.name, Out::Made(Json::Null)));
                 c.lazy.push((f.name, inner, items));
             }
+        }
+    }
+    // vLLM's request model has `extra="allow"`, which its TypedDicts inherit: the
+    // keys a TypedDict does not declare are kept, unvalidated and not counted.
+    for (k, v) in m {
+        if !td.fields.iter().any(|f| f.name == k) {
+            c.out.push((k.as_str(), Out::Same(v)));
         }
     }
     Some(c)

@@ -28,11 +28,10 @@
 //! "openai" content format (a list of parts) in vLLM, while only the spec's
 //! "string" format is implemented here (a single text part renders the same).
 
-use std::collections::HashSet;
-
 use serde_json::{Map, Value as Json};
 
-use super::chat::ChatInput;
+use super::chat::{ChatInput, ChatTemplate};
+use super::content_format::ContentFormat;
 use super::error::TokenizeError;
 use super::pydantic::{lax_bool, validate_message};
 
@@ -175,26 +174,71 @@ pub fn completion_request(body: &Map<String, Json>) -> Result<CompletionRequest,
 }
 
 // ------------------------------------------------------------------------------------------
-// Step 2: message parsing ("string" content format)
+// Step 2: message parsing (vLLM's `parse_chat_message_content`, both content formats)
 // ------------------------------------------------------------------------------------------
 
-const MEDIA_PART_TYPES: [&str; 9] = [
+/// Part types vLLM parses as media (a refusal for a text-only model), in the
+/// order it looks for their keys in a part without a `type` (or with a `uuid`).
+const MEDIA_KEYS: [&str; 9] = [
     "image_url",
-    "input_image",
-    "image_embeds",
     "image_pil",
+    "image_embeds",
+    "audio_embeds",
+    "video_embeds",
+    "prompt_embeds",
     "audio_url",
     "input_audio",
-    "audio_embeds",
     "video_url",
-    "prompt_embeds",
 ];
 
-/// The text of one content part; `None` = skipped (text is null).
-fn part_text(i: usize, j: usize, part: &Json) -> Result<Option<String>, TokenizeError> {
-    let at = format!("messages[{i}].content[{j}]");
+/// vLLM's `_KNOWN_CONTENT_PART_FIELDS`: every other key of a text part is copied
+/// onto the part it becomes in the "openai" format.
+const KNOWN_PART_FIELDS: [&str; 18] = [
+    "audio_embeds",
+    "audio_url",
+    "closed",
+    "data",
+    "file",
+    "image_embeds",
+    "image_pil",
+    "image_url",
+    "input_audio",
+    "name",
+    "prompt_cache_breakpoint",
+    "refusal",
+    "text",
+    "thinking",
+    "type",
+    "uuid",
+    "video_embeds",
+    "video_url",
+];
+
+/// The billing line some gateways put first in a system message's text.
+const BILLING_HEADER: &str = "x-anthropic-billing-header";
+
+/// One content part after `parse_chat_message_content_part`.
+enum Part<'m> {
+    /// Skipped (a `text`/`refusal` part whose value is null or missing).
+    Skip,
+    /// A text-like part: its text (a string, or null for the types vLLM does not
+    /// skip) and the part it came from (for the extra keys), `None` for a plain
+    /// string part.
+    Text(Json, Option<&'m Map<String, Json>>),
+    /// A `tool_reference` part: the tool's name (a string or null).
+    ToolReference(Json),
+}
+
+fn media_refusal(at: &str, kind: &str) -> TokenizeError {
+    TokenizeError::unsupported_content(format!(
+        "{at}: {kind} parts are not supported by a text-only model"
+    ))
+}
+
+/// vLLM's `parse_chat_message_content_mm_part` + `parse_chat_message_content_part`.
+fn parse_part<'m>(at: &str, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
     let m = match part {
-        Json::String(s) => return Ok(Some(s.clone())),
+        Json::String(s) => return Ok(Part::Text(Json::String(s.clone()), None)),
         Json::Object(m) => m,
         _ => {
             return Err(TokenizeError::invalid_request(format!(
@@ -202,66 +246,179 @@ fn part_text(i: usize, j: usize, part: &Json) -> Result<Option<String>, Tokenize
             )));
         }
     };
-    let ptype = m.get("type").unwrap_or(&Json::Null);
-    let key = match ptype.as_str() {
-        Some("text" | "input_text" | "output_text") => Some("text"),
-        Some("refusal") => Some("refusal"),
-        Some("thinking") => Some("thinking"),
-        _ => None,
-    };
-    if let Some(key) = key {
-        return match m.get(key) {
-            None | Some(Json::Null) => Ok(None),
-            Some(Json::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(TokenizeError::invalid_request(format!("{at}.{key} must be a string"))),
-        };
-    }
-    let media = match ptype {
-        Json::String(t) if MEDIA_PART_TYPES.contains(&t.as_str()) => Some(t.as_str()),
-        Json::Null if MEDIA_PART_TYPES.iter().any(|k| m.contains_key(*k)) => Some("image_url"),
-        _ => None,
-    };
-    if let Some(t) = media {
-        return Err(TokenizeError::unsupported_content(format!(
-            "{at}: {t} parts are not supported by a text-only model"
-        )));
-    }
-    match ptype {
-        Json::Array(_) | Json::Object(_) => {
-            Err(TokenizeError::invalid_request(format!("{at}.type must be a string")))
-        }
-        other => Err(TokenizeError::unsupported_content(format!(
-            "{at}: unsupported content part type {other}"
-        ))),
-    }
-}
-
-/// vLLM's "string" content format: text parts joined with "\n"; null => "".
-fn flatten_content(i: usize, content: Option<&Json>) -> Result<String, TokenizeError> {
-    match content {
-        None | Some(Json::Null) => Ok(String::new()),
-        Some(Json::String(s)) => Ok(s.clone()),
-        Some(Json::Array(parts)) => {
-            let mut texts = Vec::with_capacity(parts.len());
-            for (j, p) in parts.iter().enumerate() {
-                if let Some(t) = part_text(i, j, p)? {
-                    texts.push(t);
-                }
+    let field = |k: &str| m.get(k).cloned().unwrap_or(Json::Null);
+    let ty = m.get("type").filter(|t| !t.is_null());
+    let uuid = m.get("uuid").filter(|u| !u.is_null());
+    let (kind, value): (&str, Json) = match (ty, uuid) {
+        (Some(Json::String(t)), None) => match t.as_str() {
+            "text" | "input_text" | "output_text" => (t, field("text")),
+            "refusal" => (t, field("refusal")),
+            "thinking" => (t, field("thinking")),
+            "tool_reference" => (t, field("name")),
+            other if other == "input_image" || MEDIA_KEYS.contains(&other) => {
+                return Err(media_refusal(at, other));
             }
-            Ok(texts.join("\n"))
+            other => {
+                return Err(TokenizeError::invalid_request(format!(
+                    "{at}: unsupported content part type '{other}'"
+                )));
+            }
+        },
+        (None, _) | (_, Some(_)) => {
+            let video = ty.and_then(Json::as_str) == Some("video_embeds");
+            if let Some(k) =
+                MEDIA_KEYS.iter().find(|k| m.contains_key(**k) && !(video && **k == "audio_embeds"))
+            {
+                return Err(media_refusal(at, k));
+            }
+            if !m.contains_key("tool_reference") {
+                return Err(TokenizeError::invalid_request(format!(
+                    "{at}: Missing 'type' field in multimodal part."
+                )));
+            }
+            ("tool_reference", field("name"))
         }
-        Some(_) => Err(TokenizeError::invalid_request(format!(
-            "messages[{i}].content must be a string or a list of parts"
-        ))),
+        (Some(_), None) => {
+            return Err(TokenizeError::invalid_request(format!(
+                "{at}: Invalid 'type' field in multimodal part."
+            )));
+        }
+    };
+    match (kind, value) {
+        ("text" | "refusal", Json::Null) => Ok(Part::Skip),
+        ("tool_reference", name @ (Json::String(_) | Json::Null)) => Ok(Part::ToolReference(name)),
+        (_, text @ (Json::String(_) | Json::Null)) => Ok(Part::Text(text, Some(m))),
+        (_, _) => Err(TokenizeError::invalid_request(format!("{at}.{kind} must be a string"))),
     }
 }
 
-/// Step 2 for one validated message.
-fn parse_message(i: usize, m: &Map<String, Json>) -> Result<Map<String, Json>, TokenizeError> {
+/// A system message's parts with the billing line dropped from the texts that
+/// start with it (a text left empty drops its part).
+fn strip_billing_header(parts: Vec<Json>) -> Vec<Json> {
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let text = match &part {
+            Json::String(s) => Some(s.as_str()),
+            Json::Object(m) if m.get("type").and_then(Json::as_str) == Some("text") => {
+                m.get("text").and_then(Json::as_str)
+            }
+            _ => None,
+        };
+        let Some(rest) = text
+            .filter(|t| t.starts_with(BILLING_HEADER))
+            .map(|t| t.split_once('\n').map_or("", |(_, rest)| rest).to_string())
+        else {
+            out.push(part);
+            continue;
+        };
+        if rest.is_empty() {
+            continue;
+        }
+        out.push(match part {
+            Json::Object(mut m) => {
+                m.insert("text".into(), Json::String(rest));
+                Json::Object(m)
+            }
+            _ => Json::String(rest),
+        });
+    }
+    out
+}
+
+/// A message's content in both of vLLM's content formats.
+#[derive(Debug, Clone)]
+pub enum OpenAiContent {
+    /// `[]`: null content, or a system text the billing line emptied.
+    Empty,
+    /// `[{"type": "text", "text": <the "string" format content>}]`: a string content.
+    Text,
+    /// A list content's parts, as the "openai" format has them.
+    Parts(Vec<Json>),
+}
+
+/// The content in the "string" format (the texts that are not empty, joined
+/// with "\n") and in the "openai" format.
+fn parse_content(
+    i: usize,
+    role: &str,
+    content: Option<&Json>,
+) -> Result<(String, OpenAiContent), TokenizeError> {
+    let parts = match content {
+        None | Some(Json::Null) => return Ok((String::new(), OpenAiContent::Empty)),
+        Some(Json::String(s)) if role != "system" || !s.starts_with(BILLING_HEADER) => {
+            return Ok((s.clone(), OpenAiContent::Text));
+        }
+        Some(Json::String(s)) => {
+            vec![Json::Object(Map::from_iter([
+                ("type".to_string(), Json::String("text".into())),
+                ("text".to_string(), Json::String(s.clone())),
+            ]))]
+        }
+        Some(Json::Array(parts)) => parts.clone(),
+        Some(_) => {
+            return Err(TokenizeError::invalid_request(format!(
+                "messages[{i}].content must be a string or a list of parts"
+            )));
+        }
+    };
+    let from_string = matches!(content, Some(Json::String(_)));
+    let parts = if role == "system" { strip_billing_header(parts) } else { parts };
+    // Texts that are not empty, joined with "\n" (so `flat` is empty until the first).
+    let mut flat = String::new();
+    let mut push_text = |t: &Json| {
+        if let Json::String(t) = t
+            && !t.is_empty()
+        {
+            if !flat.is_empty() {
+                flat.push('\n');
+            }
+            flat.push_str(t);
+        }
+    };
+    let mut wrapped = Vec::with_capacity(parts.len());
+    for (j, p) in parts.iter().enumerate() {
+        match parse_part(&format!("messages[{i}].content[{j}]"), p)? {
+            Part::Skip => {}
+            Part::Text(text, source) => {
+                push_text(&text);
+                let mut out = Map::new();
+                out.insert("type".into(), Json::String("text".into()));
+                out.insert("text".into(), text.clone());
+                for (k, v) in source.into_iter().flatten() {
+                    if !KNOWN_PART_FIELDS.contains(&k.as_str()) {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+                wrapped.push(Json::Object(out));
+            }
+            Part::ToolReference(name) => {
+                push_text(&name);
+                let mut out = Map::new();
+                out.insert("type".into(), Json::String("tool_reference".into()));
+                out.insert("name".into(), name.clone());
+                wrapped.push(Json::Object(out));
+            }
+        }
+    }
+    let openai = match (from_string, wrapped.len()) {
+        (true, 0) => OpenAiContent::Empty,
+        (true, _) => OpenAiContent::Text,
+        (false, _) => OpenAiContent::Parts(wrapped),
+    };
+    Ok((flat, openai))
+}
+
+/// Step 2 for one validated message: its "string" format message and its
+/// "openai" format content.
+fn parse_message(
+    i: usize,
+    m: &Map<String, Json>,
+) -> Result<(Map<String, Json>, OpenAiContent), TokenizeError> {
     let role = m.get("role").and_then(Json::as_str).unwrap_or_default().to_string();
+    let (flat, openai) = parse_content(i, &role, m.get("content"))?;
     let mut out = Map::new();
     out.insert("role".into(), Json::String(role.clone()));
-    out.insert("content".into(), Json::String(flatten_content(i, m.get("content"))?));
+    out.insert("content".into(), Json::String(flat));
     if role == "assistant" {
         if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
             out.insert("tool_calls".into(), calls.clone());
@@ -283,8 +440,9 @@ fn parse_message(i: usize, m: &Map<String, Json>) -> Result<Map<String, Json>, T
     if role == "developer" {
         out.insert("tools".into(), m.get("tools").cloned().unwrap_or(Json::Null));
     }
-    // Tool-call arguments strings are parsed (invalid JSON => {}); an empty
-    // tool_calls list is removed.
+    // vLLM's `_postprocess_messages`: an empty tool_calls list is removed; each
+    // call must be a function call; arguments become an object (a JSON string
+    // is parsed; anything that is not an object, or does not parse, is {}).
     if role == "assistant"
         && let Some(Json::Array(calls)) = out.get_mut("tool_calls")
     {
@@ -292,22 +450,139 @@ fn parse_message(i: usize, m: &Map<String, Json>) -> Result<Map<String, Json>, T
             out.shift_remove("tool_calls");
         } else {
             for (j, call) in calls.iter_mut().enumerate() {
-                let Some(f) = call.get_mut("function").and_then(Json::as_object_mut) else {
+                let Some(call) = call.as_object_mut() else {
+                    return Err(TokenizeError::invalid_request(format!(
+                        "messages[{i}].tool_calls[{j}]: assistant tool_calls entries must be objects."
+                    )));
+                };
+                let function_call = call.get("type").is_none_or(|t| t.as_str() == Some("function"));
+                let f = call.get_mut("function").and_then(Json::as_object_mut);
+                let Some(f) = f.filter(|_| function_call) else {
                     return Err(TokenizeError::invalid_request(format!(
                         "messages[{i}].tool_calls[{j}]: only function tool calls are supported"
                     )));
                 };
                 let parsed = match f.get("arguments") {
-                    Some(Json::String(s)) => {
-                        serde_json::from_str(s).unwrap_or_else(|_| Json::Object(Map::new()))
-                    }
-                    Some(v @ (Json::Object(_) | Json::Array(_))) => v.clone(),
-                    _ => Json::Object(Map::new()),
+                    Some(Json::String(s)) => serde_json::from_str::<Json>(s).ok(),
+                    Some(v) => Some(v.clone()),
+                    None => None,
                 };
-                f.insert("arguments".into(), parsed);
+                let args =
+                    parsed.filter(Json::is_object).unwrap_or_else(|| Json::Object(Map::new()));
+                f.insert("arguments".into(), args);
             }
         }
     }
+    Ok((out, openai))
+}
+
+/// The conversation in the "openai" content format: each message's content
+/// replaced by its parts (a tool message's text parts joined back into one string).
+fn to_openai_format(
+    conversation: &mut [Map<String, Json>],
+    contents: Vec<OpenAiContent>,
+) -> Result<(), TokenizeError> {
+    for (i, (msg, content)) in conversation.iter_mut().zip(contents).enumerate() {
+        let text_part = |text: Json| {
+            Json::Object(Map::from_iter([
+                ("type".to_string(), Json::String("text".into())),
+                ("text".to_string(), text),
+            ]))
+        };
+        let parts = match content {
+            OpenAiContent::Empty => vec![],
+            OpenAiContent::Text => {
+                vec![text_part(msg.get("content").cloned().unwrap_or(Json::Null))]
+            }
+            OpenAiContent::Parts(parts) => parts,
+        };
+        let value = if msg.get("role").and_then(Json::as_str) == Some("tool")
+            && parts.iter().all(|p| p.get("type").and_then(Json::as_str) == Some("text"))
+        {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in &parts {
+                match p.get("text") {
+                    Some(Json::String(t)) => texts.push(t.as_str()),
+                    _ => {
+                        return Err(TokenizeError::invalid_request(format!(
+                            "messages[{i}]: a tool message's text part has no text"
+                        )));
+                    }
+                }
+            }
+            Json::String(texts.join("\n"))
+        } else {
+            Json::Array(parts)
+        };
+        msg.insert("content".into(), value);
+    }
+    Ok(())
+}
+
+/// vLLM's `_convert_developer_to_system` + `_consolidate_system_messages`, for a
+/// template that never names the developer role: developer messages become system
+/// messages (without `tools`); when a system message is not first or there are
+/// several, their non-empty texts are merged ("\n\n") into one system message put
+/// first, the others keeping their order.
+fn developer_to_system(
+    conversation: Vec<Map<String, Json>>,
+) -> Result<Vec<Map<String, Json>>, TokenizeError> {
+    if !conversation.iter().any(|m| m.get("role").and_then(Json::as_str) == Some("developer")) {
+        return Ok(conversation);
+    }
+    let mut texts: Vec<String> = Vec::new();
+    let mut others = Vec::with_capacity(conversation.len());
+    let mut merge = false;
+    let mut converted = Vec::with_capacity(conversation.len());
+    for mut msg in conversation {
+        if msg.get("role").and_then(Json::as_str) == Some("developer") {
+            msg.insert("role".into(), Json::String("system".into()));
+            msg.shift_remove("tools");
+        }
+        converted.push(msg);
+    }
+    for (i, msg) in converted.iter().enumerate() {
+        if msg.get("role").and_then(Json::as_str) != Some("system") {
+            others.push(i);
+            continue;
+        }
+        merge |= i > 0 || !texts.is_empty();
+        let text = match msg.get("content") {
+            Some(Json::String(s)) => s.clone(),
+            Some(Json::Array(parts)) => {
+                let mut joined = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match p {
+                        Json::String(s) => joined.push(s.as_str()),
+                        Json::Object(o) if o.contains_key("text") => match o.get("text") {
+                            Some(Json::String(s)) => joined.push(s.as_str()),
+                            _ => {
+                                return Err(TokenizeError::invalid_request(format!(
+                                    "messages[{i}]: a system message's text part has no text"
+                                )));
+                            }
+                        },
+                        _ => {}
+                    }
+                }
+                joined.join("\n")
+            }
+            _ => String::new(),
+        };
+        if !text.is_empty() {
+            texts.push(text);
+        }
+    }
+    if !merge {
+        return Ok(converted);
+    }
+    let mut out = Vec::with_capacity(others.len() + 1);
+    out.push(Map::from_iter([
+        ("role".to_string(), Json::String("system".into())),
+        ("content".to_string(), Json::String(texts.join("\n\n"))),
+    ]));
+    let mut converted: Vec<Option<Map<String, Json>>> = converted.into_iter().map(Some).collect();
+    out.extend(others.into_iter().filter_map(|i| converted[i].take()));
     Ok(out)
 }
 
@@ -364,8 +639,10 @@ fn validate_tool(i: usize, t: &Json) -> Result<Json, TokenizeError> {
 /// A chat request after steps 1-3 and the request half of step 4.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
-    /// The conversation handed to the template.
+    /// The conversation handed to the template, in the "string" content format.
     pub conversation: Vec<Map<String, Json>>,
+    /// Each message's content in the "openai" content format (same order).
+    pub openai_contents: Vec<OpenAiContent>,
     /// vLLM's dumped tools; `None` when the request has none.
     pub tools: Option<Json>,
     /// vLLM's default for chat: false (the template writes BOS etc.).
@@ -444,11 +721,13 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
     };
 
     // Step 2.
-    let conversation = validated
+    let (conversation, openai_contents): (Vec<_>, Vec<_>) = validated
         .iter()
         .enumerate()
         .map(|(i, m)| parse_message(i, m))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
 
     // Step 4, request half.
     let bad: Vec<&str> = ["chat_template", "tokenize"]
@@ -479,6 +758,7 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
     }
     Ok(ChatRequest {
         conversation,
+        openai_contents,
         tools,
         add_special_tokens,
         add_generation_prompt,
@@ -512,12 +792,17 @@ const APPLY_PARAMS: [&str; 15] = [
 /// tokenize=False, **kwargs)`: kwargs named like its parameters act as those
 /// parameters (`tools` even replaces the request's tools), the rest become template
 /// variables, and names the call already binds are a TypeError (template_error).
-pub fn chat_input(
-    req: ChatRequest,
-    template_variables: &HashSet<String>,
-) -> Result<ChatInput, TokenizeError> {
+pub fn chat_input(req: ChatRequest, template: &ChatTemplate) -> Result<ChatInput, TokenizeError> {
+    let template_variables = template.variables();
+    let mut messages = req.conversation;
+    if template.content_format() == ContentFormat::OpenAi {
+        to_openai_format(&mut messages, req.openai_contents)?;
+    }
+    if !template.supports_developer_role() {
+        messages = developer_to_system(messages)?;
+    }
     let mut input = ChatInput {
-        messages: req.conversation,
+        messages,
         tools: req.tools,
         documents: None,
         add_generation_prompt: false,
@@ -579,10 +864,11 @@ mod tests {
             conv_json(r#"{"role":"assistant","content":"a","reasoning":"r"}"#),
             r#"[{"role":"assistant","content":"a","reasoning":"r","reasoning_content":"r"}]"#
         );
-        // Tie 3-3 (refusal counts though null): Assistant wins, reasoning dropped.
+        // Tie 3-3 (refusal counts though null): Assistant wins; `reasoning` is an
+        // extra key to it, kept (`extra="allow"`).
         assert_eq!(
             conv_json(r#"{"role":"assistant","content":"a","reasoning":"r","refusal":null}"#),
-            r#"[{"role":"assistant","content":"a"}]"#
+            r#"[{"role":"assistant","content":"a","reasoning":"r","reasoning_content":"r"}]"#
         );
         // Custom validates tool_calls eagerly: nested fields count, Custom wins.
         assert_eq!(
@@ -591,14 +877,15 @@ mod tests {
             )),
             r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}],"reasoning":"r","reasoning_content":"r"}]"#
         );
-        // 9 vs 9: Assistant (first) wins.
+        // 9 vs 9: Assistant (first) wins (and keeps `reasoning` as an extra key).
         assert_eq!(
             conv_json(&format!(
                 r#"{{"role":"assistant","content":"x","tool_calls":[{call}],"refusal":null,"audio":{{"id":"a"}},"function_call":{{"name":"f","arguments":"{{}}"}},"reasoning":"r"}}"#
             )),
-            r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}]}]"#
+            r#"[{"role":"assistant","content":"x","tool_calls":[{"id":"1","function":{"arguments":{},"name":"f"},"type":"function"}],"reasoning":"r","reasoning_content":"r"}]"#
         );
-        // User wins the tie and its lazily validated parts reject input_text ...
+        // User wins the tie (vLLM's typed parts: input_text is none of them, only an
+        // all-optional one with 0 fields) and its lazily validated parts reject input_text ...
         assert_eq!(
             conv_json(r#"{"role":"user","content":[{"type":"input_text","text":"x"}]}"#),
             "invalid_request: messages[0].content[0]: not a valid content part for a \"user\" message"
@@ -622,7 +909,7 @@ mod tests {
             conv_json(
                 r#"{"role":"developer","content":"x","tools":[{"type":"function","function":{"name":"f","strict":1,"x":2,"description":"d","parameters":{"a":1}},"y":1}]}"#
             ),
-            r#"[{"role":"developer","content":"x","tools":[{"function":{"name":"f","description":"d","parameters":{"a":1},"strict":true},"type":"function"}]}]"#
+            r#"[{"role":"developer","content":"x","tools":[{"function":{"name":"f","description":"d","parameters":{"a":1},"strict":true,"x":2},"type":"function","y":1}]}]"#
         );
     }
 
@@ -665,7 +952,7 @@ mod tests {
         );
         assert_eq!(
             conv_json(r#"{"role":"user","content":[{"type":"file","file":{"file_id":"x"}}]}"#),
-            "unsupported_content: messages[0].content[0]: unsupported content part type \"file\""
+            "invalid_request: messages[0].content[0]: unsupported content part type 'file'"
         );
         assert_eq!(
             conv_json(
