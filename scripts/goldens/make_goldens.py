@@ -466,12 +466,17 @@ def vllm_content_format(template: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def user_tokenize(body: dict) -> bool:
+    """`chat_template_kwargs.tokenize`, which vLLM passes on as apply_chat_template's own."""
+    value = (body.get("chat_template_kwargs") or {}).get("tokenize")
+    return value not in (None, "auto") and bool(value)
+
+
 def template_kwargs(tok, template: str, body: dict) -> dict:
     user = dict(body.get("chat_template_kwargs") or {})
-    bad = {"chat_template", "tokenize"} & user.keys()
-    if bad:
+    if body.get("chat_template") is not None or user.get("chat_template") is not None:
         raise GoldenError("request-validation",
-                          f"ValueError: Found unexpected chat template kwargs from request: {bad}")
+                          "ValueError: chat template in the request (no --trust-request-chat-template)")
     extra = {
         "add_generation_prompt": body.get("add_generation_prompt", True),
         "continue_final_message": body.get("continue_final_message", False),
@@ -480,7 +485,12 @@ def template_kwargs(tok, template: str, body: dict) -> dict:
     }
     if body.get("reasoning_effort") is not None and "enable_thinking" not in user:
         extra["enable_thinking"] = body["reasoning_effort"] != "none"
-    merged = user | {k: v for k, v in extra.items() if v is not None and v != "auto"}
+    # vLLM's merge_kwargs: overrides whose value is None or "auto" are dropped. The request
+    # fields override `chat_template_kwargs`, which in turn override the renderer's defaults
+    # ({tools, tokenize: False}, `with_defaults`), so its None/"auto" values go too.
+    unset = (None, "auto")
+    merged = user | {k: v for k, v in extra.items() if v not in unset}
+    merged = {k: v for k, v in merged.items() if v not in unset}
     ast = hf_ctu._compile_jinja_template(template).environment.parse(template)
     template_vars = jinja2.meta.find_undeclared_variables(ast)
     params = {
@@ -554,6 +564,9 @@ def render(tok, raw_tok: tokenizers.Tokenizer, body: dict, template_override: st
     except Exception as e:  # vLLM: any exception here => ValueError(str(e)) => HTTP 400
         raise GoldenError("chat-template", f"{type(e).__name__}: {e}") from None
     add_special = body.get("add_special_tokens", False)
+    if user_tokenize(body):
+        # apply_chat_template(tokenize=True) returns the ids, encoded without special tokens.
+        add_special = False
     ids = tok.encode(rendered, add_special_tokens=add_special)
     via = tok.apply_chat_template(conversation, tokenize=True, return_dict=True, **call)["input_ids"]
     if not add_special:
@@ -743,6 +756,21 @@ def random_requests(n: int, seed: int) -> list[dict]:
             body["add_generation_prompt"] = False
         if rnd.random() < 0.1:
             body["chat_template_kwargs"] = {"enable_thinking": rnd.random() < 0.5}
+            if rnd.random() < 0.3:
+                body["chat_template_kwargs"][rnd.choice(["enable_thinking", "tokenize",
+                                                         "chat_template"])] = rnd.choice(
+                    [None, "auto", True, False])
+        r = rnd.random()
+        if r < 0.1:
+            # vLLM's check_tool_usage: tool_choice against the tools.
+            body["tool_choice"] = rnd.choice(["none", "auto", "required", "bogus", None,
+                                              {"type": "function", "function": {"name": "search"}},
+                                              {"type": "function", "function": {"name": ""}},
+                                              {"type": "function", "function": {}}])
+        elif r < 0.13:
+            body["tools"] = []
+        if rnd.random() < 0.08:
+            body["reasoning_effort"] = rnd.choice(["none", "low", "high", "auto", "extreme", None])
         out.append(body)
     return out
 

@@ -1011,10 +1011,67 @@ function normaliseTool(t: PyValue, path: string): PyDict {
 // ---------------------------------------------------------------------------------------------
 
 /** Steps 1-4 for a chat/completions body. */
+/** vLLM's ReasoningEffort. */
+const REASONING_EFFORTS = ['none', 'minimal', 'low', 'medium', 'high', 'xhigh', 'max'];
+
+/** A value vLLM's merge_kwargs treats as not set. */
+const isUnset = (v: PyValue | undefined) => v === undefined || v === null || v === 'auto';
+
+/**
+ * vLLM's ChatCompletionRequest.check_tool_usage (a before-validator): `tools` must not be empty;
+ * a `tool_choice` (defaulted to "auto" when tools are given) other than "none" needs tools and
+ * must be "auto", "required" or a named tool among them. (vLLM then also needs
+ * --enable-auto-tool-choice for all but "none"; kv-epp assumes the server has it.)
+ */
+function checkToolUsage(body: PyDict): void {
+  const tools = body.get('tools');
+  if (Array.isArray(tools) && tools.length === 0) {
+    throw invalid(
+      '`tools` must not be an empty array. Either provide at least one tool or omit the field entirely.',
+    );
+  }
+  let choice = body.get('tool_choice');
+  if (choice === undefined) {
+    if (!pyTruthy(tools)) return;
+    choice = 'auto';
+  }
+  if (choice === null || choice === 'none') return;
+  if (tools === undefined || tools === null) {
+    throw invalid('When using `tool_choice`, `tools` must be set.');
+  }
+  if (!isDict(choice)) {
+    if (choice === 'auto' || choice === 'required') return;
+    throw invalid(
+      `Invalid value for \`tool_choice\`: ${pyTypeName(choice)}! Only named tools, "none", "auto" or "required" are supported.`,
+    );
+  }
+  const usage = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`';
+  const fn = choice.get('function');
+  if (!isDict(fn)) throw invalid(`Invalid value for \`function\` in \`tool_choice\`! ${usage}`);
+  if (!fn.has('name'))
+    throw invalid(`Expected field \`name\` in \`function\` in \`tool_choice\`! ${usage}`);
+  const name = fn.get('name');
+  if (typeof name !== 'string' || name === '') {
+    throw invalid(`Invalid \`name\` in \`function\` in \`tool_choice\`! ${usage}`);
+  }
+  const matches =
+    Array.isArray(tools) &&
+    tools.some((t) => {
+      const f = isDict(t) ? t.get('function') : undefined;
+      return isDict(f) && f.get('name') === name;
+    });
+  if (!matches) {
+    throw invalid(
+      'The tool specified in `tool_choice` does not match any of the specified `tools`',
+    );
+  }
+}
+
 export function normaliseChatRequest(body: PyDict): ChatRequest {
+  checkToolUsage(body);
   const addGenerationPrompt = boolField(body, 'add_generation_prompt', true);
   const continueFinalMessage = boolField(body, 'continue_final_message', false);
-  const addSpecialTokens = boolField(body, 'add_special_tokens', false);
+  let addSpecialTokens = boolField(body, 'add_special_tokens', false);
   if (continueFinalMessage && addGenerationPrompt && body.has('add_generation_prompt')) {
     throw invalid(
       'continue_final_message: cannot be true together with add_generation_prompt: true',
@@ -1040,8 +1097,13 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
     throw invalid(`chat_template_kwargs: must be an object, got ${pyTypeName(userKw)}`);
   }
   const kwargs: PyDict = new Map(userKw ?? []);
-  for (const bad of ['chat_template', 'tokenize']) {
-    if (kwargs.has(bad)) throw invalid(`chat_template_kwargs.${bad}: not allowed`);
+  if (
+    !isUnset(body.get('chat_template') ?? null) ||
+    (kwargs.get('chat_template') ?? null) !== null
+  ) {
+    throw invalid(
+      'chat_template: a chat template passed with the request is refused (vLLM without --trust-request-chat-template)',
+    );
   }
   const documents = body.get('documents') ?? null;
   if (documents !== null) {
@@ -1051,8 +1113,8 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
     });
   }
   const effort = body.get('reasoning_effort') ?? null;
-  if (effort !== null && typeof effort !== 'string') {
-    throw invalid(`reasoning_effort: must be a string, got ${pyTypeName(effort)}`);
+  if (effort !== null && (typeof effort !== 'string' || !REASONING_EFFORTS.includes(effort))) {
+    throw invalid(`reasoning_effort: must be one of ${REASONING_EFFORTS.join(', ')}`);
   }
   const extra: [string, PyValue][] = [
     ['add_generation_prompt', addGenerationPrompt],
@@ -1063,9 +1125,13 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
   if (effort !== null && !kwargs.has('enable_thinking')) {
     extra.push(['enable_thinking', effort !== 'none']);
   }
-  for (const [k, x] of extra) {
-    if (x !== null && x !== 'auto') kwargs.set(k, x);
-  }
+  for (const [k, x] of extra) if (!isUnset(x)) kwargs.set(k, x);
+  // vLLM's merge_kwargs drops overrides whose value is None or "auto": the request fields
+  // override `chat_template_kwargs`, which override the renderer's defaults.
+  for (const [k, x] of [...kwargs]) if (isUnset(x)) kwargs.delete(k);
+  // `tokenize` is apply_chat_template's own: true returns the ids it encodes, without special
+  // tokens.
+  if (pyTruthy(kwargs.get('tokenize'))) addSpecialTokens = false;
 
   return {
     conversation,

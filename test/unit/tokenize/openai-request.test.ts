@@ -268,20 +268,44 @@ describe('normaliseChatRequest: tools (step 3) and kwargs (step 4)', () => {
       '{"foo": 1, "add_generation_prompt": true, "continue_final_message": false, ' +
         '"reasoning_effort": "none", "enable_thinking": false}',
     );
-    expect(kw({ reasoning_effort: 'auto', documents: [{ title: 't', text: 'x' }] })).toBe(
+    expect(kw({ reasoning_effort: 'high', documents: [{ title: 't', text: 'x' }] })).toBe(
       '{"add_generation_prompt": true, "continue_final_message": false, ' +
-        '"documents": [{"title": "t", "text": "x"}], "enable_thinking": true}',
+        '"documents": [{"title": "t", "text": "x"}], "reasoning_effort": "high", "enable_thinking": true}',
     );
+    // vLLM's merge_kwargs: None and "auto" values are unset, the request's own kwargs' too.
+    expect(
+      kw({ chat_template_kwargs: { foo: null, bar: 'auto', baz: 0, chat_template: null } }),
+    ).toBe('{"baz": 0, "add_generation_prompt": true, "continue_final_message": false}');
     expect(kw({ reasoning_effort: 'low', chat_template_kwargs: { enable_thinking: false } })).toBe(
       '{"enable_thinking": false, "add_generation_prompt": true, "continue_final_message": false, ' +
         '"reasoning_effort": "low"}',
     );
   });
 
-  it('rejects chat_template / tokenize in chat_template_kwargs and mistyped fields', () => {
+  it('takes tokenize from chat_template_kwargs as apply_chat_template does: ids without special tokens', () => {
+    const body = (kw: object) =>
+      JSON.stringify({
+        add_special_tokens: true,
+        chat_template_kwargs: kw,
+        messages: [{ role: 'user', content: 'q' }],
+      });
+    expect(chat(body({ tokenize: true })).addSpecialTokens).toBe(false);
+    expect(chat(body({ tokenize: false })).addSpecialTokens).toBe(true);
+    expect(chat(body({ tokenize: 'auto' })).addSpecialTokens).toBe(true);
+  });
+
+  it('rejects a chat template in the request, tool_choice vLLM refuses and mistyped fields', () => {
+    const weather = [{ type: 'function', function: { name: 'weather' } }];
     for (const body of [
       { chat_template_kwargs: { chat_template: 'x' } },
-      { chat_template_kwargs: { tokenize: true } },
+      { chat_template: 'x' },
+      { tools: [] },
+      { tool_choice: 'auto' },
+      { tools: weather, tool_choice: 'bogus' },
+      { tools: weather, tool_choice: { type: 'function', function: { name: 'other' } } },
+      { tools: weather, tool_choice: { type: 'function', function: {} } },
+      { reasoning_effort: 'auto' },
+      { reasoning_effort: 'extreme' },
       { chat_template_kwargs: [] },
       { add_generation_prompt: null },
       { continue_final_message: 'maybe' },

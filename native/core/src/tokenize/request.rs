@@ -636,6 +636,72 @@ fn validate_tool(i: usize, t: &Json) -> Result<Json, TokenizeError> {
 // The chat request
 // ------------------------------------------------------------------------------------------
 
+/// vLLM's `ReasoningEffort`.
+const REASONING_EFFORTS: [&str; 7] = ["none", "minimal", "low", "medium", "high", "xhigh", "max"];
+
+/// A value vLLM's `merge_kwargs` treats as not set.
+fn is_unset(v: &Json) -> bool {
+    v.is_null() || v.as_str() == Some("auto")
+}
+
+/// vLLM's `ChatCompletionRequest.check_tool_usage` (a before-validator): `tools`
+/// must not be empty; a `tool_choice` (defaulted to "auto" when tools are given)
+/// other than "none" needs tools and must be "auto", "required" or a named tool
+/// among them. (vLLM then also needs `--enable-auto-tool-choice` for all but
+/// "none"; kv-epp assumes the server has it.)
+fn check_tool_usage(body: &Map<String, Json>) -> Result<(), TokenizeError> {
+    let bad = |m: &str| Err(TokenizeError::invalid_request(m.to_string()));
+    let tools = body.get("tools");
+    if tools.and_then(Json::as_array).is_some_and(Vec::is_empty) {
+        return bad(
+            "`tools` must not be an empty array. Either provide at least one tool or omit the \
+             field entirely.",
+        );
+    }
+    let defaulted = Json::String("auto".into());
+    let choice = match body.get("tool_choice") {
+        Some(c) => c,
+        None if tools.is_some_and(truthy) => &defaulted,
+        None => return Ok(()),
+    };
+    if choice.is_null() || choice.as_str() == Some("none") {
+        return Ok(());
+    }
+    let Some(tools) = tools.filter(|t| !t.is_null()) else {
+        return bad("When using `tool_choice`, `tools` must be set.");
+    };
+    let Some(named) = choice.as_object() else {
+        return match choice.as_str() {
+            Some("auto" | "required") => Ok(()),
+            _ => bad(&format!(
+                "Invalid value for `tool_choice`: {choice}! Only named tools, \"none\", \"auto\" or \
+                 \"required\" are supported."
+            )),
+        };
+    };
+    let usage = r#"Correct usage: `{"type": "function", "function": {"name": "my_function"}}`"#;
+    let Some(function) = named.get("function").and_then(Json::as_object) else {
+        return bad(&format!("Invalid value for `function` in `tool_choice`! {usage}"));
+    };
+    let Some(name) = function.get("name") else {
+        return bad(&format!("Expected field `name` in `function` in `tool_choice`! {usage}"));
+    };
+    let Some(name) = name.as_str().filter(|n| !n.is_empty()) else {
+        return bad(&format!("Invalid `name` in `function` in `tool_choice`! {usage}"));
+    };
+    let matches = tools.as_array().is_some_and(|list| {
+        list.iter().any(|t| {
+            t.get("function").and_then(|f| f.get("name")).and_then(Json::as_str) == Some(name)
+        })
+    });
+    if !matches {
+        return bad(
+            "The tool specified in `tool_choice` does not match any of the specified `tools`",
+        );
+    }
+    Ok(())
+}
+
 /// A chat request after steps 1-3 and the request half of step 4.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -655,6 +721,7 @@ pub struct ChatRequest {
 
 /// Steps 1-3 and the request half of step 4.
 pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeError> {
+    check_tool_usage(body)?;
     // vLLM's pydantic request model: field types first.
     let add_generation_prompt = bool_field(body, "add_generation_prompt", true)?;
     let continue_final_message = bool_field(body, "continue_final_message", false)?;
@@ -684,8 +751,13 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
     };
     let reasoning_effort = match body.get("reasoning_effort") {
         None | Some(Json::Null) => None,
-        Some(Json::String(s)) => Some(s.clone()),
-        Some(_) => return Err(TokenizeError::invalid_request("reasoning_effort must be a string")),
+        Some(Json::String(s)) if REASONING_EFFORTS.contains(&s.as_str()) => Some(s.clone()),
+        Some(_) => {
+            return Err(TokenizeError::invalid_request(format!(
+                "reasoning_effort must be one of {}",
+                REASONING_EFFORTS.join(", ")
+            )));
+        }
     };
     if body.get("chat_template").is_some_and(|t| !t.is_null())
         || user_kwargs.get("chat_template").is_some_and(|t| !t.is_null())
@@ -730,15 +802,6 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
         .unzip();
 
     // Step 4, request half.
-    let bad: Vec<&str> = ["chat_template", "tokenize"]
-        .into_iter()
-        .filter(|k| user_kwargs.contains_key(*k))
-        .collect();
-    if !bad.is_empty() {
-        return Err(TokenizeError::invalid_request(format!(
-            "Found unexpected chat template kwargs from request: {bad:?}"
-        )));
-    }
     let mut kwargs = user_kwargs;
     let enable_thinking = reasoning_effort
         .as_ref()
@@ -752,10 +815,16 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
         ("enable_thinking", enable_thinking),
     ];
     for (k, v) in extra {
-        if let Some(v) = v.filter(|v| !v.is_null() && v.as_str() != Some("auto")) {
+        if let Some(v) = v.filter(|v| !is_unset(v)) {
             kwargs.insert(k.into(), v);
         }
     }
+    // vLLM's merge_kwargs drops overrides whose value is None or "auto": the request
+    // fields override `chat_template_kwargs`, which override the renderer's defaults.
+    kwargs.retain(|_, v| !is_unset(v));
+    // `tokenize` is apply_chat_template's own: true returns the ids it encodes, without
+    // special tokens.
+    let add_special_tokens = add_special_tokens && !kwargs.get("tokenize").is_some_and(truthy);
     Ok(ChatRequest {
         conversation,
         openai_contents,
