@@ -1,6 +1,7 @@
 /**
- * vLLM's request normalisation for OpenAI chat/completions bodies, steps 1-4 of
- * scripts/goldens/make_goldens.py (the spec; read its docstring first):
+ * vLLM's (0.33.0) request normalisation for OpenAI chat/completions bodies, steps 1-4 of
+ * scripts/goldens/make_goldens.py (the spec; read its docstring first; its goldens run vLLM's own
+ * code for steps 1-2). Before step 1, vLLM's check_tool_usage (as with a tool parser configured).
  *
  *  1. validation: each message must validate against the union of the OpenAI SDK message
  *     TypedDicts and vLLM's CustomChatCompletionMessageParam, as pydantic-core does it (smart
@@ -10,8 +11,10 @@
  *     dropped: output keys are the winner's own in schema order, then the others in input order;
  *     `Iterable[...]` fields are validated lazily, i.e. after the member was chosen, against that
  *     member's item type). `reasoning_content` is renamed to `reasoning` first.
- *  2. message parsing ("string" content format): content flattened to one string, unknown keys
- *     dropped, tool-call `arguments` parsed with Python's json.loads.
+ *  2. message parsing (vLLM's parse_chat_message_content): each message's content in both
+ *     content formats ("string": the non-empty texts joined with "\n"; "openai": a list of text
+ *     parts; the template picks one, and whether developer messages become system ones: see
+ *     js/chat-template.ts), unknown keys dropped, tool-call `arguments` made objects.
  *  3. tools re-serialised in vLLM's pydantic dump order.
  *  4. template kwargs merged (request fields win over `chat_template_kwargs`).
  *

@@ -1,18 +1,21 @@
-//! OpenAI request bodies => what vLLM hands to `apply_chat_template` / `encode`.
+//! OpenAI request bodies => what vLLM (0.33.0) hands to `apply_chat_template` / `encode`.
 //!
 //! Re-implements steps 1-4 of scripts/goldens/make_goldens.py (its docstring is
-//! the spec; comments below name the step):
-//! 1. validation of `messages` against pydantic's smart union of the OpenAI SDK's
-//!    message TypedDicts and vLLM's `CustomChatCompletionMessageParam`
-//!    (pydantic.rs: the winning member decides which keys survive), `tools`
-//!    through vLLM's tool model;
-//! 2. message parsing in vLLM's "string" content format (content flattened with
-//!    "\n", null/missing content => "", unknown keys dropped, tool-call arguments
-//!    parsed as JSON);
+//! the spec; its goldens run vLLM's own code for steps 1-2; comments below name
+//! the step):
+//! 1. `check_tool_usage`, then validation of `messages` against pydantic's smart
+//!    union of vLLM's message types inside its request model (pydantic.rs:
+//!    `extra="allow"`, so no key is dropped), `tools` through vLLM's tool model;
+//! 2. message parsing (`parse_chat_message_content`): each message's content in
+//!    both of vLLM's content formats ("string": the non-empty texts joined with
+//!    "\n"; "openai": a list of text parts), unknown keys dropped, tool-call
+//!    arguments made objects; the template picks the format and whether
+//!    developer messages become system ones (`chat_input`);
 //! 3. tools re-serialised as `{type, function: {name, description, parameters,
 //!    <extras>}}`;
-//! 4. template kwargs (`chat_template_kwargs` + request fields), filtered to what
-//!    the template reads plus `apply_chat_template`'s own parameters.
+//! 4. template kwargs (`chat_template_kwargs` + request fields, None/"auto"
+//!    unset), filtered to what the template reads plus `apply_chat_template`'s
+//!    own parameters.
 //!
 //! Key order of the body is preserved (serde_json `preserve_order`): templates
 //! print tool schemas and arguments with `tojson` in input order.
@@ -24,9 +27,8 @@
 //!
 //! Known divergences: from Python's `json`, NaN/Infinity literals and lone
 //! surrogate escapes are rejected (`invalid_json`) and integers beyond 64 bits
-//! become floats; templates that loop over a message's content get vLLM's
-//! "openai" content format (a list of parts) in vLLM, while only the spec's
-//! "string" format is implemented here (a single text part renders the same).
+//! become floats; `tool_choice` is checked as with a tool parser configured
+//! (vLLM without one refuses every `tool_choice` but "none").
 
 use serde_json::{Map, Value as Json};
 
