@@ -32,7 +32,7 @@ VLLM_VERSION=0.33.0
 VLLM_SHA256=f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112
 VLLM_URL=https://files.pythonhosted.org/packages/f7/25/aa5684e9c59d6fc75f78926b7f15e8d9adc7de2d9e6e7575b80776ad8169/vllm-$VLLM_VERSION.tar.gz
 VLLM_SRC="$VENV/vllm-src/vllm-$VLLM_VERSION"
-if [[ ! -f "$VLLM_SRC/vllm/entrypoints/openai/chat_completion/protocol.py" ]]; then
+if [[ ! -f "$VLLM_SRC/vllm/entrypoints/generate/base/protocol.py" ]]; then
   log "fetching the vLLM $VLLM_VERSION sdist (source of vllm/renderers/hf.py)"
   mkdir -p "$VENV/vllm-src"
   curl -fsSL -o "$VENV/vllm-src/vllm.tar.gz" "$VLLM_URL"
@@ -40,7 +40,8 @@ if [[ ! -f "$VLLM_SRC/vllm/entrypoints/openai/chat_completion/protocol.py" ]]; t
   tar -xzf "$VENV/vllm-src/vllm.tar.gz" -C "$VENV/vllm-src" \
     "vllm-$VLLM_VERSION/vllm/renderers/hf.py" "vllm-$VLLM_VERSION/vllm/renderers/chat_utils/chat_message.py" \
     "vllm-$VLLM_VERSION/vllm/renderers/chat_utils/types.py" \
-    "vllm-$VLLM_VERSION/vllm/entrypoints/openai/chat_completion/protocol.py"
+    "vllm-$VLLM_VERSION/vllm/entrypoints/openai/chat_completion/protocol.py" \
+    "vllm-$VLLM_VERSION/vllm/entrypoints/generate/base/protocol.py"
   rm "$VENV/vllm-src/vllm.tar.gz"
 fi
 export KV_EPP_VLLM_SRC="$VLLM_SRC"

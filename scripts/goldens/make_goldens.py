@@ -86,6 +86,7 @@ import shutil
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,8 @@ import jinja2.nodes  # noqa: E402
 import tokenizers  # noqa: E402
 import transformers  # noqa: E402
 import transformers.utils.chat_template_utils as hf_ctu  # noqa: E402
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_serializer  # noqa: E402
+from pydantic import (  # noqa: E402
+    BaseModel, ConfigDict, ValidationError, create_model, model_serializer, model_validator)
 from transformers import AutoTokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,24 +211,29 @@ def validate_message(msg: Any) -> Any:
 
 
 class _OpenAIBaseModel(BaseModel):
+    """vLLM's OpenAIBaseModel (extra="allow"; its wrap validator only logs)."""
+
     model_config = ConfigDict(extra="allow")
 
 
-class FunctionDefinition(_OpenAIBaseModel):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
+def _class_source(path: Path, name: str) -> pyast.ClassDef:
+    tree = pyast.parse(path.read_text(encoding="utf-8"))
+    return next(n for n in tree.body if isinstance(n, pyast.ClassDef) and n.name == name)
 
 
-class ChatCompletionToolsParam(_OpenAIBaseModel):
-    type: str = "function"
-    function: FunctionDefinition
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler):
-        # vLLM keeps only the declared top-level fields of a tool when dumping it
-        data = handler(self)
-        return {k: v for k, v in data.items() if k in type(self).model_fields}
+def load_vllm_tool_models() -> Any:
+    """vLLM's `FunctionDefinition` and `ChatCompletionToolsParam` (the request's `tools`, dumped
+    for the template), executed from its source on `_OpenAIBaseModel`."""
+    root = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/entrypoints"
+    module = pyast.Module(body=[
+        _class_source(root / "generate/base/protocol.py", "FunctionDefinition"),
+        _class_source(root / "openai/chat_completion/protocol.py", "ChatCompletionToolsParam"),
+    ], type_ignores=[])
+    ns: dict[str, Any] = {"OpenAIBaseModel": _OpenAIBaseModel, "Any": Any,
+                          "Literal": typing.Literal, "model_validator": model_validator,
+                          "model_serializer": model_serializer}
+    exec(compile(module, "vllm tool models", "exec", dont_inherit=True), ns)  # noqa: S102
+    return ns["ChatCompletionToolsParam"]
 
 
 class GoldenError(Exception):
@@ -307,7 +314,7 @@ def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
     tools = None
     if body.get("tools") is not None:
         try:
-            tools = [ChatCompletionToolsParam.model_validate(t).model_dump() for t in body["tools"]]
+            tools = [VLLM["tools_param"].model_validate(t).model_dump() for t in body["tools"]]
         except ValidationError:
             raise GoldenError(
                 "request-validation", "ValidationError: `tools` does not match vLLM's tool model"
@@ -746,9 +753,15 @@ def random_requests(n: int, seed: int) -> list[dict]:
                     "n": {"type": "number", "default": value()}}, "required": ["q"]}}}
                 for _ in range(rnd.randint(1, 3))]
             if rnd.random() < 0.2:
-                body["tools"][0]["function"]["strict"] = True
+                body["tools"][0]["function"]["strict"] = rnd.choice([True, None, 1, "yes"])
             if rnd.random() < 0.1:
                 del body["tools"][0]["function"]["parameters"]
+            if rnd.random() < 0.1:
+                body["tools"][0]["function"]["x_extra"] = 1
+            if rnd.random() < 0.08:
+                body["tools"][-1]["defer_loading"] = rnd.choice([True, False, None])
+            if rnd.random() < 0.03:
+                body["tools"][-1]["type"] = "custom"
         if rnd.random() < 0.15:
             body["add_generation_prompt"] = False
         if rnd.random() < 0.1:
@@ -909,6 +922,7 @@ def main() -> None:
     t0 = time.monotonic()
     VLLM.update(load_vllm_functions())
     VLLM["check_tool_usage"] = load_vllm_check_tool_usage()
+    VLLM["tools_param"] = load_vllm_tool_models()
     VLLM_CHAT.update(load_vllm_chat_message())
     q_dir, l_dir = qwen3_dir(), llama3_1_dir()
     qwen3 = AutoTokenizer.from_pretrained(str(q_dir))

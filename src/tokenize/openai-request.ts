@@ -979,10 +979,15 @@ export function developerToSystem(conversation: PyDict[]): PyDict[] {
 // Step 3: tools (vLLM's ChatCompletionToolsParam.model_dump())
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * vLLM's ChatCompletionToolsParam.model_validate(t).model_dump(): `type` must be "function"; the
+ * function keeps only its declared fields (name, description, parameters, then strict and
+ * defer_loading unless null); a tool-level defer_loading fills the function's when unset.
+ */
 function normaliseTool(t: PyValue, path: string): PyDict {
   if (!isDict(t)) throw invalid(`${path}: must be an object, got ${pyTypeName(t)}`);
-  const type = t.has('type') ? t.get('type') : 'function';
-  if (typeof type !== 'string') throw invalid(`${path}.type: must be a string`);
+  if (t.has('type') && t.get('type') !== 'function')
+    throw invalid(`${path}.type: must be 'function'`);
   const fn = t.get('function');
   if (!isDict(fn)) throw invalid(`${path}.function: must be an object, got ${pyTypeName(fn)}`);
   const name = fn.get('name');
@@ -995,18 +1000,28 @@ function normaliseTool(t: PyValue, path: string): PyDict {
   if (parameters !== null && !isDict(parameters)) {
     throw invalid(`${path}.function.parameters: must be an object or null`);
   }
+  const optBool = (v: PyValue | undefined, at: string): boolean | null => {
+    if (v === undefined || v === null) return null;
+    const b = laxBool(v);
+    if (b === undefined) throw invalid(`${at}: must be a boolean`);
+    return b;
+  };
+  const strict = optBool(fn.get('strict'), `${path}.function.strict`);
+  const toolDefer = optBool(t.get('defer_loading'), `${path}.defer_loading`);
+  const defer = optBool(fn.get('defer_loading'), `${path}.function.defer_loading`) ?? toolDefer;
   const outFn: PyDict = new Map<string, PyValue>([
     ['name', name],
     ['description', description],
     ['parameters', parameters === null ? null : clonePy(parameters)],
   ]);
-  for (const [k, x] of fn) {
-    if (k !== 'name' && k !== 'description' && k !== 'parameters') outFn.set(k, clonePy(x));
-  }
-  return new Map<string, PyValue>([
-    ['type', type],
+  if (strict !== null) outFn.set('strict', strict);
+  if (defer !== null) outFn.set('defer_loading', defer);
+  const out = new Map<string, PyValue>([
+    ['type', 'function'],
     ['function', outFn],
   ]);
+  if (toolDefer !== null) out.set('defer_loading', toolDefer);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -226,7 +226,7 @@ describe('normaliseChatRequest: messages (steps 1-2)', () => {
 });
 
 describe('normaliseChatRequest: tools (step 3) and kwargs (step 4)', () => {
-  it("reorders tools like vLLM's pydantic dump, keeping integer-like keys and floats", () => {
+  it("reorders tools like vLLM's pydantic dump (declared fields only), keeping integer-like keys and floats", () => {
     const r = chat(
       '{"tools": [{"function": {"parameters": {"type": "object", "properties": {"2": {"minimum": 0.5}, ' +
         '"1": {"default": 1.0}}}, "x-extra": [1], "name": "f"}, "type": "function", "top": 1}, ' +
@@ -235,7 +235,7 @@ describe('normaliseChatRequest: tools (step 3) and kwargs (step 4)', () => {
     );
     expect(pyJsonDumps(r.tools)).toBe(
       '[{"type": "function", "function": {"name": "f", "description": null, "parameters": ' +
-        '{"type": "object", "properties": {"2": {"minimum": 0.5}, "1": {"default": 1.0}}}, "x-extra": [1]}}, ' +
+        '{"type": "object", "properties": {"2": {"minimum": 0.5}, "1": {"default": 1.0}}}}}, ' +
         '{"type": "function", "function": {"name": "g", "description": "d", "parameters": null}}]',
     );
   });

@@ -592,15 +592,18 @@ fn developer_to_system(
 // Step 3: tools
 // ------------------------------------------------------------------------------------------
 
-/// vLLM's `ChatCompletionToolsParam.model_validate(t).model_dump()`.
+/// vLLM's `ChatCompletionToolsParam.model_validate(t).model_dump()`: `type` must be
+/// "function"; the function keeps only its declared fields (`name`, `description`,
+/// `parameters`, then `strict` and `defer_loading` unless null); a tool-level
+/// `defer_loading` fills the function's when that is unset.
 fn validate_tool(i: usize, t: &Json) -> Result<Json, TokenizeError> {
     let bad = |m: &str| TokenizeError::invalid_request(format!("tools[{i}]{m}"));
     let t = t.as_object().ok_or_else(|| bad(" must be an object"))?;
-    let ty = match t.get("type") {
-        None => Json::String("function".into()),
-        Some(Json::String(s)) => Json::String(s.clone()),
-        Some(_) => return Err(bad(".type must be a string")),
-    };
+    match t.get("type") {
+        None => {}
+        Some(Json::String(s)) if s == "function" => {}
+        Some(_) => return Err(bad(".type must be \"function\"")),
+    }
     let f = t
         .get("function")
         .and_then(Json::as_object)
@@ -619,18 +622,29 @@ fn validate_tool(i: usize, t: &Json) -> Result<Json, TokenizeError> {
         Some(p @ Json::Object(_)) => p.clone(),
         Some(_) => return Err(bad(".function.parameters must be an object or null")),
     };
+    let opt_bool = |v: Option<&Json>, what: &str| match v {
+        None | Some(Json::Null) => Ok(None),
+        Some(v) => lax_bool(v).map(Some).ok_or_else(|| bad(&format!("{what} must be a boolean"))),
+    };
+    let strict = opt_bool(f.get("strict"), ".function.strict")?;
+    let tool_defer = opt_bool(t.get("defer_loading"), ".defer_loading")?;
+    let defer = opt_bool(f.get("defer_loading"), ".function.defer_loading")?.or(tool_defer);
     let mut function = Map::new();
     function.insert("name".into(), name.clone());
     function.insert("description".into(), description);
     function.insert("parameters".into(), parameters);
-    for (k, v) in f {
-        if !matches!(k.as_str(), "name" | "description" | "parameters") {
-            function.insert(k.clone(), v.clone());
-        }
+    if let Some(b) = strict {
+        function.insert("strict".into(), Json::Bool(b));
+    }
+    if let Some(b) = defer {
+        function.insert("defer_loading".into(), Json::Bool(b));
     }
     let mut out = Map::new();
-    out.insert("type".into(), ty);
+    out.insert("type".into(), Json::String("function".into()));
     out.insert("function".into(), Json::Object(function));
+    if let Some(b) = tool_defer {
+        out.insert("defer_loading".into(), Json::Bool(b));
+    }
     Ok(Json::Object(out))
 }
 
