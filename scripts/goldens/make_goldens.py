@@ -550,6 +550,10 @@ def check_clock_freeze(tok) -> None:
 def render(tok, raw_tok: tokenizers.Tokenizer, body: dict, template_override: str | None) -> dict:
     if "prompt" in body:
         prompt = body["prompt"]
+        if prompt is None or prompt == "":  # CompletionRequest's before-validator (no embeds here)
+            raise GoldenError("request-validation",
+                              "VLLMValidationError: Either prompt or prompt_embeds must be "
+                              "provided and non-empty.")
         if not isinstance(prompt, str):
             raise NotImplementedError("only string completions prompts are covered")
         add_special = body.get("add_special_tokens", True)

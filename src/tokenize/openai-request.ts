@@ -1188,10 +1188,15 @@ function tokenIds(arr: PyValue[], path: string): Uint32Array {
 export function normaliseCompletionRequest(body: PyDict): CompletionPrompt {
   const addSpecialTokens = boolField(body, 'add_special_tokens', true);
   const prompt = body.get('prompt');
-  if (prompt === undefined || prompt === null) {
-    if (body.get('prompt_embeds') !== undefined && body.get('prompt_embeds') !== null) {
-      throw new KvEppError('unsupported_content', 'prompt_embeds: not supported');
-    }
+  // vLLM's before-validator: a prompt that is null or "" needs prompt_embeds (not null, not []),
+  // which kv-epp cannot tokenize.
+  const embeds = body.get('prompt_embeds');
+  const hasEmbeds =
+    embeds !== undefined && embeds !== null && !(Array.isArray(embeds) && embeds.length === 0);
+  if (prompt === undefined || prompt === null || prompt === '') {
+    if (hasEmbeds) throw new KvEppError('unsupported_content', 'prompt_embeds: not supported');
+    if (prompt === '')
+      throw invalid('prompt: Either prompt or prompt_embeds must be provided and non-empty.');
     throw invalid('prompt: required');
   }
   if (typeof prompt === 'string') return { kind: 'text', text: prompt, addSpecialTokens };

@@ -140,11 +140,24 @@ fn token_ids(items: &[Json]) -> Option<Vec<u32>> {
 pub fn completion_request(body: &Map<String, Json>) -> Result<CompletionRequest, TokenizeError> {
     let add_special_tokens = bool_field(body, "add_special_tokens", true)?;
     let bad = |m: &str| TokenizeError::invalid_request(format!("prompt {m}"));
+    // vLLM's before-validator: a prompt that is null or "" needs prompt_embeds
+    // (not null, not []), which kv-epp cannot tokenize.
+    let embeds = body
+        .get("prompt_embeds")
+        .is_some_and(|v| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()));
     let prompt = match body.get("prompt") {
-        None | Some(Json::Null) if body.get("prompt_embeds").is_some_and(|v| !v.is_null()) => {
+        None | Some(Json::Null) if embeds => {
+            return Err(TokenizeError::unsupported_content("prompt_embeds: not supported"));
+        }
+        Some(Json::String(s)) if s.is_empty() && embeds => {
             return Err(TokenizeError::unsupported_content("prompt_embeds: not supported"));
         }
         None | Some(Json::Null) => return Err(bad("is required")),
+        Some(Json::String(s)) if s.is_empty() => {
+            return Err(TokenizeError::invalid_request(
+                "Either prompt or prompt_embeds must be provided and non-empty.",
+            ));
+        }
         Some(Json::String(s)) => Prompt::Text(s.clone()),
         Some(Json::Array(items)) => match items.as_slice() {
             [] => return Err(bad("must not be empty")),
