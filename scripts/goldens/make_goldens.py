@@ -60,6 +60,11 @@ transformers as vLLM does:
     are computed and asserted equal, and so are the ids of the raw `tokenizers` library.
     Completions requests (`prompt`) skip 1-5 and encode with add_special_tokens default True.
 
+vLLM 0.33.0 pins transformers>=5.16.1,<5.21.0; the goldens use 5.24.0.  A run with 5.20.0
+(2026-11-27) gave the same ids and errors for every golden of the six models whose tokenizer 5.20
+loads as tokenizer.json encodes (it loads DeepSeek-V3's as a LlamaTokenizer whose ids differ
+from tokenizer.json's, e.g. for "hello world"); 5.24.0 is kept for that reason.
+
 The dated template calls strftime_now(); the script freezes the clock that transformers'
 `strftime_now` reads (it calls `datetime.now()` on the `datetime` name imported into
 transformers.utils.chat_template_utils) at CLOCK, checks that the freeze works, and records it.

