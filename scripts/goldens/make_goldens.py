@@ -283,16 +283,31 @@ def load_vllm_check_tool_usage() -> Any:
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
+class _ChatRequestFields(BaseModel):
+    """The types of ChatCompletionRequest's fields the chat path reads (vLLM 0.33.0,
+    entrypoints/openai/chat_completion/protocol.py), besides `messages` and `tools`."""
+
+    model_config = ConfigDict(extra="allow")
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    documents: list[dict[str, str]] | None = None
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: typing.Literal[REASONING_EFFORTS] | None = None
+    tools: list[Any] | None = None
+
+
 def validate_chat_request(body: dict) -> tuple[list[dict], list[dict] | None]:
     try:
         VLLM["check_tool_usage"](json.loads(json.dumps(body)))
     except ValueError as e:
         raise GoldenError("request-validation", f"VLLMValidationError: {e}") from None
-    effort = body.get("reasoning_effort")
-    if effort is not None and effort not in REASONING_EFFORTS:
+    try:
+        _ChatRequestFields.model_validate({k: v for k, v in body.items() if k != "messages"})
+    except ValidationError as e:
         raise GoldenError("request-validation",
-                          "ValidationError: reasoning_effort must be one of "
-                          + ", ".join(REASONING_EFFORTS))
+                          f"ValidationError: {str(e).splitlines()[1]}") from None
     if body.get("continue_final_message") and body.get("add_generation_prompt"):
         raise GoldenError(
             "request-validation",

@@ -843,6 +843,14 @@ function parseMessages(messages: PyDict[]): {
   messages.forEach((msg, i) => {
     const path = `messages[${i}]`;
     const role = msg.get('role') as string;
+    const reasoningPart = msg.get('reasoning');
+    if (isDict(reasoningPart) && reasoningPart.get('type') === 'prompt_embeds') {
+      // vLLM parses such a reasoning as a prompt_embeds part, for any role.
+      const data = reasoningPart.get('data');
+      if (!pyTruthy(data))
+        throw invalid(`${path}.reasoning: prompt_embeds requires non-empty data`);
+      throw mediaRefusal(`${path}.reasoning`, 'prompt_embeds');
+    }
     const { flat, openai } = parseContent(role, msg.get('content'), `${path}.content`);
     const out: PyDict = new Map<string, PyValue>([
       ['role', role],
@@ -1090,7 +1098,8 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
   const addGenerationPrompt = boolField(body, 'add_generation_prompt', true);
   const continueFinalMessage = boolField(body, 'continue_final_message', false);
   let addSpecialTokens = boolField(body, 'add_special_tokens', false);
-  if (continueFinalMessage && addGenerationPrompt && body.has('add_generation_prompt')) {
+  // vLLM's check_generation_prompt runs before pydantic: Python truthiness of the raw values.
+  if (pyTruthy(body.get('continue_final_message')) && pyTruthy(body.get('add_generation_prompt'))) {
     throw invalid(
       'continue_final_message: cannot be true together with add_generation_prompt: true',
     );
@@ -1116,7 +1125,7 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
   }
   const kwargs: PyDict = new Map(userKw ?? []);
   if (
-    !isUnset(body.get('chat_template') ?? null) ||
+    (body.get('chat_template') ?? null) !== null ||
     (kwargs.get('chat_template') ?? null) !== null
   ) {
     throw invalid(
@@ -1125,9 +1134,12 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
   }
   const documents = body.get('documents') ?? null;
   if (documents !== null) {
+    // vLLM: `list[dict[str, str]] | None`.
     if (!Array.isArray(documents)) throw invalid('documents: must be an array of objects');
     documents.forEach((d, i) => {
-      if (!isDict(d)) throw invalid(`documents[${i}]: must be an object`);
+      if (!isDict(d) || [...d.values()].some((x) => typeof x !== 'string')) {
+        throw invalid(`documents[${i}]: must be an object with string values`);
+      }
     });
   }
   const effort = body.get('reasoning_effort') ?? null;

@@ -13,6 +13,9 @@
  * `for … if cond` loop's iterable is jinja2's `For.iter`; a `{% set %}` block is not an `Assign`).
  * Failure modes mirror vLLM's: a template that does not parse, and a matching loop whose target is
  * a tuple (vLLM's assertion fails inside its `try`), give the default, 'string'.
+ * Known divergence: @huggingface/jinja parses a parenthesised `for x in (xs if c)` as `for x in
+ * xs if c`, so such a loop over message content counts here (jinja2 sees a conditional and does
+ * not look through it); the native detector follows jinja2.
  */
 import { Template } from '@huggingface/jinja';
 

@@ -48,12 +48,9 @@ pub fn supports_developer_role(source: &str) -> bool {
 /// The content format of a template's text (after `{% generation %}` tags are
 /// rewritten, which adds no loops, assignments, macros or calls).
 pub fn detect(source: &str) -> ContentFormat {
-    let Ok(root) = machinery::parse(
-        source,
-        "chat_template",
-        SyntaxConfig,
-        WhitespaceConfig::default(),
-    ) else {
+    let Ok(root) =
+        machinery::parse(source, "chat_template", SyntaxConfig, WhitespaceConfig::default())
+    else {
         return ContentFormat::String;
     };
     let mut nodes = Nodes::default();

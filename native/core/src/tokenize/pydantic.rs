@@ -208,13 +208,10 @@ static VIDEO_URL_PART: Td =
     Td { fields: &[req("video_url", Ty::Td(&URL)), req("type", Ty::Lit(&["video_url"]))] };
 static OPT_STR: Ty = Ty::Opt(&Ty::Str);
 static PIL_PART: Td = Td { fields: &[opt("image_pil", Ty::Opt(&Ty::Never)), opt("uuid", OPT_STR)] };
-static SIMPLE_IMAGE_PART: Td =
-    Td { fields: &[opt("image_url", OPT_STR), opt("uuid", OPT_STR)] };
+static SIMPLE_IMAGE_PART: Td = Td { fields: &[opt("image_url", OPT_STR), opt("uuid", OPT_STR)] };
 /// `str | dict[str, str | list[int | float]] | None`
-static EMBEDS: Ty = Ty::Opt(&Ty::Union(&[
-    Ty::Str,
-    Ty::DictOf(&Ty::Union(&[Ty::Str, Ty::List(&Ty::Num)])),
-]));
+static EMBEDS: Ty =
+    Ty::Opt(&Ty::Union(&[Ty::Str, Ty::DictOf(&Ty::Union(&[Ty::Str, Ty::List(&Ty::Num)]))]));
 static IMAGE_EMBEDS_PART: Td = Td {
     fields: &[
         opt("image_embeds", EMBEDS),
@@ -240,8 +237,7 @@ static VIDEO_EMBEDS_PART: Td = Td {
 static PROMPT_EMBEDS_PART: Td =
     Td { fields: &[req("data", Ty::Str), req("type", Ty::Lit(&["prompt_embeds"]))] };
 static SIMPLE_AUDIO_PART: Td = Td { fields: &[opt("audio_url", OPT_STR)] };
-static SIMPLE_VIDEO_PART: Td =
-    Td { fields: &[opt("video_url", OPT_STR), opt("uuid", OPT_STR)] };
+static SIMPLE_VIDEO_PART: Td = Td { fields: &[opt("video_url", OPT_STR), opt("uuid", OPT_STR)] };
 static TOOL_REFERENCE_PART: Td =
     Td { fields: &[opt("name", Ty::Str), opt("type", Ty::Lit(&["tool_reference"]))] };
 static THINK_PART: Td = Td {

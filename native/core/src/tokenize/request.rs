@@ -27,8 +27,11 @@
 //!
 //! Known divergences: from Python's `json`, NaN/Infinity literals and lone
 //! surrogate escapes are rejected (`invalid_json`) and integers beyond 64 bits
-//! become floats; `tool_choice` is checked as with a tool parser configured
-//! (vLLM without one refuses every `tool_choice` but "none").
+//! become floats, `-0` a float (`-0.0`), the same in tool-call arguments; a
+//! part whose text is not a string is refused in both content formats (vLLM
+//! renders it in the "openai" one when its custom message type won validation);
+//! `tool_choice` is checked as with a tool parser configured (vLLM without one
+//! refuses every `tool_choice` but "none").
 
 use serde_json::{Map, Value as Json};
 
@@ -430,6 +433,18 @@ fn parse_message(
     m: &Map<String, Json>,
 ) -> Result<(Map<String, Json>, OpenAiContent), TokenizeError> {
     let role = m.get("role").and_then(Json::as_str).unwrap_or_default().to_string();
+    if let Some(Json::Object(r)) = m.get("reasoning")
+        && r.get("type").and_then(Json::as_str) == Some("prompt_embeds")
+    {
+        // vLLM parses such a reasoning as a prompt_embeds part, for any role.
+        let at = format!("messages[{i}].reasoning");
+        if !r.get("data").is_some_and(truthy) {
+            return Err(TokenizeError::invalid_request(format!(
+                "{at}: prompt_embeds requires non-empty data"
+            )));
+        }
+        return Err(media_refusal(&at, "prompt_embeds"));
+    }
     let (flat, openai) = parse_content(i, &role, m.get("content"))?;
     let mut out = Map::new();
     out.insert("role".into(), Json::String(role.clone()));
@@ -797,8 +812,10 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
         ));
     }
 
-    // Step 1.
-    if continue_final_message && add_generation_prompt && body.contains_key("add_generation_prompt")
+    // Step 1. vLLM's check_generation_prompt runs before pydantic: Python
+    // truthiness of the raw values.
+    if body.get("continue_final_message").is_some_and(truthy)
+        && body.get("add_generation_prompt").is_some_and(truthy)
     {
         return Err(TokenizeError::invalid_request(
             "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
