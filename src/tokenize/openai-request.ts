@@ -244,6 +244,14 @@ const EMBEDS = opt({
   t: 'union',
   m: [STR, { t: 'dictof', s: { t: 'union', m: [STR, { t: 'list', s: { t: 'num' } }] } }],
 });
+/** An embeddings part: its payload fields, `type` (the first field's name), an optional uuid. */
+const embedsPart = (name: string, type: string, ...more: string[]): Schema =>
+  td(
+    name,
+    ...[type, ...more].map((k) => optional(k, EMBEDS)),
+    req('type', lit(type)),
+    optional('uuid', OPT_STR),
+  );
 const PROMPT_EMBEDS_PART = td(
   'ChatCompletionContentPartPromptEmbedsParam',
   req('data', STR),
@@ -270,25 +278,9 @@ const CUSTOM_PART: Schema = {
       optional('image_url', OPT_STR),
       optional('uuid', OPT_STR),
     ),
-    td(
-      'ChatCompletionContentPartImageEmbedsParam',
-      optional('image_embeds', EMBEDS),
-      req('type', lit('image_embeds')),
-      optional('uuid', OPT_STR),
-    ),
-    td(
-      'ChatCompletionContentPartAudioEmbedsParam',
-      optional('audio_embeds', EMBEDS),
-      req('type', lit('audio_embeds')),
-      optional('uuid', OPT_STR),
-    ),
-    td(
-      'ChatCompletionContentPartVideoEmbedsParam',
-      optional('video_embeds', EMBEDS),
-      optional('audio_embeds', EMBEDS),
-      req('type', lit('video_embeds')),
-      optional('uuid', OPT_STR),
-    ),
+    embedsPart('ChatCompletionContentPartImageEmbedsParam', 'image_embeds'),
+    embedsPart('ChatCompletionContentPartAudioEmbedsParam', 'audio_embeds'),
+    embedsPart('ChatCompletionContentPartVideoEmbedsParam', 'video_embeds', 'audio_embeds'),
     PROMPT_EMBEDS_PART,
     td('CustomChatCompletionContentSimpleAudioParam', optional('audio_url', OPT_STR)),
     td(
