@@ -184,6 +184,14 @@ EXTRA_MODELS = ("deepseek_v3", "gemma3", "llama3_2", "mistral_nemo", "qwen2_5")
 # --------------------------------------------------------------------------------------------
 
 
+class VLLMValidationError(ValueError):
+    """vLLM's `vllm.exceptions.VLLMValidationError` (a ValueError: HTTP 400), for its code."""
+
+    def __init__(self, message: str, parameter: str | None = None, value: Any = None):
+        super().__init__(message)
+
+
+@functools.cache
 def load_vllm_types() -> Any:
     """vLLM's chat_utils/types.py (the message union: the OpenAI SDK's TypedDicts, vLLM's
     `CustomChatCompletionMessageParam` with its typed content parts, openai-harmony's Message),
@@ -261,19 +269,12 @@ def load_vllm_check_tool_usage() -> Any:
     """`ChatCompletionRequest.check_tool_usage` (vLLM's before-validator of `tools` and
     `tool_choice`), taken from vllm/entrypoints/openai/chat_completion/protocol.py."""
     path = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/entrypoints/openai/chat_completion/protocol.py"
-    tree = pyast.parse(path.read_text(encoding="utf-8"))
-    cls = next(n for n in tree.body
-               if isinstance(n, pyast.ClassDef) and n.name == "ChatCompletionRequest")
+    cls = _class_source(path, "ChatCompletionRequest")
     fn = next(n for n in cls.body
               if isinstance(n, pyast.FunctionDef) and n.name == "check_tool_usage")
     fn.decorator_list = []
     code = compile(pyast.Module(body=[fn], type_ignores=[]), str(path), "exec",
                    flags=__future__.annotations.compiler_flag)
-
-    class VLLMValidationError(ValueError):
-        def __init__(self, message: str, parameter: str | None = None, value: Any = None):
-            super().__init__(message)
-
     ns: dict[str, Any] = {"VLLMValidationError": VLLMValidationError}
     exec(code, ns)  # noqa: S102 -- pinned source
     return lambda data: ns["check_tool_usage"](None, data)
@@ -383,17 +384,10 @@ def load_vllm_chat_message() -> dict[str, Any]:
     text-only stand-ins above; everything that turns a validated message into the conversation
     is vLLM's code as released."""
     root = Path(os.environ["KV_EPP_VLLM_SRC"]) / "vllm/renderers/chat_utils"
-    spec = importlib.util.spec_from_file_location("vllm_chat_types", root / "types.py")
-    types_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(types_mod)
+    types_mod = load_vllm_types()
     src = (root / "chat_message.py").read_text(encoding="utf-8")
     src = re.sub(r"^from (vllm|\.)[\w.]* import \([^)]*\)\n", "", src, flags=re.M)
     src = re.sub(r"^from (vllm|\.)[\w.]* import [^\n(]*\n", "", src, flags=re.M)
-
-    class VLLMValidationError(ValueError):
-        def __init__(self, message: str, parameter: str | None = None, value: Any = None):
-            super().__init__(message)
-
     ns: dict[str, Any] = {
         "__name__": "vllm_chat_message",
         "ModelConfig": object, "VLLMValidationError": VLLMValidationError,
@@ -406,7 +400,6 @@ def load_vllm_chat_message() -> dict[str, Any]:
         **{name: getattr(types_mod, name) for name in types_mod.__all__},
     }
     exec(compile(src, str(root / "chat_message.py"), "exec"), ns)  # noqa: S102 -- pinned source
-    ns["VLLMValidationErrorType"] = VLLMValidationError
     return ns
 
 
@@ -430,7 +423,7 @@ def parse_messages(messages: list[dict], content_format: str) -> list[dict]:
             conversation.extend(VLLM_CHAT["parse_chat_message_content"](
                 msg, _TextOnlyTracker(), content_format, interleave_strings=False))
         VLLM_CHAT["_postprocess_messages"](conversation)
-    except VLLM_CHAT["VLLMValidationErrorType"] as e:
+    except VLLMValidationError as e:
         raise GoldenError("message-parsing", f"VLLMValidationError: {e}") from None
     return conversation
 

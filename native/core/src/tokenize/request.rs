@@ -254,13 +254,16 @@ fn media_refusal(at: &str, kind: &str) -> TokenizeError {
 }
 
 /// vLLM's `parse_chat_message_content_mm_part` + `parse_chat_message_content_part`.
-fn parse_part<'m>(at: &str, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
+fn parse_part<'m>(i: usize, j: usize, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
+    // Only an error names the part: no formatting on the hot path.
+    let at = || format!("messages[{i}].content[{j}]");
     let m = match part {
         Json::String(s) => return Ok(Part::Text(Json::String(s.clone()), None)),
         Json::Object(m) => m,
         _ => {
             return Err(TokenizeError::invalid_request(format!(
-                "{at}: a content part must be an object or a string"
+                "{}: a content part must be an object or a string",
+                at()
             )));
         }
     };
@@ -274,11 +277,12 @@ fn parse_part<'m>(at: &str, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
             "thinking" => (t, field("thinking")),
             "tool_reference" => (t, field("name")),
             other if other == "input_image" || MEDIA_KEYS.contains(&other) => {
-                return Err(media_refusal(at, other));
+                return Err(media_refusal(&at(), other));
             }
             other => {
                 return Err(TokenizeError::invalid_request(format!(
-                    "{at}: unsupported content part type '{other}'"
+                    "{}: unsupported content part type '{other}'",
+                    at()
                 )));
             }
         },
@@ -287,18 +291,20 @@ fn parse_part<'m>(at: &str, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
             if let Some(k) =
                 MEDIA_KEYS.iter().find(|k| m.contains_key(**k) && !(video && **k == "audio_embeds"))
             {
-                return Err(media_refusal(at, k));
+                return Err(media_refusal(&at(), k));
             }
             if !m.contains_key("tool_reference") {
                 return Err(TokenizeError::invalid_request(format!(
-                    "{at}: Missing 'type' field in multimodal part."
+                    "{}: Missing 'type' field in multimodal part.",
+                    at()
                 )));
             }
             ("tool_reference", field("name"))
         }
         (Some(_), None) => {
             return Err(TokenizeError::invalid_request(format!(
-                "{at}: Invalid 'type' field in multimodal part."
+                "{}: Invalid 'type' field in multimodal part.",
+                at()
             )));
         }
     };
@@ -306,7 +312,7 @@ fn parse_part<'m>(at: &str, part: &'m Json) -> Result<Part<'m>, TokenizeError> {
         ("text" | "refusal", Json::Null) => Ok(Part::Skip),
         ("tool_reference", name @ (Json::String(_) | Json::Null)) => Ok(Part::ToolReference(name)),
         (_, text @ (Json::String(_) | Json::Null)) => Ok(Part::Text(text, Some(m))),
-        (_, _) => Err(TokenizeError::invalid_request(format!("{at}.{kind} must be a string"))),
+        (_, _) => Err(TokenizeError::invalid_request(format!("{}.{kind} must be a string", at()))),
     }
 }
 
@@ -395,7 +401,7 @@ fn parse_content(
     };
     let mut wrapped = Vec::with_capacity(parts.len());
     for (j, p) in parts.iter().enumerate() {
-        match parse_part(&format!("messages[{i}].content[{j}]"), p)? {
+        match parse_part(i, j, p)? {
             Part::Skip => {}
             Part::Text(text, source) => {
                 push_text(&text);
@@ -702,24 +708,26 @@ fn check_tool_usage(body: &Map<String, Json>) -> Result<(), TokenizeError> {
              field entirely.",
         );
     }
-    let defaulted = Json::String("auto".into());
+    // `None`: no tool_choice with tools given, which vLLM defaults to "auto".
     let choice = match body.get("tool_choice") {
-        Some(c) => c,
-        None if tools.is_some_and(truthy) => &defaulted,
+        Some(c) => Some(c),
+        None if tools.is_some_and(truthy) => None,
         None => return Ok(()),
     };
-    if choice.is_null() || choice.as_str() == Some("none") {
+    let choice_str = choice.map_or(Some("auto"), Json::as_str);
+    if choice.is_some_and(Json::is_null) || choice_str == Some("none") {
         return Ok(());
     }
     let Some(tools) = tools.filter(|t| !t.is_null()) else {
         return bad("When using `tool_choice`, `tools` must be set.");
     };
-    let Some(named) = choice.as_object() else {
-        return match choice.as_str() {
+    let Some(named) = choice.and_then(Json::as_object) else {
+        return match choice_str {
             Some("auto" | "required") => Ok(()),
             _ => bad(&format!(
-                "Invalid value for `tool_choice`: {choice}! Only named tools, \"none\", \"auto\" or \
-                 \"required\" are supported."
+                "Invalid value for `tool_choice`: {}! Only named tools, \"none\", \"auto\" or \
+                 \"required\" are supported.",
+                choice.map(Json::to_string).unwrap_or_default()
             )),
         };
     };
