@@ -50,9 +50,9 @@ import type { Backend, KvIndex } from '../kv/types.js';
 import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
 import { engineOf } from '../metrics/model-server-metrics.js';
-import { ModelServerScraper } from '../metrics/model-server-scraper.js';
 import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
 import { EppMetrics } from '../metrics/registry.js';
+import { ScraperThread } from '../metrics/scraper-thread.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
 import { type ReportedLoad, WorkerLoadTable } from '../routing/worker-load.js';
@@ -254,7 +254,7 @@ export async function startServing(
   const ms = options.modelServerMetrics;
   const scraper =
     ms.intervalMs > 0
-      ? new ModelServerScraper({
+      ? new ScraperThread({
           intervalMs: ms.intervalMs,
           insecureSkipVerify: ms.insecureSkipVerify,
           log,
@@ -364,7 +364,7 @@ export async function startServing(
   });
   if (scraper) {
     scraper.start();
-    started.push({ close: async () => scraper.stop() });
+    started.push({ close: () => scraper.stop() });
   }
   const gcPacer = options.gcPaceMb > 0 ? startGcPacer(options.gcPaceMb * 1024 * 1024) : undefined;
   if (gcPacer) started.push({ close: async () => gcPacer.stop() });

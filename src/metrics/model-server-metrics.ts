@@ -74,21 +74,31 @@ export interface PodLoad extends LoadFigures {
   pod: string;
 }
 
-export function readLoadFigures(text: string, engine: EngineMetrics): LoadFigures {
+/**
+ * `page`: the exposition's bytes (UTF-8), as read from the socket; a string is
+ * taken too. Only the lines of the wanted series are decoded.
+ */
+export function readLoadFigures(page: Uint8Array | string, engine: EngineMetrics): LoadFigures {
+  const bytes = asBuffer(page);
   return {
-    waiting: first(text, engine.waiting, 'sum'),
-    running: first(text, engine.running, 'sum'),
-    kvUsage: first(text, engine.kvUsage, 'mean'),
+    waiting: first(bytes, engine.waiting, 'sum'),
+    running: first(bytes, engine.running, 'sum'),
+    kvUsage: first(bytes, engine.kvUsage, 'mean'),
   };
 }
 
+function asBuffer(page: Uint8Array | string): Buffer {
+  if (typeof page === 'string') return Buffer.from(page, 'utf8');
+  return Buffer.isBuffer(page) ? page : Buffer.from(page.buffer, page.byteOffset, page.byteLength);
+}
+
 function first(
-  text: string,
+  page: Buffer,
   selectors: readonly SeriesSelector[],
   fold: 'sum' | 'mean',
 ): number | undefined {
   for (const s of selectors) {
-    const values = samples(text, s);
+    const values = samples(page, s);
     if (values.length === 0) continue;
     const sum = values.reduce((a, b) => a + b, 0);
     return fold === 'sum' ? sum : sum / values.length;
@@ -96,34 +106,65 @@ function first(
   return undefined;
 }
 
-/** The finite sample values of the series `s` selects (text exposition format 0.0.4). */
-export function samples(text: string, s: SeriesSelector): number[] {
-  const out: number[] = [];
-  let from = 0;
-  for (;;) {
-    const at = text.indexOf(s.name, from);
-    if (at < 0) return out;
-    from = at + s.name.length;
-    // Only at the start of a line, and the whole name (not a prefix of another).
-    if (at > 0 && text.charCodeAt(at - 1) !== 10) continue;
-    const next = text[from];
-    if (next !== '{' && next !== ' ' && next !== '\t') continue;
-    const eol = text.indexOf('\n', from);
-    const line = text.slice(from, eol < 0 ? text.length : eol);
-    let rest = line;
-    if (next === '{') {
-      const close = labelsEnd(line);
-      if (close < 0) continue;
-      if (s.labels && !labelsMatch(line.slice(1, close), s.labels)) continue;
-      rest = line.slice(close + 1);
-    } else if (s.labels && Object.keys(s.labels).length > 0) {
-      continue;
-    }
-    const token = rest.trim().split(/[ \t]+/)[0];
-    // An empty token is no sample (Number('') would be 0).
-    const value = token ? Number(token) : Number.NaN;
-    if (Number.isFinite(value)) out.push(value);
+const NEWLINE = 10;
+/** `\n` + a metric name, by name: what a sample line of it starts with after the first line. */
+const lineStarts = new Map<string, Buffer>();
+
+function lineStart(name: string): Buffer {
+  let b = lineStarts.get(name);
+  if (b === undefined) {
+    b = Buffer.from(`\n${name}`, 'utf8');
+    lineStarts.set(name, b);
   }
+  return b;
+}
+
+/** Where the name of the next line starting with it begins, from `from` on; -1: none. */
+function next(bytes: Buffer, needle: Buffer, from: number): number {
+  const at = bytes.indexOf(needle, from);
+  return at < 0 ? -1 : at + 1;
+}
+
+/** The finite sample values of the series `s` selects (text exposition format 0.0.4). */
+export function samples(page: Uint8Array | string, s: SeriesSelector): number[] {
+  const bytes = asBuffer(page);
+  const needle = lineStart(s.name);
+  const out: number[] = [];
+  // A name is only a sample at the start of a line: the page's first, or after a newline.
+  const nameBytes = needle.length - 1;
+  let start = bytes.subarray(0, nameBytes).equals(needle.subarray(1)) ? 0 : next(bytes, needle, 0);
+  while (start >= 0) {
+    const from = start + nameBytes;
+    const eol = bytes.indexOf(NEWLINE, from);
+    const value = sampleValue(bytes.toString('utf8', from, eol < 0 ? bytes.length : eol), s);
+    if (value !== undefined) out.push(value);
+    start = eol < 0 ? -1 : next(bytes, needle, eol);
+  }
+  return out;
+}
+
+/**
+ * The value of one line that starts with the series' name (`line` is the rest
+ * after the name), or undefined when it is not a sample of `s`: another
+ * metric's name that `s.name` prefixes, labels that do not match, or a value
+ * that is not a finite number.
+ */
+function sampleValue(line: string, s: SeriesSelector): number | undefined {
+  const next = line[0];
+  if (next !== '{' && next !== ' ' && next !== '\t') return undefined;
+  let rest = line;
+  if (next === '{') {
+    const close = labelsEnd(line);
+    if (close < 0) return undefined;
+    if (s.labels && !labelsMatch(line.slice(1, close), s.labels)) return undefined;
+    rest = line.slice(close + 1);
+  } else if (s.labels && Object.keys(s.labels).length > 0) {
+    return undefined;
+  }
+  const token = rest.trim().split(/[ \t]+/)[0];
+  // An empty token is no sample (Number('') would be 0).
+  const value = token ? Number(token) : Number.NaN;
+  return Number.isFinite(value) ? value : undefined;
 }
 
 /** The index of the `}` closing a label set that starts at 0 (quotes and escapes honoured). */

@@ -9,15 +9,22 @@
  * figures read within `staleness`, so an endpoint that stops answering drops out
  * of the averages instead of holding its last value (GAIE's staleness threshold).
  * Endpoints that leave the target list are forgotten at the next tick.
- * Failure modes: a refused connection, a timeout (the interval, at least 1 s), a
+ * Each endpoint keeps one connection alive between scrapes (a new connection
+ * per scrape cost more CPU than reading the page; bench/README.md, "Metrics
+ * scraping"). Failure modes: a refused connection, a timeout (the interval, at least 1 s), a
  * non-200 status or a body over `maxBytes` fail that scrape only; the first
  * failure of a run of them is logged as a warning, the rest at debug, and the
  * recovery at info; an answer holding none of the engine's families is logged
  * once. `stop()` abandons requests in flight silently. Nothing here throws
  * into the event loop.
  */
-import { type ClientRequest, get as httpGet, type IncomingMessage } from 'node:http';
-import { get as httpsGet } from 'node:https';
+import {
+  type ClientRequest,
+  Agent as HttpAgent,
+  get as httpGet,
+  type IncomingMessage,
+} from 'node:http';
+import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
 import type { Logger } from '../log/logger.js';
 import {
   type EngineMetrics,
@@ -44,6 +51,16 @@ export interface ScraperOptions {
   now?: (() => number) | undefined;
 }
 
+/** Below uvicorn's default keep-alive timeout (5 s), which vLLM and SGLang serve with. */
+export const KEEP_ALIVE_IDLE_MS = 4000;
+const EMPTY = Buffer.alloc(0);
+const AGENT_OPTIONS = { keepAlive: true, maxSockets: 1, timeout: KEEP_ALIVE_IDLE_MS };
+
+/** One endpoint's figures and when they were read (ms since the epoch, the scraper's clock). */
+export interface PodReading extends PodLoad {
+  atMs: number;
+}
+
 interface Reading {
   figures: LoadFigures;
   atMs: number;
@@ -60,6 +77,15 @@ export class ModelServerScraper {
   private readonly empty = new Set<string>();
   private stopped = false;
   private readonly now: () => number;
+  /**
+   * One kept-alive connection per endpoint (`maxSockets` 1 per origin; a tick
+   * never has two scrapes of one endpoint in flight). An idle connection is
+   * closed after KEEP_ALIVE_IDLE_MS, before a model server's own idle timeout
+   * (uvicorn's 5 s) can close it under a request; at longer intervals every
+   * scrape connects anew.
+   */
+  private readonly httpAgent = new HttpAgent(AGENT_OPTIONS);
+  private readonly httpsAgent = new HttpsAgent(AGENT_OPTIONS);
   private timer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ScraperOptions) {
@@ -81,6 +107,8 @@ export class ModelServerScraper {
     this.live = new Set();
     for (const r of this.inFlight.values()) r?.destroy();
     this.inFlight.clear();
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
   }
 
   /** The figures read within `stalenessMs` of `nowMs`, one entry per endpoint. */
@@ -89,6 +117,13 @@ export class ModelServerScraper {
     for (const [pod, r] of this.latest) {
       if (nowMs - r.atMs <= stalenessMs) out.push({ pod, ...r.figures });
     }
+    return out;
+  }
+
+  /** Every endpoint's latest figures with the time they were read (`atMs`), fresh or not. */
+  readings(): PodReading[] {
+    const out: PodReading[] = [];
+    for (const [pod, r] of this.latest) out.push({ pod, ...r.figures, atMs: r.atMs });
     return out;
   }
 
@@ -110,7 +145,7 @@ export class ModelServerScraper {
 
   private scrape(t: ScrapeTarget): void {
     let finished = false;
-    const done = (err: string | undefined, body?: string) => {
+    const done = (err: string | undefined, body?: Buffer) => {
       if (finished) return;
       finished = true;
       this.inFlight.delete(t.pod);
@@ -126,7 +161,7 @@ export class ModelServerScraper {
       if (this.failing.delete(t.pod)) {
         this.opts.log.info({ pod: t.pod, url: t.url }, 'model-server metrics scrape recovered');
       }
-      const figures = readLoadFigures(body ?? '', t.engine);
+      const figures = readLoadFigures(body ?? EMPTY, t.engine);
       const none =
         figures.waiting === undefined &&
         figures.running === undefined &&
@@ -159,17 +194,19 @@ export class ModelServerScraper {
         }
         chunks.push(c);
       });
-      res.on('end', () => done(undefined, Buffer.concat(chunks).toString('utf8')));
+      res.on('end', () =>
+        done(undefined, chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, bytes)),
+      );
       res.on('error', (e) => done(e.message));
     };
-    try {
+    // A kept-alive socket the server closed just before this request was sent
+    // fails it with ECONNRESET: that request is retried once on a new connection.
+    const send = (retry: boolean) => {
       const https = t.url.startsWith('https:');
-      // A connection per scrape (`agent: false`): a server's idle timeout (uvicorn: 5 s)
-      // would reset a kept-alive socket.
       const req = (https ? httpsGet : httpGet)(
         t.url,
         {
-          agent: false,
+          agent: https ? this.httpsAgent : this.httpAgent,
           rejectUnauthorized: !(this.opts.insecureSkipVerify ?? true),
           timeout: Math.max(1000, this.opts.intervalMs),
           headers: { accept: 'text/plain' },
@@ -178,7 +215,16 @@ export class ModelServerScraper {
       );
       this.inFlight.set(t.pod, req);
       req.on('timeout', () => req.destroy(new Error('timed out')));
-      req.on('error', (e) => done(e.message));
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        if (retry && req.reusedSocket && e.code === 'ECONNRESET' && !this.stopped && !finished) {
+          send(false);
+          return;
+        }
+        done(e.message);
+      });
+    };
+    try {
+      send(true);
     } catch (e) {
       done((e as Error).message);
     }

@@ -8,8 +8,6 @@
  * same KvEppError codes. The addon must be loaded on the main thread before
  * the pool starts (`create` does that).
  */
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { KvEppError } from '../errors.js';
 import { NativeKvIndex } from '../kv/native/radix-index.js';
@@ -23,6 +21,7 @@ import {
 } from '../pipeline/route-prep.js';
 import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
 import type { ApiKind } from '../tokenize/types.js';
+import { workerEntryFile } from './entry-file.js';
 import type { PrepareResult, PrepareTask, TokenizerRef } from './protocol.js';
 
 export interface PreparerOptions {
@@ -78,7 +77,7 @@ export class RoutePreparer {
     const pool =
       options.poolSize > 0
         ? new Piscina({
-            filename: workerFile(),
+            filename: workerEntryFile('prepare-worker.js'),
             minThreads: options.poolSize,
             maxThreads: options.poolSize,
             idleTimeout: Number.POSITIVE_INFINITY,
@@ -146,13 +145,4 @@ export class RoutePreparer {
   async close(): Promise<void> {
     await this.pool?.destroy();
   }
-}
-
-/** The compiled worker entry (tests run from src/, workers always run from dist/). */
-function workerFile(): string {
-  const sibling = new URL('./prepare-worker.js', import.meta.url);
-  if (existsSync(fileURLToPath(sibling))) return fileURLToPath(sibling);
-  const built = new URL('../../dist/src/workers/prepare-worker.js', import.meta.url);
-  if (existsSync(fileURLToPath(built))) return fileURLToPath(built);
-  throw new KvEppError('internal', 'worker entry not built: run `npm run build:ts`');
 }

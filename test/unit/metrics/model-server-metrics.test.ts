@@ -84,6 +84,18 @@ describe('readLoadFigures', () => {
       samples('xvllm:a 1\nvllm:ab 2\nvllm:a 3\n# vllm:a 4\nvllm:a\t5', { name: 'vllm:a' }),
     ).toEqual([3, 5]);
   });
+
+  it('reads the bytes as received: a sample on the first line, UTF-8 label values, a view into a larger buffer', () => {
+    const page = Buffer.from('vllm:a{x="é"} 1\nvllm:a{x="e"} 2\nvllm:a{x="é"} 3');
+    expect(samples(page, { name: 'vllm:a', labels: { x: 'é' } })).toEqual([1, 3]);
+    const head = Buffer.from('\nvllm:a 9\n');
+    const framed = Buffer.concat([head, page, Buffer.from('\nvllm:a 9')]);
+    const view = new Uint8Array(framed.buffer, framed.byteOffset + head.length, page.length);
+    expect(samples(view, { name: 'vllm:a' })).toEqual([1, 2, 3]);
+    expect(readLoadFigures(Buffer.from(VLLM), ENGINES.vllm as never)).toEqual(
+      readLoadFigures(VLLM, ENGINES.vllm as never),
+    );
+  });
 });
 
 describe('ModelServerScraper', () => {
@@ -192,6 +204,63 @@ describe('ModelServerScraper', () => {
     sc.tick();
     await until(() => sc.fresh(2, 0).length === 1);
     expect(warned()).toHaveLength(1);
+  });
+
+  it('keeps one connection per endpoint between scrapes and closes it on stop', async () => {
+    const port = await serve(200, VLLM);
+    const s = servers[0] as Server;
+    let connections = 0;
+    s.on('connection', () => connections++);
+    const log = new RecordingLogger();
+    let clock = 1;
+    const sc = scraperOver(
+      () => [target('a', port)],
+      log,
+      () => clock,
+    );
+    for (clock = 1; clock <= 3; clock++) {
+      sc.tick();
+      await until(() => sc.fresh(clock, 0).length === 1);
+    }
+    expect(connections).toBe(1);
+    sc.stop();
+    const open = () => new Promise<number>((r) => s.getConnections((_e, n) => r(n)));
+    for (let i = 0; i < 500 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(await open()).toBe(0);
+    expect(log.records).toEqual([]);
+  });
+
+  it('retries once, on a new connection, a scrape whose kept-alive connection the server closed', async () => {
+    // Answers the first request of each connection; closes it on the second (a
+    // server whose idle timeout fired as the request went out).
+    const s = createServer((req, res) => {
+      const socket = req.socket as typeof req.socket & { served?: number };
+      socket.served = (socket.served ?? 0) + 1;
+      if (socket.served > 1) {
+        socket.destroy();
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'text/plain' }).end(VLLM);
+    });
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as AddressInfo).port;
+    let connections = 0;
+    s.on('connection', () => connections++);
+    const log = new RecordingLogger();
+    let clock = 1;
+    const sc = scraperOver(
+      () => [target('a', port)],
+      log,
+      () => clock,
+    );
+    sc.tick();
+    await until(() => sc.fresh(clock, 0).length === 1);
+    clock = 2;
+    sc.tick();
+    await until(() => sc.fresh(clock, 0).length === 1);
+    expect(connections).toBe(2);
+    expect(log.records.filter((r) => r.msg === 'model-server metrics scrape failed')).toEqual([]);
   });
 
   it('abandons requests in flight on stop, without logging', async () => {
