@@ -49,12 +49,14 @@ export interface ScraperOptions {
   /** Largest body read (default 16 MiB). */
   maxBytes?: number | undefined;
   now?: (() => number) | undefined;
+  /** Called with each new reading as it is kept (the worker thread forwards them). */
+  onReading?: ((reading: PodReading) => void) | undefined;
 }
 
 /** Below uvicorn's default keep-alive timeout (5 s), which vLLM and SGLang serve with. */
 export const KEEP_ALIVE_IDLE_MS = 4000;
 const EMPTY = Buffer.alloc(0);
-const AGENT_OPTIONS = { keepAlive: true, maxSockets: 1, timeout: KEEP_ALIVE_IDLE_MS };
+const AGENT_OPTIONS = { keepAlive: true, timeout: KEEP_ALIVE_IDLE_MS };
 
 /** One endpoint's figures and when they were read (ms since the epoch, the scraper's clock). */
 export interface PodReading extends PodLoad {
@@ -78,8 +80,9 @@ export class ModelServerScraper {
   private stopped = false;
   private readonly now: () => number;
   /**
-   * One kept-alive connection per endpoint (`maxSockets` 1 per origin; a tick
-   * never has two scrapes of one endpoint in flight). An idle connection is
+   * Kept-alive connections: one per endpoint, as a tick never has two scrapes of
+   * one endpoint in flight (endpoints sharing a metrics URL, e.g. the dp ranks
+   * of one server, get one each, scraped in parallel). An idle connection is
    * closed after KEEP_ALIVE_IDLE_MS, before a model server's own idle timeout
    * (uvicorn's 5 s) can close it under a request; at longer intervals every
    * scrape connects anew.
@@ -175,7 +178,9 @@ export class ModelServerScraper {
       } else if (!none) {
         this.empty.delete(t.pod);
       }
-      this.latest.set(t.pod, { figures, atMs: this.now() });
+      const atMs = this.now();
+      this.latest.set(t.pod, { figures, atMs });
+      this.opts.onReading?.({ pod: t.pod, ...figures, atMs });
     };
     const maxBytes = this.opts.maxBytes ?? 16 * 1024 * 1024;
     const onResponse = (res: IncomingMessage) => {

@@ -5,10 +5,10 @@
  * page costs ~150 µs of CPU; 256 endpoints every 50 ms kept a main-thread
  * scraper's event loop 60–80 % busy). Adapter module (node:worker_threads).
  *
- * Contract: the same as ModelServerScraper's `start`/`stop`/`fresh`. Figures
- * reach this thread once per interval, so `fresh` lags the scrapes by up to
- * one interval (the staleness threshold is at least two). The targets are
- * read here every interval and sent to the worker when they change.
+ * Contract: the same as ModelServerScraper's `start`/`stop`/`fresh`. Readings
+ * reach this thread within 10 ms of being read (scraper-worker.ts). The
+ * targets are read here every interval and sent to the worker when they
+ * change; an endpoint that left is dropped from `fresh` then.
  * Failure modes: the worker failing to start or dying logs one error and the
  * figures go stale (the pool gauges lose their samples); routing never reads
  * them. `stop()` terminates the worker; nothing here throws into the event loop.
@@ -32,13 +32,17 @@ export type ScraperToWorker =
   | { type: 'stop' };
 
 export type ScraperFromWorker =
+  /** New readings since the last message (each endpoint's latest). */
   | { type: 'readings'; readings: PodReading[] }
   | { type: 'log'; level: LogLevel; fields: Record<string, unknown>; msg: string };
 
 export class ScraperThread {
   private worker: Worker | undefined;
-  private readings: PodReading[] = [];
+  /** The latest reading per endpoint, as the worker sent them. */
+  private readonly readings = new Map<string, PodReading>();
   private sent: readonly ScrapeTarget[] | undefined;
+  /** The endpoints of the targets last sent: only their readings are reported. */
+  private live = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -61,11 +65,12 @@ export class ScraperThread {
       return;
     }
     this.worker = worker;
-    // Never what keeps the process alive.
-    worker.unref();
     worker.on('message', (m: ScraperFromWorker) => {
-      if (m.type === 'readings') this.readings = m.readings;
-      else log[m.level](m.fields, m.msg);
+      if (m.type === 'readings') {
+        for (const r of m.readings) if (this.live.has(r.pod)) this.readings.set(r.pod, r);
+      } else {
+        log[m.level](m.fields, m.msg);
+      }
     });
     worker.on('error', (e) => {
       log.error({ err: e.message }, 'model-server metrics thread failed');
@@ -75,8 +80,12 @@ export class ScraperThread {
         log.error({ code }, 'model-server metrics thread exited; the pool load gauges go stale');
       }
       this.worker = undefined;
+      this.sent = undefined;
       if (this.timer) clearInterval(this.timer);
     });
+    // Never what keeps the process alive. After the listeners: adding a
+    // 'message' listener refs the worker again.
+    worker.unref();
     this.sendTargets();
     this.timer = setInterval(() => this.sendTargets(), this.opts.intervalMs);
     this.timer.unref();
@@ -89,14 +98,14 @@ export class ScraperThread {
     this.timer = undefined;
     const w = this.worker;
     this.worker = undefined;
-    this.readings = [];
+    this.readings.clear();
     if (w) await w.terminate();
   }
 
   /** The figures read within `stalenessMs` of `nowMs`, one entry per endpoint. */
   fresh(nowMs: number, stalenessMs: number): PodLoad[] {
     const out: PodLoad[] = [];
-    for (const { atMs, ...load } of this.readings) {
+    for (const { atMs, ...load } of this.readings.values()) {
       if (nowMs - atMs <= stalenessMs) out.push(load);
     }
     return out;
@@ -106,6 +115,9 @@ export class ScraperThread {
     const targets = this.opts.targets();
     if (this.sent !== undefined && sameTargets(this.sent, targets)) return;
     this.sent = targets;
+    // Endpoints that left drop out of `fresh` now, not when the worker next ticks.
+    this.live = new Set(targets.map((t) => t.pod));
+    for (const pod of this.readings.keys()) if (!this.live.has(pod)) this.readings.delete(pod);
     this.worker?.postMessage({ type: 'targets', targets } satisfies ScraperToWorker);
   }
 }

@@ -224,10 +224,29 @@ describe('ModelServerScraper', () => {
     }
     expect(connections).toBe(1);
     sc.stop();
+    // Closed by stop, not by the idle timeout (KEEP_ALIVE_IDLE_MS, 4 s): look for 1 s at most.
     const open = () => new Promise<number>((r) => s.getConnections((_e, n) => r(n)));
-    for (let i = 0; i < 500 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 100 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 10));
     expect(await open()).toBe(0);
     expect(log.records).toEqual([]);
+  });
+
+  it('scrapes endpoints that share a metrics URL in parallel', async () => {
+    // Answers nobody until all four requests are in: one connection for all would never finish.
+    const held: Array<() => void> = [];
+    const s = createServer((_req, res) => {
+      held.push(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(VLLM));
+      if (held.length === 4) for (const h of held) h();
+    });
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as AddressInfo).port;
+    const sc = scraperOver(
+      () => ['r0', 'r1', 'r2', 'r3'].map((p) => target(p, port)),
+      new RecordingLogger(),
+    );
+    sc.tick();
+    await until(() => sc.fresh(Date.now(), 60_000).length === 4);
   });
 
   it('retries once, on a new connection, a scrape whose kept-alive connection the server closed', async () => {

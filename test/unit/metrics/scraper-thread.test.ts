@@ -2,14 +2,20 @@
  * The model-server scraper on its worker thread: real model servers on
  * loopback, the built worker entry (dist/), the parent's logger and targets.
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { engineOf } from '../../../src/metrics/model-server-metrics.js';
 import type { ScrapeTarget } from '../../../src/metrics/model-server-scraper.js';
 import { ScraperThread } from '../../../src/metrics/scraper-thread.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../../..');
 const servers: Server[] = [];
 let thread: ScraperThread | undefined;
 afterEach(async () => {
@@ -72,6 +78,43 @@ describe('ScraperThread', () => {
     const bHits = b.hits();
     await new Promise((r) => setTimeout(r, 200));
     expect(b.hits()).toBe(bHits);
+  });
+
+  it('brings each reading in as it is read, not a round later', async () => {
+    const a = await modelServer(3);
+    // One round now, the next in a minute: the reading must not wait for it.
+    thread = new ScraperThread({
+      intervalMs: 60_000,
+      log: new RecordingLogger(),
+      targets: () => [a.target('a')],
+    });
+    thread.start();
+    await until(() => (thread?.fresh(Date.now(), 60_000).length ?? 0) === 1);
+    expect(thread.fresh(Date.now(), 60_000)).toEqual([
+      { pod: 'a', waiting: 3, running: 1, kvUsage: 0.5 },
+    ]);
+  });
+
+  it('does not keep the process alive', () => {
+    // A process that starts a thread and never stops it still exits.
+    // (A module file: under `-e` the same script exits even when the worker holds it.)
+    const entry = pathToFileURL(join(ROOT, 'dist/src/metrics/scraper-thread.js')).href;
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-scraper-'));
+    const script = join(dir, 'start-and-leave.mjs');
+    writeFileSync(
+      script,
+      `const { ScraperThread } = await import(${JSON.stringify(entry)});
+const log = { debug() {}, info() {}, warn() {}, error() {} };
+new ScraperThread({ intervalMs: 50, log, targets: () => [] }).start();
+`,
+    );
+    const r = spawnSync(process.execPath, [script], { timeout: 20_000, encoding: 'utf8' });
+    rmSync(dir, { recursive: true, force: true });
+    expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({
+      status: 0,
+      signal: null,
+      stderr: '',
+    });
   });
 
   it('stops polling when stopped, and a stopped thread reports nothing', async () => {
