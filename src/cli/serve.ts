@@ -244,10 +244,8 @@ export async function startServing(
   if (tokenizer instanceof NativeTokenizer) {
     NativeTokenizer.setSegmentCacheBytes(await loadNativeBinding(), segmentCacheBytes);
   }
-  const preparer = RoutePreparer.create(path, {
-    ...preparerOptionsFromEnv(env, availableParallelism()),
-    chatTemplate,
-  });
+  const preparerOptions = preparerOptionsFromEnv(env, availableParallelism());
+  const preparer = RoutePreparer.create(path, { ...preparerOptions, chatTemplate });
   let ingest: EventIngest | undefined;
   const workerLoads = new WorkerLoadTable();
   // The model servers' own load figures, for the pool gauges (off unless an interval is set).
@@ -257,6 +255,8 @@ export async function startServing(
       ? new ScraperThread({
           intervalMs: ms.intervalMs,
           insecureSkipVerify: ms.insecureSkipVerify,
+          // Below the event loop, as the tokenizer pool (KV_EPP_POOL_NICE).
+          nice: preparerOptions.poolNice,
           log,
           targets: () =>
             endpoints.map((e) => ({

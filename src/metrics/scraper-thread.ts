@@ -25,6 +25,8 @@ export interface ScraperWorkerData {
   maxBytes: number | undefined;
   /** Whether the parent writes debug records (the worker sends none otherwise). */
   debug: boolean;
+  /** Nice increment of the thread over the event loop (0 = the same; Linux only). */
+  nice: number;
 }
 
 export type ScraperToWorker =
@@ -46,7 +48,12 @@ export class ScraperThread {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
-  constructor(private readonly opts: Omit<ScraperOptions, 'now'>) {}
+  constructor(
+    private readonly opts: Omit<ScraperOptions, 'now' | 'onReading'> & {
+      /** Nice increment of the thread (0–19; default 0). */
+      nice?: number | undefined;
+    },
+  ) {}
 
   start(): void {
     if (this.worker || this.stopped) return;
@@ -58,6 +65,7 @@ export class ScraperThread {
         insecureSkipVerify: this.opts.insecureSkipVerify,
         maxBytes: this.opts.maxBytes,
         debug: levelEnabled(log, 'debug'),
+        nice: this.opts.nice ?? 0,
       };
       worker = new Worker(workerEntryFile('scraper-worker.js'), { workerData: data });
     } catch (e) {

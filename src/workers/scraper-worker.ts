@@ -34,6 +34,18 @@ const log: Logger = {
   error: record('error'),
   isLevelEnabled: (level) => level !== 'debug' || data.debug,
 };
+// The thread's own priority, as the tokenizer pool's (per-thread nice on Linux,
+// through Piscina's optional @napi-rs/nice): the event loop wins a contended core.
+// Without the package the thread keeps the event loop's priority.
+const NICE_MODULE = '@napi-rs/nice';
+if (data.nice > 0 && process.platform === 'linux') {
+  try {
+    ((await import(NICE_MODULE)) as { nice(increment: number): number }).nice(data.nice);
+  } catch (e) {
+    log.debug({ err: (e as Error).message }, 'model-server metrics thread keeps its priority');
+  }
+}
+
 let targets: readonly ScrapeTarget[] = [];
 // New readings go to the parent in batches, within FLUSH_MS of being read, so
 // the parent's `fresh` lags the scrapes by at most that (not by an interval).

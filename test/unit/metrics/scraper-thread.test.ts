@@ -3,7 +3,7 @@
  * loopback, the built worker entry (dist/), the parent's logger and targets.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -94,6 +94,31 @@ describe('ScraperThread', () => {
       { pod: 'a', waiting: 3, running: 1, kvUsage: 0.5 },
     ]);
   });
+
+  it.runIf(process.platform === 'linux')(
+    "runs at the nice it is given, on its own thread only (the event loop's stays)",
+    async () => {
+      const niceOf = (tid: string) => {
+        const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+      };
+      const lowered = () => readdirSync('/proc/self/task').filter((tid) => niceOf(tid) === 7);
+      const mainNice = niceOf(String(process.pid));
+      const before = lowered();
+      thread = new ScraperThread({
+        intervalMs: 50,
+        log: new RecordingLogger(),
+        targets: () => [],
+        nice: 7,
+      });
+      thread.start();
+      await until(() => lowered().length === before.length + 1);
+      expect(niceOf(String(process.pid))).toBe(mainNice);
+      await thread.stop();
+      thread = undefined;
+      expect(lowered()).toEqual(before);
+    },
+  );
 
   it('does not keep the process alive', () => {
     // A process that starts a thread and never stops it still exits.
