@@ -1015,8 +1015,9 @@ const DYN_ROUTER_READ: ReadonlySet<string> = new Set([
  * The start-up warnings the options and environment alone call for, in a
  * fixed order: GAIE flags without effect, Dynamo router variables without
  * effect (or unknown), legacy Dynamo names read, an overridden
- * DYN_ROUTER_BLOCK_SIZE, a model name without a tokenizer, and a namespace
- * prefix matched exactly. Never throws: these configurations still serve.
+ * DYN_ROUTER_BLOCK_SIZE, a model name without a tokenizer, a metrics staleness
+ * threshold shorter than the scrape interval, and a namespace prefix matched
+ * exactly. Never throws: these configurations still serve.
  */
 export function startupWarnings(
   options: ServeOptions,
@@ -1076,6 +1077,16 @@ export function startupWarnings(
     out.push({
       fields: { DYN_MODEL_NAME: env.DYN_MODEL_NAME, tokenizer: options.tokenizer },
       msg: "DYN_MODEL_NAME is set but no tokenizer is: kv-epp tokenizes with the built-in o200k_base and cannot download the model's tokenizer, so its block hashes will not match the workers'; give a local directory with tokenizer.json via --tokenizer, model.tokenizer in --config-file, or DYN_MODEL_PATH",
+    });
+  }
+  const ms = options.modelServerMetrics;
+  if (ms.intervalMs > 0 && ms.stalenessMs < ms.intervalMs) {
+    out.push({
+      fields: {
+        refreshMetricsIntervalMs: ms.intervalMs,
+        metricsStalenessThresholdMs: ms.stalenessMs,
+      },
+      msg: "--metrics-staleness-threshold is shorter than --refresh-metrics-interval: each endpoint's reading expires before its next scrape, so the pool load gauges lose their samples between scrapes; give a threshold of at least two intervals",
     });
   }
   if (options.events.namespaceSetBy === 'DYN_NAMESPACE_PREFIX' && options.events.natsServer) {

@@ -203,4 +203,20 @@ describe('GAIE config file and the one warning', () => {
     });
     expect(startupWarnings(resolveServeOptions({}, {}), {}, [])).toEqual([]);
   });
+
+  it('warns when readings would expire before the next scrape', () => {
+    const warn = (args: string[]) => {
+      const a = parseServeArgs(args);
+      return startupWarnings(resolveServeOptions(a.flags, {}), {}, a.ignored);
+    };
+    const short = warn(['--refresh-metrics-interval=1s', '--metrics-staleness-threshold=500ms']);
+    expect(short.map((w) => w.fields)).toEqual([
+      { refreshMetricsIntervalMs: 1000, metricsStalenessThresholdMs: 500 },
+    ]);
+    expect(short[0]?.msg).toMatch(/^--metrics-staleness-threshold is shorter than/);
+    expect(warn(['--refresh-metrics-interval=1s', '--metrics-staleness-threshold=1s'])).toEqual([]);
+    expect(warn(['--refresh-metrics-interval=5s'])).toEqual([]);
+    // Off: no interval, no warning whatever the threshold.
+    expect(warn(['--metrics-staleness-threshold=1ms'])).toEqual([]);
+  });
 });
