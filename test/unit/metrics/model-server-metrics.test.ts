@@ -133,6 +133,27 @@ describe('ModelServerScraper', () => {
     return scraper;
   }
 
+  /**
+   * Scrapes endpoint `a` on `s` (at `port`) `rounds` times, each on a clock one
+   * later and waited for, counting the connections `s` accepts.
+   */
+  async function scrapeRounds(s: Server, port: number, rounds: number) {
+    let accepted = 0;
+    s.on('connection', () => accepted++);
+    const log = new RecordingLogger();
+    let clock = 0;
+    const sc = scraperOver(
+      () => [target('a', port)],
+      log,
+      () => clock,
+    );
+    for (clock = 1; clock <= rounds; clock++) {
+      sc.tick();
+      await until(() => sc.fresh(clock, 0).length === 1);
+    }
+    return { sc, log, connections: () => accepted };
+  }
+
   async function until(ok: () => boolean): Promise<void> {
     for (let i = 0; i < 500 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
     expect(ok()).toBe(true);
@@ -209,20 +230,8 @@ describe('ModelServerScraper', () => {
   it('keeps one connection per endpoint between scrapes and closes it on stop', async () => {
     const port = await serve(200, VLLM);
     const s = servers[0] as Server;
-    let connections = 0;
-    s.on('connection', () => connections++);
-    const log = new RecordingLogger();
-    let clock = 1;
-    const sc = scraperOver(
-      () => [target('a', port)],
-      log,
-      () => clock,
-    );
-    for (clock = 1; clock <= 3; clock++) {
-      sc.tick();
-      await until(() => sc.fresh(clock, 0).length === 1);
-    }
-    expect(connections).toBe(1);
+    const { sc, log, connections } = await scrapeRounds(s, port, 3);
+    expect(connections()).toBe(1);
     sc.stop();
     // Closed by stop, not by the idle timeout (KEEP_ALIVE_IDLE_MS, 4 s): look for 1 s at most.
     const open = () => new Promise<number>((r) => s.getConnections((_e, n) => r(n)));
@@ -264,21 +273,8 @@ describe('ModelServerScraper', () => {
     servers.push(s);
     await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
     const port = (s.address() as AddressInfo).port;
-    let connections = 0;
-    s.on('connection', () => connections++);
-    const log = new RecordingLogger();
-    let clock = 1;
-    const sc = scraperOver(
-      () => [target('a', port)],
-      log,
-      () => clock,
-    );
-    sc.tick();
-    await until(() => sc.fresh(clock, 0).length === 1);
-    clock = 2;
-    sc.tick();
-    await until(() => sc.fresh(clock, 0).length === 1);
-    expect(connections).toBe(2);
+    const { log, connections } = await scrapeRounds(s, port, 2);
+    expect(connections()).toBe(2);
     expect(log.records.filter((r) => r.msg === 'model-server metrics scrape failed')).toEqual([]);
   });
 
