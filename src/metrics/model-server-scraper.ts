@@ -4,12 +4,14 @@
  * for the pool gauges (`inference_pool_average_*`, `_per_pod_queue_size`).
  * Adapter module: node:http(s) lives here, the reading in model-server-metrics.ts.
  *
- * Contract: at most one request per endpoint in flight; a tick skips an endpoint
- * whose previous scrape has not finished. `fresh(now, staleness)` returns only
+ * Contract: one request per metrics URL and tick, its page read for every
+ * endpoint with that URL (the dp ranks of one server; each with its own
+ * engine's names); at most one request per URL in flight, so a tick skips a
+ * URL whose previous scrape has not finished. `fresh(now, staleness)` returns only
  * figures read within `staleness`, so an endpoint that stops answering drops out
  * of the averages instead of holding its last value (GAIE's staleness threshold).
  * Endpoints that leave the target list are forgotten at the next tick.
- * Each endpoint keeps one connection alive between scrapes (a new connection
+ * Each URL keeps one connection alive between scrapes (a new connection
  * per scrape cost more CPU than reading the page; bench/README.md, "Metrics
  * scraping"). Failure modes: a refused connection, a timeout (the interval, at least 1 s), a
  * non-200 status or a body over `maxBytes` fail that scrape only; the first
@@ -70,19 +72,21 @@ interface Reading {
 
 export class ModelServerScraper {
   private readonly latest = new Map<string, Reading>();
-  /** The request in flight per pod (undefined while it is being made). */
+  /** The request in flight per metrics URL (undefined while it is being made). */
   private readonly inFlight = new Map<string, ClientRequest | undefined>();
   private readonly failing = new Set<string>();
-  /** The pods of the last tick's targets: a scrape finishing for another is dropped. */
-  private live = new Set<string>();
+  /**
+   * The pods of the last tick's targets and their URLs: a scrape finishing for
+   * a pod that left, or that moved to another URL, is dropped for it.
+   */
+  private live = new Map<string, string>();
   /** Pods whose last good answer held none of the engine's families (logged once). */
   private readonly empty = new Set<string>();
   private stopped = false;
   private readonly now: () => number;
   /**
-   * Kept-alive connections: one per endpoint, as a tick never has two scrapes of
-   * one endpoint in flight (endpoints sharing a metrics URL, e.g. the dp ranks
-   * of one server, get one each, scraped in parallel). An idle connection is
+   * Kept-alive connections: one per metrics URL, as a tick never has two scrapes
+   * of one URL in flight. An idle connection is
    * closed after KEEP_ALIVE_IDLE_MS, before a model server's own idle timeout
    * (uvicorn's 5 s) can close it under a request; at longer intervals every
    * scrape connects anew.
@@ -107,7 +111,7 @@ export class ModelServerScraper {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    this.live = new Set();
+    this.live = new Map();
     for (const r of this.inFlight.values()) r?.destroy();
     this.inFlight.clear();
     this.httpAgent.destroy();
@@ -130,57 +134,80 @@ export class ModelServerScraper {
     return out;
   }
 
-  /** One round: a scrape of every target not still being scraped. */
+  /** One round: a scrape of every metrics URL not still being scraped. */
   tick(): void {
     if (this.stopped) return;
     const targets = this.opts.targets();
-    const live = new Set(targets.map((t) => t.pod));
+    const live = new Map(targets.map((t) => [t.pod, t.url]));
     this.live = live;
     for (const pod of this.latest.keys()) if (!live.has(pod)) this.latest.delete(pod);
     for (const pod of this.failing) if (!live.has(pod)) this.failing.delete(pod);
     for (const pod of this.empty) if (!live.has(pod)) this.empty.delete(pod);
+    const byUrl = new Map<string, ScrapeTarget[]>();
     for (const t of targets) {
-      if (this.inFlight.has(t.pod)) continue;
-      this.inFlight.set(t.pod, undefined);
-      this.scrape(t);
+      const group = byUrl.get(t.url);
+      if (group) group.push(t);
+      else byUrl.set(t.url, [t]);
+    }
+    for (const [url, group] of byUrl) {
+      if (this.inFlight.has(url)) continue;
+      this.inFlight.set(url, undefined);
+      this.scrape(url, group);
     }
   }
 
-  private scrape(t: ScrapeTarget): void {
+  /** One endpoint's outcome of a scrape of its URL: a failure, or its figures. */
+  private record(t: ScrapeTarget, err: string | undefined, figures?: LoadFigures): void {
+    if (err !== undefined || figures === undefined) {
+      const first = !this.failing.has(t.pod);
+      this.failing.add(t.pod);
+      const fields = { pod: t.pod, url: t.url, err };
+      if (first) this.opts.log.warn(fields, 'model-server metrics scrape failed');
+      else this.opts.log.debug(fields, 'model-server metrics scrape failed');
+      return;
+    }
+    if (this.failing.delete(t.pod)) {
+      this.opts.log.info({ pod: t.pod, url: t.url }, 'model-server metrics scrape recovered');
+    }
+    const none =
+      figures.waiting === undefined &&
+      figures.running === undefined &&
+      figures.kvUsage === undefined;
+    if (none && !this.empty.has(t.pod)) {
+      this.empty.add(t.pod);
+      this.opts.log.warn(
+        { pod: t.pod, url: t.url },
+        "model-server metrics hold none of the engine's families (wrong port, or engine-type label?)",
+      );
+    } else if (!none) {
+      this.empty.delete(t.pod);
+    }
+    const atMs = this.now();
+    this.latest.set(t.pod, { figures, atMs });
+    this.opts.onReading?.({ pod: t.pod, ...figures, atMs });
+  }
+
+  /** Scrapes `url` once for the endpoints `group` (all with that URL at the tick). */
+  private scrape(url: string, group: readonly ScrapeTarget[]): void {
     let finished = false;
     const done = (err: string | undefined, body?: Buffer) => {
       if (finished) return;
       finished = true;
-      this.inFlight.delete(t.pod);
-      if (!this.live.has(t.pod)) return;
-      if (err !== undefined) {
-        const first = !this.failing.has(t.pod);
-        this.failing.add(t.pod);
-        const fields = { pod: t.pod, url: t.url, err };
-        if (first) this.opts.log.warn(fields, 'model-server metrics scrape failed');
-        else this.opts.log.debug(fields, 'model-server metrics scrape failed');
-        return;
+      this.inFlight.delete(url);
+      // Read once per engine: the endpoints of one server usually share it.
+      const byEngine = new Map<EngineMetrics, LoadFigures>();
+      for (const t of group) {
+        if (this.live.get(t.pod) !== url) continue;
+        let figures: LoadFigures | undefined;
+        if (err === undefined) {
+          figures = byEngine.get(t.engine);
+          if (figures === undefined) {
+            figures = readLoadFigures(body ?? EMPTY, t.engine);
+            byEngine.set(t.engine, figures);
+          }
+        }
+        this.record(t, err, figures);
       }
-      if (this.failing.delete(t.pod)) {
-        this.opts.log.info({ pod: t.pod, url: t.url }, 'model-server metrics scrape recovered');
-      }
-      const figures = readLoadFigures(body ?? EMPTY, t.engine);
-      const none =
-        figures.waiting === undefined &&
-        figures.running === undefined &&
-        figures.kvUsage === undefined;
-      if (none && !this.empty.has(t.pod)) {
-        this.empty.add(t.pod);
-        this.opts.log.warn(
-          { pod: t.pod, url: t.url },
-          "model-server metrics hold none of the engine's families (wrong port, or engine-type label?)",
-        );
-      } else if (!none) {
-        this.empty.delete(t.pod);
-      }
-      const atMs = this.now();
-      this.latest.set(t.pod, { figures, atMs });
-      this.opts.onReading?.({ pod: t.pod, ...figures, atMs });
     };
     const maxBytes = this.opts.maxBytes ?? 16 * 1024 * 1024;
     const onResponse = (res: IncomingMessage) => {
@@ -207,9 +234,9 @@ export class ModelServerScraper {
     // A kept-alive socket the server closed just before this request was sent
     // fails it with ECONNRESET: that request is retried once on a new connection.
     const send = (retry: boolean) => {
-      const https = t.url.startsWith('https:');
+      const https = url.startsWith('https:');
       const req = (https ? httpsGet : httpGet)(
-        t.url,
+        url,
         {
           agent: https ? this.httpsAgent : this.httpAgent,
           rejectUnauthorized: !(this.opts.insecureSkipVerify ?? true),
@@ -218,7 +245,7 @@ export class ModelServerScraper {
         },
         onResponse,
       );
-      this.inFlight.set(t.pod, req);
+      this.inFlight.set(url, req);
       req.on('timeout', () => req.destroy(new Error('timed out')));
       req.on('error', (e: NodeJS.ErrnoException) => {
         if (retry && req.reusedSocket && e.code === 'ECONNRESET' && !this.stopped && !finished) {

@@ -240,22 +240,59 @@ describe('ModelServerScraper', () => {
     expect(log.records).toEqual([]);
   });
 
-  it('scrapes endpoints that share a metrics URL in parallel', async () => {
-    // Answers nobody until all four requests are in: one connection for all would never finish.
+  it('scrapes a metrics URL once for all its endpoints, each read with its own engine', async () => {
+    // One server, two engines' names (the dp ranks of a vLLM server, and an SGLang-labelled one).
+    const page = `${VLLM}sglang:num_queue_reqs{tp_rank="0"} 9\nsglang:num_running_reqs 8\nsglang:token_usage 0.125\n`;
     const held: Array<() => void> = [];
+    let hold = false;
+    let requests = 0;
     const s = createServer((_req, res) => {
-      held.push(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(VLLM));
-      if (held.length === 4) for (const h of held) h();
+      requests++;
+      const answer = () => res.writeHead(200, { 'content-type': 'text/plain' }).end(page);
+      if (hold) held.push(answer);
+      else answer();
     });
     servers.push(s);
     await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
     const port = (s.address() as AddressInfo).port;
-    const sc = scraperOver(
-      () => ['r0', 'r1', 'r2', 'r3'].map((p) => target(p, port)),
-      new RecordingLogger(),
-    );
+    const sglang = { ...target('r3', port), engine: engineOf({ [ENGINE_LABEL]: 'sglang' }) };
+    const targets = [target('r0', port), target('r1', port), target('r2', port), sglang];
+    const log = new RecordingLogger();
+    const sc = scraperOver(() => targets, log);
     sc.tick();
     await until(() => sc.fresh(Date.now(), 60_000).length === 4);
+    expect(requests).toBe(1);
+    const vllm = { waiting: 4, running: 5, kvUsage: 0.375 };
+    expect(sc.fresh(Date.now(), 60_000)).toEqual([
+      { pod: 'r0', ...vllm },
+      { pod: 'r1', ...vllm },
+      { pod: 'r2', ...vllm },
+      { pod: 'r3', waiting: 9, running: 8, kvUsage: 0.125 },
+    ]);
+    // While that URL's scrape is in flight, later ticks do not ask it again.
+    hold = true;
+    sc.tick();
+    await until(() => requests === 2);
+    sc.tick();
+    sc.tick();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(requests).toBe(2);
+    for (const h of held) h();
+    expect(log.records.filter((r) => r.level === 'warn')).toEqual([]);
+  });
+
+  it('logs a failed scrape of a shared URL once for each of its endpoints', async () => {
+    const port = await serve(503, 'busy');
+    const log = new RecordingLogger();
+    const sc = scraperOver(() => [target('r0', port), target('r1', port)], log);
+    sc.tick();
+    const failed = () => log.records.filter((r) => r.msg === 'model-server metrics scrape failed');
+    await until(() => failed().length === 2);
+    expect(failed().map((r) => [r.level, r.fields.pod, r.fields.err])).toEqual([
+      ['warn', 'r0', 'HTTP 503'],
+      ['warn', 'r1', 'HTTP 503'],
+    ]);
+    expect(sc.fresh(Date.now(), 60_000)).toEqual([]);
   });
 
   it('retries once, on a new connection, a scrape whose kept-alive connection the server closed', async () => {
