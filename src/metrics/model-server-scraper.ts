@@ -5,9 +5,10 @@
  * Adapter module: node:http(s) lives here, the reading in model-server-metrics.ts.
  *
  * Contract: one request per metrics URL and tick, its page read for every
- * endpoint with that URL (the dp ranks of one server; each with its own
- * engine's names); at most one request per URL in flight, so a tick skips a
- * URL whose previous scrape has not finished. `fresh(now, staleness)` returns only
+ * endpoint with that URL when the answer comes (the dp ranks of one server;
+ * each with its own engine's names; of endpoints sharing a name, the first);
+ * at most one request per URL in flight, so a tick skips a URL whose previous
+ * scrape has not finished. `fresh(now, staleness)` returns only
  * figures read within `staleness`, so an endpoint that stops answering drops out
  * of the averages instead of holding its last value (GAIE's staleness threshold).
  * Endpoints that leave the target list are forgotten at the next tick.
@@ -76,10 +77,12 @@ export class ModelServerScraper {
   private readonly inFlight = new Map<string, ClientRequest | undefined>();
   private readonly failing = new Set<string>();
   /**
-   * The pods of the last tick's targets and their URLs: a scrape finishing for
-   * a pod that left, or that moved to another URL, is dropped for it.
+   * The last tick's targets by metrics URL, the first target of each pod name
+   * only (names need not be unique). A scrape's answer is read for the targets
+   * its URL has when it arrives: an endpoint that left or moved to another URL
+   * gets nothing from it, one that joined gets its figures.
    */
-  private live = new Map<string, string>();
+  private byUrl = new Map<string, ScrapeTarget[]>();
   /** Pods whose last good answer held none of the engine's families (logged once). */
   private readonly empty = new Set<string>();
   private stopped = false;
@@ -111,7 +114,7 @@ export class ModelServerScraper {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    this.live = new Map();
+    this.byUrl = new Map();
     for (const r of this.inFlight.values()) r?.destroy();
     this.inFlight.clear();
     this.httpAgent.destroy();
@@ -137,22 +140,23 @@ export class ModelServerScraper {
   /** One round: a scrape of every metrics URL not still being scraped. */
   tick(): void {
     if (this.stopped) return;
-    const targets = this.opts.targets();
-    const live = new Map(targets.map((t) => [t.pod, t.url]));
-    this.live = live;
-    for (const pod of this.latest.keys()) if (!live.has(pod)) this.latest.delete(pod);
-    for (const pod of this.failing) if (!live.has(pod)) this.failing.delete(pod);
-    for (const pod of this.empty) if (!live.has(pod)) this.empty.delete(pod);
+    const live = new Set<string>();
     const byUrl = new Map<string, ScrapeTarget[]>();
-    for (const t of targets) {
+    for (const t of this.opts.targets()) {
+      if (live.has(t.pod)) continue;
+      live.add(t.pod);
       const group = byUrl.get(t.url);
       if (group) group.push(t);
       else byUrl.set(t.url, [t]);
     }
-    for (const [url, group] of byUrl) {
+    this.byUrl = byUrl;
+    for (const pod of this.latest.keys()) if (!live.has(pod)) this.latest.delete(pod);
+    for (const pod of this.failing) if (!live.has(pod)) this.failing.delete(pod);
+    for (const pod of this.empty) if (!live.has(pod)) this.empty.delete(pod);
+    for (const url of byUrl.keys()) {
       if (this.inFlight.has(url)) continue;
       this.inFlight.set(url, undefined);
-      this.scrape(url, group);
+      this.scrape(url);
     }
   }
 
@@ -187,8 +191,8 @@ export class ModelServerScraper {
     this.opts.onReading?.({ pod: t.pod, ...figures, atMs });
   }
 
-  /** Scrapes `url` once for the endpoints `group` (all with that URL at the tick). */
-  private scrape(url: string, group: readonly ScrapeTarget[]): void {
+  /** Scrapes `url` once for the endpoints that have it when the answer comes. */
+  private scrape(url: string): void {
     let finished = false;
     const done = (err: string | undefined, body?: Buffer) => {
       if (finished) return;
@@ -196,8 +200,7 @@ export class ModelServerScraper {
       this.inFlight.delete(url);
       // Read once per engine: the endpoints of one server usually share it.
       const byEngine = new Map<EngineMetrics, LoadFigures>();
-      for (const t of group) {
-        if (this.live.get(t.pod) !== url) continue;
+      for (const t of this.byUrl.get(url) ?? []) {
         let figures: LoadFigures | undefined;
         if (err === undefined) {
           figures = byEngine.get(t.engine);

@@ -281,6 +281,59 @@ describe('ModelServerScraper', () => {
     expect(log.records.filter((r) => r.level === 'warn')).toEqual([]);
   });
 
+  it("reads an answer for the endpoints its URL has when it comes: one that moved away gets the new URL's", async () => {
+    const released: Array<() => void> = [];
+    let heldRequests = 0;
+    // U1 holds its answer (waiting 1) until released; U2 answers at once (waiting 2).
+    const page = (waiting: number) =>
+      `vllm:num_requests_waiting ${waiting}\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n`;
+    const u1 = createServer((_req, res) => {
+      heldRequests++;
+      released.push(() => res.writeHead(200, { 'content-type': 'text/plain' }).end(page(1)));
+    });
+    servers.push(u1);
+    await new Promise<void>((r) => u1.listen(0, '127.0.0.1', r));
+    const port1 = (u1.address() as AddressInfo).port;
+    const port2 = await serve(200, page(2));
+    let targets = [target('a', port1)];
+    const sc = scraperOver(() => targets, new RecordingLogger());
+    sc.tick();
+    await until(() => heldRequests === 1);
+    // `a` moves to U2 and `b` joins U1 while U1's answer is out.
+    targets = [target('a', port2), target('b', port1)];
+    sc.tick();
+    await until(() => sc.fresh(Date.now(), 60_000).length === 1);
+    for (const r of released) r();
+    await until(() => sc.fresh(Date.now(), 60_000).length === 2);
+    const byPod = Object.fromEntries(sc.fresh(Date.now(), 60_000).map((p) => [p.pod, p.waiting]));
+    expect(byPod).toEqual({ a: 2, b: 1 });
+    expect(heldRequests).toBe(1);
+  });
+
+  it('keeps the first of endpoints that share a name, as each tick lists them', async () => {
+    let firstRequests = 0;
+    let secondRequests = 0;
+    const port1 = await serve(200, VLLM);
+    const port2 = await serve(200, VLLM);
+    (servers[servers.length - 2] as Server).on('request', () => firstRequests++);
+    (servers[servers.length - 1] as Server).on('request', () => secondRequests++);
+    const readings: string[] = [];
+    scraper = new ModelServerScraper({
+      intervalMs: 1000,
+      log: new RecordingLogger(),
+      targets: () => [target('a', port1), target('a', port2), target('a', port1)],
+      onReading: (r) => readings.push(r.pod),
+    });
+    scraper.tick();
+    await until(() => readings.length >= 1);
+    await new Promise((r) => setTimeout(r, 50));
+    expect({ firstRequests, secondRequests, readings }).toEqual({
+      firstRequests: 1,
+      secondRequests: 0,
+      readings: ['a'],
+    });
+  });
+
   it('logs a failed scrape of a shared URL once for each of its endpoints', async () => {
     const port = await serve(503, 'busy');
     const log = new RecordingLogger();
