@@ -13,6 +13,7 @@
  * cap, as Dynamo's pruning indexer does (src/kv/approx/prune-tracker.ts);
  * `maintain(nowMs)` runs expiry without traffic. Pure: no I/O.
  */
+
 import type { Endpoint } from '../discovery/endpoints.js';
 import { KvEppError } from '../errors.js';
 import {
@@ -42,6 +43,7 @@ import type {
   RouteDecision,
 } from '../server/routing-types.js';
 import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
+import { clientRoutingHeaders } from './client-headers.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
 import { debugCompleted, debugRouted } from './route-debug.js';
 
@@ -135,17 +137,6 @@ function apiOfRequest(req: GatewayRequest): OpenAiApi | undefined {
     req.path || req.headers.get('x-original-path') || req.headers.get('x-forwarded-path') || '';
   return apiOfPath(path) ?? (path === '' ? apiOfBody(req.body) : undefined);
 }
-
-/**
- * Client headers that could pin a worker, never honoured: the gateway's
- * destination headers, every `x-dynamo-*`, and the unprefixed names Dynamo's
- * frontend also reads (`apply_header_routing_overrides`: worker and prefill
- * instance ids, data-parallel ranks).
- */
-const ROUTING_HEADER =
-  /^(x-dynamo-|x-gateway-destination-endpoint|(x-worker-instance-id|x-prefill-instance-id|x-dp-rank|x-data-parallel-rank|x-prefill-dp-rank)$)/;
-/** Client `x-dynamo-*` headers that do not route: Dynamo's request id (its response `id`, worker logs). */
-const PASSED_DYNAMO_HEADERS = new Set(['x-dynamo-request-id']);
 
 export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
@@ -257,10 +248,8 @@ export class KvRouter implements RequestRouter {
         'x-dynamo-dp-rank': String(primary.dpRank),
         'x-dynamo-routing-mode': 'aggregated',
       },
-      removeHeaders: [...req.headers.keys()].filter(
+      removeHeaders: clientRoutingHeaders(req.headers.keys()).filter(
         (k) =>
-          ROUTING_HEADER.test(k) &&
-          !PASSED_DYNAMO_HEADERS.has(k) &&
           k !== 'x-dynamo-worker-instance-id' &&
           k !== 'x-dynamo-dp-rank' &&
           k !== 'x-dynamo-routing-mode',

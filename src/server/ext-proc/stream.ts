@@ -25,6 +25,7 @@
 import { randomUUID } from 'node:crypto';
 import { KvEppError } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
+import { clientRoutingHeaders } from '../../routing/client-headers.js';
 import type { GatewayRequest, RequestRouter, RouteDecision } from '../routing-types.js';
 import { BodyBuffer, contentLength } from './body.js';
 import { readHeaderMap, setHeader } from './headers.js';
@@ -279,7 +280,17 @@ export class ExtProcStream {
     }
     this.reqBody = new BodyBuffer(declared);
     this.phase = 'body';
-    if (this.requestMode === 'buffered') this.sink.send({ request_headers: { response: {} } });
+    if (this.requestMode === 'buffered') {
+      // BUFFERED answers the headers before the body is seen, and a request
+      // with trailers but no body never sends one: the client's routing
+      // headers go now, so no path lets the gateway route on them.
+      const strip = clientRoutingHeaders(this.headers.keys());
+      this.sink.send({
+        request_headers: {
+          response: strip.length > 0 ? { header_mutation: { remove_headers: strip } } : {},
+        },
+      });
+    }
     return undefined;
   }
 
@@ -331,13 +342,8 @@ export class ExtProcStream {
     }
     if (this.phase === 'body') {
       this.mergeSubset(msg.metadata_context);
-      if (this.requestMode === 'buffered') {
-        throw new ProtocolViolation(
-          GrpcCode.UNIMPLEMENTED,
-          'request_trailers before the request body in BUFFERED mode',
-        );
-      }
-      // Full duplex: trailers, not an EoS chunk, mark the end of the body.
+      // Trailers, not an EoS chunk, mark the end of the body (in BUFFERED mode
+      // a request with trailers and no body: an empty body).
       this.requestTrailers = true;
       return this.routeBody();
     }
@@ -385,6 +391,17 @@ export class ExtProcStream {
     const metadata = destinationMetadata(decision.endpoints.join(','));
     const common = this.requestCommon(decision, decision.body.length);
     if (this.requestMode === 'buffered') {
+      if (this.requestTrailers) {
+        // Only the trailers are left to answer, and they cannot carry the
+        // destination. (An empty body is refused by the router before this.)
+        this.reject(
+          new KvEppError(
+            'invalid_request',
+            'a request with trailers and no body cannot be routed in BUFFERED mode',
+          ),
+        );
+        return;
+      }
       common.body_mutation = { body: decision.body };
       this.sink.send({ request_body: { response: common }, dynamic_metadata: metadata });
       return;

@@ -595,6 +595,28 @@ describe.skipIf(!ENVOY)(
         expect((JSON.parse(res.body) as { model: string }).model).toBe(MODEL);
       });
 
+      it("never sends a request with trailers and no body where the client's headers point", async () => {
+        // The client names a worker itself; with no body there is nothing to route, and
+        // in BUFFERED mode Envoy sends no body (nor, with trailers SKIP, the trailers).
+        const id = nextId();
+        const target = workers[0] as FakeWorker;
+        const res = await h2Call({
+          port: envoy().port(v.tls ? 'tls' : 'plain'),
+          path: '/v1/chat/completions',
+          headers: {
+            'content-type': 'application/json',
+            [TEST_ID_HEADER]: id,
+            'x-gateway-destination-endpoint': target.hostPort,
+            'x-dynamo-worker-instance-id': '424242',
+          },
+          body: '',
+          trailers: { 'x-client-trailer': 'done' },
+        });
+        expect(res.status, res.body).not.toBe(200);
+        expect(res.status).toBeGreaterThanOrEqual(400);
+        expect(receivedBy(id)).toEqual([]);
+      });
+
       // A local reply from Envoy (its own 413) passes through kv-epp's response path.
       (v.mode === 'buffered' && !v.tls ? it : it.skip)(
         "passes Envoy's own 413 through (BUFFERED, body over the listener buffer limit)",

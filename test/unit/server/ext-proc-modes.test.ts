@@ -118,6 +118,60 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    it("strips the client's routing headers in the headers answer, before any body", async () => {
+      const s = fx.client.open();
+      s.send(
+        reqHeaders(
+          {
+            ':path': '/v1/chat/completions',
+            'x-gateway-destination-endpoint': '127.0.0.9:1',
+            'x-dynamo-worker-instance-id': '424242',
+            'x-dynamo-request-id': 'kept',
+            'x-dp-rank': '3',
+          },
+          { protocol: BUFFERED },
+        ),
+      );
+      const h = await s.next();
+      expect(h.request_headers?.response?.header_mutation?.remove_headers?.sort()).toEqual([
+        'x-dp-rank',
+        'x-dynamo-worker-instance-id',
+        'x-gateway-destination-endpoint',
+      ]);
+      expect(h.request_headers?.response?.header_mutation?.set_headers).toBeUndefined();
+      s.cancel();
+    });
+
+    it("answers trailers that come instead of a body with the router's 400 for the empty body", async () => {
+      fx.router.decide = (req) => {
+        expect(req.body.length).toBe(0);
+        throw new KvEppError('invalid_json', 'unexpected end of JSON input');
+      };
+      const s = fx.client.open();
+      s.send(reqHeaders({ ':path': '/v1/chat/completions' }, { protocol: BUFFERED }));
+      await s.next();
+      s.send({ request_trailers: { trailers: { headers: [] } } });
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses[0]?.immediate_response?.status.code).toBe(400);
+      expect(fx.router.routed).toHaveLength(1);
+    });
+
+    it('refuses a request that trailers end without a body even when the router would route it', async () => {
+      fx.router.decide = () => aDecision({ endpoints: ['127.0.0.3:8000'] });
+      const s = fx.client.open();
+      s.send(reqHeaders({ ':path': '/v1/chat/completions' }, { protocol: BUFFERED }));
+      await s.next();
+      s.send({ request_trailers: { trailers: { headers: [] } } });
+      const { responses, status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.OK);
+      expect(responses).toHaveLength(1);
+      expect(responses[0]?.immediate_response?.status.code).toBe(400);
+      expect(text(responses[0]?.immediate_response?.body)).toBe(
+        'inference error: BadRequest - a request with trailers and no body cannot be routed in BUFFERED mode',
+      );
+    });
+
     it('answers a routing error on the body message with an ImmediateResponse', async () => {
       fx.router.decide = () => {
         throw new KvEppError('invalid_request', 'messages must not be empty');
