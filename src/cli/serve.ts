@@ -86,6 +86,7 @@ export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 90
                     [--router-ttl-secs 120] [--router-max-tree-size 1048576]
                     [--router-prune-target-ratio 0.8] [--max-queued-requests 1024]
                     [--max-requests-per-endpoint 0] [--retry-after-seconds 1]
+                    [--outlier-consecutive-5xx 5] [--outlier-ejection-seconds 30]
                     [--ext-proc-transport raw-h2|direct|grpc-js]
                     [--nats-server nats://HOST:PORT] [--namespace dynamo] [--component backend]
                     [--kv-events-subject S[,S…]] [--durable-kv-events[=true|false]]
@@ -267,6 +268,8 @@ export async function startServing(
             })),
         })
       : undefined;
+  // Made after the metrics it reports to; scrapes start once serving.
+  let kvRouterRef: KvRouter | undefined;
   const metrics = new EppMetrics({
     modelServers: scraper ? () => scraper.fresh(Date.now(), ms.stalenessMs) : undefined,
     poolName: options.poolName,
@@ -274,6 +277,7 @@ export async function startServing(
     // Routable endpoints only, as `isReady` counts them: prefill-only ones get no requests.
     readyPods: () => countRoutable(endpoints),
     queueDepth: () => preparer.queueDepth,
+    ejectedEndpoints: () => kvRouterRef?.ejectedEndpoints() ?? 0,
     indexMemberships: () => path.index.stats().memberships,
     segmentCache:
       tokenizer instanceof NativeTokenizer ? () => tokenizer.segmentCacheStats() : undefined,
@@ -319,8 +323,15 @@ export async function startServing(
         maxPendingPrepare: options.maxQueuedRequests,
         maxInFlightPerEndpoint: options.maxRequestsPerEndpoint,
       },
+      // Envoy's outlier detection: a dead static endpoint stops taking new prompts.
+      outliers: {
+        consecutive5xx: options.outlierConsecutive5xx,
+        baseEjectionMs: options.outlierEjectionSeconds * 1000,
+        maxEjectionMs: options.outlierEjectionSeconds * 10_000,
+      },
     },
   );
+  kvRouterRef = kvRouter;
   const router = observer.router(kvRouter);
   // Ready once a routable endpoint has been known (GAIE's EPP: once the pool
   // synced), and from then on: a pool that empties later (scale to zero, a

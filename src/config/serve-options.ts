@@ -60,6 +60,10 @@ export interface ServeOptions {
   maxRequestsPerEndpoint: number;
   /** `retry-after` on 429 answers, in seconds. */
   retryAfterSeconds: number;
+  /** 5xx answers in a row that leave an endpoint out of routing (Envoy's consecutive_5xx); 0 = never. */
+  outlierConsecutive5xx: number;
+  /** The first time an endpoint is left out, in seconds; each further time adds as much, up to 10×. */
+  outlierEjectionSeconds: number;
   /**
    * A mark-compact every this many MiB of old-space growth (src/cli/gc-pacer.ts); 0 = V8 alone
    * (the default on raw-h2; 48 on the node:http2 transports).
@@ -249,6 +253,8 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'maxQueuedRequests',
     'maxRequestsPerEndpoint',
     'retryAfterSeconds',
+    'outlierConsecutive5xx',
+    'outlierEjectionSeconds',
   ]),
   server: new Set([
     'grpcPort',
@@ -484,6 +490,18 @@ export function resolveServeOptions(
       [flags['retry-after-seconds'], '--retry-after-seconds'],
       file('router', 'retryAfterSeconds'),
     ),
+    outlierConsecutive5xx: get(
+      (v, field) => int(v, field, 0, 1000),
+      5,
+      [flags['outlier-consecutive-5xx'], '--outlier-consecutive-5xx'],
+      file('router', 'outlierConsecutive5xx'),
+    ),
+    outlierEjectionSeconds: get(
+      (v, field) => int(v, field, 1, 3600),
+      30,
+      [flags['outlier-ejection-seconds'], '--outlier-ejection-seconds'],
+      file('router', 'outlierEjectionSeconds'),
+    ),
     modelServerMetrics: {
       intervalMs: scrapeIntervalMs,
       // GAIE's 2 s, but never shorter than two intervals: a reading must outlive the next one.
@@ -705,6 +723,8 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'max-queued-requests',
     'max-requests-per-endpoint',
     'retry-after-seconds',
+    'outlier-consecutive-5xx',
+    'outlier-ejection-seconds',
     'ext-proc-transport',
     'nats-server',
     'namespace',

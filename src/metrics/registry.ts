@@ -64,6 +64,8 @@ export interface MetricsSources {
   queueDepth?: (() => number) | undefined;
   /** Worker-block memberships in the prefix index (`kv_epp_index_memberships`). */
   indexMemberships?: (() => number) | undefined;
+  /** Endpoints left out of routing now for answering 5xx in a row (`kv_epp_ejected_endpoints`). */
+  ejectedEndpoints?: (() => number) | undefined;
   /** Blocks each known (worker, dp rank) holds in the index (`kv_epp_index_worker_blocks`). */
   workerBlocks?: (() => Array<{ workerId: bigint; dpRank: number; blocks: number }>) | undefined;
   /** KV event messages waiting to be applied (`kv_epp_events_queued`). */
@@ -593,6 +595,15 @@ export class EppMetrics {
       registers,
       collect() {
         if (queueDepth) this.set(queueDepth());
+      },
+    });
+    const ejected = sources.ejectedEndpoints;
+    new Gauge({
+      name: 'kv_epp_ejected_endpoints',
+      help: 'Endpoints left out of routing for answering 5xx in a row (outlier ejection).',
+      registers,
+      collect() {
+        if (ejected) this.set(ejected());
       },
     });
     const memberships = sources.indexMemberships;

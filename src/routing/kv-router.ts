@@ -44,6 +44,7 @@ import type {
 } from '../server/routing-types.js';
 import { type AdmissionSettings, admitToPrepare, NO_SHEDDING, notBusy } from './admission.js';
 import { clientRoutingHeaders } from './client-headers.js';
+import { DEFAULT_OUTLIER_SETTINGS, type OutlierSettings, OutlierTracker } from './outliers.js';
 import { candidatesFor, filterBySubset, rank } from './picker.js';
 import { debugCompleted, debugRouted } from './route-debug.js';
 
@@ -74,6 +75,8 @@ export interface KvRouterSettings {
   earlyExit?: boolean | undefined;
   /** Load shedding (429); default off. */
   admission?: AdmissionSettings | undefined;
+  /** Passive outlier ejection on 5xx answers; default Envoy's (5 in a row, 30 s). */
+  outliers?: OutlierSettings | undefined;
 }
 
 export interface KvRouterDeps {
@@ -140,6 +143,7 @@ function apiOfRequest(req: GatewayRequest): OpenAiApi | undefined {
 
 export class KvRouter implements RequestRouter {
   private readonly inFlight = new Map<string, number>();
+  private readonly outliers: OutlierTracker;
   /**
    * Per decision: its primary (`host:port`, charged one in-flight request) and,
    * in approximate mode with fallbacks, the prompt's blocks, recorded again for
@@ -159,6 +163,7 @@ export class KvRouter implements RequestRouter {
     private readonly settings: KvRouterSettings,
   ) {
     this.now = deps.now ?? (() => performance.now());
+    this.outliers = new OutlierTracker(settings.outliers ?? DEFAULT_OUTLIER_SETTINGS);
     const prune = settings.approx ?? DEFAULT_PRUNE_SETTINGS;
     this.approx = settings.approximate
       ? (deps.approxTracker?.(prune) ?? new PruneTracker(deps.index, prune, deps.hasher))
@@ -176,6 +181,9 @@ export class KvRouter implements RequestRouter {
    * blocks whose TTL ran out (and prunes above the size cap). No-op otherwise.
    */
   maintain(nowMs: number = this.now()): PruneResult {
+    if (this.outliers.size > 0) {
+      this.outliers.retain(new Set(this.deps.endpoints().map((e) => e.hostPort)));
+    }
     return this.approx?.maintain(nowMs) ?? { expired: 0, pruned: 0 };
   }
 
@@ -231,7 +239,12 @@ export class KvRouter implements RequestRouter {
         'failed to find endpoint candidates for serving the request',
       );
     }
-    return allowed;
+    return this.outliers.filter(allowed, (e) => e.hostPort, this.now()) as Endpoint[];
+  }
+
+  /** Endpoints left out of routing now for answering 5xx in a row (a gauge). */
+  ejectedEndpoints(): number {
+    return this.outliers.ejectedCount(this.now());
   }
 
   private decide(
@@ -470,9 +483,11 @@ export class KvRouter implements RequestRouter {
     const n = this.load(hp) - 1;
     if (n > 0) this.inFlight.set(hp, n);
     else this.inFlight.delete(hp);
+    // The answer is the served endpoint's when the gateway says which one served.
+    const served = summary.servedEndpoint;
+    this.outliers.observe(served ?? hp, summary.status, this.now());
     // The gateway fell back to another endpoint of the list: that worker now
     // holds the prompt (approximate mode); the primary's guess expires by TTL.
-    const served = summary.servedEndpoint;
     const answered = summary.status === undefined || summary.status < 400;
     if (this.approx && entry.localHashes && served !== undefined && served !== hp && answered) {
       const e = decision.endpoints.includes(served)

@@ -83,6 +83,7 @@ describe('kv-epp serve', () => {
     expect(value('kv_epp_prefix_overlap_blocks_count')).toBe(1);
     expect(value('kv_epp_pool_queue_depth')).toBe(0);
     expect(value('kv_epp_index_memberships')).toBeGreaterThanOrEqual(0);
+    expect(value('kv_epp_ejected_endpoints')).toBe(0);
     expect(value('kv_epp_approx_queue_depth')).toBeGreaterThanOrEqual(0);
     expect(value('kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(0);
   });

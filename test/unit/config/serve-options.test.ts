@@ -22,6 +22,8 @@ describe('resolveServeOptions', () => {
       maxQueuedRequests: 1024,
       maxRequestsPerEndpoint: 0,
       retryAfterSeconds: 1,
+      outlierConsecutive5xx: 5,
+      outlierEjectionSeconds: 30,
       events: {
         namespace: 'dynamo',
         component: 'backend',
@@ -98,6 +100,21 @@ describe('resolveServeOptions', () => {
       { router: { retryAfterSeconds: 5 } },
     );
     expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
+  });
+
+  it('reads the outlier ejection settings, from flags or the file, and names a bad one', () => {
+    const o = resolveServeOptions(
+      { 'outlier-consecutive-5xx': '0' },
+      {},
+      { router: { outlierEjectionSeconds: 7 } },
+    );
+    expect([o.outlierConsecutive5xx, o.outlierEjectionSeconds]).toEqual([0, 7]);
+    expect(() => resolveServeOptions({ 'outlier-ejection-seconds': '0' }, {})).toThrow(
+      /^--outlier-ejection-seconds: /,
+    );
+    expect(() => resolveServeOptions({}, {}, { router: { outlierConsecutive5xx: -1 } })).toThrow(
+      /router\.outlierConsecutive5xx/,
+    );
   });
 
   it("reads GAIE's model-server metric flags: off by default, Go durations, bad values name the flag", () => {

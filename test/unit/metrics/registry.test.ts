@@ -108,6 +108,7 @@ describe('EppMetrics', () => {
       readyPods: () => 2,
       queueDepth: () => 3,
       indexMemberships: () => 42,
+      ejectedEndpoints: () => 1,
     });
     m.requestStarted('m', 't');
     m.requestStarted('m', 't');
@@ -151,6 +152,7 @@ describe('EppMetrics', () => {
       ['kv_epp_tokenization_seconds', 'histogram'],
       ['kv_epp_pool_queue_depth', 'gauge'],
       ['kv_epp_index_memberships', 'gauge'],
+      ['kv_epp_ejected_endpoints', 'gauge'],
     ]) {
       expect(typeOf(text, name as string), name).toBe(type);
     }
@@ -197,6 +199,7 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_tokenization_seconds_count')).toBe(1);
     expect(sample(text, 'kv_epp_pool_queue_depth')).toBe(3);
     expect(sample(text, 'kv_epp_index_memberships')).toBe(42);
+    expect(sample(text, 'kv_epp_ejected_endpoints')).toBe(1);
   });
 
   it("uses GAIE's bucket lists value for value", async () => {

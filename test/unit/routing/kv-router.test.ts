@@ -99,6 +99,46 @@ function inlineRouter(path: HotPath, deps: Partial<KvRouterDeps> = {}): KvRouter
 }
 
 describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
+  it("leaves out an endpoint that answered 5xx five times in a row, for 30 s (Envoy's outlier defaults)", async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    let now = 1_000;
+    const r = inlineRouter(path, { now: () => now });
+    const get = () =>
+      r.routeHeaderOnly({ ...req(''), method: 'GET', path: '/v1/models', body: new Uint8Array() });
+    /** Where a request would go now (routed, then finished unanswered: nothing counted). */
+    const probe = () => {
+      const d = get();
+      r.complete(d, { requestId: 'probe' });
+      return d.endpoints;
+    };
+    // Both idle: the name orders them, so `a` gets every header-only request.
+    expect(probe()).toEqual(['127.0.0.2:8001']);
+    for (let i = 0; i < 4; i++) r.complete(get(), { requestId: 'r', status: i % 2 ? 502 : 503 });
+    expect(probe()).toEqual(['127.0.0.2:8001']);
+    expect(r.ejectedEndpoints()).toBe(0);
+    r.complete(get(), { requestId: 'r', status: 503 });
+    expect(r.ejectedEndpoints()).toBe(1);
+    expect(probe()).toEqual(['127.0.0.3:8001']);
+    const chatDecision = await r.route(req(chat('a new prompt while a is out')));
+    expect(chatDecision.endpoints).toEqual(['127.0.0.3:8001']);
+    r.complete(chatDecision, { requestId: 'c', status: 200 });
+    now += 30_000;
+    expect(r.ejectedEndpoints()).toBe(0);
+    expect(probe()).toEqual(['127.0.0.2:8001']);
+  });
+
+  it('counts a 5xx against the endpoint the gateway says served it', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const r = inlineRouter(path, { now: () => 0 });
+    for (let i = 0; i < 5; i++) {
+      const d = r.routeHeaderOnly({ ...req(''), method: 'GET', body: new Uint8Array() });
+      r.complete(d, { requestId: 'r', status: 503, servedEndpoint: '127.0.0.3:8001' });
+    }
+    const d = r.routeHeaderOnly({ ...req(''), method: 'GET', body: new Uint8Array() });
+    expect(d.endpoints).toEqual(['127.0.0.2:8001']);
+    expect(r.ejectedEndpoints()).toBe(1);
+  });
+
   it('leaves checking and splicing the body to the preparer, offloaded or not, with the same result', async () => {
     const body = { ...chat(long), nvext: { keep: true } };
     const headers = new Map([['x-gateway-model-name-rewrite', 'served']]);
