@@ -11,8 +11,10 @@
  * (src/routing/worker-id.ts). Errors name the exact field path; unknown keys
  * are rejected.
  */
+
 import { KvEppError } from '../errors.js';
 import { dynamoWorkerId } from '../routing/worker-id.js';
+import { canonicalIp } from './ip.js';
 
 export type Role = 'aggregated' | 'prefill' | 'decode';
 
@@ -90,15 +92,17 @@ export function parseEndpoints(doc: unknown, source: string): Endpoint[] {
       fail(p, 'expected an object');
     const e = raw as Record<string, unknown>;
     for (const k of Object.keys(e)) if (!KEYS.has(k)) fail(`${p}.${k}`, 'unknown key');
-    const address = e.address;
-    if (typeof address !== 'string' || !/^[0-9a-fA-F.:]+$/.test(address)) {
-      fail(`${p}.address`, 'expected an IP address');
+    const written = e.address;
+    const address = typeof written === 'string' ? canonicalIp(written) : undefined;
+    if (typeof written !== 'string' || address === undefined) {
+      fail(`${p}.address`, 'expected an IPv4 or IPv6 address');
     }
     const port = e.port;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
       fail(`${p}.port`, 'expected an integer in 1..=65535');
     }
-    const name = e.name ?? hostPortOf(address, port);
+    // The default name keeps the address as written (a worker id derives from it).
+    const name = e.name ?? hostPortOf(written, port);
     if (typeof name !== 'string' || name === '') fail(`${p}.name`, 'expected a non-empty string');
     let workerId: bigint;
     if (e.workerId === undefined) {

@@ -6,6 +6,7 @@
  * deterministic. Pure.
  */
 import type { Endpoint } from '../discovery/endpoints.js';
+import { canonicalHostPort, canonicalIp } from '../discovery/ip.js';
 import type { OverlapScores } from '../kv/types.js';
 
 export interface Candidate {
@@ -19,7 +20,8 @@ export interface Candidate {
 
 /**
  * Endpoints allowed by a subset hint: `ip:port` entries match exactly, a bare
- * `ip` matches every port of that ip. No hint = all endpoints.
+ * `ip` matches every port of that ip, both as addresses (any written form of
+ * one IPv6 address matches it). No hint = all endpoints.
  */
 export function filterBySubset(
   endpoints: readonly Endpoint[],
@@ -28,11 +30,16 @@ export function filterBySubset(
   if (subset === undefined) return [...endpoints];
   const exact = new Set<string>();
   const ips = new Set<string>();
+  // Addresses compare in canonical form (`[FD00:0::1]:80` is `[fd00::1]:80`); an
+  // entry that is no address is kept as written and matches nothing.
   for (const raw of subset) {
     const s = raw.trim();
     if (s === '') continue;
-    if (/^\[.*\]:\d+$/.test(s) || /^[^:]+:\d+$/.test(s)) exact.add(s);
-    else ips.add(s.replace(/^\[|\]$/g, ''));
+    if (/^\[.*\]:\d+$/.test(s) || /^[^:]+:\d+$/.test(s)) exact.add(canonicalHostPort(s) ?? s);
+    else {
+      const ip = s.replace(/^\[|\]$/g, '');
+      ips.add(canonicalIp(ip) ?? ip);
+    }
   }
   return endpoints.filter((e) => exact.has(e.hostPort) || ips.has(e.address));
 }

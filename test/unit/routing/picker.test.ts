@@ -28,6 +28,54 @@ describe('filterBySubset', () => {
     expect(filterBySubset(eps, ['127.0.0.9:1'])).toEqual([]);
     expect(filterBySubset(eps, [])).toEqual([]);
   });
+
+  it('compares addresses, not their spelling: the IPv6 loopback written long in the file, short in the hint', () => {
+    const v6 = parseEndpoints(
+      {
+        endpoints: [
+          { address: '0:0:0:0:0:0:0:1', port: 8000, name: 'v6' },
+          { address: '127.0.0.2', port: 8001, name: 'v4' },
+        ],
+      },
+      'test',
+    );
+    expect(v6[0]?.address).toBe('::1');
+    expect(v6[0]?.hostPort).toBe('[::1]:8000');
+    for (const hint of [
+      '[::1]:8000',
+      '::1',
+      '[0:0::1]',
+      '[0:0:0:0:0:0:0:1]:8000',
+      ' [::1]:8000 ',
+    ]) {
+      expect(
+        filterBySubset(v6, [hint]).map((e) => e.name),
+        hint,
+      ).toEqual(['v6']);
+    }
+    expect(filterBySubset(v6, ['[::1]:8001', '127.0.0.02:8001', 'not-an-ip:1'])).toEqual([]);
+  });
+});
+
+describe('parseEndpoints addresses', () => {
+  it('takes IPv4 and IPv6 addresses only, and keeps the written form in the default name', () => {
+    const bad = [
+      '127.0.0.256',
+      '127.0.0',
+      '127.0.0.01',
+      '::1::2',
+      'localhost',
+      '1:2:3:4:5:6:7:8:9',
+      '',
+    ];
+    for (const address of bad) {
+      expect(() => parseEndpoints({ endpoints: [{ address, port: 1 }] }, 'f'), address).toThrow(
+        'f: endpoints[0].address: expected an IPv4 or IPv6 address',
+      );
+    }
+    const [e] = parseEndpoints({ endpoints: [{ address: '0:0:0:0:0:0:0:1', port: 9 }] }, 'f');
+    expect([e?.address, e?.hostPort, e?.name]).toEqual(['::1', '[::1]:9', '[0:0:0:0:0:0:0:1]:9']);
+  });
 });
 
 describe('rank', () => {
