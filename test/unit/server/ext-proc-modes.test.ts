@@ -142,16 +142,21 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    /** A BUFFERED stream whose request sends trailers where its body would be. */
+    async function trailersInsteadOfBody() {
+      const s = fx.client.open();
+      s.send(reqHeaders({ ':path': '/v1/chat/completions' }, { protocol: BUFFERED }));
+      await s.next();
+      s.send({ request_trailers: { trailers: { headers: [] } } });
+      return s.drain();
+    }
+
     it("answers trailers that come instead of a body with the router's 400 for the empty body", async () => {
       fx.router.decide = (req) => {
         expect(req.body.length).toBe(0);
         throw new KvEppError('invalid_json', 'unexpected end of JSON input');
       };
-      const s = fx.client.open();
-      s.send(reqHeaders({ ':path': '/v1/chat/completions' }, { protocol: BUFFERED }));
-      await s.next();
-      s.send({ request_trailers: { trailers: { headers: [] } } });
-      const { responses, status } = await s.drain();
+      const { responses, status } = await trailersInsteadOfBody();
       expect(status.code).toBe(GrpcStatus.OK);
       expect(responses[0]?.immediate_response?.status.code).toBe(400);
       expect(fx.router.routed).toHaveLength(1);
@@ -159,11 +164,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
 
     it('refuses a request that trailers end without a body even when the router would route it', async () => {
       fx.router.decide = () => aDecision({ endpoints: ['127.0.0.3:8000'] });
-      const s = fx.client.open();
-      s.send(reqHeaders({ ':path': '/v1/chat/completions' }, { protocol: BUFFERED }));
-      await s.next();
-      s.send({ request_trailers: { trailers: { headers: [] } } });
-      const { responses, status } = await s.drain();
+      const { responses, status } = await trailersInsteadOfBody();
       expect(status.code).toBe(GrpcStatus.OK);
       expect(responses).toHaveLength(1);
       expect(responses[0]?.immediate_response?.status.code).toBe(400);
