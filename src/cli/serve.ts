@@ -328,6 +328,7 @@ export async function startServing(
         consecutive5xx: options.outlierConsecutive5xx,
         baseEjectionMs: options.outlierEjectionSeconds * 1000,
         maxEjectionMs: options.outlierEjectionSeconds * 10_000,
+        maxEjectionPercent: 10,
       },
     },
   );

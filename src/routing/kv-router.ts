@@ -15,6 +15,7 @@
  */
 
 import type { Endpoint } from '../discovery/endpoints.js';
+import { canonicalHostPort } from '../discovery/ip.js';
 import { KvEppError } from '../errors.js';
 import {
   type ApproxTracker,
@@ -181,9 +182,7 @@ export class KvRouter implements RequestRouter {
    * blocks whose TTL ran out (and prunes above the size cap). No-op otherwise.
    */
   maintain(nowMs: number = this.now()): PruneResult {
-    if (this.outliers.size > 0) {
-      this.outliers.retain(new Set(this.deps.endpoints().map((e) => e.hostPort)));
-    }
+    this.forgetDepartedOutliers();
     return this.approx?.maintain(nowMs) ?? { expired: 0, pruned: 0 };
   }
 
@@ -201,6 +200,7 @@ export class KvRouter implements RequestRouter {
    * `maintain` (and repeats it while `maintenanceBacklog`) itself.
    */
   maintainOffThread(nowMs: number = this.now()): boolean {
+    this.forgetDepartedOutliers();
     if (!this.approx?.offThread) return false;
     try {
       this.approx.maintainSoon(nowMs);
@@ -240,6 +240,13 @@ export class KvRouter implements RequestRouter {
       );
     }
     return this.outliers.filter(allowed, (e) => e.hostPort, this.now()) as Endpoint[];
+  }
+
+  /** Outlier records of endpoints no longer listed go (part of the periodic upkeep). */
+  private forgetDepartedOutliers(): void {
+    if (this.outliers.size > 0) {
+      this.outliers.retain(new Set(this.deps.endpoints().map((e) => e.hostPort)));
+    }
   }
 
   /** Endpoints left out of routing now for answering 5xx in a row (a gauge). */
@@ -483,15 +490,19 @@ export class KvRouter implements RequestRouter {
     const n = this.load(hp) - 1;
     if (n > 0) this.inFlight.set(hp, n);
     else this.inFlight.delete(hp);
-    // The answer is the served endpoint's when the gateway says which one served.
+    // The answer is the served endpoint's when the gateway says which one served
+    // (one of those kv-epp listed; another is none of its business).
     const served = summary.servedEndpoint;
-    this.outliers.observe(served ?? hp, summary.status, this.now());
+    const servedKey = served === undefined ? hp : (canonicalHostPort(served.trim()) ?? served);
+    if (decision.endpoints.includes(servedKey)) {
+      this.outliers.observe(servedKey, summary.status, this.now(), this.deps.endpoints().length);
+    }
     // The gateway fell back to another endpoint of the list: that worker now
     // holds the prompt (approximate mode); the primary's guess expires by TTL.
     const answered = summary.status === undefined || summary.status < 400;
-    if (this.approx && entry.localHashes && served !== undefined && served !== hp && answered) {
-      const e = decision.endpoints.includes(served)
-        ? this.deps.endpoints().find((x) => x.hostPort === served)
+    if (this.approx && entry.localHashes && served !== undefined && servedKey !== hp && answered) {
+      const e = decision.endpoints.includes(servedKey)
+        ? this.deps.endpoints().find((x) => x.hostPort === servedKey)
         : undefined;
       if (e) {
         const worker = { workerId: e.workerId, dpRank: e.dpRank };

@@ -2,13 +2,19 @@
  * Passive outlier ejection, as Envoy's `consecutive_5xx` detector does it:
  * an endpoint whose requests end in a 5xx `consecutive5xx` times in a row is
  * left out of routing for `baseEjectionMs` × (times ejected so far), at most
- * `maxEjectionMs`; a request it answers below 500 resets its run. Static
- * endpoints have no readiness signal, and without this a dead worker keeps its
- * share of new prompts (and, in approximate mode, every prompt it was given).
+ * `maxEjectionMs`; once that time is over, a request it answers below 500
+ * resets its run and its multiplier (answers that arrive while it is out,
+ * from requests routed before, change nothing). At most `maxEjectionPercent`
+ * of the pool is out at once, but always one endpoint may be (Envoy's
+ * `max_ejection_percent`), so a pool-wide overload cannot squeeze all traffic
+ * onto one worker. Static endpoints have no readiness signal, and without this
+ * a dead worker keeps its share of new prompts (and, in approximate mode,
+ * every prompt it was given).
  *
- * Contract: pure bookkeeping (the caller passes the clock); `filter` never
- * leaves a request without a candidate (when every endpoint is ejected it
- * returns them all, as Envoy's panic mode would). Keys are `host:port`.
+ * Contract: pure bookkeeping (the caller passes the clock and the pool size);
+ * `filter` never leaves a request without a candidate (when every endpoint is
+ * ejected it returns them all, as Envoy's panic mode would). Keys are
+ * canonical `host:port` (src/discovery/ip.ts).
  * Memory: one entry per endpoint that failed since it last succeeded;
  * `retain` drops endpoints that left.
  */
@@ -17,6 +23,8 @@ export interface OutlierSettings {
   consecutive5xx: number;
   baseEjectionMs: number;
   maxEjectionMs: number;
+  /** Share of the pool that may be out at once (at least one endpoint always may). */
+  maxEjectionPercent: number;
 }
 
 /** Envoy's outlier-detection defaults: 5 in a row, 30 s, at most 300 s. */
@@ -24,6 +32,7 @@ export const DEFAULT_OUTLIER_SETTINGS: OutlierSettings = {
   consecutive5xx: 5,
   baseEjectionMs: 30_000,
   maxEjectionMs: 300_000,
+  maxEjectionPercent: 10,
 };
 
 interface Outlier {
@@ -40,27 +49,30 @@ export class OutlierTracker {
 
   constructor(private readonly settings: OutlierSettings = DEFAULT_OUTLIER_SETTINGS) {}
 
-  /** A request routed to `hostPort` ended with `status` (undefined: no answer seen). */
-  observe(hostPort: string, status: number | undefined, nowMs: number): void {
+  /**
+   * A request routed to `hostPort` ended with `status` (undefined: no answer
+   * seen); `poolSize` endpoints are routable now.
+   */
+  observe(hostPort: string, status: number | undefined, nowMs: number, poolSize: number): void {
     if (this.settings.consecutive5xx <= 0 || status === undefined) return;
+    const r = this.records.get(hostPort);
+    // Answers of requests routed before the ejection neither extend nor end it.
+    if (r !== undefined && nowMs < r.untilMs) return;
     if (status < 500) {
       this.records.delete(hostPort);
       return;
     }
-    let r = this.records.get(hostPort);
-    if (r === undefined) {
-      r = { failures: 0, ejections: 0, untilMs: 0 };
-      this.records.set(hostPort, r);
-    }
-    // Answers of requests routed before the ejection do not extend it.
-    if (nowMs < r.untilMs) return;
-    r.failures++;
-    if (r.failures >= this.settings.consecutive5xx) {
-      r.ejections++;
-      r.failures = 0;
-      r.untilMs =
-        nowMs + Math.min(this.settings.baseEjectionMs * r.ejections, this.settings.maxEjectionMs);
-    }
+    const rec = r ?? { failures: 0, ejections: 0, untilMs: 0 };
+    if (r === undefined) this.records.set(hostPort, rec);
+    rec.failures++;
+    if (rec.failures < this.settings.consecutive5xx) return;
+    const cap = Math.max(1, Math.floor((poolSize * this.settings.maxEjectionPercent) / 100));
+    // At the cap the run goes on, and ejects once another endpoint is back.
+    if (this.ejectedCount(nowMs) >= cap) return;
+    rec.ejections++;
+    rec.failures = 0;
+    rec.untilMs =
+      nowMs + Math.min(this.settings.baseEjectionMs * rec.ejections, this.settings.maxEjectionMs);
   }
 
   ejected(hostPort: string, nowMs: number): boolean {

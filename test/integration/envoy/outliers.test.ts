@@ -64,7 +64,12 @@ describe.skipIf(!ENVOY)('outlier ejection behind a real Envoy', () => {
         blockSize: 16,
         fallbacks: 0,
         approximate: true,
-        outliers: { consecutive5xx: 3, baseEjectionMs: 600_000, maxEjectionMs: 600_000 },
+        outliers: {
+          consecutive5xx: 3,
+          baseEjectionMs: 600_000,
+          maxEjectionMs: 600_000,
+          maxEjectionPercent: 10,
+        },
       },
     );
     server = await startExtProcServer({

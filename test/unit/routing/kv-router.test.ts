@@ -16,7 +16,11 @@ import {
   UntokenizableBody,
 } from '../../../src/pipeline/route-prep.js';
 import type { AdmissionSettings } from '../../../src/routing/admission.js';
-import { KvRouter, type KvRouterDeps } from '../../../src/routing/kv-router.js';
+import {
+  KvRouter,
+  type KvRouterDeps,
+  type KvRouterSettings,
+} from '../../../src/routing/kv-router.js';
 import type { GatewayRequest } from '../../../src/server/routing-types.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
 
@@ -84,7 +88,11 @@ async function router(
  * A router over `path` with an inline preparer, no fallbacks, approximate mode
  * on, and `deps` overriding any of its dependencies.
  */
-function inlineRouter(path: HotPath, deps: Partial<KvRouterDeps> = {}): KvRouter {
+function inlineRouter(
+  path: HotPath,
+  deps: Partial<KvRouterDeps> = {},
+  settings: Partial<KvRouterSettings> = {},
+): KvRouter {
   return new KvRouter(
     {
       endpoints: () => endpoints,
@@ -94,7 +102,7 @@ function inlineRouter(path: HotPath, deps: Partial<KvRouterDeps> = {}): KvRouter
       log: stderrLogger,
       ...deps,
     },
-    { blockSize: 16, fallbacks: 0, approximate: true },
+    { blockSize: 16, fallbacks: 0, approximate: true, ...settings },
   );
 }
 
@@ -127,16 +135,48 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(probe()).toEqual(['127.0.0.2:8001']);
   });
 
-  it('counts a 5xx against the endpoint the gateway says served it', async () => {
+  it('counts a 5xx against the listed endpoint the gateway says served it, in any written form', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
-    const r = inlineRouter(path, { now: () => 0 });
+    const eps = parseEndpoints(
+      {
+        endpoints: [
+          { address: '127.0.0.2', port: 8001, name: 'a' },
+          { address: '0:0:0:0:0:0:0:1', port: 8001, name: 'b' },
+        ],
+      },
+      'test',
+    );
+    // Half the pool may be out: `b` can be ejected.
+    const r = inlineRouter(
+      path,
+      { endpoints: () => eps, now: () => 0 },
+      {
+        fallbacks: 1,
+        outliers: {
+          consecutive5xx: 5,
+          baseEjectionMs: 1000,
+          maxEjectionMs: 1000,
+          maxEjectionPercent: 50,
+        },
+      },
+    );
+    const get = () => r.routeHeaderOnly({ ...req(''), method: 'GET', body: new Uint8Array() });
+    // Served by an endpoint kv-epp did not list: none of its business.
     for (let i = 0; i < 5; i++) {
-      const d = r.routeHeaderOnly({ ...req(''), method: 'GET', body: new Uint8Array() });
-      r.complete(d, { requestId: 'r', status: 503, servedEndpoint: '127.0.0.3:8001' });
+      r.complete(get(), { requestId: 'r', status: 503, servedEndpoint: '127.0.0.9:1' });
     }
-    const d = r.routeHeaderOnly({ ...req(''), method: 'GET', body: new Uint8Array() });
-    expect(d.endpoints).toEqual(['127.0.0.2:8001']);
+    expect(r.ejectedEndpoints()).toBe(0);
+    // The fallback `b` served (written long, as a gateway might) and failed, five times.
+    for (let i = 0; i < 5; i++) {
+      const d = get();
+      expect(d.endpoints).toEqual(['127.0.0.2:8001', '[::1]:8001']);
+      r.complete(d, { requestId: 'r', status: 503, servedEndpoint: '[0:0:0:0:0:0:0:1]:8001' });
+    }
     expect(r.ejectedEndpoints()).toBe(1);
+    // `a` busy: without the ejection the idle `b` would lead; it is left out instead.
+    const busy = get();
+    expect(get().endpoints).toEqual(['127.0.0.2:8001']);
+    r.complete(busy, { requestId: 'busy' });
   });
 
   it('leaves checking and splicing the body to the preparer, offloaded or not, with the same result', async () => {
