@@ -27,7 +27,12 @@ import {
   startupWarnings,
 } from '../config/serve-options.js';
 import { diffEndpoints } from '../discovery/endpoint-changes.js';
-import { type Endpoint, hostPortOf, parseEndpoints } from '../discovery/endpoints.js';
+import {
+  countRoutable,
+  type Endpoint,
+  hostPortOf,
+  parseEndpoints,
+} from '../discovery/endpoints.js';
 import { loadEndpointsFile } from '../discovery/endpoints-file.js';
 import { type EndpointsWatch, watchEndpointsFile } from '../discovery/endpoints-watch.js';
 import { KvEppError } from '../errors.js';
@@ -147,13 +152,6 @@ async function readConfig(file: string | undefined): Promise<unknown> {
   } catch (e) {
     throw new KvEppError('invalid_argument', `${file}: not valid YAML: ${(e as Error).message}`);
   }
-}
-
-/** Endpoints requests are routed to: all but prefill-only ones (kv-epp routes aggregated requests only). */
-export function countRoutable(endpoints: readonly Endpoint[]): number {
-  let n = 0;
-  for (const e of endpoints) if (e.role !== 'prefill') n++;
-  return n;
 }
 
 /**

@@ -74,6 +74,17 @@ function fail(path: string, msg: string): never {
   throw new KvEppError('invalid_argument', `${path}: ${msg}`);
 }
 
+/** An endpoint requests are routed to: all but prefill-only ones (kv-epp routes aggregated requests only). */
+export function isRoutable(e: Endpoint): boolean {
+  return e.role !== 'prefill';
+}
+
+export function countRoutable(endpoints: readonly Endpoint[]): number {
+  let n = 0;
+  for (const e of endpoints) if (isRoutable(e)) n++;
+  return n;
+}
+
 export function hostPortOf(address: string, port: number): string {
   return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
 }

@@ -130,13 +130,6 @@ export class ModelServerScraper {
     return out;
   }
 
-  /** Every endpoint's latest figures with the time they were read (`atMs`), fresh or not. */
-  readings(): PodReading[] {
-    const out: PodReading[] = [];
-    for (const [pod, r] of this.latest) out.push({ pod, ...r.figures, atMs: r.atMs });
-    return out;
-  }
-
   /** One round: a scrape of every metrics URL not still being scraped. */
   tick(): void {
     if (this.stopped) return;

@@ -29,9 +29,8 @@ export interface ScraperWorkerData {
   nice: number;
 }
 
-export type ScraperToWorker =
-  | { type: 'targets'; targets: readonly ScrapeTarget[] }
-  | { type: 'stop' };
+/** The endpoints to scrape (the only message the worker takes; `terminate()` ends it). */
+export type ScraperToWorker = { type: 'targets'; targets: readonly ScrapeTarget[] };
 
 export type ScraperFromWorker =
   /** New readings since the last message (each endpoint's latest). */

@@ -13,8 +13,7 @@
  * cap, as Dynamo's pruning indexer does (src/kv/approx/prune-tracker.ts);
  * `maintain(nowMs)` runs expiry without traffic. Pure: no I/O.
  */
-
-import type { Endpoint } from '../discovery/endpoints.js';
+import { countRoutable, type Endpoint, isRoutable } from '../discovery/endpoints.js';
 import { canonicalHostPort } from '../discovery/ip.js';
 import { KvEppError } from '../errors.js';
 import {
@@ -230,7 +229,7 @@ export class KvRouter implements RequestRouter {
   }
 
   private candidates(req: GatewayRequest): Endpoint[] {
-    const ready = this.deps.endpoints().filter((e) => e.role !== 'prefill');
+    const ready = this.deps.endpoints().filter(isRoutable);
     const allowed = filterBySubset(ready, req.subset);
     if (allowed.length === 0) {
       // The reference EPP's text, subset hint or not (clients and its hermetic tests match on it).
@@ -239,7 +238,7 @@ export class KvRouter implements RequestRouter {
         'failed to find endpoint candidates for serving the request',
       );
     }
-    return this.outliers.filter(allowed, (e) => e.hostPort, this.now()) as Endpoint[];
+    return this.outliers.filter(allowed, this.now());
   }
 
   /** Outlier records of endpoints no longer listed go (part of the periodic upkeep). */
@@ -495,7 +494,9 @@ export class KvRouter implements RequestRouter {
     const served = summary.servedEndpoint;
     const servedKey = served === undefined ? hp : (canonicalHostPort(served.trim()) ?? served);
     if (decision.endpoints.includes(servedKey)) {
-      this.outliers.observe(servedKey, summary.status, this.now(), this.deps.endpoints().length);
+      this.outliers.observe(servedKey, summary.status, this.now(), () =>
+        countRoutable(this.deps.endpoints()),
+      );
     }
     // The gateway fell back to another endpoint of the list: that worker now
     // holds the prompt (approximate mode); the primary's guess expires by TTL.

@@ -51,9 +51,15 @@ export class OutlierTracker {
 
   /**
    * A request routed to `hostPort` ended with `status` (undefined: no answer
-   * seen); `poolSize` endpoints are routable now.
+   * seen); `poolSize` counts the routable endpoints (asked only when an
+   * ejection is due).
    */
-  observe(hostPort: string, status: number | undefined, nowMs: number, poolSize: number): void {
+  observe(
+    hostPort: string,
+    status: number | undefined,
+    nowMs: number,
+    poolSize: () => number,
+  ): void {
     if (this.settings.consecutive5xx <= 0 || status === undefined) return;
     const r = this.records.get(hostPort);
     // Answers of requests routed before the ejection neither extend nor end it.
@@ -66,7 +72,7 @@ export class OutlierTracker {
     if (r === undefined) this.records.set(hostPort, rec);
     rec.failures++;
     if (rec.failures < this.settings.consecutive5xx) return;
-    const cap = Math.max(1, Math.floor((poolSize * this.settings.maxEjectionPercent) / 100));
+    const cap = Math.max(1, Math.floor((poolSize() * this.settings.maxEjectionPercent) / 100));
     // At the cap the run goes on, and ejects once another endpoint is back.
     if (this.ejectedCount(nowMs) >= cap) return;
     rec.ejections++;
@@ -80,11 +86,11 @@ export class OutlierTracker {
     return r !== undefined && nowMs < r.untilMs;
   }
 
-  /** The items whose endpoint is not ejected; all of them when every one is. */
-  filter<T>(items: readonly T[], hostPort: (item: T) => string, nowMs: number): readonly T[] {
-    if (this.records.size === 0) return items;
-    const kept = items.filter((x) => !this.ejected(hostPort(x), nowMs));
-    return kept.length > 0 ? kept : items;
+  /** The endpoints not ejected; all of them when every one is. */
+  filter<T extends { hostPort: string }>(endpoints: T[], nowMs: number): T[] {
+    if (this.records.size === 0) return endpoints;
+    const kept = endpoints.filter((e) => !this.ejected(e.hostPort, nowMs));
+    return kept.length > 0 ? kept : endpoints;
   }
 
   /** Endpoints ejected now (a gauge). */

@@ -47,13 +47,13 @@ if (data.nice > 0 && process.platform === 'linux') {
 }
 
 let targets: readonly ScrapeTarget[] = [];
-// New readings go to the parent in batches, within FLUSH_MS of being read, so
+// New readings go to the parent in batches, within `flushMs` of being read, so
 // the parent's `fresh` lags the scrapes by at most that (not by an interval).
 const flushMs = Math.max(1, Math.min(10, data.intervalMs / 5));
 const pending = new Map<string, PodReading>();
-let flushTimer: NodeJS.Timeout | undefined;
+let flushScheduled = false;
 const flush = () => {
-  flushTimer = undefined;
+  flushScheduled = false;
   if (pending.size === 0) return;
   post({ type: 'readings', readings: [...pending.values()] });
   pending.clear();
@@ -66,17 +66,15 @@ const scraper = new ModelServerScraper({
   log,
   onReading: (r) => {
     pending.set(r.pod, r);
-    flushTimer ??= setTimeout(flush, flushMs);
+    if (!flushScheduled) {
+      flushScheduled = true;
+      setTimeout(flush, flushMs);
+    }
   },
 });
+// The parent ends the thread with `terminate()`; there is nothing to flush.
 port.on('message', (m: ScraperToWorker) => {
-  if (m.type === 'targets') {
-    targets = m.targets;
-    // The first targets start the rounds; later ones take effect at the next.
-    scraper.start();
-  } else if (m.type === 'stop') {
-    if (flushTimer !== undefined) clearTimeout(flushTimer);
-    scraper.stop();
-    port.close();
-  }
+  targets = m.targets;
+  // The first targets start the rounds; later ones take effect at the next.
+  scraper.start();
 });

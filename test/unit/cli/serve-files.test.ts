@@ -7,7 +7,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { countRoutable, type Serving, startServing } from '../../../src/cli/serve.js';
+import { type Serving, startServing } from '../../../src/cli/serve.js';
+import { countRoutable } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
 import { loadNativeBinding } from '../../../src/kv/native/binding.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
