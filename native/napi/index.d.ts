@@ -305,5 +305,13 @@ export declare function tokenizerSegmentCacheStats(handle: number): Array<number
  */
 export declare function tokenizerSetChatTemplate(handle: number, chatTemplate: string): void
 
+/**
+ * Sets whose prompt construction a tokenizer follows: `vllm` (the default,
+ * vLLM's OpenAI server) or `dynamo` (Dynamo's frontend, which takes the ids as
+ * the prompt). HF tokenizers only; tiktoken encodings ignore it. Meant right
+ * after loading, like `tokenizer_set_chat_template`.
+ */
+export declare function tokenizerSetDialect(handle: number, dialect: string): void
+
 /** The prompt token ids of a request body; `api` is `chat` or `completions`. */
 export declare function tokenizerTokenizeRequest(handle: number, body: Uint8Array, api: string, nowMs: number): Uint32Array

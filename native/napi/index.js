@@ -773,7 +773,7 @@ if (
   }
 }
 
-const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueStats, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, chatTemplateContentFormat, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerTokenizeRequest } = nativeBinding
+const { approxBacklog, approxExpire, approxFlush, approxForgetHolder, approxForgetWorker, approxMaintain, approxMaintainQueued, approxNextExpiry, approxQueueStats, approxRecord, approxRoute, approxRouteQueued, approxStats, approxTrackerCreate, approxTrackerDispose, blockHashSeed, chatTemplateContentFormat, decodeActiveLoad, eventApplierApply, eventApplierCreate, eventApplierDispose, eventApplierForgetWorker, eventApplierSetCursor, indexApplyRemoved, indexApplyStored, indexClear, indexCreate, indexDispose, indexFindMatches, indexMemberships, indexRemoveHolder, indexRemoveWorker, indexStats, indexTreeSize, localHashesInto, prepareRoute, sequenceHashesInto, setSegmentCacheBytes, setThreadIdlePriority, tokenizerDispose, tokenizerEncode, tokenizerKind, tokenizerLoad, tokenizerRenderChat, tokenizerSegmentCacheStats, tokenizerSetChatTemplate, tokenizerSetDialect, tokenizerTokenizeRequest } = nativeBinding
 export { approxBacklog }
 export { approxExpire }
 export { approxFlush }
@@ -820,5 +820,6 @@ export { tokenizerLoad }
 export { tokenizerRenderChat }
 export { tokenizerSegmentCacheStats }
 export { tokenizerSetChatTemplate }
+export { tokenizerSetDialect }
 export { tokenizerTokenizeRequest }
 export const __napiBindingTarget = __napiLoadedBindingTarget

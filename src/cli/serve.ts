@@ -87,6 +87,7 @@ export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 90
                     [--config-file FILE.yaml] [--max-body-bytes 67108864]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
+                    [--prompt-dialect dynamo|vllm]
                     [--kv-events[=true|false]] [--fallbacks N] [--backend auto|native|js]
                     [--router-ttl-secs 120] [--router-max-tree-size 1048576]
                     [--router-prune-target-ratio 0.8] [--max-queued-requests 1024]
@@ -220,9 +221,12 @@ export async function startServing(
   warn(roles);
 
   const chatTemplate = await readChatTemplate(options);
-  const path = await createHotPath({ source: options.tokenizer, chatTemplate }, options.backend, {
-    log,
-  }).catch((e: unknown) => {
+  const dialect = options.promptDialect;
+  const path = await createHotPath(
+    { source: options.tokenizer, chatTemplate, dialect },
+    options.backend,
+    { log },
+  ).catch((e: unknown) => {
     // Name the setting that chose the tokenizer (DYN_MODEL_PATH is easy to miss);
     // with the built-in one, the chat template is what the user gave (the addon
     // refuses a template for an encoding such as o200k_base).
@@ -244,7 +248,7 @@ export async function startServing(
     NativeTokenizer.setSegmentCacheBytes(await loadNativeBinding(), segmentCacheBytes);
   }
   const preparerOptions = preparerOptionsFromEnv(env, availableParallelism());
-  const preparer = RoutePreparer.create(path, { ...preparerOptions, chatTemplate });
+  const preparer = RoutePreparer.create(path, { ...preparerOptions, chatTemplate, dialect });
   let ingest: EventIngest | undefined;
   const workerLoads = new WorkerLoadTable();
   // The model servers' own load figures, for the pool gauges (off unless an interval is set).

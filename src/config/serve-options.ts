@@ -12,6 +12,7 @@
 import { type FlagSpec, goBool, parseFlags, UsageError } from '../cli/args.js';
 import { KvEppError } from '../errors.js';
 import type { BackendChoice } from '../kv/types.js';
+import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 
 export interface ServeOptions {
   host: string;
@@ -34,6 +35,12 @@ export interface ServeOptions {
   chatTemplateFile?: string | undefined;
   /** The field that set `chatTemplateFile` (`--chat-template`, `<file>: model.chatTemplateFile`), for errors. */
   chatTemplateSetBy?: string | undefined;
+  /**
+   * Whose prompt construction the injected ids follow (src/tokenize/dynamo-dialect.ts):
+   * `dynamo` (default: Dynamo's frontend takes them as the prompt) or `vllm` (vLLM's
+   * OpenAI server renders the prompt itself; the ids only route).
+   */
+  promptDialect: PromptDialect;
   blockSize: number;
   /** The field that set `blockSize`; undefined when 16 was assumed. */
   blockSizeSetBy?: string | undefined;
@@ -242,7 +249,7 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'responseHost',
     'resetStates',
   ]),
-  model: new Set(['tokenizer', 'chatTemplateFile', 'blockSize']),
+  model: new Set(['tokenizer', 'chatTemplateFile', 'promptDialect', 'blockSize']),
   router: new Set([
     'useKvEvents',
     'fallbacks',
@@ -383,6 +390,15 @@ export function resolveServeOptions(
     [flags['chat-template'], '--chat-template'],
     file('model', 'chatTemplateFile'),
   );
+  const promptDialect = get(
+    (v, field) => {
+      if (v === 'dynamo' || v === 'vllm') return v;
+      return fail(field, `expected dynamo or vllm, got ${JSON.stringify(v)}`);
+    },
+    'dynamo' as PromptDialect,
+    [flags['prompt-dialect'], '--prompt-dialect'],
+    file('model', 'promptDialect'),
+  );
   const extProcTransport = get(
     (v, field) => {
       if (v === 'raw-h2' || v === 'direct' || v === 'grpc-js') return v;
@@ -431,6 +447,7 @@ export function resolveServeOptions(
     tokenizerSetBy: tokenizerHit?.[1],
     chatTemplateFile: chatTemplateHit === undefined ? undefined : str(...chatTemplateHit),
     chatTemplateSetBy: chatTemplateHit?.[1],
+    promptDialect,
     blockSize: blockSizeHit === undefined ? 16 : int(blockSizeHit[0], blockSizeHit[1], 1, 1024),
     blockSizeSetBy: blockSizeHit?.[1],
     useKvEvents,
@@ -713,6 +730,7 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'pool-namespace',
     'tokenizer',
     'chat-template',
+    'prompt-dialect',
     'block-size',
     'fallbacks',
     'backend',

@@ -5,6 +5,7 @@
 import { resolveBackend } from '../kv/factory.js';
 import type { BackendChoice } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
+import type { PromptDialect } from './dynamo-dialect.js';
 import { loadJsTokenizer } from './js/tokenizer.js';
 import { NativeTokenizer } from './native/tokenizer.js';
 import type { Tokenizer } from './types.js';
@@ -14,6 +15,8 @@ export interface TokenizerConfig {
   source: string;
   /** Chat template source replacing the tokenizer's own. */
   chatTemplate?: string | undefined;
+  /** Whose prompt construction bodies follow (dynamo-dialect.ts); default vllm. */
+  dialect?: PromptDialect | undefined;
 }
 
 export async function createTokenizer(
@@ -22,10 +25,14 @@ export async function createTokenizer(
   log?: Logger,
 ): Promise<Tokenizer> {
   const { addon } = await resolveBackend(choice, log);
-  if (addon)
-    return NativeTokenizer.load(addon, config.source, { chatTemplate: config.chatTemplate });
-  return loadJsTokenizer(
-    config.source,
-    config.chatTemplate === undefined ? {} : { chatTemplate: config.chatTemplate },
-  );
+  if (addon) {
+    return NativeTokenizer.load(addon, config.source, {
+      chatTemplate: config.chatTemplate,
+      dialect: config.dialect,
+    });
+  }
+  return loadJsTokenizer(config.source, {
+    ...(config.chatTemplate === undefined ? {} : { chatTemplate: config.chatTemplate }),
+    ...(config.dialect === undefined ? {} : { dialect: config.dialect }),
+  });
 }

@@ -63,6 +63,16 @@ export interface ChatRequest {
   continueFinalMessage: boolean;
   /** Encode the rendered prompt with special tokens (request `add_special_tokens`, default false). */
   addSpecialTokens: boolean;
+  /** Dynamo dialect: `developer` messages reach the template unchanged. */
+  keepDeveloper: boolean;
+}
+
+/** How normaliseChatRequest reads messages: vLLM's way (default) or the Dynamo dialect's. */
+export interface ChatOptions {
+  /** Dynamo dialect: tool-call arguments are not forced into objects; developer messages stay. */
+  dynamo?: boolean;
+  /** With `dynamo`: string arguments stay strings (the template prints them). */
+  rawArguments?: boolean;
 }
 
 /** A completions prompt: text to encode, or token ids given by the client. */
@@ -826,7 +836,10 @@ function parseArguments(args: PyValue | undefined): PyValue {
   return isDict(parsed) ? parsed : new Map();
 }
 
-function parseMessages(messages: PyDict[]): {
+function parseMessages(
+  messages: PyDict[],
+  opts: ChatOptions,
+): {
   conversation: PyDict[];
   openaiContents: OpenAiContent[];
 } {
@@ -884,6 +897,19 @@ function parseMessages(messages: PyDict[]): {
       const fn = call.get('function');
       if (type !== 'function' || !isDict(fn)) {
         throw invalid(`messages[${i}].tool_calls[${j}]: only function tool calls are supported`);
+      }
+      if (opts.dynamo) {
+        // Dynamo: verbatim for templates that print the string, else parsed to any JSON
+        // value when it parses.
+        const args = fn.get('arguments');
+        if (typeof args === 'string' && !opts.rawArguments) {
+          try {
+            fn.set('arguments', parsePyJson(args));
+          } catch {
+            // left as the string
+          }
+        }
+        return;
       }
       fn.set('arguments', parseArguments(fn.get('arguments')));
     });
@@ -1085,7 +1111,7 @@ function checkToolUsage(body: PyDict): void {
   }
 }
 
-export function normaliseChatRequest(body: PyDict): ChatRequest {
+export function normaliseChatRequest(body: PyDict, opts: ChatOptions = {}): ChatRequest {
   checkToolUsage(body);
   const addGenerationPrompt = boolField(body, 'add_generation_prompt', true);
   const continueFinalMessage = boolField(body, 'continue_final_message', false);
@@ -1109,7 +1135,7 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
     tools = rawTools.map((t, i) => normaliseTool(t, `tools[${i}]`));
   }
 
-  const { conversation, openaiContents } = parseMessages(messages);
+  const { conversation, openaiContents } = parseMessages(messages, opts);
 
   const userKw = body.get('chat_template_kwargs');
   if (userKw !== undefined && userKw !== null && !isDict(userKw)) {
@@ -1163,6 +1189,7 @@ export function normaliseChatRequest(body: PyDict): ChatRequest {
     addGenerationPrompt,
     continueFinalMessage,
     addSpecialTokens,
+    keepDeveloper: opts.dynamo === true,
   };
 }
 

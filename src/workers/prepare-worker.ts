@@ -23,13 +23,13 @@ const NO_TOKENS = new Uint32Array(0);
 const jsHasher = new JsBlockHasher();
 
 function tokenizerFor(ref: TokenizerRef): Promise<Tokenizer> {
-  const key = `${ref.backend}:${ref.handle ?? ''}:${ref.source}`;
+  const key = `${ref.backend}:${ref.handle ?? ''}:${ref.dialect ?? 'vllm'}:${ref.source}`;
   let t = tokenizers.get(key);
   if (!t) {
-    t = loadJsTokenizer(
-      ref.source,
-      ref.chatTemplate === undefined ? {} : { chatTemplate: ref.chatTemplate },
-    );
+    t = loadJsTokenizer(ref.source, {
+      ...(ref.chatTemplate === undefined ? {} : { chatTemplate: ref.chatTemplate }),
+      ...(ref.dialect === undefined ? {} : { dialect: ref.dialect }),
+    });
     tokenizers.set(key, t);
   }
   return t;

@@ -6,6 +6,7 @@
 import type { KvEppErrorCode } from '../errors.js';
 import type { Backend, OverlapScores } from '../kv/types.js';
 import type { BodyWork, PreparedRequest, RouteSettings } from '../pipeline/route-prep.js';
+import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 import type { ApiKind } from '../tokenize/types.js';
 
 /** How a worker reaches the tokenizer: the native one by its process-wide handle. */
@@ -19,6 +20,8 @@ export interface TokenizerRef {
   indexHandle?: number | undefined;
   /** Chat template override file contents, if any. */
   chatTemplate?: string | undefined;
+  /** Whose prompt construction bodies follow (default vllm). */
+  dialect?: PromptDialect | undefined;
 }
 
 export interface PrepareTask {

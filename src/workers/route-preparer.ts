@@ -19,6 +19,7 @@ import {
   type RouteSettings,
   UntokenizableBody,
 } from '../pipeline/route-prep.js';
+import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 import { NativeTokenizer } from '../tokenize/native/tokenizer.js';
 import type { ApiKind } from '../tokenize/types.js';
 import { workerEntryFile } from './entry-file.js';
@@ -39,6 +40,8 @@ export interface PreparerOptions {
   poolNice?: number | undefined;
   /** Chat template override the JS workers must load too. */
   chatTemplate?: string | undefined;
+  /** The prompt dialect the JS workers must load too (native workers share the tokenizer). */
+  dialect?: PromptDialect | undefined;
 }
 
 /** Only where nice is per-thread (Linux): elsewhere it would lower the event loop too. */
@@ -72,6 +75,7 @@ export class RoutePreparer {
       indexHandle:
         fusedNative && path.index instanceof NativeKvIndex ? path.index.handle : undefined,
       chatTemplate: options.chatTemplate,
+      dialect: options.dialect,
     };
     const nice = poolNiceApplied(options);
     const pool =

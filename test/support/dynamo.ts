@@ -84,11 +84,15 @@ export function findDynamoPython(): string | undefined {
  * plus the Qwen3 tokenizer files (symlinked). kv-epp can use the same dir as
  * its `--tokenizer`.
  */
-export function makeModelDir(dir: string): string {
+export function makeModelDir(
+  dir: string,
+  tokenizerDir: string = QWEN3_TOKENIZER_DIR,
+  modelConfig: string = MODEL_CONFIG,
+): string {
   mkdirSync(dir, { recursive: true });
-  copyFileSync(MODEL_CONFIG, join(dir, 'config.json'));
+  copyFileSync(modelConfig, join(dir, 'config.json'));
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) {
-    symlinkSync(join(QWEN3_TOKENIZER_DIR, f), join(dir, f));
+    symlinkSync(join(tokenizerDir, f), join(dir, f));
   }
   return dir;
 }
@@ -343,6 +347,10 @@ export interface DynamoOptions {
   speedupRatio?: number;
   /** Start-up timeout (default 120 s). */
   timeoutMs?: number;
+  /** Tokenizer dir (tokenizer.json + tokenizer_config.json), default Qwen3. */
+  tokenizerDir?: string;
+  /** config.json of the model (default the Qwen3-shaped fixture). */
+  modelConfig?: string;
 }
 
 export interface DynamoStack {
@@ -432,7 +440,7 @@ export async function startDynamo(python: string, o: DynamoOptions): Promise<Dyn
   const kvDir = join(dir, 'kv');
   mkdirSync(kvDir, { recursive: true });
   mkdirSync(join(dir, 'tmp'), { recursive: true });
-  const modelDir = makeModelDir(join(dir, 'model'));
+  const modelDir = makeModelDir(join(dir, 'model'), o.tokenizerDir, o.modelConfig);
   const env = dynamoEnv(dir, kvDir, o.natsUrl);
   const procs: DynamoProcess[] = [];
   const workers: MockerWorker[] = [];

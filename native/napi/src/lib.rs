@@ -337,6 +337,24 @@ pub fn tokenizer_set_chat_template(handle: u32, chat_template: String) -> Result
     t.set_chat_template(&chat_template).map_err(tok_err)
 }
 
+/// Sets whose prompt construction a tokenizer follows: `vllm` (the default,
+/// vLLM's OpenAI server) or `dynamo` (Dynamo's frontend, which takes the ids as
+/// the prompt). HF tokenizers only; tiktoken encodings ignore it. Meant right
+/// after loading, like `tokenizer_set_chat_template`.
+#[napi(catch_unwind)]
+pub fn tokenizer_set_dialect(handle: u32, dialect: String) -> Result<()> {
+    let dialect = kv_epp_core::tokenize::Dialect::parse(&dialect).map_err(tok_err)?;
+    let mut reg = REGISTRY.write();
+    let t = reg
+        .tokenizers
+        .get_mut(&handle)
+        .ok_or_else(|| err("disposed", format!("no tokenizer with handle {handle}")))?;
+    let t = Arc::get_mut(t)
+        .ok_or_else(|| err("invalid_argument", "the tokenizer is in use by another call"))?;
+    t.set_dialect(dialect);
+    Ok(())
+}
+
 /// Sets the budget of the process's segment caches (the ids of long text
 /// segments between special tokens, reused when a segment repeats: system
 /// prompts, earlier turns), in bytes; 0 turns them off. Default 64 MiB.

@@ -21,6 +21,7 @@
  * Every failure is KvEppError('template_error').
  */
 import { KvEppError } from '../../errors.js';
+import type { TemplateTraits } from '../dynamo-dialect.js';
 import type { ChatRequest } from '../openai-request.js';
 import { developerToSystem, pyTruthy, toOpenAiFormat } from '../openai-request.js';
 import { isDict, type PyDict, type PyValue } from '../pyjson.js';
@@ -103,12 +104,81 @@ export class ChatTemplate {
     this.developerRole = supportsDeveloperRole(source);
   }
 
+  private traits: TemplateTraits | undefined;
+
+  /**
+   * What Dynamo's renderer detects in this template at load time (dynamo.rs,
+   * `ChatTemplate::dynamo_traits`): whether it prints string tool-call
+   * arguments itself (its source tests `arguments is string` and a probe
+   * conversation's arguments string comes out verbatim) and whether it reads
+   * `reasoning_content`.
+   */
+  dynamoTraits(specialTokens: ReadonlyMap<string, string>): TemplateTraits {
+    this.traits ??= {
+      argumentsString:
+        this.source.includes('arguments is string') && this.printsStringArguments(specialTokens),
+      readsReasoning: this.source.includes('reasoning_content'),
+    };
+    return this.traits;
+  }
+
+  private printsStringArguments(specialTokens: ReadonlyMap<string, string>): boolean {
+    const args = '{"probe": "value"}';
+    const dict = (entries: [string, PyValue][]): PyDict => new Map(entries);
+    const conversation = [
+      dict([
+        ['role', 'user'],
+        ['content', 'u'],
+      ]),
+      dict([
+        ['role', 'assistant'],
+        ['content', ''],
+        [
+          'tool_calls',
+          [
+            dict([
+              ['id', 'call_probe'],
+              ['type', 'function'],
+              [
+                'function',
+                dict([
+                  ['name', 'probe'],
+                  ['arguments', args],
+                ]),
+              ],
+            ]),
+          ],
+        ],
+      ]),
+      dict([
+        ['role', 'tool'],
+        ['tool_call_id', 'call_probe'],
+        ['content', 'r'],
+      ]),
+    ];
+    const probe: ChatRequest = {
+      conversation,
+      openaiContents: [],
+      tools: null,
+      kwargs: new Map([['add_generation_prompt', true]]),
+      addGenerationPrompt: true,
+      continueFinalMessage: false,
+      addSpecialTokens: false,
+      keepDeveloper: true,
+    };
+    try {
+      return this.render(probe, specialTokens, 0, true).includes(args);
+    } catch {
+      return false;
+    }
+  }
+
   /** vLLM's conversation for this template: its content format, then the developer role. */
   private conversationOf(req: ChatRequest): PyDict[] {
     let conversation = req.conversation;
     if (this.contentFormat === 'openai')
       conversation = toOpenAiFormat(conversation, req.openaiContents);
-    return this.developerRole ? conversation : developerToSystem(conversation);
+    return this.developerRole || req.keepDeveloper ? conversation : developerToSystem(conversation);
   }
 
   /**
@@ -116,7 +186,13 @@ export class ChatTemplate {
    * @param specialTokens named special tokens of the tokenizer (bos_token → "<s>", ...)
    * @param nowMs the clock strftime_now reads
    */
-  render(req: ChatRequest, specialTokens: ReadonlyMap<string, string>, nowMs: number): string {
+  render(
+    req: ChatRequest,
+    specialTokens: ReadonlyMap<string, string>,
+    nowMs: number,
+    /** The conversation as given, without vLLM's content-format and developer handling (probes). */
+    raw = false,
+  ): string {
     const kw = new Map(req.kwargs);
     const take = (k: string): PyValue | undefined => {
       const v = kw.get(k);
@@ -137,7 +213,7 @@ export class ChatTemplate {
     for (const p of INERT_PARAMS) kw.delete(p);
     for (const g of JINJA_GLOBALS) kw.delete(g);
 
-    const conversation = this.conversationOf(req);
+    const conversation = raw ? req.conversation : this.conversationOf(req);
     if (conversation.length === 0) {
       throw templateError(
         'Cannot apply chat template to an empty conversation. Provide at least one message.',

@@ -16,12 +16,21 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { get_encoding, type Tiktoken } from 'tiktoken';
 import { KvEppError } from '../../errors.js';
 import {
+  dynamoChatBody,
+  fixTools,
+  hasReasoning,
+  injectReasoning,
+  type PromptDialect,
+  stripNul,
+} from '../dynamo-dialect.js';
+import {
   type ChatRequest,
   normaliseChatRequest,
   normaliseCompletionRequest,
   parseRequestBody,
 } from '../openai-request.js';
 import { renderPlainChat } from '../plain-chat.js';
+import { clonePy, type PyDict } from '../pyjson.js';
 import type { ApiKind, TokenizeOptions, Tokenizer } from '../types.js';
 import { ChatTemplate } from './chat-template.js';
 
@@ -47,11 +56,15 @@ interface Encoder {
 
 interface ChatRenderer {
   render(req: ChatRequest, nowMs: number): string;
+  /** The Dynamo dialect's render of a parsed body (dynamo-dialect.ts); hf only. */
+  renderDynamo?(body: PyDict, nowMs: number): string;
 }
 
 export interface JsTokenizerOptions {
   /** Chat template text to use instead of the tokenizer's own (hf only). */
   chatTemplate?: string;
+  /** Whose prompt construction bodies follow (hf only; default vllm). */
+  dialect?: PromptDialect;
 }
 
 export class JsTokenizer implements Tokenizer {
@@ -63,6 +76,8 @@ export class JsTokenizer implements Tokenizer {
     readonly source: string,
     private readonly encoder: Encoder,
     private readonly chat: ChatRenderer,
+    /** tiktoken encodings keep kv-epp's own plain chat format and ignore it. */
+    private readonly dialect: PromptDialect = 'vllm',
   ) {}
 
   private live(): void {
@@ -76,13 +91,28 @@ export class JsTokenizer implements Tokenizer {
 
   renderChat(body: Uint8Array, options?: TokenizeOptions): string {
     this.live();
+    const nowMs = options?.nowMs ?? Date.now();
+    if (this.dialect === 'dynamo' && this.chat.renderDynamo) {
+      return this.chat.renderDynamo(parseRequestBody(body), nowMs);
+    }
     const req = normaliseChatRequest(parseRequestBody(body));
-    return this.chat.render(req, options?.nowMs ?? Date.now());
+    return this.chat.render(req, nowMs);
   }
 
   tokenizeRequest(body: Uint8Array, api: ApiKind, options?: TokenizeOptions): Uint32Array {
     this.live();
     const parsed = parseRequestBody(body);
+    if (this.dialect === 'dynamo' && this.chat.renderDynamo) {
+      // Dynamo encodes without special tokens, after removing NULs.
+      let text: string;
+      if (api === 'chat') text = this.chat.renderDynamo(parsed, options?.nowMs ?? Date.now());
+      else {
+        const prompt = normaliseCompletionRequest(parsed);
+        if (prompt.kind === 'ids') return prompt.ids;
+        text = prompt.text;
+      }
+      return this.encoder.encode(stripNul(text), false);
+    }
     if (api === 'chat') {
       const req = normaliseChatRequest(parsed);
       const rendered = this.chat.render(req, options?.nowMs ?? Date.now());
@@ -126,6 +156,31 @@ class TemplateRenderer implements ChatRenderer {
       throw new KvEppError('template_error', 'the tokenizer has no (default) chat template');
     }
     if (tpl instanceof KvEppError) throw tpl;
+    return tpl.render(req, this.specialTokens, nowMs);
+  }
+
+  /**
+   * dynamo.rs `render_dynamo`: the body rewritten as Dynamo's renderer sees
+   * it, the template picked by the tools left, its traits deciding the
+   * arguments and reasoning, then the vLLM-compatible render.
+   */
+  renderDynamo(parsed: PyDict, nowMs: number): string {
+    let body = dynamoChatBody(parsed);
+    const tools = body.get('tools');
+    const hasTools = tools !== undefined && tools !== null;
+    let tpl = this.templates.get('default');
+    if (hasTools && this.templates.has('tool_use')) tpl = this.templates.get('tool_use');
+    if (tpl === undefined) {
+      throw new KvEppError('template_error', 'the tokenizer has no (default) chat template');
+    }
+    if (tpl instanceof KvEppError) throw tpl;
+    const traits = tpl.dynamoTraits(this.specialTokens);
+    if (!traits.readsReasoning && hasReasoning(body)) {
+      if (body === parsed) body = clonePy(parsed) as PyDict;
+      injectReasoning(body);
+    }
+    const req = normaliseChatRequest(body, { dynamo: true, rawArguments: traits.argumentsString });
+    if (req.tools !== null) fixTools(req.tools);
     return tpl.render(req, this.specialTokens, nowMs);
   }
 }
@@ -223,6 +278,7 @@ async function loadHf(source: string, file: string, options: JsTokenizerOptions)
     source,
     new HfEncoder(tok),
     new TemplateRenderer(templates, specialTokensOf(config)),
+    options.dialect ?? 'vllm',
   );
 }
 

@@ -5,6 +5,7 @@
  */
 import { KvEppError } from '../../errors.js';
 import { mapNativeError, type NativeBinding } from '../../kv/native/binding.js';
+import type { PromptDialect } from '../dynamo-dialect.js';
 import type { ApiKind, TokenizeOptions, Tokenizer } from '../types.js';
 
 export class NativeTokenizer implements Tokenizer {
@@ -22,17 +23,21 @@ export class NativeTokenizer implements Tokenizer {
 
   /**
    * Loads a tokenizer directory / tokenizer.json path or an encoding name.
-   * `chatTemplate` (template source) replaces the tokenizer's own template.
+   * `chatTemplate` (template source) replaces the tokenizer's own template;
+   * `dialect` picks whose prompt construction bodies follow (default vllm).
    */
   static load(
     addon: NativeBinding,
     source: string,
-    options: { chatTemplate?: string | undefined } = {},
+    options: { chatTemplate?: string | undefined; dialect?: PromptDialect | undefined } = {},
   ): NativeTokenizer {
     const handle = call(() => addon.tokenizerLoad(source));
     try {
       if (options.chatTemplate !== undefined) {
         call(() => addon.tokenizerSetChatTemplate(handle, options.chatTemplate as string));
+      }
+      if (options.dialect !== undefined && options.dialect !== 'vllm') {
+        call(() => addon.tokenizerSetDialect(handle, options.dialect as string));
       }
       return new NativeTokenizer(addon, handle, kindOf(addon, handle), source, true);
     } catch (e) {

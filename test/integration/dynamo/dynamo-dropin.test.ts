@@ -532,6 +532,117 @@ describe.skipIf(!ready)(
       }
     });
 
+    // Review: more request shapes, through Envoy → kv-epp → frontend; kv-epp's
+    // injected ids must equal Dynamo's own for the same body.
+    const TOOL = {
+      type: 'function',
+      function: {
+        name: 'get_weather',
+        description: 'The weather in a city.',
+        parameters: {
+          type: 'object',
+          properties: { city: { type: 'string' } },
+          required: ['city'],
+        },
+      },
+    };
+    const shapes: Array<[string, Record<string, unknown>]> = [
+      [
+        'developer role',
+        {
+          messages: [
+            { role: 'developer', content: 'Be terse.' },
+            { role: 'user', content: 'Hello there.' },
+          ],
+        },
+      ],
+      [
+        'tool_choice none',
+        {
+          messages: [{ role: 'user', content: 'Weather in Paris?' }],
+          tools: [TOOL],
+          tool_choice: 'none',
+        },
+      ],
+      [
+        'replayed compact tool-call arguments',
+        {
+          messages: [
+            { role: 'user', content: 'Weather in Paris?' },
+            {
+              role: 'assistant',
+              content: '',
+              tool_calls: [
+                {
+                  id: 'c1',
+                  type: 'function',
+                  function: { name: 'get_weather', arguments: '{"city":"Paris"}' },
+                },
+              ],
+            },
+            { role: 'tool', tool_call_id: 'c1', content: 'sunny' },
+          ],
+          tools: [TOOL],
+        },
+      ],
+      [
+        'tool without parameters',
+        {
+          messages: [{ role: 'user', content: 'Time?' }],
+          tools: [{ type: 'function', function: { name: 'now' } }],
+        },
+      ],
+      [
+        'chat_template_args',
+        {
+          messages: [{ role: 'user', content: 'Hi.' }],
+          chat_template_args: { enable_thinking: false },
+        },
+      ],
+      [
+        'thinking disabled',
+        { messages: [{ role: 'user', content: 'Hi.' }], thinking: { type: 'disabled' } },
+      ],
+      [
+        'text parts with an empty one',
+        {
+          messages: [
+            {
+              role: 'user',
+              content: [
+                { type: 'text', text: 'A' },
+                { type: 'text', text: '' },
+                { type: 'text', text: 'B' },
+              ],
+            },
+          ],
+        },
+      ],
+      ['NUL in content', { messages: [{ role: 'user', content: 'a\u0000b' }] }],
+    ];
+    it.each(shapes)(
+      "review: kv-epp's token_data equals Dynamo's ids for %s",
+      async (_name, shape) => {
+        const body = {
+          model: model(),
+          ...shape,
+          max_tokens: 2,
+          stream: true,
+          stream_options: { include_usage: true },
+        };
+        const r = await viaKvEpp('/v1/chat/completions', body);
+        expect(r.res.status, r.res.body.slice(0, 300)).toBe(200);
+        const injected = tokenDataOf(r.rec);
+        const own = await direct(
+          '/v1/chat/completions',
+          { ...body, nvext: { annotations: ['token_ids'] } },
+          r.chosen.instanceId,
+        );
+        expect(own.status, own.body).toBe(200);
+        expect(injected).toEqual(annotatedTokenIds(own.body));
+      },
+    );
+
     // Each case: a Responses request and the chat Dynamo's translation should render it as.
     const responsesCases: Array<
       [string, (c: string) => Record<string, unknown>, (c: string) => Record<string, unknown>]

@@ -29,12 +29,14 @@
 //!   `xmlattr` do not exist.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Map, Value as Json};
 
 use super::content_format::{self, ContentFormat};
+use super::dynamo::TemplateTraits;
 use super::error::TokenizeError;
 use super::filters;
 use super::pyfmt::to_py_str;
@@ -67,6 +69,8 @@ pub struct ChatTemplate {
     variables: HashSet<String>,
     content_format: ContentFormat,
     developer_role: bool,
+    /// Dynamo's load-time probes of this template (dynamo.rs), made on first use.
+    dynamo_traits: OnceLock<TemplateTraits>,
 }
 
 /// What `apply_chat_template` is called with (after vLLM's request handling).
@@ -103,6 +107,7 @@ impl ChatTemplate {
             variables,
             content_format,
             developer_role: content_format::supports_developer_role(source),
+            dynamo_traits: OnceLock::new(),
         })
     }
 
@@ -115,6 +120,38 @@ impl ChatTemplate {
     /// (else they become `system` messages, merged into the first).
     pub fn supports_developer_role(&self) -> bool {
         self.developer_role
+    }
+
+    /// What Dynamo's renderer detects in this template at load time
+    /// (`formatters.rs`): whether it prints string tool-call arguments itself
+    /// (its source tests `arguments is string` and a probe conversation's
+    /// arguments string comes out verbatim) and whether it reads
+    /// `reasoning_content`.
+    pub fn dynamo_traits(&self, special_tokens: &[(String, String)]) -> TemplateTraits {
+        *self.dynamo_traits.get_or_init(|| TemplateTraits {
+            arguments_string: self.source.contains("arguments is string")
+                && self.prints_string_arguments(special_tokens),
+            reads_reasoning: self.source.contains("reasoning_content"),
+        })
+    }
+
+    fn prints_string_arguments(&self, special_tokens: &[(String, String)]) -> bool {
+        const ARGUMENTS: &str = r#"{"probe": "value"}"#;
+        let probe = serde_json::json!([
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "", "tool_calls": [{
+                "id": "call_probe",
+                "type": "function",
+                "function": {"name": "probe", "arguments": ARGUMENTS}
+            }]},
+            {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
+        ]);
+        let messages = probe
+            .as_array()
+            .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
+            .unwrap_or_default();
+        let input = ChatInput { messages, add_generation_prompt: true, ..ChatInput::default() };
+        self.apply(input, special_tokens, 0).is_ok_and(|r| r.contains(ARGUMENTS))
     }
 
     /// Names the template reads from its context (jinja2's

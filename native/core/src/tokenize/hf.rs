@@ -25,6 +25,7 @@ use serde_json::Value as Json;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::chat::ChatTemplate;
+use super::dynamo::Dialect;
 use super::error::TokenizeError;
 use super::fastbpe::FastBpe;
 use super::segment_cache::SegmentCacheStats;
@@ -53,6 +54,8 @@ pub struct HfTokenizer {
     /// `add_bos_token` from tokenizer_config.json (informational, see module docs).
     pub add_bos_token: Option<bool>,
     templates: ChatTemplates,
+    /// Whose prompt construction chat and completions bodies follow.
+    pub dialect: Dialect,
 }
 
 fn read_json(path: &Path) -> Result<Json, TokenizeError> {
@@ -142,6 +145,7 @@ impl HfTokenizer {
             special_tokens,
             add_bos_token: config.get("add_bos_token").and_then(Json::as_bool),
             templates,
+            dialect: Dialect::default(),
         })
     }
 

@@ -19,6 +19,7 @@
 
 pub mod chat;
 pub mod content_format;
+pub mod dynamo;
 pub mod error;
 pub mod fastbpe;
 pub mod fasttiktoken;
@@ -35,6 +36,7 @@ pub mod segment_cache;
 pub mod strftime;
 pub mod tiktoken;
 
+pub use dynamo::Dialect;
 pub use error::{TokenizeError, TokenizeErrorCode};
 pub use hf::HfTokenizer;
 pub use tiktoken::TiktokenTokenizer;
@@ -111,6 +113,22 @@ impl Tokenizer {
         }
     }
 
+    /// Whose prompt construction chat and completions bodies follow
+    /// (dynamo.rs). tiktoken encodings keep kv-epp's own plain chat format
+    /// and ignore it.
+    pub fn set_dialect(&mut self, dialect: Dialect) {
+        if let Tokenizer::Hf(t) = self {
+            t.dialect = dialect;
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Tokenizer::Hf(t) => t.dialect,
+            Tokenizer::Tiktoken(_) => Dialect::Vllm,
+        }
+    }
+
     /// Plain encode of `text`.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizeError> {
         match self {
@@ -122,7 +140,37 @@ impl Tokenizer {
     /// The rendered chat prompt of a chat/completions body.
     pub fn render_chat(&self, body: &[u8], now_ms: i64) -> Result<String, TokenizeError> {
         let body = request::parse_body(body)?;
-        self.render(request::chat_request(&body)?, now_ms)
+        match self {
+            Tokenizer::Hf(t) if t.dialect == Dialect::Dynamo => {
+                Self::render_dynamo(t, &body, now_ms)
+            }
+            _ => self.render(request::chat_request(&body)?, now_ms),
+        }
+    }
+
+    /// The Dynamo dialect's chat prompt (dynamo.rs): the body rewritten as
+    /// Dynamo's renderer sees it, the template picked by the tools left, its
+    /// traits deciding the arguments and reasoning, then the vLLM-compatible
+    /// render.
+    fn render_dynamo(
+        t: &HfTokenizer,
+        body: &serde_json::Map<String, serde_json::Value>,
+        now_ms: i64,
+    ) -> Result<String, TokenizeError> {
+        let mut body = dynamo::chat_body(body)?;
+        let has_tools = body.get("tools").is_some_and(|v| !v.is_null());
+        let template = t.chat_template(has_tools)?;
+        let traits = template.dynamo_traits(t.special_tokens());
+        if !traits.reads_reasoning && dynamo::has_reasoning(&body) {
+            dynamo::inject_reasoning(body.to_mut());
+        }
+        let opts = request::ChatOptions { dynamo: true, raw_arguments: traits.arguments_string };
+        let mut req = request::chat_request_with(&body, opts)?;
+        if let Some(tools) = req.tools.as_mut() {
+            dynamo::fix_tools(tools);
+        }
+        let input = request::chat_input(req, template)?;
+        template.apply(input, t.special_tokens(), now_ms)
     }
 
     fn render(&self, req: request::ChatRequest, now_ms: i64) -> Result<String, TokenizeError> {
@@ -153,6 +201,17 @@ impl Tokenizer {
         api: ApiKind,
         now_ms: i64,
     ) -> Result<Vec<u32>, TokenizeError> {
+        if let (Tokenizer::Hf(t), Dialect::Dynamo) = (self, self.dialect()) {
+            // Dynamo encodes without special tokens, after removing NULs.
+            let text = match api {
+                ApiKind::Chat => Self::render_dynamo(t, body, now_ms)?,
+                ApiKind::Completions => match request::completion_request(body)?.prompt {
+                    Prompt::Ids(ids) => return Ok(ids),
+                    Prompt::Text(text) => text,
+                },
+            };
+            return t.encode(&dynamo::strip_nul(&text), false);
+        }
         match api {
             ApiKind::Chat => {
                 let req = request::chat_request(body)?;

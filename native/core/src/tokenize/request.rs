@@ -437,6 +437,7 @@ fn parse_content(
 fn parse_message(
     i: usize,
     m: &Map<String, Json>,
+    opts: ChatOptions,
 ) -> Result<(Map<String, Json>, OpenAiContent), TokenizeError> {
     let role = m.get("role").and_then(Json::as_str).unwrap_or_default().to_string();
     if let Some(Json::Object(r)) = m.get("reasoning")
@@ -498,6 +499,17 @@ fn parse_message(
                         "messages[{i}].tool_calls[{j}]: only function tool calls are supported"
                     )));
                 };
+                if opts.dynamo {
+                    // Dynamo: verbatim for templates that print the string, else parsed
+                    // to any JSON value when it parses.
+                    if let Some(Json::String(s)) = f.get("arguments")
+                        && !opts.raw_arguments
+                        && let Ok(v) = serde_json::from_str::<Json>(s)
+                    {
+                        f.insert("arguments".into(), v);
+                    }
+                    continue;
+                }
                 let parsed = match f.get("arguments") {
                     Some(Json::String(s)) => serde_json::from_str::<Json>(s).ok(),
                     Some(v) => Some(v.clone()),
@@ -769,10 +781,31 @@ pub struct ChatRequest {
     pub continue_final_message: bool,
     /// `chat_template_kwargs` merged with the request fields, before filtering.
     pub kwargs: Map<String, Json>,
+    /// Dynamo dialect: `developer` messages reach the template unchanged.
+    pub keep_developer: bool,
+}
+
+/// How [`chat_request_with`] reads messages: vLLM's way (the default) or the
+/// Dynamo dialect's (dynamo.rs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatOptions {
+    /// Dynamo dialect: tool-call arguments are not forced into objects and
+    /// developer messages stay.
+    pub dynamo: bool,
+    /// With `dynamo`: string arguments stay strings (the template prints them).
+    pub raw_arguments: bool,
 }
 
 /// Steps 1-3 and the request half of step 4.
 pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeError> {
+    chat_request_with(body, ChatOptions::default())
+}
+
+/// [`chat_request`] with the dialect's message reading.
+pub fn chat_request_with(
+    body: &Map<String, Json>,
+    opts: ChatOptions,
+) -> Result<ChatRequest, TokenizeError> {
     check_tool_usage(body)?;
     // vLLM's pydantic request model: field types first.
     let add_generation_prompt = bool_field(body, "add_generation_prompt", true)?;
@@ -850,7 +883,7 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
     let (conversation, openai_contents): (Vec<_>, Vec<_>) = validated
         .iter()
         .enumerate()
-        .map(|(i, m)| parse_message(i, m))
+        .map(|(i, m)| parse_message(i, m, opts))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .unzip();
@@ -887,6 +920,7 @@ pub fn chat_request(body: &Map<String, Json>) -> Result<ChatRequest, TokenizeErr
         add_generation_prompt,
         continue_final_message,
         kwargs,
+        keep_developer: opts.dynamo,
     })
 }
 
@@ -921,7 +955,7 @@ pub fn chat_input(req: ChatRequest, template: &ChatTemplate) -> Result<ChatInput
     if template.content_format() == ContentFormat::OpenAi {
         to_openai_format(&mut messages, req.openai_contents)?;
     }
-    if !template.supports_developer_role() {
+    if !req.keep_developer && !template.supports_developer_role() {
         messages = developer_to_system(messages)?;
     }
     let mut input = ChatInput {
