@@ -493,7 +493,11 @@ export class KvRouter implements RequestRouter {
     // (one of those kv-epp listed; another is none of its business).
     const served = summary.servedEndpoint;
     const servedKey = served === undefined ? hp : (canonicalHostPort(served.trim()) ?? served);
-    if (decision.endpoints.includes(servedKey)) {
+    // A response cut short (an upstream reset after its headers, or the client
+    // going away: ext_proc cannot tell them apart) is no success, so it neither
+    // counts toward nor breaks a run of 5xx; a 5xx status counts either way.
+    const cut = summary.responseComplete === false && (summary.status ?? 0) < 500;
+    if (decision.endpoints.includes(servedKey) && !cut) {
       this.outliers.observe(servedKey, summary.status, this.now(), () =>
         countRoutable(this.deps.endpoints()),
       );

@@ -47,6 +47,7 @@ export const ErrorCode = {
   REFUSED_STREAM: 0x7,
   CANCEL: 0x8,
   COMPRESSION_ERROR: 0x9,
+  ENHANCE_YOUR_CALM: 0xb,
 } as const;
 
 const FrameType = {
@@ -93,6 +94,14 @@ const MAX_HEADER_BLOCK = 1024 * 1024;
 const MAX_STREAMS = 10_000;
 /** Bytes queued in the socket beyond which we stop reading until it drains. */
 const MAX_UNSENT_BYTES = 64 * 1024 * 1024;
+/**
+ * PING and SETTINGS answers queued for a peer that has not read the earlier
+ * ones, beyond which the connection is a flood (RFC 9113 §10.5) and is closed
+ * with ENHANCE_YOUR_CALM. Each answer is ~17 bytes but a separate buffer, so
+ * without this cap a peer sending PINGs and never reading grew the heap ~20×
+ * faster than MAX_UNSENT_BYTES counts (nghttp2 closes at 1 000 queued frames).
+ */
+const MAX_QUEUED_CONTROL_ANSWERS = 10_000;
 /** How long a graceful close waits for the peer's PING ACK before the final GOAWAY. */
 const DRAIN_PING_MS = 1000;
 const DRAIN_PING = Buffer.from('kv-drain', 'latin1');
@@ -119,6 +128,8 @@ export interface H2ConnectionOptions {
   maxHeaderListBytes?: number | undefined;
   /** Socket bytes queued beyond which reading stops until they drain (default 64 MiB). */
   maxUnsentBytes?: number | undefined;
+  /** PING/SETTINGS answers queued unread beyond which the peer is a flood (default 10 000). */
+  maxQueuedControlAnswers?: number | undefined;
   /** Called once when the socket is gone. */
   onClose?: (() => void) | undefined;
   /**
@@ -209,6 +220,8 @@ export class H2Connection {
   private readonly decoder: HpackDecoder;
   private readonly streams = new Map<number, H2Stream>();
   private readonly blocked = new Set<H2Stream>();
+  /** PING/SETTINGS answers queued since the socket's queue was last empty. */
+  private controlAnswers = 0;
   /** Unparsed bytes as received (concatenated once a whole frame is there). */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
@@ -418,8 +431,10 @@ export class H2Connection {
         if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PING on a stream');
         if (payload.length !== 8)
           throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'PING size');
-        if (!(flags & Flag.ACK)) this.frame(FrameType.PING, Flag.ACK, 0, Buffer.from(payload));
-        else if (this.draining === 'announced' && payload.equals(DRAIN_PING)) this.finalGoaway();
+        if (!(flags & Flag.ACK)) {
+          this.countControlAnswer();
+          this.frame(FrameType.PING, Flag.ACK, 0, Buffer.from(payload));
+        } else if (this.draining === 'announced' && payload.equals(DRAIN_PING)) this.finalGoaway();
         return;
       case FrameType.GOAWAY:
         if (id !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'GOAWAY on a stream');
@@ -619,6 +634,8 @@ export class H2Connection {
     if (payload.length % 6 !== 0)
       throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, 'SETTINGS size');
     this.settingsSeen = true;
+    this.countControlAnswer();
+    let windowGrew = false;
     for (let at = 0; at < payload.length; at += 6) {
       const key = payload.readUInt16BE(at);
       const value = payload.readUInt32BE(at + 2);
@@ -628,6 +645,7 @@ export class H2Connection {
         }
         const delta = value - this.peerInitialWindow;
         this.peerInitialWindow = value;
+        if (delta > 0) windowGrew = true;
         for (const s of this.streams.values()) {
           s.sendWindow += delta;
           if (s.sendWindow > MAX_WINDOW) {
@@ -647,7 +665,27 @@ export class H2Connection {
       // The others do not concern a server.
     }
     this.frame(FrameType.SETTINGS, Flag.ACK, 0, Buffer.alloc(0));
-    for (const s of [...this.streams.values()]) if (s.queue.length || s.trailers) this.pump(s);
+    // Only a larger initial window can let a stream send again, and every stream
+    // waiting for room is in `blocked` (a walk of all streams per SETTINGS frame
+    // let a SETTINGS flood over many idle streams stall the event loop).
+    if (windowGrew && this.blocked.size > 0) {
+      const waiting = [...this.blocked];
+      this.blocked.clear();
+      for (const s of waiting) this.pump(s);
+    }
+  }
+
+  /** One more PING/SETTINGS answer; throws ENHANCE_YOUR_CALM past the flood cap. */
+  private countControlAnswer(): void {
+    // The peer has read everything flushed so far: earlier answers no longer wait.
+    if (this.socket.writableLength === 0) this.controlAnswers = 0;
+    this.controlAnswers += 1;
+    if (this.controlAnswers > (this.opts.maxQueuedControlAnswers ?? MAX_QUEUED_CONTROL_ANSWERS)) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `PING/SETTINGS flood: ${this.controlAnswers} answers queued for a peer that does not read them`,
+      );
+    }
   }
 
   private onWindowUpdate(id: number, payload: Buffer): void {

@@ -135,6 +135,21 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(probe()).toEqual(['127.0.0.2:8001']);
   });
 
+  it('a response cut short after a 2xx status neither counts nor clears a run of 5xx', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const r = inlineRouter(path, { now: () => 1_000 });
+    const get = () =>
+      r.routeHeaderOnly({ ...req(''), method: 'GET', path: '/v1/models', body: new Uint8Array() });
+    for (let i = 0; i < 4; i++) {
+      r.complete(get(), { requestId: 'r', status: 503, responseComplete: true });
+      // An upstream reset after 200 headers, between the 5xx answers.
+      r.complete(get(), { requestId: 'cut', status: 200, responseComplete: false });
+    }
+    expect(r.ejectedEndpoints()).toBe(0);
+    r.complete(get(), { requestId: 'r', status: 500, responseComplete: false });
+    expect(r.ejectedEndpoints()).toBe(1);
+  });
+
   it('counts a 5xx against the listed endpoint the gateway says served it, in any written form', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const eps = parseEndpoints(

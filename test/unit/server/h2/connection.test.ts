@@ -39,7 +39,7 @@ afterEach(async () => {
 async function serve(
   handler: Handler,
   windows = { stream: 1 << 20, conn: 4 << 20 },
-  extra: { maxUnsentBytes?: number } = {},
+  extra: { maxUnsentBytes?: number; maxQueuedControlAnswers?: number } = {},
 ): Promise<Harness> {
   const conns: H2Connection[] = [];
   const errors: string[] = [];
@@ -502,8 +502,53 @@ for (const mode of READ_MODES) {
       expect(h.errors[0]).toMatch(/header block too large/);
     });
 
+    it('closes with ENHANCE_YOUR_CALM a peer that floods PINGs and does not read the answers', async () => {
+      const h = await serve(echo);
+      const sock = net.connect(h.port, '127.0.0.1');
+      sock.on('error', () => {});
+      sock.pause(); // never read
+      const pings = Array.from({ length: 300_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
+      sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
+      const flood = () =>
+        h.errors.some((e) => e.startsWith(`${ErrorCode.ENHANCE_YOUR_CALM}:PING/SETTINGS flood`));
+      for (let i = 0; i < 2000 && !flood(); i++) await new Promise((r) => setTimeout(r, 5));
+      expect(h.errors).toEqual([expect.stringMatching(/^11:PING\/SETTINGS flood/)]);
+      sock.destroy();
+    });
+
+    it('answers PINGs without end from a peer that reads them', async () => {
+      const h = await serve(echo);
+      const sock = net.connect(h.port, '127.0.0.1');
+      sock.on('error', () => {});
+      let acks = 0;
+      let carry = Buffer.alloc(0);
+      sock.on('data', (d: Buffer) => {
+        carry = Buffer.concat([carry, d]);
+        while (carry.length >= 9) {
+          const len = carry.readUIntBE(0, 3);
+          if (carry.length < 9 + len) break;
+          if (carry[3] === 6 && (carry[4] as number) & 1) acks += 1;
+          carry = carry.subarray(9 + len);
+        }
+      });
+      sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS]));
+      const burst = Buffer.concat(
+        Array.from({ length: 2000 }, () => frame(6, 0, 0, Buffer.alloc(8))),
+      );
+      for (let i = 1; i <= 15; i++) {
+        sock.write(burst);
+        for (let j = 0; j < 400 && acks < i * 2000; j++) await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(acks).toBe(30_000);
+      expect(h.errors).toEqual([]);
+      sock.destroy();
+    });
+
     it('stops reading from a peer that does not read its answers', async () => {
-      const h = await serve(echo, undefined, { maxUnsentBytes: 64 * 1024 });
+      const h = await serve(echo, undefined, {
+        maxUnsentBytes: 64 * 1024,
+        maxQueuedControlAnswers: Number.POSITIVE_INFINITY,
+      });
       const sock = net.connect(h.port, '127.0.0.1');
       sock.on('error', () => {});
       sock.pause(); // never read
