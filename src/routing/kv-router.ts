@@ -277,6 +277,13 @@ export class KvRouter implements RequestRouter {
       clientModel: models?.client,
       targetModel: models?.target,
     };
+    // The model name is written back into the response's bytes, which a
+    // compressed response would hide (the client would see the worker's name):
+    // with a rewrite, the worker is asked for an uncompressed one.
+    const rewritten = models?.target !== undefined && models.target !== models.client;
+    if (rewritten && req.headers.has('accept-encoding')) {
+      decision.removeHeaders.push('accept-encoding');
+    }
     this.inFlight.set(primary.hostPort, this.load(primary.hostPort) + 1);
     this.byDecision.set(decision, { hostPort: primary.hostPort });
     return decision;

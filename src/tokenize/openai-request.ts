@@ -1237,7 +1237,17 @@ export function normaliseCompletionRequest(body: PyDict): CompletionPrompt {
   if (prompt.every((x) => isInt(x) || x instanceof PyFloat)) {
     return { kind: 'ids', ids: tokenIds(prompt, 'prompt') };
   }
-  if (prompt.length > 1) throw invalid('prompt: batched prompts (more than one) are not supported');
+  if (prompt.length > 1) {
+    // Batched prompts: the worker serves each (vLLM and Dynamo both do); one
+    // request has no one prompt to route on, so it goes by load, untouched.
+    if (prompt.every((x) => typeof x === 'string' || Array.isArray(x))) {
+      throw new KvEppError(
+        'unsupported_content',
+        `prompt holds ${prompt.length} prompts: a batched request is routed by load alone, without token data`,
+      );
+    }
+    throw invalid('prompt: must be a string, a list of token ids, or a list of one of those');
+  }
   const only = prompt[0] as PyValue;
   if (typeof only === 'string') return { kind: 'text', text: only, addSpecialTokens };
   if (Array.isArray(only)) {

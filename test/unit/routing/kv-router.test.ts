@@ -194,6 +194,22 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     r.complete(busy, { requestId: 'busy' });
   });
 
+  it('asks for an uncompressed response when the model name is rewritten (it is written back into the bytes)', async () => {
+    const { r } = await router(backend);
+    const gz = (extra: [string, string][]) =>
+      new Map<string, string>([['accept-encoding', 'gzip'], ...extra]);
+    const rewritten = await r.route(
+      req(chat('hi'), { headers: gz([['x-gateway-model-name-rewrite', 'served']]) }),
+    );
+    expect(rewritten.removeHeaders).toContain('accept-encoding');
+    const same = await r.route(
+      req(chat('hi'), { headers: gz([['x-gateway-model-name-rewrite', 'm']]) }),
+    );
+    expect(same.removeHeaders).not.toContain('accept-encoding');
+    const plain = await r.route(req(chat('hi'), { headers: gz([]) }));
+    expect(plain.removeHeaders).not.toContain('accept-encoding');
+  });
+
   it('leaves checking and splicing the body to the preparer, offloaded or not, with the same result', async () => {
     const body = { ...chat(long), nvext: { keep: true } };
     const headers = new Map([['x-gateway-model-name-rewrite', 'served']]);
@@ -368,6 +384,29 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
       expect(forwarded.nvext).toBeUndefined();
     },
   );
+
+  it.each([
+    ['inline', false],
+    ['offloaded', true],
+  ])('routes batched completions by load, untouched (%s)', async (_name, offload) => {
+    const { r } = await router(backend, { offload });
+    for (const prompt of [
+      ['Once upon', 'a time'],
+      [
+        [1, 2],
+        [3, 4],
+      ],
+    ]) {
+      const batch = { model: 'm', prompt };
+      const d = await r.route(req(batch, { path: '/v1/completions' }));
+      expect(d.endpoints.length).toBeGreaterThan(0);
+      expect(JSON.parse(new TextDecoder().decode(d.body))).toEqual(batch);
+    }
+    // A list mixing prompts and ids is no batch: still a 400.
+    await expect(
+      r.route(req({ model: 'm', prompt: ['a', 1] }, { path: '/v1/completions' })),
+    ).rejects.toMatchObject({ code: 'invalid_request' });
+  });
 
   /** A chat body with `levels` nested containers in all (the body object counts). */
   const nested = (levels: number) =>

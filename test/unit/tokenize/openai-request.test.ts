@@ -358,13 +358,19 @@ describe('normaliseCompletionRequest', () => {
     '{"prompt": [12345678901234567890]}',
     '{"prompt": []}',
     '{"prompt": [[]]}',
-    '{"prompt": ["a", "b"]}',
-    '{"prompt": [[1], [2]]}',
+    '{"prompt": ["a", 1]}',
     '{"prompt": [true]}',
     '{"prompt": 5}',
     '{}',
   ])('rejects %s as invalid_request', (body) => {
     expect(codeOf(() => prompt(body)).code).toBe('invalid_request');
+  });
+
+  it.each([
+    '{"prompt": ["a", "b"]}',
+    '{"prompt": [[1], [2]]}',
+  ])('leaves the batch %s to route by load (unsupported_content)', (body) => {
+    expect(codeOf(() => prompt(body)).code).toBe('unsupported_content');
   });
 
   it('rejects prompt_embeds as unsupported_content', () => {

@@ -138,8 +138,8 @@ fn token_ids(items: &[Json]) -> Option<Vec<u32>> {
 }
 
 /// `prompt`: a string, one token-id array, or a one-element array of either.
-/// Batched prompts (several prompts in one request) are refused: one request is
-/// routed as one prompt.
+/// Batched prompts (several prompts in one request) are `unsupported_content`:
+/// the router sends them by load alone, without token data.
 pub fn completion_request(body: &Map<String, Json>) -> Result<CompletionRequest, TokenizeError> {
     let add_special_tokens = bool_field(body, "add_special_tokens", true)?;
     let bad = |m: &str| TokenizeError::invalid_request(format!("prompt {m}"));
@@ -174,9 +174,11 @@ pub fn completion_request(body: &Map<String, Json>) -> Result<CompletionRequest,
                 token_ids(items)
                     .ok_or_else(|| bad("token ids must be integers in 0..=4294967295"))?,
             ),
+            // Batched prompts: the worker serves each (vLLM and Dynamo both do); one
+            // request has no one prompt to route on, so it goes by load, untouched.
             items if items.iter().all(|v| v.is_string() || v.is_array()) => {
-                return Err(bad(&format!(
-                    "holds {} prompts; batched completions are not supported",
+                return Err(TokenizeError::unsupported_content(format!(
+                    "prompt holds {} prompts: a batched request is routed by load alone, without token data",
                     items.len()
                 )));
             }
@@ -1137,11 +1139,14 @@ mod tests {
         assert_eq!(p(r#"{"prompt":[1,2,4294967295]}"#).unwrap(), Prompt::Ids(vec![1, 2, u32::MAX]));
         assert_eq!(p(r#"{"prompt":[[7, 8.0]]}"#).unwrap(), Prompt::Ids(vec![7, 8]));
         assert_eq!(p(r#"{"prompt_embeds":"x"}"#).unwrap_err().code(), "unsupported_content");
+        // Batches route by load, untouched.
+        assert_eq!(p(r#"{"prompt":["a","b"]}"#).unwrap_err().code(), "unsupported_content");
+        assert_eq!(p(r#"{"prompt":[[1],[2]]}"#).unwrap_err().code(), "unsupported_content");
         for bad in [
             r#"{"prompt":[4294967296]}"#,
             r#"{"prompt":[-1]}"#,
             r#"{"prompt":[1.5]}"#,
-            r#"{"prompt":["a","b"]}"#,
+            r#"{"prompt":["a",1]}"#,
             r#"{"prompt":[]}"#,
             r#"{"prompt":[[]]}"#,
             r#"{}"#,
