@@ -73,11 +73,15 @@ const Flag = {
 
 const Setting = {
   HEADER_TABLE_SIZE: 0x1,
+  ENABLE_PUSH: 0x2,
   MAX_CONCURRENT_STREAMS: 0x3,
   INITIAL_WINDOW_SIZE: 0x4,
   MAX_FRAME_SIZE: 0x5,
   MAX_HEADER_LIST_SIZE: 0x6,
 } as const;
+
+/** Not a frame flag: marks a HEADERS frame whose priority names its own stream. */
+const SELF_DEPENDENT = 0x100;
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 const FRAME_HEADER = 9;
@@ -126,7 +130,10 @@ export interface H2ConnectionOptions {
   connectionWindowBytes: number;
   /** Decoded request header list limit (SETTINGS_MAX_HEADER_LIST_SIZE). */
   maxHeaderListBytes?: number | undefined;
-  /** Socket bytes queued beyond which reading stops until they drain (default 64 MiB). */
+  /**
+   * Socket bytes queued beyond which reading stops until they drain (default
+   * 64 MiB); past twice as many the connection is closed.
+   */
   maxUnsentBytes?: number | undefined;
   /** PING/SETTINGS answers queued unread beyond which the peer is a flood (default 10 000). */
   maxQueuedControlAnswers?: number | undefined;
@@ -417,7 +424,11 @@ export class H2Connection {
         return;
       case FrameType.PRIORITY:
         if (id === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'PRIORITY on stream 0');
-        // Deprecated (RFC 9113 §5.3.2) and carries nothing we use: a malformed one is ignored too.
+        // Deprecated (RFC 9113 §5.3.2) and carries nothing we use, but a malformed
+        // one is still a stream error (§6.3, §5.3.1).
+        if (payload.length !== 5) this.streamError(id, ErrorCode.FRAME_SIZE_ERROR);
+        else if ((payload.readUInt32BE(0) & 0x7fff_ffff) === id)
+          this.streamError(id, ErrorCode.PROTOCOL_ERROR);
         return;
       case FrameType.RST_STREAM:
         this.onRstStream(id, payload);
@@ -519,6 +530,9 @@ export class H2Connection {
     if (flags & Flag.PRIORITY) {
       if (block.length < 5)
         throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'HEADERS too short');
+      // A stream that depends on itself is a stream error (§5.3.1); its block is
+      // still decoded, keeping the table in step.
+      if ((block.readUInt32BE(0) & 0x7fff_ffff) === id) flags |= SELF_DEPENDENT;
       block = block.subarray(5);
     }
     if (flags & Flag.END_HEADERS) {
@@ -578,6 +592,10 @@ export class H2Connection {
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on closed stream ${id}`);
     }
     this.lastStreamId = id;
+    if (flags & SELF_DEPENDENT) {
+      this.rst(id, ErrorCode.PROTOCOL_ERROR);
+      return;
+    }
     if (this.draining === 'final' || this.streams.size >= MAX_STREAMS) {
       this.rst(id, ErrorCode.REFUSED_STREAM);
       return;
@@ -652,6 +670,8 @@ export class H2Connection {
             throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'stream window overflow');
           }
         }
+      } else if (key === Setting.ENABLE_PUSH) {
+        if (value > 1) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'invalid enable push');
       } else if (key === Setting.MAX_FRAME_SIZE) {
         if (value < 16_384 || value > 16_777_215) {
           throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'invalid max frame size');
@@ -835,6 +855,13 @@ export class H2Connection {
     }
   }
 
+  /** A stream error (RFC 9113 §5.4.2) on any stream: an open one is reset and closed. */
+  private streamError(id: number, code: number): void {
+    const s = this.streams.get(id);
+    if (s) this.resetStream(s, code, true);
+    else this.rst(id, code);
+  }
+
   private rst(id: number, code: number): void {
     const p = Buffer.allocUnsafe(4);
     p.writeUInt32BE(code, 0);
@@ -898,12 +925,22 @@ export class H2Connection {
       for (const b of out) this.socket.write(b);
       this.socket.uncork();
     }
+    // Answers already under way keep coming after reading stops (a pool
+    // worker finishing a large body): past twice the limit the peer is given
+    // up on, its streams reset, and the queued bytes freed.
+    const limit = this.opts.maxUnsentBytes ?? MAX_UNSENT_BYTES;
+    if (this.socket.writableLength > 2 * limit) {
+      this.opts.onProtocolError?.(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `the peer does not read: ${this.socket.writableLength} bytes unsent`,
+      );
+      this.socket.destroy();
+      this.lost();
+      return;
+    }
     // A peer that does not read would have us queue its answers (PING and
     // SETTINGS ACKs, resets, headers) without end: stop reading until it does.
-    if (
-      !this.readingPaused &&
-      this.socket.writableLength > (this.opts.maxUnsentBytes ?? MAX_UNSENT_BYTES)
-    ) {
+    if (!this.readingPaused && this.socket.writableLength > limit) {
       this.readingPaused = true;
       this.socket.pause();
       this.socket.once('drain', () => {

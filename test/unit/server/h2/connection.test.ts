@@ -424,6 +424,41 @@ for (const mode of READ_MODES) {
         [':path', path],
       ]);
 
+    it('GOAWAY(PROTOCOL_ERROR) for SETTINGS_ENABLE_PUSH above 1', async () => {
+      const h = await serve(echo);
+      const p = Buffer.alloc(6);
+      p.writeUInt16BE(0x2, 0);
+      p.writeUInt32BE(2, 2);
+      expect(await goawayFor(h, frame(4, 0, 0, p))).toBe(ErrorCode.PROTOCOL_ERROR);
+    });
+
+    it('RST_STREAM for a malformed PRIORITY and for a stream that depends on itself', async () => {
+      let opened = 0;
+      const h = await serve((stream, headers) => {
+        opened += 1;
+        return echo(stream, headers);
+      });
+      const c = rawClient(h);
+      const rstCode = (id: number) => {
+        const f = c.frames.find((x) => x.type === 3 && x.id === id);
+        return f ? f.payload.readUInt32BE(0) : -1;
+      };
+      const selfDep = Buffer.alloc(5);
+      selfDep.writeUInt32BE(3, 0);
+      c.sock.write(
+        Buffer.concat([
+          frame(2, 0, 1, Buffer.alloc(4)), // PRIORITY of 4 bytes
+          frame(1, 0x4 | 0x1 | 0x20, 3, Buffer.concat([selfDep, POST('/x')])), // depends on 3
+          frame(1, 0x4 | 0x1, 5, POST('/y')), // the connection goes on
+        ]),
+      );
+      await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 5));
+      expect(rstCode(1)).toBe(ErrorCode.FRAME_SIZE_ERROR);
+      expect(rstCode(3)).toBe(ErrorCode.PROTOCOL_ERROR);
+      expect(opened).toBe(1);
+      c.sock.destroy();
+    });
+
     it('drains in two steps: streams opened after the first GOAWAY still run', async () => {
       const h = await serve(echo);
       const c = rawClient(h);
@@ -541,6 +576,46 @@ for (const mode of READ_MODES) {
       }
       expect(acks).toBe(30_000);
       expect(h.errors).toEqual([]);
+      sock.destroy();
+    });
+
+    it('gives up on a peer that does not read once answers under way pass twice the limit', async () => {
+      const h = await serve(
+        echo,
+        { stream: 1 << 20, conn: 64 << 20 },
+        { maxUnsentBytes: 64 * 1024 },
+      );
+      const sock = net.connect(h.port, '127.0.0.1');
+      sock.on('error', () => {});
+      sock.pause(); // never read
+      const maxWindow = Buffer.alloc(6);
+      maxWindow.writeUInt16BE(0x4, 0); // SETTINGS_INITIAL_WINDOW_SIZE
+      maxWindow.writeUInt32BE(0x7fff_ffff, 2);
+      const connWindow = Buffer.alloc(4);
+      connWindow.writeUInt32BE(0x7fff_ffff - 65_535, 0);
+      const body = Buffer.alloc(200_000, 0x61);
+      const requests: Buffer[] = [];
+      // 60 × 200 KB echoed: more than the kernel holds for a peer that does not read.
+      for (let i = 0; i < 60; i++) {
+        const id = 2 * i + 1;
+        requests.push(frame(1, 0x4, id, POST('/x')));
+        for (let at = 0; at < body.length; at += 16_384) {
+          const chunk = body.subarray(at, Math.min(at + 16_384, body.length));
+          requests.push(frame(0, at + 16_384 >= body.length ? 0x1 : 0, id, chunk));
+        }
+      }
+      sock.write(
+        Buffer.concat([
+          Buffer.from(PREFACE, 'latin1'),
+          frame(4, 0, 0, maxWindow),
+          frame(8, 0, 0, connWindow),
+          ...requests,
+        ]),
+      );
+      const gaveUp = () => h.errors.some((e) => e.includes('the peer does not read'));
+      for (let i = 0; i < 2000 && !gaveUp(); i++) await new Promise((r) => setTimeout(r, 5));
+      expect(h.errors).toEqual([expect.stringMatching(/^11:the peer does not read/)]);
+      expect(h.conns[0]?.streamCount ?? 0).toBe(0);
       sock.destroy();
     });
 
