@@ -366,12 +366,12 @@ describe('normaliseCompletionRequest', () => {
     expect(codeOf(() => prompt(body)).code).toBe('invalid_request');
   });
 
-  it.each([
-    '{"prompt": ["a", "b"]}',
-    '{"prompt": [[1], [2]]}',
-  ])('leaves the batch %s to route by load (unsupported_content)', (body) => {
-    expect(codeOf(() => prompt(body)).code).toBe('unsupported_content');
-  });
+  it.each(['{"prompt": ["a", "b"]}', '{"prompt": [[1], [2]]}'])(
+    'leaves the batch %s to route by load (unsupported_content)',
+    (body) => {
+      expect(codeOf(() => prompt(body)).code).toBe('unsupported_content');
+    },
+  );
 
   it('rejects prompt_embeds as unsupported_content', () => {
     expect(codeOf(() => prompt('{"prompt_embeds": "AAAA"}')).code).toBe('unsupported_content');
