@@ -504,7 +504,9 @@ export class KvRouter implements RequestRouter {
     // going away: ext_proc cannot tell them apart) is no success, so it neither
     // counts toward nor breaks a run of 5xx; a 5xx status counts either way.
     const cut = summary.responseComplete === false && (summary.status ?? 0) < 500;
-    if (decision.endpoints.includes(servedKey) && !cut) {
+    // Envoy's own cluster overflowed: the endpoint was never asked (Envoy's
+    // outlier detection ignores overflow too, envoy#25487).
+    if (decision.endpoints.includes(servedKey) && !cut && summary.gatewayOverflow !== true) {
       this.outliers.observe(servedKey, summary.status, this.now(), () =>
         countRoutable(this.deps.endpoints()),
       );

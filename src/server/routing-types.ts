@@ -62,6 +62,12 @@ export interface ResponseSummary {
   responseBytes?: number | undefined;
   /** false when the stream ended before the response did (client gone, error, no response). */
   responseComplete?: boolean | undefined;
+  /**
+   * The gateway answered itself because its own cluster overflowed (Envoy's
+   * circuit breakers: `x-envoy-overloaded`, or its local reply "…reset reason:
+   * overflow"): no verdict on the endpoint, as Envoy's outlier detection holds.
+   */
+  gatewayOverflow?: boolean | undefined;
 }
 
 export interface RequestRouter {

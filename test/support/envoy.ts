@@ -50,6 +50,10 @@ export interface ListenerSpec {
   bufferLimitBytes?: number;
 }
 
+/** Envoy's bootstrap as JSON, for tests that edit it before Envoy starts. */
+// biome-ignore lint/suspicious/noExplicitAny: free-form JSON, edited by hooks
+export type EnvoyBootstrap = Record<string, any>;
+
 export interface EnvoyOptions {
   listeners: ListenerSpec[];
   bodyMode: BodyMode;
@@ -57,6 +61,8 @@ export interface EnvoyOptions {
   bufferLimitBytes: number;
   /** Envoy's log level (default warn; `KV_EPP_ENVOY_LOG_LEVEL` overrides). */
   logLevel?: string;
+  /** Edits the bootstrap before Envoy starts (extra routes, retry policies…). */
+  bootstrapHook?: (bootstrap: EnvoyBootstrap) => void;
 }
 
 const HCM =
@@ -394,7 +400,9 @@ export async function startEnvoy(binary: string, o: EnvoyOptions): Promise<Envoy
   const dir = mkdtempSync(join(tmpdir(), 'kv-epp-envoy-'));
   const config = join(dir, 'envoy.yaml');
   const adminPath = join(dir, 'admin-address');
-  writeFileSync(config, JSON.stringify(envoyBootstrap(o), null, 2));
+  const boot = envoyBootstrap(o) as EnvoyBootstrap;
+  o.bootstrapHook?.(boot);
+  writeFileSync(config, JSON.stringify(boot, null, 2));
   const level = process.env.KV_EPP_ENVOY_LOG_LEVEL ?? o.logLevel ?? 'warn';
   const child = spawn(
     binary,

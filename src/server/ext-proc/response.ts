@@ -87,6 +87,12 @@ function joined(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
+/** How Envoy's local reply for a circuit-breaker overflow begins (router filter, 1.40). */
+const OVERFLOW_REPLY = Buffer.from(
+  'upstream connect error or disconnect/reset before headers. reset reason: overflow',
+  'latin1',
+);
+
 export class ResponsePath {
   status: number | undefined;
   served: string | undefined;
@@ -100,6 +106,20 @@ export class ResponsePath {
   /** Response body bytes the model server sent (before any model restore). */
   bytes = 0;
   headersSeen = false;
+  /** Envoy's circuit breakers answered (see RequestSummary.gatewayOverflow). */
+  get gatewayOverflow(): boolean {
+    if (this.overloadedHeader) return true;
+    const head = this.errorHead;
+    return (
+      this.status === 503 &&
+      head !== undefined &&
+      head.length >= OVERFLOW_REPLY.length &&
+      Buffer.from(head.buffer, head.byteOffset, OVERFLOW_REPLY.length).equals(OVERFLOW_REPLY)
+    );
+  }
+  private overloadedHeader = false;
+  /** A 5xx body's first bytes (up to OVERFLOW_REPLY's length), to recognise Envoy's reply. */
+  private errorHead: Uint8Array | undefined;
 
   private readUsage: Usage | undefined;
   /**
@@ -137,6 +157,7 @@ export class ResponsePath {
     const map = readHeaderMap(h?.headers);
     const status = Number(map.get(':status') ?? map.get('status'));
     if (Number.isInteger(status) && status > 0) this.status = status;
+    this.overloadedHeader = map.get('x-envoy-overloaded') === 'true';
     const type = map.get('content-type');
     this.hadContentLength = map.has(CONTENT_LENGTH);
     // No content type (and no length, which a stream never has): the first bytes tell.
@@ -156,6 +177,13 @@ export class ResponsePath {
     let chunk = b?.body ?? EMPTY;
     const eos = b?.end_of_stream === true;
     if (!this.done) this.bytes += chunk.length;
+    if (this.status !== undefined && this.status >= 500 && chunk.length > 0) {
+      const have = this.errorHead?.length ?? 0;
+      if (have < OVERFLOW_REPLY.length) {
+        const take = chunk.subarray(0, OVERFLOW_REPLY.length - have);
+        this.errorHead = this.errorHead ? joined(this.errorHead, take) : take.slice();
+      }
+    }
     if (this.sse === undefined && chunk.length > 0) chunk = this.sniff(chunk);
     switch (this.mode) {
       case 'duplex':

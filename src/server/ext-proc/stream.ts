@@ -610,6 +610,7 @@ export class ExtProcStream {
         promptCachedTokens: r?.usage?.cachedTokens,
         responseBytes: r?.bytes,
         responseComplete,
+        gatewayOverflow: r?.gatewayOverflow === true ? true : undefined,
       });
     } catch (err) {
       this.opts.logger.error(
