@@ -1,7 +1,8 @@
 /**
  * `kv-epp tokenize`: the prompt token ids the EPP computes for a text or an
  * OpenAI request body, exactly as the server would (same normalisation and
- * chat template). Output (stable): `{"tokens":[...],"count":N}`, plus
+ * chat template, and the same prompt dialect: `dynamo` unless
+ * `--prompt-dialect vllm`). Output (stable): `{"tokens":[...],"count":N}`, plus
  * `"local"`/`"sequence"` block hashes (decimal strings) with `--block-size`.
  */
 import { readFile } from 'node:fs/promises';
@@ -14,6 +15,7 @@ import { parseIntOption, UsageError } from './args.js';
 
 export const TOKENIZE_USAGE = `usage: kv-epp tokenize --tokenizer DIR|tokenizer.json|o200k_base|cl100k_base
                     [--backend auto|native|js] [--chat-template FILE.jinja]
+                    [--prompt-dialect dynamo|vllm]
                     (--text S [--add-special-tokens] | --request BODY.json [--api chat|completions])
                     [--block-size N [--lora-name S] [--cache-namespace S]] [--now ISO-8601]`;
 
@@ -24,6 +26,7 @@ export async function tokenizeCommand(argv: string[]): Promise<string> {
       tokenizer: { type: 'string' },
       backend: { type: 'string', default: 'auto' },
       'chat-template': { type: 'string' },
+      'prompt-dialect': { type: 'string', default: 'dynamo' },
       text: { type: 'string' },
       'add-special-tokens': { type: 'boolean', default: false },
       request: { type: 'string' },
@@ -40,6 +43,10 @@ export async function tokenizeCommand(argv: string[]): Promise<string> {
   if (!['auto', 'native', 'js'].includes(backend)) {
     throw new UsageError('--backend', `must be auto, native or js, got ${backend}`);
   }
+  const dialect = values['prompt-dialect'] as string;
+  if (dialect !== 'dynamo' && dialect !== 'vllm') {
+    throw new UsageError('--prompt-dialect', `must be dynamo or vllm, got ${dialect}`);
+  }
   if ((values.text === undefined) === (values.request === undefined)) {
     throw new UsageError('--text', 'give exactly one of --text or --request');
   }
@@ -53,7 +60,7 @@ export async function tokenizeCommand(argv: string[]): Promise<string> {
       ? undefined
       : await readText(values['chat-template'], '--chat-template');
   const tokenizer = await createTokenizer(
-    { source: values.tokenizer, chatTemplate },
+    { source: values.tokenizer, chatTemplate, dialect },
     backend as BackendChoice,
   );
   let tokens: Uint32Array;

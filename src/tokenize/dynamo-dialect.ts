@@ -9,7 +9,7 @@
  * Contract: pure; a body that needs no change is returned as is (not copied).
  */
 import { KvEppError } from '../errors.js';
-import { clonePy, isDict, type PyDict, type PyValue } from './pyjson.js';
+import { clonePy, isDict, type PyDict, PyFloat, type PyValue } from './pyjson.js';
 
 /** Whose prompt construction the ids follow. */
 export type PromptDialect = 'vllm' | 'dynamo';
@@ -22,12 +22,30 @@ export interface TemplateTraits {
   argumentsString: boolean;
   /** The template reads `reasoning_content` (its source names it). */
   readsReasoning: boolean;
+  /** It reads `reasoning_content` only as a string: a list of segments is joined first. */
+  reasoningString: boolean;
+  /** It renders a text part list but not a string: contents go to it as part lists. */
+  contentArrays: boolean;
+  /** It rejects a system message after the first turn: those become user messages. */
+  demoteNonleadingSystem: boolean;
+  /** It rejects two user messages in a row: they merge. */
+  coalesceConsecutiveUsers: boolean;
 }
 
 /** Text with every NUL removed (Dynamo's `encode_with_timing`). */
 export function stripNul(text: string): string {
   return text.includes('\0') ? text.replaceAll('\0', '') : text;
 }
+
+/** Template variables Dynamo's renderer sets itself; template arguments of these names are ignored. */
+const CONTEXT_NAMES = [
+  'messages',
+  'tools',
+  'bos_token',
+  'eos_token',
+  'unk_token',
+  'add_generation_prompt',
+] as const;
 
 const THINKING_TOGGLES = ['thinking', 'enable_thinking'] as const;
 const THINKING_KEYS = ['thinking', 'enable_thinking', 'thinking_mode'] as const;
@@ -65,13 +83,23 @@ function needsRewrite(body: PyDict): boolean {
     ['chat_template_args', 'thinking', 'reasoning_effort'].some((k) => present(body.get(k))) ||
     (isDict(kwargs) &&
       (kwargs.has('reasoning_effort') || THINKING_KEYS.some((k) => kwargs.has(k))));
+  const collide = ['chat_template_kwargs', 'chat_template_args'].some((k) => {
+    const a = body.get(k);
+    return isDict(a) && CONTEXT_NAMES.some((n) => a.has(n));
+  });
   const messages = body.get('messages');
-  const parts =
+  const fixes =
     Array.isArray(messages) &&
-    messages.some(
-      (m) => isDict(m) && (Array.isArray(m.get('content')) || present(m.get('reasoning_content'))),
-    );
-  return toolChoiceNone || reasoning || parts;
+    messages.some((m) => {
+      if (!isDict(m)) return false;
+      const calls = m.get('tool_calls');
+      return (
+        (m.get('role') === 'assistant' && m.has('reasoning') && !m.has('reasoning_content')) ||
+        m.get('name') === null ||
+        (Array.isArray(calls) && calls.some((c) => isDict(c) && !c.has('type')))
+      );
+    });
+  return toolChoiceNone || reasoning || collide || fixes;
 }
 
 /**
@@ -89,7 +117,25 @@ export function dynamoChatBody(body: PyDict): PyDict {
   }
   foldTemplateArgs(out);
   const messages = out.get('messages');
-  if (Array.isArray(messages)) for (const m of messages) if (isDict(m)) joinTextParts(m);
+  if (Array.isArray(messages)) {
+    for (const m of messages) {
+      // Dynamo's typed messages take a null name, and a tool call without a type as a
+      // function call (which vLLM's validation, run next, refuses).
+      if (isDict(m) && m.get('name') === null) m.delete('name');
+      const calls = isDict(m) ? m.get('tool_calls') : undefined;
+      if (Array.isArray(calls)) {
+        for (const c of calls) if (isDict(c) && !c.has('type')) c.set('type', 'function');
+      }
+      // The typed assistant message reads `reasoning` as `reasoning_content`.
+      if (isDict(m) && m.get('role') === 'assistant' && !m.has('reasoning_content')) {
+        const r = m.get('reasoning');
+        if (r !== undefined) {
+          m.delete('reasoning');
+          m.set('reasoning_content', r);
+        }
+      }
+    }
+  }
   return out;
 }
 
@@ -136,8 +182,77 @@ function foldTemplateArgs(body: PyDict): void {
     if (decided !== undefined) setThinking(args, decided);
     if (effort !== undefined) args.set('reasoning_effort', effort);
   }
+  // `normalize_thinking_aliases`, run on every request after the step above: the first of
+  // `thinking`, `enable_thinking`, `thinking_mode` that decides (strings and numbers included)
+  // sets both boolean switches.
+  const on = thinkingAlias(args);
+  if (on !== undefined) {
+    args.set('thinking', on);
+    args.set('enable_thinking', on);
+  }
+  // Dynamo merges the arguments under its own context: names it sets win.
+  for (const n of CONTEXT_NAMES) args.delete(n);
   if (args.size === 0) body.delete('chat_template_kwargs');
   else body.set('chat_template_kwargs', args);
+}
+
+/** dynamo-truthy's `is_truthy`: 1, true, on, yes (trimmed, any case). */
+function isTruthy(v: string): boolean {
+  return ['1', 'true', 'on', 'yes'].includes(rustTrim(v).toLowerCase());
+}
+
+/** dynamo-truthy's `parse_bool_opt`: truthy, falsey (0, false, off, no), or neither. */
+function parseBoolOpt(v: string): boolean | undefined {
+  if (isTruthy(v)) return true;
+  const t = rustTrim(v);
+  if (t === '') return undefined;
+  return ['0', 'false', 'off', 'no'].includes(t.toLowerCase()) ? false : undefined;
+}
+
+/** Unicode White_Space (Rust's `char::is_whitespace`), at either end of a string. */
+const RUST_WS =
+  '[\\t\\n\\v\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]';
+const RUST_WS_ENDS = new RegExp(`^${RUST_WS}+|${RUST_WS}+$`, 'gu');
+
+/** Rust's `str::trim`: Unicode White_Space at both ends. */
+function rustTrim(s: string): string {
+  return s.replace(RUST_WS_ENDS, '');
+}
+
+function asF64(v: PyValue): number | undefined {
+  if (typeof v === 'number') return v;
+  if (typeof v === 'bigint') return Number(v);
+  if (v instanceof PyFloat) return v.value;
+  return undefined;
+}
+
+/** Dynamo's `normalize_thinking_aliases` (no reasoning parser configured). */
+function thinkingAlias(args: PyDict): boolean | undefined {
+  for (const key of THINKING_KEYS) {
+    const v = args.get(key);
+    if (typeof v === 'boolean') {
+      if (key === 'thinking_mode') return v;
+      for (const k of THINKING_TOGGLES) {
+        const b = args.get(k);
+        if (typeof b === 'boolean') return b;
+      }
+      return undefined;
+    }
+    if (typeof v === 'string') {
+      if (key === 'thinking_mode') {
+        const lower = asciiLower(v);
+        if (lower === 'enabled') return true;
+        if (lower === 'disabled') return false;
+        return parseBoolOpt(v);
+      }
+      return isTruthy(v);
+    }
+    if (v !== undefined && v !== null) {
+      const x = asF64(v);
+      if (x !== undefined) return x !== 0;
+    }
+  }
+  return undefined;
 }
 
 /** Rust's `str::to_ascii_lowercase`: only A–Z change. */
@@ -145,7 +260,49 @@ function asciiLower(s: string): string {
   return s.replace(/[A-Z]/g, (c) => c.toLowerCase());
 }
 
-function joinTextParts(m: PyDict): void {
+/** In every message, a non-empty list of parts that are all `text` becomes their texts joined. */
+export function joinTextParts(body: PyDict): void {
+  const messages = body.get('messages');
+  if (Array.isArray(messages)) for (const m of messages) if (isDict(m)) joinMessageParts(m);
+}
+
+/** Whether joinTextParts would change `body`. */
+export function hasTextParts(body: PyDict): boolean {
+  const messages = body.get('messages');
+  return (
+    Array.isArray(messages) && messages.some((m) => isDict(m) && Array.isArray(m.get('content')))
+  );
+}
+
+/** An assistant's list of reasoning segments becomes its non-empty string segments joined. */
+export function joinReasoningSegments(body: PyDict): void {
+  const messages = body.get('messages');
+  if (!Array.isArray(messages)) return;
+  for (const m of messages) {
+    if (!isDict(m) || m.get('role') !== 'assistant') continue;
+    const r = m.get('reasoning_content');
+    if (Array.isArray(r)) {
+      m.set(
+        'reasoning_content',
+        r.filter((x): x is string => typeof x === 'string' && x !== '').join('\n'),
+      );
+    }
+  }
+}
+
+/** Whether any assistant message holds a list of reasoning segments. */
+export function hasReasoningSegments(body: PyDict): boolean {
+  const messages = body.get('messages');
+  return (
+    Array.isArray(messages) &&
+    messages.some(
+      (m) =>
+        isDict(m) && m.get('role') === 'assistant' && Array.isArray(m.get('reasoning_content')),
+    )
+  );
+}
+
+function joinMessageParts(m: PyDict): void {
   const parts = m.get('content');
   if (!Array.isArray(parts) || parts.length === 0) return;
   if (!parts.every((p) => isDict(p) && p.get('type') === 'text')) return;
@@ -177,6 +334,92 @@ export function fixTools(tools: PyValue[]): void {
       if (!p.has('type')) p.set('type', 'object');
       if (!p.has('properties')) p.set('properties', new Map());
     }
+  }
+}
+
+const roleIs = (m: PyValue, role: string): boolean => isDict(m) && m.get('role') === role;
+
+const textPart = (text: string): PyDict =>
+  new Map<string, PyValue>([
+    ['type', 'text'],
+    ['text', text],
+  ]);
+
+/** `merge_message_content`: two contents joined without flattening part lists. */
+function mergeContent(target: PyValue, source: PyValue): PyValue {
+  if (typeof target === 'string' && typeof source === 'string') {
+    return target !== '' && source !== '' ? `${target}\n\n${source}` : target + source;
+  }
+  if (Array.isArray(target) && Array.isArray(source)) return [...target, ...source];
+  if (Array.isArray(target) && typeof source === 'string') {
+    return source === '' ? target : [...target, textPart(source)];
+  }
+  if (typeof target === 'string' && Array.isArray(source)) {
+    return target === '' ? [...source] : [textPart(target), ...source];
+  }
+  if (target === null) return source;
+  return target;
+}
+
+/** `append_message_content`: `source` merged into `target`'s content (which moves last). */
+function appendContent(target: PyValue, source: PyValue): void {
+  if (!isDict(target)) return;
+  const merged = mergeContent(target.get('content') ?? null, source);
+  target.delete('content');
+  target.set('content', merged);
+}
+
+function takeContent(m: PyValue): PyValue {
+  if (!isDict(m) || !m.has('content')) return null;
+  const c = m.get('content') as PyValue;
+  m.set('content', null);
+  return c;
+}
+
+/** Whether normaliseSystemMessages would change `body`. */
+export function needsSystemNormalization(body: PyDict, t: TemplateTraits): boolean {
+  const list = body.get('messages');
+  if (!Array.isArray(list)) return false;
+  let leading = 0;
+  while (leading < list.length && roleIs(list[leading] as PyValue, 'system')) leading++;
+  const demote =
+    t.demoteNonleadingSystem &&
+    (leading > 1 || list.slice(leading).some((m) => roleIs(m, 'system')));
+  const coalesce =
+    t.coalesceConsecutiveUsers &&
+    list.some((m, i) => i > 0 && roleIs(m, 'user') && roleIs(list[i - 1] as PyValue, 'user'));
+  return demote || coalesce;
+}
+
+/**
+ * `normalize_system_messages`: a leading run of system messages merges into the first and
+ * later ones become user messages in place; then consecutive user messages merge. Mutates.
+ */
+export function normaliseSystemMessages(body: PyDict, t: TemplateTraits): void {
+  let list = body.get('messages');
+  if (!Array.isArray(list)) return;
+  if (t.demoteNonleadingSystem) {
+    let leading = 0;
+    while (leading < list.length && roleIs(list[leading] as PyValue, 'system')) leading++;
+    if (leading > 1) {
+      for (const trailing of list.splice(1, leading - 1)) {
+        appendContent(list[0] as PyValue, takeContent(trailing));
+      }
+    }
+    leading = 0;
+    while (leading < list.length && roleIs(list[leading] as PyValue, 'system')) leading++;
+    for (const m of list.slice(leading)) if (roleIs(m, 'system')) (m as PyDict).set('role', 'user');
+  }
+  if (t.coalesceConsecutiveUsers) {
+    const out: PyValue[] = [];
+    for (const m of list) {
+      const last = out[out.length - 1];
+      if (roleIs(m, 'user') && last !== undefined && roleIs(last, 'user')) {
+        appendContent(last, takeContent(m));
+      } else out.push(m);
+    }
+    list = out;
+    body.set('messages', list);
   }
 }
 

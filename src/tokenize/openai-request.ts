@@ -65,6 +65,8 @@ export interface ChatRequest {
   addSpecialTokens: boolean;
   /** Dynamo dialect: `developer` messages reach the template unchanged. */
   keepDeveloper: boolean;
+  /** Dynamo dialect: contents as part lists (true) or strings (false), whatever vLLM detects. */
+  contentArrays?: boolean | undefined;
 }
 
 /** How normaliseChatRequest reads messages: vLLM's way (default) or the Dynamo dialect's. */
@@ -1112,7 +1114,9 @@ function checkToolUsage(body: PyDict): void {
 }
 
 export function normaliseChatRequest(body: PyDict, opts: ChatOptions = {}): ChatRequest {
-  checkToolUsage(body);
+  // Dynamo does not check tool usage as vLLM does (`tool_choice: "auto"` without tools is
+  // served); a body it refuses still gets its own 400.
+  if (!opts.dynamo) checkToolUsage(body);
   const addGenerationPrompt = boolField(body, 'add_generation_prompt', true);
   const continueFinalMessage = boolField(body, 'continue_final_message', false);
   let addSpecialTokens = boolField(body, 'add_special_tokens', false);
@@ -1123,20 +1127,8 @@ export function normaliseChatRequest(body: PyDict, opts: ChatOptions = {}): Chat
     );
   }
 
-  const raw = body.get('messages');
-  if (!Array.isArray(raw)) throw invalid(`messages: must be an array, got ${pyTypeName(raw)}`);
-  const messages = raw.map((m, i) => validateMessage(m, `messages[${i}]`));
-
-  const rawTools = body.get('tools');
-  let tools: PyValue[] | null = null;
-  if (rawTools !== undefined && rawTools !== null) {
-    if (!Array.isArray(rawTools))
-      throw invalid(`tools: must be an array, got ${pyTypeName(rawTools)}`);
-    tools = rawTools.map((t, i) => normaliseTool(t, `tools[${i}]`));
-  }
-
-  const { conversation, openaiContents } = parseMessages(messages, opts);
-
+  // The request's own fields are checked before its messages, as pydantic (and the native
+  // backend) does: a bad field is a 400 even when a message holds media.
   const userKw = body.get('chat_template_kwargs');
   if (userKw !== undefined && userKw !== null && !isDict(userKw)) {
     throw invalid(`chat_template_kwargs: must be an object, got ${pyTypeName(userKw)}`);
@@ -1164,6 +1156,20 @@ export function normaliseChatRequest(body: PyDict, opts: ChatOptions = {}): Chat
   if (effort !== null && (typeof effort !== 'string' || !REASONING_EFFORTS.includes(effort))) {
     throw invalid(`reasoning_effort: must be one of ${REASONING_EFFORTS.join(', ')}`);
   }
+  const raw = body.get('messages');
+  if (!Array.isArray(raw)) throw invalid(`messages: must be an array, got ${pyTypeName(raw)}`);
+  const messages = raw.map((m, i) => validateMessage(m, `messages[${i}]`));
+
+  const rawTools = body.get('tools');
+  let tools: PyValue[] | null = null;
+  if (rawTools !== undefined && rawTools !== null) {
+    if (!Array.isArray(rawTools))
+      throw invalid(`tools: must be an array, got ${pyTypeName(rawTools)}`);
+    tools = rawTools.map((t, i) => normaliseTool(t, `tools[${i}]`));
+  }
+
+  const { conversation, openaiContents } = parseMessages(messages, opts);
+
   const extra: [string, PyValue][] = [
     ['add_generation_prompt', addGenerationPrompt],
     ['continue_final_message', continueFinalMessage],

@@ -114,69 +114,161 @@ export class ChatTemplate {
    * `reasoning_content`.
    */
   dynamoTraits(specialTokens: ReadonlyMap<string, string>): TemplateTraits {
-    this.traits ??= {
-      argumentsString:
-        this.source.includes('arguments is string') && this.printsStringArguments(specialTokens),
-      readsReasoning: this.source.includes('reasoning_content'),
-    };
+    if (this.traits === undefined) {
+      const argumentsString =
+        this.source.includes('arguments is string') && this.printsStringArguments(specialTokens);
+      const readsReasoning = this.source.includes('reasoning_content');
+      this.traits = {
+        argumentsString,
+        readsReasoning,
+        reasoningString:
+          readsReasoning && this.readsReasoningAsString(specialTokens, argumentsString),
+        contentArrays: this.requiresContentArrays(),
+        ...this.systemRules(specialTokens),
+      };
+    }
     return this.traits;
   }
 
-  private printsStringArguments(specialTokens: ReadonlyMap<string, string>): boolean {
-    const args = '{"probe": "value"}';
-    const dict = (entries: [string, PyValue][]): PyDict => new Map(entries);
-    const conversation = [
-      dict([
-        ['role', 'user'],
-        ['content', 'u'],
-      ]),
-      dict([
-        ['role', 'assistant'],
-        ['content', ''],
-        [
-          'tool_calls',
-          [
-            dict([
-              ['id', 'call_probe'],
-              ['type', 'function'],
-              [
-                'function',
-                dict([
-                  ['name', 'probe'],
-                  ['arguments', args],
-                ]),
-              ],
-            ]),
-          ],
-        ],
-      ]),
-      dict([
-        ['role', 'tool'],
-        ['tool_call_id', 'call_probe'],
-        ['content', 'r'],
-      ]),
-    ];
+  /** dynamo.rs `raises`: whether rendering these messages fails. */
+  private raises(messages: unknown[], specialTokens: ReadonlyMap<string, string>): boolean {
     const probe: ChatRequest = {
-      conversation,
+      conversation: messages.map((m) => toPy(m) as PyDict),
       openaiContents: [],
       tools: null,
-      kwargs: new Map([['add_generation_prompt', true]]),
-      addGenerationPrompt: true,
+      kwargs: new Map([['add_generation_prompt', false]]),
+      addGenerationPrompt: false,
       continueFinalMessage: false,
       addSpecialTokens: false,
       keepDeveloper: true,
     };
     try {
-      return this.render(probe, specialTokens, 0, true).includes(args);
-    } catch {
+      this.render(probe, specialTokens, 0, true);
       return false;
+    } catch {
+      return true;
     }
+  }
+
+  /** dynamo.rs `system_rules`. */
+  private systemRules(specialTokens: ReadonlyMap<string, string>): {
+    demoteNonleadingSystem: boolean;
+    coalesceConsecutiveUsers: boolean;
+  } {
+    const m = (role: string, content: string) => ({ role, content });
+    if (this.raises([m('system', 's'), m('user', 'u')], specialTokens)) {
+      return { demoteNonleadingSystem: false, coalesceConsecutiveUsers: false };
+    }
+    const nonleading = this.raises(
+      [m('system', 's0'), m('user', 'u'), m('system', 's1')],
+      specialTokens,
+    );
+    const afterAssistant = this.raises(
+      [m('system', 's0'), m('user', 'u'), m('assistant', 'a'), m('system', 's1'), m('user', 'u2')],
+      specialTokens,
+    );
+    const users = this.raises([m('system', 's'), m('user', 'u0'), m('user', 'u1')], specialTokens);
+    return {
+      demoteNonleadingSystem: nonleading || afterAssistant,
+      coalesceConsecutiveUsers: users,
+    };
+  }
+
+  /** A probe render of raw messages (JSON); a template error renders nothing, as Dynamo's do. */
+  private probe(
+    messages: unknown[],
+    specialTokens: ReadonlyMap<string, string>,
+    addGenerationPrompt: boolean,
+  ): string {
+    const probe: ChatRequest = {
+      conversation: messages.map((m) => toPy(m) as PyDict),
+      openaiContents: [],
+      tools: null,
+      kwargs: new Map([['add_generation_prompt', addGenerationPrompt]]),
+      addGenerationPrompt,
+      continueFinalMessage: false,
+      addSpecialTokens: false,
+      keepDeveloper: true,
+    };
+    try {
+      return this.render(probe, specialTokens, 0, true);
+    } catch {
+      return '';
+    }
+  }
+
+  /** dynamo.rs `reads_reasoning_as_string`. */
+  private readsReasoningAsString(
+    specialTokens: ReadonlyMap<string, string>,
+    argumentsString: boolean,
+  ): boolean {
+    const FIRST = '\u0001dynamo_reasoning_probe_first\u0001';
+    const LAST = '\u0001dynamo_reasoning_probe_last\u0001';
+    const render = (reasoning: unknown) =>
+      this.probe(
+        [
+          { role: 'user', content: 'u' },
+          {
+            role: 'assistant',
+            content: '',
+            reasoning_content: reasoning,
+            tool_calls: [
+              {
+                id: 'call_probe',
+                type: 'function',
+                function: { name: 'probe', arguments: argumentsString ? '{}' : {} },
+              },
+            ],
+          },
+          { role: 'tool', tool_call_id: 'call_probe', content: 'r' },
+        ],
+        specialTokens,
+        true,
+      );
+    if (!render(FIRST).includes(FIRST)) return false;
+    const out = render([FIRST, LAST]);
+    return !(out.includes(FIRST) || out.includes(LAST));
+  }
+
+  /** dynamo.rs `requires_content_arrays`. */
+  private requiresContentArrays(): boolean {
+    const none = new Map<string, string>();
+    const list = this.probe(
+      [{ role: 'user', content: [{ type: 'text', text: 'template_test' }] }],
+      none,
+      false,
+    );
+    const string = this.probe([{ role: 'user', content: 'template_test' }], none, false);
+    return list.includes('template_test') && !string.includes('template_test');
+  }
+
+  private printsStringArguments(specialTokens: ReadonlyMap<string, string>): boolean {
+    const args = '{"probe": "value"}';
+    return this.probe(
+      [
+        { role: 'user', content: 'u' },
+        {
+          role: 'assistant',
+          content: '',
+          tool_calls: [
+            {
+              id: 'call_probe',
+              type: 'function',
+              function: { name: 'probe', arguments: args },
+            },
+          ],
+        },
+        { role: 'tool', tool_call_id: 'call_probe', content: 'r' },
+      ],
+      specialTokens,
+      true,
+    ).includes(args);
   }
 
   /** vLLM's conversation for this template: its content format, then the developer role. */
   private conversationOf(req: ChatRequest): PyDict[] {
     let conversation = req.conversation;
-    if (this.contentFormat === 'openai')
+    if (req.contentArrays ?? this.contentFormat === 'openai')
       conversation = toOpenAiFormat(conversation, req.openaiContents);
     return this.developerRole || req.keepDeveloper ? conversation : developerToSystem(conversation);
   }
@@ -338,4 +430,13 @@ export class ChatTemplate {
     }
     return rendered;
   }
+}
+
+/** A probe's plain JSON value as the template engine takes it (objects keep their key order). */
+function toPy(v: unknown): PyValue {
+  if (Array.isArray(v)) return v.map(toPy);
+  if (typeof v === 'object' && v !== null) {
+    return new Map(Object.entries(v).map(([k, x]) => [k, toPy(x)] as [string, PyValue]));
+  }
+  return v as PyValue;
 }

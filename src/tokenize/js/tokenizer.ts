@@ -19,7 +19,13 @@ import {
   dynamoChatBody,
   fixTools,
   hasReasoning,
+  hasReasoningSegments,
+  hasTextParts,
   injectReasoning,
+  joinReasoningSegments,
+  joinTextParts,
+  needsSystemNormalization,
+  normaliseSystemMessages,
   type PromptDialect,
   stripNul,
 } from '../dynamo-dialect.js';
@@ -175,11 +181,17 @@ class TemplateRenderer implements ChatRenderer {
     }
     if (tpl instanceof KvEppError) throw tpl;
     const traits = tpl.dynamoTraits(this.specialTokens);
-    if (!traits.readsReasoning && hasReasoning(body)) {
+    const own = (): PyDict => {
       if (body === parsed) body = clonePy(parsed) as PyDict;
-      injectReasoning(body);
-    }
+      return body;
+    };
+    // oai.rs `render`'s order: system messages, contents, arguments, reasoning.
+    if (needsSystemNormalization(body, traits)) normaliseSystemMessages(own(), traits);
+    if (!traits.contentArrays && hasTextParts(body)) joinTextParts(own());
+    if (!traits.readsReasoning && hasReasoning(body)) injectReasoning(own());
+    else if (traits.reasoningString && hasReasoningSegments(body)) joinReasoningSegments(own());
     const req = normaliseChatRequest(body, { dynamo: true, rawArguments: traits.argumentsString });
+    req.contentArrays = traits.contentArrays;
     if (req.tools !== null) fixTools(req.tools);
     return tpl.render(req, this.specialTokens, nowMs);
   }

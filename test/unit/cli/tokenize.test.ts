@@ -29,10 +29,38 @@ function goldenRequest(name: string): { file: string; ids: number[] } {
 describe('kv-epp tokenize', () => {
   it.each(['native', 'js'])('prints the golden ids of a chat request (%s)', (backend) => {
     const { file, ids } = goldenRequest('tools');
-    const r = run('tokenize', '--tokenizer', QWEN, '--backend', backend, '--request', file);
+    const r = run(
+      'tokenize',
+      '--tokenizer',
+      QWEN,
+      '--backend',
+      backend,
+      '--request',
+      file,
+      '--prompt-dialect',
+      'vllm',
+    );
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     expect(JSON.parse(r.out)).toEqual({ tokens: ids, count: ids.length });
+  });
+
+  it("follows serve's default prompt dialect, dynamo (a NUL is removed, as Dynamo's frontend does)", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-tok-'));
+    const file = join(dir, 'chat.json');
+    writeFileSync(file, JSON.stringify({ messages: [{ role: 'user', content: 'a\u0000b' }] }));
+    const ids = (...extra: string[]) =>
+      JSON.parse(run('tokenize', '--tokenizer', QWEN, '--request', file, ...extra).out).tokens;
+    const plain = join(dir, 'plain.json');
+    writeFileSync(plain, JSON.stringify({ messages: [{ role: 'user', content: 'ab' }] }));
+    expect(ids()).toEqual(ids('--prompt-dialect', 'dynamo'));
+    expect(ids()).toEqual(
+      JSON.parse(run('tokenize', '--tokenizer', QWEN, '--request', plain).out).tokens,
+    );
+    expect(ids('--prompt-dialect', 'vllm')).not.toEqual(ids());
+    expect(
+      run('tokenize', '--tokenizer', QWEN, '--request', file, '--prompt-dialect', 'x').code,
+    ).toBe(2);
   });
 
   it('adds block hashes with --block-size, equal to `kv-epp hash` of the ids', () => {

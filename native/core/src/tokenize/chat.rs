@@ -128,11 +128,122 @@ impl ChatTemplate {
     /// arguments string comes out verbatim) and whether it reads
     /// `reasoning_content`.
     pub fn dynamo_traits(&self, special_tokens: &[(String, String)]) -> TemplateTraits {
-        *self.dynamo_traits.get_or_init(|| TemplateTraits {
-            arguments_string: self.source.contains("arguments is string")
-                && self.prints_string_arguments(special_tokens),
-            reads_reasoning: self.source.contains("reasoning_content"),
+        *self.dynamo_traits.get_or_init(|| {
+            let arguments_string = self.source.contains("arguments is string")
+                && self.prints_string_arguments(special_tokens);
+            let reads_reasoning = self.source.contains("reasoning_content");
+            let (nonleading_system, consecutive_users) = self.system_rules(special_tokens);
+            TemplateTraits {
+                arguments_string,
+                reads_reasoning,
+                reasoning_string: reads_reasoning
+                    && self.reads_reasoning_as_string(special_tokens, arguments_string),
+                content_arrays: self.requires_content_arrays(),
+                demote_nonleading_system: nonleading_system,
+                coalesce_consecutive_users: consecutive_users,
+            }
         })
+    }
+
+    /// `probe_template_raises`: whether rendering these messages fails.
+    fn raises(&self, messages: Json, special_tokens: &[(String, String)]) -> bool {
+        let messages = messages
+            .as_array()
+            .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
+            .unwrap_or_default();
+        let input = ChatInput { messages, add_generation_prompt: false, ..ChatInput::default() };
+        self.apply(input, special_tokens, 0).is_err()
+    }
+
+    /// `detect_system_normalization`: (demote non-leading system, coalesce users).
+    fn system_rules(&self, special_tokens: &[(String, String)]) -> (bool, bool) {
+        let m = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+        if self.raises(serde_json::json!([m("system", "s"), m("user", "u")]), special_tokens) {
+            return (false, false);
+        }
+        let nonleading = self.raises(
+            serde_json::json!([m("system", "s0"), m("user", "u"), m("system", "s1")]),
+            special_tokens,
+        );
+        let after_assistant = self.raises(
+            serde_json::json!([
+                m("system", "s0"),
+                m("user", "u"),
+                m("assistant", "a"),
+                m("system", "s1"),
+                m("user", "u2")
+            ]),
+            special_tokens,
+        );
+        let users = self.raises(
+            serde_json::json!([m("system", "s"), m("user", "u0"), m("user", "u1")]),
+            special_tokens,
+        );
+        (nonleading || after_assistant, users)
+    }
+
+    /// A probe render; a template error renders nothing, as Dynamo's probes take it.
+    fn probe(
+        &self,
+        messages: Json,
+        special_tokens: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> String {
+        let messages = messages
+            .as_array()
+            .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
+            .unwrap_or_default();
+        let input = ChatInput { messages, add_generation_prompt, ..ChatInput::default() };
+        self.apply(input, special_tokens, 0).unwrap_or_default()
+    }
+
+    /// `detect_reasoning_string_requirement`: a string reasoning comes out, a
+    /// list of segments does not.
+    fn reads_reasoning_as_string(
+        &self,
+        special_tokens: &[(String, String)],
+        arguments_string: bool,
+    ) -> bool {
+        const FIRST: &str = "\u{1}dynamo_reasoning_probe_first\u{1}";
+        const LAST: &str = "\u{1}dynamo_reasoning_probe_last\u{1}";
+        let arguments =
+            if arguments_string { serde_json::json!("{}") } else { serde_json::json!({}) };
+        let render = |reasoning: Json| {
+            self.probe(
+                serde_json::json!([
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": "", "reasoning_content": reasoning, "tool_calls": [{
+                        "id": "call_probe",
+                        "type": "function",
+                        "function": {"name": "probe", "arguments": arguments}
+                    }]},
+                    {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
+                ]),
+                special_tokens,
+                true,
+            )
+        };
+        if !render(Json::String(FIRST.into())).contains(FIRST) {
+            return false;
+        }
+        let out = render(serde_json::json!([FIRST, LAST]));
+        !(out.contains(FIRST) || out.contains(LAST))
+    }
+
+    /// `detect_content_array_usage`: a text part list renders, a string does not
+    /// (no special tokens, no generation prompt, as Dynamo probes).
+    fn requires_content_arrays(&self) -> bool {
+        let list = self.probe(
+            serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "template_test"}]}]),
+            &[],
+            false,
+        );
+        let string = self.probe(
+            serde_json::json!([{"role": "user", "content": "template_test"}]),
+            &[],
+            false,
+        );
+        list.contains("template_test") && !string.contains("template_test")
     }
 
     fn prints_string_arguments(&self, special_tokens: &[(String, String)]) -> bool {
@@ -146,12 +257,7 @@ impl ChatTemplate {
             }]},
             {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
         ]);
-        let messages = probe
-            .as_array()
-            .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
-            .unwrap_or_default();
-        let input = ChatInput { messages, add_generation_prompt: true, ..ChatInput::default() };
-        self.apply(input, special_tokens, 0).is_ok_and(|r| r.contains(ARGUMENTS))
+        self.probe(probe, special_tokens, true).contains(ARGUMENTS)
     }
 
     /// Names the template reads from its context (jinja2's

@@ -161,11 +161,21 @@ impl Tokenizer {
         let has_tools = body.get("tools").is_some_and(|v| !v.is_null());
         let template = t.chat_template(has_tools)?;
         let traits = template.dynamo_traits(t.special_tokens());
+        // oai.rs `render`'s order: system messages, contents, arguments, reasoning.
+        if dynamo::needs_system_normalization(&body, &traits) {
+            dynamo::normalize_system_messages(body.to_mut(), &traits);
+        }
+        if !traits.content_arrays && dynamo::has_text_parts(&body) {
+            dynamo::join_text_parts(body.to_mut());
+        }
         if !traits.reads_reasoning && dynamo::has_reasoning(&body) {
             dynamo::inject_reasoning(body.to_mut());
+        } else if traits.reasoning_string && dynamo::has_reasoning_segments(&body) {
+            dynamo::join_reasoning_segments(body.to_mut());
         }
         let opts = request::ChatOptions { dynamo: true, raw_arguments: traits.arguments_string };
         let mut req = request::chat_request_with(&body, opts)?;
+        req.content_arrays = Some(traits.content_arrays);
         if let Some(tools) = req.tools.as_mut() {
             dynamo::fix_tools(tools);
         }

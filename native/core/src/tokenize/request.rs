@@ -785,6 +785,9 @@ pub struct ChatRequest {
     pub kwargs: Map<String, Json>,
     /// Dynamo dialect: `developer` messages reach the template unchanged.
     pub keep_developer: bool,
+    /// Dynamo dialect: contents as part lists (true) or strings (false),
+    /// whatever vLLM would detect for the template.
+    pub content_arrays: Option<bool>,
 }
 
 /// How [`chat_request_with`] reads messages: vLLM's way (the default) or the
@@ -808,7 +811,11 @@ pub fn chat_request_with(
     body: &Map<String, Json>,
     opts: ChatOptions,
 ) -> Result<ChatRequest, TokenizeError> {
-    check_tool_usage(body)?;
+    // Dynamo does not check tool usage as vLLM does (`tool_choice: "auto"` without
+    // tools is served); a body it refuses still gets its own 400.
+    if !opts.dynamo {
+        check_tool_usage(body)?;
+    }
     // vLLM's pydantic request model: field types first.
     let add_generation_prompt = bool_field(body, "add_generation_prompt", true)?;
     let continue_final_message = bool_field(body, "continue_final_message", false)?;
@@ -923,6 +930,7 @@ pub fn chat_request_with(
         continue_final_message,
         kwargs,
         keep_developer: opts.dynamo,
+        content_arrays: None,
     })
 }
 
@@ -954,7 +962,8 @@ const APPLY_PARAMS: [&str; 15] = [
 pub fn chat_input(req: ChatRequest, template: &ChatTemplate) -> Result<ChatInput, TokenizeError> {
     let template_variables = template.variables();
     let mut messages = req.conversation;
-    if template.content_format() == ContentFormat::OpenAi {
+    let openai = req.content_arrays.unwrap_or(template.content_format() == ContentFormat::OpenAi);
+    if openai {
         to_openai_format(&mut messages, req.openai_contents)?;
     }
     if !req.keep_developer && !template.supports_developer_role() {
