@@ -266,6 +266,17 @@ export function joinTextParts(body: PyDict): void {
   if (Array.isArray(messages)) for (const m of messages) if (isDict(m)) joinMessageParts(m);
 }
 
+/** For a template that requires part lists: every string content becomes one text part. */
+export function wrapStringContents(body: PyDict): void {
+  const messages = body.get('messages');
+  if (!Array.isArray(messages)) return;
+  for (const m of messages) {
+    if (!isDict(m)) continue;
+    const c = m.get('content');
+    if (typeof c === 'string') m.set('content', [textPart(c)]);
+  }
+}
+
 /** Whether joinTextParts would change `body`. */
 export function hasTextParts(body: PyDict): boolean {
   const messages = body.get('messages');

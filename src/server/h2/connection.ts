@@ -132,7 +132,7 @@ export interface H2ConnectionOptions {
   maxHeaderListBytes?: number | undefined;
   /**
    * Socket bytes queued beyond which reading stops until they drain (default
-   * 64 MiB); past twice as many the connection is closed.
+   * 64 MiB).
    */
   maxUnsentBytes?: number | undefined;
   /** PING/SETTINGS answers queued unread beyond which the peer is a flood (default 10 000). */
@@ -925,19 +925,12 @@ export class H2Connection {
       for (const b of out) this.socket.write(b);
       this.socket.uncork();
     }
-    // Answers already under way keep coming after reading stops (a pool
-    // worker finishing a large body): past twice the limit the peer is given
-    // up on, its streams reset, and the queued bytes freed.
+    // Answers already under way keep coming after reading stops (a pool worker
+    // finishing a large body), so a peer that sends a lot and reads nothing can
+    // still grow this queue past the limit. It is not given up on: Node counts
+    // a write as taken only once the kernel took all of a batch, which cannot
+    // tell that peer from one reading slowly through a large window.
     const limit = this.opts.maxUnsentBytes ?? MAX_UNSENT_BYTES;
-    if (this.socket.writableLength > 2 * limit) {
-      this.opts.onProtocolError?.(
-        ErrorCode.ENHANCE_YOUR_CALM,
-        `the peer does not read: ${this.socket.writableLength} bytes unsent`,
-      );
-      this.socket.destroy();
-      this.lost();
-      return;
-    }
     // A peer that does not read would have us queue its answers (PING and
     // SETTINGS ACKs, resets, headers) without end: stop reading until it does.
     if (!this.readingPaused && this.socket.writableLength > limit) {

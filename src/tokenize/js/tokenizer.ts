@@ -28,6 +28,7 @@ import {
   normaliseSystemMessages,
   type PromptDialect,
   stripNul,
+  wrapStringContents,
 } from '../dynamo-dialect.js';
 import {
   type ChatRequest,
@@ -188,8 +189,11 @@ class TemplateRenderer implements ChatRenderer {
     // oai.rs `render`'s order: system messages, contents, arguments, reasoning.
     if (needsSystemNormalization(body, traits)) normaliseSystemMessages(own(), traits);
     if (!traits.contentArrays && hasTextParts(body)) joinTextParts(own());
-    if (!traits.readsReasoning && hasReasoning(body)) injectReasoning(own());
-    else if (traits.reasoningString && hasReasoningSegments(body)) joinReasoningSegments(own());
+    if (!traits.readsReasoning && hasReasoning(body)) {
+      // Into part lists the reasoning goes as a part of its own.
+      if (traits.contentArrays) wrapStringContents(own());
+      injectReasoning(own());
+    } else if (traits.reasoningString && hasReasoningSegments(body)) joinReasoningSegments(own());
     const req = normaliseChatRequest(body, { dynamo: true, rawArguments: traits.argumentsString });
     req.contentArrays = traits.contentArrays;
     if (req.tools !== null) fixTools(req.tools);

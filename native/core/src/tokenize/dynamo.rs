@@ -329,6 +329,22 @@ pub fn join_text_parts(body: &mut Map<String, Json>) {
     }
 }
 
+/// `may_be_fix_msg_content` for a template that requires part lists: every
+/// string content becomes one text part (before reasoning is injected).
+pub fn wrap_string_contents(body: &mut Map<String, Json>) {
+    let Some(Json::Array(messages)) = body.get_mut("messages") else { return };
+    for m in messages.iter_mut().filter_map(Json::as_object_mut) {
+        if let Some(c) = m.get_mut("content")
+            && let Json::String(text) = c
+        {
+            let mut part = Map::new();
+            part.insert("type".into(), Json::String("text".into()));
+            part.insert("text".into(), Json::String(std::mem::take(text)));
+            *c = Json::Array(vec![Json::Object(part)]);
+        }
+    }
+}
+
 /// Whether [`join_text_parts`] would change `body`.
 pub fn has_text_parts(body: &Map<String, Json>) -> bool {
     body.get("messages")
@@ -728,6 +744,21 @@ mod tests {
             ])
         );
         assert!(!needs_system_normalization(&b, &t));
+    }
+
+    #[test]
+    fn reasoning_goes_into_part_lists_as_its_own_part() {
+        let mut b = obj(json!({"messages": [
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A", "reasoning_content": "R"}
+        ]}));
+        wrap_string_contents(&mut b);
+        inject_reasoning(&mut b);
+        assert_eq!(
+            b["messages"][1]["content"],
+            json!([{"type": "text", "text": "<think>R</think>"}, {"type": "text", "text": "A"}])
+        );
+        assert_eq!(b["messages"][0]["content"], json!([{"type": "text", "text": "U"}]));
     }
 
     #[test]

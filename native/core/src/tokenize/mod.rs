@@ -169,6 +169,10 @@ impl Tokenizer {
             dynamo::join_text_parts(body.to_mut());
         }
         if !traits.reads_reasoning && dynamo::has_reasoning(&body) {
+            // Into part lists the reasoning goes as a part of its own.
+            if traits.content_arrays {
+                dynamo::wrap_string_contents(body.to_mut());
+            }
             dynamo::inject_reasoning(body.to_mut());
         } else if traits.reasoning_string && dynamo::has_reasoning_segments(&body) {
             dynamo::join_reasoning_segments(body.to_mut());
