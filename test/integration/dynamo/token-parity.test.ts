@@ -1,6 +1,7 @@
 /**
  * kv-epp's injected `nvext.token_data` (prompt dialect `dynamo`, serve's default) vs Dynamo
- * 1.6.1's own preprocessing, across ~115 request shapes and two tokenizers (Qwen3, Llama 3.2).
+ * 1.6.1's own preprocessing, across ~180 request shapes and seven tokenizers with their templates
+ * (Qwen3, Qwen2.5, Llama 3.1 and 3.2, Gemma 3, DeepSeek-V3, Mistral-Nemo).
  * For each case: kv-epp's hot path (prepareRouteInline with body work, native and JS backends)
  * vs the same body sent straight to Dynamo's frontend with `nvext.annotations: ["token_ids"]`
  * (streamed, no token_data). Asserted: kv-epp's ids equal Dynamo's; kv-epp refuses only what
@@ -41,6 +42,11 @@ const MODELS = [
     tokenizerDir: join(ROOT, 'node_modules', '@lenml', 'tokenizer-gemma3', 'models'),
     modelConfig: join(ROOT, 'test', 'fixtures', 'dynamo-model-gemma3', 'config.json'),
   },
+  ...['deepseek_v3', 'mistral_nemo', 'qwen2_5', 'llama3_1'].map((name) => ({
+    name,
+    tokenizerDir: join(ROOT, 'node_modules', '@lenml', `tokenizer-${name}`, 'models'),
+    modelConfig: join(ROOT, 'test', 'fixtures', `dynamo-model-${name}`, 'config.json'),
+  })),
   {
     name: 'llama3_2',
     tokenizerDir: join(ROOT, 'node_modules', '@lenml', 'tokenizer-llama3_2', 'models'),
@@ -61,6 +67,10 @@ const KNOWN_DIFFERENCES = new Set([
   'llama3_2/empty text parts list',
   'llama3_2/refusal part in assistant',
   'gemma3/refusal part in assistant',
+  'qwen2_5/tool args as object',
+  'llama3_1/tool args as object',
+  'llama3_1/empty text parts list',
+  'llama3_1/refusal part in assistant',
 ]);
 /**
  * Known divergences of the backends (request.rs): the JS twin accepts a lone surrogate escape
