@@ -518,6 +518,8 @@ export async function startServing(
       endpoints: endpoints.length,
       tokenizer: options.tokenizer,
       tokenizerBackend: path.tokenizer.backend,
+      // Whose prompt the injected ids are (HF tokenizers; a tiktoken encoding has its own format).
+      promptDialect: path.tokenizer.kind === 'hf' ? dialect : undefined,
       segmentCacheMb: tokenizer instanceof NativeTokenizer ? segmentCacheBytes / 2 ** 20 : 0,
       blockSize: options.blockSize,
       gcTuned: launcherFlagsPresent(),

@@ -43,6 +43,8 @@ describe('kv-epp serve', () => {
     });
     // No pool, so nothing to lower.
     expect(serving?.fields.poolNice).toBe(0);
+    // The built-in o200k_base chat format has no dialect.
+    expect(serving?.fields.promptDialect).toBeUndefined();
     const client = new ExtProcClient(s.extProc.port);
     const body = JSON.stringify({
       model: 'm',
@@ -154,6 +156,22 @@ describe('kv-epp serve', () => {
   });
 
   it.each([
+    [[], 'dynamo'],
+    [['--prompt-dialect', 'vllm'], 'vllm'],
+  ])("logs the prompt dialect of a model's tokenizer (%j)", async (extra, dialect) => {
+    const log = new RecordingLogger();
+    const s = await startServing(
+      defaultArgs('--tokenizer', join(ROOT, 'test/fixtures/tokenizers/qwen3'), ...extra),
+      { KV_EPP_POOL_SIZE: '0' },
+      log,
+    );
+    running.push(s);
+    const serving = log.records.find((r) => r.msg === 'kv-epp serving');
+    expect(serving?.fields.promptDialect).toBe(dialect);
+  });
+
+  it.each([
+    [['--prompt-dialect', 'sglang'], '--prompt-dialect: expected dynamo or vllm, got "sglang"'],
     [['--grpc-port=abc'], '--grpc-port: expected an integer'],
     [
       ['--v8-worker-priority=high'],
