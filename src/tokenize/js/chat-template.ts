@@ -24,7 +24,7 @@ import { KvEppError } from '../../errors.js';
 import type { TemplateTraits } from '../dynamo-dialect.js';
 import type { ChatRequest } from '../openai-request.js';
 import { developerToSystem, pyTruthy, toOpenAiFormat } from '../openai-request.js';
-import { isDict, type PyDict, type PyValue } from '../pyjson.js';
+import { isDict, type PyDict, type PyValue, parsePyJson } from '../pyjson.js';
 import {
   type ContentFormat,
   detectContentFormat,
@@ -130,20 +130,42 @@ export class ChatTemplate {
     return this.traits;
   }
 
-  /** dynamo.rs `raises`: whether rendering these messages fails. */
-  private raises(messages: unknown[], specialTokens: ReadonlyMap<string, string>): boolean {
+  /** A probe render of raw messages (no vLLM handling), as Dynamo's load-time probes make them. */
+  private probeRender(
+    messages: unknown[],
+    specialTokens: ReadonlyMap<string, string>,
+    addGenerationPrompt: boolean,
+  ): string {
     const probe: ChatRequest = {
-      conversation: messages.map((m) => toPy(m) as PyDict),
+      conversation: parsePyJson(JSON.stringify(messages)) as PyDict[],
       openaiContents: [],
       tools: null,
-      kwargs: new Map([['add_generation_prompt', false]]),
-      addGenerationPrompt: false,
+      kwargs: new Map([['add_generation_prompt', addGenerationPrompt]]),
+      addGenerationPrompt,
       continueFinalMessage: false,
       addSpecialTokens: false,
       keepDeveloper: true,
     };
+    return this.render(probe, specialTokens, 0, true);
+  }
+
+  /** A probe's output; a template error renders nothing, as Dynamo's probes take it. */
+  private probe(
+    messages: unknown[],
+    specialTokens: ReadonlyMap<string, string>,
+    addGenerationPrompt: boolean,
+  ): string {
     try {
-      this.render(probe, specialTokens, 0, true);
+      return this.probeRender(messages, specialTokens, addGenerationPrompt);
+    } catch {
+      return '';
+    }
+  }
+
+  /** dynamo.rs `raises`: whether rendering these messages fails. */
+  private raises(messages: unknown[], specialTokens: ReadonlyMap<string, string>): boolean {
+    try {
+      this.probeRender(messages, specialTokens, false);
       return false;
     } catch {
       return true;
@@ -174,29 +196,6 @@ export class ChatTemplate {
     };
   }
 
-  /** A probe render of raw messages (JSON); a template error renders nothing, as Dynamo's do. */
-  private probe(
-    messages: unknown[],
-    specialTokens: ReadonlyMap<string, string>,
-    addGenerationPrompt: boolean,
-  ): string {
-    const probe: ChatRequest = {
-      conversation: messages.map((m) => toPy(m) as PyDict),
-      openaiContents: [],
-      tools: null,
-      kwargs: new Map([['add_generation_prompt', addGenerationPrompt]]),
-      addGenerationPrompt,
-      continueFinalMessage: false,
-      addSpecialTokens: false,
-      keepDeveloper: true,
-    };
-    try {
-      return this.render(probe, specialTokens, 0, true);
-    } catch {
-      return '';
-    }
-  }
-
   /** dynamo.rs `reads_reasoning_as_string`. */
   private readsReasoningAsString(
     specialTokens: ReadonlyMap<string, string>,
@@ -204,27 +203,9 @@ export class ChatTemplate {
   ): boolean {
     const FIRST = '\u0001dynamo_reasoning_probe_first\u0001';
     const LAST = '\u0001dynamo_reasoning_probe_last\u0001';
+    const args = argumentsString ? '{}' : {};
     const render = (reasoning: unknown) =>
-      this.probe(
-        [
-          { role: 'user', content: 'u' },
-          {
-            role: 'assistant',
-            content: '',
-            reasoning_content: reasoning,
-            tool_calls: [
-              {
-                id: 'call_probe',
-                type: 'function',
-                function: { name: 'probe', arguments: argumentsString ? '{}' : {} },
-              },
-            ],
-          },
-          { role: 'tool', tool_call_id: 'call_probe', content: 'r' },
-        ],
-        specialTokens,
-        true,
-      );
+      this.probe(toolCallProbe(args, reasoning), specialTokens, true);
     if (!render(FIRST).includes(FIRST)) return false;
     const out = render([FIRST, LAST]);
     return !(out.includes(FIRST) || out.includes(LAST));
@@ -242,27 +223,10 @@ export class ChatTemplate {
     return list.includes('template_test') && !string.includes('template_test');
   }
 
+  /** dynamo.rs `prints_string_arguments`. */
   private printsStringArguments(specialTokens: ReadonlyMap<string, string>): boolean {
     const args = '{"probe": "value"}';
-    return this.probe(
-      [
-        { role: 'user', content: 'u' },
-        {
-          role: 'assistant',
-          content: '',
-          tool_calls: [
-            {
-              id: 'call_probe',
-              type: 'function',
-              function: { name: 'probe', arguments: args },
-            },
-          ],
-        },
-        { role: 'tool', tool_call_id: 'call_probe', content: 'r' },
-      ],
-      specialTokens,
-      true,
-    ).includes(args);
+    return this.probe(toolCallProbe(args), specialTokens, true).includes(args);
   }
 
   /** vLLM's conversation for this template: its content format, then the developer role. */
@@ -432,11 +396,21 @@ export class ChatTemplate {
   }
 }
 
-/** A probe's plain JSON value as the template engine takes it (objects keep their key order). */
-function toPy(v: unknown): PyValue {
-  if (Array.isArray(v)) return v.map(toPy);
-  if (typeof v === 'object' && v !== null) {
-    return new Map(Object.entries(v).map(([k, x]) => [k, toPy(x)] as [string, PyValue]));
-  }
-  return v as PyValue;
+/**
+ * dynamo.rs `tool_call_probe`: a user turn, an assistant turn with one call (and
+ * `reasoning_content` when given), the tool's answer.
+ */
+function toolCallProbe(args: unknown, reasoning?: unknown): unknown[] {
+  const call = [
+    { id: 'call_probe', type: 'function', function: { name: 'probe', arguments: args } },
+  ];
+  const assistant =
+    reasoning === undefined
+      ? { role: 'assistant', content: '', tool_calls: call }
+      : { role: 'assistant', content: '', reasoning_content: reasoning, tool_calls: call };
+  return [
+    { role: 'user', content: 'u' },
+    assistant,
+    { role: 'tool', tool_call_id: 'call_probe', content: 'r' },
+  ];
 }

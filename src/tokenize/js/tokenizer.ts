@@ -155,15 +155,19 @@ class TemplateRenderer implements ChatRenderer {
     private readonly specialTokens: ReadonlyMap<string, string>,
   ) {}
 
-  render(req: ChatRequest, nowMs: number): string {
-    // transformers' get_chat_template: a named set picks "tool_use" when tools are given.
+  /** transformers' get_chat_template: a named set picks "tool_use" when tools are given. */
+  private template(hasTools: boolean): ChatTemplate {
     let tpl = this.templates.get('default');
-    if (req.tools !== null && this.templates.has('tool_use')) tpl = this.templates.get('tool_use');
+    if (hasTools && this.templates.has('tool_use')) tpl = this.templates.get('tool_use');
     if (tpl === undefined) {
       throw new KvEppError('template_error', 'the tokenizer has no (default) chat template');
     }
     if (tpl instanceof KvEppError) throw tpl;
-    return tpl.render(req, this.specialTokens, nowMs);
+    return tpl;
+  }
+
+  render(req: ChatRequest, nowMs: number): string {
+    return this.template(req.tools !== null).render(req, this.specialTokens, nowMs);
   }
 
   /**
@@ -174,13 +178,7 @@ class TemplateRenderer implements ChatRenderer {
   renderDynamo(parsed: PyDict, nowMs: number): string {
     let body = dynamoChatBody(parsed);
     const tools = body.get('tools');
-    const hasTools = tools !== undefined && tools !== null;
-    let tpl = this.templates.get('default');
-    if (hasTools && this.templates.has('tool_use')) tpl = this.templates.get('tool_use');
-    if (tpl === undefined) {
-      throw new KvEppError('template_error', 'the tokenizer has no (default) chat template');
-    }
-    if (tpl instanceof KvEppError) throw tpl;
+    const tpl = this.template(tools !== undefined && tools !== null);
     const traits = tpl.dynamoTraits(this.specialTokens);
     const own = (): PyDict => {
       if (body === parsed) body = clonePy(parsed) as PyDict;

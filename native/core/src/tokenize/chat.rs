@@ -145,14 +145,34 @@ impl ChatTemplate {
         })
     }
 
-    /// `probe_template_raises`: whether rendering these messages fails.
-    fn raises(&self, messages: Json, special_tokens: &[(String, String)]) -> bool {
+    /// A probe render of raw messages (no vLLM handling), as Dynamo's load-time probes make them.
+    fn probe_render(
+        &self,
+        messages: Json,
+        special_tokens: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizeError> {
         let messages = messages
             .as_array()
             .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
             .unwrap_or_default();
-        let input = ChatInput { messages, add_generation_prompt: false, ..ChatInput::default() };
-        self.apply(input, special_tokens, 0).is_err()
+        let input = ChatInput { messages, add_generation_prompt, ..ChatInput::default() };
+        self.apply(input, special_tokens, 0)
+    }
+
+    /// A probe's output; a template error renders nothing, as Dynamo's probes take it.
+    fn probe(
+        &self,
+        messages: Json,
+        special_tokens: &[(String, String)],
+        add_generation_prompt: bool,
+    ) -> String {
+        self.probe_render(messages, special_tokens, add_generation_prompt).unwrap_or_default()
+    }
+
+    /// `probe_template_raises`: whether rendering these messages fails.
+    fn raises(&self, messages: Json, special_tokens: &[(String, String)]) -> bool {
+        self.probe_render(messages, special_tokens, false).is_err()
     }
 
     /// `detect_system_normalization`: (demote non-leading system, coalesce users).
@@ -182,21 +202,6 @@ impl ChatTemplate {
         (nonleading || after_assistant, users)
     }
 
-    /// A probe render; a template error renders nothing, as Dynamo's probes take it.
-    fn probe(
-        &self,
-        messages: Json,
-        special_tokens: &[(String, String)],
-        add_generation_prompt: bool,
-    ) -> String {
-        let messages = messages
-            .as_array()
-            .map(|ms| ms.iter().filter_map(|m| m.as_object().cloned()).collect())
-            .unwrap_or_default();
-        let input = ChatInput { messages, add_generation_prompt, ..ChatInput::default() };
-        self.apply(input, special_tokens, 0).unwrap_or_default()
-    }
-
     /// `detect_reasoning_string_requirement`: a string reasoning comes out, a
     /// list of segments does not.
     fn reads_reasoning_as_string(
@@ -209,19 +214,7 @@ impl ChatTemplate {
         let arguments =
             if arguments_string { serde_json::json!("{}") } else { serde_json::json!({}) };
         let render = |reasoning: Json| {
-            self.probe(
-                serde_json::json!([
-                    {"role": "user", "content": "u"},
-                    {"role": "assistant", "content": "", "reasoning_content": reasoning, "tool_calls": [{
-                        "id": "call_probe",
-                        "type": "function",
-                        "function": {"name": "probe", "arguments": arguments}
-                    }]},
-                    {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
-                ]),
-                special_tokens,
-                true,
-            )
+            self.probe(tool_call_probe(arguments.clone(), Some(reasoning)), special_tokens, true)
         };
         if !render(Json::String(FIRST.into())).contains(FIRST) {
             return false;
@@ -246,18 +239,11 @@ impl ChatTemplate {
         list.contains("template_test") && !string.contains("template_test")
     }
 
+    /// `detect_tool_calls_arguments_string`'s render: the arguments string comes out verbatim.
     fn prints_string_arguments(&self, special_tokens: &[(String, String)]) -> bool {
         const ARGUMENTS: &str = r#"{"probe": "value"}"#;
-        let probe = serde_json::json!([
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "content": "", "tool_calls": [{
-                "id": "call_probe",
-                "type": "function",
-                "function": {"name": "probe", "arguments": ARGUMENTS}
-            }]},
-            {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
-        ]);
-        self.probe(probe, special_tokens, true).contains(ARGUMENTS)
+        self.probe(tool_call_probe(Json::String(ARGUMENTS.into()), None), special_tokens, true)
+            .contains(ARGUMENTS)
     }
 
     /// Names the template reads from its context (jinja2's
@@ -378,6 +364,30 @@ impl ChatTemplate {
             Some(final_message) => cut_at_continue_tag(rendered, &final_message),
         }
     }
+}
+
+/// Dynamo's tool-call probe conversation: a user turn, an assistant turn with
+/// one call (and `reasoning_content` when given), the tool's answer.
+fn tool_call_probe(arguments: Json, reasoning: Option<Json>) -> Json {
+    let mut assistant = Map::new();
+    assistant.insert("role".into(), Json::String("assistant".into()));
+    assistant.insert("content".into(), Json::String(String::new()));
+    if let Some(r) = reasoning {
+        assistant.insert("reasoning_content".into(), r);
+    }
+    assistant.insert(
+        "tool_calls".into(),
+        serde_json::json!([{
+            "id": "call_probe",
+            "type": "function",
+            "function": {"name": "probe", "arguments": arguments}
+        }]),
+    );
+    serde_json::json!([
+        {"role": "user", "content": "u"},
+        Json::Object(assistant),
+        {"role": "tool", "tool_call_id": "call_probe", "content": "r"}
+    ])
 }
 
 /// The content format vLLM hands the template `source` (as compiled here:

@@ -337,10 +337,7 @@ pub fn wrap_string_contents(body: &mut Map<String, Json>) {
         if let Some(c) = m.get_mut("content")
             && let Json::String(text) = c
         {
-            let mut part = Map::new();
-            part.insert("type".into(), Json::String("text".into()));
-            part.insert("text".into(), Json::String(std::mem::take(text)));
-            *c = Json::Array(vec![Json::Object(part)]);
+            *c = Json::Array(vec![text_part(std::mem::take(text))]);
         }
     }
 }
@@ -397,12 +394,7 @@ pub fn inject_reasoning(body: &mut Map<String, Json>) {
             None | Some(Json::Null) => {
                 m.insert("content".into(), Json::String(reasoning));
             }
-            Some(Json::Array(parts)) => {
-                let mut part = Map::new();
-                part.insert("type".into(), Json::String("text".into()));
-                part.insert("text".into(), Json::String(reasoning));
-                parts.insert(0, Json::Object(part));
-            }
+            Some(Json::Array(parts)) => parts.insert(0, text_part(reasoning)),
             _ => continue,
         }
         m.shift_remove("reasoning_content");
@@ -465,18 +457,20 @@ pub fn has_reasoning_segments(body: &Map<String, Json>) -> bool {
     })
 }
 
+/// `{"type": "text", "text": text}`.
+fn text_part(text: String) -> Json {
+    let mut p = Map::new();
+    p.insert("type".into(), Json::String("text".into()));
+    p.insert("text".into(), Json::String(text));
+    Json::Object(p)
+}
+
 fn role_is(m: &Json, role: &str) -> bool {
     m.get("role").and_then(Json::as_str) == Some(role)
 }
 
 /// `merge_message_content`: two contents joined without flattening part lists.
 fn merge_content(target: Json, source: Json) -> Json {
-    let text_part = |text: String| {
-        let mut p = Map::new();
-        p.insert("type".into(), Json::String("text".into()));
-        p.insert("text".into(), Json::String(text));
-        Json::Object(p)
-    };
     match (target, source) {
         (Json::String(mut t), Json::String(s)) => {
             if !t.is_empty() && !s.is_empty() {
