@@ -35,6 +35,7 @@
  * process. Nothing here throws out of a socket event.
  */
 import type { Duplex } from 'node:stream';
+import { checkRequestHeaders, MALFORMED, NO_LENGTH, trailersMalformed } from './header-rules.js';
 import { encodeHeaders, encodeTableSizeUpdate, HpackDecoder, HpackError } from './hpack.js';
 
 export const ErrorCode = {
@@ -113,6 +114,11 @@ const DRAIN_PING = Buffer.from('kv-drain', 'latin1');
 const HEADERS_TOO_LARGE = encodeHeaders([[':status', '431']]);
 /** Below this many bytes a flush copies the frames into one buffer. */
 const COALESCE_BYTES = 16 * 1024;
+/**
+ * Closed streams remembered with how they closed (see `ClosedStreams`); older
+ * ones are forgotten and frames on them ignored, as RFC 9113 §5.1 allows.
+ */
+const REMEMBERED_CLOSED_STREAMS = 4096;
 
 export interface H2StreamEvents {
   onData(chunk: Buffer): void;
@@ -169,6 +175,8 @@ export class H2Stream {
   /** @internal */ queuedBytes = 0;
   /** @internal */ trailers: Buffer | undefined;
   /** @internal */ closed = false;
+  /** @internal The request's content-length, or NO_LENGTH. */ expectedBytes = NO_LENGTH;
+  /** @internal DATA payload bytes received (counted only with a content-length). */ receivedBytes = 0;
 
   constructor(
     readonly id: number,
@@ -223,10 +231,57 @@ export class H2Stream {
   }
 }
 
+/**
+ * How a client stream id below the highest one opened stands once it is not
+ * open: closed after the peer ended or reset it (any later DATA or HEADERS
+ * from the peer is its error), reset by us first (its frames may still be in
+ * flight: ignored), never opened (implicitly closed by a higher id, §5.1.1),
+ * or forgotten (too old to tell: ignored).
+ */
+const Closed = { PeerEnded: 0, ResetByUs: 1, NeverOpened: 2, Forgotten: 3 } as const;
+type Closed = (typeof Closed)[keyof typeof Closed];
+
+/**
+ * The last REMEMBERED_CLOSED_STREAMS closed stream ids and how each closed.
+ * Ids are remembered in closing order; an evicted id raises `forgottenBelow`,
+ * so every id at or below it may have been evicted and reads as Forgotten.
+ */
+class ClosedStreams {
+  private readonly kinds = new Map<number, boolean>();
+  private readonly ring = new Uint32Array(REMEMBERED_CLOSED_STREAMS);
+  private next = 0;
+  private full = false;
+  private forgottenBelow = 0;
+
+  /** `peerEnded`: the peer had sent END_STREAM or RST_STREAM when the stream closed. */
+  remember(id: number, peerEnded: boolean): void {
+    if (this.full) {
+      const old = this.ring[this.next] as number;
+      this.kinds.delete(old);
+      if (old > this.forgottenBelow) this.forgottenBelow = old;
+    }
+    this.ring[this.next] = id;
+    this.kinds.set(id, peerEnded);
+    this.next += 1;
+    if (this.next === REMEMBERED_CLOSED_STREAMS) {
+      this.next = 0;
+      this.full = true;
+    }
+  }
+
+  /** For an id at or below the highest opened that is not open now. */
+  kind(id: number): Closed {
+    const k = this.kinds.get(id);
+    if (k !== undefined) return k ? Closed.PeerEnded : Closed.ResetByUs;
+    return id <= this.forgottenBelow ? Closed.Forgotten : Closed.NeverOpened;
+  }
+}
+
 export class H2Connection {
   private readonly decoder: HpackDecoder;
   private readonly streams = new Map<number, H2Stream>();
   private readonly blocked = new Set<H2Stream>();
+  private readonly closedStreams = new ClosedStreams();
   /** PING/SETTINGS answers queued since the socket's queue was last empty. */
   private controlAnswers = 0;
   /** Unparsed bytes as received (concatenated once a whole frame is there). */
@@ -496,7 +551,13 @@ export class H2Connection {
       if (id > this.lastStreamId) {
         throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, 'DATA on an idle stream');
       }
-      // A stream we closed: frames already in flight are ignored (RFC 9113 §5.1).
+      // A stream we reset (or too old to tell): frames already in flight are
+      // ignored (RFC 9113 §5.1). One the peer ended, or never opened, is closed.
+      const kind = this.closedStreams.kind(id);
+      if (kind === Closed.PeerEnded || kind === Closed.NeverOpened) {
+        this.countControlAnswer();
+        this.rst(id, ErrorCode.STREAM_CLOSED);
+      }
       return;
     }
     if (!s.remoteOpen) {
@@ -509,6 +570,14 @@ export class H2Connection {
     }
     s.recvWindow -= len;
     const end = (flags & Flag.END_STREAM) !== 0;
+    if (s.expectedBytes !== NO_LENGTH) {
+      // A body that disagrees with its content-length is malformed (§8.1.1).
+      s.receivedBytes += data.length;
+      if (s.receivedBytes > s.expectedBytes || (end && s.receivedBytes !== s.expectedBytes)) {
+        this.resetStream(s, ErrorCode.PROTOCOL_ERROR, true);
+        return;
+      }
+    }
     if (!end) {
       s.recvUnacked += len;
       if (s.recvUnacked >= this.opts.streamWindowBytes / 2) {
@@ -575,7 +644,12 @@ export class H2Connection {
         this.resetStream(existing, ErrorCode.STREAM_CLOSED, true);
         return;
       }
-      if (!end || this.decoder.oversized) {
+      if (
+        !end ||
+        this.decoder.oversized ||
+        trailersMalformed(headers) ||
+        (existing.expectedBytes !== NO_LENGTH && existing.receivedBytes !== existing.expectedBytes)
+      ) {
         this.resetStream(existing, ErrorCode.PROTOCOL_ERROR, true);
         return;
       }
@@ -586,35 +660,40 @@ export class H2Connection {
     if (id % 2 === 0)
       throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on stream ${id}`);
     if (id <= this.lastStreamId) {
-      // Trailers in flight on a stream we closed (the block is decoded above,
-      // keeping the table in step); anything else reuses a spent identifier.
-      if (end) return;
-      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on closed stream ${id}`);
+      // The block is decoded above, keeping the table in step. Trailers may be
+      // in flight on a stream we reset; a stream the peer ended gets nothing
+      // more (§5.1); a lower id never opened reuses a spent identifier (§5.1.1).
+      const kind = this.closedStreams.kind(id);
+      if (kind === Closed.PeerEnded) {
+        throw new ConnectionError(ErrorCode.STREAM_CLOSED, `HEADERS on closed stream ${id}`);
+      }
+      if (end && kind !== Closed.NeverOpened) return;
+      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `HEADERS on spent stream id ${id}`);
     }
     this.lastStreamId = id;
     if (flags & SELF_DEPENDENT) {
-      this.rst(id, ErrorCode.PROTOCOL_ERROR);
+      this.refuse(id, ErrorCode.PROTOCOL_ERROR, end);
       return;
     }
     if (this.draining === 'final' || this.streams.size >= MAX_STREAMS) {
-      this.rst(id, ErrorCode.REFUSED_STREAM);
+      this.refuse(id, ErrorCode.REFUSED_STREAM, end);
       return;
     }
     if (this.decoder.oversized) {
       // Too many header bytes (RFC 9113 §10.5.1): this stream only.
       this.sendHeaders(id, HEADERS_TOO_LARGE, true);
       if (!end) this.rst(id, ErrorCode.NO_ERROR);
+      this.closedStreams.remember(id, end);
       return;
     }
-    for (let i = 0; i < headers.length; i += 2) {
-      const name = headers[i] as string;
-      if (name !== name.toLowerCase()) {
-        // Malformed (RFC 9113 §8.2.1): this stream only.
-        this.rst(id, ErrorCode.PROTOCOL_ERROR);
-        return;
-      }
+    const length = checkRequestHeaders(headers);
+    if (length === MALFORMED || (end && length > 0)) {
+      // Malformed (RFC 9113 §8.1.1, §8.2, §8.3): this stream only.
+      this.refuse(id, ErrorCode.PROTOCOL_ERROR, end);
+      return;
     }
     const s = new H2Stream(id, this, this.peerInitialWindow, this.opts.streamWindowBytes);
+    s.expectedBytes = length;
     this.streams.set(id, s);
     if (end) s.remoteOpen = false;
     try {
@@ -636,6 +715,8 @@ export class H2Connection {
     const s = this.streams.get(id);
     if (!s) return;
     const code = payload.readUInt32BE(0);
+    // The peer is done with it: any frame it sends there later is its error.
+    s.remoteOpen = false;
     this.close(s);
     const events = s.events;
     s.events = undefined;
@@ -695,7 +776,7 @@ export class H2Connection {
     }
   }
 
-  /** One more PING/SETTINGS answer; throws ENHANCE_YOUR_CALM past the flood cap. */
+  /** One more PING/SETTINGS (or closed-stream RST) answer; throws ENHANCE_YOUR_CALM past the flood cap. */
   private countControlAnswer(): void {
     // The peer has read everything flushed so far: earlier answers no longer wait.
     if (this.socket.writableLength === 0) this.controlAnswers = 0;
@@ -703,7 +784,7 @@ export class H2Connection {
     if (this.controlAnswers > (this.opts.maxQueuedControlAnswers ?? MAX_QUEUED_CONTROL_ANSWERS)) {
       throw new ConnectionError(
         ErrorCode.ENHANCE_YOUR_CALM,
-        `PING/SETTINGS flood: ${this.controlAnswers} answers queued for a peer that does not read them`,
+        `control frame flood: ${this.controlAnswers} answers queued for a peer that does not read them`,
       );
     }
   }
@@ -787,6 +868,7 @@ export class H2Connection {
   private close(s: H2Stream): void {
     if (s.closed) return;
     s.closed = true;
+    this.closedStreams.remember(s.id, !s.remoteOpen);
     s.queue = [];
     s.queuedBytes = 0;
     this.blocked.delete(s);
@@ -860,6 +942,12 @@ export class H2Connection {
     const s = this.streams.get(id);
     if (s) this.resetStream(s, code, true);
     else this.rst(id, code);
+  }
+
+  /** A new stream answered with RST_STREAM before it opened (`ended`: the peer had ended it). */
+  private refuse(id: number, code: number, ended: boolean): void {
+    this.rst(id, code);
+    this.closedStreams.remember(id, ended);
   }
 
   private rst(id: number, code: number): void {

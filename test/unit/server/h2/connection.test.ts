@@ -332,6 +332,7 @@ for (const mode of READ_MODES) {
         1,
         encodeHeaders([
           [':method', 'POST'],
+          [':scheme', 'http'],
           [':path', '/x'],
         ]),
       );
@@ -421,6 +422,7 @@ for (const mode of READ_MODES) {
     const POST = (path: string): Buffer =>
       encodeHeaders([
         [':method', 'POST'],
+        [':scheme', 'http'],
         [':path', path],
       ]);
 
@@ -504,6 +506,7 @@ for (const mode of READ_MODES) {
       const c = rawClient(h);
       const big = encodeHeaders([
         [':method', 'POST'],
+        [':scheme', 'http'],
         [':path', '/big'],
         ['x-big', 'v'.repeat(300 * 1024)],
       ]);
@@ -545,9 +548,9 @@ for (const mode of READ_MODES) {
       const pings = Array.from({ length: 300_000 }, () => frame(6, 0, 0, Buffer.alloc(8)));
       sock.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS, ...pings]));
       const flood = () =>
-        h.errors.some((e) => e.startsWith(`${ErrorCode.ENHANCE_YOUR_CALM}:PING/SETTINGS flood`));
+        h.errors.some((e) => e.startsWith(`${ErrorCode.ENHANCE_YOUR_CALM}:control frame flood`));
       for (let i = 0; i < 2000 && !flood(); i++) await new Promise((r) => setTimeout(r, 5));
-      expect(h.errors).toEqual([expect.stringMatching(/^11:PING\/SETTINGS flood/)]);
+      expect(h.errors).toEqual([expect.stringMatching(/^11:control frame flood/)]);
       sock.destroy();
     });
 
@@ -577,6 +580,213 @@ for (const mode of READ_MODES) {
       expect(acks).toBe(30_000);
       expect(h.errors).toEqual([]);
       sock.destroy();
+    });
+
+    describe('malformed requests and frames on closed streams (RFC 9113 §5.1, §8)', () => {
+      const REQ: [string, string][] = [
+        [':method', 'POST'],
+        [':scheme', 'http'],
+        [':path', '/m'],
+        [':authority', 'epp'],
+      ];
+      const without = (name: string): [string, string][] => REQ.filter(([n]) => n !== name);
+      const MALFORMED: [string, [string, string][]][] = [
+        ['an unknown pseudo-header', [...REQ, [':foo', 'x']]],
+        ['a response pseudo-header', [[':status', '200'], ...REQ]],
+        [
+          'a pseudo-header after a regular field',
+          [...without(':path'), ['x-a', '1'], [':path', '/m']],
+        ],
+        ['a duplicated :method', [...REQ.slice(0, 1), ...REQ]],
+        [
+          'a duplicated :scheme',
+          [...REQ, [':scheme', 'http']].sort((a, b) => (a[0] < b[0] ? -1 : 1)),
+        ],
+        ['a duplicated :path', [[':path', '/m'], ...REQ]],
+        ['no :method', without(':method')],
+        ['no :scheme', without(':scheme')],
+        ['no :path', without(':path')],
+        ['an empty :path', [...without(':path'), [':path', '']]],
+        ['a connection-specific field', [...REQ, ['connection', 'keep-alive']]],
+        ['transfer-encoding', [...REQ, ['transfer-encoding', 'chunked']]],
+        ['te other than trailers', [...REQ, ['te', 'gzip']]],
+        ['an uppercase field name', [...REQ, ['X-Upper', '1']]],
+        ['a content-length that is not a number', [...REQ, ['content-length', '1x']]],
+        [
+          'two different content-lengths',
+          [...REQ, ['content-length', '1'], ['content-length', '2']],
+        ],
+      ];
+      for (const [what, fields] of MALFORMED) {
+        it(`RST_STREAM(PROTOCOL_ERROR) for ${what}; the stream never opens, the connection goes on`, async () => {
+          let opened = 0;
+          const h = await serve((stream, headers) => {
+            opened += 1;
+            return echo(stream, headers);
+          });
+          const c = rawClient(h);
+          c.sock.write(
+            Buffer.concat([
+              frame(1, 0x4 | 0x1, 1, encodeHeaders(fields)),
+              frame(1, 0x4 | 0x1, 3, encodeHeaders(REQ)),
+            ]),
+          );
+          await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 3));
+          const rst = c.frames.find((f) => f.type === 3 && f.id === 1);
+          expect(rst?.payload.readUInt32BE(0)).toBe(ErrorCode.PROTOCOL_ERROR);
+          expect(opened).toBe(1);
+          expect(h.errors).toEqual([]);
+          c.sock.destroy();
+        });
+      }
+
+      it('accepts te: trailers, CONNECT with only :authority, and a matching content-length', async () => {
+        const h = await serve(echo);
+        const c = rawClient(h);
+        c.sock.write(
+          Buffer.concat([
+            frame(1, 0x4 | 0x1, 1, encodeHeaders([...REQ, ['te', 'trailers']])),
+            frame(
+              1,
+              0x4 | 0x1,
+              3,
+              encodeHeaders([
+                [':method', 'CONNECT'],
+                [':authority', 'epp:1'],
+              ]),
+            ),
+            frame(1, 0x4, 5, encodeHeaders([...REQ, ['content-length', '5']])),
+            frame(0, 0, 5, Buffer.from('ab')),
+            frame(0, 0x1, 5, Buffer.from('cde')),
+          ]),
+        );
+        await c.until(() => c.frames.filter((f) => f.type === 1 && f.flags & 1).length === 3);
+        expect(c.frames.filter((f) => f.type === 3)).toEqual([]);
+        const body = c.frames.filter((f) => f.type === 0 && f.id === 5);
+        expect(Buffer.concat(body.map((f) => f.payload)).toString()).toBe('abcde');
+        c.sock.destroy();
+      });
+
+      it('RST_STREAM(PROTOCOL_ERROR) for a body shorter or longer than its content-length', async () => {
+        const resets: number[] = [];
+        const h = await serve((stream, headers) => ({
+          ...echo(stream, headers),
+          onReset: (code) => resets.push(code),
+        }));
+        const c = rawClient(h);
+        const req = encodeHeaders([...REQ, ['content-length', '3']]);
+        c.sock.write(
+          Buffer.concat([
+            frame(1, 0x4, 1, req),
+            frame(0, 0x1, 1, Buffer.from('ab')), // short
+            frame(1, 0x4, 3, req),
+            frame(0, 0, 3, Buffer.from('abcd')), // long, before its end
+            frame(1, 0x4 | 0x1, 5, req), // ends with no body at all
+            frame(1, 0x4, 7, req),
+            frame(0, 0, 7, Buffer.from('ab')),
+            frame(1, 0x4 | 0x1, 7, encodeHeaders([['x-t', '1']])), // trailers end it short
+          ]),
+        );
+        await c.until(() => c.frames.filter((f) => f.type === 3).length === 4);
+        for (const id of [1, 3, 5, 7]) {
+          const rst = c.frames.find((f) => f.type === 3 && f.id === id);
+          expect(rst?.payload.readUInt32BE(0)).toBe(ErrorCode.PROTOCOL_ERROR);
+        }
+        expect(resets).toEqual([
+          ErrorCode.PROTOCOL_ERROR,
+          ErrorCode.PROTOCOL_ERROR,
+          ErrorCode.PROTOCOL_ERROR,
+        ]);
+        expect(h.errors).toEqual([]);
+        c.sock.destroy();
+      });
+
+      it('RST_STREAM(PROTOCOL_ERROR) for trailers carrying a pseudo-header', async () => {
+        const h = await serve(echo);
+        const c = rawClient(h);
+        c.sock.write(
+          Buffer.concat([
+            frame(1, 0x4, 1, encodeHeaders(REQ)),
+            frame(1, 0x4 | 0x1, 1, encodeHeaders([[':path', '/t']])),
+          ]),
+        );
+        await c.until(() => c.frames.some((f) => f.type === 3 && f.id === 1));
+        const rst = c.frames.find((f) => f.type === 3 && f.id === 1);
+        expect(rst?.payload.readUInt32BE(0)).toBe(ErrorCode.PROTOCOL_ERROR);
+        c.sock.destroy();
+      });
+
+      /** A stream the client ended and the server answered: closed by both sides. */
+      async function answeredStream(h: Harness) {
+        const c = rawClient(h);
+        c.sock.write(frame(1, 0x4 | 0x1, 1, encodeHeaders(REQ)));
+        await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 1 && f.flags & 1));
+        return c;
+      }
+
+      it('RST_STREAM(STREAM_CLOSED) for DATA on a stream the client had ended', async () => {
+        const h = await serve(echo);
+        const c = await answeredStream(h);
+        c.sock.write(frame(0, 0x1, 1, Buffer.from('late')));
+        await c.until(() => c.frames.some((f) => f.type === 3 && f.id === 1));
+        const rst = c.frames.find((f) => f.type === 3 && f.id === 1);
+        expect(rst?.payload.readUInt32BE(0)).toBe(ErrorCode.STREAM_CLOSED);
+        expect(h.errors).toEqual([]);
+        c.sock.destroy();
+      });
+
+      it('GOAWAY(STREAM_CLOSED) for HEADERS on a stream the client had ended', async () => {
+        const h = await serve(echo);
+        const c = await answeredStream(h);
+        c.sock.write(frame(1, 0x4 | 0x1, 1, encodeHeaders([['x-t', '1']])));
+        await c.until(c.closed);
+        const goaway = c.frames.find((f) => f.type === 7);
+        expect(goaway?.payload.readUInt32BE(4)).toBe(ErrorCode.STREAM_CLOSED);
+      });
+
+      it('GOAWAY(PROTOCOL_ERROR) for HEADERS on a lower stream id never opened', async () => {
+        const h = await serve(echo);
+        const c = rawClient(h);
+        c.sock.write(
+          Buffer.concat([
+            frame(1, 0x4 | 0x1, 5, encodeHeaders(REQ)),
+            frame(1, 0x4 | 0x1, 3, encodeHeaders(REQ)),
+          ]),
+        );
+        await c.until(c.closed);
+        const goaway = c.frames.find((f) => f.type === 7);
+        expect(goaway?.payload.readUInt32BE(4)).toBe(ErrorCode.PROTOCOL_ERROR);
+        expect(h.errors[0]).toMatch(/spent stream id 3/);
+      });
+
+      it('ignores DATA and trailers still in flight on a stream it reset', async () => {
+        // The server answers before the client has ended its side: that
+        // stream is reset with NO_ERROR, and what the client already sent
+        // must not cost it the connection (§5.1, closed state).
+        const h = await serve((stream) => {
+          stream.respond(encodeHeaders([[':status', '200']]));
+          stream.end(encodeHeaders([['grpc-status', '0']]));
+          return { onData: () => {}, onEnd: () => {}, onReset: () => {} };
+        });
+        const c = rawClient(h);
+        c.sock.write(frame(1, 0x4, 1, encodeHeaders(REQ)));
+        await c.until(() => c.frames.some((f) => f.type === 3 && f.id === 1));
+        c.sock.write(
+          Buffer.concat([
+            frame(0, 0, 1, Buffer.from('in flight')),
+            frame(1, 0x4 | 0x1, 1, encodeHeaders([['x-t', '1']])),
+            frame(1, 0x4 | 0x1, 3, encodeHeaders(REQ)),
+          ]),
+        );
+        await c.until(() => c.frames.some((f) => f.type === 1 && f.id === 3));
+        // Only the NO_ERROR reset of stream 1; nothing for what followed it.
+        expect(c.frames.filter((f) => f.type === 3).map((f) => f.payload.readUInt32BE(0))).toEqual([
+          ErrorCode.NO_ERROR,
+        ]);
+        expect(c.frames.some((f) => f.type === 7)).toBe(false);
+        expect(h.errors).toEqual([]);
+        c.sock.destroy();
+      });
     });
 
     it('stops reading from a peer that does not read its answers', async () => {

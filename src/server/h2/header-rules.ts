@@ -1,0 +1,125 @@
+/**
+ * RFC 9113 §8.2–§8.3 checks of a decoded request header block: what makes a
+ * request (or its trailers) malformed, which the connection answers with a
+ * stream error of type PROTOCOL_ERROR for that stream only.
+ *
+ * Contract: `headers` is the flat `[name, value, …]` list the HPACK decoder
+ * returns. `checkRequestHeaders` returns the declared content-length (≥ 0),
+ * NO_LENGTH when there is none, or MALFORMED. It allocates nothing on the
+ * path a well-formed gRPC request takes (one pass, character-code tests).
+ */
+
+export const MALFORMED = -2;
+export const NO_LENGTH = -1;
+
+const PSEUDO_METHOD = 1;
+const PSEUDO_SCHEME = 2;
+const PSEUDO_PATH = 4;
+const PSEUDO_AUTHORITY = 8;
+
+/** True when the name has an uppercase ASCII letter (RFC 9113 §8.2.1). */
+function hasUppercase(name: string): boolean {
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i);
+    if (c >= 65 && c <= 90) return true;
+  }
+  return false;
+}
+
+/** Connection-specific fields, never valid in HTTP/2 (§8.2.2); `te` is checked apart. */
+function isConnectionSpecific(name: string): boolean {
+  switch (name) {
+    case 'connection':
+    case 'keep-alive':
+    case 'proxy-connection':
+    case 'transfer-encoding':
+    case 'upgrade':
+      return true;
+    default:
+      return false;
+  }
+}
+
+function pseudoBit(name: string): number {
+  switch (name) {
+    case ':method':
+      return PSEUDO_METHOD;
+    case ':scheme':
+      return PSEUDO_SCHEME;
+    case ':path':
+      return PSEUDO_PATH;
+    case ':authority':
+      return PSEUDO_AUTHORITY;
+    default:
+      // `:status` is a response field; `:protocol` needs
+      // SETTINGS_ENABLE_CONNECT_PROTOCOL, which we never send.
+      return 0;
+  }
+}
+
+/** A non-negative decimal content-length, or MALFORMED. */
+function parseLength(value: string): number {
+  if (value.length === 0 || value.length > 15) return MALFORMED;
+  let n = 0;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i) - 48;
+    if (c < 0 || c > 9) return MALFORMED;
+    n = n * 10 + c;
+  }
+  return n;
+}
+
+/**
+ * Checks a request's opening header block: lowercase names, only the four
+ * request pseudo-headers, each at most once and before every regular field,
+ * `:method` always and `:scheme` + a non-empty `:path` unless CONNECT, no
+ * connection-specific field, `te` only as "trailers", at most one
+ * content-length value. Returns the content-length, NO_LENGTH or MALFORMED.
+ */
+export function checkRequestHeaders(headers: readonly string[]): number {
+  let seen = 0;
+  let regular = false;
+  let isConnect = false;
+  let pathEmpty = false;
+  let length = NO_LENGTH;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if (name.charCodeAt(0) === 58 /* ':' */) {
+      const bit = pseudoBit(name);
+      if (bit === 0 || regular || seen & bit) return MALFORMED;
+      seen |= bit;
+      const value = headers[i + 1] as string;
+      if (bit === PSEUDO_METHOD) isConnect = value === 'CONNECT';
+      else if (bit === PSEUDO_PATH) pathEmpty = value.length === 0;
+      continue;
+    }
+    regular = true;
+    if (name.length === 0 || hasUppercase(name)) return MALFORMED;
+    if (isConnectionSpecific(name)) return MALFORMED;
+    if (name === 'te') {
+      if (headers[i + 1] !== 'trailers') return MALFORMED;
+    } else if (name === 'content-length') {
+      const n = parseLength(headers[i + 1] as string);
+      if (n === MALFORMED || (length !== NO_LENGTH && n !== length)) return MALFORMED;
+      length = n;
+    }
+  }
+  if (!(seen & PSEUDO_METHOD)) return MALFORMED;
+  if (isConnect) {
+    // §8.5: CONNECT names only the authority.
+    if (seen & (PSEUDO_SCHEME | PSEUDO_PATH) || !(seen & PSEUDO_AUTHORITY)) return MALFORMED;
+  } else if (!(seen & PSEUDO_SCHEME) || !(seen & PSEUDO_PATH) || pathEmpty) {
+    return MALFORMED;
+  }
+  return length;
+}
+
+/** Checks a trailer block: no pseudo-headers (§8.1), lowercase names, no connection-specific field. */
+export function trailersMalformed(headers: readonly string[]): boolean {
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i] as string;
+    if (name.length === 0 || name.charCodeAt(0) === 58 || hasUppercase(name)) return true;
+    if (isConnectionSpecific(name)) return true;
+  }
+  return false;
+}
