@@ -760,15 +760,15 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'model-server-metrics-path',
     'model-server-metrics-scheme',
   ].map((k) => [k, { kind: 'string' as const }]),
-  ...['secure-serving', 'kv-events', 'durable-kv-events', 'router-reset-states'].map((k) => [
-    k,
-    { kind: 'boolean' as const },
-  ]),
-  // A GAIE boolean: its charts may pass the value as a separate argument.
-  [
+  // Booleans take a separate `true`/`false` too: GAIE's charts v1.1–v1.5 render
+  // `inferenceExtension.flags` as two arguments (`--secure-serving`, `false`).
+  ...[
+    'secure-serving',
+    'kv-events',
+    'durable-kv-events',
+    'router-reset-states',
     'model-server-metrics-https-insecure-skip-verify',
-    { kind: 'boolean' as const, separateValue: true },
-  ],
+  ].map((k) => [k, { kind: 'boolean' as const, separateValue: true }]),
 ]);
 
 /**
@@ -788,7 +788,7 @@ interface GaieFlag extends FlagSpec {
  * `--config-file`, `--pool-name`, `--pool-namespace`). GAIE's Helm charts pass
  * `--pool-group`, `--zap-encoder json`, `--tracing=…`, `--metrics-endpoint-auth=false`,
  * `--ha-enable-leader-election`, the model-server metric flags, and
- * `inferenceExtension.flags` as `--key=value` (before v1.4 as `--key value`).
+ * `inferenceExtension.flags` as `--key=value` (charts v1.1–v1.5 as `--key value`).
  * `-v` / `--zap-log-level` set the log level (`logLevel`), so they are not here.
  */
 const GAIE_FLAG_LIST: Readonly<Record<string, GaieFlag>> = {

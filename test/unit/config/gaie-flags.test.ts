@@ -99,8 +99,8 @@ describe('parseServeArgs: GAIE chart compatibility', () => {
       { flag: '--ha-enable-leader-election', value: true },
       { flag: '--kubeconfig', value: '' },
     ]);
-    // kv-epp's own booleans still never take the next argument.
-    expect(() => parseServeArgs(['--secure-serving', 'false'])).toThrow(/after "="/);
+    // kv-epp's own booleans too: the chart renders `flags.secure-serving=false` so.
+    expect(parseServeArgs(['--secure-serving', 'false']).flags['secure-serving']).toBe('false');
   });
 
   it('reports a GAIE boolean only when its value differs from what kv-epp does', () => {
@@ -117,7 +117,7 @@ describe('parseServeArgs: GAIE chart compatibility', () => {
     );
   });
 
-  it("accepts kv-epp's booleans bare (true) and with =value, and rejects a value after a space", () => {
+  it("accepts kv-epp's booleans bare (true), with =value, and with a Go boolean after a space (GAIE charts v1.1-v1.5)", () => {
     const bare = parseServeArgs([
       '--secure-serving',
       '--kv-events',
@@ -136,9 +136,27 @@ describe('parseServeArgs: GAIE chart compatibility', () => {
       { NATS_SERVER: 'nats://127.0.0.1:4222' },
     );
     expect([off.secureServing, off.useKvEvents, off.events.durable]).toEqual([false, false, false]);
-    expect(() => parseServeArgs(['--kv-events', 'false'])).toThrow(
-      '--kv-events: a boolean flag takes its value after "=" (--kv-events=false)',
+    const chart = resolveServeOptions(
+      parseServeArgs([
+        '--secure-serving',
+        'false',
+        '--kv-events',
+        'FALSE',
+        '--durable-kv-events',
+        '1',
+        '--router-reset-states',
+        't',
+      ]).flags,
+      { NATS_SERVER: 'nats://127.0.0.1:4222' },
     );
+    expect([chart.secureServing, chart.useKvEvents, chart.events.durable]).toEqual([
+      false,
+      false,
+      true,
+    ]);
+    expect(chart.events.resetStates).toBe(true);
+    // Anything but a Go boolean after it is not its value.
+    expect(() => parseServeArgs(['--secure-serving', 'no'])).toThrow('no: unexpected argument');
     expect(() => parseServeArgs(['--no-such-flag'])).toThrow('--no-such-flag: unknown option');
   });
 });
