@@ -39,6 +39,7 @@ import { KvEppError } from '../errors.js';
 import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
 import { startJetStreamEventSource } from '../events/jetstream-source.js';
+import { redactNatsServers } from '../events/nats-connect.js';
 import { decodeActiveLoadJs } from '../events/js/load.js';
 import { nativeLoadDecoder } from '../events/native/load.js';
 import {
@@ -626,7 +627,7 @@ async function startEventSources(
       } catch (e) {
         throw new KvEppError(
           'invalid_argument',
-          `--nats-server: cannot connect to ${natsServer}: ${(e as Error).message}`,
+          `--nats-server: cannot connect to ${redactNatsServers(natsServer)}: ${(e as Error).message}`,
         );
       }
     }

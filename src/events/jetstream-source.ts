@@ -79,6 +79,7 @@ import {
   radixBucketName,
   snapshotMessages,
 } from './jetstream-names.js';
+import { natsConnectTarget, redactNatsServers } from './nats-connect.js';
 import { sniffDynamoCodec } from './nats-source.js';
 
 export interface JetStreamEventSourceOptions {
@@ -179,7 +180,7 @@ export async function startJetStreamEventSource(
   const maxPending = opts.maxPendingMessages ?? 8192;
   const maxPendingBytes = opts.maxPendingBytes ?? 64 * 1024 * 1024;
   const batch = opts.batchSize ?? 256;
-  const where = { servers: opts.servers, stream, consumer: durable };
+  const where = { servers: redactNatsServers(opts.servers), stream, consumer: durable };
 
   const st: JetStreamEventSourceStats = {
     stream,
@@ -203,11 +204,10 @@ export async function startJetStreamEventSource(
     );
   }
 
+  const target = natsConnectTarget(opts.servers);
   const nc: NatsConnection = await connect({
-    servers: opts.servers
-      .split(',')
-      .map((s) => s.trim())
-      .filter((s) => s !== ''),
+    servers: target.servers,
+    ...(target.authenticator ? { authenticator: target.authenticator } : {}),
     name: opts.name ?? 'kv-epp',
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,

@@ -18,6 +18,7 @@ import { connect, type NatsConnection, type Subscription } from '@nats-io/transp
 import type { Logger } from '../log/logger.js';
 import type { ReportedLoad } from '../routing/worker-load.js';
 import type { EventIngest } from './ingest.js';
+import { natsConnectTarget, redactNatsServers } from './nats-connect.js';
 import type { EventCodec } from './types.js';
 
 export interface NatsEventSourceOptions {
@@ -68,12 +69,11 @@ export function sniffDynamoCodec(payload: Uint8Array): EventCodec {
  * that reaches the ingest. Rejects when the server cannot be reached at start.
  */
 export async function startNatsEventSource(opts: NatsEventSourceOptions): Promise<NatsEventSource> {
-  const servers = opts.servers
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
+  const target = natsConnectTarget(opts.servers);
+  const shown = redactNatsServers(opts.servers);
   const nc: NatsConnection = await connect({
-    servers,
+    servers: target.servers,
+    ...(target.authenticator ? { authenticator: target.authenticator } : {}),
     name: opts.name ?? 'kv-epp',
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
@@ -116,7 +116,7 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {
-        opts.log.warn({ servers: opts.servers, status: s.type }, `NATS connection ${s.type}`);
+        opts.log.warn({ servers: shown, status: s.type }, `NATS connection ${s.type}`);
       }
     }
   })().catch(() => {});
@@ -129,7 +129,7 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
     throw e;
   }
   opts.log.info(
-    { servers: opts.servers, subjects: opts.subjects },
+    { servers: shown, auth: target.auth, subjects: opts.subjects },
     'subscribed to KV events on NATS',
   );
   return {
