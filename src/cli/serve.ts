@@ -39,9 +39,9 @@ import { KvEppError } from '../errors.js';
 import { createEventApplier } from '../events/factory.js';
 import { EventIngest } from '../events/ingest.js';
 import { startJetStreamEventSource } from '../events/jetstream-source.js';
-import { redactNatsServers } from '../events/nats-connect.js';
 import { decodeActiveLoadJs } from '../events/js/load.js';
 import { nativeLoadDecoder } from '../events/native/load.js';
+import { redactNatsServers } from '../events/nats-connect.js';
 import {
   kvMetricsSubject,
   type LoadSubscription,
