@@ -209,6 +209,15 @@ const pairKey = (model: string, target: string): string => `${model.length}:${mo
  * series: without a bound, random names would grow /metrics without end.
  */
 export const MAX_MODEL_LABEL_PAIRS = 512;
+/**
+ * A model name longer than this counts under OVERFLOW_MODEL, and so does every
+ * new pair once the admitted pairs' names total MAX_MODEL_LABEL_BYTES: each
+ * pair is repeated on ~370 lines of /metrics (every histogram bucket), so one
+ * 1 MiB name made a 380 MB page that stalled the event loop on every scrape.
+ * Kubernetes names stop at 253 characters; Hugging Face ids are far shorter.
+ */
+export const MAX_MODEL_LABEL_CHARS = 256;
+export const MAX_MODEL_LABEL_BYTES = 64 * 1024;
 export const OVERFLOW_MODEL = '__other__';
 /** Attempt children kept per (model, target) pair (one per endpoint object). */
 const MAX_CACHED_ATTEMPTS = 256;
@@ -318,6 +327,8 @@ export class EppMetrics {
   private readonly series = new Map<string, ModelSeries>();
   /** The (model, target) pairs admitted as labels (at most MAX_MODEL_LABEL_PAIRS). */
   private readonly labelPairs = new Set<string>();
+  /** The admitted pairs' model and target names, in characters. */
+  private labelPairChars = 0;
   private readonly perRequest: Metrics;
   private readonly errors: FastCounter<ModelLabels | 'error_code'>;
   private readonly schedulerE2e: FastHistogram;
@@ -709,10 +720,20 @@ export class EppMetrics {
    */
   /** The labels a (model, target) pair is exported under: itself, or OVERFLOW_MODEL past the bound. */
   private labelPair(model: string, target: string): [string, string] {
+    if (model.length > MAX_MODEL_LABEL_CHARS || target.length > MAX_MODEL_LABEL_CHARS) {
+      return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+    }
     const key = pairKey(model, target);
     if (this.labelPairs.has(key)) return [model, target];
-    if (this.labelPairs.size >= MAX_MODEL_LABEL_PAIRS) return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+    const chars = model.length + target.length;
+    if (
+      this.labelPairs.size >= MAX_MODEL_LABEL_PAIRS ||
+      this.labelPairChars + chars > MAX_MODEL_LABEL_BYTES
+    ) {
+      return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+    }
     this.labelPairs.add(key);
+    this.labelPairChars += chars;
     return [model, target];
   }
 

@@ -16,6 +16,8 @@ import {
   defaultBuildInfo,
   EppMetrics,
   gaieErrorCode,
+  MAX_MODEL_LABEL_BYTES,
+  MAX_MODEL_LABEL_CHARS,
   MAX_MODEL_LABEL_PAIRS,
   type MetricsSources,
   OVERFLOW_MODEL,
@@ -302,6 +304,44 @@ describe('EppMetrics', () => {
         'inference_objective_request_total{model_name="model-0",target_model_name="model-0",priority="0"}',
       ),
     ).toBe(2);
+  });
+
+  it('counts over-long model names, and new pairs past the label budget, under __other__', async () => {
+    const m = metrics();
+    const long = 'm'.repeat(MAX_MODEL_LABEL_CHARS + 1);
+    m.requestSeries(long, 'short').requests.inc();
+    m.requestSeries('short', long).requests.inc();
+    m.requestError(long, long, 'BadRequest');
+    m.schedulerAttemptFailed(long, long);
+    const edge = 'e'.repeat(MAX_MODEL_LABEL_CHARS);
+    m.requestSeries(edge, edge).requests.inc();
+    const text = await m.registry.metrics();
+    expect(text).not.toContain('m'.repeat(64));
+    expect(text.length).toBeLessThan(400_000);
+    const other = `model_name="${OVERFLOW_MODEL}",target_model_name="${OVERFLOW_MODEL}"`;
+    expect(sample(text, `inference_objective_request_total{${other},priority="0"}`)).toBe(2);
+    expect(
+      sample(text, `inference_objective_request_error_total{${other},error_code="BadRequest"}`),
+    ).toBe(1);
+    expect(
+      sample(
+        text,
+        `inference_objective_request_total{model_name="${edge}",target_model_name="${edge}",priority="0"}`,
+      ),
+    ).toBe(1);
+
+    // The names' total is bounded too: 200 pairs of 2 x 256 characters is past 64 KiB.
+    const many = metrics();
+    for (let i = 0; i < 200; i++) {
+      const name = `${i}-`.padEnd(MAX_MODEL_LABEL_CHARS, 'x');
+      many.requestSeries(name, name).requests.inc();
+    }
+    const pairs = (await many.registry.metrics())
+      .split('\n')
+      .filter((l) => l.startsWith('inference_objective_request_total{'));
+    const admitted = Math.floor(MAX_MODEL_LABEL_BYTES / (2 * MAX_MODEL_LABEL_CHARS));
+    expect(pairs).toHaveLength(admitted + 1);
+    expect(pairs.at(-1)).toContain(OVERFLOW_MODEL);
   });
 
   it('keeps (model, target) pairs apart whatever characters the names hold', async () => {
