@@ -533,12 +533,11 @@ export class ExtProcStream {
   /** Answers the request with an error (ImmediateResponse) and ends the stream. */
   private reject(err: unknown): void {
     const answer = classifyError(err);
-    if (answer.internal) {
-      this.opts.logger.error(
-        { requestId: this.requestId, status: answer.status, err: answer.text },
-        'request failed',
-      );
-    }
+    const fields = { requestId: this.requestId, status: answer.status, err: answer.text };
+    // Every answer kv-epp gives instead of the worker's leaves a line naming the
+    // request (GAIE logs them all at error); only its own faults are errors here.
+    if (answer.internal) this.opts.logger.error(fields, 'request failed');
+    else this.opts.logger.info(fields, 'request rejected');
     this.sink.send({ immediate_response: immediateResponse(answer, this.opts) });
     this.closed = true;
     this.queue = [];

@@ -219,9 +219,18 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       fx.router.decide = () => {
         throw new KvEppError(code, `boom ${code}`);
       };
+      const logged = fx.logger.records.length;
       const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       const { responses, status: st } = await s.drain();
+      // One info line naming the request, the status and why.
+      expect(fx.logger.records.slice(logged)).toEqual([
+        {
+          level: 'info',
+          msg: 'request rejected',
+          fields: { requestId: 'req-1', status, err: `${category} - boom ${code}` },
+        },
+      ]);
       expect(st.code).toBe(GrpcStatus.OK);
       expect(responses).toHaveLength(1);
       const imm = responses[0]?.immediate_response;
