@@ -468,6 +468,9 @@ export async function startServing(
     throw e;
   }
   // Static discovery follows its file: departed workers leave the index.
+  const hasPublishers = (list: readonly Endpoint[]): boolean =>
+    list.some((e) => e.kvEvents !== undefined);
+  let publishers = hasPublishers(endpoints);
   const applyEndpoints = async (next: Endpoint[]): Promise<void> => {
     const changes = diffEndpoints(endpoints, next);
     endpoints = next;
@@ -483,6 +486,22 @@ export async function startServing(
       path.index.removeHolder(h);
     }
     await eventSources?.syncEndpoints(next);
+    // Whether KV events are used is settled at start-up; say when an edit asks otherwise.
+    const nextPublishers = hasPublishers(next);
+    if (nextPublishers !== publishers) {
+      publishers = nextPublishers;
+      if (!useKvEvents && publishers) {
+        log.warn(
+          { endpoints: next.filter((e) => e.kvEvents !== undefined).map((e) => e.name) },
+          'endpoints now name kvEvents publishers, but KV events were off at start-up (approximate routing); restart kv-epp to use them',
+        );
+      } else if (useKvEvents && !publishers && options.events.natsServer === undefined) {
+        log.warn(
+          {},
+          'no endpoint names a kvEvents publisher any more and there is no NATS source: the KV index is no longer fed',
+        );
+      }
+    }
     // Re-warn only when the disaggregated endpoints change, not on every edit.
     const nextRoles = roleWarning(next);
     if (JSON.stringify(nextRoles?.fields) !== JSON.stringify(roles?.fields)) warn(nextRoles);
@@ -497,15 +516,35 @@ export async function startServing(
       'endpoints changed',
     );
   };
+  // One list at a time: applying one awaits the event sources (a ZMQ set starting),
+  // and two edits applied at once started two sets, one never closed. A list that
+  // comes in meanwhile waits; of several, only the latest is applied.
+  let applying = false;
+  let waiting: Endpoint[] | undefined;
+  const applyInOrder = (next: Endpoint[]): void => {
+    if (applying) {
+      waiting = next;
+      return;
+    }
+    applying = true;
+    void (async () => {
+      for (let list: Endpoint[] | undefined = next; list !== undefined; ) {
+        try {
+          await applyEndpoints(list);
+        } catch (e) {
+          log.error({ err: (e as Error).message }, 'applying new endpoints failed');
+        }
+        list = waiting;
+        waiting = undefined;
+      }
+      applying = false;
+    })();
+  };
   let watcher: EndpointsWatch | undefined;
   if (options.endpointsFile !== undefined) {
     watcher = watchEndpointsFile(options.endpointsFile, endpoints, {
       log,
-      onChange: (next) => {
-        applyEndpoints(next).catch((e: unknown) =>
-          log.error({ err: (e as Error).message }, 'applying new endpoints failed'),
-        );
-      },
+      onChange: applyInOrder,
     });
     const w = watcher;
     started.push({ close: async () => w.close() });

@@ -5,7 +5,10 @@
  *
  * Contract: a file that no longer parses or validates is logged and ignored —
  * the last good list stays in force, nothing is removed from the index.
- * `onChange` is called only when the parsed list differs.
+ * `onChange` is called only when the parsed list differs. A file is read only
+ * once it has not changed for `settleMs`: one written in pieces (an editor, a
+ * script appending) can parse as a shorter valid list half-way, and installing
+ * that would drop the missing workers' KV state until they refill it.
  */
 import { type FSWatcher, watch } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -18,6 +21,8 @@ export interface EndpointsWatchOptions {
   log: Logger;
   /** Re-read interval in ms; 0 disables polling (the watch still runs). Default 5 s. */
   pollMs?: number | undefined;
+  /** How long a file must stay unmodified before it is read (ms). Default 250. */
+  settleMs?: number | undefined;
   onChange: (endpoints: Endpoint[]) => void;
 }
 
@@ -41,20 +46,37 @@ export function watchEndpointsFile(
   let again = false;
   /** Identity of the file last parsed: the poll parses only when it changed. */
   let seen: string | undefined;
-  const changed = async (): Promise<boolean> => {
+  const settleMs = opts.settleMs ?? 250;
+  let settleTimer: NodeJS.Timeout | undefined;
+  /** Reloads once nothing has touched the file for `delayMs`. */
+  const reloadLater = (delayMs: number): void => {
+    if (settleTimer) clearTimeout(settleTimer);
+    settleTimer = setTimeout(() => {
+      settleTimer = undefined;
+      void reload();
+    }, delayMs);
+    settleTimer.unref();
+  };
+  /** 'same' (parsed already), 'settling' (modified too recently: retried later) or 'read'. */
+  const changed = async (force: boolean): Promise<'same' | 'settling' | 'read'> => {
     try {
       const st = await stat(path);
       const id = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
-      if (id === seen) return false;
+      if (id === seen && !force) return 'same';
+      const age = Date.now() - Math.max(st.mtimeMs, st.ctimeMs);
+      if (!force && age >= 0 && age < settleMs) {
+        reloadLater(settleMs - age + 1);
+        return 'settling';
+      }
       seen = id;
     } catch {
       seen = undefined; // gone: let the read report it
     }
-    return true;
+    return 'read';
   };
   const readOnce = async (force: boolean): Promise<boolean> => {
     // A poll that finds the same file does nothing (parsing YAML costs the event loop ms).
-    if (!(await changed()) && !force) return false;
+    if ((await changed(force)) !== 'read') return false;
     let next: Endpoint[];
     try {
       next = await loadEndpointsFile(path);
@@ -90,7 +112,7 @@ export function watchEndpointsFile(
   try {
     watcher = watch(dirname(path), { persistent: false }, (_event, file) => {
       // Any change in the directory may be a symlink swap of our file.
-      if (file === null || file === name || file.startsWith('..')) void reload();
+      if (file === null || file === name || file.startsWith('..')) reloadLater(settleMs);
     });
     watcher.on('error', () => {});
   } catch {
@@ -104,6 +126,7 @@ export function watchEndpointsFile(
     close() {
       watcher?.close();
       if (timer) clearInterval(timer);
+      if (settleTimer) clearTimeout(settleTimer);
     },
   };
 }

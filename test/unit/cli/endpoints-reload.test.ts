@@ -91,6 +91,50 @@ describe('serve follows --endpoints-file', () => {
   });
 });
 
+describe('serve reads an endpoints file only once it has settled', () => {
+  it('never installs the shorter list a file written in two pieces shows half-way', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-torn-'));
+    dirs.push(dir);
+    const file = join(dir, 'endpoints.yaml');
+    const yaml = (names: string[]): string =>
+      `endpoints:\n${names
+        .map((n, i) => `  - name: ${n}\n    address: 127.0.0.${i + 2}\n    port: 8001\n`)
+        .join('')}`;
+    writeFileSync(file, yaml(['a', 'b', 'c']));
+    const log = new RecordingLogger();
+    const s = await startServing(
+      [
+        '--endpoints-file',
+        file,
+        '--secure-serving=false',
+        '--grpc-port=0',
+        '--grpc-health-port=0',
+        '--metrics-port=0',
+        '--host=127.0.0.1',
+      ],
+      { KV_EPP_POOL_SIZE: '0' },
+      log,
+    );
+    running.push(s);
+    const seen = new Set<number>();
+    const watch = setInterval(() => seen.add(s.endpoints().length), 2);
+    try {
+      // In place, as an editor or `>` then `>>` writes it: the first piece alone
+      // is a valid list of two.
+      const full = yaml(['a', 'b', 'c', 'd']);
+      const cut = full.indexOf('  - name: c');
+      writeFileSync(file, full.slice(0, cut));
+      await new Promise((r) => setTimeout(r, 30));
+      writeFileSync(file, full);
+      await until(() => s.endpoints().length === 4, 'the whole new list');
+    } finally {
+      clearInterval(watch);
+    }
+    expect([...seen].sort()).toEqual([3, 4]);
+    expect(log.records.filter((r) => r.msg === 'endpoints changed')).toHaveLength(1);
+  });
+});
+
 describe('serve readiness', () => {
   it('is NOT_SERVING until a routable endpoint is known, then stays SERVING', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kv-epp-ready-'));
