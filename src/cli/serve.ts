@@ -11,7 +11,7 @@
  * logged as warnings at start-up, never fatal.
  */
 import { readFile } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
+import { availableParallelism, networkInterfaces } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import {
   blockSizeWarning,
@@ -83,7 +83,7 @@ import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
  */
 const RECORD_SOON_BLOCKS = 256;
 
-export const SERVE_USAGE = `usage: kv-epp serve [--host 0.0.0.0] [--grpc-port 9002] [--grpc-health-port 9003]
+export const SERVE_USAGE = `usage: kv-epp serve [--host ADDR] [--grpc-port 9002] [--grpc-health-port 9003]
                     [--metrics-port 9090] [--secure-serving[=true|false]] [--cert-path DIR]
                     [--config-file FILE.yaml] [--max-body-bytes 67108864]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
@@ -396,6 +396,7 @@ export async function startServing(
     path.tokenizer.dispose();
     path.index.dispose();
   };
+  const host = options.host ?? everyAddress();
   let extProc: RunningServer;
   let health: RunningServer;
   let metricsServer: MetricsServer;
@@ -429,10 +430,10 @@ export async function startServing(
       eventSources = await startEventSources(options, endpoints, ingest, log, workerLoads);
       started.push(eventSources);
     }
-    extProc = await bindOrExplain('--grpc-port', options.grpcPort, options.host, () =>
+    extProc = await bindOrExplain('--grpc-port', options.grpcPort, host, () =>
       startExtProcServer({
         port: options.grpcPort,
-        host: options.host,
+        host,
         router,
         tls,
         maxBodyBytes: options.maxBodyBytes,
@@ -444,10 +445,10 @@ export async function startServing(
       }),
     );
     started.push(extProc);
-    health = await bindOrExplain('--grpc-health-port', options.grpcHealthPort, options.host, () =>
+    health = await bindOrExplain('--grpc-health-port', options.grpcHealthPort, host, () =>
       startHealthServer({
         port: options.grpcHealthPort,
-        host: options.host,
+        host,
         isReady,
         logger: log,
         // grpc-js on the ext_proc port (the fallback) means grpc-js here too.
@@ -455,10 +456,10 @@ export async function startServing(
       }),
     );
     started.push(health);
-    metricsServer = await bindOrExplain('--metrics-port', options.metricsPort, options.host, () =>
+    metricsServer = await bindOrExplain('--metrics-port', options.metricsPort, host, () =>
       startMetricsServer({
         port: options.metricsPort,
-        host: options.host,
+        host,
         registry: metrics.registry,
       }),
     );
@@ -590,6 +591,19 @@ export async function startServing(
  * in its message (`No address added … [listen EADDRINUSE: …]`), node:http in
  * `code`. Other failures pass through unchanged.
  */
+/**
+ * Every address of the machine: `::` (IPv6 and, with Linux's default
+ * bindv6only=0, IPv4 too, as Go's `net.Listen("tcp", ":port")` that GAIE's EPP
+ * uses), or `0.0.0.0` where the machine has no IPv6 at all. IPv4-only
+ * listening left single-stack IPv6 clusters' probes and gateways refused.
+ */
+function everyAddress(): string {
+  const ipv6 = Object.values(networkInterfaces()).some((list) =>
+    list?.some((a) => a.family === 'IPv6'),
+  );
+  return ipv6 ? '::' : '0.0.0.0';
+}
+
 async function bindOrExplain<T>(
   flag: string,
   port: number,

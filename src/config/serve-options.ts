@@ -15,7 +15,8 @@ import type { BackendChoice } from '../kv/types.js';
 import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 
 export interface ServeOptions {
-  host: string;
+  /** Where the ports listen; undefined: every address, IPv6 and IPv4 (see `serve`). */
+  host: string | undefined;
   grpcPort: number;
   grpcHealthPort: number;
   metricsPort: number;
@@ -409,7 +410,7 @@ export function resolveServeOptions(
     file('server', 'extProcTransport'),
   );
   return {
-    host: get(str, '0.0.0.0', [flags.host, '--host'], file('server', 'host')),
+    host: get(str, undefined, [flags.host, '--host'], file('server', 'host')),
     grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
     grpcHealthPort: get(
       port,

@@ -7,7 +7,8 @@
  */
 
 import { renameSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { connect, createServer, type Server } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
@@ -41,6 +42,45 @@ async function failure(p: Promise<unknown>): Promise<Error> {
   }
   throw new Error('start-up did not fail');
 }
+
+/** Resolves true when a TCP connection to host:port opens. */
+function opens(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = connect({ host, port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+describe('kv-epp serve listening addresses', () => {
+  it("listens on IPv6 and IPv4 without --host, as GAIE's EPP does", async () => {
+    const log = new RecordingLogger();
+    const s = await startServing(
+      args()
+        .filter((a) => !a.startsWith('--host'))
+        .concat(['--endpoints-file', DEFAULT_ENDPOINTS]),
+      ENV,
+      log,
+    );
+    running.push(s);
+    const ports = [s.extProc.port, s.health.port, s.metrics.port];
+    const ipv6 = Object.values(networkInterfaces()).some((l) =>
+      l?.some((a) => a.family === 'IPv6'),
+    );
+    for (const port of ports) {
+      expect(await opens('127.0.0.1', port)).toBe(true);
+      if (ipv6) expect(await opens('::1', port)).toBe(true);
+    }
+    // --host still narrows it.
+    const v4 = await startServing(args('--endpoints-file', DEFAULT_ENDPOINTS), ENV, log);
+    running.push(v4);
+    if (ipv6) expect(await opens('::1', v4.extProc.port)).toBe(false);
+    expect(await opens('127.0.0.1', v4.extProc.port)).toBe(true);
+  });
+});
 
 describe('kv-epp serve under GAIE and Dynamo deployments', () => {
   it("starts on GAIE's chart arguments and EndpointPickerConfig, with one warning listing what has no effect", async () => {
