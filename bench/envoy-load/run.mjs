@@ -591,6 +591,9 @@ async function startKvEpp(upstreamAddrs, dir, variant = '') {
       'serve',
       '--secure-serving=false',
       '--kv-events=false',
+      // Stopped between set-ups: no gateway to tell, no stream worth waiting for.
+      '--shutdown-propagation-seconds=0',
+      '--shutdown-grace-seconds=2',
       '--host',
       '127.0.0.1',
       '--grpc-port',

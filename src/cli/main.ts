@@ -47,7 +47,14 @@ async function main(argv: string[]): Promise<number> {
           process.once('SIGINT', stop);
           process.once('SIGTERM', stop);
         });
-        await serving.close();
+        // A second signal while draining (Ctrl-C twice) stops at once.
+        const now = () => {
+          process.stderr.write('kv-epp: second signal, stopping now\n');
+          process.exit(130);
+        };
+        process.once('SIGINT', now);
+        process.once('SIGTERM', now);
+        await serving.shutdown();
         return 0;
       }
       case 'events':

@@ -116,6 +116,15 @@ export interface Serving {
   endpoints(): readonly Endpoint[];
   /** Re-reads `--endpoints-file` now (it is also watched); true when the list changed. */
   reloadEndpoints(): Promise<boolean>;
+  /**
+   * The graceful stop (SIGTERM): readiness turns NOT_SERVING at once; new
+   * streams are still served for the propagation time (skipped when no
+   * gateway is connected), then the ext_proc port stops accepting and open
+   * streams (a long generation's response) finish, until the grace period
+   * from the call is over: what is still open then is cut. Then `close`.
+   */
+  shutdown(): Promise<void>;
+  /** Stops everything now (open streams get 5 s). */
   close(): Promise<void>;
 }
 
@@ -342,7 +351,9 @@ export async function startServing(
   // rollout) gets kv-epp's own 503s rather than the gateway's error for an
   // unhealthy ext_proc cluster. Prefill-only endpoints are never routed to.
   let seenRoutable = false;
+  let shuttingDown = false;
   const isReady = () => {
+    if (shuttingDown) return false;
     seenRoutable ||= countRoutable(endpoints) > 0;
     return seenRoutable;
   };
@@ -351,7 +362,7 @@ export async function startServing(
     tls = options.certPath ? await CertReloader.open(options.certPath, { log }) : 'self-signed';
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
-  const started: Array<{ close(): Promise<void> }> = [];
+  const started: Array<{ close(): Promise<unknown> }> = [];
   // Approximate mode: expire routed blocks without waiting for traffic. A
   // native tracker does it on its own thread; otherwise each call does a
   // bounded amount and a backlog is worked off in further calls, each its own
@@ -550,6 +561,35 @@ export async function startServing(
     const w = watcher;
     started.push({ close: async () => w.close() });
   }
+  let stopping: Promise<void> | undefined;
+  const shutdown = (): Promise<void> => {
+    stopping ??= (async () => {
+      shuttingDown = true;
+      const graceMs = options.shutdownGraceSeconds * 1000;
+      const deadline = Date.now() + graceMs;
+      // Without a gateway connected nothing needs to notice the readiness change.
+      const connected = extProc.connections !== 0;
+      const propagationMs = connected
+        ? Math.min(options.shutdownPropagationSeconds * 1000, graceMs)
+        : 0;
+      log.info(
+        {
+          inFlight: kvRouter.inFlightTotal(),
+          propagationSeconds: propagationMs / 1000,
+          graceSeconds: options.shutdownGraceSeconds,
+        },
+        'shutting down: readiness NOT_SERVING; open streams may finish',
+      );
+      if (propagationMs > 0) await new Promise((r) => setTimeout(r, propagationMs));
+      const open = kvRouter.inFlightTotal();
+      const cut = await extProc.close(Math.max(0, deadline - Date.now()));
+      const fields = { inFlightAtDrain: open, cutAfterSeconds: options.shutdownGraceSeconds };
+      if (cut) log.warn(fields, 'shutdown grace period over: open streams cut');
+      else log.info({ inFlightAtDrain: open }, 'every open stream finished');
+      await releaseAll();
+    })();
+    return stopping;
+  };
   log.info(
     {
       grpcPort: extProc.port,
@@ -580,6 +620,7 @@ export async function startServing(
     ingest,
     endpoints: () => endpoints,
     reloadEndpoints: () => watcher?.reload() ?? Promise.resolve(false),
+    shutdown,
     close: releaseAll,
   };
 }

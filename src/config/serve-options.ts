@@ -68,6 +68,14 @@ export interface ServeOptions {
   maxRequestsPerEndpoint: number;
   /** `retry-after` on 429 answers, in seconds. */
   retryAfterSeconds: number;
+  /**
+   * On SIGTERM: how long kv-epp keeps serving new streams after readiness
+   * turns NOT_SERVING, so gateways and Services notice first (Dynamo's EPP:
+   * `DYN_EPP_GRACEFUL_SHUTDOWN_PROPAGATION_SECS`, 5).
+   */
+  shutdownPropagationSeconds: number;
+  /** On SIGTERM: the whole shutdown's bound, propagation included; streams still open then are cut. */
+  shutdownGraceSeconds: number;
   /** 5xx answers in a row that leave an endpoint out of routing (Envoy's consecutive_5xx); 0 = never. */
   outlierConsecutive5xx: number;
   /** The first time an endpoint is left out, in seconds; each further time adds as much, up to 10×. */
@@ -275,6 +283,8 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'host',
     'gcPaceMb',
     'v8WorkerPriority',
+    'shutdownPropagationSeconds',
+    'shutdownGraceSeconds',
   ]),
 };
 
@@ -507,6 +517,23 @@ export function resolveServeOptions(
       1,
       [flags['retry-after-seconds'], '--retry-after-seconds'],
       file('router', 'retryAfterSeconds'),
+    ),
+    shutdownPropagationSeconds: get(
+      (v, field) => int(v, field, 0, 600),
+      5,
+      [flags['shutdown-propagation-seconds'], '--shutdown-propagation-seconds'],
+      [
+        env.DYN_EPP_GRACEFUL_SHUTDOWN_PROPAGATION_SECS,
+        'DYN_EPP_GRACEFUL_SHUTDOWN_PROPAGATION_SECS',
+      ],
+      file('server', 'shutdownPropagationSeconds'),
+    ),
+    shutdownGraceSeconds: get(
+      (v, field) => int(v, field, 0, 86_400),
+      30,
+      [flags['shutdown-grace-seconds'], '--shutdown-grace-seconds'],
+      [env.KV_EPP_SHUTDOWN_GRACE_SECONDS, 'KV_EPP_SHUTDOWN_GRACE_SECONDS'],
+      file('server', 'shutdownGraceSeconds'),
     ),
     outlierConsecutive5xx: get(
       (v, field) => int(v, field, 0, 1000),
@@ -742,6 +769,8 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'max-queued-requests',
     'max-requests-per-endpoint',
     'retry-after-seconds',
+    'shutdown-propagation-seconds',
+    'shutdown-grace-seconds',
     'outlier-consecutive-5xx',
     'outlier-ejection-seconds',
     'ext-proc-transport',

@@ -228,6 +228,13 @@ export class KvRouter implements RequestRouter {
     return this.inFlight.get(hostPort) ?? 0;
   }
 
+  /** Requests routed and not yet completed, over every endpoint. */
+  inFlightTotal(): number {
+    let n = 0;
+    for (const v of this.inFlight.values()) n += v;
+    return n;
+  }
+
   private candidates(req: GatewayRequest): Endpoint[] {
     const ready = this.deps.endpoints().filter(isRoutable);
     const allowed = filterBySubset(ready, req.subset);

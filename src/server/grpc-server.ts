@@ -94,8 +94,13 @@ export interface RunningServer {
    * (h2/socket-reads.ts); the others read 'data' events. 0 on other transports.
    */
   readonly ownReadBufferConnections?: number;
-  /** Stops accepting, lets open calls finish for up to `graceMs`, then cuts them. */
-  close(graceMs?: number): Promise<void>;
+  /**
+   * Stops accepting (GOAWAY), lets open calls finish for up to `graceMs`
+   * (default 5 s), then cuts them; resolves true when some had to be cut.
+   */
+  close(graceMs?: number): Promise<boolean>;
+  /** Open connections on kv-epp's own HTTP/2 framing (raw-h2); undefined on the other transports. */
+  readonly connections?: number | undefined;
 }
 
 function address(host: string | undefined, port: number): string {
@@ -109,20 +114,20 @@ function bind(server: Server, addr: string, creds: ServerCredentials): Promise<n
   });
 }
 
-function closer(server: Server, raw?: RawTransport): (graceMs?: number) => Promise<void> {
-  let closing: Promise<void> | undefined;
+function closer(server: Server, raw?: RawTransport): (graceMs?: number) => Promise<boolean> {
+  let closing: Promise<boolean> | undefined;
   return (graceMs = 5000) => {
-    closing ??= new Promise<void>((resolve) => {
+    closing ??= new Promise<boolean>((resolve) => {
       raw?.drain();
       const timer = setTimeout(() => {
         raw?.destroy();
         server.forceShutdown();
-        resolve();
+        resolve(true);
       }, graceMs);
       timer.unref();
       server.tryShutdown(() => {
         clearTimeout(timer);
-        resolve();
+        resolve(false);
       });
     });
     return closing;
@@ -237,6 +242,9 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     transport: inForce,
     get ownReadBufferConnections() {
       return raw?.ownReadBufferConnections ?? 0;
+    },
+    get connections() {
+      return raw?.connections;
     },
     close: closer(server, raw),
   };

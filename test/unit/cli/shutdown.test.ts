@@ -1,0 +1,180 @@
+/**
+ * `kv-epp serve` stopped by SIGTERM (the real CLI as a child process): readiness
+ * turns NOT_SERVING at once, a stream still answering its response (a long
+ * generation) finishes well past the propagation time, and the process exits
+ * 0; a stream still open when the grace period is over is cut, and the log
+ * says so; with no gateway connected there is no propagation wait.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import {
+  ExtProcClient,
+  reqBody,
+  reqHeaders,
+  respBody,
+  respHeaders,
+  respTrailers,
+  setHeadersOf,
+} from '../../support/ext-proc.js';
+import { check, healthClient, NOT_SERVING, SERVING } from '../../support/health.js';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const CLI = join(ROOT, 'dist/src/cli/main.js');
+const dir = mkdtempSync(join(tmpdir(), 'kv-epp-shutdown-'));
+const EPS = join(dir, 'endpoints.yaml');
+writeFileSync(EPS, 'endpoints:\n  - {name: a, address: 127.0.0.2, port: 8001, workerId: "7"}\n');
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+interface Serve {
+  child: ChildProcess;
+  records: Array<Record<string, unknown>>;
+  grpcPort: number;
+  healthPort: number;
+  exit: Promise<number | null>;
+}
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+async function serve(...extra: string[]): Promise<Serve> {
+  const child = spawn(
+    process.execPath,
+    [
+      CLI,
+      'serve',
+      '--endpoints-file',
+      EPS,
+      '--secure-serving=false',
+      '--grpc-port=0',
+      '--grpc-health-port=0',
+      '--metrics-port=0',
+      '--host=127.0.0.1',
+      ...extra,
+    ],
+    { env: { ...process.env, KV_EPP_POOL_SIZE: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.push(child);
+  const records: Array<Record<string, unknown>> = [];
+  let carry = '';
+  const read = (d: Buffer) => {
+    const lines = (carry + d.toString('utf8')).split('\n');
+    carry = lines.pop() ?? '';
+    for (const l of lines) {
+      try {
+        records.push(JSON.parse(l) as Record<string, unknown>);
+      } catch {
+        records.push({ msg: l });
+      }
+    }
+  };
+  child.stdout?.on('data', read);
+  child.stderr?.on('data', read);
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  for (let i = 0; i < 600; i++) {
+    const up = records.find((r) => r.msg === 'kv-epp serving');
+    if (up) {
+      return {
+        child,
+        records,
+        exit,
+        grpcPort: up.grpcPort as number,
+        healthPort: up.healthPort as number,
+      };
+    }
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`serve did not start: ${JSON.stringify(records)}`);
+}
+
+const CHAT = JSON.stringify({
+  model: 'm',
+  messages: [{ role: 'user', content: 'hello there' }],
+  stream: true,
+});
+
+/** A routed request whose response has begun (the worker is generating). */
+async function generating(s: Serve) {
+  const client = new ExtProcClient(s.grpcPort);
+  const st = client.open();
+  st.send(
+    reqHeaders({
+      ':method': 'POST',
+      ':path': '/v1/chat/completions',
+      'content-type': 'application/json',
+    }),
+    reqBody(CHAT, true),
+  );
+  const [h] = await st.take(2);
+  expect(setHeadersOf(h)['x-dynamo-worker-instance-id']).toBe('7');
+  st.send(respHeaders({ ':status': '200', 'content-type': 'text/event-stream' }));
+  await st.take(1);
+  return { client, st };
+}
+
+const logged = (s: Serve, msg: string) => s.records.find((r) => r.msg === msg);
+
+describe('kv-epp serve on SIGTERM', () => {
+  it('turns NOT_SERVING at once and lets an answering stream finish past the propagation time', async () => {
+    const s = await serve('--shutdown-propagation-seconds=1', '--shutdown-grace-seconds=30');
+    const { client, st } = await generating(s);
+    const health = healthClient(s.healthPort);
+    try {
+      expect(await check(health, 'readiness')).toBe(SERVING);
+      s.child.kill('SIGTERM');
+      for (
+        let i = 0;
+        i < 100 && !logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
+        i++
+      )
+        await new Promise((r) => setTimeout(r, 20));
+      expect(await check(health, 'readiness')).toBe(NOT_SERVING);
+      // The generation goes on for 2 s, past the 1 s propagation: every chunk is answered.
+      for (let i = 0; i < 8; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        st.send(respBody(`data: {"i":${i}}\n\n`, false));
+        const [r] = await st.take(1);
+        expect(r?.response_body).toBeDefined();
+      }
+      st.send(respBody('data: [DONE]\n\n', true), respTrailers());
+      await st.take(2);
+      st.halfClose(); // as Envoy ends the ext_proc stream once the HTTP exchange is over
+      expect(await s.exit).toBe(0);
+    } finally {
+      health.close();
+      client.close();
+    }
+    const start = logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
+    expect(start).toMatchObject({ inFlight: 1, propagationSeconds: 1, graceSeconds: 30 });
+    expect(logged(s, 'every open stream finished')).toMatchObject({ inFlightAtDrain: 1 });
+  }, 60_000);
+
+  it('cuts a stream still open when the grace period is over, and says so', async () => {
+    const s = await serve('--shutdown-propagation-seconds=0', '--shutdown-grace-seconds=1');
+    const { client } = await generating(s);
+    try {
+      s.child.kill('SIGTERM');
+      expect(await s.exit).toBe(0);
+    } finally {
+      client.close();
+    }
+    expect(logged(s, 'shutdown grace period over: open streams cut')).toMatchObject({
+      inFlightAtDrain: 1,
+      cutAfterSeconds: 1,
+    });
+  }, 60_000);
+
+  it('does not wait for propagation when no gateway is connected', async () => {
+    const s = await serve('--shutdown-propagation-seconds=600');
+    s.child.kill('SIGTERM');
+    expect(await s.exit).toBe(0);
+    expect(
+      logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish'),
+    ).toMatchObject({ propagationSeconds: 0 });
+  }, 60_000);
+});
