@@ -277,6 +277,7 @@ export async function startServing(
               // An IPv6 zone (`fe80::1%eth0`) is `%25` in a URL.
               url: `${ms.scheme}://${hostPortOf(e.address.replaceAll('%', '%25'), ms.port || e.port)}${ms.path}`,
               engine: engineOf(e.labels),
+              dpRank: e.dpRank,
             })),
         })
       : undefined;

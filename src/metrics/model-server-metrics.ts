@@ -9,8 +9,9 @@
  * for their names, never a parse of the whole exposition, which for vLLM is
  * mostly histograms. Several matching series (one per engine of a
  * data-parallel server) add up for the request counts and average for the
- * KV usage; NaN and infinite samples are ignored; a family that is absent
- * leaves its figure undefined.
+ * KV usage, unless the endpoint is one of several ranks sharing the page
+ * (`readRankFigures`); NaN and infinite samples are ignored; a family that is
+ * absent leaves its figure undefined.
  */
 
 /** A Prometheus series selector: a metric name and labels that must match exactly. */
@@ -78,13 +79,42 @@ export interface PodLoad extends LoadFigures {
  * `page`: the exposition's bytes (UTF-8), as read from the socket; a string is
  * taken too. Only the lines of the wanted series are decoded.
  */
-export function readLoadFigures(page: Uint8Array | string, engine: EngineMetrics): LoadFigures {
+export function readLoadFigures(
+  page: Uint8Array | string,
+  engine: EngineMetrics,
+  labels?: Readonly<Record<string, string>>,
+): LoadFigures {
   const bytes = asBuffer(page);
+  const only = (list: readonly SeriesSelector[]): readonly SeriesSelector[] =>
+    labels === undefined ? list : list.map((s) => ({ ...s, labels: { ...s.labels, ...labels } }));
   return {
-    waiting: first(bytes, engine.waiting, 'sum'),
-    running: first(bytes, engine.running, 'sum'),
-    kvUsage: first(bytes, engine.kvUsage, 'mean'),
+    waiting: first(bytes, only(engine.waiting), 'sum'),
+    running: first(bytes, only(engine.running), 'sum'),
+    kvUsage: first(bytes, only(engine.kvUsage), 'mean'),
   };
+}
+
+/**
+ * The figures of each data-parallel rank of one server that serves them all
+ * on one metrics page: the series labelled `engine="<rank>"` (vLLM's label
+ * for its engine cores); on a page without that label, the server's totals
+ * split evenly over `ranks` (KV usage is a mean, so it stays). Without this,
+ * every rank got the whole server's counts and the pool gauges counted each
+ * waiting request once per rank.
+ */
+export function readRankFigures(
+  page: Uint8Array | string,
+  engine: EngineMetrics,
+  rank: number,
+  ranks: number,
+): LoadFigures {
+  const own = readLoadFigures(page, engine, { engine: String(rank) });
+  if (own.waiting !== undefined || own.running !== undefined || own.kvUsage !== undefined) {
+    return own;
+  }
+  const all = readLoadFigures(page, engine);
+  const share = (n: number | undefined) => (n === undefined ? undefined : n / ranks);
+  return { waiting: share(all.waiting), running: share(all.running), kvUsage: all.kvUsage };
 }
 
 function asBuffer(page: Uint8Array | string): Buffer {

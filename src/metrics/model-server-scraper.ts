@@ -34,6 +34,7 @@ import {
   type LoadFigures,
   type PodLoad,
   readLoadFigures,
+  readRankFigures,
 } from './model-server-metrics.js';
 
 export interface ScrapeTarget {
@@ -41,6 +42,8 @@ export interface ScrapeTarget {
   pod: string;
   url: string;
   engine: EngineMetrics;
+  /** The endpoint's data-parallel rank: ranks sharing a URL read their own series. */
+  dpRank?: number | undefined;
 }
 
 export interface ScraperOptions {
@@ -191,11 +194,16 @@ export class ModelServerScraper {
       if (finished) return;
       finished = true;
       this.inFlight.delete(url);
+      const group = this.byUrl.get(url) ?? [];
+      // Several ranks of one server on one page each read their own share.
+      const ranks = new Set(group.map((t) => t.dpRank ?? 0)).size;
       // Read once per engine: the endpoints of one server usually share it.
       const byEngine = new Map<EngineMetrics, LoadFigures>();
-      for (const t of this.byUrl.get(url) ?? []) {
+      for (const t of group) {
         let figures: LoadFigures | undefined;
-        if (err === undefined) {
+        if (err === undefined && ranks > 1) {
+          figures = readRankFigures(body ?? EMPTY, t.engine, t.dpRank ?? 0, ranks);
+        } else if (err === undefined) {
           figures = byEngine.get(t.engine);
           if (figures === undefined) {
             figures = readLoadFigures(body ?? EMPTY, t.engine);

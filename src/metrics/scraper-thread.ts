@@ -134,7 +134,8 @@ function sameTargets(a: readonly ScrapeTarget[], b: readonly ScrapeTarget[]): bo
   for (let i = 0; i < a.length; i++) {
     const x = a[i] as ScrapeTarget;
     const y = b[i] as ScrapeTarget;
-    if (x.pod !== y.pod || x.url !== y.url || x.engine !== y.engine) return false;
+    if (x.pod !== y.pod || x.url !== y.url || x.engine !== y.engine || x.dpRank !== y.dpRank)
+      return false;
   }
   return true;
 }

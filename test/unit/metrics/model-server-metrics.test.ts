@@ -121,6 +121,7 @@ describe('ModelServerScraper', () => {
     pod,
     url: `http://127.0.0.1:${port}/metrics`,
     engine: engineOf({}),
+    dpRank: undefined as number | undefined,
   });
 
   /** A scraper over `targets` on a clock the test moves. */
@@ -279,6 +280,37 @@ describe('ModelServerScraper', () => {
     expect(requests).toBe(2);
     for (const h of held) h();
     expect(log.records.filter((r) => r.level === 'warn')).toEqual([]);
+  });
+
+  it("gives each data-parallel rank sharing a page its own engine's series, or an even share of the totals", async () => {
+    let page = VLLM;
+    const s = createServer((_req, res) => res.writeHead(200).end(page));
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as AddressInfo).port;
+    const targets = [
+      { ...target('rank0', port), dpRank: 0 },
+      { ...target('rank1', port), dpRank: 1 },
+    ];
+    const sc = scraperOver(() => targets, new RecordingLogger());
+    sc.tick();
+    await until(() => sc.fresh(Date.now(), 60_000).length === 2);
+    expect(sc.fresh(Date.now(), 60_000)).toEqual([
+      { pod: 'rank0', waiting: 4, running: 3, kvUsage: 0.5 },
+      // engine 1's waiting sample is NaN: no figure, rather than engine 0's.
+      { pod: 'rank1', waiting: undefined, running: 2, kvUsage: 0.25 },
+    ]);
+    // A server whose page has no engine label: its totals split over the ranks.
+    page =
+      'vllm:num_requests_waiting{model_name="m"} 8\nvllm:num_requests_running 6\nvllm:kv_cache_usage_perc 0.4\n';
+    const before = sc.fresh(Date.now(), 60_000);
+    sc.tick();
+    await until(() => JSON.stringify(sc.fresh(Date.now(), 60_000)) !== JSON.stringify(before));
+    expect(sc.fresh(Date.now(), 60_000)).toEqual([
+      { pod: 'rank0', waiting: 4, running: 3, kvUsage: 0.4 },
+      { pod: 'rank1', waiting: 4, running: 3, kvUsage: 0.4 },
+    ]);
+    sc.stop();
   });
 
   it("reads an answer for the endpoints its URL has when it comes: one that moved away gets the new URL's", async () => {
