@@ -292,7 +292,11 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
   const server = new Server();
   server.addService(
     services.health,
-    healthService({ isReady: opts.isReady, watchIntervalMs: opts.watchIntervalMs }),
+    healthService({
+      isReady: opts.isReady,
+      watchIntervalMs: opts.watchIntervalMs,
+      unknownAsReadiness: true,
+    }),
   );
   const { credentials } = await serverCredentials(undefined);
   const port = await bind(server, address(opts.host, opts.port), credentials);
@@ -301,6 +305,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
       ? installRawHealthTransport(server, {
           isReady: opts.isReady,
           watchIntervalMs: opts.watchIntervalMs,
+          unknownHealthAsReadiness: true,
           ...rawConnections(opts.logger, port, 'health'),
         })
       : undefined;

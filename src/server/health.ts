@@ -4,7 +4,11 @@
  * `envoy.service.ext_proc.v3.ExternalProcessor` (what Envoy's cluster health
  * check asks), `inference-extension` (the GAIE Helm chart's probe): SERVING
  * iff isReady(); `liveness`: always SERVING while the process answers.
- * Unknown services: Check fails NOT_FOUND, Watch reports SERVICE_UNKNOWN.
+ * Unknown services: Check fails NOT_FOUND, Watch reports SERVICE_UNKNOWN (the
+ * gRPC health protocol; GAIE's ext_proc port) — or, with
+ * `unknownAsReadiness` (the health port), they answer as readiness, as GAIE's
+ * health port does without leader election (`cmd/epp/runner/health.go`), so
+ * a probe naming another service passes there too.
  */
 import {
   status as GrpcStatus,
@@ -30,14 +34,20 @@ export const LIVENESS_SERVICE = 'liveness';
 
 export interface HealthOptions {
   isReady: () => boolean;
+  /** Unknown services answer as readiness instead of NOT_FOUND (the health port). */
+  unknownAsReadiness?: boolean | undefined;
   /** How often open Watch calls re-check readiness (ms). */
   watchIntervalMs?: number | undefined;
 }
 
 /** The status of `service`, or undefined if the service is unknown. */
-export function servingStatus(service: string, isReady: () => boolean): number | undefined {
+export function servingStatus(
+  service: string,
+  isReady: () => boolean,
+  unknownAsReadiness = false,
+): number | undefined {
   if (service === LIVENESS_SERVICE) return ServingStatus.SERVING;
-  if ((READINESS_SERVICES as readonly string[]).includes(service)) {
+  if (unknownAsReadiness || (READINESS_SERVICES as readonly string[]).includes(service)) {
     return isReady() ? ServingStatus.SERVING : ServingStatus.NOT_SERVING;
   }
   return undefined;
@@ -63,8 +73,10 @@ export function watchServing(
   isReady: () => boolean,
   intervalMs: number,
   send: (status: number) => void,
+  unknownAsReadiness = false,
 ): () => void {
-  const current = () => servingStatus(service, isReady) ?? ServingStatus.SERVICE_UNKNOWN;
+  const current = () =>
+    servingStatus(service, isReady, unknownAsReadiness) ?? ServingStatus.SERVICE_UNKNOWN;
   let last = current();
   send(last);
   const timer = setInterval(() => {
@@ -91,7 +103,7 @@ export function healthService(opts: HealthOptions): UntypedServiceImplementation
 
   const Check: handleUnaryCall<CheckRequest, CheckResponse> = (call, callback) => {
     const service = call.request.service ?? '';
-    const status = servingStatus(service, isReady);
+    const status = servingStatus(service, isReady, opts.unknownAsReadiness);
     if (status === undefined) {
       callback({ code: GrpcStatus.NOT_FOUND, details: `unknown service "${service}"` });
       return;
@@ -112,8 +124,12 @@ export function healthService(opts: HealthOptions): UntypedServiceImplementation
 
   // The current status at once, then again whenever it changes, until the client leaves.
   const Watch: handleServerStreamingCall<CheckRequest, CheckResponse> = (call) => {
-    const stop = watchServing(call.request.service ?? '', isReady, interval, (status) =>
-      call.write({ status }),
+    const stop = watchServing(
+      call.request.service ?? '',
+      isReady,
+      interval,
+      (status) => call.write({ status }),
+      opts.unknownAsReadiness,
     );
     call.on('cancelled', stop);
     call.on('close', stop);

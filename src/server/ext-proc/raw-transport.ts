@@ -46,6 +46,8 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
   isReady: () => boolean;
   /** How often open Watch calls re-check readiness (ms); default 1000. */
   watchIntervalMs?: number | undefined;
+  /** Unknown health services answer as readiness (health.ts; the health port). */
+  unknownHealthAsReadiness?: boolean | undefined;
   streamWindowBytes: number;
   connectionWindowBytes: number;
   /** A connection ended for a protocol error of the peer's (logging). */
@@ -192,6 +194,7 @@ function healthEvents(
   isReady: () => boolean,
   watchIntervalMs: number,
   timeout: string | undefined,
+  unknownAsReadiness: boolean,
 ): H2StreamEvents {
   const ready = guardReady(isReady);
   const limit = 64 * 1024;
@@ -200,7 +203,7 @@ function healthEvents(
       stream,
       healthOptions(limit, healthFrame, (sink) => ({
         onMessage(service) {
-          const status = servingStatus(service, ready);
+          const status = servingStatus(service, ready, unknownAsReadiness);
           if (status === undefined) {
             sink.fail(GrpcStatus.NOT_FOUND, `unknown service "${service}"`);
             return;
@@ -242,7 +245,13 @@ function healthEvents(
     stream,
     healthOptions(limit, healthFrame, (sink) => ({
       onMessage(service) {
-        stop ??= watchServing(service, ready, watchIntervalMs, (status) => sink.send(status));
+        stop ??= watchServing(
+          service,
+          ready,
+          watchIntervalMs,
+          (status) => sink.send(status),
+          unknownAsReadiness,
+        );
       },
       onHalfClose() {},
       onCancel() {
@@ -325,7 +334,14 @@ function install<Req, Res>(
     if (h.path?.startsWith(HEALTH)) {
       const method = h.path.slice(HEALTH.length);
       if (method === 'Check' || method === 'Watch' || method === 'List') {
-        return healthEvents(stream, method, opts.isReady, watchMs, h.timeout);
+        return healthEvents(
+          stream,
+          method,
+          opts.isReady,
+          watchMs,
+          h.timeout,
+          opts.unknownHealthAsReadiness === true,
+        );
       }
     }
     return refuse(

@@ -59,8 +59,12 @@ describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport)
     ready = false;
     expect(await check(c, 'readiness')).toBe(NOT_SERVING);
 
-    const unknown = await check(c, 'nope');
-    expect((unknown as ServiceError).code).toBe(5); // NOT_FOUND
+    // Any other name answers as readiness here, as GAIE's health port without
+    // leader election does (its ext_proc port answers NOT_FOUND: below).
+    expect(await check(c, 'nope')).toBe(NOT_SERVING);
+    ready = true;
+    expect(await check(c, 'nope')).toBe(SERVING);
+    ready = false;
 
     const list = await new Promise<Record<string, { status?: number }>>((resolve, reject) =>
       c.List({}, (err, res) => (err ? reject(err) : resolve(res?.statuses ?? {}))),
@@ -106,7 +110,7 @@ describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport)
     const unknown = c.Watch({ service: 'nope' });
     unknown.on('error', () => {});
     const first = await new Promise<number>((r) => unknown.once('data', (m) => r(m.status ?? 0)));
-    expect(first).toBe(SERVICE_UNKNOWN);
+    expect(first).toBe(SERVING); // as readiness, on the health port
     unknown.cancel();
   });
   it('does not serve ext_proc: Process is UNIMPLEMENTED', async () => {
@@ -184,6 +188,12 @@ describe.each(EXT_PROC_TRANSPORTS)('ext_proc server on %s', (transport) => {
     const first = await new Promise<number>((r) => watch.once('data', (m) => r(m.status ?? 0)));
     expect(first).toBe(SERVING);
     watch.cancel();
+    const unknownWatch = c.Watch({ service: 'nope' });
+    unknownWatch.on('error', () => {});
+    expect(
+      await new Promise<number>((r) => unknownWatch.once('data', (m) => r(m.status ?? 0))),
+    ).toBe(SERVICE_UNKNOWN);
+    unknownWatch.cancel();
 
     // raw-h2 reads the one connection into a reused buffer (h2/socket-reads.ts).
     expect(srv.ownReadBufferConnections).toBe(transport === 'raw-h2' ? 1 : 0);
