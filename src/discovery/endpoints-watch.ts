@@ -46,6 +46,8 @@ export function watchEndpointsFile(
   let again = false;
   /** Identity of the file last parsed: the poll parses only when it changed. */
   let seen: string | undefined;
+  /** The last unusable-file warning given, until a good read. */
+  let lastProblem: string | undefined;
   const settleMs = opts.settleMs ?? 250;
   let settleTimer: NodeJS.Timeout | undefined;
   /** Reloads once nothing has touched the file for `delayMs`. */
@@ -81,12 +83,18 @@ export function watchEndpointsFile(
     try {
       next = await loadEndpointsFile(path);
     } catch (e) {
-      opts.log.warn(
-        { file: path, err: (e as Error).message },
-        'endpoints file not usable; keeping the previous endpoints',
-      );
+      // Once per distinct problem: a file gone for hours is not a warning every poll.
+      const err = (e as Error).message;
+      if (err !== lastProblem) {
+        lastProblem = err;
+        opts.log.warn(
+          { file: path, err },
+          'endpoints file not usable; keeping the previous endpoints',
+        );
+      }
       return false;
     }
+    lastProblem = undefined;
     const fp = fingerprint(next);
     if (fp === current) return false;
     current = fp;

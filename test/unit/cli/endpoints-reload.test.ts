@@ -79,8 +79,12 @@ describe('serve follows --endpoints-file', () => {
 
     write(file, '{"endpoints": [ broken');
     expect(await s.reloadEndpoints()).toBe(false);
+    expect(await s.reloadEndpoints()).toBe(false);
     expect(s.endpoints()).toHaveLength(2);
-    expect(log.records.some((r) => r.msg.includes('keeping the previous endpoints'))).toBe(true);
+    // Warned once for the same problem, however often it is read.
+    const warned = () =>
+      log.records.filter((r) => r.msg.includes('keeping the previous endpoints')).length;
+    expect(warned()).toBe(1);
 
     write(file, { endpoints: [B] });
     await s.reloadEndpoints(); // the directory watch may have got there first
