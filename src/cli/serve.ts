@@ -401,6 +401,8 @@ export async function startServing(
   );
   const releaseAll = async (): Promise<void> => {
     await Promise.allSettled(started.splice(0).map((x) => x.close()));
+    // A drain slice may already be scheduled: it must not reach the disposed applier.
+    ingest?.close();
     applier?.dispose();
     if (tls instanceof CertReloader) tls.close();
     await preparer.close();

@@ -14,6 +14,9 @@
  * - Every report reaches the observer (metrics); a vLLM block-size mismatch
  *   is logged once per (worker, dp rank, sizes); gaps and restarts are logged
  *   once per holder per minute at most.
+ * - An applier that throws costs that message only (logged once a minute);
+ *   after `close` nothing more is applied or queued (shutdown: the applier is
+ *   disposed next, and a slice already scheduled must not reach it).
  */
 import type { WorkerRank } from '../kv/types.js';
 import type { Logger } from '../log/logger.js';
@@ -76,6 +79,7 @@ export class EventIngest {
   private head = 0;
   private queuedBytes = 0;
   private scheduled = false;
+  private closed = false;
   private droppedTotal = 0;
   private messages = 0;
   private readonly mismatchLogged = new Set<string>();
@@ -92,6 +96,7 @@ export class EventIngest {
 
   /** Queues one message; false when it was dropped because the queue is full. */
   push(msg: EventMessage): boolean {
+    if (this.closed) return false;
     const queued = this.queue.length - this.head;
     if (queued >= this.maxMessages || this.queuedBytes + msg.payload.length > this.maxBytes) {
       this.droppedTotal++;
@@ -134,6 +139,14 @@ export class EventIngest {
     };
   }
 
+  /** Drops what is queued and applies nothing more (shutdown, before the applier is disposed). */
+  close(): void {
+    this.closed = true;
+    this.queue = [];
+    this.head = 0;
+    this.queuedBytes = 0;
+  }
+
   /** Forgets a worker that left discovery (stream state and log throttles). */
   forgetWorker(workerId: bigint): void {
     this.opts.applier.forgetWorker(workerId);
@@ -144,6 +157,7 @@ export class EventIngest {
 
   private drainSlice(): void {
     this.scheduled = false;
+    if (this.closed) return;
     const start = performance.now();
     while (this.head < this.queue.length) {
       this.applyNext();
@@ -172,7 +186,18 @@ export class EventIngest {
     this.head++;
     this.queuedBytes -= msg.payload.length;
     this.messages++;
-    const report = this.opts.applier.apply(msg.codec, msg.payload, msg.context);
+    let report: EventApplyReport;
+    try {
+      report = this.opts.applier.apply(msg.codec, msg.payload, msg.context);
+    } catch (e) {
+      if (this.shouldLogGap(`failed:${msg.source}`)) {
+        this.opts.log.error(
+          { source: msg.source, err: e instanceof Error ? e.message : String(e) },
+          'applying a KV event message failed; skipped',
+        );
+      }
+      return;
+    }
     const lagMs =
       report.envelope === null
         ? undefined

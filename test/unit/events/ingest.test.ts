@@ -183,6 +183,40 @@ describe('EventIngest', () => {
     expect(log.records.filter((r) => r.msg.startsWith('KV event gap'))).toHaveLength(2);
   });
 
+  it('after close applies nothing more, even from a slice already scheduled, and queues nothing', () => {
+    const t = setup();
+    t.ingest.push(msg(1));
+    t.ingest.push(msg(2));
+    expect(t.sched.pending).toBe(1);
+    t.ingest.close();
+    t.applier.apply = () => {
+      throw new Error('the event applier was disposed');
+    };
+    t.sched.runOne(); // the slice scheduled before close
+    expect(t.applied).toEqual([]);
+    expect(t.ingest.push(msg(3))).toBe(false);
+    expect(t.sched.pending).toBe(0);
+    expect(t.ingest.stats()).toMatchObject({ queued: 0, queuedBytes: 0 });
+  });
+
+  it('an applier that throws costs that message only, logged once a minute', () => {
+    const t = setup();
+    t.applier.apply = (_codec, payload) => {
+      if (payload[0] === 2) throw new Error('boom');
+      return emptyReport();
+    };
+    for (const n of [1, 2, 3, 2]) t.ingest.push(msg(n));
+    t.sched.runOne();
+    expect(t.applied).toHaveLength(2);
+    const errors = t.log.records.filter((r) => r.level === 'error');
+    expect(errors).toEqual([
+      expect.objectContaining({
+        msg: 'applying a KV event message failed; skipped',
+        fields: { source: 'test', err: 'boom' },
+      }),
+    ]);
+  });
+
   it('forgetWorker reaches the applier', () => {
     const t = setup();
     t.ingest.forgetWorker(42n);
