@@ -441,7 +441,14 @@ export async function startServing(
         schedule: setImmediate,
         maxQueuedMessages: options.events.maxQueuedMessages,
       });
-      eventSources = await startEventSources(options, endpoints, ingest, log, workerLoads);
+      eventSources = await startEventSources(
+        options,
+        endpoints,
+        ingest,
+        log,
+        workerLoads,
+        (source, event) => metrics.eventConnectionEvent(source, event),
+      );
       started.push(eventSources);
     }
     extProc = await bindOrExplain('--grpc-port', options.grpcPort, host, () =>
@@ -682,6 +689,7 @@ async function startEventSources(
   ingest: EventIngest,
   log: Logger,
   workerLoads: WorkerLoadTable,
+  onConnectionEvent: (source: 'nats' | 'jetstream', event: string) => void,
 ): Promise<EventSources> {
   const { natsServer, subjects, durable } = options.events;
   const zmqEndpoints = endpoints.filter((e) => e.kvEvents !== undefined);
@@ -712,6 +720,7 @@ async function startEventSources(
                 maxPendingMessages: Math.max(1, Math.floor(options.events.maxQueuedMessages / 2)),
                 ingest,
                 log,
+                onConnectionEvent: (event) => onConnectionEvent('jetstream', event),
               })
             : await startNatsEventSource({
                 servers: natsServer,
@@ -719,6 +728,7 @@ async function startEventSources(
                 ingest,
                 log,
                 loads: await loadSubscription(options, workerLoads),
+                onConnectionEvent: (event) => onConnectionEvent('nats', event),
               }),
         );
       } catch (e) {

@@ -83,6 +83,8 @@ import { natsConnectTarget, redactNatsServers } from './nats-connect.js';
 import { sniffDynamoCodec } from './nats-source.js';
 
 export interface JetStreamEventSourceOptions {
+  /** Each disconnect, reconnect or connection error (metrics). */
+  onConnectionEvent?: ((event: 'disconnect' | 'reconnect' | 'error') => void) | undefined;
   /** `nats://host:port` (Dynamo's `NATS_SERVER`); several comma-separated. */
   servers: string;
   /** Dynamo namespace and component of the workers (`--namespace`, `--component`). */
@@ -225,6 +227,7 @@ export async function startJetStreamEventSource(
       if (s.type === 'reconnect') st.connected = true;
       if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {
         log.warn({ ...where, status: s.type }, `NATS connection ${s.type}`);
+        opts.onConnectionEvent?.(s.type);
       }
     }
   })().catch(() => {});

@@ -32,6 +32,8 @@ export interface NatsEventSourceOptions {
   name?: string | undefined;
   /** Worker load reports (`…kv_metrics`) on the same connection. */
   loads?: LoadSubscription | undefined;
+  /** Each disconnect, reconnect or connection error (metrics). */
+  onConnectionEvent?: ((event: 'disconnect' | 'reconnect' | 'error') => void) | undefined;
 }
 
 /** Where `kv_metrics` messages go: decoded (exact u64 ids) and recorded. */
@@ -117,6 +119,7 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'reconnect' || s.type === 'error') {
         opts.log.warn({ servers: shown, status: s.type }, `NATS connection ${s.type}`);
+        opts.onConnectionEvent?.(s.type);
       }
     }
   })().catch(() => {});

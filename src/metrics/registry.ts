@@ -346,6 +346,7 @@ export class EppMetrics {
   private readonly recoveredBlocks: FastCounter;
   private readonly eventResets: FastCounter;
   private readonly eventsDropped: FastCounter;
+  private readonly eventConnection: FastCounter<'source' | 'event'>;
   private readonly eventMessages: FastCounter;
   private readonly eventLag: FastHistogram;
 
@@ -568,6 +569,12 @@ export class EppMetrics {
     this.eventsDropped = new FastCounter({
       name: 'kv_epp_events_dropped_total',
       help: 'KV event messages dropped because the apply queue was full.',
+      registers,
+    });
+    this.eventConnection = new FastCounter({
+      name: 'kv_epp_events_connection_events_total',
+      help: "The KV event transport's connection events, by source (nats, jetstream) and event (disconnect, reconnect, error).",
+      labelNames: ['source', 'event'],
       registers,
     });
     this.eventLag = new FastHistogram({
@@ -812,6 +819,10 @@ export class EppMetrics {
 
   eventsDroppedInc(messages: number): void {
     this.eventsDropped.inc(messages);
+  }
+
+  eventConnectionEvent(source: 'nats' | 'jetstream', event: string): void {
+    this.eventConnection.inc({ source, event });
   }
 
   servedEndpoint(outcome: ServedOutcome): void {

@@ -85,6 +85,32 @@ describe.skipIf(!BIN)('NATS event source', () => {
     expect(missed).toEqual([]);
   });
 
+  it('reports disconnects and reconnects (metrics) and resubscribes after a server restart', async () => {
+    const own = await startNatsServer({ jetstream: false });
+    try {
+      const { ingest, got } = recordingIngest();
+      const seen: string[] = [];
+      const source = await startNatsEventSource({
+        servers: own.url,
+        subjects: [kvEventsSubject('restart')],
+        ingest,
+        log: new QuietLogger(),
+        onConnectionEvent: (e) => seen.push(e),
+      });
+      await own.restart();
+      await poll('reconnect', () => (seen.includes('reconnect') ? true : undefined), 10_000);
+      expect(seen.slice(0, 2)).toEqual(['disconnect', 'reconnect']);
+      const pub = await connect({ servers: [own.url] });
+      pub.publish(kvEventsSubject('restart', 'c', 'e'), Uint8Array.of(0x92, 7));
+      await pub.flush();
+      await poll('the event after the restart', () => (got.length > 0 ? true : undefined), 5000);
+      await pub.close();
+      await source.close();
+    } finally {
+      await own.stop();
+    }
+  });
+
   it('tells msgpack from JSON payloads and counts what it received', async () => {
     const { ingest, got } = recordingIngest();
     const source = await startNatsEventSource({

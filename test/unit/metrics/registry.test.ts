@@ -666,6 +666,9 @@ describe('KV event metrics', () => {
       25,
     );
     obs.dropped(2);
+    m.eventConnectionEvent('nats', 'disconnect');
+    m.eventConnectionEvent('nats', 'reconnect');
+    m.eventConnectionEvent('nats', 'disconnect');
     const text = await m.registry.metrics();
     expect(sample(text, 'kv_epp_events_messages_total')).toBe(1);
     expect(sample(text, 'kv_epp_events_applied_total{kind="stored"}')).toBe(2);
@@ -678,6 +681,12 @@ describe('KV event metrics', () => {
     expect(sample(text, 'kv_epp_events_gaps_total{kind="publisher"}')).toBe(1);
     expect(sample(text, 'kv_epp_events_stream_resets_total')).toBe(1);
     expect(sample(text, 'kv_epp_events_dropped_total')).toBe(2);
+    expect(
+      sample(text, 'kv_epp_events_connection_events_total{source="nats",event="disconnect"}'),
+    ).toBe(2);
+    expect(
+      sample(text, 'kv_epp_events_connection_events_total{source="nats",event="reconnect"}'),
+    ).toBe(1);
     expect(sample(text, 'kv_epp_events_lag_seconds_sum')).toBe(0.025);
     expect(sample(text, 'kv_epp_events_queued')).toBe(3);
     expect(
