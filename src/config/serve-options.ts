@@ -11,6 +11,7 @@
  */
 import { type FlagSpec, goBool, parseFlags, UsageError } from '../cli/args.js';
 import { KvEppError } from '../errors.js';
+import { redactNatsServers } from '../events/nats-url.js';
 import type { BackendChoice } from '../kv/types.js';
 import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 
@@ -675,7 +676,7 @@ function eventOptions(
         const s = str(v, field);
         for (const u of s.split(',')) {
           if (!/^(nats|tls|ws|wss):\/\/[^\s/]+$/.test(u.trim()) && !/^[^\s:/]+:\d+$/.test(u.trim()))
-            fail(field, `expected nats://host:port, got ${u}`);
+            fail(field, `expected nats://host:port, got ${redactNatsServers(u)}`);
         }
         return s;
       },

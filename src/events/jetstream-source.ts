@@ -210,6 +210,7 @@ export async function startJetStreamEventSource(
   const nc: NatsConnection = await connect({
     servers: target.servers,
     ...(target.authenticator ? { authenticator: target.authenticator } : {}),
+    ...(target.tls ? { tls: target.tls } : {}),
     name: opts.name ?? 'kv-epp',
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,

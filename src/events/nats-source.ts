@@ -76,6 +76,7 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
   const nc: NatsConnection = await connect({
     servers: target.servers,
     ...(target.authenticator ? { authenticator: target.authenticator } : {}),
+    ...(target.tls ? { tls: target.tls } : {}),
     name: opts.name ?? 'kv-epp',
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,

@@ -4,9 +4,15 @@
  * the server list with them redacted. The real-server side (a nats-server
  * that requires them) is test/integration/nats/nats-auth.test.ts.
  */
+
+import { type AddressInfo, createServer, type Server } from 'node:net';
 import { nkeys } from '@nats-io/transport-node';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseServeArgs, resolveServeOptions } from '../../../src/config/serve-options.js';
+import type { EventIngest } from '../../../src/events/ingest.js';
 import { natsConnectTarget, redactNatsServers } from '../../../src/events/nats-connect.js';
+import { startNatsEventSource } from '../../../src/events/nats-source.js';
+import { QuietLogger } from '../../integration/events/support.js';
 
 const noFile = (): Uint8Array => {
   throw new Error('ENOENT: no such file');
@@ -43,8 +49,10 @@ describe('natsConnectTarget', () => {
     });
     expect(token.auth).toBe('NATS_AUTH_TOKEN');
     expect(token.authenticator?.('')).toEqual({ auth_token: 't' });
-    // URL credentials win over the environment.
-    expect(natsConnectTarget('nats://a:b@127.0.0.1:4222', env).auth).toBe('url');
+    // Dynamo's variables win over URL credentials (Dynamo's client never reads those).
+    const both = natsConnectTarget('nats://a:stale@127.0.0.1:4222', env);
+    expect(both.auth).toBe('NATS_AUTH_USERNAME');
+    expect(both.servers).toEqual(['nats://127.0.0.1:4222']);
   });
 
   it('signs with an nkey seed and reads a credentials file', () => {
@@ -71,7 +79,14 @@ describe('natsConnectTarget', () => {
       servers: ['nats://127.0.0.1:4222'],
       authenticator: undefined,
       auth: 'none',
+      tls: undefined,
     });
+  });
+
+  it('requires TLS when a server is tls:// (credentials never go out in the clear)', () => {
+    expect(natsConnectTarget('tls://u:p@127.0.0.1:4222', {}).tls).toEqual({});
+    expect(natsConnectTarget('nats://127.0.0.1:4222,TLS://127.0.0.2:4222', {}).tls).toEqual({});
+    expect(natsConnectTarget('nats://u:p@127.0.0.1:4222', {}).tls).toBeUndefined();
   });
 });
 
@@ -82,5 +97,55 @@ describe('redactNatsServers', () => {
         'nats://u:S3cret@127.0.0.1:4222,tok3n@127.0.0.2:4222, nats://127.0.0.3:4222',
       ),
     ).toBe('nats://***@127.0.0.1:4222,***@127.0.0.2:4222,nats://127.0.0.3:4222');
+  });
+});
+
+describe('NATS credentials on the wire', () => {
+  let fake: Server | undefined;
+  afterEach(() => fake?.close());
+
+  it('a tls:// server that does not offer TLS never receives the password', async () => {
+    // A plaintext NATS server (or one whose TLS offer was stripped): records CONNECT lines.
+    const got: string[] = [];
+    fake = createServer((sock) => {
+      sock.on('error', () => {});
+      sock.write(
+        'INFO {"server_id":"x","version":"2.10.0","proto":1,"max_payload":1048576,"headers":true}\r\n',
+      );
+      sock.on('data', (d) => {
+        const text = d.toString();
+        if (text.startsWith('CONNECT')) got.push(text.split('\r\n')[0] as string);
+        if (text.includes('PING')) sock.write('PONG\r\n');
+      });
+    });
+    await new Promise<void>((r) => fake?.listen(0, '127.0.0.1', () => r()));
+    const port = (fake.address() as AddressInfo).port;
+    const outcome = await startNatsEventSource({
+      servers: `tls://kvuser:S3cretPW@127.0.0.1:${port}`,
+      subjects: ['x.>'],
+      ingest: { push: () => true } as unknown as EventIngest,
+      log: new QuietLogger(),
+    }).then(
+      (source) => source.close().then(() => 'connected'),
+      (e: Error) => e.message,
+    );
+    expect(outcome).not.toBe('connected');
+    expect(got.join('\n')).not.toContain('S3cretPW');
+  });
+
+  it('a --nats-server value that does not parse is not echoed with its password', () => {
+    for (const url of [
+      'nats://kvuser:S3cretPW@127.0.0.1:4222/',
+      'kvuser:S3cretPW@127.0.0.1:4222',
+    ]) {
+      expect(() => resolveServeOptions(parseServeArgs(['--nats-server', url]).flags, {})).toThrow(
+        /--nats-server: expected nats:\/\/host:port, got .*\*\*\*@127\.0\.0\.1:4222/,
+      );
+      try {
+        resolveServeOptions(parseServeArgs(['--nats-server', url]).flags, {});
+      } catch (e) {
+        expect((e as Error).message).not.toContain('S3cretPW');
+      }
+    }
   });
 });
