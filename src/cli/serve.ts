@@ -363,7 +363,7 @@ export async function startServing(
     tls = options.certPath ? await CertReloader.open(options.certPath, { log }) : 'self-signed';
   // Start the servers in order; if one cannot bind, close those already up and
   // everything loaded, so a failed start-up leaves nothing running.
-  const started: Array<{ close(): Promise<unknown> }> = [];
+  const started: Array<{ close(graceMs?: number): Promise<unknown> }> = [];
   // Approximate mode: expire routed blocks without waiting for traffic. A
   // native tracker does it on its own thread; otherwise each call does a
   // bounded amount and a backlog is worked off in further calls, each its own
@@ -399,8 +399,9 @@ export async function startServing(
     options.v8WorkerPriority,
     linuxThreadOps(await addonIdlePolicy(path.tokenizer.backend)),
   );
-  const releaseAll = async (): Promise<void> => {
-    await Promise.allSettled(started.splice(0).map((x) => x.close()));
+  /** `graceMs`: how long servers still open may let their streams finish (default theirs, 5 s). */
+  const releaseAll = async (graceMs?: number): Promise<void> => {
+    await Promise.allSettled(started.splice(0).map((x) => x.close(graceMs)));
     // A drain slice may already be scheduled: it must not reach the disposed applier.
     ingest?.close();
     applier?.dispose();
@@ -596,7 +597,8 @@ export async function startServing(
       const fields = { inFlightAtDrain: open, cutAfterSeconds: options.shutdownGraceSeconds };
       if (cut) log.warn(fields, 'shutdown grace period over: open streams cut');
       else log.info({ inFlightAtDrain: open }, 'every open stream finished');
-      await releaseAll();
+      // Whatever is left (the health port) gets only what remains of the grace period.
+      await releaseAll(Math.max(0, deadline - Date.now()));
     })();
     return stopping;
   };
@@ -631,7 +633,7 @@ export async function startServing(
     endpoints: () => endpoints,
     reloadEndpoints: () => watcher?.reload() ?? Promise.resolve(false),
     shutdown,
-    close: releaseAll,
+    close: () => releaseAll(),
   };
 }
 

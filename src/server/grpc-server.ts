@@ -25,7 +25,7 @@ import {
   type RawTransport,
 } from './ext-proc/raw-transport.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
-import { healthService } from './health.js';
+import { healthService, type WatchEnders } from './health.js';
 import { DEFAULT_HTTP2_TUNING, tuneHttp2, tuneSessions } from './http2-tuning.js';
 import type { RequestRouter } from './routing-types.js';
 import { serverCredentials, type TlsOption } from './tls.js';
@@ -114,10 +114,16 @@ function bind(server: Server, addr: string, creds: ServerCredentials): Promise<n
   });
 }
 
-function closer(server: Server, raw?: RawTransport): (graceMs?: number) => Promise<boolean> {
+function closer(
+  server: Server,
+  raw: RawTransport | undefined,
+  watches: WatchEnders,
+): (graceMs?: number) => Promise<boolean> {
   let closing: Promise<boolean> | undefined;
   return (graceMs = 5000) => {
     closing ??= new Promise<boolean>((resolve) => {
+      // Health Watch calls never end by themselves: end them, or they hold the drain.
+      for (const end of [...watches]) end();
       raw?.drain();
       const timer = setTimeout(() => {
         raw?.destroy();
@@ -203,7 +209,11 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   server.addService(services.extProc, {
     Process: processHandler(streamOpts),
   } as UntypedServiceImplementation);
-  server.addService(services.health, healthService({ isReady: opts.isReady ?? (() => true) }));
+  const watches: WatchEnders = new Set();
+  server.addService(
+    services.health,
+    healthService({ isReady: opts.isReady ?? (() => true), watches }),
+  );
   const { credentials, certificate } = await serverCredentials(opts.tls);
   const port = await bind(server, address(opts.host, opts.port), credentials);
   if (!(tuned && tuneSessions(server))) {
@@ -221,6 +231,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       maxReceiveBytes: receive,
       open: (sink) => new ExtProcStream(sink, streamOpts),
       isReady: opts.isReady ?? (() => true),
+      watches,
       ...rawConnections(opts.logger, port, 'ext_proc'),
     });
   }
@@ -246,7 +257,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
     get connections() {
       return raw?.connections;
     },
-    close: closer(server, raw),
+    close: closer(server, raw, watches),
   };
 }
 
@@ -290,12 +301,14 @@ function tlsMode(tls: TlsOption): string {
 export async function startHealthServer(opts: HealthServerOptions): Promise<RunningServer> {
   const services = loadServices();
   const server = new Server();
+  const watches: WatchEnders = new Set();
   server.addService(
     services.health,
     healthService({
       isReady: opts.isReady,
       watchIntervalMs: opts.watchIntervalMs,
       unknownAsReadiness: true,
+      watches,
     }),
   );
   const { credentials } = await serverCredentials(undefined);
@@ -306,6 +319,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
           isReady: opts.isReady,
           watchIntervalMs: opts.watchIntervalMs,
           unknownHealthAsReadiness: true,
+          watches,
           ...rawConnections(opts.logger, port, 'health'),
         })
       : undefined;
@@ -323,6 +337,6 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
     get ownReadBufferConnections() {
       return raw?.ownReadBufferConnections ?? 0;
     },
-    close: closer(server, raw),
+    close: closer(server, raw, watches),
   };
 }

@@ -32,7 +32,16 @@ export const READINESS_SERVICES = [
 ] as const;
 export const LIVENESS_SERVICE = 'liveness';
 
+/**
+ * How to end each open Watch call, registered while it is open: a server
+ * closing ends them (UNAVAILABLE) so they do not hold its drain open — a
+ * Watch never ends by itself, unlike a request stream.
+ */
+export type WatchEnders = Set<() => void>;
+
 export interface HealthOptions {
+  /** Open Watch calls register their ender here (see WatchEnders). */
+  watches?: WatchEnders | undefined;
   isReady: () => boolean;
   /** Unknown services answer as readiness instead of NOT_FOUND (the health port). */
   unknownAsReadiness?: boolean | undefined;
@@ -66,7 +75,8 @@ export function guardReady(isReady: () => boolean): () => boolean {
 
 /**
  * Watch semantics: `send` gets the status of `service` now, then again
- * whenever it changes (checked every `intervalMs`); returns the stop function.
+ * whenever it changes (checked every `intervalMs`, or at once by `refresh`:
+ * before a server ends the call, so the client sees NOT_SERVING first).
  */
 export function watchServing(
   service: string,
@@ -74,20 +84,21 @@ export function watchServing(
   intervalMs: number,
   send: (status: number) => void,
   unknownAsReadiness = false,
-): () => void {
+): { stop(): void; refresh(): void } {
   const current = () =>
     servingStatus(service, isReady, unknownAsReadiness) ?? ServingStatus.SERVICE_UNKNOWN;
   let last = current();
   send(last);
-  const timer = setInterval(() => {
+  const refresh = (): void => {
     const now = current();
     if (now !== last) {
       last = now;
       send(now);
     }
-  }, intervalMs);
+  };
+  const timer = setInterval(refresh, intervalMs);
   timer.unref();
-  return () => clearInterval(timer);
+  return { stop: () => clearInterval(timer), refresh };
 }
 
 interface CheckRequest {
@@ -124,13 +135,23 @@ export function healthService(opts: HealthOptions): UntypedServiceImplementation
 
   // The current status at once, then again whenever it changes, until the client leaves.
   const Watch: handleServerStreamingCall<CheckRequest, CheckResponse> = (call) => {
-    const stop = watchServing(
+    const watching = watchServing(
       call.request.service ?? '',
       isReady,
       interval,
       (status) => call.write({ status }),
       opts.unknownAsReadiness,
     );
+    const stop = (): void => {
+      watching.stop();
+      opts.watches?.delete(end);
+    };
+    const end = (): void => {
+      watching.refresh();
+      stop();
+      call.emit('error', { code: GrpcStatus.UNAVAILABLE, details: 'server shutting down' });
+    };
+    opts.watches?.add(end);
     call.on('cancelled', stop);
     call.on('close', stop);
     call.on('error', stop);

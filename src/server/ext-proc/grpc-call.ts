@@ -59,6 +59,7 @@ export const GrpcStatus = {
   RESOURCE_EXHAUSTED: 8,
   UNIMPLEMENTED: 12,
   INTERNAL: 13,
+  UNAVAILABLE: 14,
 } as const;
 
 const PREFIX = 5;

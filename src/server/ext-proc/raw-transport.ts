@@ -29,6 +29,7 @@ import {
   LIVENESS_SERVICE,
   READINESS_SERVICES,
   servingStatus,
+  type WatchEnders,
   watchServing,
 } from '../health.js';
 import {
@@ -48,6 +49,8 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
   watchIntervalMs?: number | undefined;
   /** Unknown health services answer as readiness (health.ts; the health port). */
   unknownHealthAsReadiness?: boolean | undefined;
+  /** Open health Watch calls register how to end them here (shutdown: health.ts `WatchEnders`). */
+  watches?: WatchEnders | undefined;
   streamWindowBytes: number;
   connectionWindowBytes: number;
   /** A connection ended for a protocol error of the peer's (logging). */
@@ -188,15 +191,21 @@ function healthOptions<Res>(
   return { deserialize: decodeHealthRequest, frame, maxReceiveBytes, open };
 }
 
+interface HealthPort {
+  isReady: () => boolean;
+  watchIntervalMs: number;
+  unknownAsReadiness: boolean;
+  watches: WatchEnders | undefined;
+}
+
 function healthEvents(
   stream: H2Stream,
   method: string,
-  isReady: () => boolean,
-  watchIntervalMs: number,
   timeout: string | undefined,
-  unknownAsReadiness: boolean,
+  port: HealthPort,
 ): H2StreamEvents {
-  const ready = guardReady(isReady);
+  const { watchIntervalMs, unknownAsReadiness } = port;
+  const ready = guardReady(port.isReady);
   const limit = 64 * 1024;
   if (method === 'Check') {
     return callEvents(
@@ -240,22 +249,34 @@ function healthEvents(
     );
   }
   // Watch: the current status at once, then again whenever it changes, until the client leaves.
-  let stop: (() => void) | undefined;
+  let watching: { stop(): void; refresh(): void } | undefined;
+  let end: (() => void) | undefined;
   return callEvents(
     stream,
     healthOptions(limit, healthFrame, (sink) => ({
       onMessage(service) {
-        stop ??= watchServing(
+        if (watching) return;
+        const w = watchServing(
           service,
           ready,
           watchIntervalMs,
           (status) => sink.send(status),
           unknownAsReadiness,
         );
+        watching = w;
+        const ender = (): void => {
+          w.refresh();
+          w.stop();
+          port.watches?.delete(ender);
+          sink.fail(GrpcStatus.UNAVAILABLE, 'server shutting down');
+        };
+        end = ender;
+        port.watches?.add(ender);
       },
       onHalfClose() {},
       onCancel() {
-        stop?.();
+        watching?.stop();
+        if (end) port.watches?.delete(end);
       },
     })),
     timeout,
@@ -317,7 +338,12 @@ function install<Req, Res>(
   if (!(servers instanceof Map) || servers.size === 0) return undefined;
   const connections = new Set<H2Connection>();
   let ownBufferConnections = 0;
-  const watchMs = opts.watchIntervalMs ?? 1000;
+  const healthPort: HealthPort = {
+    isReady: opts.isReady,
+    watchIntervalMs: opts.watchIntervalMs ?? 1000,
+    unknownAsReadiness: opts.unknownHealthAsReadiness === true,
+    watches: opts.watches,
+  };
 
   const open = (stream: H2Stream, headers: string[]): H2StreamEvents => {
     const h = pick(headers);
@@ -334,14 +360,7 @@ function install<Req, Res>(
     if (h.path?.startsWith(HEALTH)) {
       const method = h.path.slice(HEALTH.length);
       if (method === 'Check' || method === 'Watch' || method === 'List') {
-        return healthEvents(
-          stream,
-          method,
-          opts.isReady,
-          watchMs,
-          h.timeout,
-          opts.unknownHealthAsReadiness === true,
-        );
+        return healthEvents(stream, method, h.timeout, healthPort);
       }
     }
     return refuse(

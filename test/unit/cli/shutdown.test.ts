@@ -169,6 +169,41 @@ describe('kv-epp serve on SIGTERM', () => {
     });
   }, 60_000);
 
+  it.each([
+    ['ext_proc', 'envoy.service.ext_proc.v3.ExternalProcessor'],
+    ['health', 'readiness'],
+  ] as const)(
+    'ends a health Watch open on the %s port at the drain instead of waiting for it',
+    async (which, service) => {
+      const s = await serve('--shutdown-propagation-seconds=1', '--shutdown-grace-seconds=20');
+      const health = healthClient(which === 'ext_proc' ? s.grpcPort : s.healthPort);
+      const seen: number[] = [];
+      const watch = health.Watch({ service });
+      const ended = new Promise<number | undefined>((resolve) => {
+        watch.on('error', (e: { code?: number }) => resolve(e.code));
+        watch.on('end', () => resolve(0));
+      });
+      watch.on('data', (m: { status?: number }) => seen.push(m.status ?? 0));
+      try {
+        for (let i = 0; i < 200 && seen.length === 0; i++)
+          await new Promise((r) => setTimeout(r, 10));
+        expect(seen).toEqual([SERVING]);
+        const t0 = Date.now();
+        s.child.kill('SIGTERM');
+        expect(await s.exit).toBe(0);
+        // Well before the 20 s grace period: the Watch did not hold the drain.
+        expect(Date.now() - t0).toBeLessThan(10_000);
+        expect(await ended).toBe(14); // UNAVAILABLE: server shutting down
+      } finally {
+        health.close();
+      }
+      expect(seen).toContain(NOT_SERVING);
+      expect(logged(s, 'shutdown grace period over: open streams cut')).toBeUndefined();
+      expect(logged(s, 'every open stream finished')).toBeDefined();
+    },
+    60_000,
+  );
+
   it('does not wait for propagation when no gateway is connected', async () => {
     const s = await serve('--shutdown-propagation-seconds=600');
     s.child.kill('SIGTERM');

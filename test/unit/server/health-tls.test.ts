@@ -113,6 +113,33 @@ describe.each(['raw-h2', 'grpc-js'] as const)('health server on %s', (transport)
     expect(first).toBe(SERVING); // as readiness, on the health port
     unknown.cancel();
   });
+  it('closing ends open Watch calls (UNAVAILABLE, after the status as it is now) instead of waiting for them', async () => {
+    let ready = true;
+    const srv = await startHealthServer({
+      port: 0,
+      host: '127.0.0.1',
+      isReady: () => ready,
+      logger: new RecordingLogger(),
+      watchIntervalMs: 60_000, // only the close itself can report the change
+      transport,
+    });
+    const c = healthClient(srv.port);
+    clients.push(c);
+    const seen: number[] = [];
+    const call = c.Watch({ service: 'readiness' });
+    call.on('data', (m: { status?: number }) => seen.push(m.status ?? 0));
+    const ended = new Promise<number | undefined>((r) =>
+      call.on('error', (e: ServiceError) => r(e.code)),
+    );
+    for (let i = 0; i < 200 && seen.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(seen).toEqual([SERVING]);
+    ready = false;
+    // Not cut at the end of a 30 s grace: ended at once.
+    expect(await srv.close(30_000)).toBe(false);
+    expect(await ended).toBe(14);
+    expect(seen).toEqual([SERVING, NOT_SERVING]);
+  });
+
   it('does not serve ext_proc: Process is UNIMPLEMENTED', async () => {
     const srv = await startHealthServer({
       port: 0,
