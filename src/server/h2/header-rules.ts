@@ -97,7 +97,9 @@ export function checkRequestHeaders(headers: readonly string[]): number {
     if (name.length === 0 || hasUppercase(name)) return MALFORMED;
     if (isConnectionSpecific(name)) return MALFORMED;
     if (name === 'te') {
-      if (headers[i + 1] !== 'trailers') return MALFORMED;
+      // Tokens are case-insensitive (nghttp2 compares so); an empty value names none (as Go).
+      const te = headers[i + 1] as string;
+      if (te !== 'trailers' && te !== '' && te.toLowerCase() !== 'trailers') return MALFORMED;
     } else if (name === 'content-length') {
       const n = parseLength(headers[i + 1] as string);
       if (n === MALFORMED || (length !== NO_LENGTH && n !== length)) return MALFORMED;

@@ -642,7 +642,7 @@ for (const mode of READ_MODES) {
         const c = rawClient(h);
         c.sock.write(
           Buffer.concat([
-            frame(1, 0x4 | 0x1, 1, encodeHeaders([...REQ, ['te', 'trailers']])),
+            frame(1, 0x4 | 0x1, 1, encodeHeaders([...REQ, ['te', 'Trailers']])),
             frame(
               1,
               0x4 | 0x1,
