@@ -209,9 +209,13 @@ export async function startServing(
   for (const w of startupWarnings(options, env, ignoredFlags)) warn(w);
 
   let endpoints: Endpoint[];
-  if (options.endpointsFile !== undefined)
-    endpoints = await loadEndpointsFile(options.endpointsFile);
-  else if (options.endpoints !== undefined) {
+  if (options.endpointsFile !== undefined) {
+    // Name the flag, as every other start-up error does.
+    endpoints = await loadEndpointsFile(options.endpointsFile).catch((e: unknown) => {
+      if (e instanceof KvEppError) throw new KvEppError(e.code, `--endpoints-file ${e.message}`);
+      throw e;
+    });
+  } else if (options.endpoints !== undefined) {
     endpoints = parseEndpoints({ endpoints: options.endpoints }, configFile ?? 'config');
   } else if (options.poolName !== undefined) {
     throw new KvEppError(

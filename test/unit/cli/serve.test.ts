@@ -178,7 +178,7 @@ describe('kv-epp serve', () => {
       '--v8-worker-priority: expected idle, low or normal, got "high"',
     ],
     [[], '--endpoints-file: required'],
-    [['--endpoints-file', '/nonexistent.yaml'], '/nonexistent.yaml: cannot read'],
+    [['--endpoints-file', '/nonexistent.yaml'], '--endpoints-file /nonexistent.yaml: cannot read'],
     [
       [
         '--endpoints-file',
