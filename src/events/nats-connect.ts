@@ -16,7 +16,11 @@
  *   which a server without authorization ignores but one with `no_auth_user`
  *   refuses; set those two variables for a server that requires exactly them.)
  * - A `tls://` server makes TLS required (as async-nats does): credentials
- *   never go out in the clear because a server did not offer TLS.
+ *   never go out in the clear because a server did not offer TLS. Dynamo's TLS
+ *   variables: `NATS_TLS_CA_CERT_PATH` (trusted CA, PEM),
+ *   `NATS_TLS_CLIENT_CERT_PATH` + `NATS_TLS_CLIENT_KEY_PATH` (mTLS),
+ *   `NATS_TLS_INSECURE` (no certificate check); any of them without a `tls://`
+ *   server is an error, as in Dynamo.
  * - `redactNatsServers` is the only form of the server list that may be logged.
  * Failure modes: an unreadable credentials file or a malformed URL throws with
  * the setting named; the caller fails start-up with it.
@@ -26,6 +30,7 @@ import {
   type Authenticator,
   credsAuthenticator,
   nkeyAuthenticator,
+  type TlsOptions,
   tokenAuthenticator,
   usernamePasswordAuthenticator,
 } from '@nats-io/transport-node';
@@ -39,7 +44,7 @@ export interface NatsConnectTarget {
   /** Undefined: connect without credentials. */
   authenticator: Authenticator | undefined;
   /** TLS required (a `tls://` server): nats.js's `tls` option; undefined: as the server offers. */
-  tls: Record<string, never> | undefined;
+  tls: (TlsOptions & { rejectUnauthorized?: boolean }) | undefined;
   /** Which credentials: for the start-up log, never the secret itself. */
   auth:
     | 'url'
@@ -52,7 +57,53 @@ export interface NatsConnectTarget {
 
 type Env = Readonly<Record<string, string | undefined>>;
 
-const set = (v: string | undefined): v is string => v !== undefined && v !== '';
+const set = (v: string | undefined): v is string => v !== undefined && v.trim() !== '';
+
+/** A PEM file's text, or an error naming the variable. */
+function pem(name: string, path: string, readFile: (path: string) => Uint8Array): string {
+  try {
+    return new TextDecoder().decode(readFile(path));
+  } catch (e) {
+    throw new Error(`${name} ${path}: ${(e as Error).message}`);
+  }
+}
+
+/** nats.js's TLS options from Dynamo's NATS_TLS_* (see the module contract). */
+function tlsOptions(
+  tlsServer: boolean,
+  env: Env,
+  readFile: (path: string) => Uint8Array,
+): NatsConnectTarget['tls'] {
+  const ca = env.NATS_TLS_CA_CERT_PATH?.trim();
+  const cert = env.NATS_TLS_CLIENT_CERT_PATH?.trim();
+  const key = env.NATS_TLS_CLIENT_KEY_PATH?.trim();
+  const insecure = /^(1|true|yes|on|t)$/i.test(env.NATS_TLS_INSECURE?.trim() ?? '');
+  if (!tlsServer) {
+    if (ca || cert || key || insecure) {
+      throw new Error(
+        "NATS TLS is configured (NATS_TLS_CA_CERT_PATH, NATS_TLS_INSECURE, or a client certificate) but the NATS server does not use the 'tls://' scheme",
+      );
+    }
+    return undefined;
+  }
+  if (Boolean(cert) !== Boolean(key)) {
+    throw new Error(
+      cert
+        ? 'NATS_TLS_CLIENT_CERT_PATH is set without NATS_TLS_CLIENT_KEY_PATH'
+        : 'NATS_TLS_CLIENT_KEY_PATH is set without NATS_TLS_CLIENT_CERT_PATH',
+    );
+  }
+  return {
+    ...(ca ? { ca: pem('NATS_TLS_CA_CERT_PATH', ca, readFile) } : {}),
+    ...(cert && key
+      ? {
+          cert: pem('NATS_TLS_CLIENT_CERT_PATH', cert, readFile),
+          key: pem('NATS_TLS_CLIENT_KEY_PATH', key, readFile),
+        }
+      : {}),
+    ...(insecure ? { rejectUnauthorized: false } : {}),
+  };
+}
 
 /** Reads the server list and picks the credentials (see the module contract). */
 export function natsConnectTarget(
@@ -67,7 +118,11 @@ export function natsConnectTarget(
     .map(splitServer);
   const base = {
     servers: entries.map((e) => e.url),
-    tls: entries.some((e) => /^tls:\/\//i.test(e.url)) ? {} : undefined,
+    tls: tlsOptions(
+      entries.some((e) => /^tls:\/\//i.test(e.url)),
+      env,
+      readFile,
+    ),
   };
   if (set(env.NATS_AUTH_USERNAME) && set(env.NATS_AUTH_PASSWORD)) {
     return {

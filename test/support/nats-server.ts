@@ -49,7 +49,8 @@ export interface NatsInfo {
 
 /**
  * One NATS protocol round trip: reads INFO, sends CONNECT + PING, waits for
- * PONG. Resolves with the INFO; rejects on refusal, -ERR, close or timeout.
+ * PONG (or, from a server that requires TLS, the INFO alone). Resolves with
+ * the INFO; rejects on refusal, -ERR, close or timeout.
  */
 export function natsPing(host: string, port: number, timeoutMs = 2000): Promise<NatsInfo> {
   return new Promise((resolve, reject) => {
@@ -79,6 +80,8 @@ export function natsPing(host: string, port: number, timeoutMs = 2000): Promise<
         if (info === undefined) {
           if (!line.startsWith('INFO ')) return done(new Error(`expected INFO, got ${line}`));
           info = JSON.parse(line.slice(5)) as NatsInfo;
+          // A server that requires TLS answers only after a handshake: its INFO is the sign of life.
+          if (info.tls_required === true) return done(undefined, info);
           sock.write(
             `CONNECT ${JSON.stringify({ verbose: false, pedantic: false, name: 'kv-epp-test-probe' })}\r\nPING\r\n`,
           );

@@ -18,6 +18,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { EventIngest, EventMessage } from '../../../src/events/ingest.js';
 import { startJetStreamEventSource } from '../../../src/events/jetstream-source.js';
 import { kvEventsSubject, startNatsEventSource } from '../../../src/events/nats-source.js';
+import { selfSignedCert } from '../../../src/server/tls.js';
 import { findNatsServer, type NatsServer, startNatsServer } from '../../support/nats-server.js';
 import { poll, QuietLogger } from '../events/support.js';
 
@@ -151,5 +152,57 @@ describe.skipIf(!BIN)('NATS credentials', () => {
         log,
       }),
     ).rejects.toThrow(/Authorization Violation/i);
+  });
+});
+
+describe.skipIf(!BIN)("NATS over TLS with Dynamo's NATS_TLS_* variables", () => {
+  let nats: NatsServer;
+  let dir: string;
+  const saved = { ...process.env };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kv-epp-nats-tls-'));
+    const { cert, key } = await selfSignedCert();
+    writeFileSync(join(dir, 'server.crt'), cert);
+    writeFileSync(join(dir, 'server.key'), key);
+    nats = await startNatsServer({
+      jetstream: false,
+      args: ['--tls', '--tlscert', join(dir, 'server.crt'), '--tlskey', join(dir, 'server.key')],
+    });
+  });
+  afterEach(() => {
+    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
+    Object.assign(process.env, saved);
+  });
+  afterAll(async () => {
+    await nats?.stop();
+  });
+
+  const start = (servers: string) =>
+    startNatsEventSource({
+      servers,
+      subjects: [kvEventsSubject('tls')],
+      ingest: recordingIngest().ingest,
+      log: new QuietLogger(),
+    });
+
+  it('trusts the CA named by NATS_TLS_CA_CERT_PATH, and refuses an unknown certificate without it', async () => {
+    await expect(start(`tls://127.0.0.1:${nats.port}`)).rejects.toThrow();
+    process.env.NATS_TLS_CA_CERT_PATH = join(dir, 'server.crt');
+    const source = await start(`tls://127.0.0.1:${nats.port}`);
+    await source.close();
+  });
+
+  it('skips the certificate check with NATS_TLS_INSECURE', async () => {
+    process.env.NATS_TLS_INSECURE = 'true';
+    const source = await start(`tls://127.0.0.1:${nats.port}`);
+    await source.close();
+  });
+
+  it('refuses TLS settings for a server that is not tls://, as Dynamo does', async () => {
+    process.env.NATS_TLS_CA_CERT_PATH = join(dir, 'server.crt');
+    await expect(start(`nats://127.0.0.1:${nats.port}`)).rejects.toThrow(
+      "does not use the 'tls://' scheme",
+    );
   });
 });

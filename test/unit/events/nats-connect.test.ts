@@ -83,6 +83,36 @@ describe('natsConnectTarget', () => {
     });
   });
 
+  it("reads Dynamo's NATS_TLS_* for a tls:// server, and refuses them without one", () => {
+    const files: Record<string, string> = { '/ca.pem': 'CA', '/c.pem': 'CERT', '/k.pem': 'KEY' };
+    const read = (path: string): Uint8Array => {
+      const text = files[path];
+      if (text === undefined) throw new Error('ENOENT');
+      return new TextEncoder().encode(text);
+    };
+    const env = {
+      NATS_TLS_CA_CERT_PATH: '/ca.pem',
+      NATS_TLS_CLIENT_CERT_PATH: '/c.pem',
+      NATS_TLS_CLIENT_KEY_PATH: '/k.pem',
+      NATS_TLS_INSECURE: 'true',
+    };
+    expect(natsConnectTarget('tls://127.0.0.1:4222', env, read).tls).toEqual({
+      ca: 'CA',
+      cert: 'CERT',
+      key: 'KEY',
+      rejectUnauthorized: false,
+    });
+    expect(() => natsConnectTarget('nats://127.0.0.1:4222', env, read)).toThrow(
+      "does not use the 'tls://' scheme",
+    );
+    expect(() =>
+      natsConnectTarget('tls://127.0.0.1:4222', { NATS_TLS_CLIENT_CERT_PATH: '/c.pem' }, read),
+    ).toThrow('NATS_TLS_CLIENT_CERT_PATH is set without NATS_TLS_CLIENT_KEY_PATH');
+    expect(() =>
+      natsConnectTarget('tls://127.0.0.1:4222', { NATS_TLS_CA_CERT_PATH: '/none.pem' }, read),
+    ).toThrow('NATS_TLS_CA_CERT_PATH /none.pem: ENOENT');
+  });
+
   it('requires TLS when a server is tls:// (credentials never go out in the clear)', () => {
     expect(natsConnectTarget('tls://u:p@127.0.0.1:4222', {}).tls).toEqual({});
     expect(natsConnectTarget('nats://127.0.0.1:4222,TLS://127.0.0.2:4222', {}).tls).toEqual({});
