@@ -99,7 +99,7 @@ export interface RunningServer {
    * (default 5 s), then cuts them; resolves true when some had to be cut.
    */
   close(graceMs?: number): Promise<boolean>;
-  /** Open connections on kv-epp's own HTTP/2 framing (raw-h2); undefined on the other transports. */
+  /** Open gateway connections (HTTP/2); undefined when they cannot be counted (grpc-js internals changed). */
   readonly connections?: number | undefined;
 }
 
@@ -112,6 +112,16 @@ function bind(server: Server, addr: string, creds: ServerCredentials): Promise<n
   return new Promise((resolve, reject) => {
     server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
+}
+
+/**
+ * The HTTP/2 sessions grpc-js itself serves (its private `sessions` map: the
+ * `direct` and `grpc-js` transports' connections); undefined when that
+ * internal is gone (callers then assume a gateway may be connected).
+ */
+function grpcJsSessions(server: Server): number | undefined {
+  const sessions = (server as unknown as { sessions?: unknown }).sessions;
+  return sessions instanceof Map ? sessions.size : undefined;
 }
 
 function closer(
@@ -255,7 +265,8 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       return raw?.ownReadBufferConnections ?? 0;
     },
     get connections() {
-      return raw?.connections;
+      const js = grpcJsSessions(server);
+      return raw ? raw.connections + (js ?? 0) : js;
     },
     close: closer(server, raw, watches),
   };

@@ -120,39 +120,47 @@ async function generating(s: Serve) {
 const logged = (s: Serve, msg: string) => s.records.find((r) => r.msg === msg);
 
 describe('kv-epp serve on SIGTERM', () => {
-  it('turns NOT_SERVING at once and lets an answering stream finish past the propagation time', async () => {
-    const s = await serve('--shutdown-propagation-seconds=1', '--shutdown-grace-seconds=30');
-    const { client, st } = await generating(s);
-    const health = healthClient(s.healthPort);
-    try {
-      expect(await check(health, 'readiness')).toBe(SERVING);
-      s.child.kill('SIGTERM');
-      for (
-        let i = 0;
-        i < 100 && !logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
-        i++
-      )
-        await new Promise((r) => setTimeout(r, 20));
-      expect(await check(health, 'readiness')).toBe(NOT_SERVING);
-      // The generation goes on for 2 s, past the 1 s propagation: every chunk is answered.
-      for (let i = 0; i < 8; i++) {
-        await new Promise((r) => setTimeout(r, 250));
-        st.send(respBody(`data: {"i":${i}}\n\n`, false));
-        const [r] = await st.take(1);
-        expect(r?.response_body).toBeDefined();
+  it.each(['raw-h2', 'direct', 'grpc-js'])(
+    'turns NOT_SERVING at once and lets an answering stream finish past the propagation time (%s)',
+    async (transport) => {
+      const s = await serve(
+        '--shutdown-propagation-seconds=1',
+        '--shutdown-grace-seconds=30',
+        `--ext-proc-transport=${transport}`,
+      );
+      const { client, st } = await generating(s);
+      const health = healthClient(s.healthPort);
+      try {
+        expect(await check(health, 'readiness')).toBe(SERVING);
+        s.child.kill('SIGTERM');
+        for (
+          let i = 0;
+          i < 100 && !logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
+          i++
+        )
+          await new Promise((r) => setTimeout(r, 20));
+        expect(await check(health, 'readiness')).toBe(NOT_SERVING);
+        // The generation goes on for 2 s, past the 1 s propagation: every chunk is answered.
+        for (let i = 0; i < 8; i++) {
+          await new Promise((r) => setTimeout(r, 250));
+          st.send(respBody(`data: {"i":${i}}\n\n`, false));
+          const [r] = await st.take(1);
+          expect(r?.response_body).toBeDefined();
+        }
+        st.send(respBody('data: [DONE]\n\n', true), respTrailers());
+        await st.take(2);
+        st.halfClose(); // as Envoy ends the ext_proc stream once the HTTP exchange is over
+        expect(await s.exit).toBe(0);
+      } finally {
+        health.close();
+        client.close();
       }
-      st.send(respBody('data: [DONE]\n\n', true), respTrailers());
-      await st.take(2);
-      st.halfClose(); // as Envoy ends the ext_proc stream once the HTTP exchange is over
-      expect(await s.exit).toBe(0);
-    } finally {
-      health.close();
-      client.close();
-    }
-    const start = logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
-    expect(start).toMatchObject({ inFlight: 1, propagationSeconds: 1, graceSeconds: 30 });
-    expect(logged(s, 'every open stream finished')).toMatchObject({ inFlightAtDrain: 1 });
-  }, 60_000);
+      const start = logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish');
+      expect(start).toMatchObject({ inFlight: 1, propagationSeconds: 1, graceSeconds: 30 });
+      expect(logged(s, 'every open stream finished')).toMatchObject({ inFlightAtDrain: 1 });
+    },
+    60_000,
+  );
 
   it('cuts a stream still open when the grace period is over, and says so', async () => {
     const s = await serve('--shutdown-propagation-seconds=0', '--shutdown-grace-seconds=1');
@@ -204,12 +212,19 @@ describe('kv-epp serve on SIGTERM', () => {
     60_000,
   );
 
-  it('does not wait for propagation when no gateway is connected', async () => {
-    const s = await serve('--shutdown-propagation-seconds=600');
-    s.child.kill('SIGTERM');
-    expect(await s.exit).toBe(0);
-    expect(
-      logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish'),
-    ).toMatchObject({ propagationSeconds: 0 });
-  }, 60_000);
+  it.each(['raw-h2', 'direct', 'grpc-js'])(
+    'does not wait for propagation when no gateway is connected (%s)',
+    async (transport) => {
+      const s = await serve(
+        '--shutdown-propagation-seconds=600',
+        `--ext-proc-transport=${transport}`,
+      );
+      s.child.kill('SIGTERM');
+      expect(await s.exit).toBe(0);
+      expect(
+        logged(s, 'shutting down: readiness NOT_SERVING; open streams may finish'),
+      ).toMatchObject({ propagationSeconds: 0 });
+    },
+    60_000,
+  );
 });
