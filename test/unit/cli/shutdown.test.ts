@@ -21,6 +21,7 @@ import {
   setHeadersOf,
 } from '../../support/ext-proc.js';
 import { check, healthClient, NOT_SERVING, SERVING } from '../../support/health.js';
+import { serveArgs } from '../../support/serve-harness.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const CLI = join(ROOT, 'dist/src/cli/main.js');
@@ -44,18 +45,7 @@ afterEach(() => {
 async function serve(...extra: string[]): Promise<Serve> {
   const child = spawn(
     process.execPath,
-    [
-      CLI,
-      'serve',
-      '--endpoints-file',
-      EPS,
-      '--secure-serving=false',
-      '--grpc-port=0',
-      '--grpc-health-port=0',
-      '--metrics-port=0',
-      '--host=127.0.0.1',
-      ...extra,
-    ],
+    [CLI, 'serve', ...serveArgs('--endpoints-file', EPS, ...extra)],
     { env: { ...process.env, KV_EPP_POOL_SIZE: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   children.push(child);
