@@ -141,8 +141,26 @@ function apiOfRequest(req: GatewayRequest): OpenAiApi | undefined {
   return apiOfPath(path) ?? (path === '' ? apiOfBody(req.body) : undefined);
 }
 
+/** An endpoint's holder key: its address and its (worker, dp rank), cached per endpoint object. */
+const holderKeys = new WeakMap<Endpoint, string>();
+function holderKeyOf(e: Endpoint): string {
+  let k = holderKeys.get(e);
+  if (k === undefined) {
+    k = `${e.hostPort}|${e.workerId}|${e.dpRank}`;
+    holderKeys.set(e, k);
+  }
+  return k;
+}
+
 export class KvRouter implements RequestRouter {
+  /** Requests in flight by address (`host:port`): what the gateway sends to. */
   private readonly inFlight = new Map<string, number>();
+  /**
+   * Requests in flight by endpoint (address, worker, dp rank): what ranks the
+   * candidates. Data-parallel ranks of one worker share an address; counted by
+   * address alone they always tied, and rank 0 took every tie.
+   */
+  private readonly inFlightByHolder = new Map<string, number>();
   private readonly outliers: OutlierTracker;
   /**
    * Per decision: its primary (`host:port`, charged one in-flight request) and,
@@ -151,7 +169,7 @@ export class KvRouter implements RequestRouter {
    */
   private readonly byDecision = new WeakMap<
     RouteDecision,
-    { hostPort: string; localHashes?: BigUint64Array | undefined }
+    { hostPort: string; holder: string; localHashes?: BigUint64Array | undefined }
   >();
   /** Approximate mode's block lifetimes; absent when KV events drive the index. */
   private readonly approx: ApproxTracker | undefined;
@@ -223,9 +241,14 @@ export class KvRouter implements RequestRouter {
     else this.approx?.forgetHolder({ workerId: worker.workerId, dpRank: worker.dpRank });
   }
 
-  /** Requests in flight on an endpoint (`host:port`). */
+  /** Requests in flight on an address (`host:port`), over the endpoints there. */
   load(hostPort: string): number {
     return this.inFlight.get(hostPort) ?? 0;
+  }
+
+  /** Requests in flight on one endpoint (its address, worker and dp rank). */
+  endpointLoad(e: Endpoint): number {
+    return this.inFlightByHolder.get(holderKeyOf(e)) ?? 0;
   }
 
   /** Requests routed and not yet completed, over every endpoint. */
@@ -292,7 +315,9 @@ export class KvRouter implements RequestRouter {
       decision.removeHeaders.push('accept-encoding');
     }
     this.inFlight.set(primary.hostPort, this.load(primary.hostPort) + 1);
-    this.byDecision.set(decision, { hostPort: primary.hostPort });
+    const holder = holderKeyOf(primary);
+    this.inFlightByHolder.set(holder, (this.inFlightByHolder.get(holder) ?? 0) + 1);
+    this.byDecision.set(decision, { hostPort: primary.hostPort, holder });
     return decision;
   }
 
@@ -302,14 +327,14 @@ export class KvRouter implements RequestRouter {
 
   /** Candidates that are not busy (429 when all are). */
   private available(endpoints: readonly Endpoint[]): Endpoint[] {
-    return notBusy(endpoints, (e) => this.load(e.hostPort), this.admission);
+    return notBusy(endpoints, (e) => this.endpointLoad(e), this.admission);
   }
 
   routeHeaderOnly(req: GatewayRequest): RouteDecision {
     const c = candidatesFor(
       this.available(this.candidates(req)),
       undefined,
-      (e) => this.load(e.hostPort),
+      (e) => this.endpointLoad(e),
       this.deps.reportedLoad,
     );
     return this.decide(
@@ -375,7 +400,7 @@ export class KvRouter implements RequestRouter {
     const scheduleStart = performance.now();
     const endpoints = this.available(this.candidates(req));
     const ranked = rank(
-      candidatesFor(endpoints, prep?.overlap, (e) => this.load(e.hostPort), this.deps.reportedLoad),
+      candidatesFor(endpoints, prep?.overlap, (e) => this.endpointLoad(e), this.deps.reportedLoad),
       1 + this.settings.fallbacks,
     );
     const chosen = ranked.map((c) => c.endpoint);
@@ -503,6 +528,9 @@ export class KvRouter implements RequestRouter {
     const n = this.load(hp) - 1;
     if (n > 0) this.inFlight.set(hp, n);
     else this.inFlight.delete(hp);
+    const h = (this.inFlightByHolder.get(entry.holder) ?? 0) - 1;
+    if (h > 0) this.inFlightByHolder.set(entry.holder, h);
+    else this.inFlightByHolder.delete(entry.holder);
     // The answer is the served endpoint's when the gateway says which one served
     // (one of those kv-epp listed; another is none of its business).
     const served = summary.servedEndpoint;

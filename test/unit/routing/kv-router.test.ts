@@ -732,6 +732,35 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     path.index.dispose();
   });
 
+  it('balances the data-parallel ranks of one worker, which share an address, by their own requests in flight', async () => {
+    const ranks = parseEndpoints(
+      {
+        endpoints: [
+          { address: '127.0.0.2', port: 8001, name: 'w-r0', workerId: '7', dpRank: 0 },
+          { address: '127.0.0.2', port: 8001, name: 'w-r1', workerId: '7', dpRank: 1 },
+        ],
+      },
+      'ranks',
+    );
+    const { r, path } = await router(backend, {
+      endpoints: ranks,
+      admission: { maxPendingPrepare: 0, maxInFlightPerEndpoint: 2 },
+    });
+    // Distinct prompts (no shared prefix), all still in flight.
+    const decisions = [];
+    for (let i = 0; i < 4; i++)
+      decisions.push(await r.route(req(chat(`${i} ${'unique '.repeat(40)}`))));
+    expect(decisions.map((d) => d.setHeaders['x-dynamo-dp-rank'])).toEqual(['0', '1', '0', '1']);
+    expect(r.load('127.0.0.2:8001')).toBe(4);
+    expect(ranks.map((e) => r.endpointLoad(e))).toEqual([2, 2]);
+    // Each rank is at its own limit of 2: the next request is shed.
+    await expect(r.route(req(chat('one more')))).rejects.toMatchObject({ code: 'overloaded' });
+    r.complete(decisions[1] as (typeof decisions)[number], { requestId: 'r1' });
+    expect(ranks.map((e) => r.endpointLoad(e))).toEqual([2, 1]);
+    expect((await r.route(req(chat('after one ended')))).setHeaders['x-dynamo-dp-rank']).toBe('1');
+    path.index.dispose();
+  });
+
   it('sheds when the tokenization queue is full', async () => {
     let pending = 5;
     const { r, path, prepared } = await router(backend, {
