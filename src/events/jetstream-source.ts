@@ -65,7 +65,7 @@ import {
   jetstreamManager,
 } from '@nats-io/jetstream';
 import { Objm } from '@nats-io/obj';
-import { connect, type NatsConnection, nanos } from '@nats-io/transport-node';
+import { nanos } from '@nats-io/transport-node';
 import type { Logger } from '../log/logger.js';
 import type { EventIngest } from './ingest.js';
 import {
@@ -79,7 +79,7 @@ import {
   radixBucketName,
   snapshotMessages,
 } from './jetstream-names.js';
-import { natsConnectTarget, redactNatsServers } from './nats-connect.js';
+import { connectNats, redactNatsServers } from './nats-connect.js';
 import { sniffDynamoCodec } from './nats-source.js';
 
 export interface JetStreamEventSourceOptions {
@@ -206,16 +206,7 @@ export async function startJetStreamEventSource(
     );
   }
 
-  const target = natsConnectTarget(opts.servers);
-  const nc: NatsConnection = await connect({
-    servers: target.servers,
-    ...(target.authenticator ? { authenticator: target.authenticator } : {}),
-    ...(target.tls ? { tls: target.tls } : {}),
-    name: opts.name ?? 'kv-epp',
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    waitOnFirstConnect: false,
-  });
+  const { nc } = await connectNats(opts.servers, opts.name ?? 'kv-epp');
   let closed = false;
   /** Next stream sequence to push; undefined until the first message of a fresh consumer. */
   let next: number | undefined;

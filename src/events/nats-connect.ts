@@ -28,7 +28,9 @@
 import { readFileSync } from 'node:fs';
 import {
   type Authenticator,
+  connect,
   credsAuthenticator,
+  type NatsConnection,
   nkeyAuthenticator,
   type TlsOptions,
   tokenAuthenticator,
@@ -172,4 +174,25 @@ export function natsConnectTarget(
     };
   }
   return { ...base, authenticator: undefined, auth: 'none' };
+}
+
+/**
+ * The connection both event sources use: the target above, reconnecting
+ * forever every 250 ms; rejects when the first connect fails.
+ */
+export async function connectNats(
+  servers: string,
+  name: string,
+): Promise<{ nc: NatsConnection; auth: NatsConnectTarget['auth'] }> {
+  const target = natsConnectTarget(servers);
+  const nc = await connect({
+    servers: target.servers,
+    ...(target.authenticator ? { authenticator: target.authenticator } : {}),
+    ...(target.tls ? { tls: target.tls } : {}),
+    name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: false,
+  });
+  return { nc, auth: target.auth };
 }

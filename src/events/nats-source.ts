@@ -14,11 +14,11 @@
  * - Reconnects forever (core NATS has no replay: events published while
  *   disconnected are lost and show up as event-id gaps).
  */
-import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import type { Subscription } from '@nats-io/transport-node';
 import type { Logger } from '../log/logger.js';
 import type { ReportedLoad } from '../routing/worker-load.js';
 import type { EventIngest } from './ingest.js';
-import { natsConnectTarget, redactNatsServers } from './nats-connect.js';
+import { connectNats, redactNatsServers } from './nats-connect.js';
 import type { EventCodec } from './types.js';
 
 export interface NatsEventSourceOptions {
@@ -71,17 +71,8 @@ export function sniffDynamoCodec(payload: Uint8Array): EventCodec {
  * that reaches the ingest. Rejects when the server cannot be reached at start.
  */
 export async function startNatsEventSource(opts: NatsEventSourceOptions): Promise<NatsEventSource> {
-  const target = natsConnectTarget(opts.servers);
   const shown = redactNatsServers(opts.servers);
-  const nc: NatsConnection = await connect({
-    servers: target.servers,
-    ...(target.authenticator ? { authenticator: target.authenticator } : {}),
-    ...(target.tls ? { tls: target.tls } : {}),
-    name: opts.name ?? 'kv-epp',
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    waitOnFirstConnect: false,
-  });
+  const { nc, auth } = await connectNats(opts.servers, opts.name ?? 'kv-epp');
   let received = 0;
   const subs: Subscription[] = opts.subjects.map((subject) =>
     nc.subscribe(subject, {
@@ -133,7 +124,7 @@ export async function startNatsEventSource(opts: NatsEventSourceOptions): Promis
     throw e;
   }
   opts.log.info(
-    { servers: shown, auth: target.auth, subjects: opts.subjects },
+    { servers: shown, auth, subjects: opts.subjects },
     'subscribed to KV events on NATS',
   );
   return {
