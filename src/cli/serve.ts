@@ -63,6 +63,7 @@ import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
 import { type ReportedLoad, WorkerLoadTable } from '../routing/worker-load.js';
 import { CertReloader } from '../server/cert-reloader.js';
+import { BodyBudget } from '../server/ext-proc/body-budget.js';
 import {
   type RunningServer,
   startExtProcServer,
@@ -86,6 +87,7 @@ const RECORD_SOON_BLOCKS = 256;
 export const SERVE_USAGE = `usage: kv-epp serve [--host ADDR] [--grpc-port 9002] [--grpc-health-port 9003]
                     [--metrics-port 9090] [--secure-serving[=true|false]] [--cert-path DIR]
                     [--config-file FILE.yaml] [--max-body-bytes 67108864]
+                    [--max-buffered-body-bytes 1073741824]
                     [--endpoints-file FILE] [--pool-name N --pool-namespace NS]
                     [--tokenizer DIR|o200k_base] [--chat-template FILE] [--block-size N]
                     [--prompt-dialect dynamo|vllm]
@@ -287,7 +289,9 @@ export async function startServing(
       : undefined;
   // Made after the metrics it reports to; scrapes start once serving.
   let kvRouterRef: KvRouter | undefined;
+  const bodyBudget = new BodyBudget(options.maxBufferedBodyBytes);
   const metrics = new EppMetrics({
+    bufferedBodyBytes: () => bodyBudget.held,
     modelServers: scraper ? () => scraper.fresh(Date.now(), ms.stalenessMs) : undefined,
     poolName: options.poolName,
     poolNamespace: options.poolNamespace,
@@ -463,6 +467,7 @@ export async function startServing(
         router,
         tls,
         maxBodyBytes: options.maxBodyBytes,
+        bodyBudget,
         logger: log,
         isReady,
         retryAfterSeconds: options.retryAfterSeconds,

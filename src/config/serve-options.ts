@@ -13,6 +13,7 @@ import { type FlagSpec, goBool, parseFlags, UsageError } from '../cli/args.js';
 import { KvEppError } from '../errors.js';
 import { redactNatsServers } from '../events/nats-url.js';
 import type { BackendChoice } from '../kv/types.js';
+import { bodyBudgetBytes } from '../server/ext-proc/body-budget.js';
 import type { PromptDialect } from '../tokenize/dynamo-dialect.js';
 
 export interface ServeOptions {
@@ -63,6 +64,12 @@ export interface ServeOptions {
   backend: BackendChoice;
   fallbacks: number;
   maxBodyBytes: number;
+  /**
+   * Bytes of request and held-back response bodies all streams together may
+   * buffer; a request body that would pass it gets 429 (a held response body
+   * passes through unheld instead). At least `maxBodyBytes`.
+   */
+  maxBufferedBodyBytes: number;
   /** Requests waiting for tokenization at which new ones get 429; 0 = no limit. */
   maxQueuedRequests: number;
   /** Requests in flight at which an endpoint is busy (all busy → 429); 0 = off. */
@@ -281,6 +288,7 @@ const FILE_SCHEMA: Record<string, Set<string>> = {
     'certPath',
     'extProcTransport',
     'maxBodyBytes',
+    'maxBufferedBodyBytes',
     'host',
     'gcPaceMb',
     'v8WorkerPriority',
@@ -420,6 +428,27 @@ export function resolveServeOptions(
     [flags['ext-proc-transport'], '--ext-proc-transport'],
     file('server', 'extProcTransport'),
   );
+  const maxBodyBytes = get(
+    (v, field) => int(v, field, 1, 2 ** 31 - 1),
+    64 * 1024 * 1024,
+    [flags['max-body-bytes'], '--max-body-bytes'],
+    file('server', 'maxBodyBytes'),
+  );
+  const bufferedHit = pick(
+    [flags['max-buffered-body-bytes'], '--max-buffered-body-bytes'],
+    [env.KV_EPP_MAX_BUFFERED_BODY_BYTES, 'KV_EPP_MAX_BUFFERED_BODY_BYTES'],
+    file('server', 'maxBufferedBodyBytes'),
+  );
+  let maxBufferedBodyBytes = bodyBudgetBytes(maxBodyBytes);
+  if (bufferedHit) {
+    maxBufferedBodyBytes = int(bufferedHit[0], bufferedHit[1], 1, Number.MAX_SAFE_INTEGER);
+    if (maxBufferedBodyBytes < maxBodyBytes) {
+      fail(
+        bufferedHit[1],
+        `expected at least the largest request body (max body bytes ${maxBodyBytes}), got ${maxBufferedBodyBytes}`,
+      );
+    }
+  }
   return {
     host: get(str, undefined, [flags.host, '--host'], file('server', 'host')),
     grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
@@ -493,12 +522,8 @@ export function resolveServeOptions(
       [flags.fallbacks, '--fallbacks'],
       file('router', 'fallbacks'),
     ),
-    maxBodyBytes: get(
-      (v, field) => int(v, field, 1, 2 ** 31 - 1),
-      64 * 1024 * 1024,
-      [flags['max-body-bytes'], '--max-body-bytes'],
-      file('server', 'maxBodyBytes'),
-    ),
+    maxBodyBytes,
+    maxBufferedBodyBytes,
     maxQueuedRequests: get(
       (v, field) => int(v, field, 0, 2 ** 31 - 1),
       1024,
@@ -764,6 +789,7 @@ export const SERVE_FLAGS: Readonly<Record<string, FlagSpec>> = Object.fromEntrie
     'fallbacks',
     'backend',
     'max-body-bytes',
+    'max-buffered-body-bytes',
     'router-ttl-secs',
     'router-max-tree-size',
     'router-prune-target-ratio',

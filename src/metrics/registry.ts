@@ -60,6 +60,8 @@ export interface MetricsSources {
         kvUsage?: number | undefined;
       }>)
     | undefined;
+  /** Bytes of request and response bodies the ext_proc streams buffer now (`kv_epp_buffered_body_bytes`). */
+  bufferedBodyBytes?: (() => number) | undefined;
   /** Requests waiting for a tokenization worker (`kv_epp_pool_queue_depth`). */
   queueDepth?: (() => number) | undefined;
   /** Worker-block memberships in the prefix index (`kv_epp_index_memberships`). */
@@ -604,6 +606,15 @@ export class EppMetrics {
         for (const w of workerBlocks()) {
           this.set({ worker_id: w.workerId.toString(), dp_rank: String(w.dpRank) }, w.blocks);
         }
+      },
+    });
+    const buffered = sources.bufferedBodyBytes;
+    new Gauge({
+      name: 'kv_epp_buffered_body_bytes',
+      help: 'Bytes of request and held-back response bodies buffered by ext_proc streams (limit: --max-buffered-body-bytes).',
+      registers,
+      collect() {
+        if (buffered) this.set(buffered());
       },
     });
     const queueDepth = sources.queueDepth;

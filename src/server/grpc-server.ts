@@ -14,6 +14,7 @@ import {
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
 import { CertReloader } from './cert-reloader.js';
+import { BodyBudget, bodyBudgetBytes } from './ext-proc/body-budget.js';
 import { decodeRequest, encodeResponseFrameParts } from './ext-proc/codec.js';
 import { installProcessFastPath } from './ext-proc/h2-transport.js';
 import type { ProcessingRequest, ProcessingResponse } from './ext-proc/messages.js';
@@ -54,6 +55,11 @@ export interface ExtProcServerOptions {
   isReady?: (() => boolean) | undefined;
   retryAfterSeconds?: number | undefined;
   maxResponseBufferBytes?: number | undefined;
+  /**
+   * Buffered body bytes across all streams (see BodyBudget); default
+   * `bodyBudgetBytes(maxBodyBytes)`.
+   */
+  bodyBudget?: BodyBudget | undefined;
   /** See ExtProcStreamOptions.onLocalReject. */
   onLocalReject?: ((category: string) => void) | undefined;
   /**
@@ -159,6 +165,7 @@ function streamOptions(opts: ExtProcServerOptions): ExtProcStreamOptions {
     maxBodyBytes: opts.maxBodyBytes,
     retryAfterSeconds: opts.retryAfterSeconds ?? DEFAULT_RETRY_AFTER_SECONDS,
     maxResponseBufferBytes: opts.maxResponseBufferBytes ?? DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+    bodyBudget: opts.bodyBudget ?? new BodyBudget(bodyBudgetBytes(opts.maxBodyBytes)),
     onLocalReject: opts.onLocalReject,
   };
 }

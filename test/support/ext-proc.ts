@@ -15,6 +15,7 @@ import {
 } from '@grpc/grpc-js';
 import { afterAll, beforeAll, beforeEach } from 'vitest';
 import type { Logger, LogLevel } from '../../src/log/logger.js';
+import type { BodyBudget } from '../../src/server/ext-proc/body-budget.js';
 import type {
   HeaderValue,
   ProcessingRequest,
@@ -397,6 +398,7 @@ export class ExtProcFixture {
     options: {
       maxBodyBytes: number;
       maxResponseBufferBytes?: number;
+      bodyBudget?: BodyBudget;
       onLocalReject?: (category: string) => void;
     },
   ): ExtProcFixture {

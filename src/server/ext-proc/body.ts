@@ -3,6 +3,7 @@
  * copies (one chunk is kept as is; several are copied once into a buffer
  * pre-sized from content-length) and the splitter for streamed responses.
  */
+import type { BodyBudget } from './body-budget.js';
 
 /**
  * Largest body piece per StreamedBodyResponse: some Envoy builds cap streamed
@@ -14,33 +15,73 @@ export class BodyBuffer {
   private first: Uint8Array | undefined;
   private buf: Uint8Array | undefined;
   private len = 0;
+  /** Bytes taken from `budget` for what this buffer pins (see BodyBudget). */
+  private taken = 0;
 
-  /** `expected`: the content-length, if the sender gave one (a sizing hint only). */
-  constructor(private readonly expected = 0) {}
+  /**
+   * `expected`: the content-length, if the sender gave one (a sizing hint
+   * only: a buffer that size is allocated only when the budget has room for
+   * it). `budget`: where the buffer's memory is accounted, if anywhere.
+   */
+  constructor(
+    private readonly expected = 0,
+    private readonly budget?: BodyBudget,
+  ) {}
 
   get length(): number {
     return this.len;
   }
 
-  append(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
+  /**
+   * Appends `chunk`; false (nothing appended) when the budget has no room for
+   * it. Then the buffer is unchanged and still holds its budget share.
+   */
+  append(chunk: Uint8Array): boolean {
+    if (chunk.length === 0) return true;
     if (this.len === 0) {
+      if (!this.take(chunk.length)) return false;
       this.first = chunk;
       this.len = chunk.length;
-      return;
+      return true;
     }
     const need = this.len + chunk.length;
     if (!this.buf) {
-      this.buf = new Uint8Array(Math.max(need, this.expected));
+      const size = this.takeCapacity(Math.max(need, this.expected), need);
+      if (size === 0) return false;
+      this.buf = new Uint8Array(size);
       this.buf.set(this.first as Uint8Array, 0);
       this.first = undefined;
     } else if (need > this.buf.length) {
-      const grown = new Uint8Array(Math.max(need, this.buf.length * 2));
+      const size = this.takeCapacity(Math.max(need, this.buf.length * 2), need);
+      if (size === 0) return false;
+      const grown = new Uint8Array(size);
       grown.set(this.buf.subarray(0, this.len), 0);
       this.buf = grown;
     }
     this.buf.set(chunk, this.len);
     this.len = need;
+    return true;
+  }
+
+  /** Gives the buffer's budget share back (idempotent); the buffer is not appended to again. */
+  release(): void {
+    if (this.taken > 0) this.budget?.give(this.taken);
+    this.taken = 0;
+  }
+
+  /** Takes budget for a total of `bytes` pinned bytes (this buffer's share becomes `bytes`). */
+  private take(bytes: number): boolean {
+    if (!this.budget) return true;
+    if (!this.budget.tryTake(bytes - this.taken)) return false;
+    this.taken = bytes;
+    return true;
+  }
+
+  /** A new buffer of `want` bytes if the budget allows, else of `need`; 0 when neither fits. */
+  private takeCapacity(want: number, need: number): number {
+    if (this.take(want)) return want;
+    if (want !== need && this.take(need)) return need;
+    return 0;
   }
 
   /** True when `bytes()` is a view of a buffer this accumulator allocated (no one else holds it). */

@@ -21,6 +21,7 @@
  * - passthrough (GRPC): each message echoed as one `streamed_response`.
  */
 import { BodyBuffer, contentLength, splitBody } from './body.js';
+import type { BodyBudget } from './body-budget.js';
 import { readHeaderMap, setHeader } from './headers.js';
 import type { CommonResponse, HttpBody, HttpHeaders, Metadata } from './messages.js';
 import { readServedEndpoint } from './metadata.js';
@@ -145,6 +146,8 @@ export class ResponsePath {
     private readonly rewriter: ModelRewriter | undefined,
     private readonly maxHeldBytes: number,
     private readonly onDone: () => void,
+    /** Where held-back bodies are accounted; when it is full, bodies pass through unheld. */
+    private readonly budget?: BodyBudget,
   ) {}
 
   readServed(md: Metadata | null | undefined): void {
@@ -167,7 +170,7 @@ export class ResponsePath {
         : (type ?? '').toLowerCase().includes('text/event-stream');
     if (this.sse === false) {
       const declared = contentLength(map.get(CONTENT_LENGTH));
-      this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes));
+      this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes), this.budget);
     }
     this.sink.send({ response_headers: { response: {} } });
     if (h?.end_of_stream) this.finish();
@@ -214,9 +217,8 @@ export class ResponsePath {
     this.sse = startsLikeSse(this.sniffed);
     if (this.sse === undefined) return chunk;
     this.sniffed = undefined;
-    const prior = this.sse ? this.held?.bytes() : undefined;
+    const prior = this.sse ? this.takeHeld() : undefined;
     if (!prior || prior.length === 0) return chunk;
-    this.held = undefined;
     if (this.mode === 'duplex') return joined(prior, chunk);
     this.sseParser ??= new SseUsageParser();
     this.sseParser.push(prior);
@@ -266,22 +268,28 @@ export class ResponsePath {
       if (eos) this.finish();
       return;
     }
-    this.held ??= new BodyBuffer();
-    this.held.append(chunk);
+    this.held ??= new BodyBuffer(0, this.budget);
+    if (!this.held.append(chunk)) {
+      // The server's body budget is spent: stop holding, pass the rest through.
+      this.overflow = true;
+      const prior = this.takeHeld();
+      if (prior.length > 0) sendStreamed(this.sink, 'response_body', prior, false);
+      sendStreamed(this.sink, 'response_body', chunk, eos);
+      if (eos) this.finish();
+      return;
+    }
     if (eos) {
       this.flushHeld(true);
       this.finish();
     } else if (this.held.length > this.maxHeldBytes) {
       this.overflow = true;
-      sendStreamed(this.sink, 'response_body', this.held.bytes(), false);
-      this.held = undefined;
+      sendStreamed(this.sink, 'response_body', this.takeHeld(), false);
     }
   }
 
   /** Sends the held-back body: usage read, model restored. */
   private flushHeld(eos: boolean): void {
-    const body = this.held?.bytes() ?? EMPTY;
-    this.held = undefined;
+    const body = this.takeHeld();
     this.deferUsage(body);
     const out = this.rewriter ? this.rewriter.rewrite(body) : body;
     sendStreamed(this.sink, 'response_body', out, eos);
@@ -309,18 +317,22 @@ export class ResponsePath {
       return;
     }
     if (!this.overflow) {
-      this.held ??= new BodyBuffer();
-      if (this.held.length + chunk.length > this.maxHeldBytes) {
+      this.held ??= new BodyBuffer(0, this.budget);
+      if (this.held.length + chunk.length > this.maxHeldBytes || !this.held.append(chunk)) {
         this.overflow = true;
-        this.held = undefined;
-      } else {
-        this.held.append(chunk);
+        this.takeHeld();
       }
     }
-    if (last && this.held) {
-      this.deferUsage(this.held.bytes());
-      this.held = undefined;
-    }
+    if (last && this.held) this.deferUsage(this.takeHeld());
+  }
+
+  /** The held-back bytes, taken out (their budget share given back); empty when none. */
+  private takeHeld(): Uint8Array {
+    const held = this.held;
+    if (!held) return EMPTY;
+    this.held = undefined;
+    held.release();
+    return held.bytes();
   }
 
   /** Keeps `body` to read its usage later; a body not read yet is read now. */
@@ -339,6 +351,7 @@ export class ResponsePath {
   finish(): void {
     if (this.done) return;
     this.done = true;
+    this.takeHeld();
     if (this.sseParser) {
       this.sseParser.end();
       this.readUsage = this.sseParser.usage ?? this.readUsage;

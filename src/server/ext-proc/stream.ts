@@ -28,6 +28,7 @@ import type { Logger } from '../../log/logger.js';
 import { clientRoutingHeaders } from '../../routing/client-headers.js';
 import type { GatewayRequest, RequestRouter, RouteDecision } from '../routing-types.js';
 import { BodyBuffer, contentLength } from './body.js';
+import type { BodyBudget } from './body-budget.js';
 import { readHeaderMap, setHeader } from './headers.js';
 import { classifyError, immediateResponse } from './immediate.js';
 import {
@@ -59,6 +60,12 @@ export interface ExtProcStreamOptions {
    * model rewrite; past it the body is passed through untouched.
    */
   maxResponseBufferBytes: number;
+  /**
+   * The server's budget of buffered body bytes, shared by its streams: a
+   * request body it has no room for is answered 429; a response body it has
+   * no room for passes through unheld. Absent: no limit across streams.
+   */
+  bodyBudget?: BodyBudget | undefined;
   /**
    * Called with the error category (`PayloadTooLarge` for a 413; see immediate.ts)
    * when the stream answers an error the router never saw (an oversized body), so
@@ -166,6 +173,7 @@ export class ExtProcStream {
     if (this.closed) return;
     this.closed = true;
     this.queue = [];
+    this.dropRequestBody();
     this.settle();
   }
 
@@ -278,7 +286,7 @@ export class ExtProcStream {
       this.rejectLocally(this.tooLarge(declared));
       return undefined;
     }
-    this.reqBody = new BodyBuffer(declared);
+    this.reqBody = new BodyBuffer(declared, this.opts.bodyBudget);
     this.phase = 'body';
     if (this.requestMode === 'buffered') {
       // BUFFERED answers the headers before the body is seen, and a request
@@ -309,7 +317,10 @@ export class ExtProcStream {
         this.rejectLocally(this.tooLarge(buf.length + chunk.length));
         return undefined;
       }
-      buf.append(chunk);
+      if (!buf.append(chunk)) {
+        this.rejectLocally(this.overBudget());
+        return undefined;
+      }
     }
     // BUFFERED_PARTIAL sends what fits in the gateway's buffer without
     // end_of_stream when the body is larger: routing a truncated body would
@@ -370,8 +381,18 @@ export class ExtProcStream {
   private async routeBody(): Promise<void> {
     this.phase = 'routing';
     const buf = this.reqBody as BodyBuffer;
-    const body = buf.bytes();
     this.reqBody = undefined;
+    try {
+      await this.routeBodyOf(buf);
+    } finally {
+      // The body (and the routed copy) stay pinned while the router works and
+      // until the answer is handed to the transport.
+      buf.release();
+    }
+  }
+
+  private async routeBodyOf(buf: BodyBuffer): Promise<void> {
+    const body = buf.bytes();
     let decision: RouteDecision;
     try {
       // The stream never reads the request body again: the router may move it.
@@ -424,6 +445,7 @@ export class ExtProcStream {
       ModelRewriter.forDecision(decision),
       this.opts.maxResponseBufferBytes,
       this.settleAfterWrites,
+      this.opts.bodyBudget,
     );
     this.phase = 'routed';
     return true;
@@ -468,6 +490,20 @@ export class ExtProcStream {
     if (md) this.subset = mergeSubsetHint(this.subset, readSubsetHint(md));
   }
 
+  private overBudget(): KvEppError {
+    const budget = this.opts.bodyBudget as BodyBudget;
+    return new KvEppError(
+      'overloaded',
+      `request bodies being buffered have reached the server's limit of ${budget.limit} bytes; retry later`,
+    );
+  }
+
+  /** Drops a request body still being received (its budget share given back). */
+  private dropRequestBody(): void {
+    this.reqBody?.release();
+    this.reqBody = undefined;
+  }
+
   private tooLarge(bytes: number): KvEppError {
     return new KvEppError(
       'body_too_large',
@@ -483,6 +519,7 @@ export class ExtProcStream {
       // processing mode, as GAIE's hermetic tests do), or a local reply from the
       // data plane before the request body completed (Envoy's own 413 when the
       // body exceeds its buffer): pass through, no decision; the partial body is dropped.
+      this.dropRequestBody();
       this.phase = 'routed';
       this.response = new ResponsePath(
         this.sink,
@@ -490,6 +527,7 @@ export class ExtProcStream {
         undefined,
         this.opts.maxResponseBufferBytes,
         this.settleAfterWrites,
+        this.opts.bodyBudget,
       );
     }
     if (!this.response) {
@@ -541,6 +579,7 @@ export class ExtProcStream {
     this.sink.send({ immediate_response: immediateResponse(answer, this.opts) });
     this.closed = true;
     this.queue = [];
+    this.dropRequestBody();
     this.sink.end();
     this.settle();
   }
@@ -554,6 +593,7 @@ export class ExtProcStream {
     else this.opts.logger.error(fields, 'ext_proc stream failed');
     this.closed = true;
     this.queue = [];
+    this.dropRequestBody();
     this.sink.fail(code, message);
     this.settle();
   }
@@ -566,6 +606,7 @@ export class ExtProcStream {
     if (this.phase === 'body') {
       this.closed = true;
       this.queue = [];
+      this.dropRequestBody();
       this.sink.fail(
         GrpcCode.INVALID_ARGUMENT,
         'the client half-closed before the request body ended (no end_of_stream)',

@@ -5,7 +5,7 @@
  * the field.
  */
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import {
   destinationOf,
@@ -88,6 +88,48 @@ describe('kv-epp serve', () => {
     expect(value('kv_epp_ejected_endpoints')).toBe(0);
     expect(value('kv_epp_approx_queue_depth')).toBeGreaterThanOrEqual(0);
     expect(value('kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(0);
+  });
+
+  it('sheds a request body over --max-buffered-body-bytes with 429 and reports the buffered bytes', async () => {
+    const s = await startServing(
+      defaultArgs('--max-body-bytes', '4096', '--max-buffered-body-bytes', '6000'),
+      { KV_EPP_POOL_SIZE: '0' },
+      new RecordingLogger(),
+    );
+    running.push(s);
+    const client = new ExtProcClient(s.extProc.port);
+    const head = reqHeaders({
+      ':path': '/v1/chat/completions',
+      ':method': 'POST',
+      'content-type': 'application/json',
+    });
+    const metric = async (series: string) => {
+      const text = await (await fetch(`http://127.0.0.1:${s.metrics.port}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      return line === undefined ? undefined : Number(line.slice(series.length + 1));
+    };
+    const first = client.open().send(head, reqBody(new Uint8Array(4000).fill(32), false));
+    // Nothing is answered while a body buffers: the gauge says when it is held.
+    await vi.waitFor(async () => expect(await metric('kv_epp_buffered_body_bytes')).toBe(4000), {
+      timeout: 10_000,
+      interval: 20,
+    });
+    const { responses } = await client
+      .open()
+      .send(head, reqBody(new Uint8Array(3000).fill(32), false))
+      .drain();
+    expect(responses[0]?.immediate_response?.status.code).toBe(429);
+    expect(
+      await metric(
+        'inference_objective_request_error_total{model_name="",target_model_name="",error_code="ResourceExhausted"}',
+      ),
+    ).toBe(1);
+    first.cancel();
+    await vi.waitFor(async () => expect(await metric('kv_epp_buffered_body_bytes')).toBe(0), {
+      timeout: 10_000,
+      interval: 20,
+    });
+    client.close();
   });
 
   it("tokenizes an NGINX Gateway Fabric request (the client's headers only, no :path) by its body", async () => {

@@ -102,6 +102,42 @@ describe('resolveServeOptions', () => {
     expect([o.maxRequestsPerEndpoint, o.maxQueuedRequests, o.retryAfterSeconds]).toEqual([8, 0, 5]);
   });
 
+  it('reads the buffered-body budget: 1 GiB or one largest body by default, never below one body', () => {
+    expect(resolveServeOptions({}, {}).maxBufferedBodyBytes).toBe(1024 ** 3);
+    const big = String(2 ** 31 - 1);
+    expect(resolveServeOptions({ 'max-body-bytes': big }, {}).maxBufferedBodyBytes).toBe(
+      2 ** 31 - 1,
+    );
+    expect(
+      resolveServeOptions(
+        { 'max-buffered-body-bytes': '5000000000' },
+        { KV_EPP_MAX_BUFFERED_BODY_BYTES: '1' },
+        { server: { maxBufferedBodyBytes: 2 } },
+      ).maxBufferedBodyBytes,
+    ).toBe(5_000_000_000);
+    expect(
+      resolveServeOptions(
+        {},
+        { KV_EPP_MAX_BUFFERED_BODY_BYTES: '134217728' },
+        {
+          server: { maxBufferedBodyBytes: 2 },
+        },
+      ).maxBufferedBodyBytes,
+    ).toBe(134_217_728);
+    expect(
+      resolveServeOptions({}, {}, { server: { maxBufferedBodyBytes: 100_000_000 } }, 'cfg.yaml')
+        .maxBufferedBodyBytes,
+    ).toBe(100_000_000);
+    expect(() =>
+      resolveServeOptions({}, {}, { server: { maxBufferedBodyBytes: 1000 } }, 'cfg.yaml'),
+    ).toThrow(
+      'cfg.yaml: server.maxBufferedBodyBytes: expected at least the largest request body (max body bytes 67108864), got 1000',
+    );
+    expect(() => resolveServeOptions({ 'max-buffered-body-bytes': 'lots' }, {})).toThrow(
+      '--max-buffered-body-bytes: expected an integer',
+    );
+  });
+
   it('reads the outlier ejection settings, from flags or the file, and names a bad one', () => {
     const o = resolveServeOptions(
       { 'outlier-consecutive-5xx': '0' },
