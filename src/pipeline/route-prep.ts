@@ -4,9 +4,9 @@
  *
  * Contract: `tokens` are the worker's prompt ids (see src/tokenize/types.ts),
  * `localHashes` are Dynamo's local block hashes of those ids with the seed of
- * (loraName, cache namespace) — the namespace is the body's
- * `nvext.cache_salt` / `cache_salt`, else `settings.cacheNamespace` (the
- * `x-tenant-id` header) — and `overlap` is the index's answer for them at the
+ * (loraName, cache namespace) — the namespace is `settings.cacheNamespace`
+ * (the `x-tenant-id` header), else the body's `nvext.cache_salt` /
+ * `cache_salt`, Dynamo's frontend's precedence — and `overlap` is the index's answer for them at the
  * moment of the call. When every piece is native, a `fused` implementation
  * does all of it in one addon call with identical results. Pure: no I/O;
  * errors are KvEppErrors from the tokenizer (request problems) or the hasher.
@@ -26,7 +26,10 @@ export interface RouteSettings {
   blockSize: number;
   /** LoRA adapter the request targets; folded into the hash seed. */
   loraName?: string | undefined;
-  /** Cache namespace used when the body names no cache salt (the `x-tenant-id` header). */
+  /**
+   * The `x-tenant-id` namespace (tenantNamespace): wins over the body's cache
+   * salt, as Dynamo's frontend writes the header into `nvext.cache_salt`.
+   */
   cacheNamespace?: string | undefined;
   /** Stop scoring once a single holder remains (Dynamo's `early_exit`). */
   earlyExit?: boolean | undefined;
@@ -143,9 +146,23 @@ export function tokenizeAndHash(
   const localHashes = new BigUint64Array(Math.floor(tokens.length / s.blockSize));
   path.hasher.localHashesInto(tokens, s.blockSize, localHashes, {
     loraName: s.loraName,
-    cacheNamespace: cacheSalt ?? s.cacheNamespace,
+    cacheNamespace: s.cacheNamespace ?? cacheSalt,
   });
   return { tokens, localHashes, cacheSalt };
+}
+
+/**
+ * The cache namespace an `x-tenant-id` value gives, as Dynamo's frontend reads
+ * it (`HeaderValue::to_str`, empty ignored): undefined unless it is non-empty
+ * visible ASCII (space and tab allowed).
+ */
+export function tenantNamespace(value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if ((c < 0x20 && c !== 0x09) || c > 0x7e) return undefined;
+  }
+  return value;
 }
 
 /** The whole hot path on the calling thread (with `work`: the body work too). */

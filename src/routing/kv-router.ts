@@ -35,7 +35,12 @@ import {
   spliceRequestBody,
 } from '../openai/request-body.js';
 import { responsesAsChat } from '../openai/responses-chat.js';
-import { type Preparer, type RoutePrep, UntokenizableBody } from '../pipeline/route-prep.js';
+import {
+  type Preparer,
+  type RoutePrep,
+  tenantNamespace,
+  UntokenizableBody,
+} from '../pipeline/route-prep.js';
 import type {
   GatewayRequest,
   RequestRouter,
@@ -378,7 +383,7 @@ export class KvRouter implements RequestRouter {
           api,
           {
             blockSize: this.settings.blockSize,
-            cacheNamespace: req.headers.get('x-tenant-id'),
+            cacheNamespace: tenantNamespace(req.headers.get('x-tenant-id')),
             earlyExit: this.settings.earlyExit,
           },
           { rewrite, transferBody: offloaded && req.bodyTransferable === true },
@@ -483,7 +488,7 @@ export class KvRouter implements RequestRouter {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
       return await this.deps.preparer.prepare(utf8.encode(JSON.stringify(chat)), 'chat', {
         blockSize: this.settings.blockSize,
-        cacheNamespace: req.headers.get('x-tenant-id'),
+        cacheNamespace: tenantNamespace(req.headers.get('x-tenant-id')),
         earlyExit: this.settings.earlyExit,
       });
     } catch (e) {

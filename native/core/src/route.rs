@@ -3,8 +3,8 @@
 //!
 //! Contract: `tokens` equal `Tokenizer::tokenize_request`, `local_hashes`
 //! equal `hash::local_hashes(tokens, block_size, seed)`, where the namespace
-//! is the body's `nvext.cache_salt` / `cache_salt`, else the caller's fallback
-//! (the `x-tenant-id` header). Scoring is left to the caller, which holds the
+//! is the caller's `x-tenant-id` value, else the body's `nvext.cache_salt` /
+//! `cache_salt` (Dynamo's precedence). Scoring is left to the caller, which holds the
 //! index lock only for that.
 
 use crate::error::CoreError;
@@ -43,8 +43,10 @@ pub struct RouteInput<'a> {
     pub api: ApiKind,
     pub block_size: u32,
     pub lora_name: Option<&'a str>,
-    /// Used when the body names no cache salt.
-    pub fallback_namespace: Option<&'a str>,
+    /// The `x-tenant-id` namespace (already checked by the caller): it wins over
+    /// the body's salt, as Dynamo's frontend writes the header into
+    /// `nvext.cache_salt` over the body's (`apply_header_routing_overrides`).
+    pub header_namespace: Option<&'a str>,
     pub now_ms: i64,
 }
 
@@ -84,7 +86,7 @@ pub fn prepare_request(
     let cache_salt = request::cache_salt(&body).map(str::to_owned);
     let tokens = tok.tokenize_parsed(&body, input.api, input.now_ms)?;
     drop(body);
-    let namespace = cache_salt.as_deref().or(input.fallback_namespace);
+    let namespace = input.header_namespace.or(cache_salt.as_deref());
     let seed = hash::block_hash_seed(input.lora_name, namespace);
     let local_hashes = hash::local_hashes(&tokens, input.block_size, seed)?;
     let edited = match (work, model) {
@@ -210,13 +212,13 @@ mod tests {
             api: ApiKind::Completions,
             block_size: 2,
             lora_name: None,
-            fallback_namespace: Some("header-tenant"),
+            header_namespace: None,
             now_ms: 0,
         }
     }
 
     #[test]
-    fn body_salt_wins_over_the_fallback_and_seeds_the_hash() {
+    fn the_header_namespace_wins_over_the_body_salt_which_seeds_the_hash() {
         let tok = Tokenizer::load("o200k_base").unwrap();
         let body = br#"{"prompt":[1,2,3,4,5],"nvext":{"cache_salt":"tenant-a"}}"#;
         let p = tokenize_and_hash(&tok, &input(body)).unwrap();
@@ -231,7 +233,22 @@ mod tests {
         let none = br#"{"prompt":[1,2]}"#;
         let p = tokenize_and_hash(&tok, &input(none)).unwrap();
         assert_eq!(p.cache_salt, None);
+        assert_eq!(
+            p.local_hashes,
+            hash::local_hashes(&[1, 2], 2, hash::block_hash_seed(None, None)).unwrap()
+        );
+
+        // x-tenant-id over the body's salt, with or without one.
+        let tenant = RouteInput { header_namespace: Some("header-tenant"), ..input(body) };
+        let p = tokenize_and_hash(&tok, &tenant).unwrap();
+        assert_eq!(p.cache_salt.as_deref(), Some("tenant-a"));
         let seed = hash::block_hash_seed(None, Some("header-tenant"));
+        assert_eq!(p.local_hashes, hash::local_hashes(&[1, 2, 3, 4], 2, seed).unwrap());
+        let p = tokenize_and_hash(
+            &tok,
+            &RouteInput { header_namespace: Some("header-tenant"), ..input(none) },
+        )
+        .unwrap();
         assert_eq!(p.local_hashes, hash::local_hashes(&[1, 2], 2, seed).unwrap());
     }
 

@@ -464,7 +464,7 @@ pub fn prepare_route<'env>(
         api: api_of(&api)?,
         block_size,
         lora_name: lora_name.as_deref(),
-        fallback_namespace: namespace.as_deref(),
+        header_namespace: namespace.as_deref(),
         now_ms: now_ms_of(now_ms)?,
     };
     let work = BodyWork { rewrite: rewrite.as_deref() };

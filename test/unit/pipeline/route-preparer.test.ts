@@ -8,7 +8,11 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Backend } from '../../../src/kv/types.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
-import { prepareRouteInline, UntokenizableBody } from '../../../src/pipeline/route-prep.js';
+import {
+  prepareRouteInline,
+  tenantNamespace,
+  UntokenizableBody,
+} from '../../../src/pipeline/route-prep.js';
 import { RoutePreparer } from '../../../src/workers/route-preparer.js';
 import { mulberry32 } from '../../support/random.js';
 
@@ -59,33 +63,42 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer (%s)', (backend) => 
     expect((await small.prepare(body, 'chat', settings)).tokens).toEqual(inline.tokens);
   });
 
-  it('takes the cache namespace from the body before the fallback', async () => {
+  it("takes the cache namespace from x-tenant-id before the body's salt (Dynamo's frontend order)", async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
-    const s = { blockSize: 2, cacheNamespace: 'header-tenant' };
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
     const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
-    const withSalt = prepareRouteInline(
-      path,
-      enc({ prompt: [1, 2, 3, 4], nvext: { cache_salt: 'tenant-a' } }),
-      'completions',
-      s,
-    );
-    expect(withSalt.cacheSalt).toBe('tenant-a');
-    const expected = path.hasher.hash(Uint32Array.of(1, 2, 3, 4), 2, {
-      cacheNamespace: 'tenant-a',
-    });
-    expect(withSalt.localHashes).toEqual(expected.local);
-    const top = prepareRouteInline(
-      path,
-      enc({ prompt: [1, 2], cache_salt: 't2' }),
-      'completions',
-      s,
-    );
-    expect(top.cacheSalt).toBe('t2');
-    const none = prepareRouteInline(path, enc({ prompt: [1, 2] }), 'completions', s);
-    expect(none.cacheSalt).toBeUndefined();
-    expect(none.localHashes).toEqual(
-      path.hasher.hash(Uint32Array.of(1, 2), 2, { cacheNamespace: 'header-tenant' }).local,
-    );
+    const hashes = (ids: number[], ns: string | undefined) =>
+      path.hasher.hash(Uint32Array.from(ids), 2, { cacheNamespace: ns }).local;
+    const cases: Array<[unknown, string | undefined, string | undefined, string | undefined]> = [
+      // body, header namespace, expected cacheSalt (the body's), namespace hashed under
+      [{ prompt: [1, 2, 3, 4], nvext: { cache_salt: 'tenant-a' } }, 'hdr', 'tenant-a', 'hdr'],
+      [
+        { prompt: [1, 2, 3, 4], nvext: { cache_salt: 'tenant-a' } },
+        undefined,
+        'tenant-a',
+        'tenant-a',
+      ],
+      [{ prompt: [1, 2], cache_salt: 't2' }, undefined, 't2', 't2'],
+      [{ prompt: [1, 2], cache_salt: 't2', nvext: { cache_salt: '' } }, undefined, 't2', 't2'],
+      [{ prompt: [1, 2] }, 'hdr', undefined, 'hdr'],
+      [{ prompt: [1, 2] }, undefined, undefined, undefined],
+    ];
+    for (const [req, header, salt, ns] of cases) {
+      const s = { blockSize: 2, cacheNamespace: header };
+      const ids = (req as { prompt: number[] }).prompt;
+      const runs = [
+        prepareRouteInline(path, enc(req), 'completions', s),
+        prepareRouteInline({ ...path, fused: undefined }, enc(req), 'completions', s),
+        await pooled.prepare(enc(req), 'completions', s),
+      ];
+      for (const r of runs) {
+        expect(r.cacheSalt, JSON.stringify(req)).toBe(salt);
+        expect(r.localHashes, JSON.stringify([req, header])).toEqual(hashes(ids, ns));
+      }
+    }
+    // The namespaces differ, so the cases above tell the orders apart.
+    expect(hashes([1, 2], 'hdr')).not.toEqual(hashes([1, 2], 'tenant-a'));
   });
 
   it('rejects bad requests from the pool with the same codes as inline', async () => {
@@ -337,5 +350,17 @@ describe('body work, native (Rust) against the TypeScript twin', () => {
       expect([b, n]).toEqual([b, outcome(twin)]);
       expect([b, n]).not.toEqual([b, 'accepted']);
     }
+  });
+});
+
+describe('tenantNamespace (x-tenant-id as Dynamo reads it)', () => {
+  it('takes non-empty visible ASCII (space and tab too) and nothing else', () => {
+    expect(tenantNamespace('tenant-a')).toBe('tenant-a');
+    expect(tenantNamespace('a b\tc~')).toBe('a b\tc~');
+    expect(tenantNamespace('')).toBeUndefined();
+    expect(tenantNamespace(undefined)).toBeUndefined();
+    expect(tenantNamespace('tenant-ü')).toBeUndefined();
+    expect(tenantNamespace('a\u007f')).toBeUndefined();
+    expect(tenantNamespace('a\u0001')).toBeUndefined();
   });
 });

@@ -637,6 +637,26 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(r.load(primary?.hostPort as string)).toBe(0);
   });
 
+  it("hashes under x-tenant-id over the body's cache salt, and only a visible-ASCII one (Dynamo's frontend)", async () => {
+    const { r, path } = await router(backend);
+    const hashed = (ns: string | undefined) =>
+      prepareRouteInline(path, new TextEncoder().encode(JSON.stringify(chat(long))), 'chat', {
+        blockSize: 16,
+        cacheNamespace: ns,
+      }).localHashes;
+    const holders = (ns: string | undefined) => path.index.findMatches(hashed(ns), false).workers;
+    const salted = { ...chat(long), nvext: { cache_salt: 'body-salt' } };
+    const tenant = (v: string) => ({ headers: new Map([['x-tenant-id', v]]) });
+    await r.route(req(salted, tenant('tenant-t')));
+    expect(holders('tenant-t')).toHaveLength(1);
+    expect(holders('body-salt')).toHaveLength(0);
+    // A header Dynamo cannot read as a string is ignored: the body's salt counts.
+    await r.route(req(salted, tenant('tenant-ü')));
+    expect(holders('body-salt')).toHaveLength(1);
+    await r.route(req(chat(long), tenant('')));
+    expect(holders(undefined)).toHaveLength(1);
+  });
+
   it('applies the rewrite and token data to the last of a repeated key (what the worker reads)', async () => {
     const { r } = await router(backend);
     const body = `{"model":"m","nvext":{},"messages":[{"role":"user","content":"hi"}],"model":"m","nvext":{"k":1}}`;
