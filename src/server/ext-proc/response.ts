@@ -107,6 +107,11 @@ export class ResponsePath {
   /** Response body bytes the model server sent (before any model restore). */
   bytes = 0;
   headersSeen = false;
+  /**
+   * A response_body message arrived. Envoy takes a body answer only after one:
+   * an unasked `streamed_response` is a spurious message, which it turns into a 500.
+   */
+  private bodySeen = false;
   /** Envoy's circuit breakers answered (see RequestSummary.gatewayOverflow). */
   get gatewayOverflow(): boolean {
     if (this.overloadedHeader) return true;
@@ -179,6 +184,7 @@ export class ResponsePath {
   body(b: HttpBody | null | undefined): void {
     let chunk = b?.body ?? EMPTY;
     const eos = b?.end_of_stream === true;
+    this.bodySeen = true;
     if (!this.done) this.bytes += chunk.length;
     if (this.status !== undefined && this.status >= 500 && chunk.length > 0) {
       const have = this.errorHead?.length ?? 0;
@@ -226,8 +232,9 @@ export class ResponsePath {
   }
 
   trailers(): void {
-    if (!this.done && this.mode === 'duplex' && !this.sse && !this.overflow) {
-      // The body ended without an EoS chunk: the trailers end it.
+    if (!this.done && this.mode === 'duplex' && !this.sse && !this.overflow && this.bodySeen) {
+      // The body ended without an EoS chunk: the trailers end it. (With no
+      // body at all there is nothing to answer but the trailers.)
       this.flushHeld(false);
     }
     if (!this.done && this.sseTail && this.rewriter) {

@@ -609,6 +609,26 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    it.each([['application/json'], [undefined]])(
+      'answers trailers after no body (content-type %s) with the trailers alone',
+      async (type) => {
+        // Envoy sent no response_body, so a body answer would be spurious (its 500).
+        const s = await routed();
+        const h: Record<string, string> = { ':status': '200' };
+        if (type) h['content-type'] = type;
+        s.send(respHeaders(h));
+        await s.next();
+        s.send(respTrailers());
+        const t = await s.next();
+        expect(t?.response_trailers).toEqual({});
+        const [c] = await fx.router.completed(1);
+        expect(c?.summary).toMatchObject({ status: 200, responseComplete: true });
+        s.halfClose();
+        const { responses } = await s.drain();
+        expect(responses).toEqual([]);
+      },
+    );
+
     it('finishes on response headers with EoS', async () => {
       const s = await routed();
       s.send(respHeaders({ ':status': '204' }, { eos: true, served: '127.0.0.9:8000' }));
