@@ -7,6 +7,7 @@ export type OpenAiApi = 'chat' | 'completions' | 'responses' | 'embeddings';
 
 import { KvEppError } from '../errors.js';
 import { goJsonUnmarshalError } from './go-json-error.js';
+import { skipWs, valueEnd } from './json-bytes.js';
 
 /** The API by path suffix (query string ignored), as the GAIE EPP does. */
 export function apiOfPath(path: string): OpenAiApi | undefined {
@@ -49,45 +50,6 @@ interface Member {
 const enc = new TextEncoder();
 // A leading BOM is kept, so JSON.parse refuses it as Go's encoding/json does.
 const dec = new TextDecoder('utf-8', { ignoreBOM: true });
-
-function skipWs(b: Uint8Array, i: number): number {
-  while (i < b.length && (b[i] === 0x20 || b[i] === 0x0a || b[i] === 0x0d || b[i] === 0x09)) i++;
-  return i;
-}
-
-/** End (exclusive) of the JSON value starting at `i`; assumes valid JSON. */
-function valueEnd(b: Uint8Array, i: number): number {
-  const c = b[i];
-  if (c === 0x22) {
-    // The closing quote is the first one after an even run of backslashes;
-    // indexOf keeps a long string (a base64 image) off a byte-by-byte loop.
-    for (let from = i + 1; ; ) {
-      const q = b.indexOf(0x22, from);
-      if (q === -1) return b.length + 1;
-      let k = q - 1;
-      while (k > i && b[k] === 0x5c) k--;
-      if ((q - 1 - k) % 2 === 0) return q + 1;
-      from = q + 1;
-    }
-  }
-  if (c === 0x7b || c === 0x5b) {
-    let depth = 0;
-    for (; i < b.length; i++) {
-      const x = b[i];
-      if (x === 0x22) {
-        i = valueEnd(b, i) - 1;
-      } else if (x === 0x7b || x === 0x5b) {
-        depth++;
-      } else if (x === 0x7d || x === 0x5d) {
-        depth--;
-        if (depth === 0) return i + 1;
-      }
-    }
-    return b.length;
-  }
-  while (i < b.length && ![0x2c, 0x7d, 0x5d, 0x20, 0x0a, 0x0d, 0x09].includes(b[i] as number)) i++;
-  return i;
-}
 
 /** Members of the object starting at `open` (its `{`), and the index of its `}`. */
 function members(b: Uint8Array, open: number): { list: Member[]; close: number } {

@@ -9,6 +9,7 @@
  * Unlike GAIE, the SSE parser keeps a line buffer, so a `data:` line split
  * across body chunks is still read.
  */
+import { skipWs, valueEnd } from '../../openai/json-bytes.js';
 
 export interface Usage {
   promptTokens?: number | undefined;
@@ -56,9 +57,30 @@ export function usageOf(doc: unknown): Usage | undefined {
 
 const decoder = new TextDecoder();
 
-/** Usage in a complete non-streaming JSON body; undefined if none or not JSON. */
+/** Bodies up to this size are parsed whole for their usage; larger ones are not. */
+const WHOLE_PARSE_MAX_BYTES = 1024 * 1024;
+/** How far from a large body's end its top-level `usage` is looked for. */
+const USAGE_TAIL_BYTES = 64 * 1024;
+const USAGE_KEY = new TextEncoder().encode('"usage"');
+
+/**
+ * Usage in a complete non-streaming JSON body; undefined if none or not JSON.
+ * A body above WHOLE_PARSE_MAX_BYTES (a large embeddings answer) is not parsed:
+ * its top-level `usage` member is found within its last USAGE_TAIL_BYTES, where
+ * OpenAI-style servers put it, and only that member is parsed. Parsing all of
+ * it stalled the event loop ~200 ms per 60 MB and grew the heap ~6×.
+ */
 export function usageOfJsonBody(body: Uint8Array): Usage | undefined {
   if (body.length === 0) return undefined;
+  if (body.length > WHOLE_PARSE_MAX_BYTES) {
+    const usage = topLevelUsageNearEnd(body);
+    if (!usage) return undefined;
+    try {
+      return usageOf({ usage: JSON.parse(decoder.decode(usage)) });
+    } catch {
+      return undefined;
+    }
+  }
   const text = decoder.decode(body);
   if (!text.includes('_tokens')) return undefined;
   try {
@@ -66,6 +88,54 @@ export function usageOfJsonBody(body: Uint8Array): Usage | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * The value of the last `"usage"` member of the top-level object that starts
+ * within the body's last USAGE_TAIL_BYTES. A candidate key is a quote no
+ * backslash escapes (inside a string a quote is always escaped), followed by
+ * `:`; it is top-level when, after its value, the document closes exactly one
+ * object and ends.
+ */
+function topLevelUsageNearEnd(b: Uint8Array): Uint8Array | undefined {
+  const floor = Math.max(0, b.length - USAGE_TAIL_BYTES);
+  for (let q = b.lastIndexOf(0x22); q >= floor; q = q > 0 ? b.lastIndexOf(0x22, q - 1) : -1) {
+    if (!startsWith(b, q, USAGE_KEY)) continue;
+    let k = q - 1;
+    while (k >= 0 && b[k] === 0x5c) k--;
+    if ((q - 1 - k) % 2 !== 0) continue;
+    let i = skipWs(b, q + USAGE_KEY.length);
+    if (b[i] !== 0x3a) continue;
+    i = skipWs(b, i + 1);
+    const end = valueEnd(b, i);
+    if (end > i && end <= b.length && closesOneObject(b, end)) return b.subarray(i, end);
+  }
+  return undefined;
+}
+
+function startsWith(b: Uint8Array, at: number, s: Uint8Array): boolean {
+  if (at + s.length > b.length) return false;
+  for (let j = 0; j < s.length; j++) if (b[at + j] !== s[j]) return false;
+  return true;
+}
+
+/** From `i` to the end, the input closes exactly one open object, last, then only whitespace. */
+function closesOneObject(b: Uint8Array, i: number): boolean {
+  let depth = 0;
+  while (i < b.length) {
+    const x = b[i];
+    if (x === 0x22) {
+      i = valueEnd(b, i);
+      continue;
+    }
+    if (x === 0x7b || x === 0x5b) depth++;
+    else if (x === 0x7d || x === 0x5d) {
+      depth--;
+      if (depth < 0) return x === 0x7d && skipWs(b, i + 1) === b.length;
+    }
+    i++;
+  }
+  return false;
 }
 
 /** Longest partial line kept between chunks; a longer one is dropped unread. */

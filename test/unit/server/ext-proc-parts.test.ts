@@ -11,8 +11,9 @@ import {
   readSubsetHint,
 } from '../../../src/server/ext-proc/metadata.js';
 import { ModelRewriter } from '../../../src/server/ext-proc/model-rewrite.js';
-import { SseUsageParser, usageOfJsonBody } from '../../../src/server/ext-proc/usage.js';
+import { SseUsageParser, usageOf, usageOfJsonBody } from '../../../src/server/ext-proc/usage.js';
 import { servedMetadata, subsetMetadata, text, utf8 } from '../../support/ext-proc.js';
+import { mulberry32 } from '../../support/random.js';
 
 describe('BodyBuffer', () => {
   it('keeps a single chunk without copying', () => {
@@ -220,6 +221,63 @@ describe('usageOfJsonBody', () => {
     expect(usageOfJsonBody(utf8('{"id":1}'))).toBeUndefined();
     expect(usageOfJsonBody(utf8('no healthy upstream'))).toBeUndefined();
     expect(usageOfJsonBody(new Uint8Array(0))).toBeUndefined();
+  });
+
+  describe('a body above 1 MiB: only its top-level usage near the end is parsed', () => {
+    const pad = 'x'.repeat(1024 * 1024);
+    const usage = { prompt_tokens: 5, total_tokens: 5 };
+    const big = (doc: Record<string, unknown>) => utf8(JSON.stringify({ pad, ...doc }));
+
+    it('finds the usage of a large embeddings answer, ignoring usage-looking text and nesting', () => {
+      const embedding = Array.from({ length: 300_000 }, (_, i) => (i % 97) / 97);
+      const body = utf8(
+        JSON.stringify({ object: 'list', data: [{ embedding }], model: 'm', usage }),
+      );
+      expect(body.length).toBeGreaterThan(1024 * 1024);
+      expect(usageOfJsonBody(body)).toEqual({ promptTokens: 5, completionTokens: undefined });
+      // A string with the key in it, and a nested usage, are not the top-level member.
+      expect(usageOfJsonBody(big({ note: '"usage":{"prompt_tokens":9}' }))).toBeUndefined();
+      expect(usageOfJsonBody(big({ data: [{ usage }] }))).toBeUndefined();
+      // A key that ends in `"usage` (an escaped quote) is not `usage`.
+      expect(usageOfJsonBody(big({ 'x"usage': usage }))).toBeUndefined();
+      expect(usageOfJsonBody(big({ usage, after: { k: [1, '}'] } }))).toEqual({
+        promptTokens: 5,
+        completionTokens: undefined,
+      });
+      // Usage further than 64 KiB from the end is not looked for.
+      expect(usageOfJsonBody(utf8(JSON.stringify({ usage, pad })))).toBeUndefined();
+    });
+
+    it('agrees with parsing the whole body, on random documents', () => {
+      const rand = mulberry32(0x5eed);
+      const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)] as T;
+      const tricky = ['"usage":', '\\', '\\"', '}', ']', '{', 'usage', '"', 'x"usage'];
+      const value = (depth: number): unknown => {
+        const r = rand();
+        if (depth > 2 || r < 0.3) return pick([1, -0.5, true, null, pick(tricky), 'plain']);
+        if (r < 0.5) return Array.from({ length: Math.floor(rand() * 3) }, () => value(depth + 1));
+        if (r < 0.7)
+          return { usage: { prompt_tokens: Math.floor(rand() * 9) }, x: value(depth + 1) };
+        return { [pick(['a', 'usage', 'b', 'x"usage'])]: value(depth + 1) };
+      };
+      for (let n = 0; n < 300; n++) {
+        const members: Array<[string, unknown]> = [['pad', pad]];
+        for (let m = Math.floor(rand() * 4); m > 0; m--) {
+          const key = pick(['usage', 'data', 'model', 'usage', 'x"usage']);
+          const v =
+            key === 'usage' && rand() < 0.7
+              ? { prompt_tokens: Math.floor(rand() * 99), completion_tokens: 1 }
+              : value(0);
+          members.push([key, v]);
+        }
+        // Repeated keys kept as written (JSON.stringify of an object would merge them).
+        const text = `{${members.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`;
+        const body = utf8(text);
+        expect(usageOfJsonBody(body), text.slice(pad.length + 10)).toEqual(
+          usageOf(JSON.parse(text)),
+        );
+      }
+    });
   });
 });
 
