@@ -163,7 +163,7 @@ export function spliceRequestBody(
     const ids = edits.tokenDataJson ?? idsJsonBytes(edits.tokenData);
     const nv = lastMember(list, 'nvext');
     if (!nv || body[nv.start] !== 0x7b) {
-      // No nvext (or a non-object one, which the worker would reject anyway): set it.
+      // No nvext (or a non-object one, which readRequest refuses first): set it.
       const text = concat([enc.encode('{"token_data":'), ids, enc.encode('}')]);
       if (nv) out.push({ start: nv.start, end: nv.end, text });
       else {
@@ -299,6 +299,17 @@ export function readRequest(
   }
   if ((api === 'responses' || api === 'embeddings') && parsed.input === undefined) {
     throw badRequest(`${api} need an "input"`);
+  }
+  // The token ids go into `nvext`; Dynamo's frontend refuses a non-object one
+  // too, so it is the client's 400 rather than a value replaced.
+  const nvext = parsed.nvext;
+  if (
+    (api === 'chat' || api === 'completions') &&
+    nvext !== undefined &&
+    nvext !== null &&
+    (typeof nvext !== 'object' || Array.isArray(nvext))
+  ) {
+    throw badRequest('"nvext" must be an object');
   }
   return { model, json: parsed };
 }

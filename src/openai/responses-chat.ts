@@ -15,6 +15,10 @@
  * alone. The cache salt (`cache_salt`, `nvext`) carries over. The conversion only steers routing; the request the worker gets
  * is the client's (no token ids are injected), so an imperfect match with the
  * server's own translation costs cache hits, never correctness. Pure.
+ *
+ * A Responses request that carries `nvext.token_data` is served from those ids
+ * (Dynamo's frontend takes them as the whole prompt, `input` unread):
+ * `responsesPromptIds` gives it as a completions body with them as the prompt.
  */
 
 type Json = Record<string, unknown>;
@@ -119,4 +123,22 @@ export function responsesAsChat(json: Json): Json | undefined {
   if (json.cache_salt !== undefined) chat.cache_salt = json.cache_salt;
   if (json.nvext !== undefined) chat.nvext = json.nvext;
   return chat;
+}
+
+/**
+ * A completions body whose prompt is the client's `nvext.token_data`, with the
+ * cache salt carried over; undefined when the request has no such ids (then
+ * `responsesAsChat` applies). The ids are not checked here: the tokenizer
+ * refuses bad ones as it does a completions prompt's.
+ */
+export function responsesPromptIds(json: Json): Json | undefined {
+  const nvext = json.nvext;
+  if (typeof nvext !== 'object' || nvext === null || Array.isArray(nvext)) return undefined;
+  const ids = (nvext as Json).token_data;
+  if (!Array.isArray(ids) || ids.length === 0) return undefined;
+  const body: Json = { model: json.model, prompt: ids };
+  const salt = (nvext as Json).cache_salt;
+  if (salt !== undefined) body.nvext = { cache_salt: salt };
+  if (json.cache_salt !== undefined) body.cache_salt = json.cache_salt;
+  return body;
 }

@@ -34,7 +34,7 @@ import {
   rewriteTarget,
   spliceRequestBody,
 } from '../openai/request-body.js';
-import { responsesAsChat } from '../openai/responses-chat.js';
+import { responsesAsChat, responsesPromptIds } from '../openai/responses-chat.js';
 import {
   type Preparer,
   type RoutePrep,
@@ -474,19 +474,23 @@ export class KvRouter implements RequestRouter {
 
   /**
    * A Responses API request tokenized as the chat conversation its server
-   * renders (responsesAsChat), for its prefix overlap; undefined (routed by
-   * load) when its input is not plain text messages, when the tokenization
-   * queue is full, or when the chat cannot be tokenized: routing it never fails.
+   * renders (responsesAsChat), for its prefix overlap, or, when it carries
+   * `nvext.token_data`, as those ids (the prompt the server then uses);
+   * undefined (routed by load) when its input is not plain text messages, when
+   * the tokenization queue is full, or when the chat or the ids cannot be
+   * tokenized: routing it never fails.
    */
   private async responsesPrep(
     json: Record<string, unknown>,
     req: GatewayRequest,
   ): Promise<RoutePrep | undefined> {
-    const chat = responsesAsChat(json);
-    if (!chat) return undefined;
+    const ids = responsesPromptIds(json);
+    const prompt = ids ?? responsesAsChat(json);
+    if (!prompt) return undefined;
     try {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
-      return await this.deps.preparer.prepare(utf8.encode(JSON.stringify(chat)), 'chat', {
+      const api = ids ? 'completions' : 'chat';
+      return await this.deps.preparer.prepare(utf8.encode(JSON.stringify(prompt)), api, {
         blockSize: this.settings.blockSize,
         cacheNamespace: tenantNamespace(req.headers.get('x-tenant-id')),
         earlyExit: this.settings.earlyExit,

@@ -7,8 +7,8 @@
 //! values is kept (key order, number forms, whitespace); edits apply to the
 //! last member of a repeated key, the one the worker's JSON reader keeps (as
 //! the TypeScript twin does), an existing
-//! `nvext.token_data` is replaced, a non-object `nvext` is replaced by
-//! `{"token_data":…}`. The body must be a JSON object that parsed already: the
+//! `nvext.token_data` is replaced, a non-object `nvext` (which `check_request`
+//! refuses first) is replaced by `{"token_data":…}`. The body must be a JSON object that parsed already: the
 //! scanner below does not validate.
 
 use serde_json::{Map, Value as Json};
@@ -29,9 +29,16 @@ pub fn check_request(body: &Map<String, Json>, api: ApiKind) -> Result<&str, Tok
         ApiKind::Completions if !body.contains_key("prompt") => {
             Err(TokenizeError::invalid_request("completions need a \"prompt\""))
         }
+        // The token ids go into `nvext`; Dynamo's frontend refuses a non-object
+        // one too, so it is the client's 400 rather than a value replaced.
+        _ if body.get("nvext").is_some_and(|v| !(v.is_null() || v.is_object())) => {
+            Err(TokenizeError::invalid_request(NVEXT_NOT_AN_OBJECT))
+        }
         _ => Ok(model),
     }
 }
+
+const NVEXT_NOT_AN_OBJECT: &str = "\"nvext\" must be an object";
 
 /// The model the worker must see: the gateway's rewrite when it names another one.
 pub fn rewrite_target<'a>(model: &str, rewrite: Option<&'a str>) -> Option<&'a str> {
@@ -187,7 +194,7 @@ pub fn splice_request(body: &[u8], model: Option<&str>, token_data_json: &[u8]) 
             }
         }
         _ => {
-            // No nvext (or a non-object one, which the worker would reject anyway): set it.
+            // No nvext (or a non-object one, which check_request refuses first): set it.
             let obj = cat(&[b"{\"token_data\":", token_data_json, b"}"]);
             match nv {
                 Some(nv) => edits.push(Edit { start: nv.start, end: nv.end, text: obj }),

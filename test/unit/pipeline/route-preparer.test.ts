@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { KvEppError } from '../../../src/errors.js';
 import type { Backend } from '../../../src/kv/types.js';
 import { createHotPath } from '../../../src/pipeline/factory.js';
 import {
@@ -197,6 +198,14 @@ describe.each(['native', 'js'] as Backend[])('RoutePreparer body work (%s)', (ba
       ['[1]', 'invalid_json', /cannot unmarshal array into Go value of type map/],
       ['{"messages": []}', 'invalid_request', /model not found/],
       ['{"model": "m", "prompt": "x"}', 'invalid_request', /"messages" list/],
+      // Dynamo's frontend refuses these too (`invalid type … expected struct NvExt`).
+      [
+        '{"model":"m","messages":[],"nvext":"hello"}',
+        'invalid_request',
+        /^"nvext" must be an object$/,
+      ],
+      ['{"model":"m","messages":[],"nvext":[1]}', 'invalid_request', /^"nvext" must be an object$/],
+      ['{"model":"m","messages":[],"nvext":{},"nvext":5}', 'invalid_request', /"nvext" must be/],
     ] as const;
     for (const [t, code, msg] of cases) {
       const b = new TextEncoder().encode(t);
@@ -296,13 +305,28 @@ describe('body work, native (Rust) against the TypeScript twin', () => {
     const twin = { ...native, fused: undefined };
     const s = { blockSize: 2 };
     let compared = 0;
+    let refused = 0;
     for (const b of bodies()) {
       const body = enc(b);
       JSON.parse(b); // every generated body is valid JSON
       for (const rewrite of [undefined, '', 'm', 'served "x"\n\u00e9\u2028']) {
         const work = { rewrite };
-        const a = prepareRouteInline(native, body, 'completions', s, work);
-        const t = prepareRouteInline(twin, body, 'completions', s, work);
+        const run = (path: typeof native) => {
+          try {
+            return prepareRouteInline(path, body, 'completions', s, work);
+          } catch (e) {
+            return `${(e as KvEppError).code}: ${(e as Error).message}`;
+          }
+        };
+        const a = run(native);
+        const t = run(twin);
+        if (typeof a === 'string' || typeof t === 'string') {
+          // A non-object `nvext` (the last one) is refused by both, in the same words.
+          expect([b, a]).toEqual([b, t]);
+          expect(a).toBe('invalid_request: "nvext" must be an object');
+          refused++;
+          continue;
+        }
         expect(text(a.request?.body)).toBe(text(t.request?.body));
         expect([a.request?.model, a.request?.target, a.request?.tokenCount]).toEqual([
           t.request?.model,
@@ -314,7 +338,9 @@ describe('body work, native (Rust) against the TypeScript twin', () => {
         compared++;
       }
     }
-    expect(compared).toBe(1200);
+    expect(compared + refused).toBe(1200);
+    expect(refused).toBeGreaterThan(0);
+    expect(compared).toBeGreaterThan(600);
   });
 
   it('refuses bad bodies with the same codes and messages', async () => {
@@ -335,6 +361,8 @@ describe('body work, native (Rust) against the TypeScript twin', () => {
       ['{"model": "m", "messages": [{"role": "user"}], "add_generation_prompt": []}', 'chat'],
       ['{"model": "m", "prompt": {"a": 1}}', 'completions'],
       ['{"model": "m", "prompt": "\\ud800"}', 'completions'],
+      ['{"model": "m", "prompt": "x", "nvext": "hello"}', 'completions'],
+      ['{"model": "m", "messages": [], "nvext": {}, "nvext": [1]}', 'chat'],
     ];
     for (const [b, api] of bad) {
       const outcome = (path: typeof native) => {

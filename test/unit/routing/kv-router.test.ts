@@ -300,6 +300,34 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     path.index.dispose();
   });
 
+  it("routes a Responses request carrying nvext.token_data by those ids (the prompt Dynamo's frontend uses)", async () => {
+    const { r, path, prepared } = await router(backend);
+    const ids = Array.from({ length: 64 }, (_, i) => 1000 + i);
+    const responses = (input: unknown, nvext: unknown) =>
+      req({ model: 'm', input, nvext }, { path: '/v1/responses' });
+    const hashesOf = (body: unknown) =>
+      prepareRouteInline(path, new TextEncoder().encode(JSON.stringify(body)), 'completions', {
+        blockSize: 16,
+      }).localHashes;
+    const before = prepared();
+    const d = await r.route(responses(long, { token_data: ids }));
+    expect(prepared()).toBe(before + 1);
+    // Recorded under the ids' blocks, not the rendered input's.
+    const primary = endpoints.find((e) => e.hostPort === d.endpoints[0]);
+    expect(path.index.findMatches(hashesOf({ model: 'm', prompt: ids }), false).workers).toEqual([
+      { workerId: primary?.workerId, dpRank: primary?.dpRank },
+    ]);
+    // The body goes as sent (the ids are the client's).
+    expect(JSON.parse(new TextDecoder().decode(d.body)).nvext).toEqual({ token_data: ids });
+    // A follow-up with the same ids finds that worker whatever its input says.
+    const again = await r.route(responses('unrelated text', { token_data: ids }));
+    expect(again.endpoints[0]).toBe(d.endpoints[0]);
+    // Ids the tokenizer refuses: routed by load, never a failure.
+    const bad = await r.route(responses(long, { token_data: [-1] }));
+    expect(bad.endpoints.length).toBeGreaterThan(0);
+    path.index.dispose();
+  });
+
   it('sets Dynamo headers, splices nvext.token_data and strips client routing headers', async () => {
     const { r, path } = await router(backend);
     const headers = new Map([
