@@ -457,6 +457,25 @@ describe.skipIf(!ready)(
       }
     });
 
+    it('a non-object nvext is a 400 from the frontend and from kv-epp alike (never replaced and served)', async () => {
+      const worker = d().workers[0]?.instanceId as string;
+      for (const nvext of ['hello', [1, 2], 5, true]) {
+        const body = { model: model(), messages: [{ role: 'user', content: 'hi' }], nvext };
+        const frontend = await direct('/v1/chat/completions', body, worker);
+        expect(frontend.status, frontend.body).toBe(400);
+        const res = await httpCall({
+          port: (envoy as EnvoyProcess).port('dynamo'),
+          path: '/v1/chat/completions',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+        expect([res.status, res.body]).toEqual([
+          400,
+          'inference error: BadRequest - "nvext" must be an object',
+        ]);
+      }
+    });
+
     it('a chat request through Envoy → kv-epp → frontend gets 200 with generated text, from the worker kv-epp chose', async () => {
       const r = await viaKvEpp('/v1/chat/completions', {
         model: model(),
@@ -797,6 +816,50 @@ describe.skipIf(!ready)(
         expect(fullBlocks(n)).toContain(usage?.input_tokens_details?.cached_tokens);
       },
     );
+
+    it("a Responses request carrying nvext.token_data goes to the worker holding those ids' prefix (the frontend serves the ids, not its input)", async () => {
+      const viaChat = await viaKvEpp('/v1/chat/completions', {
+        model: model(),
+        messages: [{ role: 'user', content: prose('Juliet by ids') }],
+        max_tokens: 4,
+      });
+      await expectServedByChosen(viaChat);
+      const ids = tokenDataOf(viaChat.rec);
+      expect(ids.length).toBeGreaterThan(3 * BLOCK);
+      // The chat's worker is kept busy, so routing by load (or by the input) picks the other.
+      const gate = `hold-${randomUUID()}`;
+      const pending = httpCall({
+        port: (envoy as EnvoyProcess).port('dynamo'),
+        path: '/v1/chat/completions',
+        headers: { 'content-type': 'application/json', [TEST_ID]: randomUUID(), [GATE]: gate },
+        body: JSON.stringify({
+          model: model(),
+          messages: [{ role: 'user', content: prose('Juliet by ids') }],
+          max_tokens: 4,
+        }),
+      });
+      const heldAt = await Promise.race(taps.map((t, i) => t.arrived(gate).then(() => i)));
+      expect(heldAt).toBe(viaChat.tapIndex);
+      const r = await viaKvEpp('/v1/responses', {
+        model: model(),
+        input: 'Something unrelated.',
+        max_output_tokens: 4,
+        stream: false,
+        nvext: { token_data: ids },
+      });
+      for (const t of taps) t.open(gate);
+      expect((await pending).status).toBe(200);
+      expect(r.res.status, r.res.body.slice(0, 400)).toBe(200);
+      expect(r.chosen.name).toBe(viaChat.chosen.name);
+      const usage = (
+        JSON.parse(r.res.body) as {
+          usage?: { input_tokens: number; input_tokens_details?: { cached_tokens?: number } };
+        }
+      ).usage;
+      // The frontend served the ids as the prompt, and found their blocks on that worker.
+      expect(usage?.input_tokens).toBe(ids.length);
+      expect(fullBlocks(ids.length)).toContain(usage?.input_tokens_details?.cached_tokens);
+    });
 
     it("a repeated prompt goes back to the worker kv-epp chose and hits that worker's KV cache; a concurrent new prompt goes to the other worker", async () => {
       const chat = (content: string) => ({
