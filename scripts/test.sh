@@ -66,13 +66,13 @@ export KV_EPP_REQUIRE_DYNAMO=1
 suite vitest-node24 vitest node node_modules/vitest/vitest.mjs run
 
 # engines >= 20: both backends, the CLI, the HTTP/2 layer (its socket reads use net.Socket
-# internals) and the metrics (keep-alive agents, the scraper's worker thread) on the machine's
-# own Node, when it is another one.
+# internals), the metrics (keep-alive agents, the scraper's worker thread) and an npm install
+# of the packed tarball on the machine's own Node, when it is another one.
 if [[ -n "$KV_EPP_SYSTEM_NODE" ]]; then
   echo "system node: $KV_EPP_SYSTEM_NODE $("$KV_EPP_SYSTEM_NODE" --version)"
   suite smoke-system-node vitest "$KV_EPP_SYSTEM_NODE" node_modules/vitest/vitest.mjs run \
     test/unit/kv test/unit/cli test/differential test/unit/server/h2 \
-    test/unit/server/health-tls.test.ts test/unit/metrics
+    test/unit/server/health-tls.test.ts test/unit/metrics test/integration/package
 else
   echo "no system node besides .tools/node24: skipping the engines>=20 smoke run"
 fi

@@ -34,7 +34,7 @@ async function main(argv: string[]): Promise<number> {
         return 0;
       case 'serve': {
         if (rest.includes('--help') || rest.includes('-h')) {
-          process.stdout.write(`${USAGE}\n`);
+          process.stdout.write(`${SERVE_USAGE}\n`);
           return 0;
         }
         const serving = await startServing(

@@ -227,7 +227,7 @@ export async function startServing(
   } else {
     throw new KvEppError(
       'invalid_argument',
-      '--endpoints-file: required (or endpoints in --config-file)',
+      '--endpoints-file: required (or endpoints in --config-file); to try kv-epp, the package has loopback endpoints in config/endpoints.default.yaml',
     );
   }
   // Endpoints with `kvEvents` are event sources too, so the switch is final only now.

@@ -38,9 +38,32 @@ async function load(): Promise<NativeBinding> {
   } catch (e) {
     throw new KvEppError(
       'native_unavailable',
-      `native addon failed to load from ${fileURLToPath(found)}: ${(e as Error).message}`,
+      `native addon failed to load from ${fileURLToPath(found)}: ${loadReasons(e)}. ` +
+        'Build it for this platform with `npm run build:native` (needs Rust), or run --backend js',
     );
   }
+}
+
+/**
+ * Why the loader failed, from its error's `cause` chain (napi-rs puts each
+ * candidate's own error there, e.g. "invalid ELF header" or "Cannot find
+ * module"; its top message blames npm whatever the reason). A reason other
+ * than a missing module (the addon file found but refused) comes first; at
+ * most 4.
+ */
+export function loadReasons(e: unknown): string {
+  const reasons: string[] = [];
+  const seen = new Set<unknown>();
+  for (let c = (e as Error | undefined)?.cause; c && !seen.has(c) && reasons.length < 16; ) {
+    seen.add(c);
+    const m = c instanceof Error ? c.message : String(c);
+    // The first line names the file and the reason; a require stack follows.
+    reasons.push(m.split('\n')[0] as string);
+    c = c instanceof Error ? c.cause : undefined;
+  }
+  if (reasons.length === 0) return e instanceof Error ? e.message : String(e);
+  const missing = (r: string) => r.startsWith('Cannot find module');
+  return [...reasons.filter((r) => !missing(r)), ...reasons.filter(missing)].slice(0, 4).join('; ');
 }
 
 /**
