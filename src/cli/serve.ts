@@ -292,6 +292,11 @@ export async function startServing(
   const bodyBudget = new BodyBudget(options.maxBufferedBodyBytes);
   const metrics = new EppMetrics({
     bufferedBodyBytes: () => bodyBudget.held,
+    backends: {
+      tokenizer: path.tokenizer.backend,
+      hasher: path.hasher.backend,
+      index: path.index.backend,
+    },
     modelServers: scraper ? () => scraper.fresh(Date.now(), ms.stalenessMs) : undefined,
     poolName: options.poolName,
     poolNamespace: options.poolNamespace,

@@ -40,6 +40,11 @@ export interface MetricsSources {
    */
   build?: { commit: string; buildRef: string } | undefined;
   /**
+   * Which implementation each hot-path piece runs on (`kv_epp_backend_info`,
+   * value 1): `js` where the native addon did not load, so it can be alerted on.
+   */
+  backends?: { tokenizer: string; hasher: string; index: string } | undefined;
+  /**
    * Node's process metrics (prom-client's collectDefaultMetrics); default on.
    * Costs nothing per request; it keeps an event-loop-delay monitor (a native
    * 10 ms timer) and a GC observer (a JS callback per GC, ~15 µs measured),
@@ -438,6 +443,14 @@ export class EppMetrics {
       labelNames: ['commit', 'build_ref'],
       registers,
     }).set({ commit: build.commit, build_ref: build.buildRef }, 1);
+    if (sources.backends) {
+      new Gauge({
+        name: 'kv_epp_backend_info',
+        help: 'The implementation of each hot-path piece: native (the Rust addon) or js (its pure-JS twin, where the addon did not load). Always 1.',
+        labelNames: ['tokenizer', 'hasher', 'index'],
+        registers,
+      }).set(sources.backends, 1);
+    }
     this.route = new FastHistogram({
       name: 'kv_epp_route_seconds',
       help: "Time from a complete request body to kv-epp's routing decision (body checks, admission, tokenization with any wait for the tokenizer pool, scoring, picking), in seconds.",

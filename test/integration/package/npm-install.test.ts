@@ -130,6 +130,12 @@ async function routesAChat(port: number): Promise<void> {
   }
 }
 
+/** The labels of `kv_epp_backend_info` on the run's metrics port. */
+async function backendInfo(run: Run): Promise<string | undefined> {
+  const text = await (await fetch(`http://127.0.0.1:${run.serving?.metricsPort}/metrics`)).text();
+  return /^kv_epp_backend_info\{(.*)\} 1$/m.exec(text)?.[1];
+}
+
 describe('npm pack + npm install', () => {
   it('ships what serving needs (built code, protos, default endpoints, the addon) and no tests', () => {
     expect(packed).toContain('dist/src/cli/main.js');
@@ -159,6 +165,7 @@ describe('npm pack + npm install', () => {
     expect(run.serving, JSON.stringify(run.records)).toBeDefined();
     expect(run.serving?.tokenizerBackend).toBe('native');
     await routesAChat(run.serving?.grpcPort as number);
+    expect(await backendInfo(run)).toBe('tokenizer="native",hasher="native",index="native"');
   });
 
   it('falls back to the pure-JS twin when the addon cannot load, and --backend native says why', async () => {
@@ -166,6 +173,7 @@ describe('npm pack + npm install', () => {
     const run = await serveDefault();
     expect(run.serving, JSON.stringify(run.records)).toBeDefined();
     expect(run.serving?.tokenizerBackend).toBe('js');
+    expect(await backendInfo(run)).toBe('tokenizer="js",hasher="js",index="js"');
     expect(
       run.records.filter(
         (r) =>
