@@ -80,6 +80,12 @@ export function startsLikeSse(bytes: Uint8Array): boolean | undefined {
   return false;
 }
 
+/** `application/json` or a `+json` type (parameters ignored). */
+export function isJsonType(contentType: string): boolean {
+  const mime = (contentType.split(';')[0] as string).trim().toLowerCase();
+  return mime === 'application/json' || mime.endsWith('+json');
+}
+
 /** `a` then `b`, in one new array. */
 function joined(a: Uint8Array, b: Uint8Array): Uint8Array {
   const out = new Uint8Array(a.length + b.length);
@@ -168,11 +174,11 @@ export class ResponsePath {
     this.overloadedHeader = map.get('x-envoy-overloaded') === 'true';
     const type = map.get('content-type');
     this.hadContentLength = map.has(CONTENT_LENGTH);
-    // No content type (and no length, which a stream never has): the first bytes tell.
-    this.sse =
-      type === undefined && !this.hadContentLength
-        ? undefined
-        : (type ?? '').toLowerCase().includes('text/event-stream');
+    // Only a JSON body is held (for its usage and the model restore); any other
+    // type (SSE, NDJSON, text a server streams) passes through chunk by chunk,
+    // as SSE does. No content type (and no length, which a stream never has):
+    // the first bytes tell.
+    this.sse = type === undefined ? (this.hadContentLength ? false : undefined) : !isJsonType(type);
     if (this.sse === false) {
       const declared = contentLength(map.get(CONTENT_LENGTH));
       this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes), this.budget);

@@ -507,6 +507,43 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    it.each([['application/x-ndjson'], ['text/plain; charset=utf-8']])(
+      'streams a %s body chunk by chunk (only JSON is held), restoring the model',
+      async (type) => {
+        const s = await routed(
+          aDecision({ body: utf8(CHAT), clientModel: 'my-model', targetModel: 'my-model-12345' }),
+        );
+        s.send(respHeaders({ ':status': '200', 'content-type': type }));
+        await s.next();
+        s.send(respBody('{"model":"my-model-12345","n":1}\n', false));
+        expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+          body: '{"model":"my-model","n":1}\n',
+          eos: false,
+        });
+        s.send(respBody('{"n":2}\n', true));
+        expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+          body: '{"n":2}\n',
+          eos: true,
+        });
+        s.cancel();
+      },
+    );
+
+    it.each([['application/json; charset=utf-8'], ['application/problem+json']])(
+      'holds a %s body to its end',
+      async (type) => {
+        const s = await routed();
+        s.send(respHeaders({ ':status': '200', 'content-type': type }));
+        await s.next();
+        s.send(respBody('{"a":', false), respBody('1}', true));
+        expect(streamedOf(await s.next(), 'response_body')).toMatchObject({
+          body: '{"a":1}',
+          eos: true,
+        });
+        s.cancel();
+      },
+    );
+
     it('holds a JSON body without a content type to its end', async () => {
       const s = await routed();
       s.send(respHeaders({ ':status': '200' }));
