@@ -12,7 +12,12 @@
  * - `decodeRequest(bytes)` = what proto-loader's `requestDeserialize` gives
  *   (keepCase, oneof names, no defaults, bytes as Buffer views of the input)
  *   for the fields in messages.ts's ProcessingRequest; other fields
- *   (`attributes`, future ones) are skipped. Malformed input throws.
+ *   (`attributes`, future ones) are skipped, and so are the metadata
+ *   namespaces kv-epp does not read (all but `envoy.lb` and
+ *   `envoy.lb.subset_hint`). Malformed input throws; so does a message that
+ *   would decode into more than MAX_DECODED_ENTRIES header entries and
+ *   metadata values (each ~100 bytes of heap for ~2 bytes of wire: a 16 MiB
+ *   message made ~900 MB of objects).
  */
 import type {
   BodyMutation,
@@ -33,6 +38,7 @@ import type {
   ProtoValue,
   RequestKind,
 } from './messages.js';
+import { DESTINATION_ENDPOINT_NAMESPACE, SUBSET_HINT_NAMESPACE } from './messages.js';
 
 // ---------------------------------------------------------------- sizes
 
@@ -575,11 +581,25 @@ function readHeaderValue(r: In): HeaderValue {
   return h;
 }
 
+/** Header entries plus metadata values one message may decode into (see the contract). */
+export const MAX_DECODED_ENTRIES = 200_000;
+/** Entries decoded so far in the current decodeRequest (decoding is synchronous). */
+let decodedEntries = 0;
+
+function countEntry(): void {
+  if (++decodedEntries > MAX_DECODED_ENTRIES) {
+    throw new RangeError(
+      `message holds more than ${MAX_DECODED_ENTRIES} header entries and metadata values`,
+    );
+  }
+}
+
 function readHeaderMap(r: In): HeaderMap {
   const m: HeaderMap = {};
   while (r.more) {
     const tag = r.varint();
     if (tag === 0x0a) {
+      countEntry();
       m.headers ??= [];
       m.headers.push(readHeaderValue(r.sub()));
     } else r.skip(tag & 7);
@@ -620,6 +640,7 @@ function readHttpTrailers(r: In): HttpTrailers {
 }
 
 function readValue(r: In): ProtoValue {
+  countEntry();
   const v: ProtoValue = {};
   while (r.more) {
     const tag = r.varint();
@@ -702,14 +723,27 @@ function readStruct(r: In): ProtoStruct {
   return s;
 }
 
+/** The metadata namespaces kv-epp reads; the others are skipped undecoded. */
+const READ_NAMESPACES = new Set([DESTINATION_ENDPOINT_NAMESPACE, SUBSET_HINT_NAMESPACE]);
+
 function readMetadata(r: In): Metadata {
   const m: Metadata = {};
   while (r.more) {
     const tag = r.varint();
     if (tag === 0x0a) {
-      const [k, v] = readEntry(r.sub(), readStruct, () => ({}));
+      // A map entry: the key (1) and the Struct (2), in either order.
+      const e = r.sub();
+      let k = '';
+      let value: In | undefined;
+      while (e.more) {
+        const t = e.varint();
+        if (t === 0x0a) k = e.string();
+        else if (t === 0x12) value = e.sub();
+        else e.skip(t & 7);
+      }
+      if (!READ_NAMESPACES.has(k)) continue;
       m.filter_metadata ??= {};
-      m.filter_metadata[k] = v;
+      m.filter_metadata[k] = value ? readStruct(value) : {};
     } else r.skip(tag & 7);
   }
   return m;
@@ -738,6 +772,7 @@ const REQUEST_KINDS: Record<number, RequestKind> = {
 
 /** Decodes a ProcessingRequest (`bytes` is referenced, not copied, by `body`/`raw_value`). */
 export function decodeRequest(bytes: Buffer): ProcessingRequest {
+  decodedEntries = 0;
   const r = new In(bytes, 0, bytes.length);
   const m: ProcessingRequest = {};
   while (r.more) {

@@ -23,8 +23,14 @@ function field(
   return md?.filter_metadata?.[namespace]?.fields?.[key] ?? undefined;
 }
 
+/**
+ * Most entries a subset hint keeps (any pool has fewer endpoints); more are
+ * dropped unread, so a hint's cost per message stays bounded.
+ */
+export const MAX_SUBSET_HINT_ENTRIES = 65_536;
+
 function splitCommas(s: string, out: string[]): void {
-  for (const part of s.split(',')) {
+  for (const part of s.split(',', MAX_SUBSET_HINT_ENTRIES - out.length)) {
     const t = part.trim();
     if (t) out.push(t);
   }
@@ -42,6 +48,7 @@ export function readSubsetHint(md: Metadata | null | undefined): string[] | unde
   const out: string[] = [];
   if (v.listValue) {
     for (const item of v.listValue.values ?? []) {
+      if (out.length >= MAX_SUBSET_HINT_ENTRIES) break;
       if (typeof item.stringValue === 'string') splitCommas(item.stringValue, out);
     }
   } else if (typeof v.stringValue === 'string') {
@@ -54,7 +61,9 @@ export function readSubsetHint(md: Metadata | null | undefined): string[] | unde
 
 /**
  * Merges a hint from one more request-phase message into what earlier
- * messages said: union in first-seen order; absent stays absent.
+ * messages said: union in first-seen order, at most MAX_SUBSET_HINT_ENTRIES;
+ * absent stays absent. Linear in the two lists: Envoy repeats the same hint
+ * on every body chunk, and that case returns `prev` after one comparison.
  */
 export function mergeSubsetHint(
   prev: string[] | undefined,
@@ -62,7 +71,15 @@ export function mergeSubsetHint(
 ): string[] | undefined {
   if (next === undefined) return prev;
   if (prev === undefined) return next;
-  for (const e of next) if (!prev.includes(e)) prev.push(e);
+  if (next.length <= prev.length && next.every((e, i) => prev[i] === e)) return prev;
+  const seen = new Set(prev);
+  for (const e of next) {
+    if (prev.length >= MAX_SUBSET_HINT_ENTRIES) break;
+    if (!seen.has(e)) {
+      seen.add(e);
+      prev.push(e);
+    }
+  }
   return prev;
 }
 

@@ -4,6 +4,7 @@ import type { ProcessingResponse } from './messages.js';
 /** gRPC status codes the stream ends with on protocol errors. */
 export const GrpcCode = {
   INVALID_ARGUMENT: 3,
+  RESOURCE_EXHAUSTED: 8,
   UNIMPLEMENTED: 12,
   INTERNAL: 13,
 } as const;

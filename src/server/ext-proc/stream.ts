@@ -95,6 +95,19 @@ function modeName(m: number): string {
   return Object.entries(BodySendMode).find(([, v]) => v === m)?.[0] ?? String(m);
 }
 
+/**
+ * Most messages a stream holds while its request is routed; past it, or past
+ * maxBodyBytes (at least QUEUE_LIMIT_MIN_BYTES) of their bodies, the stream
+ * fails with RESOURCE_EXHAUSTED.
+ */
+const QUEUE_LIMIT_MESSAGES = 1024;
+const QUEUE_LIMIT_MIN_BYTES = 4 * 1024 * 1024;
+
+/** What a queued message counts against the limit: its body and a fixed allowance. */
+function queuedSize(msg: ProcessingRequest): number {
+  return 256 + (msg.request_body?.body?.length ?? 0) + (msg.response_body?.body?.length ?? 0);
+}
+
 /** `ProcessingRequest.request_body` (field 4, length-delimited): the tag that starts such a message. */
 const REQUEST_BODY_TAG = 0x22;
 
@@ -123,6 +136,8 @@ export class ExtProcStream {
   private completed = false;
 
   private queue: ProcessingRequest[] = [];
+  /** Body bytes (plus a per-message allowance) of `queue`: bounded, see QUEUE_LIMIT_MESSAGES. */
+  private queuedBytes = 0;
   private busy = false;
   private halfClosed = false;
   private closed = false;
@@ -137,6 +152,21 @@ export class ExtProcStream {
   onMessage(msg: ProcessingRequest): void {
     if (this.closed) return;
     if (this.busy) {
+      // Only a repeated end-of-stream chunk or trailers are due while the
+      // router works; a client that keeps sending would grow this without end.
+      this.queuedBytes += queuedSize(msg);
+      if (
+        this.queue.length >= QUEUE_LIMIT_MESSAGES ||
+        this.queuedBytes > Math.max(this.opts.maxBodyBytes, QUEUE_LIMIT_MIN_BYTES)
+      ) {
+        this.violation(
+          new ProtocolViolation(
+            GrpcCode.RESOURCE_EXHAUSTED,
+            `${this.queue.length + 1} messages (${this.queuedBytes} bytes) sent while the request was being routed`,
+          ),
+        );
+        return;
+      }
       this.queue.push(msg);
       return;
     }
@@ -202,7 +232,9 @@ export class ExtProcStream {
   private resume(): void {
     this.busy = false;
     while (!this.busy && !this.closed && this.queue.length > 0) {
-      this.dispatch(this.queue.shift() as ProcessingRequest);
+      const msg = this.queue.shift() as ProcessingRequest;
+      this.queuedBytes -= queuedSize(msg);
+      this.dispatch(msg);
     }
     if (!this.busy && this.halfClosed && !this.closed) this.finish();
   }

@@ -10,6 +10,7 @@ import {
   decodeRequest,
   encodeResponseFrame,
   encodeResponseFrameParts,
+  MAX_DECODED_ENTRIES,
 } from '../../../src/server/ext-proc/codec.js';
 import type {
   HeaderMutation,
@@ -227,12 +228,22 @@ describe('encodeResponseFrame', () => {
   });
 });
 
-/** proto-loader's object without the fields codec.ts skips (`attributes`). */
+/**
+ * proto-loader's object without the fields codec.ts skips (`attributes`, and
+ * the metadata namespaces other than `envoy.lb` and `envoy.lb.subset_hint`).
+ */
 function referenceDecode(bytes: Buffer): ProcessingRequest {
   const o = method.requestDeserialize(bytes) as ProcessingRequest & {
     attributes?: unknown;
   };
   delete o.attributes;
+  const fm = o.metadata_context?.filter_metadata;
+  if (fm) {
+    for (const ns of Object.keys(fm)) {
+      if (ns !== 'envoy.lb' && ns !== 'envoy.lb.subset_hint') delete fm[ns];
+    }
+    if (Object.keys(fm).length === 0) delete o.metadata_context?.filter_metadata;
+  }
   for (const k of ['request_headers', 'response_headers'] as const) {
     const h = o[k] as { attributes?: unknown } | undefined;
     if (h) delete h.attributes;
@@ -246,7 +257,11 @@ function randomRequest(r: ReturnType<typeof rng>): ProcessingRequest {
   );
   const md =
     r.next() < 0.5
-      ? { 'envoy.lb.subset_hint': randomStruct(r), [r.str()]: randomStruct(r) }
+      ? {
+          'envoy.lb.subset_hint': randomStruct(r),
+          [r.str()]: randomStruct(r),
+          ...(r.next() < 0.5 ? { 'envoy.lb': randomStruct(r) } : {}),
+        }
       : undefined;
   let m: ProcessingRequest;
   switch (r.int(5)) {
@@ -291,6 +306,42 @@ describe('decodeRequest', () => {
     }
     const body = Buffer.from(method.requestSerialize(reqBody('hello', true)));
     expect(decodeRequest(body).request_body?.body?.buffer).toBe(body.buffer);
+  });
+
+  it('refuses a message that would decode into too many entries, and skips unread metadata undecoded', () => {
+    const many = (n: number) => ({
+      'envoy.lb.subset_hint': {
+        fields: {
+          x: { listValue: { values: Array.from({ length: n }, () => ({ stringValue: '' })) } },
+        },
+      },
+    });
+    const ok = Buffer.from(method.requestSerialize(reqHeaders({}, { metadata: many(100_000) })));
+    expect(
+      decodeRequest(ok).metadata_context?.filter_metadata?.['envoy.lb.subset_hint'],
+    ).toBeDefined();
+    const big = Buffer.from(
+      method.requestSerialize(reqHeaders({}, { metadata: many(MAX_DECODED_ENTRIES) })),
+    );
+    expect(() => decodeRequest(big)).toThrow(RangeError);
+    const headers = Object.fromEntries(
+      Array.from({ length: MAX_DECODED_ENTRIES + 1 }, (_, i) => [`h${i}`, '']),
+    );
+    expect(() => decodeRequest(Buffer.from(method.requestSerialize(reqHeaders(headers))))).toThrow(
+      /more than 200000 header entries and metadata values/,
+    );
+    // The same values under a namespace kv-epp does not read cost nothing to decode.
+    const other = Buffer.from(
+      method.requestSerialize(
+        reqHeaders(
+          {},
+          { metadata: { 'some.filter': many(MAX_DECODED_ENTRIES)['envoy.lb.subset_hint'] } },
+        ),
+      ),
+    );
+    expect(decodeRequest(other).metadata_context).toEqual({});
+    // The count starts again with each message.
+    expect(decodeRequest(ok).request).toBe('request_headers');
   });
 
   it('keeps the last member of a oneof set twice, and skips unknown fields', () => {

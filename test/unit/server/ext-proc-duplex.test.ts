@@ -707,6 +707,33 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       });
     });
 
+    it('fails a stream that keeps sending while its request is routed (RESOURCE_EXHAUSTED), and still completes', async () => {
+      let release: (() => void) | undefined;
+      const started = new Promise<void>((r) => {
+        fx.router.decide = (req) =>
+          new Promise((resolve) => {
+            release = () => resolve(aDecision({ body: req.body }));
+            r();
+          });
+      });
+      const s = fx.client.open();
+      s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
+      await started;
+      // A repeated EoS chunk waits for the router as usual...
+      s.send(reqBody('', true));
+      // ...but 5 MiB more (over max(maxBodyBytes 1 MiB, 4 MiB)) while routing is refused.
+      const chunk = new Uint8Array(256 * 1024);
+      for (let i = 0; i < 20; i++) s.send(respBody(chunk, false));
+      const { status } = await s.drain();
+      expect(status.code).toBe(GrpcStatus.RESOURCE_EXHAUSTED);
+      expect(status.details).toMatch(
+        /messages \(\d+ bytes\) sent while the request was being routed/,
+      );
+      release?.();
+      const [c] = await fx.router.completed(1);
+      expect(c?.summary.requestId).toBe('req-1');
+    });
+
     it('calls complete once when the fx.client goes away while the fx.router works', async () => {
       let release: (() => void) | undefined;
       const started = new Promise<void>((r) => {

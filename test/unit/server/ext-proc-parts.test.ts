@@ -6,6 +6,7 @@ import { readHeaderMap, setHeader } from '../../../src/server/ext-proc/headers.j
 import { classifyError, immediateResponse } from '../../../src/server/ext-proc/immediate.js';
 import { AppendAction } from '../../../src/server/ext-proc/messages.js';
 import {
+  MAX_SUBSET_HINT_ENTRIES,
   mergeSubsetHint,
   readServedEndpoint,
   readSubsetHint,
@@ -113,6 +114,27 @@ describe('subset hint and served endpoint metadata', () => {
     expect(mergeSubsetHint(['a'], undefined)).toEqual(['a']);
     expect(mergeSubsetHint(undefined, [])).toEqual([]);
     expect(mergeSubsetHint(['a', 'b'], ['b', 'c'])).toEqual(['a', 'b', 'c']);
+    expect(mergeSubsetHint(['a', 'b', 'c'], ['a', 'b'])).toEqual(['a', 'b', 'c']);
+    expect(mergeSubsetHint(['a', 'a'], ['a', 'b'])).toEqual(['a', 'a', 'b']);
+  });
+
+  it('keeps at most MAX_SUBSET_HINT_ENTRIES entries, read or merged', () => {
+    const many = Array.from(
+      { length: MAX_SUBSET_HINT_ENTRIES + 10 },
+      (_, i) => `127.0.${i >> 8}.${i & 255}:8000`,
+    );
+    expect(readSubsetHint({ filter_metadata: subsetMetadata(many) })).toEqual(
+      many.slice(0, MAX_SUBSET_HINT_ENTRIES),
+    );
+    expect(readSubsetHint({ filter_metadata: subsetMetadata(many.join(',')) })).toEqual(
+      many.slice(0, MAX_SUBSET_HINT_ENTRIES),
+    );
+    const half = MAX_SUBSET_HINT_ENTRIES / 2;
+    const merged = mergeSubsetHint(many.slice(0, half + 5), many.slice(half - 5));
+    expect(merged).toEqual(many.slice(0, MAX_SUBSET_HINT_ENTRIES));
+    // Envoy repeats one hint on every body chunk: the same list comes back.
+    const hint = many.slice(0, 500);
+    expect(mergeSubsetHint(hint, hint.slice())).toBe(hint);
   });
 
   it('reads the served endpoint', () => {
