@@ -30,5 +30,6 @@ COPY --from=builder /src/config ./config
 USER node
 EXPOSE 9002 9003 9090
 # V8 flags: see README "Latency and GC" and src/cli/gc-flags.ts (LAUNCHER_V8_FLAGS; a test holds this line to it).
-ENTRYPOINT ["node", "--max-semi-space-size=4", "--initial-old-space-size=256", "--single-threaded-gc", "dist/src/cli/main.js"]
+# --disable-sigusr1: SIGUSR1 would open an unauthenticated inspector (code execution) to the pod.
+ENTRYPOINT ["node", "--disable-sigusr1", "--max-semi-space-size=4", "--initial-old-space-size=256", "--single-threaded-gc", "dist/src/cli/main.js"]
 CMD ["serve", "--endpoints-file", "config/endpoints.default.yaml", "--secure-serving=false"]

@@ -37,10 +37,15 @@ async function main(argv: string[]): Promise<number> {
           process.stdout.write(`${SERVE_USAGE}\n`);
           return 0;
         }
-        const serving = await startServing(
-          rest,
-          process.env,
-          pinoLogger(serveLogEnv(rest, process.env)),
+        const log = pinoLogger(serveLogEnv(rest, process.env));
+        const serving = await startServing(rest, process.env, log);
+        // SIGHUP would end the process at once, without the drain: there is
+        // nothing to reload by signal (the endpoints file and certificates are watched).
+        process.on('SIGHUP', () =>
+          log.info(
+            {},
+            'SIGHUP ignored: the endpoints file and certificates are reloaded when they change',
+          ),
         );
         await new Promise<void>((resolve) => {
           const stop = () => resolve();
@@ -55,6 +60,9 @@ async function main(argv: string[]): Promise<number> {
         process.once('SIGINT', now);
         process.once('SIGTERM', now);
         await serving.shutdown();
+        // Nothing left over (a file read that never completes, a stray socket)
+        // may keep a server that has stopped alive: exit soon whatever holds the loop.
+        setTimeout(() => process.exit(0), 2000).unref();
         return 0;
       }
       case 'events':

@@ -54,7 +54,12 @@ function bigintsAsStrings(v: unknown, depth: number): unknown {
  */
 export function pinoLogger(
   env: Record<string, string | undefined>,
-  destination: DestinationStream = pino.destination({ fd: 2, sync: false }),
+  // At most 16 MiB waiting for a stderr nobody reads: later lines are dropped, not buffered without end.
+  destination: DestinationStream = pino.destination({
+    fd: 2,
+    sync: false,
+    maxLength: 16 * 1024 * 1024,
+  }),
 ): Logger {
   const wanted = (env.KV_EPP_LOG_LEVEL ?? 'info').toLowerCase();
   const level = LEVELS.has(wanted) ? wanted : 'info';

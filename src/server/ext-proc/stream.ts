@@ -108,6 +108,9 @@ function queuedSize(msg: ProcessingRequest): number {
   return 256 + (msg.request_body?.body?.length ?? 0) + (msg.response_body?.body?.length ?? 0);
 }
 
+/** Longest `x-request-id` kv-epp logs and reports; longer ones are cut. */
+const MAX_REQUEST_ID_CHARS = 128;
+
 /** `ProcessingRequest.request_body` (field 4, length-delimited): the tag that starts such a message. */
 const REQUEST_BODY_TAG = 0x22;
 
@@ -306,7 +309,10 @@ export class ExtProcStream {
       this.headers.set(REQUEST_ID_HEADER, id);
       this.generatedRequestId = true;
     }
-    this.requestId = id;
+    // As logged and reported: the client chooses it, so a long one is cut
+    // (the header itself goes on unchanged).
+    this.requestId =
+      id.length > MAX_REQUEST_ID_CHARS ? `${id.slice(0, MAX_REQUEST_ID_CHARS)}…` : id;
 
     if (h?.end_of_stream || this.requestMode === 'no_body') {
       this.routeHeaderOnly();

@@ -2,6 +2,7 @@
  * `--endpoints-file` is followed: a worker removed from the file leaves the
  * index (and routing); a broken file keeps the last good list.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -92,6 +93,40 @@ describe('serve follows --endpoints-file', () => {
     expect(s.index.treeSize(a)).toBe(0);
     expect(s.index.treeSize(b)).toBe(2);
     expect(log.records.some((r) => r.msg === 'endpoints changed')).toBe(true);
+  });
+});
+
+describe('serve refuses an endpoints file that is not a regular file', () => {
+  it('warns about a FIFO in its place at once (never waits for a writer) and picks up the next good file', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-eps-'));
+    dirs.push(dir);
+    const file = join(dir, 'endpoints.json');
+    write(file, { endpoints: [A, B] });
+    const log = new RecordingLogger();
+    const s = await startServing(
+      [
+        '--endpoints-file',
+        file,
+        '--secure-serving=false',
+        '--grpc-port=0',
+        '--grpc-health-port=0',
+        '--metrics-port=0',
+        '--host=127.0.0.1',
+      ],
+      { KV_EPP_POOL_SIZE: '0' },
+      log,
+    );
+    running.push(s);
+    // A FIFO with no writer: reading it would block until one came.
+    execFileSync('mkfifo', [`${file}.fifo`]);
+    renameSync(`${file}.fifo`, file);
+    expect(await s.reloadEndpoints()).toBe(false);
+    const warning = log.records.find((r) => r.msg.includes('keeping the previous endpoints'));
+    expect(String(warning?.fields.err)).toMatch(/cannot read: not a regular file/);
+    expect(s.endpoints()).toHaveLength(2);
+    write(file, { endpoints: [B] });
+    await s.reloadEndpoints();
+    await until(() => s.endpoints().length === 1, 'the new list');
   });
 });
 

@@ -25,6 +25,8 @@ import { serveArgs } from '../../support/serve-harness.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const CLI = join(ROOT, 'dist/src/cli/main.js');
+const SIGHUP_LINE =
+  'SIGHUP ignored: the endpoints file and certificates are reloaded when they change';
 const dir = mkdtempSync(join(tmpdir(), 'kv-epp-shutdown-'));
 const EPS = join(dir, 'endpoints.yaml');
 writeFileSync(EPS, 'endpoints:\n  - {name: a, address: 127.0.0.2, port: 8001, workerId: "7"}\n');
@@ -151,6 +153,24 @@ describe('kv-epp serve on SIGTERM', () => {
     },
     60_000,
   );
+
+  it('ignores SIGHUP (says so, keeps serving), then stops on SIGTERM', async () => {
+    const s = await serve('--shutdown-propagation-seconds=0');
+    const health = healthClient(s.healthPort);
+    try {
+      s.child.kill('SIGHUP');
+      for (let i = 0; i < 100 && !logged(s, SIGHUP_LINE); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      expect(logged(s, SIGHUP_LINE)).toBeDefined();
+      expect(await check(health, 'readiness')).toBe(SERVING);
+      expect(s.child.exitCode).toBeNull();
+      s.child.kill('SIGTERM');
+      expect(await s.exit).toBe(0);
+    } finally {
+      health.close();
+    }
+  });
 
   it('cuts a stream still open when the grace period is over, and says so', async () => {
     const s = await serve('--shutdown-propagation-seconds=0', '--shutdown-grace-seconds=1');

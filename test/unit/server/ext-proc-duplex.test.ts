@@ -97,6 +97,21 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
     });
 
+    it('logs and reports at most 128 characters of a client x-request-id, passing the header on whole', async () => {
+      fx.router.decide = () => {
+        throw new KvEppError('invalid_request', 'nope');
+      };
+      const long = 'r'.repeat(100_000);
+      const logged = fx.logger.records.length;
+      const s = fx.client.open();
+      s.send(reqHeaders({ ...baseHeaders, 'x-request-id': long }), reqBody(CHAT, true));
+      await s.drain();
+      expect(fx.router.routed[0]?.requestId).toBe(`${'r'.repeat(128)}…`);
+      expect(fx.router.routed[0]?.headers.get('x-request-id')).toBe(long);
+      const line = fx.logger.records.slice(logged).find((r) => r.msg === 'request rejected');
+      expect(line?.fields.requestId).toBe(`${'r'.repeat(128)}…`);
+    });
+
     it('generates x-request-id when absent and sets it on the request', async () => {
       const s = fx.client.open();
       const { 'x-request-id': _, ...noId } = baseHeaders;
