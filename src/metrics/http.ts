@@ -42,6 +42,10 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
       },
     );
   });
+  // A scraper sends its request at once and reads the answer: a connection
+  // silent for 60 s, or one past the 256th, is closed rather than held.
+  server.timeout = 60_000;
+  server.maxConnections = 256;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => {

@@ -85,6 +85,7 @@ const Setting = {
 const SELF_DEPENDENT = 0x100;
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+const DEFAULT_PREFACE_TIMEOUT_MS = 10_000;
 const FRAME_HEADER = 9;
 const DEFAULT_WINDOW = 65_535;
 const MAX_WINDOW = 0x7fff_ffff;
@@ -143,6 +144,12 @@ export interface H2ConnectionOptions {
   maxUnsentBytes?: number | undefined;
   /** PING/SETTINGS answers queued unread beyond which the peer is a flood (default 10 000). */
   maxQueuedControlAnswers?: number | undefined;
+  /**
+   * How long a new connection may take to send the client preface; past it the
+   * socket is closed (default 10 s; grpc-go waits 120 s). A connection that
+   * never speaks otherwise holds a descriptor and a read buffer forever.
+   */
+  prefaceTimeoutMs?: number | undefined;
   /** Called once when the socket is gone. */
   onClose?: (() => void) | undefined;
   /**
@@ -290,6 +297,7 @@ export class H2Connection {
   /** Bytes `pending` must hold before parsing can make progress. */
   private pendingNeed = 0;
   private prefaceSeen = false;
+  private prefaceTimer: NodeJS.Timeout | undefined;
   private settingsSeen = false;
   private lastStreamId = 0;
   /** The stream whose header block is being continued, and the block so far. */
@@ -330,6 +338,12 @@ export class H2Connection {
     socket.on('error', () => this.lost());
     socket.on('close', () => this.lost());
     socket.on('end', () => this.lost());
+    this.prefaceTimer = setTimeout(() => {
+      if (this.prefaceSeen) return;
+      this.socket.destroy();
+      this.lost();
+    }, opts.prefaceTimeoutMs ?? DEFAULT_PREFACE_TIMEOUT_MS);
+    this.prefaceTimer.unref();
     // Server preface: our SETTINGS, then the larger connection window.
     const settings = Buffer.allocUnsafe(24);
     settings.writeUInt16BE(Setting.INITIAL_WINDOW_SIZE, 0);
@@ -418,6 +432,7 @@ export class H2Connection {
           return;
         }
         this.prefaceSeen = true;
+        clearTimeout(this.prefaceTimer);
         at = PREFACE.length;
       }
       while (buf.length - at >= FRAME_HEADER && !this.dead) {
@@ -1051,6 +1066,7 @@ export class H2Connection {
   private lost(): void {
     if (this.dead) return;
     this.dead = true;
+    clearTimeout(this.prefaceTimer);
     this.pending = [];
     this.pendingBytes = 0;
     this.out = [];

@@ -39,7 +39,11 @@ afterEach(async () => {
 async function serve(
   handler: Handler,
   windows = { stream: 1 << 20, conn: 4 << 20 },
-  extra: { maxUnsentBytes?: number; maxQueuedControlAnswers?: number } = {},
+  extra: {
+    maxUnsentBytes?: number;
+    maxQueuedControlAnswers?: number;
+    prefaceTimeoutMs?: number;
+  } = {},
 ): Promise<Harness> {
   const conns: H2Connection[] = [];
   const errors: string[] = [];
@@ -280,6 +284,28 @@ for (const mode of READ_MODES) {
       return Buffer.concat([h, payload]);
     };
     const SETTINGS = frame(4, 0, 0, Buffer.alloc(0));
+
+    it('closes a connection that sends no preface in time, and keeps one that did', async () => {
+      const h = await serve(() => ({ onData() {}, onEnd() {}, onReset() {} }), undefined, {
+        prefaceTimeoutMs: 200,
+      });
+      const silent = net.connect(h.port, '127.0.0.1');
+      silent.on('error', () => {});
+      silent.resume(); // reads our SETTINGS, so it sees the close
+      const spoke = net.connect(h.port, '127.0.0.1');
+      spoke.on('error', () => {});
+      spoke.resume();
+      spoke.write(Buffer.concat([Buffer.from(PREFACE, 'latin1'), SETTINGS]));
+      let spokeClosed = false;
+      spoke.on('close', () => {
+        spokeClosed = true;
+      });
+      await new Promise<void>((r) => silent.on('close', () => r()));
+      // Well past the deadline, the one that spoke is still open.
+      await new Promise((r) => setTimeout(r, 400));
+      expect(spokeClosed).toBe(false);
+      spoke.destroy();
+    });
 
     /** Sends bytes after the preface; resolves with the GOAWAY error code we got back (or -1). */
     async function goawayFor(h: Harness, bytes: Buffer): Promise<number> {
