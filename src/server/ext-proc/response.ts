@@ -254,6 +254,11 @@ export class ResponsePath {
   private streamSse(chunk: Uint8Array, eos: boolean): void {
     this.sseParser ??= new SseUsageParser();
     this.sseParser.push(chunk);
+    this.passRewritten(chunk, eos);
+  }
+
+  /** Passes a chunk on as it came, with the client's model name restored. */
+  private passRewritten(chunk: Uint8Array, eos: boolean): void {
     if (!this.rewriter) {
       sendStreamed(this.sink, 'response_body', chunk, eos);
       if (eos) this.finish();
@@ -276,19 +281,18 @@ export class ResponsePath {
   }
 
   private holdJson(chunk: Uint8Array, eos: boolean): void {
+    // Past the limit or the server's body budget, the rest passes through as
+    // SSE does (model restored, usage unread).
     if (this.overflow) {
-      sendStreamed(this.sink, 'response_body', chunk, eos);
-      if (eos) this.finish();
+      this.passRewritten(chunk, eos);
       return;
     }
     this.held ??= new BodyBuffer(0, this.budget);
     if (!this.held.append(chunk)) {
-      // The server's body budget is spent: stop holding, pass the rest through.
       this.overflow = true;
       const prior = this.takeHeld();
-      if (prior.length > 0) sendStreamed(this.sink, 'response_body', prior, false);
-      sendStreamed(this.sink, 'response_body', chunk, eos);
-      if (eos) this.finish();
+      if (prior.length > 0) this.passRewritten(prior, false);
+      this.passRewritten(chunk, eos);
       return;
     }
     if (eos) {
@@ -296,7 +300,7 @@ export class ResponsePath {
       this.finish();
     } else if (this.held.length > this.maxHeldBytes) {
       this.overflow = true;
-      sendStreamed(this.sink, 'response_body', this.takeHeld(), false);
+      this.passRewritten(this.takeHeld(), false);
     }
   }
 

@@ -249,3 +249,30 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     s.cancel();
   });
 });
+
+describe.each(TRANSPORTS)('%s transport, a JSON response past the hold limit', (transport) => {
+  const fx = ExtProcFixture.forSuite(transport, {
+    maxBodyBytes: MAX_BODY,
+    maxResponseBufferBytes: 16,
+  });
+
+  it("passes the rest through with the client's model name restored, even cut by a chunk's end", async () => {
+    fx.router.decide = (req) =>
+      aDecision({ body: req.body, clientModel: 'my-model', targetModel: 'my-model-12345' });
+    const s = fx.client.open();
+    s.send(headers(), reqBody(utf8('{"model":"m"}'), true));
+    await s.take(2);
+    s.send(respHeaders({ ':status': '200', 'content-type': 'application/json' }));
+    await s.next();
+    // 30 bytes: past the 16-byte hold limit, cut inside the served model's name.
+    s.send(respBody('{"id":"x","object":"y","model":"my-mod', false));
+    const first = streamedOf(await s.next(), 'response_body');
+    s.send(respBody('el-12345","usage":null}', true));
+    const second = streamedOf(await s.next(), 'response_body');
+    expect(`${first?.body}${second?.body}`).toBe(
+      '{"id":"x","object":"y","model":"my-model","usage":null}',
+    );
+    expect(second?.eos).toBe(true);
+    s.cancel();
+  });
+});
