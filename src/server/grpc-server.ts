@@ -60,6 +60,11 @@ export interface ExtProcServerOptions {
    * `bodyBudgetBytes(maxBodyBytes)`.
    */
   bodyBudget?: BodyBudget | undefined;
+  /**
+   * raw-h2: how long a connection may take for its TLS handshake and then its
+   * HTTP/2 preface (default 10 s; tests shorten it).
+   */
+  prefaceTimeoutMs?: number | undefined;
   /** See ExtProcStreamOptions.onLocalReject. */
   onLocalReject?: ((category: string) => void) | undefined;
   /**
@@ -223,7 +228,13 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   };
   const server = new Server(channelOptions);
   const tuned = tuneHttp2(server);
-  server.addService(services.extProc, {
+  // grpc-js decodes with kv-epp's codec too, so its bounds (entries per
+  // message, unread metadata skipped) hold on every transport.
+  const extProc = {
+    ...services.extProc,
+    Process: { ...services.extProc.Process, requestDeserialize: decodeRequest },
+  } as typeof services.extProc;
+  server.addService(extProc, {
     Process: processHandler(streamOpts),
   } as UntypedServiceImplementation);
   const watches: WatchEnders = new Set();
@@ -249,6 +260,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
       open: (sink) => new ExtProcStream(sink, streamOpts),
       isReady: opts.isReady ?? (() => true),
       watches,
+      prefaceTimeoutMs: opts.prefaceTimeoutMs,
       ...rawConnections(opts.logger, port, 'ext_proc'),
     });
   }

@@ -1,7 +1,7 @@
 /**
  * Body bytes in and out of the ext_proc stream: an accumulator that avoids
- * copies (one chunk is kept as is; several are copied once into a buffer
- * pre-sized from content-length) and the splitter for streamed responses.
+ * copies (one chunk is kept as is; several are copied into a buffer that
+ * doubles, capped at content-length) and the splitter for streamed responses.
  */
 import type { BodyBudget } from './body-budget.js';
 
@@ -19,9 +19,9 @@ export class BodyBuffer {
   private taken = 0;
 
   /**
-   * `expected`: the content-length, if the sender gave one (a sizing hint
-   * only: a buffer that size is allocated only when the budget has room for
-   * it). `budget`: where the buffer's memory is accounted, if anywhere.
+   * `expected`: the content-length, if the sender gave one (a cap on growth,
+   * not a reservation: the buffer grows by doubling what arrived). `budget`:
+   * where the buffer's memory is accounted, if anywhere.
    */
   constructor(
     private readonly expected = 0,
@@ -46,13 +46,13 @@ export class BodyBuffer {
     }
     const need = this.len + chunk.length;
     if (!this.buf) {
-      const size = this.takeCapacity(Math.max(need, this.expected), need);
+      const size = this.takeCapacity(this.roomFor(need, need * 2), need);
       if (size === 0) return false;
       this.buf = new Uint8Array(size);
       this.buf.set(this.first as Uint8Array, 0);
       this.first = undefined;
     } else if (need > this.buf.length) {
-      const size = this.takeCapacity(Math.max(need, this.buf.length * 2), need);
+      const size = this.takeCapacity(this.roomFor(need, this.buf.length * 2), need);
       if (size === 0) return false;
       const grown = new Uint8Array(size);
       grown.set(this.buf.subarray(0, this.len), 0);
@@ -67,6 +67,16 @@ export class BodyBuffer {
   release(): void {
     if (this.taken > 0) this.budget?.give(this.taken);
     this.taken = 0;
+  }
+
+  /**
+   * The size to grow to for `need` bytes: `doubled`, but never past the
+   * declared length when that holds them. Never the declared length alone: a
+   * client may declare 64 MiB and send nothing more, and what it declared
+   * would pin that much budget (or memory) per stream.
+   */
+  private roomFor(need: number, doubled: number): number {
+    return this.expected >= need ? Math.min(doubled, this.expected) : Math.max(need, doubled);
   }
 
   /** Takes budget for a total of `bytes` pinned bytes (this buffer's share becomes `bytes`). */

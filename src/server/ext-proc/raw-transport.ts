@@ -55,6 +55,26 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
   connectionWindowBytes: number;
   /** A connection ended for a protocol error of the peer's (logging). */
   onProtocolError?: ((code: number, reason: string) => void) | undefined;
+  /**
+   * How long a new connection may take to finish its TLS handshake, and then
+   * again to send the HTTP/2 preface, before it is closed (default 10 s; Node
+   * waits 120 s for a handshake, and a silent socket holds a descriptor).
+   */
+  prefaceTimeoutMs?: number | undefined;
+}
+
+const DEFAULT_PREFACE_TIMEOUT_MS = 10_000;
+
+/**
+ * Sets a TLS server's handshake timeout, which Node reads per connection from
+ * an internal field (the `handshakeTimeout` option, not settable once the
+ * server exists). Where that field is not found, Node's default stays.
+ */
+function setHandshakeTimeout(server: TlsServer, ms: number): void {
+  const field = Object.getOwnPropertySymbols(server).find(
+    (k) => k.description === 'handshake-timeout',
+  );
+  if (field) (server as unknown as Record<symbol, number>)[field] = ms;
 }
 
 export interface RawTransport {
@@ -378,6 +398,7 @@ function install<Req, Res>(
       connectionWindowBytes: opts.connectionWindowBytes,
       onClose: () => connections.delete(conn),
       onProtocolError: opts.onProtocolError,
+      prefaceTimeoutMs: opts.prefaceTimeoutMs ?? DEFAULT_PREFACE_TIMEOUT_MS,
       readsFrom: (deliver) => readIntoOwnBuffer(socket, deliver),
     });
     connections.add(conn);
@@ -388,6 +409,7 @@ function install<Req, Res>(
     if (h2 instanceof TlsServer) {
       // Node's http2 session handler is the 'secureConnection' listener; the
       // TLS handshake itself ('connection') stays as it is.
+      setHandshakeTimeout(h2, opts.prefaceTimeoutMs ?? DEFAULT_PREFACE_TIMEOUT_MS);
       h2.removeAllListeners('secureConnection');
       h2.on('secureConnection', (socket: TLSSocket) => {
         socket.on('error', () => {});

@@ -333,7 +333,8 @@ export class ResponsePath {
       this.sseParser.push(chunk);
       return;
     }
-    if (!this.overflow) {
+    // After the end (a body message past it) nothing is held: nothing would give it back.
+    if (!this.overflow && !this.done) {
       this.held ??= new BodyBuffer(0, this.budget);
       if (this.held.length + chunk.length > this.maxHeldBytes || !this.held.append(chunk)) {
         this.overflow = true;

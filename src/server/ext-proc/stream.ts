@@ -670,7 +670,13 @@ export class ExtProcStream {
 
   /** Runs router.complete once, if a decision was made. */
   private settle(): void {
-    if (!this.decision || this.completed) return;
+    if (!this.decision) {
+      // No decision to complete, but a response path (response-only stream,
+      // a local reply) may hold a body: its budget share goes back.
+      if (this.response && !this.response.done) this.response.finish();
+      return;
+    }
+    if (this.completed) return;
     this.completed = true;
     const r = this.response;
     const responseComplete = r?.done === true;

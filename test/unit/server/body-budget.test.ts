@@ -38,9 +38,9 @@ describe('BodyBudget and BodyBuffer', () => {
     const b = new BodyBuffer(0, budget);
     expect(b.append(new Uint8Array(100))).toBe(true);
     expect(budget.held).toBe(100);
-    expect(b.append(new Uint8Array(50))).toBe(true); // a copy of 150 bytes
-    expect(budget.held).toBe(150);
-    expect(b.append(new Uint8Array(10))).toBe(true); // grows to 300
+    expect(b.append(new Uint8Array(50))).toBe(true); // copied into 300 (double what arrived)
+    expect(budget.held).toBe(300);
+    expect(b.append(new Uint8Array(10))).toBe(true); // fits
     expect(budget.held).toBe(300);
     expect(b.length).toBe(160);
     b.release();
@@ -48,18 +48,22 @@ describe('BodyBudget and BodyBuffer', () => {
     expect(budget.held).toBe(0);
   });
 
-  it('pre-sizes from content-length only when the budget has room for it', () => {
+  it('grows by doubling what arrived, capped at the declared length, never reserving it', () => {
     const budget = new BodyBudget(1000);
-    const big = new BodyBuffer(900, budget);
-    big.append(new Uint8Array(10));
-    big.append(new Uint8Array(10));
-    expect(budget.held).toBe(900);
-    // A second declared-900 body gets a buffer of what it has, not what it declares.
-    const other = new BodyBuffer(900, budget);
-    expect(other.append(new Uint8Array(40))).toBe(true);
-    expect(other.append(new Uint8Array(40))).toBe(true);
-    expect(budget.held).toBe(980);
-    expect(other.length).toBe(80);
+    const b = new BodyBuffer(100, budget);
+    b.append(new Uint8Array(10));
+    b.append(new Uint8Array(10));
+    expect(budget.held).toBe(40);
+    b.append(new Uint8Array(30)); // 50: doubled to 80
+    expect(budget.held).toBe(80);
+    b.append(new Uint8Array(40)); // 90: doubled to 160, capped at the declared 100
+    expect(budget.held).toBe(100);
+    b.append(new Uint8Array(10));
+    expect(budget.held).toBe(100);
+    // More than declared: grows past it as needed.
+    b.append(new Uint8Array(1));
+    expect(budget.held).toBe(200);
+    expect(b.length).toBe(101);
   });
 
   it('refuses a chunk that does not fit, leaving the buffer as it was', () => {
@@ -100,6 +104,64 @@ describe('BodyBudget and BodyBuffer', () => {
     stream.onCancel();
     expect(own.held).toBe(0);
     expect(sent).toEqual([]);
+  });
+
+  it('a response-only stream (no decision) gives a held body back however it ends', () => {
+    const own = new BodyBudget(10_000);
+    const ended: Array<(st: ExtProcStream) => void> = [
+      (st) => st.onCancel(),
+      (st) => st.onHalfClose(),
+      // A second response_headers is a protocol violation.
+      (st) => st.onMessage({ ...respHeaders({ ':status': '200' }), request: 'response_headers' }),
+    ];
+    for (const end of ended) {
+      const stream = new ExtProcStream(
+        { send: () => {}, end: () => {}, fail: () => {} },
+        {
+          router: new FakeRouter(),
+          logger: new RecordingLogger(),
+          maxBodyBytes: 1000,
+          retryAfterSeconds: 1,
+          maxResponseBufferBytes: 100_000,
+          bodyBudget: own,
+        },
+      );
+      stream.onMessage({
+        ...respHeaders({ ':status': '200', 'content-type': 'application/json' }),
+        request: 'response_headers',
+      });
+      stream.onMessage({ ...respBody(new Uint8Array(300), false), request: 'response_body' });
+      stream.onMessage({ ...respBody(new Uint8Array(300), false), request: 'response_body' });
+      expect(own.held).toBeGreaterThan(0);
+      end(stream);
+      expect(own.held).toBe(0);
+    }
+  });
+
+  it('holds nothing for a body message after the response ended (STREAMED mode)', () => {
+    const own = new BodyBudget(10_000);
+    const stream = new ExtProcStream(
+      { send: () => {}, end: () => {}, fail: () => {} },
+      {
+        router: new FakeRouter(),
+        logger: new RecordingLogger(),
+        maxBodyBytes: 1000,
+        retryAfterSeconds: 1,
+        maxResponseBufferBytes: 100_000,
+        bodyBudget: own,
+      },
+    );
+    const streamed = { request_body_mode: 0, response_body_mode: 1 };
+    stream.onMessage({
+      ...respHeaders({ ':status': '200', 'content-type': 'application/json' }),
+      protocol_config: streamed,
+      request: 'response_headers',
+    });
+    stream.onMessage({ ...respBody('{"a":1}', true), request: 'response_body' });
+    stream.onMessage({ ...respBody(new Uint8Array(500), false), request: 'response_body' });
+    expect(own.held).toBe(0);
+    stream.onCancel();
+    expect(own.held).toBe(0);
   });
 
   it('defaults to 1 GiB, or one largest body when that is more', () => {
@@ -167,24 +229,22 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     expect(fx.router.routed).toHaveLength(1);
   });
 
-  it('does not let declared content-lengths reserve memory the budget lacks', async () => {
-    // Two streams declare the largest body; each buffer is sized to it once a second chunk comes.
+  it('does not let a declared content-length reserve what was never sent', async () => {
+    // Streams that declare the largest body and send two bytes hold four bytes each.
     const declared = { 'content-length': String(MAX_BODY) };
-    const streams = [fx.client.open(), fx.client.open()];
+    const streams = [fx.client.open(), fx.client.open(), fx.client.open()];
     let held = 0;
     for (const s of streams) {
-      s.send(headers(declared), reqBody(utf8('{'), false), reqBody(utf8(' '), false));
-      held += MAX_BODY;
+      s.send(headers(declared), reqBody(utf8('{'), false), reqBody(utf8('}'), false));
+      held += 4;
       await heldReaches(held);
     }
-    // A third gets only what it sent, so it is not refused for what it declared.
-    const third = fx.client.open();
-    third.send(headers(declared), reqBody(utf8('{}'), false), reqBody(utf8(' '), false));
-    await heldReaches(held + 3);
-    third.send(reqBody(utf8(''), true));
-    const [h] = await third.take(2);
+    // Another request is routed as usual.
+    const other = fx.client.open();
+    other.send(headers(), reqBody(new Uint8Array(30_000), true));
+    const [h] = await other.take(2);
     expect(h?.request_headers).toBeDefined();
-    for (const s of [...streams, third]) s.cancel();
+    for (const s of [...streams, other]) s.cancel();
     await heldReaches(0);
   });
 

@@ -7,6 +7,7 @@ import net from 'node:net';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { KvEppError } from '../../../src/errors.js';
+import { MAX_DECODED_ENTRIES } from '../../../src/server/ext-proc/codec.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
 import { startsLikeSse } from '../../../src/server/ext-proc/response.js';
 import {
@@ -720,6 +721,18 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
         responseBytes: 0,
         responseComplete: false,
       });
+    });
+
+    it('refuses a message holding more header entries than the codec decodes, on every transport', async () => {
+      const headers = Object.fromEntries(
+        Array.from({ length: MAX_DECODED_ENTRIES + 1 }, (_, i) => [`h${i}`, '']),
+      );
+      const s = fx.client.open();
+      s.send(reqHeaders(headers));
+      const { status } = await s.drain();
+      expect(status.code).not.toBe(GrpcStatus.OK);
+      expect(fx.router.routed).toHaveLength(0);
+      expect(fx.router.headerOnly).toHaveLength(0);
     });
 
     it('fails a stream that keeps sending while its request is routed (RESOURCE_EXHAUSTED), and still completes', async () => {

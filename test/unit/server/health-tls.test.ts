@@ -1,3 +1,4 @@
+import { connect as netConnect } from 'node:net';
 import { connect } from 'node:tls';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -276,4 +277,39 @@ describe('ext_proc server', () => {
       expect((await p.drain()).status.code).toBe(14); // UNAVAILABLE
     },
   );
+});
+
+describe('raw-h2 over TLS: a connection that never handshakes', () => {
+  it('is closed after the preface timeout, while a TLS client that speaks is served', async () => {
+    const srv = await startExtProcServer({
+      port: 0,
+      host: '127.0.0.1',
+      router: new FakeRouter(),
+      tls: 'self-signed',
+      maxBodyBytes: 1024,
+      logger: new RecordingLogger(),
+      prefaceTimeoutMs: 300,
+    });
+    servers.push(srv);
+    const silent = netConnect(srv.port, '127.0.0.1');
+    silent.on('error', () => {});
+    silent.resume();
+    const closed = new Promise<void>((r) => silent.on('close', () => r()));
+    // A real gRPC client over TLS, before and after the silent one is dropped.
+    const client = new ExtProcClient(
+      srv.port,
+      credentials.createSsl(Buffer.from(srv.certificate as string)),
+      { 'grpc.ssl_target_name_override': 'localhost' },
+    );
+    clients.push(client);
+    const routed = async () => {
+      const s = client.open();
+      s.send(reqHeaders({ ':method': 'GET' }, { eos: true }));
+      expect(destinationOf(await s.next())).toBe('127.0.0.2:8000');
+      s.cancel();
+    };
+    await routed();
+    await closed;
+    await routed();
+  });
 });
