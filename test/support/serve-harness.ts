@@ -3,6 +3,7 @@
  * ports, temporary directories, and closing every started server (and
  * removing every directory) after each test.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,4 +46,53 @@ export function serveHarness(prefix: string): {
     return dir;
   };
   return { running, tmp, onCleanup: (fn) => cleanups.push(fn) };
+}
+
+/** A `kv-epp` process: its log records (JSON lines; other lines as `{msg}`) and exit code. */
+export interface CliRun {
+  child: ChildProcess;
+  records: Array<Record<string, unknown>>;
+  exit: Promise<number | null>;
+  /** The 'kv-epp serving' record, when it got that far. */
+  serving?: Record<string, unknown>;
+}
+
+/**
+ * Spawns `node main ...args` (stdout and stderr read as log records) and
+ * resolves once it logs 'kv-epp serving' or exits. `children` collects the
+ * process, for the caller's afterEach to kill.
+ */
+export async function runCli(
+  main: string,
+  args: string[],
+  o: { children: ChildProcess[]; cwd?: string; env?: NodeJS.ProcessEnv },
+): Promise<CliRun> {
+  const child = spawn(process.execPath, [main, ...args], {
+    cwd: o.cwd,
+    env: { ...process.env, KV_EPP_POOL_SIZE: '0', ...o.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  o.children.push(child);
+  const records: Array<Record<string, unknown>> = [];
+  let carry = '';
+  const read = (d: Buffer) => {
+    const lines = (carry + d.toString('utf8')).split('\n');
+    carry = lines.pop() ?? '';
+    for (const l of lines) {
+      try {
+        records.push(JSON.parse(l) as Record<string, unknown>);
+      } catch {
+        records.push({ msg: l });
+      }
+    }
+  };
+  child.stdout?.on('data', read);
+  child.stderr?.on('data', read);
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  for (;;) {
+    const serving = records.find((r) => r.msg === 'kv-epp serving');
+    if (serving) return { child, records, exit, serving };
+    if (child.exitCode !== null) return { child, records, exit };
+    await Promise.race([exit, new Promise((r) => setTimeout(r, 50))]);
+  }
 }

@@ -6,7 +6,7 @@
  * carries for this platform, and on the pure-JS twin when that addon cannot
  * load (with `--backend native` then failing with the loader's real reason).
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,7 +18,7 @@ import {
   reqHeaders,
   streamedOf,
 } from '../../support/ext-proc.js';
-import { ROOT, serveArgs } from '../../support/serve-harness.js';
+import { type CliRun, ROOT, runCli, serveArgs } from '../../support/serve-harness.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kv-epp-pkg-'));
 const app = join(dir, 'app');
@@ -63,43 +63,9 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
-interface Run {
-  records: Array<Record<string, unknown>>;
-  exit: Promise<number | null>;
-  serving?: Record<string, unknown>;
-}
-
-/** The installed CLI, from outside the checkout; resolves once it serves or exits. */
-async function installedCli(...args: string[]): Promise<Run> {
-  const child = spawn(process.execPath, [join(pkg, 'dist/src/cli/main.js'), ...args], {
-    cwd: app,
-    env: { ...process.env, KV_EPP_POOL_SIZE: '0' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.push(child);
-  const records: Array<Record<string, unknown>> = [];
-  let carry = '';
-  const read = (d: Buffer) => {
-    const lines = (carry + d.toString('utf8')).split('\n');
-    carry = lines.pop() ?? '';
-    for (const l of lines) {
-      try {
-        records.push(JSON.parse(l) as Record<string, unknown>);
-      } catch {
-        records.push({ msg: l });
-      }
-    }
-  };
-  child.stdout?.on('data', read);
-  child.stderr?.on('data', read);
-  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  for (;;) {
-    const serving = records.find((r) => r.msg === 'kv-epp serving');
-    if (serving) return { records, exit, serving };
-    if (child.exitCode !== null) return { records, exit };
-    await Promise.race([exit, new Promise((r) => setTimeout(r, 50))]);
-  }
-}
+/** The installed CLI, from outside the checkout. */
+const installedCli = (...args: string[]): Promise<CliRun> =>
+  runCli(join(pkg, 'dist/src/cli/main.js'), args, { children, cwd: app });
 
 const serveDefault = (...extra: string[]) =>
   installedCli(
@@ -131,7 +97,7 @@ async function routesAChat(port: number): Promise<void> {
 }
 
 /** The labels of `kv_epp_backend_info` on the run's metrics port. */
-async function backendInfo(run: Run): Promise<string | undefined> {
+async function backendInfo(run: CliRun): Promise<string | undefined> {
   const text = await (await fetch(`http://127.0.0.1:${run.serving?.metricsPort}/metrics`)).text();
   return /^kv_epp_backend_info\{(.*)\} 1$/m.exec(text)?.[1];
 }

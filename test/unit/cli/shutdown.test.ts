@@ -5,7 +5,7 @@
  * 0; a stream still open when the grace period is over is cut, and the log
  * says so; with no gateway connected there is no propagation wait.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -21,7 +21,7 @@ import {
   setHeadersOf,
 } from '../../support/ext-proc.js';
 import { check, healthClient, NOT_SERVING, SERVING } from '../../support/health.js';
-import { serveArgs } from '../../support/serve-harness.js';
+import { runCli, serveArgs } from '../../support/serve-harness.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const CLI = join(ROOT, 'dist/src/cli/main.js');
@@ -45,43 +45,15 @@ afterEach(() => {
 });
 
 async function serve(...extra: string[]): Promise<Serve> {
-  const child = spawn(
-    process.execPath,
-    [CLI, 'serve', ...serveArgs('--endpoints-file', EPS, ...extra)],
-    { env: { ...process.env, KV_EPP_POOL_SIZE: '0' }, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  children.push(child);
-  const records: Array<Record<string, unknown>> = [];
-  let carry = '';
-  const read = (d: Buffer) => {
-    const lines = (carry + d.toString('utf8')).split('\n');
-    carry = lines.pop() ?? '';
-    for (const l of lines) {
-      try {
-        records.push(JSON.parse(l) as Record<string, unknown>);
-      } catch {
-        records.push({ msg: l });
-      }
-    }
+  const run = await runCli(CLI, ['serve', ...serveArgs('--endpoints-file', EPS, ...extra)], {
+    children,
+  });
+  if (!run.serving) throw new Error(`serve did not start: ${JSON.stringify(run.records)}`);
+  return {
+    ...run,
+    grpcPort: run.serving.grpcPort as number,
+    healthPort: run.serving.healthPort as number,
   };
-  child.stdout?.on('data', read);
-  child.stderr?.on('data', read);
-  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  for (let i = 0; i < 600; i++) {
-    const up = records.find((r) => r.msg === 'kv-epp serving');
-    if (up) {
-      return {
-        child,
-        records,
-        exit,
-        grpcPort: up.grpcPort as number,
-        healthPort: up.healthPort as number,
-      };
-    }
-    if (child.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`serve did not start: ${JSON.stringify(records)}`);
 }
 
 const CHAT = JSON.stringify({

@@ -7,7 +7,7 @@ import { status as GrpcStatus } from '@grpc/grpc-js';
 import { beforeEach, describe, expect, it, vi } from 'vitest';
 import { BodyBuffer } from '../../../src/server/ext-proc/body.js';
 import { BodyBudget, bodyBudgetBytes } from '../../../src/server/ext-proc/body-budget.js';
-import { ExtProcStream } from '../../../src/server/ext-proc/stream.js';
+import { ExtProcStream, type StreamSink } from '../../../src/server/ext-proc/stream.js';
 import {
   aDecision,
   ExtProcFixture,
@@ -31,6 +31,21 @@ const headers = (extra: Record<string, string> = {}) =>
     'x-request-id': 'req-b',
     ...extra,
   });
+
+/** An ExtProcStream with no transport (messages in by hand), on `budget`. */
+function bareStream(
+  budget: BodyBudget,
+  sink: StreamSink = { send: () => {}, end: () => {}, fail: () => {} },
+): ExtProcStream {
+  return new ExtProcStream(sink, {
+    router: new FakeRouter(),
+    logger: new RecordingLogger(),
+    maxBodyBytes: 1000,
+    retryAfterSeconds: 1,
+    maxResponseBufferBytes: 100_000,
+    bodyBudget: budget,
+  });
+}
 
 describe('BodyBudget and BodyBuffer', () => {
   it('counts what a buffer pins (its capacity), and gives it back once', () => {
@@ -82,21 +97,11 @@ describe('BodyBudget and BodyBuffer', () => {
   it('a stream whose connection is lost mid-body gives its share back (no transport)', () => {
     const own = new BodyBudget(1000);
     const sent: unknown[] = [];
-    const stream = new ExtProcStream(
-      {
-        send: (m) => sent.push(m),
-        end: () => sent.push('end'),
-        fail: (code, message) => sent.push({ code, message }),
-      },
-      {
-        router: new FakeRouter(),
-        logger: new RecordingLogger(),
-        maxBodyBytes: 1000,
-        retryAfterSeconds: 1,
-        maxResponseBufferBytes: 1000,
-        bodyBudget: own,
-      },
-    );
+    const stream = bareStream(own, {
+      send: (m) => sent.push(m),
+      end: () => sent.push('end'),
+      fail: (code, message) => sent.push({ code, message }),
+    });
     // Decoded messages name their oneof case (as the codec and grpc-js give them).
     stream.onMessage({ ...headers(), request: 'request_headers' });
     stream.onMessage({ ...reqBody(new Uint8Array(300), false), request: 'request_body' });
@@ -115,17 +120,7 @@ describe('BodyBudget and BodyBuffer', () => {
       (st) => st.onMessage({ ...respHeaders({ ':status': '200' }), request: 'response_headers' }),
     ];
     for (const end of ended) {
-      const stream = new ExtProcStream(
-        { send: () => {}, end: () => {}, fail: () => {} },
-        {
-          router: new FakeRouter(),
-          logger: new RecordingLogger(),
-          maxBodyBytes: 1000,
-          retryAfterSeconds: 1,
-          maxResponseBufferBytes: 100_000,
-          bodyBudget: own,
-        },
-      );
+      const stream = bareStream(own);
       stream.onMessage({
         ...respHeaders({ ':status': '200', 'content-type': 'application/json' }),
         request: 'response_headers',
@@ -140,17 +135,7 @@ describe('BodyBudget and BodyBuffer', () => {
 
   it('holds nothing for a body message after the response ended (STREAMED mode)', () => {
     const own = new BodyBudget(10_000);
-    const stream = new ExtProcStream(
-      { send: () => {}, end: () => {}, fail: () => {} },
-      {
-        router: new FakeRouter(),
-        logger: new RecordingLogger(),
-        maxBodyBytes: 1000,
-        retryAfterSeconds: 1,
-        maxResponseBufferBytes: 100_000,
-        bodyBudget: own,
-      },
-    );
+    const stream = bareStream(own);
     const streamed = { request_body_mode: 0, response_body_mode: 1 };
     stream.onMessage({
       ...respHeaders({ ':status': '200', 'content-type': 'application/json' }),
