@@ -290,6 +290,22 @@ export class FakeRouter implements RequestRouter {
   decide: Decide = (req) => aDecision({ body: req.body });
   decideHeaderOnly: (req: GatewayRequest) => RouteDecision = () => aDecision();
 
+  /**
+   * Makes the next decisions wait: `started` resolves once one is asked for,
+   * `release()` lets it go (routing the body as sent).
+   */
+  holdDecisions(): { started: Promise<void>; release: () => void } {
+    let release = () => {};
+    const started = new Promise<void>((r) => {
+      this.decide = (req) =>
+        new Promise((resolve) => {
+          release = () => resolve(aDecision({ body: req.body }));
+          r();
+        });
+    });
+    return { started, release: () => release() };
+  }
+
   async route(req: GatewayRequest): Promise<RouteDecision> {
     // Copy: the body may be a view the server reuses.
     this.routed.push({ ...req, headers: new Map(req.headers), body: req.body.slice() });

@@ -12,6 +12,7 @@ import { diffEndpoints } from '../../../src/discovery/endpoint-changes.js';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
 import { check, healthClient, NOT_SERVING, SERVING } from '../../support/health.js';
+import { serveArgs } from '../../support/serve-harness.js';
 
 const running: Serving[] = [];
 const dirs: string[] = [];
@@ -37,6 +38,20 @@ async function until(cond: () => boolean, what: string): Promise<void> {
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** `serve` on a fresh endpoints file holding `doc`, with a recording logger. */
+async function serveWithFile(
+  doc: unknown,
+): Promise<{ file: string; log: RecordingLogger; s: Serving }> {
+  const dir = mkdtempSync(join(tmpdir(), 'kv-epp-eps-'));
+  dirs.push(dir);
+  const file = join(dir, 'endpoints.json');
+  write(file, doc);
+  const log = new RecordingLogger();
+  const s = await startServing(serveArgs('--endpoints-file', file), { KV_EPP_POOL_SIZE: '0' }, log);
+  running.push(s);
+  return { file, log, s };
+}
+
 describe('diffEndpoints', () => {
   it('tells added endpoints, removed holders and removed workers apart', () => {
     const prev = parseEndpoints({ endpoints: [A, B, B1] }, 't');
@@ -50,25 +65,7 @@ describe('diffEndpoints', () => {
 
 describe('serve follows --endpoints-file', () => {
   it('removes a departed worker from the index and keeps the list when the file breaks', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-eps-'));
-    dirs.push(dir);
-    const file = join(dir, 'endpoints.json');
-    write(file, { endpoints: [A, B] });
-    const log = new RecordingLogger();
-    const s = await startServing(
-      [
-        '--endpoints-file',
-        file,
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
-      { KV_EPP_POOL_SIZE: '0' },
-      log,
-    );
-    running.push(s);
+    const { file, log, s } = await serveWithFile({ endpoints: [A, B] });
     const a = { workerId: 18446744073709551615n, dpRank: 0 };
     const b = { workerId: 2n, dpRank: 0 };
     const blocks = {
@@ -98,25 +95,7 @@ describe('serve follows --endpoints-file', () => {
 
 describe('serve refuses an endpoints file that is not a regular file', () => {
   it('warns about a FIFO in its place at once (never waits for a writer) and picks up the next good file', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-eps-'));
-    dirs.push(dir);
-    const file = join(dir, 'endpoints.json');
-    write(file, { endpoints: [A, B] });
-    const log = new RecordingLogger();
-    const s = await startServing(
-      [
-        '--endpoints-file',
-        file,
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
-      { KV_EPP_POOL_SIZE: '0' },
-      log,
-    );
-    running.push(s);
+    const { file, log, s } = await serveWithFile({ endpoints: [A, B] });
     // A FIFO with no writer: reading it would block until one came.
     execFileSync('mkfifo', [`${file}.fifo`]);
     renameSync(`${file}.fifo`, file);
@@ -142,15 +121,7 @@ describe('serve reads an endpoints file only once it has settled', () => {
     writeFileSync(file, yaml(['a', 'b', 'c']));
     const log = new RecordingLogger();
     const s = await startServing(
-      [
-        '--endpoints-file',
-        file,
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
+      serveArgs('--endpoints-file', file),
       { KV_EPP_POOL_SIZE: '0' },
       log,
     );
@@ -182,15 +153,7 @@ describe('serve readiness', () => {
     const prefill = { ...B, role: 'prefill' };
     write(file, { endpoints: [prefill] });
     const s = await startServing(
-      [
-        '--endpoints-file',
-        file,
-        '--secure-serving=false',
-        '--grpc-port=0',
-        '--grpc-health-port=0',
-        '--metrics-port=0',
-        '--host=127.0.0.1',
-      ],
+      serveArgs('--endpoints-file', file),
       { KV_EPP_POOL_SIZE: '0' },
       new RecordingLogger(),
     );

@@ -736,14 +736,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('fails a stream that keeps sending while its request is routed (RESOURCE_EXHAUSTED), and still completes', async () => {
-      let release: (() => void) | undefined;
-      const started = new Promise<void>((r) => {
-        fx.router.decide = (req) =>
-          new Promise((resolve) => {
-            release = () => resolve(aDecision({ body: req.body }));
-            r();
-          });
-      });
+      const { started, release } = fx.router.holdDecisions();
       const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       await started;
@@ -757,26 +750,19 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(status.details).toMatch(
         /messages \(\d+ bytes\) sent while the request was being routed/,
       );
-      release?.();
+      release();
       const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
     });
 
     it('calls complete once when the fx.client goes away while the fx.router works', async () => {
-      let release: (() => void) | undefined;
-      const started = new Promise<void>((r) => {
-        fx.router.decide = (req) =>
-          new Promise((resolve) => {
-            release = () => resolve(aDecision({ body: req.body }));
-            r();
-          });
-      });
+      const { started, release } = fx.router.holdDecisions();
       const s = fx.client.open();
       s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
       await started;
       s.cancel();
       await s.status;
-      release?.();
+      release();
       const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
     });

@@ -312,18 +312,11 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
     });
 
     it('finishes a half-closed stream even while the fx.router is still working', async () => {
-      let release: (() => void) | undefined;
-      const started = new Promise<void>((r) => {
-        fx.router.decide = (req) =>
-          new Promise((resolve) => {
-            release = () => resolve(aDecision({ body: req.body }));
-            r();
-          });
-      });
+      const { started, release } = fx.router.holdDecisions();
       const s = fx.client.open();
       s.send(reqHeaders(ngfHeaders, { plainValue: true }), reqBody(CHAT, true)).halfClose();
       await started;
-      release?.();
+      release();
       const { responses, status } = await s.drain();
       expect(status.code).toBe(GrpcStatus.OK);
       expect(responses).toHaveLength(2);
