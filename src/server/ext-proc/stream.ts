@@ -204,9 +204,7 @@ export class ExtProcStream {
   /** The client went away (cancel, reset, connection loss): nothing more is sent. */
   onCancel(): void {
     if (this.closed) return;
-    this.closed = true;
-    this.queue = [];
-    this.dropRequestBody();
+    this.markClosed();
     this.settle();
   }
 
@@ -536,8 +534,14 @@ export class ExtProcStream {
     );
   }
 
-  /** Drops a request body still being received (its budget share given back). */
-  private dropRequestBody(): void {
+  /**
+   * Nothing more is handled: queued messages go, and a request body still
+   * being received gives its budget share back.
+   */
+  private markClosed(): void {
+    this.closed = true;
+    this.queue = [];
+    this.queuedBytes = 0;
     this.reqBody?.release();
     this.reqBody = undefined;
   }
@@ -557,7 +561,8 @@ export class ExtProcStream {
       // processing mode, as GAIE's hermetic tests do), or a local reply from the
       // data plane before the request body completed (Envoy's own 413 when the
       // body exceeds its buffer): pass through, no decision; the partial body is dropped.
-      this.dropRequestBody();
+      this.reqBody?.release();
+      this.reqBody = undefined;
       this.phase = 'routed';
       this.response = new ResponsePath(
         this.sink,
@@ -615,9 +620,7 @@ export class ExtProcStream {
     if (answer.internal) this.opts.logger.error(fields, 'request failed');
     else this.opts.logger.info(fields, 'request rejected');
     this.sink.send({ immediate_response: immediateResponse(answer, this.opts) });
-    this.closed = true;
-    this.queue = [];
-    this.dropRequestBody();
+    this.markClosed();
     this.sink.end();
     this.settle();
   }
@@ -629,9 +632,7 @@ export class ExtProcStream {
     const fields = { requestId: this.requestId || undefined, grpcCode: code, err: message };
     if (err instanceof ProtocolViolation) this.opts.logger.warn(fields, 'ext_proc stream rejected');
     else this.opts.logger.error(fields, 'ext_proc stream failed');
-    this.closed = true;
-    this.queue = [];
-    this.dropRequestBody();
+    this.markClosed();
     this.sink.fail(code, message);
     this.settle();
   }
@@ -642,9 +643,7 @@ export class ExtProcStream {
     // no answer, which a one-shot client would read as success. Not logged:
     // Envoy half-closes this way when its downstream aborts an upload.
     if (this.phase === 'body') {
-      this.closed = true;
-      this.queue = [];
-      this.dropRequestBody();
+      this.markClosed();
       this.sink.fail(
         GrpcCode.INVALID_ARGUMENT,
         'the client half-closed before the request body ended (no end_of_stream)',
