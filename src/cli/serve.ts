@@ -292,6 +292,7 @@ export async function startServing(
   const bodyBudget = new BodyBudget(options.maxBufferedBodyBytes);
   const metrics = new EppMetrics({
     bufferedBodyBytes: () => bodyBudget.held,
+    droppedLogRecords: log.droppedRecords ? () => log.droppedRecords?.() ?? 0 : undefined,
     backends: {
       tokenizer: path.tokenizer.backend,
       hasher: path.hasher.backend,

@@ -17,6 +17,11 @@ export interface Logger {
    * Absent: every level is (test recorders).
    */
   isLevelEnabled?(level: LogLevel): boolean;
+  /**
+   * Records dropped so far because the destination's buffer was full (a
+   * stderr nobody reads); absent: the logger never drops.
+   */
+  droppedRecords?(): number;
 }
 
 /** `log.isLevelEnabled(level)`, true for a logger that cannot tell. */

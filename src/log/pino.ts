@@ -48,19 +48,32 @@ function bigintsAsStrings(v: unknown, depth: number): unknown {
   return out ?? v;
 }
 
+/** Bytes of records waiting for stderr before later ones are dropped (counted by `droppedRecords`). */
+export const STDERR_BUFFER_BYTES = 16 * 1024 * 1024;
+
+/** A destination that says when it drops a record (sonic-boom's 'drop' event, one per record). */
+type DroppingDestination = DestinationStream & {
+  on?(event: 'drop', listener: (data: unknown) => void): unknown;
+};
+
 /**
  * The pino logger for `env`. `destination` (tests) replaces stderr; pino then
- * writes each record to it synchronously.
+ * writes each record to it synchronously. Records a destination drops (its
+ * 'drop' event) are counted by the logger's `droppedRecords`.
  */
 export function pinoLogger(
   env: Record<string, string | undefined>,
-  // At most 16 MiB waiting for a stderr nobody reads: later lines are dropped, not buffered without end.
-  destination: DestinationStream = pino.destination({
+  // A stderr nobody reads holds at most STDERR_BUFFER_BYTES; later records are dropped, not buffered without end.
+  destination: DroppingDestination = pino.destination({
     fd: 2,
     sync: false,
-    maxLength: 16 * 1024 * 1024,
+    maxLength: STDERR_BUFFER_BYTES,
   }),
 ): Logger {
+  let dropped = 0;
+  destination.on?.('drop', () => {
+    dropped++;
+  });
   const wanted = (env.KV_EPP_LOG_LEVEL ?? 'info').toLowerCase();
   const level = LEVELS.has(wanted) ? wanted : 'info';
   const log = pino(
@@ -88,5 +101,6 @@ export function pinoLogger(
     warn: (f, m) => log.warn(f, m),
     error: (f, m) => log.error(f, m),
     isLevelEnabled: (l) => log.isLevelEnabled(l),
+    droppedRecords: () => dropped,
   };
 }

@@ -65,6 +65,8 @@ export interface MetricsSources {
         kvUsage?: number | undefined;
       }>)
     | undefined;
+  /** Log records dropped so far for a full stderr buffer (`kv_epp_log_records_dropped_total`). */
+  droppedLogRecords?: (() => number) | undefined;
   /** Bytes of request and response bodies the ext_proc streams buffer now (`kv_epp_buffered_body_bytes`). */
   bufferedBodyBytes?: (() => number) | undefined;
   /** Requests waiting for a tokenization worker (`kv_epp_pool_queue_depth`). */
@@ -628,6 +630,19 @@ export class EppMetrics {
       registers,
       collect() {
         if (buffered) this.set(buffered());
+      },
+    });
+    const droppedLogRecords = sources.droppedLogRecords;
+    let droppedReported = 0;
+    new Counter({
+      name: 'kv_epp_log_records_dropped_total',
+      help: 'Log records dropped because stderr was not read fast enough (more than 16 MiB of records waiting).',
+      registers,
+      collect() {
+        if (!droppedLogRecords) return;
+        const now = droppedLogRecords();
+        if (now > droppedReported) this.inc(now - droppedReported);
+        droppedReported = now;
       },
     });
     const queueDepth = sources.queueDepth;

@@ -194,6 +194,23 @@ describe('kv-epp serve on SIGTERM', () => {
     60_000,
   );
 
+  it('exits after the drain even when something still holds the event loop', async () => {
+    // A preloaded module keeps a referenced timer forever, as a read that never
+    // completes or a stray socket would: without the exit timer the process stays.
+    const holder = join(dir, 'hold-loop.mjs');
+    writeFileSync(holder, 'setInterval(() => {}, 60_000);\n');
+    const run = await runCli(CLI, ['serve', ...serveArgs('--endpoints-file', EPS)], {
+      children,
+      env: { NODE_OPTIONS: `--import=${holder}` },
+    });
+    expect(run.serving).toBeDefined();
+    const t0 = Date.now();
+    run.child.kill('SIGTERM');
+    expect(await run.exit).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect(logged(run as Serve, 'every open stream finished')).toBeDefined();
+  }, 60_000);
+
   it.each(['raw-h2', 'direct', 'grpc-js'])(
     'does not wait for propagation when no gateway is connected (%s)',
     async (transport) => {

@@ -5,7 +5,12 @@
  * `--zap-log-level`); debug records only at debug. Then the router's debug
  * lines: written at debug with the request's id, nothing built at info.
  */
-import { describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { describe, expect, it, vi } from 'vitest';
 import { serveLogEnv } from '../../../src/config/serve-options.js';
 import { parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { type Logger, levelEnabled, stderrLogger } from '../../../src/log/logger.js';
@@ -135,6 +140,58 @@ describe('pinoLogger', () => {
       ['info', 'i'],
     ]);
     expect(lines[0]?.KV_EPP_LOG_LEVEL).toBe('loud');
+  });
+
+  it('counts every record a full destination drops: lines read + dropped = lines logged', async () => {
+    // A FIFO nobody reads until the end stands in for a stderr nobody reads.
+    const dir = mkdtempSync(join(tmpdir(), 'kv-epp-log-'));
+    const fifo = join(dir, 'stderr');
+    execFileSync('mkfifo', [fifo]);
+    const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+    const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+    const dest = pino.destination({ fd: writeFd, sync: false, maxLength: 16 * 1024 });
+    try {
+      const log = pinoLogger({}, dest);
+      const logged = 3000; // ~300 KB: past the pipe's 64 KiB and the 16 KiB buffer
+      for (let i = 0; i < logged; i++) log.info({ i, pad: 'x'.repeat(40) }, 'line');
+      expect(log.droppedRecords?.()).toBeGreaterThan(0);
+      const dropped = log.droppedRecords?.() ?? 0;
+      // Drain the pipe until the destination has written everything it kept.
+      const chunks: Buffer[] = [];
+      const buf = Buffer.alloc(1 << 16);
+      const drain = () => {
+        for (;;) {
+          try {
+            const n = readSync(readFd, buf);
+            if (n <= 0) return;
+            chunks.push(Buffer.from(buf.subarray(0, n)));
+          } catch {
+            return; // EAGAIN: empty for now
+          }
+        }
+      };
+      await vi.waitFor(
+        () => {
+          drain();
+          const lines = Buffer.concat(chunks).toString().split('\n').filter(Boolean);
+          expect(lines.length + dropped).toBe(logged);
+        },
+        { timeout: 10_000, interval: 20 },
+      );
+      expect(log.droppedRecords?.()).toBe(dropped);
+      const read = Buffer.concat(chunks).toString().split('\n').filter(Boolean);
+      expect(read.every((l) => JSON.parse(l).msg === 'line')).toBe(true);
+    } finally {
+      dest.destroy();
+      closeSync(readFd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('has nothing dropped while the destination keeps up', () => {
+    const { log } = captured({});
+    for (let i = 0; i < 100; i++) log.info({ i }, 'line');
+    expect(log.droppedRecords?.()).toBe(0);
   });
 
   it.each([

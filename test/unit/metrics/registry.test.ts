@@ -440,6 +440,22 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
   });
 
+  it('adds the log records dropped since the last scrape to kv_epp_log_records_dropped_total', async () => {
+    let dropped = 0;
+    const m = metrics({ droppedLogRecords: () => dropped });
+    let text = await m.registry.metrics();
+    expect(typeOf(text, 'kv_epp_log_records_dropped_total')).toBe('counter');
+    expect(sample(text, 'kv_epp_log_records_dropped_total')).toBe(0);
+    dropped = 7;
+    text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_log_records_dropped_total')).toBe(7);
+    dropped = 9;
+    text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_log_records_dropped_total')).toBe(9);
+    // Without a source (a logger that never drops) the counter stays 0.
+    expect(sample(await metrics().registry.metrics(), 'kv_epp_log_records_dropped_total')).toBe(0);
+  });
+
   it("averages the model servers' fresh figures into GAIE's pool gauges, per pod for the queue", async () => {
     let pods: Array<{ pod: string; waiting?: number; running?: number; kvUsage?: number }> = [
       { pod: 'a', waiting: 3, running: 2, kvUsage: 0.5 },
