@@ -27,7 +27,12 @@ import {
 } from './ext-proc/raw-transport.js';
 import { ExtProcStream, type ExtProcStreamOptions } from './ext-proc/stream.js';
 import { healthService, type WatchEnders } from './health.js';
-import { DEFAULT_HTTP2_TUNING, tuneHttp2, tuneSessions } from './http2-tuning.js';
+import {
+  DEFAULT_HTTP2_TUNING,
+  limitSilentConnections,
+  tuneHttp2,
+  tuneSessions,
+} from './http2-tuning.js';
 import type { RequestRouter } from './routing-types.js';
 import { serverCredentials, type TlsOption } from './tls.js';
 
@@ -61,8 +66,8 @@ export interface ExtProcServerOptions {
    */
   bodyBudget?: BodyBudget | undefined;
   /**
-   * raw-h2: how long a connection may take for its TLS handshake and then its
-   * HTTP/2 preface (default 10 s; tests shorten it).
+   * How long a connection may take for its TLS handshake and then its HTTP/2
+   * preface, on every transport (default 10 s; tests shorten it).
    */
   prefaceTimeoutMs?: number | undefined;
   /** See ExtProcStreamOptions.onLocalReject. */
@@ -92,6 +97,8 @@ export interface HealthServerOptions {
    * `grpc-js`: grpc-js's own server (kept for `--ext-proc-transport grpc-js`).
    */
   transport?: 'raw-h2' | 'grpc-js' | undefined;
+  /** How long a connection may take to send its HTTP/2 preface (default 10 s; tests shorten it). */
+  prefaceTimeoutMs?: number | undefined;
 }
 
 export interface RunningServer {
@@ -244,6 +251,7 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   );
   const { credentials, certificate } = await serverCredentials(opts.tls);
   const port = await bind(server, address(opts.host, opts.port), credentials);
+  limitSilentConnections(server, opts.prefaceTimeoutMs);
   if (!(tuned && tuneSessions(server))) {
     opts.logger.warn(
       { port },
@@ -343,6 +351,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
   );
   const { credentials } = await serverCredentials(undefined);
   const port = await bind(server, address(opts.host, opts.port), credentials);
+  limitSilentConnections(server, opts.prefaceTimeoutMs);
   const raw =
     (opts.transport ?? 'raw-h2') === 'raw-h2'
       ? installRawHealthTransport(server, {
@@ -350,6 +359,7 @@ export async function startHealthServer(opts: HealthServerOptions): Promise<Runn
           watchIntervalMs: opts.watchIntervalMs,
           unknownHealthAsReadiness: true,
           watches,
+          prefaceTimeoutMs: opts.prefaceTimeoutMs,
           ...rawConnections(opts.logger, port, 'health'),
         })
       : undefined;

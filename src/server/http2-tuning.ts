@@ -13,6 +13,11 @@
  *   WINDOW_UPDATEs; the windows are raised so a gateway can push many bodies
  *   at once.
  *
+ * - Silent connections. A connection that has not finished its TLS handshake
+ *   and sent the HTTP/2 preface (its SETTINGS) within `DEFAULT_PREFACE_TIMEOUT_MS`
+ *   is closed (`limitSilentConnections`): Node waits 120 s for a handshake
+ *   and forever for a plaintext preface, and each such socket holds a descriptor.
+ *
  * grpc-js builds its http2 servers from the private `commonServerOptions`
  * and keeps them in the private `http2Servers` map (grpc-js 1.14, pinned by
  * the lock file). `tuneHttp2` must run after `new Server()` and before
@@ -22,6 +27,7 @@
  * that case.
  */
 import type { Http2Server, ServerHttp2Session } from 'node:http2';
+import { Server as TlsServer } from 'node:tls';
 import type { Server } from '@grpc/grpc-js';
 
 export interface Http2Tuning {
@@ -76,6 +82,43 @@ export function tuneSessions(server: Server, t: Http2Tuning = DEFAULT_HTTP2_TUNI
       };
       if (session.connecting) session.once('connect', raise);
       else raise();
+    });
+  }
+  return true;
+}
+
+/** How long a new connection may take to handshake (TLS) and send its HTTP/2 preface. */
+export const DEFAULT_PREFACE_TIMEOUT_MS = 10_000;
+
+/**
+ * Sets a TLS server's handshake timeout, which Node reads per connection from
+ * an internal field (the `handshakeTimeout` option, not settable once the
+ * server exists). Where that field is not found, Node's default stays.
+ */
+export function setHandshakeTimeout(server: TlsServer, ms: number): void {
+  const field = Object.getOwnPropertySymbols(server).find(
+    (k) => k.description === 'handshake-timeout',
+  );
+  if (field) (server as unknown as Record<symbol, number>)[field] = ms;
+}
+
+/**
+ * Closes connections to the bound servers that have not handshaken (TLS) and
+ * sent their HTTP/2 SETTINGS within `ms`, for sessions served by node:http2
+ * (the `direct` and `grpc-js` transports; raw-h2 keeps its own preface timer).
+ * False when grpc-js's servers are not found.
+ */
+export function limitSilentConnections(server: Server, ms = DEFAULT_PREFACE_TIMEOUT_MS): boolean {
+  const servers = (server as unknown as GrpcServerInternals).http2Servers;
+  if (!(servers instanceof Map) || servers.size === 0) return false;
+  for (const h2 of servers.keys()) {
+    if (h2 instanceof TlsServer) setHandshakeTimeout(h2, ms);
+    h2.on('session', (session: ServerHttp2Session) => {
+      const deadline = setTimeout(() => session.destroy(), ms);
+      deadline.unref();
+      const spoke = () => clearTimeout(deadline);
+      session.once('remoteSettings', spoke);
+      session.once('close', spoke);
     });
   }
   return true;

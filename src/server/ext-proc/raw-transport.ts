@@ -32,6 +32,7 @@ import {
   type WatchEnders,
   watchServing,
 } from '../health.js';
+import { DEFAULT_PREFACE_TIMEOUT_MS, setHandshakeTimeout } from '../http2-tuning.js';
 import {
   type FastPathOptions,
   GrpcCall,
@@ -61,20 +62,6 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
    * waits 120 s for a handshake, and a silent socket holds a descriptor).
    */
   prefaceTimeoutMs?: number | undefined;
-}
-
-const DEFAULT_PREFACE_TIMEOUT_MS = 10_000;
-
-/**
- * Sets a TLS server's handshake timeout, which Node reads per connection from
- * an internal field (the `handshakeTimeout` option, not settable once the
- * server exists). Where that field is not found, Node's default stays.
- */
-function setHandshakeTimeout(server: TlsServer, ms: number): void {
-  const field = Object.getOwnPropertySymbols(server).find(
-    (k) => k.description === 'handshake-timeout',
-  );
-  if (field) (server as unknown as Record<symbol, number>)[field] = ms;
 }
 
 export interface RawTransport {

@@ -279,28 +279,42 @@ describe('ext_proc server', () => {
   );
 });
 
-describe('raw-h2 over TLS: a connection that never handshakes', () => {
-  it('is closed after the preface timeout, while a TLS client that speaks is served', async () => {
+/** A TCP connection that never sends a byte; resolves when the server closes it. */
+function silentConnection(port: number): Promise<void> {
+  const silent = netConnect(port, '127.0.0.1');
+  silent.on('error', () => {});
+  silent.resume();
+  return new Promise<void>((r) => silent.on('close', () => r()));
+}
+
+describe.each(
+  EXT_PROC_TRANSPORTS.flatMap((transport) => [
+    [transport, 'self-signed'] as const,
+    [transport, 'plaintext'] as const,
+  ]),
+)('ext_proc server on %s (%s): a connection that never speaks', (transport, tls) => {
+  it('is closed after the preface timeout, while a client that speaks is served', async () => {
     const srv = await startExtProcServer({
       port: 0,
       host: '127.0.0.1',
       router: new FakeRouter(),
-      tls: 'self-signed',
+      tls: tls === 'plaintext' ? undefined : tls,
       maxBodyBytes: 1024,
       logger: new RecordingLogger(),
       prefaceTimeoutMs: 300,
+      transport,
     });
     servers.push(srv);
-    const silent = netConnect(srv.port, '127.0.0.1');
-    silent.on('error', () => {});
-    silent.resume();
-    const closed = new Promise<void>((r) => silent.on('close', () => r()));
-    // A real gRPC client over TLS, before and after the silent one is dropped.
-    const client = new ExtProcClient(
-      srv.port,
-      credentials.createSsl(Buffer.from(srv.certificate as string)),
-      { 'grpc.ssl_target_name_override': 'localhost' },
-    );
+    const closed = silentConnection(srv.port);
+    // A real gRPC client, before and after the silent one is dropped.
+    const client =
+      tls === 'plaintext'
+        ? new ExtProcClient(srv.port)
+        : new ExtProcClient(
+            srv.port,
+            credentials.createSsl(Buffer.from(srv.certificate as string)),
+            { 'grpc.ssl_target_name_override': 'localhost' },
+          );
     clients.push(client);
     const routed = async () => {
       const s = client.open();
@@ -313,3 +327,26 @@ describe('raw-h2 over TLS: a connection that never handshakes', () => {
     await routed();
   });
 });
+
+describe.each(['raw-h2', 'grpc-js'] as const)(
+  'health server on %s: a connection that never speaks',
+  (transport) => {
+    it('is closed after the preface timeout, while a probe that speaks is answered', async () => {
+      const srv = await startHealthServer({
+        port: 0,
+        host: '127.0.0.1',
+        isReady: () => true,
+        logger: new RecordingLogger(),
+        transport,
+        prefaceTimeoutMs: 300,
+      });
+      servers.push(srv);
+      const closed = silentConnection(srv.port);
+      const health = healthClient(srv.port);
+      clients.push(health);
+      expect(await check(health, 'readiness')).toBe(SERVING);
+      await closed;
+      expect(await check(health, 'readiness')).toBe(SERVING);
+    });
+  },
+);
