@@ -289,6 +289,7 @@ export async function startServing(
       : undefined;
   // Made after the metrics it reports to; scrapes start once serving.
   let kvRouterRef: KvRouter | undefined;
+  let eventSourcesRef: EventSources | undefined;
   const bodyBudget = new BodyBudget(options.maxBufferedBodyBytes);
   const metrics = new EppMetrics({
     bufferedBodyBytes: () => bodyBudget.held,
@@ -315,6 +316,7 @@ export async function startServing(
         blocks: path.index.treeSize(e),
       })),
     eventsQueued: () => ingest?.stats().queued ?? 0,
+    zmqPublishers: () => eventSourcesRef?.zmqPublishers(),
     approxQueue: approxQueueReader(path.index),
   });
   const observer = new MetricsObserver(metrics);
@@ -465,6 +467,7 @@ export async function startServing(
         (source, event) => metrics.eventConnectionEvent(source, event),
       );
       started.push(eventSources);
+      eventSourcesRef = eventSources;
     }
     extProc = await bindOrExplain('--grpc-port', options.grpcPort, host, () =>
       startExtProcServer({
@@ -706,7 +709,7 @@ async function startEventSources(
   ingest: EventIngest,
   log: Logger,
   workerLoads: WorkerLoadTable,
-  onConnectionEvent: (source: 'nats' | 'jetstream', event: string) => void,
+  onConnectionEvent: (source: 'nats' | 'jetstream' | 'zmq', event: string) => void,
 ): Promise<EventSources> {
   const { natsServer, subjects, durable } = options.events;
   const zmqEndpoints = endpoints.filter((e) => e.kvEvents !== undefined);
@@ -718,6 +721,7 @@ async function startEventSources(
   }
   const sources: Array<{ close(): Promise<void> }> = [];
   let zmq: Awaited<ReturnType<typeof startZmqEventSources>> | undefined;
+  const onZmqEvent = (event: string) => onConnectionEvent('zmq', event);
   const closeAll = async (): Promise<void> => {
     await Promise.allSettled(sources.splice(0).map((s) => s.close()));
   };
@@ -756,7 +760,12 @@ async function startEventSources(
       }
     }
     if (zmqEndpoints.length > 0) {
-      zmq = await startZmqEventSources({ endpoints: zmqEndpoints, ingest, log });
+      zmq = await startZmqEventSources({
+        endpoints: zmqEndpoints,
+        ingest,
+        log,
+        onConnectionEvent: onZmqEvent,
+      });
       sources.push(zmq);
     }
   } catch (e) {
@@ -765,11 +774,21 @@ async function startEventSources(
   }
   return {
     close: closeAll,
+    zmqPublishers() {
+      const all = zmq?.stats().sources ?? [];
+      const connected = all.filter((x) => x.connected).length;
+      return { connected, notConnected: all.length - connected };
+    },
     async syncEndpoints(next) {
       const withEvents = next.filter((e) => e.kvEvents !== undefined);
       if (zmq) await zmq.sync(withEvents);
       else if (withEvents.length > 0) {
-        zmq = await startZmqEventSources({ endpoints: withEvents, ingest, log });
+        zmq = await startZmqEventSources({
+          endpoints: withEvents,
+          ingest,
+          log,
+          onConnectionEvent: onZmqEvent,
+        });
         sources.push(zmq);
       }
     },
@@ -778,6 +797,8 @@ async function startEventSources(
 
 interface EventSources {
   close(): Promise<void>;
+  /** ZMQ publishers subscribed to, by whether a connection to them is up now. */
+  zmqPublishers(): { connected: number; notConnected: number };
   /** Discovery changed: open/close ZMQ subscriptions to match. */
   syncEndpoints(endpoints: readonly Endpoint[]): Promise<void>;
 }

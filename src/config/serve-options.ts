@@ -10,6 +10,7 @@
  * are reported for one start-up warning, never fatal.
  */
 import { type FlagSpec, goBool, parseFlags, UsageError } from '../cli/args.js';
+import { canonicalIp } from '../discovery/ip.js';
 import { KvEppError } from '../errors.js';
 import { redactNatsServers } from '../events/nats-url.js';
 import type { BackendChoice } from '../kv/types.js';
@@ -241,6 +242,32 @@ function goDurationMs(v: unknown, field: string): number {
   return ms;
 }
 
+/**
+ * The address the ports listen on: an IP address (IPv6 also in brackets, as
+ * in a URL: `[::1]`) or a host name; the brackets are taken off for listen().
+ */
+function listenHost(v: unknown, field: string): string {
+  const h = str(v, field);
+  const bracketed = /^\[([^\]]*)\]$/.exec(h);
+  const host = bracketed ? (bracketed[1] as string) : h;
+  if (bracketed ? isIpv6(host) : isIpv6(host) || isIpv4OrName(host)) return host;
+  return fail(
+    field,
+    `expected an IP address (IPv6 with or without brackets) or host name, got ${JSON.stringify(h)}`,
+  );
+}
+
+/** An IPv6 address, with a zone (`fe80::1%eth0`) or without. */
+function isIpv6(s: string): boolean {
+  const [ip, zone, ...rest] = s.split('%');
+  if (rest.length > 0 || (zone !== undefined && !/^[\w.-]+$/.test(zone))) return false;
+  return canonicalIp(ip as string)?.includes(':') ?? false;
+}
+
+function isIpv4OrName(s: string): boolean {
+  return canonicalIp(s) !== undefined || /^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(s);
+}
+
 function str(v: unknown, field: string): string {
   if (typeof v !== 'string' || v === '') fail(field, 'expected a non-empty string');
   return v as string;
@@ -450,7 +477,7 @@ export function resolveServeOptions(
     }
   }
   return {
-    host: get(str, undefined, [flags.host, '--host'], file('server', 'host')),
+    host: get(listenHost, undefined, [flags.host, '--host'], file('server', 'host')),
     grpcPort: get(port, 9002, [flags['grpc-port'], '--grpc-port'], file('server', 'grpcPort')),
     grpcHealthPort: get(
       port,

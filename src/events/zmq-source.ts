@@ -65,6 +65,13 @@ export interface ZmqEventSourcesOptions {
   reconnectIntervalMs?: number | undefined;
   /** ZMQ_RECONNECT_IVL_MAX in ms (the doubling stops there); default 5 000. */
   reconnectMaxIntervalMs?: number | undefined;
+  /** A publisher's connection went down, or came back after being down (metrics). */
+  onConnectionEvent?: ((event: 'disconnect' | 'reconnect') => void) | undefined;
+  /**
+   * A publisher not reached this long after subscribing is warned about once
+   * (it is still retried); default 30 000 ms.
+   */
+  unreachableWarnMs?: number | undefined;
   /** Clock for log throttling; default Date.now. */
   now?: (() => number) | undefined;
   /** Loads the zeromq module; default `import('zeromq')` (tests inject failures). */
@@ -128,6 +135,8 @@ interface Source {
   connected: boolean;
   disconnects: number;
   malformedLoggedAt: number | undefined;
+  /** Pending "not reached yet" warning; cleared once connected or closed. */
+  unreachableTimer: ReturnType<typeof setTimeout> | undefined;
   done: Promise<void>;
 }
 
@@ -256,6 +265,9 @@ class ZmqSources implements ZmqEventSources {
       reconnectInterval: o.reconnectIntervalMs ?? 10,
       reconnectMaxInterval: o.reconnectMaxIntervalMs ?? 5_000,
       linger: 0,
+      // libzmq dials IPv4 only unless asked (ZMQ_IPV6 is off by default): a
+      // publisher at tcp://[v6]:port was retried forever without a word.
+      ipv6: true,
     });
     // Monitor first, so the first `connect` is not missed.
     const events = socket.events;
@@ -282,8 +294,19 @@ class ZmqSources implements ZmqEventSources {
       connected: false,
       disconnects: 0,
       malformedLoggedAt: undefined,
+      unreachableTimer: undefined,
       done: Promise.resolve(),
     };
+    const warnMs = o.unreachableWarnMs ?? 30_000;
+    src.unreachableTimer = setTimeout(() => {
+      src.unreachableTimer = undefined;
+      if (src.connected || src.socket.closed) return;
+      o.log.warn(
+        { endpoint: src.url, afterSeconds: warnMs / 1000 },
+        'ZMQ KV-event publisher not reached yet; still retrying (no events from it until then)',
+      );
+    }, warnMs);
+    src.unreachableTimer.unref();
     this.sources.set(kv.endpoint, src);
     src.done = Promise.all([this.receiveLoop(src), this.watch(src, events)]).then(() => {});
     o.log.info({ endpoint: kv.endpoint, format: kv.format }, 'subscribing to KV events over ZMQ');
@@ -320,9 +343,14 @@ class ZmqSources implements ZmqEventSources {
       for await (const ev of events) {
         if (ev.type === 'connect') {
           src.connected = true;
+          clearTimeout(src.unreachableTimer);
+          if (src.disconnects > 0) this.opts.onConnectionEvent?.('reconnect');
           this.opts.log.info({ endpoint: src.url }, 'connected to ZMQ KV-event publisher');
         } else if (ev.type === 'disconnect') {
-          if (src.connected) src.disconnects++;
+          if (src.connected) {
+            src.disconnects++;
+            this.opts.onConnectionEvent?.('disconnect');
+          }
           src.connected = false;
           this.opts.log.warn(
             { endpoint: src.url, disconnects: src.disconnects },
@@ -409,6 +437,7 @@ class ZmqSources implements ZmqEventSources {
     if (!src) return true;
     src.holders.delete(key);
     if (src.holders.size === 0) {
+      clearTimeout(src.unreachableTimer);
       this.sources.delete(url);
       src.socket.close();
       this.opts.log.info({ endpoint: url }, 'unsubscribed from ZMQ KV events');
@@ -454,7 +483,10 @@ class ZmqSources implements ZmqEventSources {
     const all = [...this.sources.values()];
     this.sources.clear();
     this.byHolder.clear();
-    for (const s of all) s.socket.close();
+    for (const s of all) {
+      clearTimeout(s.unreachableTimer);
+      s.socket.close();
+    }
     await Promise.all(all.map((s) => s.done));
   }
 }

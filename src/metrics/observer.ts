@@ -44,6 +44,7 @@
  * Errors the ext_proc layer raises before routing (an oversized body) are
  * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
  */
+import { canonicalHostPort } from '../discovery/ip.js';
 import type { EventObserver } from '../events/ingest.js';
 import type { EventApplyReport } from '../events/types.js';
 import { modelOfBody } from '../openai/request-body.js';
@@ -264,7 +265,9 @@ export function servedOutcome(
   served: string | undefined,
 ): ServedOutcome {
   if (served === undefined || served === '') return 'unreported';
-  const i = endpoints.indexOf(served);
+  // kv-epp lists endpoints in canonical form; the gateway may write one otherwise
+  // ("[0:0:0:0:0:0:0:1]:8000"), which the router counts as the same endpoint.
+  const i = endpoints.indexOf(canonicalHostPort(served.trim()) ?? served);
   if (i === 0) return 'primary';
   return i > 0 ? 'fallback' : 'other';
 }

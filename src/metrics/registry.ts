@@ -65,6 +65,8 @@ export interface MetricsSources {
         kvUsage?: number | undefined;
       }>)
     | undefined;
+  /** ZMQ KV-event publishers by connection state (`kv_epp_events_zmq_publishers{state}`); undefined: none. */
+  zmqPublishers?: (() => { connected: number; notConnected: number } | undefined) | undefined;
   /** Log records dropped so far for a full stderr buffer (`kv_epp_log_records_dropped_total`). */
   droppedLogRecords?: (() => number) | undefined;
   /** Bytes of request and response bodies the ext_proc streams buffer now (`kv_epp_buffered_body_bytes`). */
@@ -590,7 +592,7 @@ export class EppMetrics {
     });
     this.eventConnection = new FastCounter({
       name: 'kv_epp_events_connection_events_total',
-      help: "The KV event transport's connection events, by source (nats, jetstream) and event (disconnect, reconnect, error).",
+      help: "The KV event transport's connection events, by source (nats, jetstream, zmq) and event (disconnect, reconnect, error).",
       labelNames: ['source', 'event'],
       registers,
     });
@@ -607,6 +609,18 @@ export class EppMetrics {
       registers,
       collect() {
         if (eventsQueued) this.set(eventsQueued());
+      },
+    });
+    const zmqPublishers = sources.zmqPublishers;
+    new Gauge({
+      name: 'kv_epp_events_zmq_publishers',
+      help: 'ZMQ KV-event publishers subscribed to, by state: connected, or not_connected (being retried; no events from them meanwhile).',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const now = zmqPublishers?.();
+        this.set({ state: 'connected' }, now?.connected ?? 0);
+        this.set({ state: 'not_connected' }, now?.notConnected ?? 0);
       },
     });
     const workerBlocks = sources.workerBlocks;
@@ -860,7 +874,7 @@ export class EppMetrics {
     this.eventsDropped.inc(messages);
   }
 
-  eventConnectionEvent(source: 'nats' | 'jetstream', event: string): void {
+  eventConnectionEvent(source: 'nats' | 'jetstream' | 'zmq', event: string): void {
     this.eventConnection.inc({ source, event });
   }
 

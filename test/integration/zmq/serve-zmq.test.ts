@@ -114,6 +114,8 @@ describe.skipIf(!zmq)(
         }
         const text = await (await fetch(`http://127.0.0.1:${s.metrics.port}/metrics`)).text();
         expect(text).toMatch(/^kv_epp_events_applied_total\{kind="stored"\} 1$/m);
+        expect(text).toMatch(/^kv_epp_events_zmq_publishers\{state="connected"\} 1$/m);
+        expect(text).toMatch(/^kv_epp_events_zmq_publishers\{state="not_connected"\} 0$/m);
         await s.close();
         running.splice(running.indexOf(s), 1);
       } finally {

@@ -89,7 +89,7 @@ function dynamoBody(envelope: Buffer, version = 1, len = envelope.length): Buffe
 /** An XPUB that reports every subscription, bound to a random loopback port. */
 async function publisher(host = '127.0.0.1', port: number | '*' = '*') {
   const Z = zmq as Zmq;
-  const pub = new Z.XPublisher({ verbosity: 'allSubs', linger: 0 });
+  const pub = new Z.XPublisher({ verbosity: 'allSubs', linger: 0, ipv6: host.startsWith('[') });
   await pub.bind(`tcp://${host}:${port}`);
   const url = pub.lastEndpoint as string;
   return {
@@ -184,6 +184,26 @@ describe.skipIf(!zmq)(
       expect(lines).toHaveLength(1);
       expect(lines[0]?.fields).toMatchObject({ endpoint: p.url, frames: 2 });
       expect(String(lines[0]?.fields.reason)).toMatch(/expected 3 frames/);
+    });
+
+    it('subscribes to a publisher on an IPv6 address, beside one on IPv4', async () => {
+      const p6 = await publisher('[::1]');
+      const p4 = await publisher();
+      closers.push(p6.pub, p4.pub);
+      expect(p6.url).toMatch(/^tcp:\/\/\[::1\]:\d+$/);
+      const { ingest, sources } = await start([endpoint(W, 0, p6.url), endpoint(W, 1, p4.url)]);
+      await Promise.all([p6.subscribed(), p4.subscribed()]);
+      const payload = Buffer.from([0x93, 0xcb, 1, 2, 3]);
+      await p6.pub.send([Buffer.from(''), u64(1n), payload]);
+      await p4.pub.send([Buffer.from(''), u64(2n), payload]);
+      await waitFor(() => ingest.messages.length === 2, 'one message from each');
+      expect(ingest.messages.map((m) => [m.source, m.context?.dpRank]).sort()).toEqual(
+        [
+          [p4.url, 1],
+          [p6.url, 0],
+        ].sort(),
+      );
+      expect(sources.stats().sources.every((s) => s.connected)).toBe(true);
     });
 
     it('logs malformed messages again after a minute', async () => {
@@ -289,9 +309,11 @@ describe.skipIf(!zmq)(
     it('reconnects by itself when the publisher restarts on the same port', async () => {
       const first = await publisher();
       const port = Number(new URL(first.url.replace('tcp://', 'http://')).port);
+      const connectionEvents: string[] = [];
       const { ingest, log, sources } = await start([endpoint(W, 0, first.url)], {
         reconnectIntervalMs: 5,
         reconnectMaxIntervalMs: 50,
+        onConnectionEvent: (e) => connectionEvents.push(e),
       });
       await first.subscribed();
       await waitFor(() => sources.stats().sources[0]?.connected === true, 'connected');
@@ -306,6 +328,33 @@ describe.skipIf(!zmq)(
       await waitFor(() => ingest.messages.length === 2, 'message after restart');
       expect(sources.stats().sources[0]).toMatchObject({ connected: true, disconnects: 1 });
       expect(log.records.some((r) => /disconnected; reconnecting/.test(r.msg))).toBe(true);
+      // The first connection is no event; the loss and the return are.
+      await waitFor(() => connectionEvents.length === 2, 'reconnect reported');
+      expect(connectionEvents).toEqual(['disconnect', 'reconnect']);
+    });
+
+    it('warns once about a publisher not reached in time, and not about one reached', async () => {
+      const p = await publisher();
+      closers.push(p.pub);
+      const { log, sources } = await start(
+        [endpoint(W, 0, 'tcp://127.0.0.1:1'), endpoint(W, 1, p.url)],
+        { unreachableWarnMs: 300, reconnectIntervalMs: 20, reconnectMaxIntervalMs: 50 },
+      );
+      await p.subscribed();
+      const warned = () =>
+        log.records.filter((r) => r.msg.startsWith('ZMQ KV-event publisher not reached yet'));
+      await waitFor(() => warned().length === 1, 'warning');
+      expect(warned()[0]?.fields).toMatchObject({
+        endpoint: 'tcp://127.0.0.1:1',
+        afterSeconds: 0.3,
+      });
+      // Still retried, still not connected, and warned about once only.
+      await new Promise((r) => setTimeout(r, 400));
+      expect(warned()).toHaveLength(1);
+      expect(sources.stats().sources.map((x) => [x.endpoint, x.connected])).toEqual([
+        ['tcp://127.0.0.1:1', false],
+        [p.url, true],
+      ]);
     });
 
     it('refuses two endpoints on one vllm publisher at start-up, naming the field', async () => {

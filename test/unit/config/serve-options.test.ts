@@ -263,6 +263,25 @@ describe('resolveServeOptions', () => {
     );
   });
 
+  it('takes --host as an IP address (IPv6 with or without brackets) or host name', () => {
+    const host = (h: string) => resolveServeOptions({ host: h }, {}).host;
+    expect(host('::1')).toBe('::1');
+    expect(host('[::1]')).toBe('::1');
+    expect(host('[fe80::1%eth0]')).toBe('fe80::1%eth0');
+    expect(host('127.0.0.1')).toBe('127.0.0.1');
+    expect(host('localhost')).toBe('localhost');
+    expect(host('epp.example-ns.svc')).toBe('epp.example-ns.svc');
+    expect(resolveServeOptions({}, {}, { server: { host: '[::]' } }).host).toBe('::');
+    for (const bad of ['[127.0.0.1]', '[::1', '::1]', '[::1]:9002', 'a b', '-x', '[]']) {
+      expect(() => host(bad), bad).toThrow(
+        `--host: expected an IP address (IPv6 with or without brackets) or host name, got ${JSON.stringify(bad)}`,
+      );
+    }
+    expect(() => resolveServeOptions({}, {}, { server: { host: '[x]' } })).toThrow(
+      /server\.host: expected an IP address/,
+    );
+  });
+
   it('reads the recovery discovery directory and response host (Dynamo names) and the transport', () => {
     const d = resolveServeOptions({}, {});
     expect([d.events.discoveryDir, d.events.responseHost, d.extProcTransport]).toEqual([

@@ -440,6 +440,22 @@ describe('EppMetrics', () => {
     expect(sample(text, 'kv_epp_approx_jobs_lost_total{reason="panicked"}')).toBe(1);
   });
 
+  it('reports ZMQ publishers by connection state, 0 and 0 without ZMQ sources', async () => {
+    let now: { connected: number; notConnected: number } | undefined = {
+      connected: 2,
+      notConnected: 1,
+    };
+    const m = metrics({ zmqPublishers: () => now });
+    let text = await m.registry.metrics();
+    expect(typeOf(text, 'kv_epp_events_zmq_publishers')).toBe('gauge');
+    expect(sample(text, 'kv_epp_events_zmq_publishers{state="connected"}')).toBe(2);
+    expect(sample(text, 'kv_epp_events_zmq_publishers{state="not_connected"}')).toBe(1);
+    now = undefined;
+    text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_events_zmq_publishers{state="connected"}')).toBe(0);
+    expect(sample(text, 'kv_epp_events_zmq_publishers{state="not_connected"}')).toBe(0);
+  });
+
   it('adds the log records dropped since the last scrape to kv_epp_log_records_dropped_total', async () => {
     let dropped = 0;
     const m = metrics({ droppedLogRecords: () => dropped });
@@ -656,6 +672,15 @@ describe('servedOutcome', () => {
     expect(servedOutcome(list, '127.0.0.4:8000')).toBe('other');
     expect(servedOutcome(list, undefined)).toBe('unreported');
     expect(servedOutcome(list, '')).toBe('unreported');
+  });
+
+  it('matches a served endpoint written in another form as the router does', () => {
+    const list = ['[::1]:8000', '[::1]:8001'];
+    expect(servedOutcome(list, '[0:0:0:0:0:0:0:1]:8000')).toBe('primary');
+    expect(servedOutcome(list, ' [::0001]:8001 ')).toBe('fallback');
+    expect(servedOutcome(['127.0.0.2:8000'], '127.0.0.2:8000 ')).toBe('primary');
+    expect(servedOutcome(list, '[::2]:8000')).toBe('other');
+    expect(servedOutcome(list, 'not an address')).toBe('other');
   });
 });
 
