@@ -57,7 +57,7 @@ import { type Logger, stderrLogger } from '../log/logger.js';
 import { type MetricsServer, startMetricsServer } from '../metrics/http.js';
 import { engineOf } from '../metrics/model-server-metrics.js';
 import { eventMetricsObserver, MetricsObserver } from '../metrics/observer.js';
-import { EppMetrics } from '../metrics/registry.js';
+import { EppMetrics, OVERFLOW_MODEL } from '../metrics/registry.js';
 import { ScraperThread } from '../metrics/scraper-thread.js';
 import { createHotPath } from '../pipeline/factory.js';
 import { KvRouter } from '../routing/kv-router.js';
@@ -294,6 +294,11 @@ export async function startServing(
   const metrics = new EppMetrics({
     bufferedBodyBytes: () => bodyBudget.held,
     droppedLogRecords: log.droppedRecords ? () => log.droppedRecords?.() ?? 0 : undefined,
+    onModelLabelOverflow: (why) =>
+      log.warn(
+        { model: OVERFLOW_MODEL, why },
+        'metrics: new model names are counted under model_name="__other__" from now on (logged once)',
+      ),
     backends: {
       tokenizer: path.tokenizer.backend,
       hasher: path.hasher.backend,

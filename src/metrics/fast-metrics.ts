@@ -52,6 +52,48 @@ function finite(v: number, what: string): number {
   return v;
 }
 
+/** prom-client's escaping of names and help texts. */
+function escapeString(s: string): string {
+  return s.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
+}
+
+/** prom-client's label list: values escaped (and quoted) as its text format does. */
+function formatLabels(labels: Record<string, string | number>): string {
+  let out = '';
+  for (const [name, value] of Object.entries(labels)) {
+    const v = typeof value === 'string' ? escapeString(value).replace(/"/g, '\\"') : value;
+    out += `${out === '' ? '' : ','}${name}="${v}"`;
+  }
+  return out;
+}
+
+/** prom-client's sample value text. */
+function valueText(v: number): string {
+  if (Number.isNaN(v)) return 'Nan';
+  if (!Number.isFinite(v)) return v < 0 ? '-Inf' : '+Inf';
+  return `${v}`;
+}
+
+/**
+ * A family that writes its own exposition text, in slices: exactly the text
+ * prom-client's `Registry.getMetricsAsString` makes from its `get()` (no
+ * default labels, Prometheus text format), split between whole series so a
+ * large page can be written with the event loop free between slices.
+ */
+export interface SlicedExposition {
+  /**
+   * Appends the lines of the series from index `from` on (the HELP and TYPE
+   * lines first when `from` is 0): at least one series, then more until
+   * `maxLines` lines were added or the series end; returns the next series'
+   * index (greater than `from`), or -1 after the last.
+   */
+  renderLines(lines: string[], from: number, maxLines: number): number;
+}
+
+export function isSlicedExposition(m: unknown): m is SlicedExposition {
+  return typeof (m as Partial<SlicedExposition>).renderLines === 'function';
+}
+
 /** Where a child announces its first recorded value (from then on it is exported). */
 interface Publisher {
   publish(child: Child): void;
@@ -60,10 +102,16 @@ interface Publisher {
 abstract class Child {
   /** Exported: something was recorded since creation or the family's last reset. */
   live = false;
+  private text: string | undefined;
   constructor(
     private readonly family: Publisher,
     readonly labels: Record<string, string | number>,
   ) {}
+  /** The labels as exposition text, `a="x",b="y"` ('' without labels); made once. */
+  labelText(): string {
+    this.text ??= formatLabels(this.labels);
+    return this.text;
+  }
   /** Marks the series recorded (exported from now on). */
   touch(): void {
     if (!this.live) {
@@ -152,6 +200,25 @@ abstract class Family<L extends string, C extends Child> implements Publisher {
   get(): MetricExport {
     return this.getForPromString();
   }
+
+  /** Appends one exported series' lines. */
+  protected abstract renderSeries(lines: string[], child: C): void;
+
+  renderLines(lines: string[], from: number, maxLines: number): number {
+    const start = lines.length;
+    if (from === 0) {
+      const name = escapeString(this.name);
+      lines.push(`# HELP ${name} ${escapeString(this.help)}`, `# TYPE ${name} ${this.type}`);
+    }
+    const series = this.exported;
+    let i = from;
+    // At least one series per call, so a caller always moves on.
+    while (i < series.length && (i === from || lines.length - start < maxLines)) {
+      this.renderSeries(lines, series[i] as C);
+      i++;
+    }
+    return i < series.length ? i : -1;
+  }
 }
 
 /** One number per series: a counter's or a gauge's. */
@@ -177,6 +244,11 @@ abstract class ScalarFamily<L extends string, C extends ScalarChild> extends Fam
   override reset(): void {
     super.reset();
     this.zeroSeries();
+  }
+
+  protected renderSeries(lines: string[], c: C): void {
+    const lt = c.labelText();
+    lines.push(`${this.name}${lt === '' ? '' : `{${lt}}`} ${valueText(c.value)}`);
   }
 
   getForPromString(): MetricExport {
@@ -298,6 +370,21 @@ export class FastHistogram<L extends string = string> extends Family<L, Histogra
 
   observe(v: number): void {
     this.unlabelled().observe(v);
+  }
+
+  protected renderSeries(lines: string[], child: HistogramChild): void {
+    const lt = child.labelText();
+    const after = lt === '' ? '' : `,${lt}`;
+    const bucket = `${this.name}_bucket{le="`;
+    let acc = 0;
+    for (let i = 0; i < this.bounds.length; i++) {
+      acc += child.counts[i] as number;
+      lines.push(`${bucket}${this.bounds[i]}"${after}} ${valueText(acc)}`);
+    }
+    lines.push(`${bucket}+Inf"${after}} ${valueText(child.count)}`);
+    const braces = lt === '' ? '' : `{${lt}}`;
+    lines.push(`${this.name}_sum${braces} ${valueText(child.sum)}`);
+    lines.push(`${this.name}_count${braces} ${valueText(child.count)}`);
   }
 
   /** prom-client's layout: per series its buckets (`le` first, then the series' labels as shared labels), +Inf, _sum, _count. */

@@ -1,11 +1,16 @@
 /**
  * The metrics port (default 9090): `GET /metrics` (and HEAD) renders the
- * registry in the Prometheus text format; every other path is 404, other
- * methods on /metrics 405.
+ * registry in the Prometheus text format, in slices with I/O served between
+ * them (exposition.ts), so a large page does not hold up routing; every other
+ * path is 404, other methods on /metrics 405.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { writeExposition } from './exposition.js';
 import type { MetricsRegistry } from './registry.js';
+
+/** Lets the event loop serve I/O (the ext_proc streams) before the next slice. */
+const yieldToIo = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 export interface MetricsServerOptions {
   /** 0 = any free port. */
@@ -31,12 +36,30 @@ export async function startMetricsServer(opts: MetricsServerOptions): Promise<Me
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
     }
-    opts.registry.metrics().then(
-      (text) => {
-        res.writeHead(200, { 'content-type': opts.registry.contentType });
-        res.end(req.method === 'HEAD' ? undefined : text);
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-type': opts.registry.contentType }).end();
+      return;
+    }
+    // Written slice by slice as it is made: no whole page held, no long stall.
+    let started = false;
+    writeExposition(
+      opts.registry,
+      (chunk) => {
+        if (!started) {
+          started = true;
+          res.writeHead(200, { 'content-type': opts.registry.contentType });
+        }
+        res.write(chunk);
       },
+      yieldToIo,
+    ).then(
+      () => res.end(),
       (err: unknown) => {
+        if (started) {
+          // Part of the page is out: a truncated page must not pass as whole.
+          res.destroy();
+          return;
+        }
         res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
         res.end(`metrics collection failed: ${err instanceof Error ? err.message : String(err)}\n`);
       },

@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { ExpositionRegistry } from './exposition.js';
 import { FastCounter, FastGauge, FastHistogram } from './fast-metrics.js';
 import type { PodLoad } from './model-server-metrics.js';
 
@@ -21,10 +22,7 @@ import type { PodLoad } from './model-server-metrics.js';
 export type ServedOutcome = 'primary' | 'fallback' | 'other' | 'unreported';
 
 /** The registry handle the metrics HTTP server renders (opaque to everyone else). */
-export interface MetricsRegistry {
-  readonly contentType: string;
-  metrics(): Promise<string>;
-}
+export type MetricsRegistry = ExpositionRegistry;
 
 export interface MetricsSources {
   /** InferencePool name, the `name` label of `inference_pool_*` ('' without one). */
@@ -65,6 +63,11 @@ export interface MetricsSources {
         kvUsage?: number | undefined;
       }>)
     | undefined;
+  /**
+   * Called once, the first time a (model, target) pair is counted under
+   * OVERFLOW_MODEL (a name too long, or the label budget spent), to log it.
+   */
+  onModelLabelOverflow?: ((why: string) => void) | undefined;
   /** ZMQ KV-event publishers by connection state (`kv_epp_events_zmq_publishers{state}`); undefined: none. */
   zmqPublishers?: (() => { connected: number; notConnected: number } | undefined) | undefined;
   /** Log records dropped so far for a full stderr buffer (`kv_epp_log_records_dropped_total`). */
@@ -340,6 +343,8 @@ export class EppMetrics {
   private readonly labelPairs = new Set<string>();
   /** The admitted pairs' model and target names, in characters. */
   private labelPairChars = 0;
+  private overflowReported = false;
+  private readonly onModelLabelOverflow: ((why: string) => void) | undefined;
   private readonly perRequest: Metrics;
   private readonly errors: FastCounter<ModelLabels | 'error_code'>;
   private readonly schedulerE2e: FastHistogram;
@@ -366,6 +371,7 @@ export class EppMetrics {
     this.registry = reg;
     const registers = [reg];
     this.poolNamespace = sources.poolNamespace ?? '';
+    this.onModelLabelOverflow = sources.onModelLabelOverflow;
     const modelHistogram = (name: string, help: string, buckets: number[]) =>
       new FastHistogram({ name, help, labelNames: MODEL_LABELS, buckets, registers });
     this.perRequest = {
@@ -781,7 +787,7 @@ export class EppMetrics {
   /** The labels a (model, target) pair is exported under: itself, or OVERFLOW_MODEL past the bound. */
   private labelPair(model: string, target: string): [string, string] {
     if (model.length > MAX_MODEL_LABEL_CHARS || target.length > MAX_MODEL_LABEL_CHARS) {
-      return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+      return this.overflow(`a model name longer than ${MAX_MODEL_LABEL_CHARS} characters`);
     }
     const key = pairKey(model, target);
     if (this.labelPairs.has(key)) return [model, target];
@@ -790,11 +796,21 @@ export class EppMetrics {
       this.labelPairs.size >= MAX_MODEL_LABEL_PAIRS ||
       this.labelPairChars + chars > MAX_MODEL_LABEL_BYTES
     ) {
-      return [OVERFLOW_MODEL, OVERFLOW_MODEL];
+      return this.overflow(
+        `more than ${MAX_MODEL_LABEL_PAIRS} (model, target) pairs or ${MAX_MODEL_LABEL_BYTES} characters of their names`,
+      );
     }
     this.labelPairs.add(key);
     this.labelPairChars += chars;
     return [model, target];
+  }
+
+  private overflow(why: string): [string, string] {
+    if (!this.overflowReported) {
+      this.overflowReported = true;
+      this.onModelLabelOverflow?.(why);
+    }
+    return [OVERFLOW_MODEL, OVERFLOW_MODEL];
   }
 
   requestError(model: string, target: string, category: string): void {

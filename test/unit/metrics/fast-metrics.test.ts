@@ -4,6 +4,7 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
+import { renderExposition } from '../../../src/metrics/exposition.js';
 import { FastCounter, FastGauge, FastHistogram } from '../../../src/metrics/fast-metrics.js';
 import { mulberry32 } from '../../support/random.js';
 
@@ -24,8 +25,13 @@ function registries(): Pair {
 }
 
 async function expectSameExport(p: Pair): Promise<void> {
-  expect(await p.fast.metrics()).toBe(await p.ref.metrics());
+  const want = await p.ref.metrics();
+  expect(await p.fast.metrics()).toBe(want);
   expect(await p.fast.getMetricsAsJSON()).toEqual(await p.ref.getMetricsAsJSON());
+  // kv-epp's own sliced writer (the /metrics page) too, at any slice size.
+  for (const lines of [1, 2, 3, 17, 2000]) {
+    expect(await renderExposition(p.fast, async () => {}, lines), `${lines} lines`).toBe(want);
+  }
 }
 
 describe('fast metrics render exactly what prom-client renders', () => {

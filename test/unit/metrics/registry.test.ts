@@ -270,11 +270,21 @@ describe('EppMetrics', () => {
   });
 
   it('bounds the model label pairs clients can create, counting the rest under __other__', async () => {
-    const m = metrics();
-    for (let i = 0; i < MAX_MODEL_LABEL_PAIRS + 50; i++) {
+    const overflows: string[] = [];
+    const m = metrics({ onModelLabelOverflow: (why) => overflows.push(why) });
+    for (let i = 0; i < MAX_MODEL_LABEL_PAIRS / 2; i++) {
       m.requestSeries(`model-${i}`, `model-${i}`).requests.inc();
       m.requestError(`bad-${i}`, `bad-${i}`, 'BadRequest');
     }
+    expect(overflows).toEqual([]);
+    for (let i = MAX_MODEL_LABEL_PAIRS / 2; i < MAX_MODEL_LABEL_PAIRS + 50; i++) {
+      m.requestSeries(`model-${i}`, `model-${i}`).requests.inc();
+      m.requestError(`bad-${i}`, `bad-${i}`, 'BadRequest');
+    }
+    // Reported once, when the first pair overflowed.
+    expect(overflows).toEqual([
+      `more than ${MAX_MODEL_LABEL_PAIRS} (model, target) pairs or ${MAX_MODEL_LABEL_BYTES} characters of their names`,
+    ]);
     // An admitted pair keeps its own labels.
     m.requestSeries('model-0', 'model-0').requests.inc();
     const text = await m.registry.metrics();
@@ -307,10 +317,12 @@ describe('EppMetrics', () => {
   });
 
   it('counts over-long model names, and new pairs past the label budget, under __other__', async () => {
-    const m = metrics();
+    const overflows: string[] = [];
+    const m = metrics({ onModelLabelOverflow: (why) => overflows.push(why) });
     const long = 'm'.repeat(MAX_MODEL_LABEL_CHARS + 1);
     m.requestSeries(long, 'short').requests.inc();
     m.requestSeries('short', long).requests.inc();
+    expect(overflows).toEqual([`a model name longer than ${MAX_MODEL_LABEL_CHARS} characters`]);
     m.requestError(long, long, 'BadRequest');
     m.schedulerAttemptFailed(long, long);
     const edge = 'e'.repeat(MAX_MODEL_LABEL_CHARS);
