@@ -96,6 +96,11 @@ export interface KvRouterDeps {
   reportedLoad?: ((e: Endpoint) => number) | undefined;
   /** Requests waiting for tokenization (for `admission.maxPendingPrepare`). */
   pendingPrepare?: (() => number) | undefined;
+  /**
+   * Draws among endpoints tied on every routing figure (picker.ts `rank`):
+   * values in [0, 1); default Math.random. `() => 0` takes the first by name.
+   */
+  random?: (() => number) | undefined;
   /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
   now?: (() => number) | undefined;
   /**
@@ -344,7 +349,7 @@ export class KvRouter implements RequestRouter {
     );
     return this.decide(
       req,
-      rank(c, 1 + this.settings.fallbacks).map((x) => x.endpoint),
+      rank(c, 1 + this.settings.fallbacks, this.deps.random).map((x) => x.endpoint),
       req.body,
     );
   }
@@ -407,6 +412,7 @@ export class KvRouter implements RequestRouter {
     const ranked = rank(
       candidatesFor(endpoints, prep?.overlap, (e) => this.endpointLoad(e), this.deps.reportedLoad),
       1 + this.settings.fallbacks,
+      this.deps.random,
     );
     const chosen = ranked.map((c) => c.endpoint);
     // Scheduling ends at the pick; editing the body (below) is not part of it.

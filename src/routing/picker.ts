@@ -2,8 +2,12 @@
  * Endpoint choice until Dynamo's full cost function lands: the longest
  * cached prefix wins; ties go to the least-loaded endpoint (requests in
  * flight here, then the worker's own `kv_metrics` decode load), then the
- * smaller cache (tree size), then the name, so the order is total and
- * deterministic. Pure.
+ * smaller cache (tree size); among candidates tied on all of those the first
+ * choice is drawn uniformly at random, as Dynamo's router draws among its
+ * tied workers (a fixed order sent every new prompt to one worker whenever
+ * the load figures were equal: at low concurrency, or behind a gateway that
+ * never reports the response). Fallbacks after it follow in name order. Pure
+ * given the random source.
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import { canonicalHostPort, canonicalIp } from '../discovery/ip.js';
@@ -71,26 +75,71 @@ export function candidatesFor(
   });
 }
 
-/** Negative when `a` ranks before `b`; a total order (names are unique). */
-function compare(a: Candidate, b: Candidate): number {
+/** Negative when `a` ranks before `b`; 0 when they tie on every figure. */
+function compareScores(a: Candidate, b: Candidate): number {
   return (
     b.overlapBlocks - a.overlapBlocks ||
     a.inFlight - b.inFlight ||
     a.reportedLoad - b.reportedLoad ||
-    a.treeSize - b.treeSize ||
-    (a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0)
+    a.treeSize - b.treeSize
   );
 }
 
-/** The best `count` candidates, best first (one scan, no copy, when one is asked for). */
-export function rank(candidates: readonly Candidate[], count: number): Candidate[] {
+function compareNames(a: Candidate, b: Candidate): number {
+  return a.endpoint.name < b.endpoint.name ? -1 : a.endpoint.name > b.endpoint.name ? 1 : 0;
+}
+
+/** compareScores, then the name: a total order (names are unique). */
+function compare(a: Candidate, b: Candidate): number {
+  return compareScores(a, b) || compareNames(a, b);
+}
+
+/**
+ * The best `count` candidates, best first. The first is drawn among those
+ * tied best on every figure: the one at `floor(random() * ties)` in name
+ * order (`random` in [0, 1); `() => 0` always takes the first name); the rest
+ * follow in `compare` order. One scan, no copy, when one is asked for and
+ * nothing ties.
+ */
+export function rank(
+  candidates: readonly Candidate[],
+  count: number,
+  random: () => number = Math.random,
+): Candidate[] {
   if (count <= 1) {
     let best = candidates[0];
+    let tied: Candidate[] | undefined;
     for (let i = 1; i < candidates.length; i++) {
       const c = candidates[i] as Candidate;
-      if (compare(c, best as Candidate) < 0) best = c;
+      const d = compareScores(c, best as Candidate);
+      if (d < 0) {
+        best = c;
+        tied = undefined;
+      } else if (d === 0) {
+        tied ??= [best as Candidate];
+        tied.push(c);
+      }
     }
-    return best === undefined ? [] : [best];
+    if (best === undefined) return [];
+    return [tied ? pick(tied.sort(compareNames), random) : best];
   }
-  return [...candidates].sort(compare).slice(0, count);
+  const sorted = [...candidates].sort(compare);
+  let ties = 1;
+  while (
+    ties < sorted.length &&
+    compareScores(sorted[ties] as Candidate, sorted[0] as Candidate) === 0
+  ) {
+    ties++;
+  }
+  if (ties > 1) {
+    const first = pick(sorted.slice(0, ties), random);
+    sorted.splice(sorted.indexOf(first), 1);
+    sorted.unshift(first);
+  }
+  return sorted.slice(0, count);
+}
+
+function pick(tied: readonly Candidate[], random: () => number): Candidate {
+  const i = Math.floor(random() * tied.length);
+  return tied[Math.min(Math.max(i, 0), tied.length - 1)] as Candidate;
 }

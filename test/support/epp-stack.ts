@@ -162,6 +162,7 @@ export async function createEppStack(workers: readonly FakeWorker[]): Promise<Ep
           index: path.index,
           hasher: path.hasher,
           log: logger,
+          random: () => 0, // ties to the first name: tests name the worker a prompt goes to
         },
         { blockSize: BLOCK_SIZE, fallbacks: 0, approximate: true, admission: o.admission },
       );

@@ -59,6 +59,7 @@ describe.skipIf(!ENVOY)('outlier ejection behind a real Envoy', () => {
         index: path.index,
         hasher: path.hasher,
         log: new RecordingLogger(),
+        random: () => 0, // ties to the first name
       },
       {
         blockSize: 16,

@@ -57,6 +57,7 @@ async function setup(
       index: path.index,
       hasher: path.hasher,
       log: stderrLogger,
+      random: () => 0, // ties to the first name
       now: () => clock.t,
       onRouted: (x) => routed.push(x),
       approxTracker: (settings) => {

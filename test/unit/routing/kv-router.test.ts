@@ -78,6 +78,7 @@ async function router(
       hasher: path.hasher,
       log: stderrLogger,
       pendingPrepare: extra.pendingPrepare,
+      random: () => 0, // ties to the first name: the outcomes below are exact
     },
     { blockSize: 16, fallbacks: 1, approximate: true, admission: extra.admission },
   );
@@ -100,6 +101,7 @@ function inlineRouter(
       index: path.index,
       hasher: path.hasher,
       log: stderrLogger,
+      random: () => 0, // ties to the first name: the outcomes below are exact
       ...deps,
     },
     { blockSize: 16, fallbacks: 0, approximate: true, ...settings },
@@ -262,6 +264,31 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     // An unrelated prompt goes to the idle, empty worker by name order, `a`.
     const other = await r.route(req(chat('Something else entirely.')));
     expect(other.setHeaders['x-dynamo-worker-instance-id']).toBe('11');
+    path.index.dispose();
+  });
+
+  it('spreads new prompts over idle workers at random, as Dynamo breaks ties, and keeps each prefix where it went', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const r = inlineRouter(path, { random: Math.random });
+    const where = new Map<string, string>();
+    for (let i = 0; i < 40; i++) {
+      // One at a time, each finished before the next: every worker is idle, every new prompt ties.
+      const d = await r.route(req(chat(`Prompt number ${i}: ${long}`.slice(0, 400))));
+      r.complete(d, { requestId: `r${i}` });
+      where.set(`p${i}`, d.endpoints[0] as string);
+    }
+    const counts = [...where.values()].reduce(
+      (m, e) => m.set(e, (m.get(e) ?? 0) + 1),
+      new Map<string, number>(),
+    );
+    // Both get a share (all 40 on one: probability 2^-39).
+    expect([...counts.keys()].sort()).toEqual(['127.0.0.2:8001', '127.0.0.3:8001']);
+    // A repeated prompt still goes to the worker that holds it, not by chance.
+    for (let i = 0; i < 40; i += 7) {
+      const d = await r.route(req(chat(`Prompt number ${i}: ${long}`.slice(0, 400))));
+      r.complete(d, { requestId: `again${i}` });
+      expect(d.endpoints[0]).toBe(where.get(`p${i}`));
+    }
     path.index.dispose();
   });
 

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { type Endpoint, parseEndpoints } from '../../../src/discovery/endpoints.js';
 import {
   type Candidate,
@@ -79,7 +79,7 @@ describe('parseEndpoints addresses', () => {
 });
 
 describe('rank', () => {
-  it('prefers the longest prefix, then the least loaded, then the smaller cache, then the name', () => {
+  it('prefers the longest prefix, then the least loaded, then the smaller cache, then (ties drawn first-name) the name', () => {
     const overlap = {
       workers: [
         { workerId: 1n, dpRank: 0 },
@@ -90,10 +90,11 @@ describe('rank', () => {
     };
     const load = new Map([['a', 2]]);
     const c = candidatesFor(eps, overlap, (e) => load.get(e.name) ?? 0);
-    expect(rank(c, 3).map((x) => x.endpoint.name)).toEqual(['c', 'a', 'b']);
-    expect(rank(c, 1).map((x) => x.endpoint.name)).toEqual(['c']);
+    const first = () => 0;
+    expect(rank(c, 3, first).map((x) => x.endpoint.name)).toEqual(['c', 'a', 'b']);
+    expect(rank(c, 1, first).map((x) => x.endpoint.name)).toEqual(['c']);
     const none = candidatesFor(eps, undefined, (e) => load.get(e.name) ?? 0);
-    expect(rank(none, 2).map((x) => x.endpoint.name)).toEqual(['b', 'c']);
+    expect(rank(none, 2, first).map((x) => x.endpoint.name)).toEqual(['b', 'c']);
     expect(rank([], 1)).toEqual([]);
   });
 
@@ -109,10 +110,37 @@ describe('rank', () => {
         reportedLoad: pick(2),
         treeSize: pick(2),
       }));
-      const head = rank(c, n)[0];
-      expect(rank(c, 1)).toEqual([head]);
-      expect(rank(c, 0)).toEqual([head]);
+      const r = rnd();
+      const head = rank(c, n, () => r)[0];
+      expect(rank(c, 1, () => r)).toEqual([head]);
+      expect(rank(c, 0, () => r)).toEqual([head]);
     }
+  });
+
+  it('draws the first among candidates tied on every figure, in name order; the rest follow by name', () => {
+    const cand = (name: string, overlapBlocks: number, inFlight = 0): Candidate => ({
+      endpoint: { ...(eps[0] as Endpoint), name },
+      overlapBlocks,
+      inFlight,
+      reportedLoad: 0,
+      treeSize: 0,
+    });
+    const c = [cand('c', 1), cand('a', 1), cand('x', 0), cand('b', 1), cand('d', 1, 1)];
+    const names = (r: number, n: number) => rank(c, n, () => r).map((x) => x.endpoint.name);
+    expect(names(0, 1)).toEqual(['a']);
+    expect(names(0.34, 1)).toEqual(['b']);
+    expect(names(0.99, 1)).toEqual(['c']);
+    expect(names(0, 5)).toEqual(['a', 'b', 'c', 'd', 'x']);
+    expect(names(0.5, 5)).toEqual(['b', 'a', 'c', 'd', 'x']);
+    expect(names(0.99, 3)).toEqual(['c', 'a', 'b']);
+    // No tie: the random source is not asked.
+    const asked = vi.fn(() => 0.99);
+    expect(rank([cand('a', 2), cand('b', 1)], 1, asked).map((x) => x.endpoint.name)).toEqual(['a']);
+    expect(asked).not.toHaveBeenCalled();
+    // With the default source every tied candidate comes up.
+    const seen = new Set<string>();
+    for (let i = 0; i < 200; i++) seen.add((rank(c, 1)[0] as Candidate).endpoint.name);
+    expect([...seen].sort()).toEqual(['a', 'b', 'c']);
   });
 });
 
