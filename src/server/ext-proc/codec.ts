@@ -31,6 +31,7 @@ import type {
   HttpTrailers,
   ImmediateResponse,
   Metadata,
+  ProcessingMode,
   ProcessingRequest,
   ProcessingResponse,
   ProtocolConfiguration,
@@ -221,6 +222,25 @@ function sizeResponse(m: ProcessingResponse, s: Sizes): number {
   }
   if (m.immediate_response != null) n += lenField(sizeImmediate(m.immediate_response, s));
   if (m.dynamic_metadata != null) n += lenField(sizeStruct(m.dynamic_metadata, s));
+  if (m.mode_override != null) n += lenField(s.push(sizeMode(m.mode_override)));
+  return n;
+}
+
+/** ProcessingMode's six enum fields (1–6), in field order. */
+function modeFields(m: ProcessingMode): Array<number | undefined> {
+  return [
+    m.request_header_mode,
+    m.response_header_mode,
+    m.request_body_mode,
+    m.response_body_mode,
+    m.request_trailer_mode,
+    m.response_trailer_mode,
+  ];
+}
+
+function sizeMode(m: ProcessingMode): number {
+  let n = 0;
+  for (const v of modeFields(m)) if (v != null) n += 1 + varintSize(v);
   return n;
 }
 
@@ -433,6 +453,14 @@ function writeResponse(m: ProcessingResponse, o: Out): void {
   if (m.dynamic_metadata != null) {
     o.open(0x42);
     writeStruct(m.dynamic_metadata, o);
+  }
+  if (m.mode_override != null) {
+    o.open(0x4a);
+    modeFields(m.mode_override).forEach((v, i) => {
+      if (v == null) return;
+      o.byte((i + 1) << 3);
+      o.varint(v);
+    });
   }
 }
 

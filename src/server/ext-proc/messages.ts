@@ -66,6 +66,23 @@ export const BodySendMode = {
   GRPC: 5,
 } as const;
 
+/** `ProcessingMode.HeaderSendMode`. */
+export const HeaderSendMode = { DEFAULT: 0, SEND: 1, SKIP: 2 } as const;
+
+/**
+ * `envoy.extensions.filters.http.ext_proc.v3.ProcessingMode` (fields 1–6), as
+ * sent in `mode_override`: Envoy applies it for the rest of this request only
+ * when the filter has `allow_mode_override`, and only in answer to headers.
+ */
+export interface ProcessingMode {
+  request_header_mode?: number;
+  response_header_mode?: number;
+  request_body_mode?: number;
+  response_body_mode?: number;
+  request_trailer_mode?: number;
+  response_trailer_mode?: number;
+}
+
 // --- envoy.service.ext_proc.v3: data plane → EPP ---
 
 export interface HttpHeaders {
@@ -165,6 +182,7 @@ export interface ProcessingResponse {
   response_trailers?: TrailersResponse;
   immediate_response?: ImmediateResponse;
   dynamic_metadata?: ProtoStruct;
+  mode_override?: ProcessingMode;
 }
 
 // --- Protocol constants (Endpoint Picker Protocol, gaie-epp.md §1.1) ---

@@ -14,6 +14,10 @@
  *   the model restored, and sent back chunked with EoS on the last piece.
  * - buffered (BUFFERED / BUFFERED_PARTIAL): the one body message is answered
  *   with `body_mutation.body` (+ content-length) only if the model was restored.
+ *   A response that may be a stream (SSE, or untyped without a length) asks
+ *   Envoy to switch its body to STREAMED (`mode_override`, honoured with
+ *   `allow_mode_override`); its body messages are then answered as per_chunk's,
+ *   and the body ends at the message with EoS (or trailers).
  * - per_chunk (STREAMED / NONE): each chunk answered, rewritten in place. A
  *   model name cut by a chunk boundary stays unrestored: holding bytes back
  *   here could lose them (trailers may end the body, and a trailers answer
@@ -23,13 +27,28 @@
 import { BodyBuffer, contentLength, splitBody } from './body.js';
 import type { BodyBudget } from './body-budget.js';
 import { readHeaderMap, setHeader } from './headers.js';
-import type { CommonResponse, HttpBody, HttpHeaders, Metadata } from './messages.js';
+import {
+  BodySendMode,
+  type CommonResponse,
+  HeaderSendMode,
+  type HttpBody,
+  type HttpHeaders,
+  type Metadata,
+  type ProcessingMode,
+} from './messages.js';
 import { readServedEndpoint } from './metadata.js';
 import type { ModelRewriter } from './model-rewrite.js';
 import type { StreamSink } from './sink.js';
 import { SseUsageParser, type Usage, usageOfJsonBody } from './usage.js';
 
 export type ResponseMode = 'duplex' | 'buffered' | 'per_chunk' | 'passthrough';
+
+/** The rest of the response with its body STREAMED (headers and trailers sent). */
+const STREAMED_RESPONSE: ProcessingMode = {
+  response_header_mode: HeaderSendMode.SEND,
+  response_body_mode: BodySendMode.STREAMED,
+  response_trailer_mode: HeaderSendMode.SEND,
+};
 
 const EMPTY = new Uint8Array(0);
 /** How far back from a chunk's end a cut-off model name is looked for and held. */
@@ -148,6 +167,8 @@ export class ResponsePath {
   /** SSE with a model restore: a model name the last chunk cut off, sent with the next one. */
   private sseTail: Uint8Array | undefined;
   private held: BodyBuffer | undefined;
+  /** buffered mode: STREAMED was asked for this response's body (mode_override). */
+  private streamedAsked = false;
   /** The held-back body grew past the limit: the rest passes through. */
   private overflow = false;
 
@@ -183,7 +204,16 @@ export class ResponsePath {
       const declared = contentLength(map.get(CONTENT_LENGTH));
       this.held = new BodyBuffer(Math.min(declared, this.maxHeldBytes), this.budget);
     }
-    this.sink.send({ response_headers: { response: {} } });
+    if (this.mode === 'buffered' && this.sse !== false && !h?.end_of_stream) {
+      // A stream (SSE, or untyped without a length) in a BUFFERED response mode
+      // (Envoy AI Gateway's "buffered" pools) would reach the client only at its
+      // end, or fail past Envoy's buffer: ask for STREAMED. Envoy applies it with
+      // `allow_mode_override` only; either way each body message is answered.
+      this.streamedAsked = true;
+      this.sink.send({ response_headers: { response: {} }, mode_override: STREAMED_RESPONSE });
+    } else {
+      this.sink.send({ response_headers: { response: {} } });
+    }
     if (h?.end_of_stream) this.finish();
   }
 
@@ -213,7 +243,8 @@ export class ResponsePath {
         if (eos) this.finish();
         return;
       default:
-        this.answerChunk(chunk, eos || this.mode === 'buffered');
+        // BUFFERED sends one body message, the last; after STREAMED was asked, the EoS tells.
+        this.answerChunk(chunk, eos || (this.mode === 'buffered' && !this.streamedAsked));
     }
   }
 

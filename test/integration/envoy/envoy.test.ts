@@ -668,6 +668,68 @@ describe.skipIf(!ENVOY)(
       );
     });
 
+    it("switches an SSE response to STREAMED under Envoy AI Gateway's buffered pools (allow_mode_override)", async () => {
+      // The AI Gateway's "buffered" pool: BUFFERED both ways, trailers SEND, overrides allowed.
+      const plain = epps.get('plain') as EppInstance;
+      const aigw = await startEnvoy(ENVOY as string, {
+        listeners: [{ name: 'plain', eppPort: plain.server.port, eppTls: false }],
+        bodyMode: 'buffered',
+        bufferLimitBytes: 4 * 1024 * 1024,
+        bootstrapHook: (boot) => {
+          for (const chain of boot.static_resources.listeners[0].filter_chains) {
+            for (const filter of chain.filters) {
+              for (const http of filter.typed_config.http_filters ?? []) {
+                if (http.name !== 'envoy.filters.http.ext_proc') continue;
+                http.typed_config.allow_mode_override = true;
+                http.typed_config.processing_mode.request_trailer_mode = 'SEND';
+                http.typed_config.processing_mode.response_trailer_mode = 'SEND';
+              }
+            }
+          }
+        },
+      });
+      try {
+        const body = chat(
+          [{ role: 'user', content: `Stream to an AI Gateway client. ${randomUUID()}` }],
+          {
+            stream: true,
+            stream_options: { include_usage: true },
+          },
+        );
+        // The worker holds the rest of the stream until the client has seen the first
+        // chunk: a response Envoy still buffered would never complete.
+        const gate = `aigw-${randomUUID()}`;
+        const id = `aigw-${randomUUID()}`;
+        const res = await httpCall({
+          port: aigw.port('plain'),
+          method: 'POST',
+          path: '/v1/chat/completions',
+          headers: {
+            [TEST_ID_HEADER]: id,
+            'content-type': 'application/json',
+            'x-test-gate': gate,
+          },
+          body,
+          onData: (soFar: string) => {
+            if (soFar.includes(STREAM_PIECES[0] as string)) gates.open(gate);
+          },
+        });
+        expect(res.status, res.body).toBe(200);
+        const data = sseData(res.body);
+        expect(data.at(-1)).toBe('[DONE]');
+        const events = data.slice(0, -1).map((d) => JSON.parse(d) as Record<string, unknown>);
+        expect(events.every((e) => e.model === MODEL)).toBe(true);
+        const usage = events.at(-1)?.usage as { prompt_tokens: number } | undefined;
+        const routed = await plain.router.completed(id);
+        expect(routed.summary).toMatchObject({ status: 200, completionTokens: COMPLETION_TOKENS });
+        expect(usage?.prompt_tokens).toBe(routed.summary?.promptTokens);
+        const stats = (await aigw.admin('/stats?filter=ext_proc')).body;
+        expect(stats).not.toMatch(/(streams_failed|message_timeouts): [1-9]/);
+      } finally {
+        await aigw.stop();
+      }
+    });
+
     it('kv-epp logged no warnings or errors, and Envoy never failed an ext_proc stream', async () => {
       for (const e of epps.values()) {
         const bad = e.logger.records.filter(

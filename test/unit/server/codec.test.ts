@@ -14,6 +14,7 @@ import {
 } from '../../../src/server/ext-proc/codec.js';
 import type {
   HeaderMutation,
+  ProcessingMode,
   ProcessingRequest,
   ProcessingResponse,
   ProtoStruct,
@@ -123,6 +124,19 @@ function randomResponse(r: ReturnType<typeof rng>): ProcessingResponse {
     };
   }
   if (r.next() < 0.5) m.dynamic_metadata = randomStruct(r);
+  if (r.next() < 0.3) {
+    const mode: ProcessingMode = {};
+    const fields = [
+      'request_header_mode',
+      'response_header_mode',
+      'request_body_mode',
+      'response_body_mode',
+      'request_trailer_mode',
+      'response_trailer_mode',
+    ] as const;
+    for (const f of fields) if (r.next() < 0.5) mode[f] = r.int(6);
+    m.mode_override = mode;
+  }
   return m;
 }
 
@@ -181,6 +195,17 @@ describe('encodeResponseFrame', () => {
       },
     ],
     ['negative enum', { request_headers: { response: { status: -1 } } }],
+    [
+      'response headers switching the body to STREAMED',
+      {
+        response_headers: { response: {} },
+        mode_override: {
+          response_header_mode: 1,
+          response_body_mode: 1,
+          response_trailer_mode: 1,
+        },
+      },
+    ],
   ];
   for (const [name, m] of fixed) {
     it(`matches protobufjs: ${name}`, () => {
