@@ -276,8 +276,16 @@ export class ExtProcStream {
     else if (req === BodySendMode.BUFFERED || req === BodySendMode.BUFFERED_PARTIAL) {
       this.requestMode = 'buffered';
       this.partialBuffering = req === BodySendMode.BUFFERED_PARTIAL;
-    } else if (req === BodySendMode.NONE) this.requestMode = 'no_body';
-    else {
+    } else if (req === BodySendMode.NONE) {
+      this.requestMode = 'no_body';
+      if (!warnedNoBody.has(this.opts.logger)) {
+        warnedNoBody.add(this.opts.logger);
+        this.opts.logger.warn(
+          { request_body_mode: 'NONE' },
+          'the gateway sends no request bodies: requests are routed on their headers alone (no prefix-aware routing, no token_data); set request_body_mode FULL_DUPLEX_STREAMED (logged once)',
+        );
+      }
+    } else {
       throw new ProtocolViolation(
         GrpcCode.UNIMPLEMENTED,
         `request_body_mode ${modeName(req)} is not supported; use FULL_DUPLEX_STREAMED or BUFFERED`,
@@ -360,12 +368,14 @@ export class ExtProcStream {
     }
     // BUFFERED_PARTIAL sends what fits in the gateway's buffer without
     // end_of_stream when the body is larger: routing a truncated body would
-    // answer a misleading 400, so it is too large. (Without end_of_stream but
-    // complete per content-length, request trailers follow: route.)
+    // answer a misleading 400, so it is too large. Without end_of_stream but
+    // complete, request trailers follow: route. Complete means all of the
+    // content-length, or, without one, a whole JSON document (a JSON object
+    // cut short never parses).
     if (
       this.partialBuffering &&
       !b?.end_of_stream &&
-      (this.declaredLength === 0 || buf.length < this.declaredLength)
+      (this.declaredLength === 0 ? !isWholeJson(buf.bytes()) : buf.length < this.declaredLength)
     ) {
       this.rejectLocally(
         new KvEppError(
@@ -701,5 +711,18 @@ export class ExtProcStream {
         'router.complete threw',
       );
     }
+  }
+}
+
+/** Loggers (one per server) already told that the gateway sends no request bodies. */
+const warnedNoBody = new WeakSet<Logger>();
+
+/** `bytes` parse as one JSON document (BUFFERED_PARTIAL without a content-length; rare). */
+function isWholeJson(bytes: Uint8Array): boolean {
+  try {
+    JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    return true;
+  } catch {
+    return false;
   }
 }

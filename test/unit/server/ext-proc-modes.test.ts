@@ -208,6 +208,24 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(fx.router.headerOnly).toHaveLength(1);
       expect(destinationOf(h)).toBe('127.0.0.2:8000');
       s.cancel();
+      // Said once per server, however many such requests come.
+      const again = fx.client.open();
+      again.send(
+        reqHeaders(
+          { ':method': 'POST' },
+          {
+            protocol: {
+              request_body_mode: BodySendMode.NONE,
+              response_body_mode: BodySendMode.NONE,
+            },
+          },
+        ),
+      );
+      await again.next();
+      again.cancel();
+      const warned = fx.logger.records.filter((r) => /sends no request bodies/.test(r.msg));
+      expect(warned).toHaveLength(1);
+      expect(warned[0]?.level).toBe('warn');
     });
   });
 
@@ -228,6 +246,35 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(text(responses[0]?.immediate_response?.body)).toMatch(/exceeds the gateway's buffer/);
       expect(fx.router.routed).toHaveLength(0);
     });
+
+    it('routes a body without content-length that trailers end when it is one whole JSON document', async () => {
+      fx.router.decide = (req) => aDecision({ body: req.body });
+      const s = fx.client.open();
+      s.send(reqHeaders({}, { protocol: PARTIAL }));
+      await s.next();
+      s.send(reqBody(CHAT, false));
+      const b = await s.next();
+      expect(text(fx.router.routed[0]?.body)).toBe(CHAT);
+      expect(destinationOf(b)).toBe('127.0.0.2:8000');
+      s.cancel();
+    });
+
+    it.each([
+      ['an object cut short', Buffer.from(CHAT.slice(0, -1))],
+      ['an object cut after an inner object', Buffer.from('{"model":"m","nvext":{"a":1}')],
+      ['invalid UTF-8', Buffer.from([...Buffer.from('{"model":"'), 0xff, 0x22, 0x7d])],
+    ])(
+      'answers 413 for a body without content-length or end_of_stream that is %s',
+      async (_n, body) => {
+        const s = fx.client.open();
+        s.send(reqHeaders({}, { protocol: PARTIAL }));
+        await s.next();
+        s.send(reqBody(body, false));
+        const { responses } = await s.drain();
+        expect(responses[0]?.immediate_response?.status.code).toBe(413);
+        expect(fx.router.routed).toHaveLength(0);
+      },
+    );
 
     it('routes a complete body that trailers end (no end_of_stream, all of content-length)', async () => {
       fx.router.decide = (req) => aDecision({ body: req.body });

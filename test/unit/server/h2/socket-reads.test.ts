@@ -5,7 +5,11 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { READ_BUFFER_BYTES, readIntoOwnBuffer } from '../../../../src/server/h2/socket-reads.js';
+import {
+  READ_BUFFER_BYTES,
+  readBufferCounts,
+  readIntoOwnBuffer,
+} from '../../../../src/server/h2/socket-reads.js';
 import { selfSignedCert } from '../../../../src/server/tls.js';
 import { mulberry32 } from '../../../support/random.js';
 
@@ -132,6 +136,31 @@ describe.each([
     client.end();
     await r.ended;
     expect(Buffer.concat(r.chunks).equals(Buffer.concat([first, ...rest]))).toBe(true);
+  });
+
+  it("gives a closed socket's read buffer to the next socket, which still reads every byte intact", async () => {
+    const first = await pair(accept);
+    const firstParts = payload(5, 300 * 1024);
+    await writeAll(first.client, firstParts);
+    const r1 = await first.server;
+    await r1.ended;
+    r1.socket.destroy();
+    await new Promise((x) => r1.socket.once('close', x));
+    const before = readBufferCounts();
+    expect(before.spare).toBeGreaterThan(0);
+    const second = await pair(accept);
+    const parts = payload(9, 1024 * 1024);
+    await writeAll(second.client, parts);
+    const r2 = await second.server;
+    await r2.ended;
+    expect(r2.switched).toBe(true);
+    expect(readBufferCounts()).toMatchObject({
+      reused: before.reused + 1,
+      allocated: before.allocated,
+    });
+    expect(Buffer.concat(r2.chunks).equals(Buffer.concat(parts))).toBe(true);
+    // What the first socket was handed is its own: reading into its old buffer changed none of it.
+    expect(Buffer.concat(r1.chunks).equals(Buffer.concat(firstParts))).toBe(true);
   });
 
   it('delivers first what the socket had buffered before the switch', async () => {
