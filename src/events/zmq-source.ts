@@ -265,9 +265,11 @@ class ZmqSources implements ZmqEventSources {
       reconnectInterval: o.reconnectIntervalMs ?? 10,
       reconnectMaxInterval: o.reconnectMaxIntervalMs ?? 5_000,
       linger: 0,
-      // libzmq dials IPv4 only unless asked (ZMQ_IPV6 is off by default): a
-      // publisher at tcp://[v6]:port was retried forever without a word.
-      ipv6: true,
+      // libzmq dials IPv4 only unless asked (ZMQ_IPV6 is off by default), and
+      // with it on resolves a host name to IPv6 first: on for an IPv6 literal
+      // only (tcp://[v6]:port), as vLLM's own sockets decide, so a name with
+      // both records still reaches a publisher bound on IPv4 (vLLM's default).
+      ipv6: isIpv6Literal(kv.endpoint),
     });
     // Monitor first, so the first `connect` is not missed.
     const events = socket.events;
@@ -515,4 +517,9 @@ export async function startZmqEventSources(opts: ZmqEventSourcesOptions): Promis
     throw err;
   }
   return sources;
+}
+
+/** `tcp://[…]:port`: the publisher's address is an IPv6 literal. */
+export function isIpv6Literal(endpoint: string): boolean {
+  return /^[a-z]+:\/\/\[/i.test(endpoint);
 }

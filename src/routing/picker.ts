@@ -6,8 +6,8 @@
  * choice is drawn uniformly at random, as Dynamo's router draws among its
  * tied workers (a fixed order sent every new prompt to one worker whenever
  * the load figures were equal: at low concurrency, or behind a gateway that
- * never reports the response). Fallbacks after it follow in name order. Pure
- * given the random source.
+ * never reports the response). Fallbacks after it follow in ranked order
+ * (the figures, then the name). Pure given the random source.
  */
 import type { Endpoint } from '../discovery/endpoints.js';
 import { canonicalHostPort, canonicalIp } from '../discovery/ip.js';

@@ -16,8 +16,12 @@
  *   with `body_mutation.body` (+ content-length) only if the model was restored.
  *   A response that may be a stream (SSE, or untyped without a length) asks
  *   Envoy to switch its body to STREAMED (`mode_override`, honoured with
- *   `allow_mode_override`); its body messages are then answered as per_chunk's,
- *   and the body ends at the message with EoS (or trailers).
+ *   `allow_mode_override`); its body messages are then answered as per_chunk's
+ *   (a model name cut by a chunk boundary stays unrestored), and the body ends
+ *   at the message with EoS (or trailers). Where Envoy ignores the override
+ *   and sends its one BUFFERED message without EoS (trailers it does not
+ *   forward, or BUFFERED_PARTIAL's buffer full), that response is not seen to
+ *   end: nothing tells it from a stream an upstream reset cut short.
  * - per_chunk (STREAMED / NONE): each chunk answered, rewritten in place. A
  *   model name cut by a chunk boundary stays unrestored: holding bytes back
  *   here could lose them (trailers may end the body, and a trailers answer

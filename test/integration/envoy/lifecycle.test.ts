@@ -1,11 +1,12 @@
 /**
- * Request lifecycle and accounting behind a real Envoy 1.40 (both body modes):
+ * Request lifecycle and accounting behind a real Envoy 1.40 (both body modes,
+ * and BUFFERED with SSE switched to STREAMED):
  * after aborts, resets, 5xx, timeouts, local replies and retries the
  * in-flight count per endpoint and the running gauge return to 0, exactly one
  * completion is recorded per decision, and no ext_proc stream stays open.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BodyMode, EnvoyProcess } from '../../support/envoy.js';
+import type { BodyMode, EnvoyBootstrap, EnvoyProcess } from '../../support/envoy.js';
 import { findEnvoy } from '../../support/envoy.js';
 import { Gates } from '../../support/fake-openai.js';
 import {
@@ -21,9 +22,29 @@ import {
 } from './lifecycle-support.js';
 
 const ENVOY = findEnvoy();
-const MODES: BodyMode[] = ['duplex', 'buffered'];
+/**
+ * `buffered-override`: Envoy AI Gateway's buffered pool with
+ * `allow_mode_override` and trailers SEND, where kv-epp switches SSE
+ * responses to STREAMED (they reach the client as they are made).
+ */
+type Mode = BodyMode | 'buffered-override';
+const MODES: Mode[] = ['duplex', 'buffered', 'buffered-override'];
+
+/** Lets ext_proc override the processing mode and sends trailers both ways. */
+function allowModeOverride(b: EnvoyBootstrap): void {
+  for (const l of b.static_resources.listeners) {
+    for (const http of l.filter_chains[0].filters[0].typed_config.http_filters ?? []) {
+      if (http.name !== 'envoy.filters.http.ext_proc') continue;
+      http.typed_config.allow_mode_override = true;
+      http.typed_config.processing_mode.request_trailer_mode = 'SEND';
+      http.typed_config.processing_mode.response_trailer_mode = 'SEND';
+    }
+  }
+}
 
 describe.skipIf(!ENVOY).each(MODES)('lifecycle behind Envoy (%s)', (mode) => {
+  /** SSE reaches the client as the worker writes it. */
+  const sseStreams = mode !== 'buffered';
   const gates = new Gates();
   let workers: ChaosWorker[];
   let stack: Stack;
@@ -36,7 +57,16 @@ describe.skipIf(!ENVOY).each(MODES)('lifecycle behind Envoy (%s)', (mode) => {
       ['a', 'b'].map((n, i) => new ChaosWorker(`w-${n}`, `127.0.0.${i + 2}`, gates).start()),
     );
     stack = await startStack(workers, { consecutive5xx: 3 });
-    envoy = await startLifecycleEnvoy(ENVOY as string, stack.server.port, mode);
+    envoy =
+      mode === 'buffered-override'
+        ? await startLifecycleEnvoy(
+            ENVOY as string,
+            stack.server.port,
+            'buffered',
+            false,
+            allowModeOverride,
+          )
+        : await startLifecycleEnvoy(ENVOY as string, stack.server.port, mode);
   }, 60_000);
 
   afterAll(async () => {
@@ -125,7 +155,7 @@ describe.skipIf(!ENVOY).each(MODES)('lifecycle behind Envoy (%s)', (mode) => {
       headers: { 'x-test-id': id, 'x-chaos': `gate-sse:${gate}` },
       body: body({ stream: true }),
       abortAfterResponseBytes: 1,
-      abortAfterMs: mode === 'buffered' ? 300 : undefined,
+      abortAfterMs: sseStreams ? undefined : 300,
     });
     const r = await p;
     gates.open(gate);
@@ -153,8 +183,8 @@ describe.skipIf(!ENVOY).each(MODES)('lifecycle behind Envoy (%s)', (mode) => {
       body: body({ stream: true }),
     });
     // the client sees a truncated 200 (duplex) or Envoy's 502 (buffered: nothing sent yet)
-    expect(mode === 'duplex' ? r.status : r.status === 502 || r.status === 503).toBe(
-      mode === 'duplex' ? 200 : true,
+    expect(sseStreams ? r.status : r.status === 502 || r.status === 503).toBe(
+      sseStreams ? 200 : true,
     );
     await expectAtRest();
     expect(stack.router.summaryOf(id)?.responseComplete).toBe(false);

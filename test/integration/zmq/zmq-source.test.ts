@@ -14,6 +14,7 @@ import { KvEppError } from '../../../src/errors.js';
 import type { EventMessage } from '../../../src/events/ingest.js';
 import {
   dynamoFramingError,
+  isIpv6Literal,
   startZmqEventSources,
   vllmFramingError,
   type ZmqEventSources,
@@ -204,6 +205,21 @@ describe.skipIf(!zmq)(
         ].sort(),
       );
       expect(sources.stats().sources.every((s) => s.connected)).toBe(true);
+    });
+
+    it('reaches an IPv4 publisher through a host name (IPv6 is dialled for IPv6 literals only)', async () => {
+      const p = await publisher();
+      closers.push(p.pub);
+      const port = new URL(p.url.replace('tcp://', 'http://')).port;
+      const byName = `tcp://localhost:${port}`;
+      const { ingest, sources } = await start([endpoint(W, 0, byName)]);
+      await p.subscribed();
+      await p.pub.send([Buffer.from(''), u64(1n), Buffer.from([0x90])]);
+      await waitFor(() => ingest.messages.length === 1, 'a message by name');
+      expect(sources.stats().sources[0]).toMatchObject({ endpoint: byName, connected: true });
+      expect(isIpv6Literal(byName)).toBe(false);
+      expect(isIpv6Literal('tcp://[::1]:5557')).toBe(true);
+      expect(isIpv6Literal('tcp://127.0.0.1:5557')).toBe(false);
     });
 
     it('logs malformed messages again after a minute', async () => {
