@@ -13,7 +13,7 @@ import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { kvEventsSubject } from '../../../src/events/nats-source.js';
 import { encode } from '../../support/msgpack.js';
 import { findNatsServer, type NatsServer, startNatsServer } from '../../support/nats-server.js';
@@ -44,6 +44,11 @@ describe.skipIf(!BIN)('SIGTERM with a KV-event backlog', () => {
     nats = await startNatsServer({ jetstream: false });
     dir = mkdtempSync(join(tmpdir(), 'kv-epp-sigterm-'));
   });
+  // A failed run must not leave its kv-epp behind (it would run on, subscribed).
+  const children: ChildProcess[] = [];
+  afterEach(() => {
+    for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+  });
   afterAll(async () => {
     await nats?.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -73,6 +78,7 @@ describe.skipIf(!BIN)('SIGTERM with a KV-event backlog', () => {
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KV_EPP_POOL_SIZE: '0' } },
     );
+    children.push(child);
     let out = '';
     child.stdout?.on('data', (c) => (out += c));
     child.stderr?.on('data', (c) => (out += c));
