@@ -522,7 +522,8 @@ export class EppMetrics {
           this.reset();
           for (const p of modelServers()) {
             if (p.waiting !== undefined) {
-              this.set({ name: poolName, model_server_pod: p.pod }, p.waiting);
+              // Labels in Go's sorted order, the text GAIE's e2e check matches.
+              this.set({ model_server_pod: p.pod, name: poolName }, p.waiting);
             }
           }
         },

@@ -517,10 +517,10 @@ describe('EppMetrics', () => {
     expect(sample(text, 'inference_pool_average_queue_size{name="pool"}')).toBe(1.5);
     expect(sample(text, 'inference_pool_average_running_requests{name="pool"}')).toBe(3.5);
     expect(
-      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="a"}'),
+      sample(text, 'inference_pool_per_pod_queue_size{model_server_pod="a",name="pool"}'),
     ).toBe(3);
     expect(
-      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="b"}'),
+      sample(text, 'inference_pool_per_pod_queue_size{model_server_pod="b",name="pool"}'),
     ).toBe(0);
     // A pod gone stale leaves the averages and its per-pod series.
     pods = [{ pod: 'b', waiting: 1 }];
