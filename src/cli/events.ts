@@ -15,6 +15,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { sniffDynamoCodec } from '../events/dynamo-codec.js';
 import { createEventApplier } from '../events/factory.js';
 import type { EventCodec, EventSourceContext } from '../events/types.js';
 import { createBlockHasher, createKvIndex } from '../kv/factory.js';
@@ -107,7 +108,14 @@ export async function eventsCommand(argv: string[]): Promise<string> {
     const rejected: Record<string, number> = {};
     for (const src of sources) {
       for (const file of await payloadFiles(src.dir, src.context ? '--source' : '--dir')) {
-        const r = applier.apply(codec, new Uint8Array(await readFile(file)), src.context);
+        const bytes = new Uint8Array(await readFile(file));
+        // Dynamo's event plane carries msgpack envelopes or JSON RouterEvents: as the
+        // live subscription does, a `dynamo` payload that is JSON is read as such.
+        const r = applier.apply(
+          codec === 'dynamo' ? sniffDynamoCodec(bytes) : codec,
+          bytes,
+          src.context,
+        );
         applied += r.applied.stored + r.applied.removed + r.applied.cleared;
         gaps += r.gaps.length;
         for (const [k, n] of Object.entries(r.rejected))

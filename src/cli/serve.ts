@@ -102,8 +102,14 @@ export const SERVE_USAGE = `usage: kv-epp serve [--host ADDR] [--grpc-port 9002]
                     [--max-queued-events 65536] [--consumer-name NAME] [--router-reset-states[=true]]
                     [--dynamo-discovery-dir DIR] [--gc-pace-mb MB]
                     [--v8-worker-priority idle|low|normal]
-                    (booleans: bare = true, else --flag=true|false; GAIE EPP flags such as
-                    --pool-group, --zap-encoder, -v are accepted, see README)`;
+                    [--shutdown-propagation-seconds 5] [--shutdown-grace-seconds 30]
+                    [--refresh-metrics-interval DURATION] [--metrics-staleness-threshold 2s]
+                    [--model-server-metrics-port 0] [--model-server-metrics-path /metrics]
+                    [--model-server-metrics-scheme http|https]
+                    [--model-server-metrics-https-insecure-skip-verify[=true|false]]
+                    [-v N | --zap-log-level debug|info|warn|error]
+                    (booleans: bare = true, else --flag=true|false or --flag true|false; GAIE
+                    EPP flags such as --pool-group, --zap-encoder are accepted, see README)`;
 
 export interface Serving {
   options: ServeOptions;

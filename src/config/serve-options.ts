@@ -1264,6 +1264,7 @@ export function roleWarning(
  * the level GAIE's `-v` / `--zap-log-level` ask for put first (flags beat the
  * environment). Arguments that do not parse leave it alone: `startServing`
  * reports them.
+ * @throws UsageError for a `KV_EPP_LOG_LEVEL` in force that names no level.
  */
 export function serveLogEnv(argv: readonly string[], rawEnv: Readonly<Env>): Env {
   const env = normalizeEnv(rawEnv);
@@ -1273,5 +1274,24 @@ export function serveLogEnv(argv: readonly string[], rawEnv: Readonly<Env>): Env
   } catch {
     level = undefined;
   }
-  return level === undefined ? env : { ...env, KV_EPP_LOG_LEVEL: level };
+  if (level !== undefined) return { ...env, KV_EPP_LOG_LEVEL: level };
+  const fromEnv = env.KV_EPP_LOG_LEVEL;
+  if (fromEnv !== undefined && !LOG_LEVELS.includes(fromEnv.toLowerCase())) {
+    throw new UsageError(
+      'KV_EPP_LOG_LEVEL',
+      `expected ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(fromEnv)}`,
+    );
+  }
+  return env;
 }
+
+/** pino's level names (`KV_EPP_LOG_LEVEL`, any case). */
+const LOG_LEVELS: readonly string[] = [
+  'trace',
+  'debug',
+  'info',
+  'warn',
+  'error',
+  'fatal',
+  'silent',
+];

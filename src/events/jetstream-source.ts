@@ -67,6 +67,7 @@ import {
 import { Objm } from '@nats-io/obj';
 import { nanos } from '@nats-io/transport-node';
 import type { Logger } from '../log/logger.js';
+import { sniffDynamoCodec } from './dynamo-codec.js';
 import type { EventIngest } from './ingest.js';
 import {
   CONSUMER_INACTIVE_THRESHOLD_SECS,
@@ -80,7 +81,6 @@ import {
   snapshotMessages,
 } from './jetstream-names.js';
 import { connectNats, redactNatsServers } from './nats-connect.js';
-import { sniffDynamoCodec } from './nats-source.js';
 
 export interface JetStreamEventSourceOptions {
   /** Each disconnect, reconnect or connection error (metrics). */

@@ -17,9 +17,9 @@
 import type { Subscription } from '@nats-io/transport-node';
 import type { Logger } from '../log/logger.js';
 import type { ReportedLoad } from '../routing/worker-load.js';
+import { sniffDynamoCodec } from './dynamo-codec.js';
 import type { EventIngest } from './ingest.js';
 import { connectNats, redactNatsServers } from './nats-connect.js';
-import type { EventCodec } from './types.js';
 
 export interface NatsEventSourceOptions {
   /** `nats://host:port` (Dynamo's `NATS_SERVER`); several comma-separated. */
@@ -58,12 +58,6 @@ export function kvMetricsSubject(namespace: string, component = '*', endpoint = 
 /** Dynamo's event subject for one component endpoint; `*` wildcards allowed. */
 export function kvEventsSubject(namespace: string, component = '*', endpoint = '*'): string {
   return `namespace.${namespace}.component.${component}.endpoint.${endpoint}.kv-events`;
-}
-
-/** `dynamo-json` for a JSON payload, else `dynamo` (msgpack envelope). */
-export function sniffDynamoCodec(payload: Uint8Array): EventCodec {
-  const b = payload[0];
-  return b === 0x7b || b === 0x5b ? 'dynamo-json' : 'dynamo';
 }
 
 /**

@@ -10,6 +10,7 @@ import {
   Server,
   type ServerCredentials,
   type ServerDuplexStream,
+  setLogger,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
 import type { Logger } from '../log/logger.js';
@@ -126,7 +127,28 @@ function address(host: string | undefined, port: number): string {
   return `${h.includes(':') && !h.startsWith('[') ? `[${h}]` : h}:${port}`;
 }
 
+/**
+ * grpc-js logs a failed bind itself ("No address added out of total …") before
+ * rejecting; serve reports it in one line of its own naming the flag, so that
+ * line is dropped. Everything else grpc-js logs reaches stderr as grpc-js's
+ * own logger writes it (a severity letter, then the message).
+ */
+let grpcLoggerSet = false;
+function quietBindFailures(): void {
+  if (grpcLoggerSet) return;
+  grpcLoggerSet = true;
+  const write =
+    (letter: string) =>
+    (message?: unknown, ...rest: unknown[]): void => {
+      if (typeof message === 'string' && message.startsWith('No address added out of total'))
+        return;
+      console.error(`${letter} ${String(message)}`, ...rest);
+    };
+  setLogger({ error: write('E'), info: write('I'), debug: write('D') });
+}
+
 function bind(server: Server, addr: string, creds: ServerCredentials): Promise<number> {
+  quietBindFailures();
   return new Promise((resolve, reject) => {
     server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });

@@ -74,6 +74,27 @@ describe('kv-epp events replay on captured Dynamo 1.6.1 payloads', () => {
     },
   );
 
+  it('dynamo reads JSON RouterEvents too, as the live subscription does', async () => {
+    const exp = expected('dynamo-json');
+    const dir = join(FIXTURES, 'dynamo-json');
+    const q = exp.queries[0] as (typeof exp.queries)[number];
+    const out = await replay(
+      '--codec',
+      'dynamo',
+      '--block-size',
+      String(exp.blockSize),
+      '--query-tokens',
+      join(dir, q.file),
+      ...(q.loraName ? ['--lora-name', q.loraName] : []),
+      ...(q.cacheNamespace ? ['--cache-namespace', q.cacheNamespace] : []),
+      '--dir',
+      dir,
+    );
+    expect(out.overlap).toEqual(q.overlap);
+    expect(out.applied).toBe(exp.applied);
+    expect(out.rejected).toEqual(exp.rejected);
+  });
+
   it('prints exactly the documented shape', async () => {
     const dir = join(FIXTURES, 'dynamo');
     const text = await eventsCommand([

@@ -85,10 +85,10 @@ describe('kv-epp serve: model-server metrics', () => {
     expect(sample(text, 'inference_pool_average_kv_cache_utilization{name="pool"}')).toBe(0.375);
     expect(sample(text, 'inference_pool_average_running_requests{name="pool"}')).toBe(1);
     expect(
-      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="worker-0"}'),
+      sample(text, 'inference_pool_per_pod_queue_size{model_server_pod="worker-0",name="pool"}'),
     ).toBe(4);
     expect(
-      sample(text, 'inference_pool_per_pod_queue_size{name="pool",model_server_pod="worker-1"}'),
+      sample(text, 'inference_pool_per_pod_queue_size{model_server_pod="worker-1",name="pool"}'),
     ).toBe(1);
   });
 

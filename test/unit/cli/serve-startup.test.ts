@@ -10,7 +10,7 @@ import { renameSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import { KvEppError } from '../../../src/errors.js';
 import { RecordingLogger } from '../../support/ext-proc.js';
@@ -157,6 +157,8 @@ describe('kv-epp serve under GAIE and Dynamo deployments', () => {
     'fails on %s taken (%s transport) with one line naming flag and port',
     async (flag, transport) => {
       const { port } = await occupied();
+      // grpc-js's own log line about the failed bind is not written (serve's one line says it).
+      const stderr = vi.spyOn(console, 'error');
       const e = await failure(
         startServing(
           args(
@@ -171,6 +173,9 @@ describe('kv-epp serve under GAIE and Dynamo deployments', () => {
       );
       expect(e).toBeInstanceOf(KvEppError);
       expect(e.message).toBe(`${flag} ${port}: address already in use`);
+      const written = stderr.mock.calls.flat().map(String);
+      stderr.mockRestore();
+      expect(written.filter((l) => l.includes('No address added'))).toEqual([]);
     },
   );
 

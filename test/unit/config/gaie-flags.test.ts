@@ -192,6 +192,15 @@ describe('GAIE log flags', () => {
     expect(serveLogEnv([], { KV_EPP_LOG_LEVEL: ' ' }).KV_EPP_LOG_LEVEL).toBeUndefined();
     expect(serveLogEnv(['--bogus'], { KV_EPP_LOG_LEVEL: 'error' }).KV_EPP_LOG_LEVEL).toBe('error');
   });
+
+  it('refuses a KV_EPP_LOG_LEVEL in force that names no level, naming it', () => {
+    expect(() => serveLogEnv([], { KV_EPP_LOG_LEVEL: 'loud' })).toThrow(
+      'KV_EPP_LOG_LEVEL: expected trace, debug, info, warn, error, fatal, silent, got "loud"',
+    );
+    expect(serveLogEnv([], { KV_EPP_LOG_LEVEL: 'DEBUG' }).KV_EPP_LOG_LEVEL).toBe('DEBUG');
+    // A flag in force decides; the variable is not read.
+    expect(serveLogEnv(['-v', '4'], { KV_EPP_LOG_LEVEL: 'loud' }).KV_EPP_LOG_LEVEL).toBe('debug');
+  });
 });
 
 describe('GAIE config file and the one warning', () => {
