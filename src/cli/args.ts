@@ -187,5 +187,10 @@ function unexpected(arg: string, afterBareBoolean: string | undefined): never {
       `a boolean flag takes its value after "=" (${afterBareBoolean}=${arg}); alone it means true, and ${JSON.stringify(arg)} after it is not its value`,
     );
   }
-  throw new UsageError(arg, 'unexpected argument (only options are accepted)');
+  throw new UsageError(
+    arg,
+    afterBareBoolean === undefined
+      ? 'unexpected argument (only options are accepted)'
+      : `unexpected argument (only options are accepted; if it is meant for ${afterBareBoolean}, that flag takes true or false)`,
+  );
 }

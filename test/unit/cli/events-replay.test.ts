@@ -44,6 +44,27 @@ async function replay(...args: string[]): Promise<Output> {
   return JSON.parse(await eventsCommand(['replay', ...args])) as Output;
 }
 
+/** Replays the captures in `dir` under `codec` for one of its expected queries. */
+function replayQuery(
+  codec: string,
+  exp: Expected,
+  dir: string,
+  q: Expected['queries'][number],
+): Promise<Output> {
+  return replay(
+    '--codec',
+    codec,
+    '--block-size',
+    String(exp.blockSize),
+    '--query-tokens',
+    join(dir, q.file),
+    ...(q.loraName ? ['--lora-name', q.loraName] : []),
+    ...(q.cacheNamespace ? ['--cache-namespace', q.cacheNamespace] : []),
+    '--dir',
+    dir,
+  );
+}
+
 describe('kv-epp events replay on captured Dynamo 1.6.1 payloads', () => {
   it.each(['dynamo', 'dynamo-json'])(
     '%s: the overlap Dynamo RadixTree reported, for every query',
@@ -54,18 +75,7 @@ describe('kv-epp events replay on captured Dynamo 1.6.1 payloads', () => {
       // Worker ids above 2^63 stay exact.
       expect(exp.overlap.map((o) => o.workerId)).toContain('18446744073709551611');
       for (const q of exp.queries) {
-        const out = await replay(
-          '--codec',
-          codec,
-          '--block-size',
-          String(exp.blockSize),
-          '--query-tokens',
-          join(dir, q.file),
-          ...(q.loraName ? ['--lora-name', q.loraName] : []),
-          ...(q.cacheNamespace ? ['--cache-namespace', q.cacheNamespace] : []),
-          '--dir',
-          dir,
-        );
+        const out = await replayQuery(codec, exp, dir, q);
         expect(out.overlap, q.file).toEqual(q.overlap);
         expect(out.applied).toBe(exp.applied);
         expect(out.rejected).toEqual(exp.rejected);
@@ -77,19 +87,8 @@ describe('kv-epp events replay on captured Dynamo 1.6.1 payloads', () => {
   it('dynamo reads JSON RouterEvents too, as the live subscription does', async () => {
     const exp = expected('dynamo-json');
     const dir = join(FIXTURES, 'dynamo-json');
-    const q = exp.queries[0] as (typeof exp.queries)[number];
-    const out = await replay(
-      '--codec',
-      'dynamo',
-      '--block-size',
-      String(exp.blockSize),
-      '--query-tokens',
-      join(dir, q.file),
-      ...(q.loraName ? ['--lora-name', q.loraName] : []),
-      ...(q.cacheNamespace ? ['--cache-namespace', q.cacheNamespace] : []),
-      '--dir',
-      dir,
-    );
+    const q = exp.queries[0] as Expected['queries'][number];
+    const out = await replayQuery('dynamo', exp, dir, q);
     expect(out.overlap).toEqual(q.overlap);
     expect(out.applied).toBe(exp.applied);
     expect(out.rejected).toEqual(exp.rejected);

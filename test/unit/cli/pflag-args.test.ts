@@ -58,7 +58,11 @@ describe('parseFlags (pflag-compatible)', () => {
     [['-x'], '-x: unknown option'],
     [['--pool-name'], '--pool-name: needs a value'],
     [['-v'], '-v: needs a value'],
-    [['stray'], 'stray: unexpected argument'],
+    [['stray'], 'stray: unexpected argument (only options are accepted)'],
+    [
+      ['--secure-serving', 'maybe'],
+      'maybe: unexpected argument (only options are accepted; if it is meant for --secure-serving, that flag takes true or false)',
+    ],
     [
       ['--secure-serving', 'false'],
       '--secure-serving: a boolean flag takes its value after "=" (--secure-serving=false)',
