@@ -84,6 +84,7 @@ describe.skipIf(!ENVOY).each([
         index: path.index,
         hasher: path.hasher,
         log: new RecordingLogger(),
+        random: () => 0, // ties to the first name: outcomes below are exact
       },
       { blockSize: 16, fallbacks: 0, approximate: true },
     );

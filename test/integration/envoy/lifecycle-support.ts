@@ -379,6 +379,7 @@ export async function startStack(
       index: path.index,
       hasher: path.hasher,
       log: logger,
+      random: () => 0, // ties to the first name: outcomes below are exact
       onRouted: observer.onRouted,
       pendingPrepare: () => preparer.queueDepth,
       defer: (w) => setImmediate(w),

@@ -34,8 +34,8 @@ describe('WorkerLoadTable', () => {
     const load = (e: (typeof eps)[number]) => t.load(e.workerId, e.dpRank, 0);
     const idle = () => 0;
     expect(rank(candidatesFor(eps, undefined, idle, load), 1)[0]?.endpoint.name).toBe('b');
-    // Without reports the name decides: `a`.
-    expect(rank(candidatesFor(eps, undefined, idle), 1)[0]?.endpoint.name).toBe('a');
+    // Without reports they tie: the draw decides (`() => 0`: the first name, `a`).
+    expect(rank(candidatesFor(eps, undefined, idle), 1, () => 0)[0]?.endpoint.name).toBe('a');
     // Our own in-flight count comes first.
     const busyB = (e: (typeof eps)[number]) => (e.name === 'b' ? 1 : 0);
     expect(rank(candidatesFor(eps, undefined, busyB, load), 1)[0]?.endpoint.name).toBe('a');
