@@ -32,7 +32,7 @@ import {
   type WatchEnders,
   watchServing,
 } from '../health.js';
-import { DEFAULT_PREFACE_TIMEOUT_MS, setHandshakeTimeout } from '../http2-tuning.js';
+import { DEFAULT_PREFACE_TIMEOUT_MS } from '../http2-tuning.js';
 import {
   type FastPathOptions,
   GrpcCall,
@@ -57,9 +57,9 @@ export interface RawTransportOptions<Req, Res> extends FastPathOptions<Req, Res>
   /** A connection ended for a protocol error of the peer's (logging). */
   onProtocolError?: ((code: number, reason: string) => void) | undefined;
   /**
-   * How long a new connection may take to finish its TLS handshake, and then
-   * again to send the HTTP/2 preface, before it is closed (default 10 s; Node
-   * waits 120 s for a handshake, and a silent socket holds a descriptor).
+   * How long a new connection may take to send the HTTP/2 preface once
+   * connected (default 10 s; a silent socket holds a descriptor). The TLS
+   * handshake's deadline is the server's (limitSilentConnections).
    */
   prefaceTimeoutMs?: number | undefined;
 }
@@ -395,8 +395,8 @@ function install<Req, Res>(
   for (const h2 of servers.keys()) {
     if (h2 instanceof TlsServer) {
       // Node's http2 session handler is the 'secureConnection' listener; the
-      // TLS handshake itself ('connection') stays as it is.
-      setHandshakeTimeout(h2, opts.prefaceTimeoutMs ?? DEFAULT_PREFACE_TIMEOUT_MS);
+      // TLS handshake itself ('connection') stays as it is (its deadline is
+      // set for every transport by http2-tuning.ts limitSilentConnections).
       h2.removeAllListeners('secureConnection');
       h2.on('secureConnection', (socket: TLSSocket) => {
         socket.on('error', () => {});
