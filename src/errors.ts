@@ -22,6 +22,8 @@ export type KvEppErrorCode =
   | 'no_endpoint'
   | 'overloaded'
   | 'body_too_large'
+  // The gateway abandoned the request before it was answered (never sent):
+  | 'cancelled'
   // Tokenizer loading (configuration errors: start-up fails):
   | 'tokenizer_not_found'
   | 'tokenizer_invalid';

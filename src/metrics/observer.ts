@@ -45,6 +45,7 @@
  * counted by serve.ts through the stream's `onLocalReject`, with empty model labels.
  */
 import { canonicalHostPort } from '../discovery/ip.js';
+import { KvEppError } from '../errors.js';
 import type { EventObserver } from '../events/ingest.js';
 import type { EventApplyReport } from '../events/types.js';
 import { modelOfBody } from '../openai/request-body.js';
@@ -133,21 +134,26 @@ export class MetricsObserver {
   preparer(p: Preparer): Preparer {
     return {
       offloads: (bytes) => p.offloads?.(bytes) ?? false,
-      prepare: async (body, api, s, work) => {
+      prepare: async (body, api, s, work, cancel) => {
         const flight = this.flights.get(body);
         const t0 = this.clock();
         let scored = false;
+        let dropped = false;
         try {
-          const prep = await p.prepare(body, api, s, work);
+          const prep = await p.prepare(body, api, s, work, cancel);
           scored = true;
           if (flight !== undefined && prep.request !== undefined) {
             flight.model = prep.request.model;
             flight.target = prep.request.target ?? prep.request.model;
           }
           return prep;
+        } catch (err) {
+          // A task dropped while it waited was never tokenized.
+          dropped = err instanceof KvEppError && err.code === 'cancelled';
+          throw err;
         } finally {
           const t1 = this.clock();
-          this.metrics.observeTokenizationSeconds((t1 - t0) / 1000);
+          if (!dropped) this.metrics.observeTokenizationSeconds((t1 - t0) / 1000);
           if (scored && flight !== undefined) flight.scoredAt = t1;
         }
       },
@@ -176,6 +182,10 @@ export class MetricsObserver {
         try {
           decision = await inner.route(req);
         } catch (err) {
+          if (err instanceof KvEppError && err.code === 'cancelled') {
+            m.requestCancelled();
+            throw err;
+          }
           const { model, target } =
             flight.model !== undefined && flight.target !== undefined
               ? { model: flight.model, target: flight.target }

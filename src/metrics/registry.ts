@@ -354,6 +354,7 @@ export class EppMetrics {
   private readonly overlapBlocks: FastHistogram;
   private readonly tokenization: FastHistogram;
   private readonly served: FastCounter<'outcome'>;
+  private readonly cancelled: FastCounter;
   private readonly eventsApplied: FastCounter<'kind'>;
   private readonly eventBlocks: FastCounter<'op'>;
   private readonly eventsRejected: FastCounter<'reason'>;
@@ -545,6 +546,11 @@ export class EppMetrics {
       name: 'kv_epp_served_endpoint_total',
       help: 'Finished requests by the endpoint the gateway reported serving them (x-gateway-destination-endpoint-served): primary, fallback (a later entry of the list), other (not in the list) or unreported.',
       labelNames: ['outcome'],
+      registers,
+    });
+    this.cancelled = new FastCounter({
+      name: 'kv_epp_requests_cancelled_total',
+      help: 'Requests the gateway abandoned while kv-epp was tokenizing them (a task still waiting for a tokenization thread is dropped); no endpoint was picked for them.',
       registers,
     });
     this.eventMessages = new FastCounter({
@@ -897,5 +903,9 @@ export class EppMetrics {
 
   servedEndpoint(outcome: ServedOutcome): void {
     this.served.inc({ outcome });
+  }
+
+  requestCancelled(): void {
+    this.cancelled.inc();
   }
 }

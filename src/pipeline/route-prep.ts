@@ -19,6 +19,7 @@ import {
   rewriteTarget,
   spliceRequestBody,
 } from '../openai/request-body.js';
+import type { Cancellation } from '../server/routing-types.js';
 import type { ApiKind, Tokenizer } from '../tokenize/types.js';
 
 export interface RouteSettings {
@@ -208,8 +209,16 @@ export interface Preparer {
   /**
    * With `work`, `RoutePrep.request` is set (and the body's 400s are raised here).
    * A KvEppError `unsupported_content` for a transferred body is an UntokenizableBody.
+   * A preparer may drop work still waiting when `cancel` fires, rejecting
+   * with KvEppError `cancelled`; work already running finishes.
    */
-  prepare(body: Uint8Array, api: ApiKind, s: RouteSettings, work?: BodyWork): Promise<RoutePrep>;
+  prepare(
+    body: Uint8Array,
+    api: ApiKind,
+    s: RouteSettings,
+    work?: BodyWork,
+    cancel?: Cancellation,
+  ): Promise<RoutePrep>;
   /** True when a body this size is prepared off the calling thread. */
   offloads?(bytes: number): boolean;
 }

@@ -392,6 +392,7 @@ export class KvRouter implements RequestRouter {
             earlyExit: this.settings.earlyExit,
           },
           { rewrite, transferBody: offloaded && req.bodyTransferable === true },
+          req.cancel,
         );
       } catch (e) {
         // Content a text tokenizer cannot take (image or audio parts, prompt
@@ -405,6 +406,11 @@ export class KvRouter implements RequestRouter {
       }
     } else if (api === 'responses' && read) {
       prep = await this.responsesPrep(read.json, req);
+    }
+    // Abandoned while it was tokenized: no pick, so no in-flight count and no
+    // approximate-mode record for a request no worker will see.
+    if (req.cancel?.cancelled) {
+      throw new KvEppError('cancelled', 'the gateway abandoned the request while it was tokenized');
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.
     const scheduleStart = performance.now();
@@ -496,11 +502,17 @@ export class KvRouter implements RequestRouter {
     try {
       admitToPrepare(this.deps.pendingPrepare?.() ?? 0, this.admission);
       const api = ids ? 'completions' : 'chat';
-      return await this.deps.preparer.prepare(utf8.encode(JSON.stringify(prompt)), api, {
-        blockSize: this.settings.blockSize,
-        cacheNamespace: tenantNamespace(req.headers.get('x-tenant-id')),
-        earlyExit: this.settings.earlyExit,
-      });
+      return await this.deps.preparer.prepare(
+        utf8.encode(JSON.stringify(prompt)),
+        api,
+        {
+          blockSize: this.settings.blockSize,
+          cacheNamespace: tenantNamespace(req.headers.get('x-tenant-id')),
+          earlyExit: this.settings.earlyExit,
+        },
+        undefined,
+        req.cancel,
+      );
     } catch (e) {
       // Shed, or a conversation the tokenizer refuses: routed by load. Faults propagate.
       if (e instanceof KvEppError && ROUTE_BY_LOAD.has(e.code)) return undefined;

@@ -30,6 +30,20 @@ export interface GatewayRequest {
   requestId: string;
   /** When the request headers arrived (`performance.now()`, ms). */
   receivedAtMs?: number | undefined;
+  /** Set when the gateway abandons the request while it is being routed. */
+  cancel?: Cancellation | undefined;
+}
+
+/**
+ * The gateway abandoned a request (stream reset, cancelled, connection lost)
+ * before it was answered. The protocol layer sets `cancelled` once and then
+ * calls `onCancel`, which whoever holds droppable work for the request (a
+ * queued tokenization task) sets; a router seeing `cancelled` may stop and
+ * reject with KvEppError `cancelled` (never sent: nobody is listening).
+ */
+export interface Cancellation {
+  cancelled: boolean;
+  onCancel: (() => void) | undefined;
 }
 
 /** Where to send the request and how to change it. */

@@ -26,7 +26,12 @@ import { randomUUID } from 'node:crypto';
 import { KvEppError } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
 import { clientRoutingHeaders } from '../../routing/client-headers.js';
-import type { GatewayRequest, RequestRouter, RouteDecision } from '../routing-types.js';
+import type {
+  Cancellation,
+  GatewayRequest,
+  RequestRouter,
+  RouteDecision,
+} from '../routing-types.js';
 import { BodyBuffer, contentLength } from './body.js';
 import type { BodyBudget } from './body-budget.js';
 import { readHeaderMap, setHeader } from './headers.js';
@@ -144,6 +149,8 @@ export class ExtProcStream {
   private busy = false;
   private halfClosed = false;
   private closed = false;
+  /** The body request being routed now, cancelled if the stream closes first. */
+  private routing: Cancellation | undefined;
 
   constructor(
     private readonly sink: StreamSink,
@@ -440,16 +447,21 @@ export class ExtProcStream {
   private async routeBodyOf(buf: BodyBuffer): Promise<void> {
     const body = buf.bytes();
     let decision: RouteDecision;
+    const cancel: Cancellation = { cancelled: false, onCancel: undefined };
+    this.routing = cancel;
     try {
       // The stream never reads the request body again: the router may move it.
       decision = await this.opts.router.route({
         ...this.gatewayRequest(body),
         bodyTransferable: buf.owned,
+        cancel,
       });
     } catch (err) {
+      this.routing = undefined;
       if (!this.closed) this.reject(err);
       return;
     }
+    this.routing = undefined;
     if (!this.accept(decision)) return;
     if (this.closed) {
       this.settle();
@@ -550,6 +562,12 @@ export class ExtProcStream {
    */
   private markClosed(): void {
     this.closed = true;
+    const routing = this.routing;
+    if (routing !== undefined) {
+      this.routing = undefined;
+      routing.cancelled = true;
+      routing.onCancel?.();
+    }
     this.queue = [];
     this.queuedBytes = 0;
     this.reqBody?.release();

@@ -52,13 +52,15 @@ function req(
  * preparer (5 ms, through the observer's wrapper, with `req.body` itself),
  * picking (`pickMs`), then onRouted. `fail` throws at that stage instead.
  */
-function setup(opts: { pickMs?: number; fail?: 'before_scoring' | 'at_pick' } = {}) {
+function setup(opts: { pickMs?: number; fail?: 'before_scoring' | 'at_pick' | 'dropped' } = {}) {
   const clock = { now: 1000 };
   const m = new EppMetrics({ processMetrics: false });
   const obs = new MetricsObserver(m, () => clock.now);
   const preparer: Preparer = obs.preparer({
     prepare: async () => {
       clock.now += 5;
+      // A pool task dropped while it waited for a thread.
+      if (opts.fail === 'dropped') throw new KvEppError('cancelled', 'abandoned');
       return prep;
     },
   });
@@ -90,6 +92,16 @@ function setup(opts: { pickMs?: number; fail?: 'before_scoring' | 'at_pick' } = 
 }
 
 describe('MetricsObserver spans', () => {
+  it('counts a request abandoned while it waited for tokenizing as cancelled, not as an error', async () => {
+    const { m, router } = setup({ fail: 'dropped' });
+    await expect(router.route(req('m'))).rejects.toMatchObject({ code: 'cancelled' });
+    const text = await m.registry.metrics();
+    expect(sample(text, 'kv_epp_requests_cancelled_total')).toBe(1);
+    expect(text).not.toMatch(/^inference_objective_request_error_total\{/m);
+    // Waiting is not tokenizing.
+    expect(sample(text, 'kv_epp_tokenization_seconds_count')).toBe(0);
+  });
+
   it('times scheduling from the scores to the pick, and keeps the whole route time', async () => {
     const { m, router } = setup({ pickMs: 2 });
     const r = req('m');

@@ -153,6 +153,7 @@ describe('EppMetrics', () => {
       ['kv_epp_prefix_overlap_blocks', 'histogram'],
       ['kv_epp_tokenization_seconds', 'histogram'],
       ['kv_epp_pool_queue_depth', 'gauge'],
+      ['kv_epp_requests_cancelled_total', 'counter'],
       ['kv_epp_index_memberships', 'gauge'],
       ['kv_epp_ejected_endpoints', 'gauge'],
     ]) {

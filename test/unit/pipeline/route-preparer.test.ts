@@ -234,6 +234,49 @@ describe('RoutePreparer pool order', () => {
     );
     expect(done).toEqual(Array.from({ length: 12 }, (_, i) => i));
   });
+
+  it('drops a task whose request is cancelled while it waits; a running one finishes', async () => {
+    const path = await createHotPath({ source: QWEN }, 'native');
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    const settings = { blockSize: 4 };
+    const expected = prepareRouteInline(path, body, 'chat', settings).tokens;
+    const cancels = Array.from({ length: 4 }, () => ({
+      cancelled: false,
+      onCancel: undefined as (() => void) | undefined,
+    }));
+    const runs = cancels.map((c) => pooled.prepare(body, 'chat', settings, undefined, c));
+    // One thread: the first runs, three wait (counted for the 429 threshold).
+    expect(pooled.queueDepth).toBe(3);
+    // Cancel the running one and the second waiting one.
+    for (const i of [0, 2]) {
+      const c = cancels[i] as (typeof cancels)[number];
+      c.cancelled = true;
+      c.onCancel?.();
+    }
+    expect(pooled.queueDepth).toBe(2);
+    const [r0, r1, r2, r3] = await Promise.allSettled(runs);
+    expect(r0).toMatchObject({ status: 'fulfilled', value: { tokens: expected } });
+    expect(r1).toMatchObject({ status: 'fulfilled', value: { tokens: expected } });
+    expect(r2).toMatchObject({ status: 'rejected', reason: { code: 'cancelled' } });
+    expect(r3).toMatchObject({ status: 'fulfilled', value: { tokens: expected } });
+    expect(pooled.droppedTasks).toBe(1);
+    expect(pooled.queueDepth).toBe(0);
+    // A cancel after the task ended changes nothing.
+    (cancels[3] as (typeof cancels)[number]).onCancel?.();
+    expect(pooled.droppedTasks).toBe(1);
+  });
+
+  it('rejects tasks still waiting when the pool closes', async () => {
+    const path = await createHotPath({ source: QWEN }, 'native');
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    const settings = { blockSize: 4 };
+    const first = pooled.prepare(body, 'chat', settings);
+    const waiting = pooled.prepare(body, 'chat', settings);
+    const closed = pooled.close();
+    await expect(waiting).rejects.toMatchObject({ code: 'disposed' });
+    await Promise.allSettled([first, closed]);
+  });
 });
 
 describe('token_data bytes', () => {

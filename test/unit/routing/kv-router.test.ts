@@ -540,6 +540,35 @@ describe.each(['native', 'js'] as Backend[])('KvRouter (%s)', (backend) => {
     expect(path.index.findMatches(localHashes, false).workers[0]?.workerId).toBe(primary?.workerId);
   });
 
+  it('picks nothing for a request the gateway abandoned while it was tokenized', async () => {
+    const path = await createHotPath({ source: 'o200k_base' }, backend);
+    const queued: Array<() => void> = [];
+    const cancel = { cancelled: false, onCancel: undefined as (() => void) | undefined };
+    let handed: unknown;
+    const r = inlineRouter(path, {
+      defer: (work) => queued.push(work),
+      preparer: {
+        // The client goes away while its prompt is tokenized (a task already running).
+        prepare: async (b, api, st, w, c) => {
+          handed = c;
+          const prep = prepareRouteInline(path, b, api, st, w);
+          cancel.cancelled = true;
+          return prep;
+        },
+      },
+    });
+    await expect(r.route(req(chat(long), { cancel }))).rejects.toMatchObject({
+      code: 'cancelled',
+    });
+    expect(handed).toBe(cancel);
+    // No in-flight count to undo and no approximate-mode record of a request no worker sees.
+    for (const e of endpoints) expect(r.load(e.hostPort)).toBe(0);
+    expect(queued).toHaveLength(0);
+    // The same prompt, not cancelled, is routed and recorded.
+    await r.route(req(chat(long)));
+    expect(queued).toHaveLength(1);
+  });
+
   it('reports the scheduling time alone to onRouted, not the tokenizing before it', async () => {
     const path = await createHotPath({ source: 'o200k_base' }, backend);
     const seen: Array<number | undefined> = [];

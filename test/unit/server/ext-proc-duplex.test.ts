@@ -10,6 +10,7 @@ import { KvEppError } from '../../../src/errors.js';
 import { MAX_DECODED_ENTRIES } from '../../../src/server/ext-proc/codec.js';
 import { BodySendMode } from '../../../src/server/ext-proc/messages.js';
 import { startsLikeSse } from '../../../src/server/ext-proc/response.js';
+import type { GatewayRequest, RouteDecision } from '../../../src/server/routing-types.js';
 import {
   aDecision,
   destinationOf,
@@ -765,6 +766,45 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       release();
       const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
+    });
+
+    it('tells the router when the client goes away while it routes (its waiting work can be dropped)', async () => {
+      let cancel: GatewayRequest['cancel'];
+      const asked = new Promise<void>((seen) => {
+        fx.router.decide = (req) =>
+          new Promise<RouteDecision>((_resolve, reject) => {
+            cancel = req.cancel;
+            if (cancel) {
+              cancel.onCancel = () =>
+                reject(new KvEppError('cancelled', 'the gateway abandoned it'));
+            }
+            seen();
+          });
+      });
+      const s = fx.client.open();
+      s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
+      await asked;
+      expect(cancel?.cancelled).toBe(false);
+      s.cancel();
+      await s.status;
+      await vi.waitFor(() => expect(cancel?.cancelled).toBe(true));
+      // Nothing was decided, so nothing completes; the server goes on serving.
+      fx.router.decide = (req) => aDecision({ body: req.body });
+      const next = fx.client.open();
+      next.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
+      const [h] = await next.take(1);
+      expect(destinationOf(h)).toBe('127.0.0.2:8000');
+      next.cancel();
+      expect(fx.router.completions).toHaveLength(0);
+    });
+
+    it('leaves a request routed to the end uncancelled', async () => {
+      const s = fx.client.open();
+      s.send(reqHeaders(baseHeaders), reqBody(CHAT, true));
+      await s.take(2);
+      s.cancel();
+      await s.status;
+      expect(fx.router.routed[0]?.cancel?.cancelled).toBe(false);
     });
   });
 });
