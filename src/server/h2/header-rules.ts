@@ -6,7 +6,8 @@
  * Contract: `headers` is the flat `[name, value, …]` list the HPACK decoder
  * returns. `checkRequestHeaders` returns the declared content-length (≥ 0),
  * NO_LENGTH when there is none, or MALFORMED. It allocates nothing on the
- * path a well-formed gRPC request takes (one pass, character-code tests).
+ * path a well-formed gRPC request takes (one pass over names and values,
+ * character-code tests).
  */
 
 export const MALFORMED = -2;
@@ -17,11 +18,20 @@ const PSEUDO_SCHEME = 2;
 const PSEUDO_PATH = 4;
 const PSEUDO_AUTHORITY = 8;
 
-/** True when the name has an uppercase ASCII letter (RFC 9113 §8.2.1). */
-function hasUppercase(name: string): boolean {
+/** §8.2.1: a field name with a control or non-ASCII octet, a space, or an uppercase letter. */
+function badName(name: string): boolean {
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
-    if (c >= 65 && c <= 90) return true;
+    if (c <= 0x20 || c >= 0x7f || (c >= 65 && c <= 90)) return true;
+  }
+  return false;
+}
+
+/** §8.2.1: a field value with NUL, CR or LF, which could split it into two fields downstream. */
+function badValue(value: string): boolean {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if (c <= 0x0d && (c === 0x00 || c === 0x0a || c === 0x0d)) return true;
   }
   return false;
 }
@@ -70,7 +80,8 @@ function parseLength(value: string): number {
 }
 
 /**
- * Checks a request's opening header block: lowercase names, only the four
+ * Checks a request's opening header block: names and values as §8.2.1
+ * allows (lowercase names of visible ASCII, no NUL/CR/LF in values), only the four
  * request pseudo-headers, each at most once and before every regular field,
  * `:method` always and `:scheme` + a non-empty `:path` unless CONNECT, no
  * connection-specific field, `te` only as "trailers", at most one
@@ -84,24 +95,26 @@ export function checkRequestHeaders(headers: readonly string[]): number {
   let length = NO_LENGTH;
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i] as string;
+    const value = headers[i + 1] as string;
+    if (badValue(value)) return MALFORMED;
     if (name.charCodeAt(0) === 58 /* ':' */) {
       const bit = pseudoBit(name);
       if (bit === 0 || regular || seen & bit) return MALFORMED;
       seen |= bit;
-      const value = headers[i + 1] as string;
       if (bit === PSEUDO_METHOD) isConnect = value === 'CONNECT';
       else if (bit === PSEUDO_PATH) pathEmpty = value.length === 0;
       continue;
     }
     regular = true;
-    if (name.length === 0 || hasUppercase(name)) return MALFORMED;
+    if (name.length === 0 || badName(name)) return MALFORMED;
     if (isConnectionSpecific(name)) return MALFORMED;
     if (name === 'te') {
       // Tokens are case-insensitive (nghttp2 compares so); an empty value names none (as Go).
-      const te = headers[i + 1] as string;
-      if (te !== 'trailers' && te !== '' && te.toLowerCase() !== 'trailers') return MALFORMED;
+      if (value !== 'trailers' && value !== '' && value.toLowerCase() !== 'trailers') {
+        return MALFORMED;
+      }
     } else if (name === 'content-length') {
-      const n = parseLength(headers[i + 1] as string);
+      const n = parseLength(value);
       if (n === MALFORMED || (length !== NO_LENGTH && n !== length)) return MALFORMED;
       length = n;
     }
@@ -116,12 +129,15 @@ export function checkRequestHeaders(headers: readonly string[]): number {
   return length;
 }
 
-/** Checks a trailer block: no pseudo-headers (§8.1), lowercase names, no connection-specific field. */
+/**
+ * Checks a trailer block: no pseudo-headers (§8.1), names and values as
+ * §8.2.1 allows, no connection-specific field.
+ */
 export function trailersMalformed(headers: readonly string[]): boolean {
   for (let i = 0; i < headers.length; i += 2) {
     const name = headers[i] as string;
-    if (name.length === 0 || name.charCodeAt(0) === 58 || hasUppercase(name)) return true;
-    if (isConnectionSpecific(name)) return true;
+    if (name.length === 0 || name.charCodeAt(0) === 58 || badName(name)) return true;
+    if (isConnectionSpecific(name) || badValue(headers[i + 1] as string)) return true;
   }
   return false;
 }

@@ -634,6 +634,13 @@ for (const mode of READ_MODES) {
         ['transfer-encoding', [...REQ, ['transfer-encoding', 'chunked']]],
         ['te other than trailers', [...REQ, ['te', 'gzip']]],
         ['an uppercase field name', [...REQ, ['X-Upper', '1']]],
+        ['a field name with a space', [...REQ, ['x a', '1']]],
+        ['a field name with NUL', [...REQ, ['x\u0000a', '1']]],
+        ['a field name with a non-ASCII octet', [...REQ, ['x\u00e9', '1']]],
+        ['a field value with CR LF', [...REQ, ['x-a', '1\r\nx-b: 2']]],
+        ['a field value with LF', [...REQ, ['x-a', '1\n2']]],
+        ['a field value with NUL', [...REQ, ['x-a', '1\u00002']]],
+        ['a pseudo-header value with CR', [...without(':path'), [':path', '/m\r']]],
         ['a content-length that is not a number', [...REQ, ['content-length', '1x']]],
         [
           'two different content-lengths',
@@ -724,13 +731,17 @@ for (const mode of READ_MODES) {
         c.sock.destroy();
       });
 
-      it('RST_STREAM(PROTOCOL_ERROR) for trailers carrying a pseudo-header', async () => {
+      it.each([
+        ['a pseudo-header', [':path', '/t']],
+        ['a value with CR LF', ['x-t', 'a\r\nb']],
+        ['an uppercase name', ['X-T', 'a']],
+      ] as const)('RST_STREAM(PROTOCOL_ERROR) for trailers carrying %s', async (_what, field) => {
         const h = await serve(echo);
         const c = rawClient(h);
         c.sock.write(
           Buffer.concat([
             frame(1, 0x4, 1, encodeHeaders(REQ)),
-            frame(1, 0x4 | 0x1, 1, encodeHeaders([[':path', '/t']])),
+            frame(1, 0x4 | 0x1, 1, encodeHeaders([field])),
           ]),
         );
         await c.until(() => c.frames.some((f) => f.type === 3 && f.id === 1));
