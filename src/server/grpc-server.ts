@@ -13,6 +13,7 @@ import {
   setLogger,
   type UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { LogBudget } from '../log/log-budget.js';
 import type { Logger } from '../log/logger.js';
 import { CertReloader } from './cert-reloader.js';
 import { BodyBudget, bodyBudgetBytes } from './ext-proc/body-budget.js';
@@ -321,7 +322,14 @@ export async function startExtProcServer(opts: ExtProcServerOptions): Promise<Ru
   };
 }
 
-/** The raw-h2 connections' windows and protocol-error log line, shared by both ports. */
+/** Protocol-error lines written per port and minute; the rest are counted on the next line. */
+export const PROTOCOL_ERROR_LINES_PER_MINUTE = 10;
+
+/**
+ * The raw-h2 connections' windows and protocol-error log line, shared by both
+ * ports. The line is capped (PROTOCOL_ERROR_LINES_PER_MINUTE): each bad
+ * connection would otherwise write one, and a scanner makes thousands.
+ */
 function rawConnections(
   logger: Logger,
   port: number,
@@ -330,11 +338,16 @@ function rawConnections(
   RawHealthTransportOptions,
   'streamWindowBytes' | 'connectionWindowBytes' | 'onProtocolError'
 > {
+  const budget = new LogBudget(PROTOCOL_ERROR_LINES_PER_MINUTE, 60_000, () => performance.now());
   return {
     streamWindowBytes: DEFAULT_HTTP2_TUNING.streamWindowBytes,
     connectionWindowBytes: DEFAULT_HTTP2_TUNING.connectionWindowBytes,
-    onProtocolError: (code, reason) =>
-      logger.warn({ port, code, reason }, `${what} connection closed: HTTP/2 protocol error`),
+    onProtocolError: (code, reason) => {
+      const skipped = budget.take();
+      if (skipped === undefined) return;
+      const fields = skipped > 0 ? { port, code, reason, skipped } : { port, code, reason };
+      logger.warn(fields, `${what} connection closed: HTTP/2 protocol error`);
+    },
   };
 }
 
