@@ -183,7 +183,7 @@ export class MetricsObserver {
           decision = await inner.route(req);
         } catch (err) {
           if (err instanceof KvEppError && err.code === 'cancelled') {
-            m.requestCancelled();
+            m.requestCancelled(req.cancel?.reason ?? 'abandoned');
             throw err;
           }
           const { model, target } =

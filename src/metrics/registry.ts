@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import type { CancelReason } from '../server/routing-types.js';
 import type { ExpositionRegistry } from './exposition.js';
 import { FastCounter, FastGauge, FastHistogram } from './fast-metrics.js';
 import type { PodLoad } from './model-server-metrics.js';
@@ -354,7 +355,7 @@ export class EppMetrics {
   private readonly overlapBlocks: FastHistogram;
   private readonly tokenization: FastHistogram;
   private readonly served: FastCounter<'outcome'>;
-  private readonly cancelled: FastCounter;
+  private readonly cancelled: FastCounter<'reason'>;
   private readonly eventsApplied: FastCounter<'kind'>;
   private readonly eventBlocks: FastCounter<'op'>;
   private readonly eventsRejected: FastCounter<'reason'>;
@@ -550,7 +551,8 @@ export class EppMetrics {
     });
     this.cancelled = new FastCounter({
       name: 'kv_epp_requests_cancelled_total',
-      help: 'Requests the gateway abandoned while kv-epp was tokenizing them (a task still waiting for a tokenization thread is dropped); no endpoint was picked for them.',
+      help: 'Requests whose ext_proc stream ended while kv-epp was tokenizing them, by reason: abandoned (by the gateway) or stream_failed (kv-epp failed the stream for a protocol violation). A task still waiting for a tokenization thread is dropped; no endpoint is picked.',
+      labelNames: ['reason'],
       registers,
     });
     this.eventMessages = new FastCounter({
@@ -905,7 +907,7 @@ export class EppMetrics {
     this.served.inc({ outcome });
   }
 
-  requestCancelled(): void {
-    this.cancelled.inc();
+  requestCancelled(reason: CancelReason): void {
+    this.cancelled.inc({ reason });
   }
 }

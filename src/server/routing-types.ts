@@ -35,14 +35,22 @@ export interface GatewayRequest {
 }
 
 /**
- * The gateway abandoned a request (stream reset, cancelled, connection lost)
- * before it was answered. The protocol layer sets `cancelled` once and then
- * calls `onCancel`, which whoever holds droppable work for the request (a
- * queued tokenization task) sets; a router seeing `cancelled` may stop and
- * reject with KvEppError `cancelled` (never sent: nobody is listening).
+ * Why a request's answer will never be sent: the gateway abandoned it (stream
+ * reset, cancelled, connection lost), or kv-epp failed its ext_proc stream
+ * (a protocol violation, such as too much sent while it was routed).
+ */
+export type CancelReason = 'abandoned' | 'stream_failed';
+
+/**
+ * A request whose answer will never be sent, decided while it is routed. The
+ * protocol layer sets `reason`, then `cancelled`, once, and then calls
+ * `onCancel`, which whoever holds droppable work for the request (a queued
+ * tokenization task) sets; a router seeing `cancelled` may stop and reject
+ * with KvEppError `cancelled` (never sent: nobody is listening).
  */
 export interface Cancellation {
   cancelled: boolean;
+  reason?: CancelReason | undefined;
   onCancel: (() => void) | undefined;
 }
 

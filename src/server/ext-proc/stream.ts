@@ -28,6 +28,7 @@ import type { Logger } from '../../log/logger.js';
 import { clientRoutingHeaders } from '../../routing/client-headers.js';
 import type {
   Cancellation,
+  CancelReason,
   GatewayRequest,
   RequestRouter,
   RouteDecision,
@@ -557,14 +558,16 @@ export class ExtProcStream {
   }
 
   /**
-   * Nothing more is handled: queued messages go, and a request body still
-   * being received gives its budget share back.
+   * Nothing more is handled: queued messages go, a request body still being
+   * received gives its budget share back, and a request being routed is
+   * cancelled (`why`).
    */
-  private markClosed(): void {
+  private markClosed(why: CancelReason = 'abandoned'): void {
     this.closed = true;
     const routing = this.routing;
     if (routing !== undefined) {
       this.routing = undefined;
+      routing.reason = why;
       routing.cancelled = true;
       routing.onCancel?.();
     }
@@ -660,7 +663,7 @@ export class ExtProcStream {
     const fields = { requestId: this.requestId || undefined, grpcCode: code, err: message };
     if (err instanceof ProtocolViolation) this.opts.logger.warn(fields, 'ext_proc stream rejected');
     else this.opts.logger.error(fields, 'ext_proc stream failed');
-    this.markClosed();
+    this.markClosed('stream_failed');
     this.sink.fail(code, message);
     this.settle();
   }

@@ -18,18 +18,29 @@ const PSEUDO_SCHEME = 2;
 const PSEUDO_PATH = 4;
 const PSEUDO_AUTHORITY = 8;
 
-/** §8.2.1: a field name with a control or non-ASCII octet, a space, or an uppercase letter. */
+/**
+ * §8.2.1: a regular field name with a control or non-ASCII octet, a space, a
+ * colon or an uppercase letter.
+ */
 function badName(name: string): boolean {
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
-    if (c <= 0x20 || c >= 0x7f || (c >= 65 && c <= 90)) return true;
+    if (c <= 0x20 || c >= 0x7f || c === 0x3a || (c >= 65 && c <= 90)) return true;
   }
   return false;
 }
 
-/** §8.2.1: a field value with NUL, CR or LF, which could split it into two fields downstream. */
+/**
+ * §8.2.1: a field value with NUL, CR or LF (which could split it into two
+ * fields downstream), or that starts or ends with a space or tab.
+ */
 function badValue(value: string): boolean {
-  for (let i = 0; i < value.length; i++) {
+  const n = value.length;
+  if (n === 0) return false;
+  const first = value.charCodeAt(0);
+  const last = value.charCodeAt(n - 1);
+  if (first === 0x20 || first === 0x09 || last === 0x20 || last === 0x09) return true;
+  for (let i = 0; i < n; i++) {
     const c = value.charCodeAt(i);
     if (c <= 0x0d && (c === 0x00 || c === 0x0a || c === 0x0d)) return true;
   }
@@ -81,7 +92,8 @@ function parseLength(value: string): number {
 
 /**
  * Checks a request's opening header block: names and values as §8.2.1
- * allows (lowercase names of visible ASCII, no NUL/CR/LF in values), only the four
+ * allows (lowercase names of visible ASCII without a colon; no NUL/CR/LF in
+ * values, nor a space or tab at either end), only the four
  * request pseudo-headers, each at most once and before every regular field,
  * `:method` always and `:scheme` + a non-empty `:path` unless CONNECT, no
  * connection-specific field, `te` only as "trailers", at most one

@@ -95,8 +95,13 @@ describe('MetricsObserver spans', () => {
   it('counts a request abandoned while it waited for tokenizing as cancelled, not as an error', async () => {
     const { m, router } = setup({ fail: 'dropped' });
     await expect(router.route(req('m'))).rejects.toMatchObject({ code: 'cancelled' });
+    const failed = { cancelled: true, reason: 'stream_failed' as const, onCancel: undefined };
+    await expect(router.route(req('m', { cancel: failed }))).rejects.toMatchObject({
+      code: 'cancelled',
+    });
     const text = await m.registry.metrics();
-    expect(sample(text, 'kv_epp_requests_cancelled_total')).toBe(1);
+    expect(sample(text, 'kv_epp_requests_cancelled_total{reason="abandoned"}')).toBe(1);
+    expect(sample(text, 'kv_epp_requests_cancelled_total{reason="stream_failed"}')).toBe(1);
     expect(text).not.toMatch(/^inference_objective_request_error_total\{/m);
     // Waiting is not tokenizing.
     expect(sample(text, 'kv_epp_tokenization_seconds_count')).toBe(0);

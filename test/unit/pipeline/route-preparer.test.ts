@@ -267,6 +267,29 @@ describe('RoutePreparer pool order', () => {
     expect(pooled.droppedTasks).toBe(1);
   });
 
+  it('keeps no more dropped tasks than live ones (and 1 024) while a task holds the thread', async () => {
+    const path = await createHotPath({ source: QWEN }, 'native');
+    const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });
+    preparers.push(pooled);
+    const settings = { blockSize: 4 };
+    const first = pooled.prepare(body, 'chat', settings);
+    const live = pooled.prepare(body, 'chat', settings);
+    // Opened and abandoned at once, 5 000 times, with the only thread busy all along.
+    const gone: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 5000; i++) {
+      const c = { cancelled: false, onCancel: undefined as (() => void) | undefined };
+      gone.push(pooled.prepare(body, 'chat', settings, undefined, c).catch((e) => e));
+      c.cancelled = true;
+      c.onCancel?.();
+      expect(pooled.heldWaiters).toBeLessThanOrEqual(1 + 1024 + 1);
+    }
+    expect(pooled.queueDepth).toBe(1);
+    expect(pooled.droppedTasks).toBe(5000);
+    for (const e of await Promise.all(gone)) expect(e).toMatchObject({ code: 'cancelled' });
+    await Promise.all([first, live]);
+    expect(pooled.queueDepth).toBe(0);
+  });
+
   it('rejects tasks still waiting when the pool closes', async () => {
     const path = await createHotPath({ source: QWEN }, 'native');
     const pooled = RoutePreparer.create(path, { poolSize: 1, offloadBytes: 1 });

@@ -751,6 +751,11 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       expect(status.details).toMatch(
         /messages \(\d+ bytes\) sent while the request was being routed/,
       );
+      // The routing work is cancelled too: its answer can no longer be sent.
+      expect(fx.router.routed[0]?.cancel).toMatchObject({
+        cancelled: true,
+        reason: 'stream_failed',
+      });
       release();
       const [c] = await fx.router.completed(1);
       expect(c?.summary.requestId).toBe('req-1');
@@ -788,6 +793,7 @@ describe.each(TRANSPORTS)('%s transport', (transport) => {
       s.cancel();
       await s.status;
       await vi.waitFor(() => expect(cancel?.cancelled).toBe(true));
+      expect(cancel?.reason).toBe('abandoned');
       // Nothing was decided, so nothing completes; the server goes on serving.
       fx.router.decide = (req) => aDecision({ body: req.body });
       const next = fx.client.open();

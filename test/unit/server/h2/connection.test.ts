@@ -641,6 +641,9 @@ for (const mode of READ_MODES) {
         ['a field value with LF', [...REQ, ['x-a', '1\n2']]],
         ['a field value with NUL', [...REQ, ['x-a', '1\u00002']]],
         ['a pseudo-header value with CR', [...without(':path'), [':path', '/m\r']]],
+        ['a colon inside a field name', [...REQ, ['x:a', '1']]],
+        ['a field value with a leading space', [...REQ, ['x-a', ' 1']]],
+        ['a field value with a trailing tab', [...REQ, ['x-a', '1\t']]],
         ['a content-length that is not a number', [...REQ, ['content-length', '1x']]],
         [
           'two different content-lengths',
@@ -670,12 +673,17 @@ for (const mode of READ_MODES) {
         });
       }
 
-      it('accepts te: trailers, CONNECT with only :authority, and a matching content-length', async () => {
+      it('accepts te: trailers, inner and empty values, CONNECT with only :authority, and a matching content-length', async () => {
         const h = await serve(echo);
         const c = rawClient(h);
         c.sock.write(
           Buffer.concat([
-            frame(1, 0x4 | 0x1, 1, encodeHeaders([...REQ, ['te', 'Trailers']])),
+            frame(
+              1,
+              0x4 | 0x1,
+              1,
+              encodeHeaders([...REQ, ['te', 'Trailers'], ['x-inner', 'a b\tc'], ['x-empty', '']]),
+            ),
             frame(
               1,
               0x4 | 0x1,
