@@ -58,7 +58,13 @@ import type {
   ResponseSummary,
   RouteDecision,
 } from '../server/routing-types.js';
-import type { EppMetrics, RequestSeries, ScheduledEndpoint, ServedOutcome } from './registry.js';
+import type {
+  CacheOutcome,
+  EppMetrics,
+  RequestSeries,
+  ScheduledEndpoint,
+  ServedOutcome,
+} from './registry.js';
 
 /** What onRouted saw of a decision, until route() resumes. */
 interface Routed {
@@ -70,6 +76,16 @@ interface Routed {
   /** When the pick was made (clock ms). */
   pickedAt: number;
   scheduleMs: number | undefined;
+  prediction: Prediction | undefined;
+}
+
+/** The cached prefix kv-epp expected on the primary endpoint (tokenized requests). */
+interface Prediction {
+  /** Overlap blocks × block size. */
+  tokens: number;
+  /** kv-epp's prompt token count. */
+  promptTokens: number | undefined;
+  blockSize: number;
 }
 
 /** One request from route() to complete(). */
@@ -86,6 +102,7 @@ interface Flight {
   target: string | undefined;
   /** Its series, once routed. */
   series: RequestSeries | undefined;
+  prediction?: Prediction | undefined;
 }
 
 /** Model labels of a request that failed routing (parses the body: error path only). */
@@ -119,15 +136,24 @@ export class MetricsObserver {
 
   /** For KvRouterDeps.onRouted. */
   readonly onRouted = (r: RoutedRequest): void => {
+    const promptTokens = r.prep?.request?.tokenCount ?? r.prep?.tokens.length;
+    let prediction: Prediction | undefined;
+    if (r.prep) {
+      const blocks = overlapOf(r.prep, r.endpoint);
+      this.metrics.observePrefixOverlapBlocks(blocks);
+      if (r.blockSize !== undefined) {
+        prediction = { tokens: blocks * r.blockSize, promptTokens, blockSize: r.blockSize };
+      }
+    }
     this.routed.set(r.decision, {
       model: r.model,
       target: r.decision.targetModel ?? r.model,
-      promptTokens: r.prep?.request?.tokenCount ?? r.prep?.tokens.length,
+      promptTokens,
       endpoint: r.endpoint,
       pickedAt: this.clock(),
       scheduleMs: r.scheduleMs,
+      prediction,
     });
-    if (r.prep) this.metrics.observePrefixOverlapBlocks(overlapOf(r.prep, r.endpoint));
   };
 
   /** `p`, timed. */
@@ -205,6 +231,7 @@ export class MetricsObserver {
         let s: RequestSeries;
         if (r !== undefined) {
           this.routed.delete(decision);
+          flight.prediction = r.prediction;
           s = m.requestSeries(r.model, r.target);
           const from = flight.scoredAt >= 0 ? flight.scoredAt : t0;
           m.observeSchedulerSeconds((r.scheduleMs ?? r.pickedAt - from) / 1000);
@@ -242,7 +269,18 @@ export class MetricsObserver {
           if (f?.series !== undefined) {
             this.live.delete(decision);
             this.finish(f.series, f.startedAt, summary);
-            m.servedEndpoint(servedOutcome(decision.endpoints, summary.servedEndpoint));
+            const served = servedOutcome(decision.endpoints, summary.servedEndpoint);
+            m.servedEndpoint(served);
+            const p = f.prediction;
+            const reported = summary.promptCachedTokens;
+            // Judged only where the prediction was made: the primary served it.
+            if (p && reported !== undefined && (served === 'primary' || served === 'unreported')) {
+              m.cachePrediction(
+                cacheOutcome(p.tokens, reported, p.promptTokens, p.blockSize),
+                p.tokens,
+                reported,
+              );
+            }
           }
         }
       },
@@ -280,6 +318,28 @@ export function servedOutcome(
   const i = endpoints.indexOf(canonicalHostPort(served.trim()) ?? served);
   if (i === 0) return 'primary';
   return i > 0 ? 'fallback' : 'other';
+}
+
+/**
+ * A predicted cached prefix (`predicted` tokens, whole blocks) against the one
+ * the model server reported. An engine computes at least a prompt's last
+ * token, so for a prompt of whole blocks predicted whole it may report one
+ * block less: that is a hit too.
+ */
+export function cacheOutcome(
+  predicted: number,
+  reported: number,
+  promptTokens: number | undefined,
+  blockSize: number,
+): CacheOutcome {
+  if (reported === predicted) return 'hit';
+  const wholePrompt =
+    promptTokens !== undefined &&
+    promptTokens > 0 &&
+    promptTokens % blockSize === 0 &&
+    predicted === promptTokens;
+  if (wholePrompt && reported === predicted - blockSize) return 'hit';
+  return reported > predicted ? 'under' : 'over';
 }
 
 /** Prefix depth the index reported for `endpoint` (0 when it holds none). */

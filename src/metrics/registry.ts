@@ -94,6 +94,9 @@ export interface MetricsSources {
   approxQueue?: (() => { queued: number; disposed: number; panicked: number }) | undefined;
 }
 
+/** How a request's predicted cached prefix compared with the reported one. */
+export type CacheOutcome = 'hit' | 'over' | 'under';
+
 /** What one applied KV-event message contributes to the event metrics. */
 export interface EventCounts {
   applied: { stored: number; removed: number; cleared: number };
@@ -356,6 +359,9 @@ export class EppMetrics {
   private readonly tokenization: FastHistogram;
   private readonly served: FastCounter<'outcome'>;
   private readonly cancelled: FastCounter<'reason'>;
+  private readonly cachePredictions: FastCounter<'outcome'>;
+  private readonly cachedTokensPredicted: FastCounter;
+  private readonly cachedTokensReported: FastCounter;
   private readonly eventsApplied: FastCounter<'kind'>;
   private readonly eventBlocks: FastCounter<'op'>;
   private readonly eventsRejected: FastCounter<'reason'>;
@@ -553,6 +559,22 @@ export class EppMetrics {
       name: 'kv_epp_requests_cancelled_total',
       help: 'Requests whose ext_proc stream ended while kv-epp was tokenizing them, by reason: abandoned (by the gateway) or stream_failed (kv-epp failed the stream for a protocol violation). A task still waiting for a tokenization thread is dropped; no endpoint is picked.',
       labelNames: ['reason'],
+      registers,
+    });
+    this.cachePredictions = new FastCounter({
+      name: 'kv_epp_cache_predictions_total',
+      help: "Requests whose response reported cached_tokens and that the primary endpoint served, by how kv-epp's prefix overlap for it compared: hit (as reported, allowing the last block an engine recomputes), over (the engine had fewer blocks: evicted, or events missed) or under (it had more).",
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.cachedTokensPredicted = new FastCounter({
+      name: 'kv_epp_cached_tokens_predicted_total',
+      help: 'Prompt tokens kv-epp expected the primary endpoint to hold (prefix overlap × block size), over the requests kv_epp_cache_predictions_total counts.',
+      registers,
+    });
+    this.cachedTokensReported = new FastCounter({
+      name: 'kv_epp_cached_tokens_reported_total',
+      help: 'cached_tokens the model server reported, over the requests kv_epp_cache_predictions_total counts.',
       registers,
     });
     this.eventMessages = new FastCounter({
@@ -905,6 +927,13 @@ export class EppMetrics {
 
   servedEndpoint(outcome: ServedOutcome): void {
     this.served.inc({ outcome });
+  }
+
+  /** A routed request's predicted cached prefix against the one its server reported. */
+  cachePrediction(outcome: CacheOutcome, predictedTokens: number, reportedTokens: number): void {
+    this.cachePredictions.inc({ outcome });
+    this.cachedTokensPredicted.inc(predictedTokens);
+    this.cachedTokensReported.inc(reportedTokens);
   }
 
   requestCancelled(reason: CancelReason): void {

@@ -138,6 +138,8 @@ export interface RoutedRequest {
   endpoint: Endpoint;
   /** The body's model (before any rewrite). */
   model: string;
+  /** The block size `prep`'s overlap counts in (tokens per block). */
+  blockSize?: number | undefined;
 }
 
 /**
@@ -458,7 +460,14 @@ export class KvRouter implements RequestRouter {
         if (entry) entry.localHashes = prep.localHashes.slice();
       }
     }
-    this.deps.onRouted?.({ decision, prep, endpoint: primary, model, scheduleMs });
+    this.deps.onRouted?.({
+      decision,
+      prep,
+      endpoint: primary,
+      model,
+      scheduleMs,
+      blockSize: this.settings.blockSize,
+    });
     debugRouted(this.deps.log, req, decision, primary, prep, model);
     return decision;
   }

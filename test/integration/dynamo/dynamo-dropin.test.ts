@@ -46,6 +46,7 @@ import {
 import { type EnvoyProcess, findEnvoy, startEnvoy } from '../../support/envoy.js';
 import { type HttpResult, httpCall } from '../../support/http-client.js';
 import { findNatsServer, type NatsServer, startNatsServer } from '../../support/nats-server.js';
+import { sample } from '../../support/prom-text.js';
 
 const PYTHON = findDynamoPython();
 const NATS = findNatsServer();
@@ -146,6 +147,23 @@ function usageOf(body: string): { prompt_tokens: number; cached_tokens: number }
   }
   if (!found) throw new Error(`no usage in response: ${body.slice(-400)}`);
   return found;
+}
+
+/** kv-epp's cache-prediction counters, from its /metrics page. */
+async function predictionCounts(): Promise<{
+  hit: number;
+  over: number;
+  under: number;
+  reported: number;
+}> {
+  const res = await httpCall({ port: (serving as Serving).metrics.port, path: '/metrics' });
+  const v = (series: string) => sample(res.body, series) ?? 0;
+  return {
+    hit: v('kv_epp_cache_predictions_total{outcome="hit"}'),
+    over: v('kv_epp_cache_predictions_total{outcome="over"}'),
+    under: v('kv_epp_cache_predictions_total{outcome="under"}'),
+    reported: v('kv_epp_cached_tokens_reported_total'),
+  };
 }
 
 /** The ids of Dynamo's `token_ids` annotation in an SSE body. */
@@ -872,6 +890,7 @@ describe.skipIf(!ready)(
       });
       const P = chat(prose('Alpha'));
       const Q = chat(prose('Zulu'));
+      const before = await predictionCounts();
 
       // P is held at its tap (after kv-epp routed it), so it is in flight on its worker...
       const gate = `hold-${randomUUID()}`;
@@ -893,6 +912,7 @@ describe.skipIf(!ready)(
       expect(q1.chosen.name).not.toBe(p1.chosen.name);
       expect(usageOf(p1.res.body).cached_tokens).toBe(0);
       expect(usageOf(q1.res.body).cached_tokens).toBe(0);
+      let reported = 0;
 
       // Repeats: kv-epp's prefix index sends each back to its worker, which has the blocks.
       for (const [first, body] of [
@@ -906,7 +926,24 @@ describe.skipIf(!ready)(
         const n = tokenDataOf(again.rec).length;
         expect(n).toBeGreaterThan(3 * BLOCK);
         expect(fullBlocks(n)).toContain(usageOf(again.res.body).cached_tokens);
+        reported += usageOf(again.res.body).cached_tokens;
       }
+
+      // kv-epp's predictions (approximate mode: its own decisions) matched the
+      // mocker's reported cache for all four: none cached, then each whole prompt.
+      const after = await until(
+        'four cache predictions judged',
+        async () => {
+          const c = await predictionCounts();
+          return c.hit + c.over + c.under - (before.hit + before.over + before.under) >= 4
+            ? c
+            : undefined;
+        },
+        { timeoutMs: 10_000, intervalMs: 20 },
+      );
+      expect(after.hit - before.hit).toBe(4);
+      expect([after.over - before.over, after.under - before.under]).toEqual([0, 0]);
+      expect(after.reported - before.reported).toBe(reported);
 
       // The cache is the worker's own: Q sent straight to P's worker finds nothing.
       const cross = await direct('/v1/chat/completions', Q, p1.chosen.instanceId);

@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { type Endpoint, parseEndpoints } from '../../../src/discovery/endpoints.js';
 import { KvEppError } from '../../../src/errors.js';
-import { MetricsObserver } from '../../../src/metrics/observer.js';
+import { cacheOutcome, MetricsObserver } from '../../../src/metrics/observer.js';
 import { EppMetrics } from '../../../src/metrics/registry.js';
 import type { Preparer, RoutePrep } from '../../../src/pipeline/route-prep.js';
 import type { RoutedRequest } from '../../../src/routing/kv-router.js';
@@ -156,6 +156,68 @@ describe('MetricsObserver spans', () => {
       ),
     ).toBe(1);
     expect(sample(text, 'inference_extension_scheduler_e2e_duration_seconds_sum')).toBe(0.003);
+  });
+});
+
+describe('cacheOutcome', () => {
+  it.each([
+    [48, 48, 100, 'hit'],
+    [48, 32, 100, 'over'],
+    [48, 64, 100, 'under'],
+    [0, 0, 10, 'hit'],
+    [0, 16, 40, 'under'],
+    // A whole prompt of whole blocks: the engine recomputes the last block.
+    [64, 48, 64, 'hit'],
+    [64, 64, 64, 'hit'],
+    [64, 32, 64, 'over'],
+    // Not the whole prompt: one block less is one block less.
+    [48, 32, 64, 'over'],
+    [48, 32, undefined, 'over'],
+  ] as const)('predicted %i, reported %i of a %s-token prompt: %s', (p, r, n, outcome) => {
+    expect(cacheOutcome(p, r, n, 16)).toBe(outcome);
+  });
+});
+
+describe('MetricsObserver cache predictions', () => {
+  /** Routed to `ep` with `blocks` of overlap there (block size 16, 100 prompt tokens). */
+  async function predicted(blocks: number, summary: Partial<ResponseSummary>) {
+    const { m, router, routed } = setup();
+    routed.push({
+      blockSize: 16,
+      prep: {
+        ...prep,
+        overlap: {
+          workers: [{ workerId: ep.workerId, dpRank: 0 }],
+          blocks: [blocks],
+          treeSizes: [],
+        },
+        request: { model: 'm', tokenCount: 100, body: new Uint8Array(1) },
+      },
+    });
+    const d = await router.route(req('m'));
+    router.complete?.(d, { requestId: 'r', status: 200, ...summary });
+    const text = await m.registry.metrics();
+    return (name: string) => sample(text, name);
+  }
+
+  it('compares the overlap of the primary with the cached tokens its server reported', async () => {
+    let v = await predicted(3, { promptCachedTokens: 48, servedEndpoint: ep.hostPort });
+    expect(v('kv_epp_cache_predictions_total{outcome="hit"}')).toBe(1);
+    expect(v('kv_epp_cached_tokens_predicted_total')).toBe(48);
+    expect(v('kv_epp_cached_tokens_reported_total')).toBe(48);
+    v = await predicted(3, { promptCachedTokens: 16 });
+    expect(v('kv_epp_cache_predictions_total{outcome="over"}')).toBe(1);
+    expect(v('kv_epp_cached_tokens_reported_total')).toBe(16);
+    v = await predicted(0, { promptCachedTokens: 32 });
+    expect(v('kv_epp_cache_predictions_total{outcome="under"}')).toBe(1);
+  });
+
+  it('judges nothing without reported cached tokens, or when another endpoint served', async () => {
+    let v = await predicted(3, {});
+    expect(v('kv_epp_cached_tokens_predicted_total')).toBe(0);
+    v = await predicted(3, { promptCachedTokens: 48, servedEndpoint: '127.0.0.9:1' });
+    expect(v('kv_epp_cached_tokens_predicted_total')).toBe(0);
+    expect(v('kv_epp_cache_predictions_total{outcome="hit"}')).toBeUndefined();
   });
 });
 
