@@ -75,7 +75,7 @@ import { preparerOptionsFromEnv, segmentCacheBytesFromEnv } from '../workers/opt
 import { RoutePreparer } from '../workers/route-preparer.js';
 import { accountExternalMemoryInGlobalLimit, launcherFlagsPresent } from './gc-flags.js';
 import { startGcPacer } from './gc-pacer.js';
-import { linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
+import { gcOnMainThreadOnly, linuxThreadOps, lowerV8WorkerPriority } from './thread-priority.js';
 
 /**
  * Approximate mode: decisions of this many blocks (4 096 tokens at block size
@@ -425,6 +425,7 @@ export async function startServing(
   const v8WorkerPriority = lowerV8WorkerPriority(
     options.v8WorkerPriority,
     linuxThreadOps(await addonIdlePolicy(path.tokenizer.backend)),
+    !gcOnMainThreadOnly(),
   );
   /** `graceMs`: how long servers still open may let their streams finish (default theirs, 5 s). */
   const releaseAll = async (graceMs?: number): Promise<void> => {

@@ -8,9 +8,11 @@
  * slices of 1–3 ms that took a core from Envoy's worker or from kv-epp's own
  * event loop; at 500 req/s 30 of the 50 slowest requests overlapped one
  * (bench/README.md, finding U). Under `SCHED_IDLE` they run only on a core
- * nobody else wants and yield the moment a normal thread wakes; V8 finishes
- * any GC work they have not done on the main thread, so nothing is lost,
- * only moved to when the CPU is free.
+ * nobody else wants and yield the moment a normal thread wakes. That is safe
+ * only where the main thread never waits for them: with `--single-threaded-gc`
+ * (the launchers' flags) GC does not use them; without it they are left alone
+ * (`gcOnWorkers`). Work the main thread joins late still can wait for one
+ * (compile jobs cancelled at the isolate's teardown, after the drain).
  *
  * Modes: `idle` = SCHED_IDLE (needs the addon on the hot path; else `low`), `low` =
  * nice 19 (`os.setPriority` on the thread id), `normal` = untouched.
@@ -53,9 +55,29 @@ export interface ThreadOps {
   setNice(tid: number, nice: number): void;
 }
 
+/**
+ * Whether V8 collects garbage on the main thread alone (`--single-threaded-gc`
+ * on the command line or in NODE_OPTIONS). Without it each GC pause splits
+ * its work with the `V8Worker` threads and waits for them.
+ */
+export function gcOnMainThreadOnly(
+  execArgv: readonly string[] = process.execArgv,
+  nodeOptions: string | undefined = process.env.NODE_OPTIONS,
+): boolean {
+  const flags = [...execArgv, ...(nodeOptions ?? '').split(/\s+/)];
+  return flags.some((f) => f === '--single-threaded-gc' || f === '--single_threaded_gc');
+}
+
+/**
+ * `gcOnWorkers`: GC pauses wait for these threads (no `--single-threaded-gc`).
+ * They are then left alone: a pause, and the isolate's teardown at exit, that
+ * waits for a thread starved under SCHED_IDLE or nice 19 on a saturated
+ * machine waited tens of seconds (a priority inversion, not a delay).
+ */
 export function lowerV8WorkerPriority(
   requested: V8WorkerPriority,
   ops: ThreadOps,
+  gcOnWorkers = false,
 ): ThreadPriorityReport {
   const report = (
     applied: ThreadPriorityReport['applied'],
@@ -70,6 +92,14 @@ export function lowerV8WorkerPriority(
     ...(reason === undefined ? {} : { reason }),
   });
   if (requested === 'normal') return report('none', 0, 0);
+  if (gcOnWorkers) {
+    return report(
+      'none',
+      0,
+      0,
+      "V8's GC shares its pauses with these threads (no --single-threaded-gc): left at normal priority",
+    );
+  }
   let workers: number[];
   try {
     workers = ops

@@ -101,7 +101,10 @@ export interface KvRouterDeps {
    * values in [0, 1); default Math.random. `() => 0` takes the first by name.
    */
   random?: (() => number) | undefined;
-  /** Monotonic clock in ms for approximate-mode expiry; default `performance.now()`. */
+  /**
+   * Monotonic clock in ms for approximate-mode expiry, outlier ejection and the
+   * scheduling span; default `performance.now()`.
+   */
   now?: (() => number) | undefined;
   /**
    * Makes approximate mode's tracker (`createApproxTracker` in src/kv/factory.ts
@@ -415,7 +418,7 @@ export class KvRouter implements RequestRouter {
       throw new KvEppError('cancelled', 'the gateway abandoned the request while it was tokenized');
     }
     // After tokenizing: endpoints and loads may have changed meanwhile.
-    const scheduleStart = performance.now();
+    const scheduleStart = this.now();
     const endpoints = this.available(this.candidates(req));
     const ranked = rank(
       candidatesFor(endpoints, prep?.overlap, (e) => this.endpointLoad(e), this.deps.reportedLoad),
@@ -424,7 +427,7 @@ export class KvRouter implements RequestRouter {
     );
     const chosen = ranked.map((c) => c.endpoint);
     // Scheduling ends at the pick; editing the body (below) is not part of it.
-    const scheduleMs = performance.now() - scheduleStart;
+    const scheduleMs = this.now() - scheduleStart;
     let target: string | undefined;
     if (prep?.request) {
       ({ model, target, body } = prep.request);

@@ -108,9 +108,10 @@ describe.skipIf(!ENVOY).each(MODES)('outlier ejection fed by Envoy (%s)', (mode)
       },
       body: body(),
     });
-    // Wait until the held request reached the worker.
-    for (let i = 0; i < 200 && !w.records.some((r) => r.id === `${mode}-held`); i++)
+    // Wait until the held request reached the worker (it holds the cluster's one slot).
+    for (let i = 0; i < 3000 && !w.records.some((r) => r.id === `${mode}-held`); i++)
       await sleep(10);
+    expect(w.records.some((r) => r.id === `${mode}-held`)).toBe(true);
     const results = await Promise.all(
       Array.from({ length: 6 }, (_, i) =>
         client({

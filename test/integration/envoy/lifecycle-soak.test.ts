@@ -103,7 +103,7 @@ describe.skipIf(!ENVOY).each(MODES)('soak behind Envoy (%s)', (mode) => {
         while (next < N) await one(next++);
       }),
     );
-    const a = await atRest(stack, envoy, 10_000);
+    const a = await atRest(stack, envoy);
     const warnings = stack.logger.records.filter((r) => r.level === 'warn' || r.level === 'error');
     expect(warnings).toEqual([]);
     expect(a.badCompletions).toEqual([]);

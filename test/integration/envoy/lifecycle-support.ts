@@ -614,8 +614,11 @@ export async function accounting(stack: Stack, envoy: EnvoyProcess): Promise<Acc
   };
 }
 
-/** Polls until everything is back at rest (or `ms` passes); returns the last reading. */
-export async function atRest(stack: Stack, envoy: EnvoyProcess, ms = 3000): Promise<Accounting> {
+/**
+ * Polls until everything is back at rest (or `ms` passes: long enough for a
+ * loaded machine, since it returns as soon as all is at rest); returns the last reading.
+ */
+export async function atRest(stack: Stack, envoy: EnvoyProcess, ms = 20_000): Promise<Accounting> {
   const deadline = Date.now() + ms;
   for (;;) {
     const a = await accounting(stack, envoy);

@@ -4,8 +4,10 @@
  * the request shows up on the metrics port; bad options fail start-up naming
  * the field.
  */
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
+import { LAUNCHER_V8_FLAGS } from '../../../src/cli/gc-flags.js';
 import { type Serving, startServing } from '../../../src/cli/serve.js';
 import {
   destinationOf,
@@ -19,6 +21,7 @@ import {
 import { DEFAULT_ENDPOINTS, ROOT, serveArgs } from '../../support/serve-harness.js';
 
 const running: Serving[] = [];
+const MAIN = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 /** Where V8's worker threads carry the name serve looks for (Linux, Node ≥ 22). */
 const named = process.platform === 'linux' && Number(process.versions.node.split('.')[0]) >= 22;
 /** The embedded default on ephemeral loopback ports; `extra` overrides. */
@@ -34,12 +37,15 @@ describe('kv-epp serve', () => {
     const log = new RecordingLogger();
     const s = await startServing(defaultArgs(), { KV_EPP_POOL_SIZE: '0' }, log);
     running.push(s);
-    // V8's workers go to SCHED_IDLE by default where they can be found by name (Linux, Node ≥ 22).
+    // V8's workers go to SCHED_IDLE by default where they can be found by name (Linux,
+    // Node ≥ 22), but only where GC does not wait for them: not in this process, which
+    // runs without --single-threaded-gc (the CLI child below has it).
     const serving = log.records.find((r) => r.msg === 'kv-epp serving');
     expect(serving?.fields.v8WorkerPriority).toMatchObject({
       requested: 'idle',
-      applied: named ? 'idle' : 'none',
+      applied: 'none',
       failed: 0,
+      reason: expect.stringMatching(/no --single-threaded-gc/),
     });
     // No pool, so nothing to lower.
     expect(serving?.fields.poolNice).toBe(0);
@@ -158,27 +164,48 @@ describe('kv-epp serve', () => {
     client.close();
   });
 
-  it('with the JS hot path, lowers V8 workers to nice 19 without loading the addon for it', async () => {
-    const log = new RecordingLogger();
-    const s = await startServing(
-      defaultArgs('--backend=js', '--v8-worker-priority=idle'),
-      { KV_EPP_POOL_SIZE: '0' },
-      log,
-    );
-    running.push(s);
-    const serving = log.records.find((r) => r.msg === 'kv-epp serving');
-    expect(serving?.fields.tokenizerBackend).toBe('js');
-    expect(serving?.fields.v8WorkerPriority).toMatchObject(
-      named
-        ? {
-            requested: 'idle',
-            applied: 'low',
-            failed: 0,
-            reason: expect.stringMatching(/no SCHED_IDLE call.*nice 19 instead/),
-          }
-        : { requested: 'idle', applied: 'none' },
-    );
-  });
+  it.each([
+    [[], named ? 'idle' : 'none', undefined],
+    [
+      ['--backend=js'],
+      named ? 'low' : 'none',
+      named ? /no SCHED_IDLE call.*nice 19 instead/ : undefined,
+    ],
+  ] as const)(
+    "the CLI with the launchers' GC flags and %j lowers V8 workers to %s",
+    async (extra, applied, reason) => {
+      // A real `kv-epp serve` process with --single-threaded-gc, as the launchers start it;
+      // the JS hot path cannot call SCHED_IDLE (no addon loaded for it): nice 19.
+      const child = spawn(
+        process.execPath,
+        [
+          ...LAUNCHER_V8_FLAGS,
+          MAIN,
+          'serve',
+          ...defaultArgs('--v8-worker-priority=idle', ...extra),
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, KV_EPP_POOL_SIZE: '0' } },
+      );
+      try {
+        let out = '';
+        child.stdout?.on('data', (c) => (out += c));
+        child.stderr?.on('data', (c) => (out += c));
+        const line = await new Promise<Record<string, unknown>>((resolve, reject) => {
+          const look = () => {
+            const l = out.split('\n').find((x) => x.includes('"kv-epp serving"'));
+            if (l) resolve(JSON.parse(l) as Record<string, unknown>);
+          };
+          child.stdout?.on('data', look);
+          child.stderr?.on('data', look);
+          child.on('exit', (code) => reject(new Error(`serve exited ${code}:\n${out}`)));
+        });
+        expect(line.v8WorkerPriority).toMatchObject({ requested: 'idle', applied, failed: 0 });
+        if (reason) expect((line.v8WorkerPriority as { reason: string }).reason).toMatch(reason);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    },
+  );
 
   it('starts the pool below the event loop: nice 10 by default, KV_EPP_POOL_NICE otherwise', async () => {
     const linux = process.platform === 'linux';

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import {
+  gcOnMainThreadOnly,
   LOW_NICE,
   lowerV8WorkerPriority,
   type ThreadOps,
@@ -55,6 +56,23 @@ describe('lowerV8WorkerPriority', () => {
     expect(r).toMatchObject({ requested: 'idle', applied: 'low', threads: 2, failed: 0 });
     expect(r.reason).toMatch(/no SCHED_IDLE call.*nice 19 instead/);
     expect(calls).toEqual([`nice 102 ${LOW_NICE}`, `nice 103 ${LOW_NICE}`]);
+  });
+
+  it('leaves them alone while GC pauses wait for them (no --single-threaded-gc)', () => {
+    for (const requested of ['idle', 'low'] as const) {
+      const { ops, calls } = fakeOps(NODE24_NAMES, { idle: true });
+      const r = lowerV8WorkerPriority(requested, ops, true);
+      expect(r).toMatchObject({ requested, applied: 'none', threads: 0, failed: 0 });
+      expect(r.reason).toMatch(/no --single-threaded-gc/);
+      expect(calls).toEqual([]);
+    }
+  });
+
+  it('knows GC runs on the main thread alone from the command line or NODE_OPTIONS', () => {
+    expect(gcOnMainThreadOnly(['--single-threaded-gc'], undefined)).toBe(true);
+    expect(gcOnMainThreadOnly([], '--max-old-space-size=384 --single-threaded-gc')).toBe(true);
+    expect(gcOnMainThreadOnly(['--max-semi-space-size=4'], '')).toBe(false);
+    expect(gcOnMainThreadOnly(['--single-threaded'], undefined)).toBe(false);
   });
 
   it('uses nice 19 for low even when SCHED_IDLE is available', () => {

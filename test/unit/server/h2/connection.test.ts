@@ -199,28 +199,25 @@ for (const mode of READ_MODES) {
     });
 
     it('tells the handler about a client reset, and resets on request', async () => {
-      let reset = -1;
+      let gotData: () => void = () => {};
+      const dataSeen = new Promise<void>((r) => (gotData = r));
+      let gotReset: (code: number) => void = () => {};
+      const reset = new Promise<number>((r) => (gotReset = r));
       const h = await serve((stream, headers) => {
         if (headers[':path'] === '/reset-me') {
           stream.reset(ErrorCode.REFUSED_STREAM);
           return { onData() {}, onEnd() {}, onReset() {} };
         }
-        return {
-          onData() {},
-          onEnd() {},
-          onReset: (code) => {
-            reset = code;
-          },
-        };
+        return { onData: () => gotData(), onEnd() {}, onReset: (code) => gotReset(code) };
       });
       const client = connect(h.port);
       const req = client.request({ ':method': 'POST', ':path': '/wait' });
       req.on('error', () => {});
       req.write('partial');
-      await new Promise((r) => setTimeout(r, 50));
+      // The stream is open on the server before the client cancels it.
+      await dataSeen;
       req.close(http2.constants.NGHTTP2_CANCEL);
-      await new Promise((r) => setTimeout(r, 50));
-      expect(reset).toBe(ErrorCode.CANCEL);
+      expect(await reset).toBe(ErrorCode.CANCEL);
 
       const refused = client.request({ ':method': 'POST', ':path': '/reset-me' });
       refused.on('error', () => {});
