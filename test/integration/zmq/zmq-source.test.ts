@@ -354,7 +354,8 @@ describe.skipIf(!zmq)(
       closers.push(p.pub);
       const { log, sources } = await start(
         [endpoint(W, 0, 'tcp://127.0.0.1:1'), endpoint(W, 1, p.url)],
-        { unreachableWarnMs: 300, reconnectIntervalMs: 20, reconnectMaxIntervalMs: 50 },
+        // Long enough for the reachable one to connect first on a loaded machine.
+        { unreachableWarnMs: 3000, reconnectIntervalMs: 20, reconnectMaxIntervalMs: 50 },
       );
       await p.subscribed();
       const warned = () =>
@@ -362,7 +363,7 @@ describe.skipIf(!zmq)(
       await waitFor(() => warned().length === 1, 'warning');
       expect(warned()[0]?.fields).toMatchObject({
         endpoint: 'tcp://127.0.0.1:1',
-        afterSeconds: 0.3,
+        afterSeconds: 3,
       });
       // Still retried, still not connected, and warned about once only.
       await new Promise((r) => setTimeout(r, 400));
